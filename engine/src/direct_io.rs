@@ -1,0 +1,362 @@
+//! Unbuffered positional reads into aligned buffers, and a file's data extents.
+//!
+//! Images are read with `O_DIRECT` (Linux) or `FILE_FLAG_NO_BUFFERING` (Windows) so that
+//! uploading gigabytes does not evict the machine's page cache, and with positional reads
+//! so that several reads can be in flight on one handle from plain threads. Where the
+//! filesystem refuses direct IO, reads fall back to the page cache with one warning.
+//! This is the only module with `unsafe` code: the aligned allocation and `lseek`.
+#![allow(unsafe_code)]
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::path::Path;
+use std::ptr::NonNull;
+
+/// Alignment of buffers, offsets and lengths for unbuffered IO: one page, which covers
+/// every logical sector size in use.
+pub const ALIGN: usize = 4096;
+
+/// A heap buffer aligned to [`ALIGN`], with a capacity that is a multiple of it and a
+/// length (the bytes filled) within that capacity.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    capacity: usize,
+    len: usize,
+}
+
+// SAFETY: the buffer owns its allocation exclusively, like a `Vec<u8>`.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out `&[u8]`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer holding at least `capacity` bytes (rounded up to [`ALIGN`]), with
+    /// length `capacity`.
+    pub fn zeroed(capacity: usize) -> Self {
+        let rounded = capacity.div_ceil(ALIGN).max(1) * ALIGN;
+        let layout = Self::layout(rounded);
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        Self {
+            ptr,
+            capacity: rounded,
+            len: capacity,
+        }
+    }
+
+    fn layout(capacity: usize) -> Layout {
+        match Layout::from_size_align(capacity, ALIGN) {
+            Ok(layout) => layout,
+            Err(_) => panic!("aligned buffer of {capacity} bytes exceeds the address space"),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Sets the length; it must not exceed the capacity.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.capacity, "length beyond capacity");
+        self.len = len;
+    }
+
+    /// The whole capacity, for reading into.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is valid for `capacity` initialized (zeroed) bytes, and `&mut self`
+        // guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `capacity >= len` initialized bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this very layout.
+        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.capacity)) }
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+/// A file opened for positional reads, unbuffered where the filesystem allows it.
+#[derive(Debug)]
+pub struct PositionalFile {
+    file: File,
+    direct: bool,
+}
+
+impl PositionalFile {
+    /// Opens `path` for unbuffered reads, or buffered ones (with one warning) where the
+    /// filesystem refuses direct IO.
+    ///
+    /// # Errors
+    /// When the file cannot be opened at all.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Self::open_with(path, open_unbuffered)
+    }
+
+    fn open_with(path: &Path, unbuffered: impl Fn(&Path) -> io::Result<File>) -> io::Result<Self> {
+        match unbuffered(path) {
+            Ok(file) => {
+                let probe = Self { file, direct: true };
+                // Some filesystems accept the flag but refuse the read: probe once.
+                let mut buf = AlignedBuf::zeroed(ALIGN);
+                match probe.read_raw(0, buf.spare_mut()) {
+                    Ok(_) => Ok(probe),
+                    Err(e) if refuses_direct_io(&e) => Self::buffered(path, &e),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) if refuses_direct_io(&e) => Self::buffered(path, &e),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn buffered(path: &Path, cause: &io::Error) -> io::Result<Self> {
+        tracing::warn!(
+            path = %path.display(),
+            %cause,
+            "the filesystem refuses direct IO; reading through the page cache"
+        );
+        Ok(Self {
+            file: File::open(path)?,
+            direct: false,
+        })
+    }
+
+    /// Whether reads bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Length of the file.
+    ///
+    /// # Errors
+    /// When the metadata cannot be read.
+    pub fn file_len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Reads up to `len` bytes at `offset` (which must be a multiple of [`ALIGN`]) into
+    /// `buf`, stopping early only at the end of the file; sets and returns the length read.
+    ///
+    /// # Errors
+    /// On an IO error.
+    pub fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<usize> {
+        debug_assert_eq!(offset % ALIGN as u64, 0, "unaligned offset");
+        // Unbuffered reads need an aligned length: read the tail rounded up, then trim.
+        let want = len.div_ceil(ALIGN) * ALIGN;
+        if buf.capacity() < want {
+            *buf = AlignedBuf::zeroed(want);
+        }
+        let mut done = 0;
+        let target = &mut buf.spare_mut()[..want];
+        while done < len {
+            match self.read_raw(offset + done as u64, &mut target[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            // A short unbuffered read that is not sector aligned means end of file.
+            if self.direct && done % ALIGN != 0 {
+                break;
+            }
+        }
+        let done = done.min(len);
+        buf.set_len(done);
+        Ok(done)
+    }
+
+    #[cfg(unix)]
+    fn read_raw(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
+    }
+
+    #[cfg(windows)]
+    fn read_raw(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        std::os::windows::fs::FileExt::seek_read(&self.file, buf, offset)
+    }
+
+    /// The byte ranges of the file that may hold data; holes in between read as zeros.
+    /// Where the system cannot tell, the whole file.
+    ///
+    /// # Errors
+    /// On an IO error while probing.
+    pub fn data_extents(&self) -> io::Result<Vec<Range<u64>>> {
+        let size = self.file_len()?;
+        data_extents(&self.file, size)
+    }
+}
+
+fn refuses_direct_io(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::InvalidInput
+}
+
+#[cfg(target_os = "linux")]
+fn open_unbuffered(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+#[cfg(windows)]
+fn open_unbuffered(path: &Path) -> io::Result<File> {
+    use std::os::windows::fs::OpenOptionsExt;
+    const FILE_FLAG_NO_BUFFERING: u32 = 0x2000_0000;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(FILE_FLAG_NO_BUFFERING)
+        .open(path)
+}
+
+#[cfg(not(any(target_os = "linux", windows)))]
+fn open_unbuffered(path: &Path) -> io::Result<File> {
+    File::open(path)
+}
+
+#[cfg(target_os = "linux")]
+fn data_extents(file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+        // SAFETY: `fd` is a valid open descriptor for the life of `file`; lseek has no
+        // memory effects.
+        let at = unsafe { libc::lseek(fd, offset, whence) };
+        if at >= 0 {
+            return Ok(Some(at as u64));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(err),
+        }
+    };
+    let mut extents = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let start = match seek(at, libc::SEEK_DATA) {
+            Ok(Some(start)) => start,
+            Ok(None) => break,
+            // The filesystem cannot tell holes: all of it may hold data.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Ok(std::iter::once(0..size).collect());
+            }
+            Err(e) => return Err(e),
+        };
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        extents.push(start..end);
+        at = end;
+    }
+    Ok(extents)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn data_extents(_file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
+    Ok(if size == 0 {
+        Vec::new()
+    } else {
+        std::iter::once(0..size).collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdata::{SIZES, pattern};
+    use std::io::Write;
+
+    #[test]
+    fn buffers_are_aligned() {
+        for size in [1, ALIGN - 1, ALIGN, ALIGN + 1, 1 << 20] {
+            let buf = AlignedBuf::zeroed(size);
+            assert_eq!(buf.as_ptr() as usize % ALIGN, 0);
+            assert_eq!(buf.len(), size);
+            assert!(buf.capacity() >= size && buf.capacity().is_multiple_of(ALIGN));
+            assert!(buf.iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn reads_every_interesting_size_at_every_block() {
+        let dir = tempfile::tempdir().unwrap();
+        for &size in SIZES {
+            let path = dir.path().join(format!("f{size}"));
+            let data = pattern(size, 3);
+            std::fs::write(&path, &data).unwrap();
+            let file = PositionalFile::open(&path).unwrap();
+            let block = 1 << 16;
+            let mut got = Vec::new();
+            let mut buf = AlignedBuf::zeroed(block);
+            for offset in (0..size.max(1)).step_by(block) {
+                let n = file.read_at(offset as u64, block, &mut buf).unwrap();
+                assert_eq!(n, block.min(size - offset.min(size)), "size {size}");
+                got.extend_from_slice(&buf);
+            }
+            assert_eq!(got, data, "size {size}");
+        }
+    }
+
+    #[test]
+    fn falls_back_to_buffered_reads_when_direct_io_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&pattern(10_000, 1))
+            .unwrap();
+        let refuse = |_: &Path| -> io::Result<File> { Err(io::Error::from_raw_os_error(22)) };
+        let file = PositionalFile::open_with(&path, refuse).unwrap();
+        assert!(!file.is_direct());
+        let mut buf = AlignedBuf::zeroed(16_384);
+        assert_eq!(file.read_at(0, 16_384, &mut buf).unwrap(), 10_000);
+        assert_eq!(&buf[..], &pattern(10_000, 1)[..]);
+        // Other errors are not swallowed.
+        let denied = |_: &Path| -> io::Result<File> { Err(io::ErrorKind::PermissionDenied.into()) };
+        assert!(PositionalFile::open_with(&path, denied).is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn holes_are_not_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(64 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_at(&file, &[1u8; 4096], 32 << 20).unwrap();
+        drop(file);
+        let extents = PositionalFile::open(&path).unwrap().data_extents().unwrap();
+        let covered: u64 = extents.iter().map(|r| r.end - r.start).sum();
+        assert!((4096..64 << 20).contains(&covered), "{extents:?}");
+        assert!(extents.iter().any(|r| r.contains(&(32 << 20))));
+    }
+}

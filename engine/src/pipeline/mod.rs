@@ -1,0 +1,325 @@
+//! The pipeline: read → hash/zero-check → skip blocks equal to the parent → offer to the
+//! sink → compress only what it needs → hand to the sink.
+//!
+//! Three stages run concurrently in the caller's task, joined by bounded channels:
+//! reading (blocking reads plus hashing on the blocking pool, `read_ahead` in flight),
+//! offering (batches of changed blocks, each answered by the sink's "need"), and
+//! compressing (`compress_jobs` on the blocking pool) into the sink. A semaphore of
+//! `window / block_size` permits travels with every block held in memory, so memory stays
+//! within the window whatever the image size. No CPU work runs on the async executor.
+
+mod progress;
+mod sink;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::block::{BlockSize, DEFAULT_ZSTD_LEVEL, VerifiedChunk, is_zero};
+use crate::direct_io::AlignedBuf;
+use crate::hash::Hash;
+use crate::manifest::{Entry, Manifest, ManifestError};
+use crate::source::ImageSource;
+
+pub use progress::{Progress, ProgressSnapshot};
+pub use sink::{ChunkSink, Offer, SinkError, StoreSink};
+
+/// Default bytes of block data held in memory at once.
+pub const DEFAULT_WINDOW: usize = 64 << 20;
+
+/// Settings of one pipeline run.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Bytes of block data in memory at most (rounded down to whole blocks, at least 2).
+    pub window: usize,
+    /// zstd level for needed chunks.
+    pub zstd_level: i32,
+    /// Blocks read and hashed concurrently.
+    pub read_ahead: usize,
+    /// Chunks compressed concurrently.
+    pub compress_jobs: usize,
+    /// Most blocks offered in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            window: DEFAULT_WINDOW,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            // Reads block on IO as well as hashing: keep a few more than the cores busy.
+            read_ahead: cores * 2,
+            compress_jobs: cores,
+            max_batch: 1024,
+        }
+    }
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The manifest of the image that was read.
+    pub manifest: Manifest,
+    pub progress: ProgressSnapshot,
+}
+
+/// Why a pipeline run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("the image is {image} bytes but the disk is {disk} bytes")]
+    SizeMismatch { image: u64, disk: u64 },
+    #[error("reading the image at byte {offset}: {source}")]
+    Read { offset: u64, source: std::io::Error },
+    #[error("probing the image for holes: {0}")]
+    Extents(std::io::Error),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Sink(SinkError),
+    #[error("a pipeline worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+/// One block on its way through the pipeline.
+struct Hashed {
+    index: u64,
+    len: u64,
+    entry: Entry,
+    /// The content, kept only for non-zero blocks, with the permit that accounts for it.
+    data: Option<(Bytes, OwnedSemaphorePermit)>,
+}
+
+/// Reads `source`, diffs it against `parent` and feeds the changes to `sink`.
+///
+/// `parent` gives the disk geometry; for a first import pass [`Manifest::zeroed`].
+///
+/// # Errors
+/// When the image does not match the disk size, a read fails, or the sink fails.
+pub async fn run<S: ChunkSink>(
+    source: Arc<dyn ImageSource>,
+    parent: &Manifest,
+    sink: &S,
+    config: &PipelineConfig,
+    progress: &Progress,
+) -> Result<Outcome, PipelineError> {
+    let disk_size = parent.disk_size();
+    if source.size() != disk_size {
+        return Err(PipelineError::SizeMismatch {
+            image: source.size(),
+            disk: disk_size,
+        });
+    }
+    let block_size = parent.block_size();
+    let window_blocks = (config.window / block_size.bytes()).max(2);
+    let permits = Arc::new(Semaphore::new(window_blocks));
+    let (hashed_tx, hashed_rx) = mpsc::channel(window_blocks);
+    let (needed_tx, needed_rx) = mpsc::channel(window_blocks);
+
+    let read = read_stage(source, block_size, config, permits, progress, hashed_tx);
+    let offer = offer_stage(
+        parent,
+        sink,
+        config,
+        window_blocks,
+        progress,
+        hashed_rx,
+        needed_tx,
+    );
+    let compress = compress_stage(sink, config, progress, needed_rx);
+    let ((), manifest, ()) = tokio::try_join!(read, offer, compress)?;
+    Ok(Outcome {
+        manifest,
+        progress: progress.snapshot(),
+    })
+}
+
+/// Reads and hashes every block in order; blocks wholly in holes are zero without a read.
+async fn read_stage(
+    source: Arc<dyn ImageSource>,
+    block_size: BlockSize,
+    config: &PipelineConfig,
+    permits: Arc<Semaphore>,
+    progress: &Progress,
+    out: mpsc::Sender<Hashed>,
+) -> Result<(), PipelineError> {
+    let disk_size = source.size();
+    let extents = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || source.data_extents())
+            .await?
+            .map_err(PipelineError::Extents)?
+    };
+    let mut extents = extents.into_iter().peekable();
+    let plan = (0..block_size.count(disk_size)).map(move |index| {
+        let range = block_size.range(index, disk_size);
+        while extents.next_if(|e| e.end <= range.start).is_some() {}
+        let has_data = extents.peek().is_some_and(|e| e.start < range.end);
+        (index, range, has_data)
+    });
+    let blocks = stream::iter(plan)
+        .map(|(index, range, has_data)| {
+            let source = source.clone();
+            let permits = permits.clone();
+            async move {
+                let len = range.end - range.start;
+                if !has_data {
+                    return Ok(Hashed {
+                        index,
+                        len,
+                        entry: Entry::Zero,
+                        data: None,
+                    });
+                }
+                let permit = permits
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| PipelineError::Sink(e.into()))?;
+                tokio::task::spawn_blocking(move || read_block(&*source, index, range, permit))
+                    .await?
+            }
+        })
+        .buffered(config.read_ahead.max(1));
+    futures::pin_mut!(blocks);
+    while let Some(block) = blocks.try_next().await? {
+        if block.data.is_some() {
+            Progress::add(&progress.bytes_read, block.len);
+        }
+        if out.send(block).await.is_err() {
+            break; // The offer stage stopped; its error says why.
+        }
+    }
+    Ok(())
+}
+
+fn read_block(
+    source: &dyn ImageSource,
+    index: u64,
+    range: std::ops::Range<u64>,
+    permit: OwnedSemaphorePermit,
+) -> Result<Hashed, PipelineError> {
+    let len = (range.end - range.start) as usize;
+    let mut buf = AlignedBuf::zeroed(len);
+    source
+        .read_at(range.start, len, &mut buf)
+        .map_err(|source| PipelineError::Read {
+            offset: range.start,
+            source,
+        })?;
+    if is_zero(&buf) {
+        return Ok(Hashed {
+            index,
+            len: len as u64,
+            entry: Entry::Zero,
+            data: None,
+        });
+    }
+    let hash = Hash::of(&buf);
+    Ok(Hashed {
+        index,
+        len: len as u64,
+        entry: Entry::Chunk(hash),
+        data: Some((Bytes::from_owner(buf), permit)),
+    })
+}
+
+/// Skips blocks equal to the parent, offers the rest in batches and forwards the needed
+/// ones; builds the new manifest.
+async fn offer_stage<S: ChunkSink>(
+    parent: &Manifest,
+    sink: &S,
+    config: &PipelineConfig,
+    window_blocks: usize,
+    progress: &Progress,
+    input: mpsc::Receiver<Hashed>,
+    out: mpsc::Sender<Hashed>,
+) -> Result<Manifest, PipelineError> {
+    let mut manifest = parent.clone();
+    // Half the window per batch leaves the other half for reading ahead meanwhile.
+    let batch_cap = config.max_batch.min(window_blocks / 2).max(1);
+    let mut batches = ReceiverStream::new(input).ready_chunks(batch_cap);
+    while let Some(batch) = batches.next().await {
+        let mut changed = Vec::with_capacity(batch.len());
+        for block in batch {
+            if parent.get(block.index) == Some(block.entry) {
+                Progress::add(&progress.blocks_skipped, 1);
+                Progress::add(&progress.bytes_done, block.len);
+            } else {
+                manifest.set(block.index, block.entry)?;
+                Progress::add(&progress.blocks_changed, 1);
+                Progress::add(&progress.bytes_changed, block.len);
+                changed.push(block);
+            }
+        }
+        if changed.is_empty() {
+            continue;
+        }
+        let offers = changed
+            .iter()
+            .map(|b| Offer {
+                index: b.index,
+                entry: b.entry,
+            })
+            .collect();
+        let mut needed: HashSet<Hash> = sink
+            .offer(offers)
+            .await
+            .map_err(PipelineError::Sink)?
+            .into_iter()
+            .collect();
+        for block in changed {
+            // Each needed hash is sent once, by its first block.
+            match block.entry {
+                Entry::Chunk(hash) if needed.remove(&hash) => {
+                    if out.send(block).await.is_err() {
+                        return Ok(manifest); // The compress stage stopped with an error.
+                    }
+                }
+                _ => Progress::add(&progress.bytes_done, block.len),
+            }
+        }
+    }
+    Ok(manifest)
+}
+
+/// Compresses the needed blocks on the blocking pool and hands them to the sink in order.
+async fn compress_stage<S: ChunkSink>(
+    sink: &S,
+    config: &PipelineConfig,
+    progress: &Progress,
+    input: mpsc::Receiver<Hashed>,
+) -> Result<(), PipelineError> {
+    let level = config.zstd_level;
+    ReceiverStream::new(input)
+        .filter_map(|block| async move {
+            let Entry::Chunk(hash) = block.entry else {
+                return None;
+            };
+            let (data, permit) = block.data?;
+            Some((hash, data, permit, block.len))
+        })
+        .map(|(hash, data, permit, len)| async move {
+            let chunk =
+                tokio::task::spawn_blocking(move || VerifiedChunk::from_hashed(hash, data, level))
+                    .await?;
+            Ok::<_, PipelineError>((chunk, permit, len))
+        })
+        .buffered(config.compress_jobs.max(1))
+        .try_for_each(|(chunk, permit, len)| async move {
+            Progress::add(&progress.bytes_compressed, len);
+            Progress::add(&progress.bytes_sent, chunk.encoded_len() as u64);
+            Progress::add(&progress.chunks_sent, 1);
+            sink.put(chunk).await.map_err(PipelineError::Sink)?;
+            Progress::add(&progress.bytes_done, len);
+            drop(permit);
+            Ok(())
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,57 @@
+//! Counters the pipeline updates as it goes, for progress bars and summaries.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Live counters of one pipeline run; read them from any thread while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes of the image whose fate is settled: unchanged, zero, already held by the
+    /// other side, or handed to the sink.
+    pub bytes_done: AtomicU64,
+    /// Bytes actually read from the image (holes are not read).
+    pub bytes_read: AtomicU64,
+    /// Blocks equal to the parent's, not offered.
+    pub blocks_skipped: AtomicU64,
+    /// Blocks offered because they differ from the parent.
+    pub blocks_changed: AtomicU64,
+    /// Bytes of the changed blocks.
+    pub bytes_changed: AtomicU64,
+    /// Uncompressed bytes of the chunks the sink needed.
+    pub bytes_compressed: AtomicU64,
+    /// Encoded bytes handed to the sink.
+    pub bytes_sent: AtomicU64,
+    /// Chunks handed to the sink.
+    pub chunks_sent: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    pub bytes_done: u64,
+    pub bytes_read: u64,
+    pub blocks_skipped: u64,
+    pub blocks_changed: u64,
+    pub bytes_changed: u64,
+    pub bytes_compressed: u64,
+    pub bytes_sent: u64,
+    pub chunks_sent: u64,
+}
+
+impl Progress {
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            bytes_done: self.bytes_done.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            blocks_skipped: self.blocks_skipped.load(Relaxed),
+            blocks_changed: self.blocks_changed.load(Relaxed),
+            bytes_changed: self.bytes_changed.load(Relaxed),
+            bytes_compressed: self.bytes_compressed.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            chunks_sent: self.chunks_sent.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}

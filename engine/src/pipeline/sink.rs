@@ -1,0 +1,66 @@
+//! Where the pipeline's output goes: the other side's "need" answers and the chunks.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::block::VerifiedChunk;
+use crate::hash::Hash;
+use crate::manifest::Entry;
+use crate::store::ChunkStore;
+
+/// A block whose entry differs from the parent's, offered to the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub index: u64,
+    pub entry: Entry,
+}
+
+/// The error a sink reports; the pipeline passes it through unchanged.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The receiving side of the pipeline: a network upload or a local store.
+///
+/// Both methods take `&self` so that offering the next batch and storing the previous
+/// one's chunks can overlap.
+pub trait ChunkSink: Send + Sync {
+    /// Offers changed blocks, in index order; answers which of their hashes it lacks.
+    fn offer(
+        &self,
+        offers: Vec<Offer>,
+    ) -> impl Future<Output = Result<Vec<Hash>, SinkError>> + Send;
+
+    /// Takes one needed chunk.
+    fn put(&self, chunk: VerifiedChunk) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// A sink that stores chunks in a [`ChunkStore`] (the server's `disk import`, benches).
+#[derive(Debug)]
+pub struct StoreSink<S> {
+    store: Arc<S>,
+}
+
+impl<S: ChunkStore> StoreSink<S> {
+    pub fn new(store: Arc<S>) -> Self {
+        Self { store }
+    }
+}
+
+impl<S: ChunkStore> ChunkSink for StoreSink<S> {
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Hash>, SinkError> {
+        let mut seen = HashSet::new();
+        let hashes: Vec<Hash> = offers
+            .iter()
+            .filter_map(|offer| offer.entry.hash())
+            .filter(|hash| seen.insert(*hash))
+            .collect();
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.missing(&hashes)).await??)
+    }
+
+    async fn put(&self, chunk: VerifiedChunk) -> Result<(), SinkError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.put(&chunk)).await??;
+        Ok(())
+    }
+}

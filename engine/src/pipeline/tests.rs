@@ -1,0 +1,232 @@
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::source::RawImage;
+use crate::store::{ChunkStore, MemoryStore};
+use crate::testdata::{SIZES, TEST_BLOCK, pattern};
+
+fn block_size() -> BlockSize {
+    BlockSize::new(TEST_BLOCK as u32).unwrap()
+}
+
+fn write_image(dir: &tempfile::TempDir, name: &str, data: &[u8]) -> Arc<dyn ImageSource> {
+    let path = dir.path().join(name);
+    std::fs::write(&path, data).unwrap();
+    Arc::new(RawImage::open(&path).unwrap())
+}
+
+fn export(manifest: &Manifest, store: &dyn ChunkStore) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, entry) in manifest.entries().iter().enumerate() {
+        let range = manifest.block_size().range(i as u64, manifest.disk_size());
+        match entry {
+            Entry::Zero => out.resize(out.len() + (range.end - range.start) as usize, 0),
+            Entry::Chunk(hash) => out.extend_from_slice(&store.get(hash, TEST_BLOCK).unwrap()),
+        }
+    }
+    out
+}
+
+/// Image content with zero, compressible and repeated blocks.
+fn mixed(size: usize) -> Vec<u8> {
+    let mut data = pattern(size, 5);
+    for (i, block) in data.chunks_mut(TEST_BLOCK).enumerate() {
+        match i % 4 {
+            1 => block.fill(0),
+            3 => block.fill(0x33), // the same content in every fourth block
+            _ => {}
+        }
+    }
+    data
+}
+
+async fn import(source: Arc<dyn ImageSource>, store: &Arc<MemoryStore>) -> Outcome {
+    let parent = Manifest::zeroed(source.size(), block_size()).unwrap();
+    let sink = StoreSink::new(store.clone());
+    run(
+        source,
+        &parent,
+        &sink,
+        &PipelineConfig::default(),
+        &Progress::default(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn import_then_export_gives_the_image_back_for_every_size() {
+    let dir = tempfile::tempdir().unwrap();
+    for &size in SIZES {
+        let data = mixed(size);
+        let store = Arc::new(MemoryStore::new());
+        let outcome = import(write_image(&dir, &format!("i{size}"), &data), &store).await;
+        assert_eq!(export(&outcome.manifest, &*store), data, "size {size}");
+        assert_eq!(outcome.progress.bytes_done, size as u64);
+        // Zero blocks are not stored; repeated blocks are stored once.
+        assert_eq!(store.len(), outcome.manifest.chunk_hashes().len());
+    }
+}
+
+/// Records what the pipeline offers and sends; needs only hashes in `lacks`.
+#[derive(Default)]
+struct RecordingSink {
+    lacks: Option<HashSet<Hash>>,
+    offered: Mutex<Vec<Offer>>,
+    sent: Mutex<Vec<VerifiedChunk>>,
+}
+
+impl ChunkSink for RecordingSink {
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Hash>, SinkError> {
+        let needed = offers
+            .iter()
+            .filter_map(|o| o.entry.hash())
+            .filter(|h| self.lacks.as_ref().is_none_or(|lacks| lacks.contains(h)))
+            .collect();
+        self.offered.lock().unwrap().extend(offers);
+        Ok(needed)
+    }
+
+    async fn put(&self, chunk: VerifiedChunk) -> Result<(), SinkError> {
+        self.sent.lock().unwrap().push(chunk);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn only_changed_blocks_are_offered_and_only_needed_ones_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = mixed(TEST_BLOCK * 20 + 123);
+    let store = Arc::new(MemoryStore::new());
+    let parent = import(write_image(&dir, "base", &base), &store)
+        .await
+        .manifest;
+
+    let mut updated = base.clone();
+    updated[TEST_BLOCK * 2..TEST_BLOCK * 2 + 10].fill(0xEE); // block 2 changed
+    updated[TEST_BLOCK * 6..TEST_BLOCK * 7].fill(0); // block 6 becomes zero
+    updated[TEST_BLOCK * 20 + 5] ^= 1; // the short tail block changed
+    updated[TEST_BLOCK * 9..TEST_BLOCK * 10].fill(0x33); // block 9 now equals a stored one
+    let changed_block_2 = Hash::of(&updated[TEST_BLOCK * 2..TEST_BLOCK * 3]);
+
+    // The other side lacks only block 2's content.
+    let sink = RecordingSink {
+        lacks: Some(HashSet::from([changed_block_2])),
+        ..Default::default()
+    };
+    let source = write_image(&dir, "updated", &updated);
+    let outcome = run(
+        source,
+        &parent,
+        &sink,
+        &PipelineConfig::default(),
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
+
+    let offered: Vec<u64> = sink
+        .offered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|o| o.index)
+        .collect();
+    assert_eq!(offered, vec![2, 6, 9, 20]);
+    let expected: Vec<u64> = outcome.manifest.diff(&parent).unwrap().collect();
+    assert_eq!(offered, expected);
+    let sent = sink.sent.lock().unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].hash(), changed_block_2);
+    assert_eq!(outcome.progress.blocks_skipped, 17);
+    assert_eq!(outcome.progress.bytes_done, updated.len() as u64);
+    assert_eq!(outcome.manifest.get(6), Some(Entry::Zero));
+}
+
+#[tokio::test]
+async fn holes_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse");
+    let file = std::fs::File::create(&path).unwrap();
+    let size = 256 * TEST_BLOCK as u64;
+    file.set_len(size).unwrap();
+    std::os::unix::fs::FileExt::write_at(&file, &pattern(TEST_BLOCK, 1), 100 * TEST_BLOCK as u64)
+        .unwrap();
+    drop(file);
+    let store = Arc::new(MemoryStore::new());
+    let outcome = import(Arc::new(RawImage::open(&path).unwrap()), &store).await;
+    assert!(
+        outcome.progress.bytes_read < size / 4,
+        "{:?}",
+        outcome.progress
+    );
+    assert_eq!(store.len(), 1);
+    assert_eq!(
+        outcome.manifest.get(100),
+        Some(Entry::Chunk(Hash::of(&pattern(TEST_BLOCK, 1))))
+    );
+}
+
+#[tokio::test]
+async fn refuses_an_image_of_the_wrong_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = write_image(&dir, "short", &[1u8; 1000]);
+    let parent = Manifest::zeroed(2000, block_size()).unwrap();
+    let err = run(
+        source,
+        &parent,
+        &RecordingSink::default(),
+        &PipelineConfig::default(),
+        &Progress::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        PipelineError::SizeMismatch {
+            image: 1000,
+            disk: 2000
+        }
+    ));
+}
+
+/// Never finishes a put: the pipeline must stop reading once the window is full.
+struct StuckSink(AtomicUsize);
+
+impl ChunkSink for StuckSink {
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Hash>, SinkError> {
+        Ok(offers.iter().filter_map(|o| o.entry.hash()).collect())
+    }
+
+    async fn put(&self, _chunk: VerifiedChunk) -> Result<(), SinkError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn memory_stays_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = 200;
+    let source = write_image(&dir, "big", &pattern(TEST_BLOCK * blocks, 2));
+    let parent = Manifest::zeroed(source.size(), block_size()).unwrap();
+    let config = PipelineConfig {
+        window: TEST_BLOCK * 16,
+        ..PipelineConfig::default()
+    };
+    let progress = Progress::default();
+    let sink = StuckSink(AtomicUsize::new(0));
+    let run = run(source, &parent, &sink, &config, &progress);
+    let stalled = tokio::time::timeout(std::time::Duration::from_millis(500), run).await;
+    assert!(
+        stalled.is_err(),
+        "the pipeline cannot finish with a stuck sink"
+    );
+    let read = progress.snapshot().bytes_read;
+    assert!(read > 0);
+    assert!(
+        read <= (TEST_BLOCK * 16) as u64,
+        "read {read} bytes past a 16-block window"
+    );
+}

@@ -1,0 +1,32 @@
+//! Image sources: where the pipeline reads a differential disk from.
+//!
+//! A source knows its virtual size, which extents may hold data (the rest reads as
+//! zeros and is never read), and reads at an offset. `raw` is the whole disk as a file;
+//! overlay formats that hold only changed blocks (qcow2, VHDX) implement the same trait.
+
+mod raw;
+
+use std::io;
+use std::ops::Range;
+
+use crate::direct_io::AlignedBuf;
+
+pub use raw::RawImage;
+
+/// A disk image the pipeline can read block by block, from several threads at once.
+pub trait ImageSource: Send + Sync {
+    /// The virtual size of the disk in bytes.
+    fn size(&self) -> u64;
+
+    /// Sorted, disjoint byte ranges that may hold data; everything else is zeros.
+    ///
+    /// # Errors
+    /// On an IO error while probing.
+    fn data_extents(&self) -> io::Result<Vec<Range<u64>>>;
+
+    /// Reads exactly `len` bytes at `offset` (a multiple of the block size) into `buf`.
+    ///
+    /// # Errors
+    /// On an IO error, or `UnexpectedEof` when the image ends early.
+    fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()>;
+}

@@ -1,0 +1,70 @@
+//! An in-memory chunk store, for tests and benchmarks.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::{ChunkStore, StoreError};
+use crate::block::{Frame, UnverifiedChunk, VerifiedChunk};
+use crate::hash::Hash;
+
+/// Chunks kept in a map, encoded as they would be on disk.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    chunks: Mutex<HashMap<Hash, Frame>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of chunks held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Frame>> {
+        // A panic while holding this lock cannot leave the map half-updated.
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ChunkStore for MemoryStore {
+    fn has(&self, hash: &Hash) -> Result<bool, StoreError> {
+        Ok(self.lock().contains_key(hash))
+    }
+
+    fn get(&self, hash: &Hash, max_len: usize) -> Result<Bytes, StoreError> {
+        let frame = self
+            .lock()
+            .get(hash)
+            .cloned()
+            .ok_or(StoreError::NotFound(*hash))?;
+        UnverifiedChunk { hash: *hash, frame }
+            .content(max_len)
+            .map_err(|cause| StoreError::Corrupt { hash: *hash, cause })
+    }
+
+    fn put(&self, chunk: &VerifiedChunk) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .insert(chunk.hash(), chunk.frame().clone())
+            .is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_the_store_contract() {
+        super::super::contract::round_trips_interesting_sizes(&MemoryStore::new());
+    }
+}

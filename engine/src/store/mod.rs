@@ -1,0 +1,108 @@
+//! The chunk store: content-addressed, verified chunks.
+//!
+//! Only a [`VerifiedChunk`] can be put, and `get` checks the hash of what it read, so a
+//! store never hands out content that does not match its name. The trait is the seam
+//! where an object store can replace the local filesystem one.
+
+mod fs;
+mod memory;
+
+use bytes::Bytes;
+
+use crate::block::{ChunkError, VerifiedChunk};
+use crate::hash::Hash;
+
+pub use fs::FsStore;
+pub use memory::MemoryStore;
+
+/// A content-addressed store of chunks. Calls block: async callers use `spawn_blocking`.
+pub trait ChunkStore: Send + Sync + 'static {
+    /// Whether the chunk is stored.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    fn has(&self, hash: &Hash) -> Result<bool, StoreError>;
+
+    /// The chunk's decoded content, at most `max_len` bytes, its hash checked.
+    ///
+    /// # Errors
+    /// `NotFound` when absent, `Corrupt` when the stored bytes do not match the hash.
+    fn get(&self, hash: &Hash, max_len: usize) -> Result<Bytes, StoreError>;
+
+    /// Stores a chunk durably; returns false when it was already there.
+    ///
+    /// # Errors
+    /// When the store cannot be written (a full disk among others).
+    fn put(&self, chunk: &VerifiedChunk) -> Result<bool, StoreError>;
+
+    /// The hashes among `hashes` that are not stored, in order.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    fn missing(&self, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
+        let mut out = Vec::new();
+        for hash in hashes {
+            if !self.has(hash)? {
+                out.push(*hash);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores several chunks; returns how many were new.
+    ///
+    /// # Errors
+    /// As [`ChunkStore::put`].
+    fn put_many(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+        let mut new = 0;
+        for chunk in chunks {
+            new += usize::from(self.put(chunk)?);
+        }
+        Ok(new)
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("chunk {0} is not in the store")]
+    NotFound(Hash),
+    #[error("stored chunk {hash} is damaged: {cause}")]
+    Corrupt { hash: Hash, cause: ChunkError },
+    #[error("chunk store IO error at {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! Tests every store implementation must pass.
+    use super::*;
+    use crate::testdata::{SIZES, TEST_BLOCK, pattern};
+
+    pub fn round_trips_interesting_sizes(store: &dyn ChunkStore) {
+        for &size in SIZES.iter().filter(|&&s| s > 0) {
+            let data = Bytes::from(pattern(size, 77));
+            let chunk = VerifiedChunk::seal(data.clone(), 1);
+            let max = size.max(TEST_BLOCK);
+            assert!(!store.has(&chunk.hash()).unwrap());
+            assert!(matches!(
+                store.get(&chunk.hash(), max),
+                Err(StoreError::NotFound(_))
+            ));
+            assert!(store.put(&chunk).unwrap());
+            assert!(!store.put(&chunk).unwrap(), "second put is not new");
+            assert!(store.has(&chunk.hash()).unwrap());
+            assert_eq!(store.get(&chunk.hash(), max).unwrap(), data);
+        }
+        let a = VerifiedChunk::seal(Bytes::from_static(b"a"), 1);
+        let b = VerifiedChunk::seal(Bytes::from_static(b"b"), 1);
+        assert_eq!(store.put_many(std::slice::from_ref(&a)).unwrap(), 1);
+        assert_eq!(
+            store.missing(&[a.hash(), b.hash()]).unwrap(),
+            vec![b.hash()]
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! Shared test data: the table of interesting sizes and deterministic content.
+
+/// Block size the size table is built around (the smallest allowed).
+pub const TEST_BLOCK: usize = 64 << 10;
+
+/// Sizes that exercise the edges: empty, one byte, around one block, many blocks, and an
+/// unaligned tail. Used by the reader, splitter and store tests.
+pub const SIZES: &[usize] = &[
+    0,
+    1,
+    TEST_BLOCK - 1,
+    TEST_BLOCK,
+    TEST_BLOCK + 1,
+    TEST_BLOCK * 7,
+    TEST_BLOCK * 5 + 1000,
+];
+
+/// Deterministic, moderately compressible content of `len` bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    while out.len() < len {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let word = (x >> 33) as u8;
+        // Runs of repeated bytes make the content compressible, like real files.
+        let run = 1 + (x >> 60) as usize;
+        out.extend(std::iter::repeat_n(word | 1, run.min(len - out.len())));
+    }
+    out
+}
