@@ -4,10 +4,11 @@
 //! Three stages run concurrently in the caller's task, joined by bounded channels:
 //! reading (blocking reads plus hashing on the blocking pool, `read_ahead` in flight),
 //! offering (batches of changed blocks, each answered by the sink's "need"), and
-//! compressing (`compress_jobs` on the blocking pool) into the sink. A semaphore of
-//! `window / block_size` permits travels with every block held in memory, so memory stays
-//! within the window whatever the image size. No CPU work runs on the async executor.
+//! compressing (`compress_jobs` on the blocking pool) into the sink. Every block held in
+//! memory is a lease from a pool of `window / block_size` buffers, so memory stays within
+//! the window whatever the image size. No CPU work runs on the async executor.
 
+mod buffers;
 mod progress;
 mod sink;
 
@@ -16,14 +17,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::block::{BlockSize, DEFAULT_ZSTD_LEVEL, VerifiedChunk, is_zero};
-use crate::direct_io::AlignedBuf;
 use crate::hash::Hash;
 use crate::manifest::{Entry, Manifest, ManifestError};
 use crate::source::ImageSource;
+use buffers::{BlockBuffers, Lease};
 
 pub use progress::{Progress, ProgressSnapshot};
 pub use sink::{ChunkSink, Offer, SinkError, StoreSink};
@@ -90,8 +91,8 @@ struct Hashed {
     index: u64,
     len: u64,
     entry: Entry,
-    /// The content, kept only for non-zero blocks, with the permit that accounts for it.
-    data: Option<(Bytes, OwnedSemaphorePermit)>,
+    /// The content, kept only for non-zero blocks; it holds its place in the window.
+    data: Option<Bytes>,
 }
 
 /// Reads `source`, diffs it against `parent` and feeds the changes to `sink`.
@@ -116,11 +117,11 @@ pub async fn run<S: ChunkSink>(
     }
     let block_size = parent.block_size();
     let window_blocks = (config.window / block_size.bytes()).max(2);
-    let permits = Arc::new(Semaphore::new(window_blocks));
+    let buffers = BlockBuffers::new(block_size.bytes(), window_blocks);
     let (hashed_tx, hashed_rx) = mpsc::channel(window_blocks);
     let (needed_tx, needed_rx) = mpsc::channel(window_blocks);
 
-    let read = read_stage(source, block_size, config, permits, progress, hashed_tx);
+    let read = read_stage(source, block_size, config, buffers, progress, hashed_tx);
     let offer = offer_stage(
         parent,
         sink,
@@ -143,7 +144,7 @@ async fn read_stage(
     source: Arc<dyn ImageSource>,
     block_size: BlockSize,
     config: &PipelineConfig,
-    permits: Arc<Semaphore>,
+    buffers: Arc<BlockBuffers>,
     progress: &Progress,
     out: mpsc::Sender<Hashed>,
 ) -> Result<(), PipelineError> {
@@ -164,7 +165,7 @@ async fn read_stage(
     let blocks = stream::iter(plan)
         .map(|(index, range, has_data)| {
             let source = source.clone();
-            let permits = permits.clone();
+            let buffers = buffers.clone();
             async move {
                 let len = range.end - range.start;
                 if !has_data {
@@ -175,11 +176,11 @@ async fn read_stage(
                         data: None,
                     });
                 }
-                let permit = permits
-                    .acquire_owned()
+                let lease = buffers
+                    .lease()
                     .await
                     .map_err(|e| PipelineError::Sink(e.into()))?;
-                tokio::task::spawn_blocking(move || read_block(&*source, index, range, permit))
+                tokio::task::spawn_blocking(move || read_block(&*source, index, range, lease))
                     .await?
             }
         })
@@ -200,17 +201,17 @@ fn read_block(
     source: &dyn ImageSource,
     index: u64,
     range: std::ops::Range<u64>,
-    permit: OwnedSemaphorePermit,
+    mut lease: Lease,
 ) -> Result<Hashed, PipelineError> {
     let len = (range.end - range.start) as usize;
-    let mut buf = AlignedBuf::zeroed(len);
+    let buf = lease.buf_mut();
     source
-        .read_at(range.start, len, &mut buf)
+        .read_at(range.start, len, buf)
         .map_err(|source| PipelineError::Read {
             offset: range.start,
             source,
         })?;
-    if is_zero(&buf) {
+    if is_zero(buf) {
         return Ok(Hashed {
             index,
             len: len as u64,
@@ -218,12 +219,12 @@ fn read_block(
             data: None,
         });
     }
-    let hash = Hash::of(&buf);
+    let hash = Hash::of(buf);
     Ok(Hashed {
         index,
         len: len as u64,
         entry: Entry::Chunk(hash),
-        data: Some((Bytes::from_owner(buf), permit)),
+        data: Some(lease.into_bytes()),
     })
 }
 
@@ -299,23 +300,21 @@ async fn compress_stage<S: ChunkSink>(
             let Entry::Chunk(hash) = block.entry else {
                 return None;
             };
-            let (data, permit) = block.data?;
-            Some((hash, data, permit, block.len))
+            Some((hash, block.data?, block.len))
         })
-        .map(|(hash, data, permit, len)| async move {
+        .map(|(hash, data, len)| async move {
             let chunk =
                 tokio::task::spawn_blocking(move || VerifiedChunk::from_hashed(hash, data, level))
                     .await?;
-            Ok::<_, PipelineError>((chunk, permit, len))
+            Ok::<_, PipelineError>((chunk, len))
         })
         .buffered(config.compress_jobs.max(1))
-        .try_for_each(|(chunk, permit, len)| async move {
+        .try_for_each(|(chunk, len)| async move {
             Progress::add(&progress.bytes_compressed, len);
             Progress::add(&progress.bytes_sent, chunk.encoded_len() as u64);
             Progress::add(&progress.chunks_sent, 1);
             sink.put(chunk).await.map_err(PipelineError::Sink)?;
             Progress::add(&progress.bytes_done, len);
-            drop(permit);
             Ok(())
         })
         .await
