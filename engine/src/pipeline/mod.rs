@@ -303,17 +303,20 @@ async fn compress_stage<S: ChunkSink>(
             Some((hash, block.data?, block.len))
         })
         .map(|(hash, data, len)| async move {
+            // The raw block keeps its place in the window until the sink has the chunk.
+            let held = data.clone();
             let chunk =
                 tokio::task::spawn_blocking(move || VerifiedChunk::from_hashed(hash, data, level))
                     .await?;
-            Ok::<_, PipelineError>((chunk, len))
+            Ok::<_, PipelineError>((chunk, held, len))
         })
         .buffered(config.compress_jobs.max(1))
-        .try_for_each(|(chunk, len)| async move {
+        .try_for_each(|(chunk, held, len)| async move {
             Progress::add(&progress.bytes_compressed, len);
             Progress::add(&progress.bytes_sent, chunk.encoded_len() as u64);
             Progress::add(&progress.chunks_sent, 1);
             sink.put(chunk).await.map_err(PipelineError::Sink)?;
+            drop(held);
             Progress::add(&progress.bytes_done, len);
             Ok(())
         })
