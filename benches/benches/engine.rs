@@ -26,7 +26,11 @@ fn hashing(c: &mut Criterion) {
     let mut group = c.benchmark_group("hash");
     group.throughput(Throughput::Bytes(SIZE as u64));
     group.bench_function("blake3 per block", |b| {
-        b.iter(|| blocks.iter().map(|x| Hash::of(x)).count())
+        b.iter(|| {
+            blocks
+                .iter()
+                .fold(0u8, |acc, x| acc ^ Hash::of(x).as_bytes()[0])
+        })
     });
     group.finish();
 }

@@ -1,1 +1,18 @@
-//! placeholder
+//! The Hotate management server: holds disks and their versions, knows which terminal is
+//! updating which disk, receives uploads and turns them into versions.
+//!
+//! [`serve`] runs the gRPC services; [`admin`] holds the commands that work on a data dir.
+
+pub mod admin;
+pub mod auth;
+pub mod cert;
+pub mod control;
+pub mod data;
+pub mod error;
+pub mod meta;
+pub mod serve;
+pub mod transfer;
+
+pub use data::DataDir;
+pub use error::ServerError;
+pub use serve::{ServeOptions, serve, shutdown_signal};

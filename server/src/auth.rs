@@ -1,0 +1,128 @@
+//! Passwords (argon2 hashes) and expiring bearer tokens.
+//!
+//! A token is 32 random bytes in hex; only its BLAKE3 hash is stored, so a copy of the
+//! database does not hold usable tokens.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use hotate_engine::Hash;
+use tonic::Request;
+
+use crate::error::ServerError;
+use crate::meta::{Meta, Session, now};
+
+/// How long a token is accepted.
+pub const TOKEN_LIFETIME_SECS: i64 = 12 * 3600;
+
+/// Hashes a password for storage.
+///
+/// # Errors
+/// Only on an internal argon2 failure.
+pub fn hash_password(password: &str) -> Result<String, ServerError> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| ServerError::Internal(e.to_string()))?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| ServerError::Internal(e.to_string()))?
+        .to_string())
+}
+
+/// Checks a user's password and issues a token bound to the user and terminal.
+///
+/// # Errors
+/// `BadLogin` for an unknown user or a wrong password.
+pub fn login(
+    meta: &Meta,
+    user: &str,
+    password: &str,
+    terminal: &str,
+) -> Result<(String, i64), ServerError> {
+    let stored = meta.password_hash(user)?;
+    // Verify against a dummy hash for unknown users so timing does not reveal them.
+    let known = stored.is_some();
+    let stored = match stored {
+        Some(stored) => stored,
+        None => dummy_hash()?,
+    };
+    let parsed = PasswordHash::new(&stored).map_err(|e| ServerError::Internal(e.to_string()))?;
+    let matches = Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    if !(known && matches) {
+        return Err(ServerError::BadLogin);
+    }
+    let token: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let expires_at = now() + TOKEN_LIFETIME_SECS;
+    let session = Session {
+        user: user.to_owned(),
+        terminal: terminal.to_owned(),
+    };
+    meta.add_token(&Hash::of(token.as_bytes()), &session, expires_at)?;
+    Ok((token, expires_at))
+}
+
+fn dummy_hash() -> Result<String, ServerError> {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(hash) = DUMMY.get() {
+        return Ok(hash.clone());
+    }
+    let hash = hash_password("hotate-dummy")?;
+    Ok(DUMMY.get_or_init(|| hash).clone())
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(hotate_proto::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_owned)
+}
+
+/// The session of a token.
+///
+/// # Errors
+/// `Unauthenticated` for a missing, unknown or expired token.
+pub fn session(meta: &Meta, token: Option<&str>) -> Result<Session, ServerError> {
+    let token = token.ok_or(ServerError::Unauthenticated)?;
+    meta.session(&Hash::of(token.as_bytes()))?
+        .ok_or(ServerError::Unauthenticated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_and_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("m.sqlite")).unwrap();
+        meta.add_user("coadmin", &hash_password("secret").unwrap())
+            .unwrap();
+        assert!(matches!(
+            login(&meta, "coadmin", "wrong", "PC-1"),
+            Err(ServerError::BadLogin)
+        ));
+        assert!(matches!(
+            login(&meta, "nobody", "secret", "PC-1"),
+            Err(ServerError::BadLogin)
+        ));
+        let (token, _) = login(&meta, "coadmin", "secret", "PC-1").unwrap();
+        let s = session(&meta, Some(&token)).unwrap();
+        assert_eq!((s.user.as_str(), s.terminal.as_str()), ("coadmin", "PC-1"));
+        assert!(session(&meta, Some("forged")).is_err());
+        assert!(session(&meta, None).is_err());
+        assert!(
+            !meta
+                .password_hash("coadmin")
+                .unwrap()
+                .unwrap()
+                .contains("secret")
+        );
+    }
+}

@@ -1,0 +1,202 @@
+//! The data dir: metadata, the chunk store and the manifests, and the operations that
+//! touch more than one of them (import, export, commit).
+//!
+//! Layout: `meta.sqlite` (WAL), `store/` (chunks), `manifests/DISK/VERSION.manifest`.
+//! Manifests are written to a temp file, fsynced and renamed before the version row that
+//! names them is committed, so a crash never leaves a version without its manifest.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hotate_engine::{
+    BlockSize, ChunkStore, Entry, FsStore, Manifest, PipelineConfig, Progress, RawImage, StoreSink,
+    pipeline,
+};
+
+use crate::error::ServerError;
+use crate::meta::{DiskRow, Meta, VersionRow, now};
+
+/// An open data dir.
+#[derive(Debug)]
+pub struct DataDir {
+    root: PathBuf,
+    pub meta: Meta,
+    pub store: Arc<FsStore>,
+}
+
+impl DataDir {
+    /// Opens (creating when needed) the data dir at `root`.
+    ///
+    /// # Errors
+    /// When the directories, the database or the store cannot be opened.
+    pub fn open(root: &Path) -> Result<Arc<Self>, ServerError> {
+        fs::create_dir_all(root.join("manifests"))?;
+        let meta = Meta::open(&root.join("meta.sqlite"))?;
+        let store = Arc::new(FsStore::open(&root.join("store"))?);
+        Ok(Arc::new(Self {
+            root: root.to_owned(),
+            meta,
+            store,
+        }))
+    }
+
+    fn manifest_path(&self, disk_id: &str, version: &str) -> PathBuf {
+        self.root
+            .join("manifests")
+            .join(disk_id)
+            .join(format!("{version}.manifest"))
+    }
+
+    /// Writes a manifest durably.
+    ///
+    /// # Errors
+    /// On an IO error (a full disk among others).
+    pub fn write_manifest(
+        &self,
+        disk_id: &str,
+        version: &str,
+        manifest: &Manifest,
+    ) -> Result<(), ServerError> {
+        let path = self.manifest_path(disk_id, version);
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir)?;
+        let temp = path.with_extension("manifest.tmp");
+        let mut file = File::create(&temp)?;
+        file.write_all(&manifest.encode())?;
+        file.sync_all()?;
+        fs::rename(&temp, &path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Reads a version's manifest and checks it against the root recorded for it.
+    ///
+    /// # Errors
+    /// When the file is missing or damaged, or its root is not the version's.
+    pub fn manifest(&self, version: &VersionRow) -> Result<Manifest, ServerError> {
+        let bytes = fs::read(self.manifest_path(&version.disk_id, &version.id))?;
+        let manifest = Manifest::decode(&bytes)?;
+        if manifest.root() != version.root {
+            return Err(ServerError::Internal(format!(
+                "manifest of version {} does not match its recorded root",
+                version.id
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// A fresh 8-hex-digit version id, unique within the disk.
+    ///
+    /// # Errors
+    /// When the metadata cannot be read.
+    pub fn new_version_id(&self, disk_id: &str) -> Result<String, ServerError> {
+        loop {
+            let id = format!("{:08x}", rand::random::<u32>());
+            if !self.meta.version_exists(disk_id, &id)? {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Imports a raw image as a new disk and its first version.
+    ///
+    /// # Errors
+    /// When the name is taken, the image cannot be read, or storage fails.
+    pub async fn import(
+        self: &Arc<Self>,
+        name: &str,
+        image: &Path,
+        block_size: BlockSize,
+        comment: &str,
+        progress: &Progress,
+    ) -> Result<(DiskRow, VersionRow), ServerError> {
+        if self.meta.disk(name).is_ok() {
+            return Err(ServerError::DiskExists(name.to_owned()));
+        }
+        let source = Arc::new(RawImage::open(image).map_err(|e| {
+            ServerError::BadRequest(format!("cannot open image {}: {e}", image.display()))
+        })?);
+        let size = hotate_engine::ImageSource::size(&*source);
+        if size == 0 {
+            return Err(ServerError::BadRequest(format!(
+                "image {} is empty",
+                image.display()
+            )));
+        }
+        let parent = Manifest::zeroed(size, block_size)?;
+        let sink = StoreSink::new(self.store.clone());
+        let outcome = pipeline::run(source, &parent, &sink, &PipelineConfig::default(), progress)
+            .await
+            .map_err(|e| ServerError::BadRequest(format!("importing {}: {e}", image.display())))?;
+        let disk = DiskRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.to_owned(),
+            size,
+            block_size: block_size.get(),
+            created_at: now(),
+        };
+        let version = VersionRow {
+            disk_id: disk.id.clone(),
+            id: format!("{:08x}", rand::random::<u32>()),
+            parent: None,
+            comment: comment.to_owned(),
+            user: "admin".to_owned(),
+            terminal: String::new(),
+            created_at: now(),
+            root: outcome.manifest.root(),
+            blocks_changed: outcome.progress.blocks_changed,
+            bytes_stored: outcome.progress.bytes_sent,
+        };
+        self.write_manifest(&disk.id, &version.id, &outcome.manifest)?;
+        self.meta.create_disk(&disk, &version)?;
+        Ok((disk, version))
+    }
+
+    /// Writes a version as a raw image, every chunk verified; returns the bytes written.
+    ///
+    /// # Errors
+    /// When a chunk is missing or damaged, or the output cannot be written. The output
+    /// file is only created (by rename) once the whole image is written.
+    pub fn export(&self, version: &VersionRow, output: &Path) -> Result<u64, ServerError> {
+        let manifest = self.manifest(version)?;
+        let temp = output.with_extension("hotate-export.tmp");
+        let result = (|| {
+            let file = File::create(&temp)?;
+            let mut out = std::io::BufWriter::with_capacity(4 << 20, &file);
+            let block = manifest.block_size();
+            for (index, entry) in manifest.entries().iter().enumerate() {
+                let range = block.range(index as u64, manifest.disk_size());
+                let len = (range.end - range.start) as usize;
+                match entry {
+                    Entry::Zero => {
+                        out.flush()?;
+                        // Leave a hole: the file is extended by set_len below.
+                        std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(range.end))?;
+                    }
+                    Entry::Chunk(hash) => {
+                        let data = self.store.get(hash, block.bytes())?;
+                        if data.len() != len {
+                            return Err(ServerError::Internal(format!(
+                                "chunk {hash} has {} bytes, block {index} needs {len}",
+                                data.len()
+                            )));
+                        }
+                        out.write_all(&data)?;
+                    }
+                }
+            }
+            out.flush()?;
+            drop(out);
+            file.set_len(manifest.disk_size())?;
+            file.sync_all()?;
+            fs::rename(&temp, output)?;
+            Ok(manifest.disk_size())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+}

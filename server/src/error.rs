@@ -1,0 +1,106 @@
+//! The server's errors, and the one place where they become gRPC statuses.
+//!
+//! Messages say what happened and what to do next; the client shows them as they are.
+
+use hotate_engine::{ChunkError, ManifestError, StoreError};
+use tonic::{Code, Status};
+
+use crate::meta::UpdateState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("wrong user name or password")]
+    BadLogin,
+    #[error("not logged in or the session expired: log in again")]
+    Unauthenticated,
+    #[error("unknown disk {0}: `hotate-server disk list` shows the disks")]
+    UnknownDisk(String),
+    #[error("a disk named {0} already exists")]
+    DiskExists(String),
+    #[error("unknown version {0}")]
+    UnknownVersion(String),
+    #[error("unknown update {0}: it may have been aborted; start a new update")]
+    UnknownUpdate(String),
+    #[error("the terminal did not boot the latest version (latest={latest}, booted={booted})")]
+    NotLatest { latest: String, booted: String },
+    #[error("terminal {terminal} is already updating this disk; cancel that update first")]
+    DiskBusy { terminal: String },
+    #[error("update {guid} is {}: start a new update", state.as_str())]
+    UpdateNotLive { guid: String, state: UpdateState },
+    #[error("update {guid} belongs to terminal {owner}, not {caller}")]
+    NotYourUpdate {
+        guid: String,
+        owner: String,
+        caller: String,
+    },
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("rejected chunk: {0}")]
+    BadChunk(#[from] ChunkError),
+    #[error("the upload is incomplete: {0}")]
+    Incomplete(String),
+    #[error("the uploaded content does not match: {0}")]
+    RootMismatch(String),
+    #[error("storage failure: {0}")]
+    Store(#[from] StoreError),
+    #[error("manifest failure: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("metadata failure: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("IO failure: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<tokio::task::JoinError> for ServerError {
+    fn from(err: tokio::task::JoinError) -> Self {
+        Self::Internal(err.to_string())
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(err: ServerError) -> Self {
+        let code = match &err {
+            ServerError::BadLogin | ServerError::Unauthenticated => Code::Unauthenticated,
+            ServerError::UnknownDisk(_)
+            | ServerError::UnknownVersion(_)
+            | ServerError::UnknownUpdate(_) => Code::NotFound,
+            ServerError::DiskExists(_) => Code::AlreadyExists,
+            ServerError::NotLatest { .. }
+            | ServerError::UpdateNotLive { .. }
+            | ServerError::Incomplete(_)
+            | ServerError::RootMismatch(_) => Code::FailedPrecondition,
+            ServerError::DiskBusy { .. } => Code::Aborted,
+            ServerError::NotYourUpdate { .. } => Code::PermissionDenied,
+            ServerError::BadRequest(_) | ServerError::BadChunk(_) => Code::InvalidArgument,
+            ServerError::Store(StoreError::Io { source, .. }) | ServerError::Io(source)
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                Code::ResourceExhausted
+            }
+            ServerError::Store(_)
+            | ServerError::Manifest(_)
+            | ServerError::Sql(_)
+            | ServerError::Io(_)
+            | ServerError::Internal(_) => {
+                tracing::error!(cause = %err, "request failed");
+                Code::Internal
+            }
+        };
+        let mut status = Status::new(code, err.to_string());
+        // Machine-readable details for the client's localized messages.
+        if let ServerError::NotLatest { latest, booted } = &err
+            && let (Ok(l), Ok(b)) = (latest.parse(), booted.parse())
+        {
+            status.metadata_mut().insert("hotate-latest", l);
+            status.metadata_mut().insert("hotate-booted", b);
+        }
+        if let ServerError::DiskBusy { terminal } = &err
+            && let Ok(t) = terminal.parse()
+        {
+            status.metadata_mut().insert("hotate-terminal", t);
+        }
+        status
+    }
+}

@@ -1,0 +1,172 @@
+//! `hotate-server`: parses the command line and runs the command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hotate_server::{ServeOptions, admin, cert, serve, shutdown_signal};
+
+#[derive(Parser)]
+#[command(name = "hotate-server", version, about = "Hotate management server")]
+struct Cli {
+    /// Data dir (metadata, chunk store, manifests).
+    #[arg(
+        long,
+        global = true,
+        env = "HOTATE_DATA",
+        default_value = "./hotate-data"
+    )]
+    data: PathBuf,
+    /// Machine-readable output for listings.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control and transfer services.
+    Serve {
+        #[arg(long, default_value = "0.0.0.0:30806")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:30811")]
+        transfer_listen: SocketAddr,
+        /// Transfer endpoint told to clients, e.g. https://files.example:30811
+        #[arg(long)]
+        advertise_transfer: Option<String>,
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage disks and versions.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+    /// Inspect and abort updates.
+    #[command(subcommand)]
+    Update(UpdateCommand),
+    /// Certificates for TLS.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user or set a user's password (HOTATE_PASSWORD, else prompt or stdin).
+    Add { name: String },
+}
+
+#[derive(Subcommand)]
+enum DiskCommand {
+    /// Import a raw image as a new disk.
+    Import {
+        name: String,
+        image: PathBuf,
+        #[arg(long, default_value_t = hotate_engine::block::DEFAULT_BLOCK_SIZE)]
+        block_size: u32,
+        #[arg(long, default_value = "Imported.")]
+        comment: String,
+    },
+    /// List disks.
+    List,
+    /// List a disk's versions, oldest first.
+    Versions { disk: String },
+    /// Write a version as a raw image, every chunk verified.
+    Export {
+        disk: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// List updates.
+    List,
+    /// Discard a disk's half-done update.
+    Abort { disk: String },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a self-signed cert.pem and key.pem.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, required = true, num_args = 1..)]
+        host: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOTATE_LOG")
+                .unwrap_or_else(|_| "warn,hotate_server=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data = cli.data;
+    match cli.command {
+        Command::Serve {
+            listen,
+            transfer_listen,
+            advertise_transfer,
+            tls_cert,
+            tls_key,
+        } => {
+            let options = ServeOptions {
+                data,
+                listen,
+                transfer_listen,
+                advertise_transfer,
+                tls: tls_cert.zip(tls_key),
+            };
+            serve(options, shutdown_signal()).await
+        }
+        Command::User(UserCommand::Add { name }) => admin::user_add(&data, &name),
+        Command::Disk(DiskCommand::Import {
+            name,
+            image,
+            block_size,
+            comment,
+        }) => admin::disk_import(&data, &name, &image, block_size, &comment, cli.json).await,
+        Command::Disk(DiskCommand::List) => admin::disk_list(&data, cli.json),
+        Command::Disk(DiskCommand::Versions { disk }) => {
+            admin::disk_versions(&data, &disk, cli.json)
+        }
+        Command::Disk(DiskCommand::Export {
+            disk,
+            version,
+            output,
+        }) => admin::disk_export(&data, &disk, version.as_deref(), &output),
+        Command::Update(UpdateCommand::List) => admin::update_list(&data, cli.json),
+        Command::Update(UpdateCommand::Abort { disk }) => admin::update_abort(&data, &disk),
+        Command::Cert(CertCommand::Generate { out, host }) => cert::generate(&out, &host),
+    }
+}

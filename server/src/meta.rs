@@ -1,0 +1,604 @@
+//! Server metadata in SQLite: users, tokens, disks, versions, updates and the entries
+//! offered by uploads.
+//!
+//! One connection per process, in WAL mode with a busy timeout, so admin commands can run
+//! while `serve` holds the same data dir. Every change is one transaction; the schema is
+//! migrated by `PRAGMA user_version`. Calls block: async callers use `spawn_blocking`.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hotate_engine::{Entry, Hash, Offer};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::ServerError;
+
+/// Schema migrations, applied in order; the index + 1 is the `user_version` after each.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE tokens (
+    token_hash BLOB PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES users(name),
+    terminal TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE disks (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    block_size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE versions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    disk_id TEXT NOT NULL REFERENCES disks(id),
+    id TEXT NOT NULL,
+    parent TEXT,
+    comment TEXT NOT NULL,
+    user TEXT NOT NULL,
+    terminal TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    blocks_changed INTEGER NOT NULL,
+    bytes_stored INTEGER NOT NULL,
+    UNIQUE (disk_id, id)
+);
+CREATE TABLE updates (
+    guid TEXT PRIMARY KEY,
+    disk_id TEXT NOT NULL REFERENCES disks(id),
+    base_version TEXT NOT NULL,
+    terminal TEXT NOT NULL,
+    user TEXT NOT NULL,
+    state TEXT NOT NULL,
+    new_version TEXT,
+    chunks_received INTEGER NOT NULL DEFAULT 0,
+    bytes_received INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX one_live_update_per_disk ON updates(disk_id)
+    WHERE state IN ('reserved', 'uploading');
+CREATE TABLE upload_entries (
+    guid TEXT NOT NULL REFERENCES updates(guid),
+    block_index INTEGER NOT NULL,
+    hash BLOB,
+    PRIMARY KEY (guid, block_index)
+) WITHOUT ROWID;
+"];
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRow {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub block_size: u32,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    pub disk_id: String,
+    pub id: String,
+    pub parent: Option<String>,
+    pub comment: String,
+    pub user: String,
+    pub terminal: String,
+    pub created_at: i64,
+    pub root: Hash,
+    pub blocks_changed: u64,
+    pub bytes_stored: u64,
+}
+
+/// The life of an update: `reserved → uploading → committed`, or `cancelled`/`aborted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateState {
+    Reserved,
+    Uploading,
+    Committed,
+    Cancelled,
+    Aborted,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Uploading => "uploading",
+            Self::Committed => "committed",
+            Self::Cancelled => "cancelled",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "reserved" => Self::Reserved,
+            "uploading" => Self::Uploading,
+            "committed" => Self::Committed,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Aborted,
+        }
+    }
+
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Reserved | Self::Uploading)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateRow {
+    pub guid: String,
+    pub disk_id: String,
+    pub base_version: String,
+    pub terminal: String,
+    pub user: String,
+    pub state: UpdateState,
+    pub new_version: Option<String>,
+    pub chunks_received: u64,
+    pub bytes_received: u64,
+}
+
+/// A logged-in caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: String,
+    pub terminal: String,
+}
+
+/// The metadata database.
+#[derive(Debug)]
+pub struct Meta {
+    conn: Mutex<Connection>,
+}
+
+impl Meta {
+    /// Opens (creating and migrating) the database at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or migrated.
+    pub fn open(path: &Path) -> Result<Self, ServerError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let meta = Self {
+            conn: Mutex::new(conn),
+        };
+        meta.migrate()?;
+        Ok(meta)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if current > MIGRATIONS.len() {
+            return Err(ServerError::Internal(format!(
+                "the data dir was written by a newer Hotate (schema {current})"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // --- users and tokens ---
+
+    pub fn add_user(&self, name: &str, password_hash: &str) -> Result<(), ServerError> {
+        let changed = self.conn().execute(
+            "INSERT INTO users (name, password_hash, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET password_hash = excluded.password_hash",
+            params![name, password_hash, now()],
+        )?;
+        debug_assert_eq!(changed, 1);
+        Ok(())
+    }
+
+    pub fn password_hash(&self, name: &str) -> Result<Option<String>, ServerError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT password_hash FROM users WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn add_token(
+        &self,
+        token_hash: &Hash,
+        session: &Session,
+        expires_at: i64,
+    ) -> Result<(), ServerError> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM tokens WHERE expires_at < ?1", params![now()])?;
+        conn.execute(
+            "INSERT INTO tokens (token_hash, user, terminal, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                &token_hash.as_bytes()[..],
+                session.user,
+                session.terminal,
+                expires_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The session of an unexpired token.
+    pub fn session(&self, token_hash: &Hash) -> Result<Option<Session>, ServerError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT user, terminal FROM tokens WHERE token_hash = ?1 AND expires_at >= ?2",
+                params![&token_hash.as_bytes()[..], now()],
+                |r| {
+                    Ok(Session {
+                        user: r.get(0)?,
+                        terminal: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    // --- disks and versions ---
+
+    /// A disk by UUID or name.
+    pub fn disk(&self, id_or_name: &str) -> Result<DiskRow, ServerError> {
+        self.conn()
+            .query_row(
+                "SELECT id, name, size, block_size, created_at FROM disks
+                 WHERE id = ?1 OR name = ?1",
+                [id_or_name],
+                disk_row,
+            )
+            .optional()?
+            .ok_or_else(|| ServerError::UnknownDisk(id_or_name.to_owned()))
+    }
+
+    pub fn disks(&self) -> Result<Vec<DiskRow>, ServerError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, name, size, block_size, created_at FROM disks ORDER BY name")?;
+        let rows = stmt.query_map([], disk_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Creates a disk and its first version in one transaction.
+    pub fn create_disk(&self, disk: &DiskRow, first: &VersionRow) -> Result<(), ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM disks WHERE name = ?1", [&disk.name], |_| {
+                Ok(true)
+            })
+            .optional()?
+            .unwrap_or(false);
+        if exists {
+            return Err(ServerError::DiskExists(disk.name.clone()));
+        }
+        tx.execute(
+            "INSERT INTO disks (id, name, size, block_size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![disk.id, disk.name, disk.size as i64, disk.block_size, disk.created_at],
+        )?;
+        insert_version(&tx, first)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Versions of a disk, oldest first.
+    pub fn versions(&self, disk_id: &str) -> Result<Vec<VersionRow>, ServerError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare(&format!("{VERSION_SELECT} WHERE disk_id = ?1 ORDER BY seq"))?;
+        let rows = stmt.query_map([disk_id], version_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn latest_version(&self, disk_id: &str) -> Result<VersionRow, ServerError> {
+        self.conn()
+            .query_row(
+                &format!("{VERSION_SELECT} WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1"),
+                [disk_id],
+                version_row,
+            )
+            .optional()?
+            .ok_or_else(|| ServerError::Internal(format!("disk {disk_id} has no version")))
+    }
+
+    pub fn version(&self, disk_id: &str, id: &str) -> Result<VersionRow, ServerError> {
+        self.conn()
+            .query_row(
+                &format!("{VERSION_SELECT} WHERE disk_id = ?1 AND id = ?2"),
+                [disk_id, id],
+                version_row,
+            )
+            .optional()?
+            .ok_or_else(|| ServerError::UnknownVersion(id.to_owned()))
+    }
+
+    // --- updates ---
+
+    /// Reserves a disk: refused unless `booted` is the latest version and no live update
+    /// holds the disk.
+    pub fn start_update(
+        &self,
+        disk_id: &str,
+        booted: &str,
+        session: &Session,
+        guid: &str,
+    ) -> Result<UpdateRow, ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let latest: String = tx.query_row(
+            "SELECT id FROM versions WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [disk_id],
+            |r| r.get(0),
+        )?;
+        if latest != booted {
+            return Err(ServerError::NotLatest {
+                latest,
+                booted: booted.to_owned(),
+            });
+        }
+        if let Some(live) = live_update(&tx, disk_id)? {
+            return Err(ServerError::DiskBusy {
+                terminal: live.terminal,
+            });
+        }
+        tx.execute(
+            "INSERT INTO updates (guid, disk_id, base_version, terminal, user, state, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6, ?6)",
+            params![guid, disk_id, booted, session.terminal, session.user, now()],
+        )?;
+        let row = update_by_guid(&tx, guid)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    pub fn update(&self, guid: &str) -> Result<UpdateRow, ServerError> {
+        update_by_guid(&self.conn(), guid)
+    }
+
+    pub fn updates(&self) -> Result<Vec<UpdateRow>, ServerError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{UPDATE_SELECT} ORDER BY created_at, guid"))?;
+        let rows = stmt.query_map([], update_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn live_update(&self, disk_id: &str) -> Result<Option<UpdateRow>, ServerError> {
+        live_update(&self.conn(), disk_id)
+    }
+
+    /// Moves a live update to `to`; refused when it is no longer live.
+    pub fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row = update_by_guid(&tx, guid)?;
+        if !row.state.is_live() {
+            return Err(ServerError::UpdateNotLive {
+                guid: guid.to_owned(),
+                state: row.state,
+            });
+        }
+        tx.execute(
+            "UPDATE updates SET state = ?2, updated_at = ?3 WHERE guid = ?1",
+            params![guid, to.as_str(), now()],
+        )?;
+        if !to.is_live() {
+            tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
+        }
+        let row = update_by_guid(&tx, guid)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// Forgets the entries offered by earlier sessions of an upload (its chunks stay).
+    pub fn clear_offers(&self, guid: &str) -> Result<(), ServerError> {
+        self.conn()
+            .execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
+        Ok(())
+    }
+
+    /// Records offered entries in one transaction.
+    pub fn record_offers(&self, guid: &str, offers: &[Offer]) -> Result<(), ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO upload_entries (guid, block_index, hash) VALUES (?1, ?2, ?3)",
+            )?;
+            for offer in offers {
+                let hash = offer.entry.hash().map(|h| h.as_bytes().to_vec());
+                stmt.execute(params![guid, offer.index as i64, hash])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn offers(&self, guid: &str) -> Result<Vec<Offer>, ServerError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT block_index, hash FROM upload_entries WHERE guid = ?1 ORDER BY block_index",
+        )?;
+        let rows = stmt.query_map([guid], |r| {
+            let index: i64 = r.get(0)?;
+            let hash: Option<Vec<u8>> = r.get(1)?;
+            Ok((index as u64, hash))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (index, hash) = row?;
+            let entry = match hash {
+                None => Entry::Zero,
+                Some(bytes) => Entry::Chunk(Hash::from_slice(&bytes).ok_or_else(|| {
+                    ServerError::Internal("a stored entry hash is damaged".into())
+                })?),
+            };
+            out.push(Offer { index, entry });
+        }
+        Ok(out)
+    }
+
+    pub fn add_received(&self, guid: &str, chunks: u64, bytes: u64) -> Result<(), ServerError> {
+        self.conn().execute(
+            "UPDATE updates SET chunks_received = chunks_received + ?2,
+                                bytes_received = bytes_received + ?3 WHERE guid = ?1",
+            params![guid, chunks as i64, bytes as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Commits an uploading update as `version`, atomically.
+    pub fn commit_update(&self, guid: &str, version: &VersionRow) -> Result<(), ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row = update_by_guid(&tx, guid)?;
+        if row.state != UpdateState::Uploading {
+            return Err(ServerError::UpdateNotLive {
+                guid: guid.to_owned(),
+                state: row.state,
+            });
+        }
+        let latest: String = tx.query_row(
+            "SELECT id FROM versions WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [&row.disk_id],
+            |r| r.get(0),
+        )?;
+        if latest != row.base_version {
+            return Err(ServerError::NotLatest {
+                latest,
+                booted: row.base_version,
+            });
+        }
+        insert_version(&tx, version)?;
+        tx.execute(
+            "UPDATE updates SET state = 'committed', new_version = ?2, updated_at = ?3 WHERE guid = ?1",
+            params![guid, version.id, now()],
+        )?;
+        tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, ServerError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM versions WHERE disk_id = ?1 AND id = ?2",
+                [disk_id, id],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+}
+
+const VERSION_SELECT: &str = "SELECT disk_id, id, parent, comment, user, terminal, created_at,
+    root, blocks_changed, bytes_stored FROM versions";
+const UPDATE_SELECT: &str = "SELECT guid, disk_id, base_version, terminal, user, state,
+    new_version, chunks_received, bytes_received FROM updates";
+
+fn disk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DiskRow> {
+    Ok(DiskRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        size: r.get::<_, i64>(2)? as u64,
+        block_size: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
+    let root: Vec<u8> = r.get(7)?;
+    Ok(VersionRow {
+        disk_id: r.get(0)?,
+        id: r.get(1)?,
+        parent: r.get(2)?,
+        comment: r.get(3)?,
+        user: r.get(4)?,
+        terminal: r.get(5)?,
+        created_at: r.get(6)?,
+        root: Hash::from_slice(&root).unwrap_or(Hash::from_bytes([0; 32])),
+        blocks_changed: r.get::<_, i64>(8)? as u64,
+        bytes_stored: r.get::<_, i64>(9)? as u64,
+    })
+}
+
+fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
+    Ok(UpdateRow {
+        guid: r.get(0)?,
+        disk_id: r.get(1)?,
+        base_version: r.get(2)?,
+        terminal: r.get(3)?,
+        user: r.get(4)?,
+        state: UpdateState::parse(&r.get::<_, String>(5)?),
+        new_version: r.get(6)?,
+        chunks_received: r.get::<_, i64>(7)? as u64,
+        bytes_received: r.get::<_, i64>(8)? as u64,
+    })
+}
+
+fn insert_version(conn: &Connection, v: &VersionRow) -> Result<(), ServerError> {
+    conn.execute(
+        "INSERT INTO versions (disk_id, id, parent, comment, user, terminal, created_at, root,
+                               blocks_changed, bytes_stored)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            v.disk_id,
+            v.id,
+            v.parent,
+            v.comment,
+            v.user,
+            v.terminal,
+            v.created_at,
+            &v.root.as_bytes()[..],
+            v.blocks_changed as i64,
+            v.bytes_stored as i64
+        ],
+    )?;
+    Ok(())
+}
+
+fn update_by_guid(conn: &Connection, guid: &str) -> Result<UpdateRow, ServerError> {
+    conn.query_row(
+        &format!("{UPDATE_SELECT} WHERE guid = ?1"),
+        [guid],
+        update_row,
+    )
+    .optional()?
+    .ok_or_else(|| ServerError::UnknownUpdate(guid.to_owned()))
+}
+
+fn live_update(conn: &Connection, disk_id: &str) -> Result<Option<UpdateRow>, ServerError> {
+    Ok(conn
+        .query_row(
+            &format!("{UPDATE_SELECT} WHERE disk_id = ?1 AND state IN ('reserved', 'uploading')"),
+            [disk_id],
+            update_row,
+        )
+        .optional()?)
+}

@@ -1,0 +1,128 @@
+//! `hotate-server serve`: the control and transfer services on their own listeners.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hotate_proto::pb::{control_server::ControlServer, transfer_server::TransferServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::control::ControlService;
+use crate::data::DataDir;
+use crate::transfer::TransferService;
+
+/// HTTP/2 windows sized for bulk upload, so the link, not flow control, sets the pace:
+/// a stream may have a few full blocks in flight before it needs a window update.
+const STREAM_WINDOW: u32 = 32 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+
+/// Settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub transfer_listen: SocketAddr,
+    pub advertise_transfer: Option<String>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Runs the server until `shutdown` resolves.
+///
+/// # Errors
+/// When the data dir cannot be opened, a port cannot be bound, or TLS files are bad.
+pub async fn serve(
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let data = DataDir::open(&options.data)
+        .with_context(|| format!("opening data dir {}", options.data.display()))?;
+    let control_listener = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("binding the control port {}", options.listen))?;
+    let transfer_listener = TcpListener::bind(options.transfer_listen)
+        .await
+        .with_context(|| format!("binding the transfer port {}", options.transfer_listen))?;
+    let control_addr = control_listener.local_addr()?;
+    let transfer_addr = transfer_listener.local_addr()?;
+
+    let tls = match &options.tls {
+        Some((cert, key)) => {
+            let cert = std::fs::read(cert)
+                .with_context(|| format!("reading TLS certificate {}", cert.display()))?;
+            let key =
+                std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
+            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        }
+        None => None,
+    };
+    let builder = || -> anyhow::Result<Server> {
+        let mut builder = Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .tcp_nodelay(true);
+        if let Some(tls) = &tls {
+            builder = builder.tls_config(tls.clone()).context("configuring TLS")?;
+        }
+        Ok(builder)
+    };
+
+    let control = ControlServer::new(ControlService::new(
+        data.clone(),
+        transfer_addr.port(),
+        options.advertise_transfer.clone(),
+    ));
+    let transfer = TransferServer::new(TransferService::new(Arc::clone(&data)))
+        .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
+        .max_encoding_message_size(hotate_proto::MAX_MESSAGE);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    println!("listening control={control_addr} transfer={transfer_addr}");
+    tracing::info!(%control_addr, %transfer_addr, data = %options.data.display(), "serving");
+    let control_server = builder()?
+        .add_service(control)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(control_listener),
+            stopped(stop_rx.clone()),
+        );
+    let transfer_server = builder()?
+        .add_service(transfer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(transfer_listener), stopped(stop_rx));
+    tokio::try_join!(control_server, transfer_server).context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,367 @@
+//! The transfer service: manifests out, uploads in.
+//!
+//! An upload stream is one session of an update's upload. Offers are persisted and
+//! answered with the hashes the store lacks (and this session has not already asked
+//! for); chunks are verified and stored durably on the blocking pool, `STORE_JOBS` at a
+//! time, each acknowledged once on disk; `finish` rebuilds the manifest (base overlaid
+//! with the offers), checks it is complete and matches the client's root, and commits the
+//! version. A later session of the same update asks only for what is still missing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use hotate_engine::{ChunkStore, Entry, Hash, Manifest, Offer, UnverifiedChunk};
+use hotate_proto::pb::{self, transfer_server::Transfer, upload_reply, upload_request};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::control::{authenticate, blocking, check_owner};
+use crate::data::DataDir;
+use crate::error::ServerError;
+use crate::meta::{UpdateRow, UpdateState, VersionRow, now};
+
+/// Chunks verified and stored concurrently per upload.
+const STORE_JOBS: usize = 4;
+/// Replies queued towards the client.
+const REPLY_QUEUE: usize = 256;
+/// Size of the parts a manifest is sent in.
+const MANIFEST_PART: usize = 1 << 20;
+/// Received-chunk counters are written to the database every this many chunks.
+const COUNTER_FLUSH: u64 = 64;
+
+/// Serves `hotate.v1.Transfer`.
+#[derive(Debug, Clone)]
+pub struct TransferService {
+    data: Arc<DataDir>,
+}
+
+impl TransferService {
+    pub fn new(data: Arc<DataDir>) -> Self {
+        Self { data }
+    }
+}
+
+type ReplyStream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl Transfer for TransferService {
+    type GetManifestStream = ReplyStream<pb::ManifestPart>;
+    type UploadStream = ReplyStream<pb::UploadReply>;
+
+    async fn get_manifest(
+        &self,
+        request: Request<pb::GetManifestRequest>,
+    ) -> Result<Response<Self::GetManifestStream>, Status> {
+        authenticate(&self.data, &request).await?;
+        let req = request.into_inner();
+        let data = self.data.clone();
+        let bytes = blocking(move || {
+            let disk = data.meta.disk(&req.disk_id)?;
+            let version = data.meta.version(&disk.id, &req.version)?;
+            Ok(data.manifest(&version)?.encode())
+        })
+        .await?;
+        let bytes = bytes::Bytes::from(bytes);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for start in (0..bytes.len()).step_by(MANIFEST_PART) {
+                let end = (start + MANIFEST_PART).min(bytes.len());
+                let part = pb::ManifestPart {
+                    data: bytes.slice(start..end),
+                };
+                if tx.send(Ok(part)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<pb::UploadRequest>>,
+    ) -> Result<Response<Self::UploadStream>, Status> {
+        let session = authenticate(&self.data, &request).await?;
+        let mut inbound = request.into_inner();
+        let Some(pb::UploadRequest {
+            kind: Some(upload_request::Kind::Open(open)),
+        }) = inbound.message().await?
+        else {
+            return Err(ServerError::BadRequest("an upload must begin with `open`".into()).into());
+        };
+        let data = self.data.clone();
+        let (update, parent, parent_version) = blocking(move || {
+            let update = data.meta.update(&open.upload_id)?;
+            check_owner(&update, &session)?;
+            if update.state != UpdateState::Uploading {
+                return Err(ServerError::UpdateNotLive {
+                    guid: update.guid,
+                    state: update.state,
+                });
+            }
+            let version = data.meta.version(&update.disk_id, &update.base_version)?;
+            let parent = data.manifest(&version)?;
+            // Offers are re-sent by every session; chunks already stored stay.
+            data.meta.clear_offers(&update.guid)?;
+            Ok((update, parent, version))
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+        let opened = pb::Opened {
+            chunks_stored: update.chunks_received,
+            bytes_stored: update.bytes_received,
+        };
+        let _ = tx.send(Ok(reply(upload_reply::Kind::Opened(opened)))).await;
+        let upload = Upload {
+            data: self.data.clone(),
+            update,
+            parent,
+            parent_version,
+            pending: HashSet::new(),
+            stores: JoinSet::new(),
+            unflushed: (0, 0),
+            replies: tx.clone(),
+        };
+        tokio::spawn(async move {
+            let guid = upload.update.guid.clone();
+            if let Err(status) = upload.run(inbound).await {
+                tracing::warn!(update = %guid, cause = %status.message(), "upload stopped");
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn reply(kind: upload_reply::Kind) -> pb::UploadReply {
+    pb::UploadReply { kind: Some(kind) }
+}
+
+/// One session of an upload.
+struct Upload {
+    data: Arc<DataDir>,
+    update: UpdateRow,
+    parent: Manifest,
+    parent_version: VersionRow,
+    /// Hashes asked for in this session and not yet stored.
+    pending: HashSet<Hash>,
+    /// Verify-and-store jobs in flight; each yields (hash, bytes received).
+    stores: JoinSet<Result<(Hash, u64), ServerError>>,
+    /// Chunks and bytes stored but not yet counted in the database.
+    unflushed: (u64, u64),
+    replies: mpsc::Sender<Result<pb::UploadReply, Status>>,
+}
+
+impl Upload {
+    async fn run(mut self, mut inbound: Streaming<pb::UploadRequest>) -> Result<(), Status> {
+        let result = self.serve(&mut inbound).await;
+        // Whatever happened, what was stored stays counted.
+        let flushed = self.flush_counters().await;
+        result.and(flushed)
+    }
+
+    async fn serve(&mut self, inbound: &mut Streaming<pb::UploadRequest>) -> Result<(), Status> {
+        loop {
+            let message = tokio::select! {
+                Some(done) = self.stores.join_next(), if !self.stores.is_empty() => {
+                    self.stored(done).await?;
+                    continue;
+                }
+                message = inbound.message() => message,
+            };
+            let Some(message) = message? else {
+                // The client went away: finish the stores in flight, keep everything.
+                while let Some(done) = self.stores.join_next().await {
+                    self.stored(done).await?;
+                }
+                return Ok(());
+            };
+            match message.kind {
+                Some(upload_request::Kind::Offer(offer)) => self.offer(offer).await?,
+                Some(upload_request::Kind::Chunk(chunk)) => self.chunk(chunk).await?,
+                Some(upload_request::Kind::Finish(finish)) => return self.finish(finish).await,
+                Some(upload_request::Kind::Open(_)) | None => {
+                    return Err(ServerError::BadRequest("unexpected message".into()).into());
+                }
+            }
+        }
+    }
+
+    async fn offer(&mut self, offer: pb::Offer) -> Result<(), Status> {
+        let count = self.parent.len() as u64;
+        let offers = offer
+            .entries
+            .into_iter()
+            .map(|e| {
+                let offer =
+                    Offer::try_from(e).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+                if offer.index >= count {
+                    return Err(ServerError::BadRequest(format!(
+                        "block {} is beyond the disk's {count} blocks",
+                        offer.index
+                    )));
+                }
+                Ok(offer)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut fresh = HashSet::new();
+        let candidates: Vec<Hash> = offers
+            .iter()
+            .filter_map(|o| o.entry.hash())
+            .filter(|h| !self.pending.contains(h) && fresh.insert(*h))
+            .collect();
+        let data = self.data.clone();
+        let guid = self.update.guid.clone();
+        let missing = blocking(move || {
+            data.meta.record_offers(&guid, &offers)?;
+            Ok(data.store.missing(&candidates)?)
+        })
+        .await?;
+        self.pending.extend(missing.iter().copied());
+        let need = pb::Need {
+            batch: offer.batch,
+            hashes: missing.iter().map(hotate_proto::hash_bytes).collect(),
+        };
+        self.send(upload_reply::Kind::Need(need)).await
+    }
+
+    async fn chunk(&mut self, chunk: pb::Chunk) -> Result<(), Status> {
+        let chunk =
+            UnverifiedChunk::try_from(chunk).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+        if !self.pending.contains(&chunk.hash) {
+            return Err(ServerError::BadRequest(format!(
+                "chunk {} was not asked for",
+                chunk.hash.short()
+            ))
+            .into());
+        }
+        while self.stores.len() >= STORE_JOBS {
+            if let Some(done) = self.stores.join_next().await {
+                self.stored(done).await?;
+            }
+        }
+        let store = self.data.store.clone();
+        let max_len = self.parent.block_size().bytes();
+        self.stores.spawn_blocking(move || {
+            let received = chunk.frame.payload.len() as u64;
+            let verified = chunk.verify(max_len)?;
+            store.put(&verified)?;
+            Ok((verified.hash(), received))
+        });
+        Ok(())
+    }
+
+    async fn stored(
+        &mut self,
+        done: Result<Result<(Hash, u64), ServerError>, tokio::task::JoinError>,
+    ) -> Result<(), Status> {
+        let (hash, bytes) = done.map_err(ServerError::from)??;
+        self.pending.remove(&hash);
+        self.unflushed.0 += 1;
+        self.unflushed.1 += bytes;
+        if self.unflushed.0 >= COUNTER_FLUSH {
+            self.flush_counters().await?;
+        }
+        let stored = pb::Stored {
+            hashes: vec![hotate_proto::hash_bytes(&hash)],
+            bytes,
+        };
+        self.send(upload_reply::Kind::Stored(stored)).await
+    }
+
+    async fn flush_counters(&mut self) -> Result<(), Status> {
+        let (chunks, bytes) = std::mem::take(&mut self.unflushed);
+        if chunks == 0 {
+            return Ok(());
+        }
+        let data = self.data.clone();
+        let guid = self.update.guid.clone();
+        blocking(move || data.meta.add_received(&guid, chunks, bytes)).await
+    }
+
+    async fn finish(&mut self, finish: pb::Finish) -> Result<(), Status> {
+        while let Some(done) = self.stores.join_next().await {
+            self.stored(done).await?;
+        }
+        if !self.pending.is_empty() {
+            return Err(ServerError::Incomplete(format!(
+                "{} needed chunks were not sent",
+                self.pending.len()
+            ))
+            .into());
+        }
+        self.flush_counters().await?;
+        let client_root = hotate_proto::parse_hash(&finish.root)
+            .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+        let data = self.data.clone();
+        let update = self.update.clone();
+        let mut manifest = self.parent.clone();
+        let parent = self.parent_version.clone();
+        let comment = finish.comment;
+        let block_count = finish.block_count;
+        let version = blocking(move || {
+            if block_count != manifest.len() as u64 {
+                return Err(ServerError::BadRequest(format!(
+                    "the client counted {block_count} blocks, the disk has {}",
+                    manifest.len()
+                )));
+            }
+            let offers = data.meta.offers(&update.guid)?;
+            let mut changed = Vec::new();
+            for offer in &offers {
+                manifest.set(offer.index, offer.entry)?;
+                if let Entry::Chunk(hash) = offer.entry {
+                    changed.push(hash);
+                }
+            }
+            let missing = data.store.missing(&changed)?;
+            if let Some(first) = missing.first() {
+                return Err(ServerError::Incomplete(format!(
+                    "{} chunks are missing (first {})",
+                    missing.len(),
+                    first.short()
+                )));
+            }
+            let root = manifest.root();
+            if root != client_root {
+                return Err(ServerError::RootMismatch(format!(
+                    "server root {} differs from the client's {}; run finish again",
+                    root.short(),
+                    client_root.short()
+                )));
+            }
+            let changed_blocks = manifest.diff(&data.manifest(&parent)?)?.count() as u64;
+            let fresh = data.meta.update(&update.guid)?;
+            let version = VersionRow {
+                disk_id: update.disk_id.clone(),
+                id: data.new_version_id(&update.disk_id)?,
+                parent: Some(update.base_version.clone()),
+                comment,
+                user: update.user.clone(),
+                terminal: update.terminal.clone(),
+                created_at: now(),
+                root,
+                blocks_changed: changed_blocks,
+                bytes_stored: fresh.bytes_received,
+            };
+            data.write_manifest(&version.disk_id, &version.id, &manifest)?;
+            data.meta.commit_update(&update.guid, &version)?;
+            Ok(version)
+        })
+        .await?;
+        tracing::info!(update = %self.update.guid, version = %version.id, "update committed");
+        self.send(upload_reply::Kind::Committed(pb::Committed {
+            version: version.id,
+        }))
+        .await
+    }
+
+    async fn send(&self, kind: upload_reply::Kind) -> Result<(), Status> {
+        self.replies
+            .send(Ok(reply(kind)))
+            .await
+            .map_err(|_| Status::cancelled("the client went away"))
+    }
+}
