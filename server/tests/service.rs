@@ -1,0 +1,753 @@
+//! The real server binary on loopback, driven by a real tonic client speaking hotate.v1.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use bytes::Bytes;
+use hotate_engine::{BlockSize, Entry, Hash, Manifest, Offer, VerifiedChunk};
+use hotate_proto::pb::{
+    self, control_client::ControlClient, transfer_client::TransferClient, upload_reply,
+    upload_request,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const BLOCK: usize = 64 << 10;
+const BLOCKS: usize = 48;
+
+fn server_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hotate-server")
+}
+
+fn admin(data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(server_bin())
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env("HOTATE_PASSWORD", "secret")
+        .output()
+        .expect("run hotate-server")
+}
+
+fn admin_ok(data: &Path, args: &[&str]) -> String {
+    let out = admin(data, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+struct Server {
+    child: Child,
+    control: String,
+    transfer: String,
+}
+
+impl Server {
+    fn start(data: &Path) -> Self {
+        let mut child = Command::new(server_bin())
+            .args(["--data"])
+            .arg(data)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--transfer-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read first line");
+        let mut addrs = HashMap::new();
+        for part in line.split_whitespace().skip(1) {
+            let (k, v) = part.split_once('=').expect("key=value");
+            addrs.insert(k.to_owned(), format!("http://{v}"));
+        }
+        Self {
+            child,
+            control: addrs["control"].clone(),
+            transfer: addrs["transfer"].clone(),
+        }
+    }
+
+    async fn control(&self) -> ControlClient<Channel> {
+        ControlClient::connect(self.control.clone())
+            .await
+            .expect("connect control")
+    }
+
+    async fn transfer(&self) -> TransferClient<Channel> {
+        TransferClient::connect(self.transfer.clone())
+            .await
+            .expect("connect transfer")
+            .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
+            .max_encoding_message_size(hotate_proto::MAX_MESSAGE)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        hotate_proto::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+/// Deterministic content: mixed data and zero blocks.
+fn base_image() -> Vec<u8> {
+    let mut data = vec![0u8; BLOCK * BLOCKS + 1234];
+    for (i, block) in data.chunks_mut(BLOCK).enumerate() {
+        if i % 5 != 0 {
+            let mut h = blake3::Hasher::new();
+            h.update(&(i as u64).to_le_bytes());
+            h.finalize_xof().fill(block);
+        }
+    }
+    data
+}
+
+fn updated_image(base: &[u8], salt: u8) -> Vec<u8> {
+    let mut data = base.to_vec();
+    for i in (1..BLOCKS).step_by(2) {
+        data[i * BLOCK + 100] ^= salt; // every odd block changes
+    }
+    data[3 * BLOCK..4 * BLOCK].fill(0); // one becomes zero
+    let end = data.len();
+    data[end - 5] = salt; // the short tail changes
+    data
+}
+
+fn manifest_of(image: &[u8]) -> (Manifest, HashMap<Hash, Bytes>) {
+    let bs = BlockSize::new(BLOCK as u32).expect("block size");
+    let mut manifest = Manifest::zeroed(image.len() as u64, bs).expect("manifest");
+    let mut chunks = HashMap::new();
+    for (i, block) in image.chunks(BLOCK).enumerate() {
+        if block.iter().any(|&b| b != 0) {
+            let hash = Hash::of(block);
+            chunks.insert(hash, Bytes::copy_from_slice(block));
+            manifest.set(i as u64, Entry::Chunk(hash)).expect("set");
+        }
+    }
+    (manifest, chunks)
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    work: PathBuf,
+    disk_id: String,
+    first_version: String,
+    base: Vec<u8>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let work = dir.path().to_owned();
+    let base = base_image();
+    std::fs::write(work.join("base.img"), &base).expect("write base");
+    admin_ok(&data, &["user", "add", "coadmin"]);
+    let out = admin_ok(
+        &data,
+        &[
+            "--json",
+            "disk",
+            "import",
+            "win10",
+            work.join("base.img").to_str().expect("path"),
+            "--block-size",
+            "65536",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    Fixture {
+        disk_id: json["disk_id"].as_str().expect("disk_id").to_owned(),
+        first_version: json["version"].as_str().expect("version").to_owned(),
+        _dir: dir,
+        data,
+        work,
+        base,
+    }
+}
+
+async fn login(server: &Server, terminal: &str) -> String {
+    server
+        .control()
+        .await
+        .login(pb::LoginRequest {
+            user: "coadmin".into(),
+            password: "secret".into(),
+            terminal: terminal.into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .token
+}
+
+async fn start(
+    server: &Server,
+    token: &str,
+    disk: &str,
+    booted: &str,
+) -> Result<String, tonic::Status> {
+    let update = server
+        .control()
+        .await
+        .start_update(authed(
+            token,
+            pb::StartUpdateRequest {
+                disk_id: disk.into(),
+                booted_version: booted.into(),
+                terminal: String::new(),
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut control = server.control().await;
+    control
+        .begin_upload(authed(
+            token,
+            pb::UpdateRef {
+                data_write_guid: update.data_write_guid.clone(),
+            },
+        ))
+        .await?;
+    Ok(update.data_write_guid)
+}
+
+/// What one upload session did.
+#[derive(Debug, Default)]
+struct Session {
+    needed: usize,
+    sent: usize,
+    version: Option<String>,
+    error: Option<tonic::Status>,
+}
+
+/// Runs one upload session of `image` against `parent`; sends at most `send_limit`
+/// chunks and then drops the stream (an interruption), and finishes only when all went.
+/// `tamper` may damage a chunk before it is sent.
+async fn upload(
+    server: &Server,
+    token: &str,
+    guid: &str,
+    parent: &Manifest,
+    image: &[u8],
+    send_limit: usize,
+    tamper: impl Fn(&mut pb::Chunk),
+) -> Session {
+    let (manifest, chunks) = manifest_of(image);
+    let (tx, rx) = mpsc::channel(64);
+    let mut transfer = server.transfer().await;
+    let open = upload_request::Kind::Open(pb::Open {
+        upload_id: guid.into(),
+    });
+    tx.send(pb::UploadRequest { kind: Some(open) })
+        .await
+        .expect("queue");
+    let mut session = Session::default();
+    let mut replies = match transfer
+        .upload(authed(token, ReceiverStream::new(rx)))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            session.error = Some(status);
+            return session;
+        }
+    };
+    let offers: Vec<pb::Entry> = manifest
+        .diff(parent)
+        .expect("geometry")
+        .map(|i| {
+            pb::Entry::from(Offer {
+                index: i,
+                entry: manifest.get(i).expect("entry"),
+            })
+        })
+        .collect();
+    let offer = upload_request::Kind::Offer(pb::Offer {
+        batch: 1,
+        entries: offers,
+    });
+    tx.send(pb::UploadRequest { kind: Some(offer) })
+        .await
+        .expect("queue");
+    let mut stored = 0;
+    let mut finished = false;
+    loop {
+        let reply = match replies.message().await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => break,
+            Err(status) => {
+                session.error = Some(status);
+                break;
+            }
+        };
+        match reply.kind.expect("kind") {
+            upload_reply::Kind::Opened(_) => {}
+            upload_reply::Kind::Need(need) => {
+                session.needed = need.hashes.len();
+                for hash in need.hashes.iter().take(send_limit) {
+                    let hash = Hash::from_slice(hash).expect("hash");
+                    let chunk = VerifiedChunk::seal(chunks[&hash].clone(), 1);
+                    let mut wire = pb::Chunk::from(&chunk);
+                    tamper(&mut wire);
+                    tx.send(pb::UploadRequest {
+                        kind: Some(upload_request::Kind::Chunk(wire)),
+                    })
+                    .await
+                    .expect("queue");
+                    session.sent += 1;
+                }
+                if session.needed > send_limit {
+                    // Interrupted: wait for the acks of what went, then vanish.
+                    while stored < session.sent {
+                        match replies.message().await {
+                            Ok(Some(pb::UploadReply {
+                                kind: Some(upload_reply::Kind::Stored(_)),
+                            })) => stored += 1,
+                            Ok(_) => break,
+                            Err(status) => {
+                                session.error = Some(status);
+                                break;
+                            }
+                        }
+                    }
+                    return session;
+                }
+                if session.needed == 0 {
+                    finished = true;
+                    send_finish(&tx, &manifest).await;
+                }
+            }
+            upload_reply::Kind::Stored(_) => {
+                stored += 1;
+                if stored == session.needed && !finished {
+                    finished = true;
+                    send_finish(&tx, &manifest).await;
+                }
+            }
+            upload_reply::Kind::Committed(c) => {
+                session.version = Some(c.version);
+                break;
+            }
+        }
+    }
+    session
+}
+
+async fn send_finish(tx: &mpsc::Sender<pb::UploadRequest>, manifest: &Manifest) {
+    let finish = upload_request::Kind::Finish(pb::Finish {
+        block_count: manifest.len() as u64,
+        root: hotate_proto::hash_bytes(&manifest.root()),
+        comment: "Updated on terminal PC-001.".into(),
+    });
+    tx.send(pb::UploadRequest { kind: Some(finish) })
+        .await
+        .expect("queue");
+}
+
+fn export(f: &Fixture, version: &str) -> Vec<u8> {
+    let out = f.work.join(format!("export-{version}.img"));
+    admin_ok(
+        &f.data,
+        &[
+            "disk",
+            "export",
+            "win10",
+            "--version",
+            version,
+            "--output",
+            out.to_str().expect("path"),
+        ],
+    );
+    std::fs::read(out).expect("read export")
+}
+
+fn parent_manifest(f: &Fixture) -> Manifest {
+    manifest_of(&f.base).0
+}
+
+#[tokio::test]
+async fn login_good_and_bad() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    assert!(!login(&server, "PC-001").await.is_empty());
+    let err = server
+        .control()
+        .await
+        .login(pb::LoginRequest {
+            user: "coadmin".into(),
+            password: "nope".into(),
+            terminal: "PC-001".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Without a token nothing else answers.
+    let err = server
+        .control()
+        .await
+        .get_disk(pb::GetDiskRequest {
+            disk: "win10".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = server
+        .control()
+        .await
+        .get_disk(authed(
+            "forged",
+            pb::GetDiskRequest {
+                disk: "win10".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_whole_upload_then_start_refused_for_the_old_version_and_a_second_terminal() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let disk = server
+        .control()
+        .await
+        .get_disk(authed(
+            &token,
+            pb::GetDiskRequest {
+                disk: "win10".into(),
+            },
+        ))
+        .await
+        .expect("disk")
+        .into_inner();
+    assert_eq!(disk.latest_version, f.first_version);
+    assert_eq!(disk.id, f.disk_id);
+
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    // A second terminal is refused while the disk is reserved, and told who holds it.
+    let other = login(&server, "PC-002").await;
+    let busy = start(&server, &other, &f.disk_id, &f.first_version)
+        .await
+        .unwrap_err();
+    assert_eq!(busy.code(), Code::Aborted);
+    assert!(busy.message().contains("PC-001"), "{}", busy.message());
+
+    let updated = updated_image(&f.base, 0x5a);
+    let session = upload(
+        &server,
+        &token,
+        &guid,
+        &parent_manifest(&f),
+        &updated,
+        usize::MAX,
+        |_| {},
+    )
+    .await;
+    assert!(session.error.is_none(), "{:?}", session.error);
+    let version = session.version.expect("committed");
+    assert_eq!(export(&f, &version), updated);
+    assert_eq!(
+        export(&f, &f.first_version),
+        f.base,
+        "the old version is intact"
+    );
+
+    // The terminal that booted the old version may not start.
+    let stale = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert!(
+        stale.message().contains(&format!("latest={version}")),
+        "{}",
+        stale.message()
+    );
+    assert!(
+        stale
+            .message()
+            .contains(&format!("booted={}", f.first_version))
+    );
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "disk", "versions", "win10"]))
+            .expect("json");
+    assert_eq!(listed[1]["id"], version.as_str());
+    assert_eq!(listed[1]["parent"], f.first_version.as_str());
+    assert_eq!(listed[1]["terminal"], "PC-001");
+}
+
+#[tokio::test]
+async fn an_upload_cut_mid_stream_resumes_without_resending_and_survives_a_restart() {
+    let f = fixture();
+    let mut server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let parent = parent_manifest(&f);
+    let updated = updated_image(&f.base, 0x77);
+
+    let first = upload(&server, &token, &guid, &parent, &updated, 7, |_| {}).await;
+    assert!(first.error.is_none(), "{:?}", first.error);
+    assert_eq!(first.sent, 7);
+    let total = first.needed;
+    assert!(total > 15);
+
+    let second = upload(&server, &token, &guid, &parent, &updated, 5, |_| {}).await;
+    assert_eq!(
+        second.needed,
+        total - 7,
+        "stored chunks are not asked for again"
+    );
+
+    // Restart the server: stored chunks and the update survive; the token too.
+    drop(server);
+    server = Server::start(&f.data);
+    let third = upload(
+        &server,
+        &token,
+        &guid,
+        &parent,
+        &updated,
+        usize::MAX,
+        |_| {},
+    )
+    .await;
+    assert_eq!(third.needed, total - 12);
+    assert!(third.error.is_none(), "{:?}", third.error);
+    let version = third.version.expect("committed");
+    assert_eq!(export(&f, &version), updated);
+}
+
+#[tokio::test]
+async fn corrupt_and_oversized_chunks_are_rejected_and_nothing_is_damaged() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let parent = parent_manifest(&f);
+    let updated = updated_image(&f.base, 0x11);
+
+    // A flipped byte: the content no longer hashes to its name.
+    let corrupt = upload(&server, &token, &guid, &parent, &updated, usize::MAX, |c| {
+        let mut data = c.data.to_vec();
+        data[10] ^= 1;
+        c.data = Bytes::from(data);
+        c.codec = pb::Codec::Raw.into();
+    })
+    .await;
+    let err = corrupt.error.expect("rejected");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("hash"), "{}", err.message());
+
+    // A frame that decodes beyond the block size.
+    let oversized = upload(&server, &token, &guid, &parent, &updated, usize::MAX, |c| {
+        c.data = Bytes::from(zstd::bulk::compress(&vec![1u8; BLOCK * 4], 1).expect("zstd"));
+        c.codec = pb::Codec::Zstd.into();
+    })
+    .await;
+    let err = oversized.error.expect("rejected");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("block size"), "{}", err.message());
+
+    // A clean run still completes, and the base version is untouched.
+    let clean = upload(
+        &server,
+        &token,
+        &guid,
+        &parent,
+        &updated,
+        usize::MAX,
+        |_| {},
+    )
+    .await;
+    assert!(clean.error.is_none(), "{:?}", clean.error);
+    assert_eq!(export(&f, &clean.version.expect("committed")), updated);
+    assert_eq!(export(&f, &f.first_version), f.base);
+}
+
+#[tokio::test]
+async fn a_terminal_cannot_touch_another_terminals_update() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let owner = login(&server, "PC-001").await;
+    let intruder = login(&server, "PC-002").await;
+    let guid = start(&server, &owner, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+
+    let err = server
+        .control()
+        .await
+        .cancel_update(authed(
+            &intruder,
+            pb::UpdateRef {
+                data_write_guid: guid.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = server
+        .control()
+        .await
+        .begin_upload(authed(
+            &intruder,
+            pb::UpdateRef {
+                data_write_guid: guid.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let attempt = upload(
+        &server,
+        &intruder,
+        &guid,
+        &parent_manifest(&f),
+        &updated_image(&f.base, 3),
+        usize::MAX,
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        attempt.error.expect("refused").code(),
+        Code::PermissionDenied
+    );
+
+    // The owner can still cancel it; then the disk is free again.
+    let cancelled = server
+        .control()
+        .await
+        .cancel_update(authed(
+            &owner,
+            pb::UpdateRef {
+                data_write_guid: guid,
+            },
+        ))
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(cancelled.state, pb::UpdateState::Cancelled as i32);
+    start(&server, &intruder, &f.disk_id, &f.first_version)
+        .await
+        .expect("free again");
+}
+
+#[tokio::test]
+async fn admin_commands_work_while_serving_and_abort_discards_a_half_done_upload() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let parent = parent_manifest(&f);
+    let updated = updated_image(&f.base, 0x42);
+    let half = upload(&server, &token, &guid, &parent, &updated, 4, |_| {}).await;
+    assert!(half.error.is_none());
+
+    // While the server runs: list, import another disk, abort.
+    let updates: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "update", "list"])).expect("json");
+    assert_eq!(updates[0]["state"], "uploading");
+    assert_eq!(updates[0]["data_write_guid"], guid.as_str());
+    assert_eq!(updates[0]["terminal"], "PC-001");
+    let second_image = f.work.join("second.img");
+    std::fs::write(&second_image, updated_image(&f.base, 9)).expect("write");
+    admin_ok(
+        &f.data,
+        &[
+            "disk",
+            "import",
+            "other",
+            second_image.to_str().expect("path"),
+        ],
+    );
+    let disks: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "disk", "list"])).expect("json");
+    assert_eq!(disks.as_array().expect("array").len(), 2);
+    admin_ok(&f.data, &["update", "abort", "win10"]);
+    let again = admin(&f.data, &["update", "abort", "win10"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no update in progress"));
+
+    // The aborted upload is refused; a new update can start and finish.
+    let refused = upload(
+        &server,
+        &token,
+        &guid,
+        &parent,
+        &updated,
+        usize::MAX,
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        refused.error.expect("refused").code(),
+        Code::FailedPrecondition
+    );
+    let fresh = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start again");
+    let done = upload(
+        &server,
+        &token,
+        &fresh,
+        &parent,
+        &updated,
+        usize::MAX,
+        |_| {},
+    )
+    .await;
+    assert!(done.error.is_none(), "{:?}", done.error);
+    assert!(
+        done.needed < half.needed,
+        "chunks of the aborted upload are reused"
+    );
+    assert_eq!(export(&f, &done.version.expect("committed")), updated);
+
+    // Bad input to admin commands: unknown disk, existing name.
+    let unknown = admin(&f.data, &["disk", "versions", "nope"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown disk nope"));
+    let dup = admin(
+        &f.data,
+        &[
+            "disk",
+            "import",
+            "other",
+            second_image.to_str().expect("path"),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+}
