@@ -1,1 +1,13 @@
-//! placeholder
+//! The Hotate terminal client: `update start / finish / cancel / show / clear-url`.
+//!
+//! [`cmd`] holds one module per subcommand; [`upload`] drives the engine pipeline over
+//! the transfer service; [`state`] keeps what must survive between runs.
+
+pub mod cmd;
+pub mod error;
+pub mod i18n;
+pub mod inputs;
+pub mod progress;
+pub mod server;
+pub mod state;
+pub mod upload;

@@ -1,0 +1,59 @@
+//! `update cancel`: release the reservation (when the server is reachable), restore the
+//! write cache and clear local state.
+
+use hotate_proto::pb;
+use tonic::Code;
+
+use super::Context;
+use crate::error::Unreachable;
+
+/// # Errors
+/// When nothing is in progress, the login is refused, or local state cannot be written.
+pub async fn run(ctx: &Context) -> anyhow::Result<()> {
+    let lang = ctx.lang;
+    let record = ctx.current_update()?;
+    let terminal = ctx.state.terminal()?;
+    match release(ctx, &terminal, &record.data_write_guid).await {
+        Ok(()) => {}
+        Err(Release::Unreachable(cause)) => eprintln!("{}", lang.cancel_unreachable(&cause)),
+        Err(Release::Refused(err)) => return Err(err),
+    }
+    ctx.restore_terminal(record.write_cache_before)?;
+    println!("{}", lang.cancelled());
+    Ok(())
+}
+
+enum Release {
+    /// The server could not be asked; local state is restored anyway.
+    Unreachable(String),
+    /// The server said no (wrong password, another terminal's update).
+    Refused(anyhow::Error),
+}
+
+async fn release(
+    ctx: &Context,
+    terminal: &crate::state::Terminal,
+    guid: &str,
+) -> Result<(), Release> {
+    let mut session = match ctx.login(terminal).await {
+        Ok(session) => session,
+        Err(err) if err.is::<Unreachable>() => return Err(Release::Unreachable(err.to_string())),
+        Err(err) => return Err(Release::Refused(err)),
+    };
+    let request = session.request(pb::UpdateRef {
+        data_write_guid: guid.to_owned(),
+    });
+    match session.control.cancel_update(request).await {
+        Ok(_) => Ok(()),
+        // Already ended on the server (aborted, committed or unknown): nothing to release.
+        Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => Ok(()),
+        Err(s) if s.code() == Code::Unavailable => {
+            Err(Release::Unreachable(s.message().to_owned()))
+        }
+        Err(s) => Err(Release::Refused(crate::server::explain(
+            &s,
+            ctx.lang,
+            &session.url,
+        ))),
+    }
+}

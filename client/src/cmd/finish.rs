@@ -1,0 +1,187 @@
+//! `update finish`: upload the differential disk, commit the new version, restore the
+//! write cache and clear local state. An interrupted finish resumes where it stopped.
+
+use std::sync::Arc;
+
+use hotate_engine::Progress;
+use hotate_proto::pb;
+
+use super::{Context, FinishOptions};
+use crate::error::Failed;
+use crate::inputs;
+use crate::progress::{Reporter, mb};
+use crate::server::{explain, host_port};
+use crate::upload::{self, UploadPlan};
+
+/// # Errors
+/// When nothing is in progress, an input is missing, the image is unusable, the upload
+/// fails or is interrupted, or the server refuses the commit.
+pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
+    let lang = ctx.lang;
+    let mut record = ctx.current_update()?;
+    let terminal = ctx.state.terminal()?;
+    // Refuse a missing image before asking anything.
+    if !terminal.image.is_file() {
+        return Err(crate::error::UsageError(format!(
+            "the differential disk {} does not exist; check `image` in terminal.toml",
+            terminal.image.display()
+        ))
+        .into());
+    }
+    let mut session = ctx.login(&terminal).await?;
+    let url = session.url.clone();
+    let guid = record.data_write_guid.clone();
+
+    let update = session
+        .control
+        .show_update(session.request(pb::UpdateRef {
+            data_write_guid: guid.clone(),
+        }))
+        .await
+        .map_err(|s| explain(&s, lang, &url))?
+        .into_inner();
+    match pb::UpdateState::try_from(update.state) {
+        // A previous finish committed but stopped before cleaning up: only that is left.
+        Ok(pb::UpdateState::Committed) => return complete(ctx, &record, &update.new_version, None),
+        Ok(pb::UpdateState::Reserved | pb::UpdateState::Uploading) => {}
+        _ => {
+            return Err(Failed(format!(
+                "update {guid} was cancelled or aborted on the server. Run `hotate-client update cancel` to restore this terminal, then `update start` again."
+            ))
+            .into());
+        }
+    }
+
+    let comment = match &options.comment {
+        Some(comment) => comment.clone(),
+        None if inputs::interactive() => {
+            let default = lang.default_comment(&terminal.name);
+            let typed = inputs::ask(&lang.comment_prompt(&default), "")?;
+            if typed.trim().is_empty() {
+                default
+            } else {
+                typed
+            }
+        }
+        None => lang.default_comment(&terminal.name),
+    };
+    inputs::check_comment(&comment)?;
+
+    let begun = session
+        .control
+        .begin_upload(session.request(pb::UpdateRef {
+            data_write_guid: guid.clone(),
+        }))
+        .await
+        .map_err(|s| explain(&s, lang, &url))?
+        .into_inner();
+    if record.upload_id.as_deref() != Some(&begun.upload_id) {
+        record.upload_id = Some(begun.upload_id.clone());
+        ctx.state.save_update(&record)?;
+    }
+    let transfer_url = if begun.transfer_url.is_empty() {
+        transfer_url_for(&url, begun.transfer_port)
+    } else {
+        begun.transfer_url.clone()
+    };
+    let base_root = hotate_proto::parse_hash(&begun.base_root)
+        .map_err(|e| Failed(format!("the server sent a bad base root: {e}")))?;
+    let plan = UploadPlan {
+        upload_id: begun.upload_id,
+        transfer_url: transfer_url.clone(),
+        ca: ctx.ca(),
+        disk_id: record.disk_id.clone(),
+        base_version: begun.base_version,
+        base_root,
+        disk_size: begun.disk_size,
+        image: &terminal.image,
+        comment,
+        limit_rate: options.limit_rate,
+    };
+    upload::open_image(plan.image, plan.disk_size)?;
+
+    let endpoint = host_port(&transfer_url);
+    println!("{}", lang.establishing(&endpoint));
+    let progress = Arc::new(Progress::default());
+    let mut reporter = None;
+    let on_open = |already: u64| {
+        println!("{}", lang.established(&endpoint));
+        if already > 0 {
+            println!("{}", lang.resuming(&mb(already)));
+        }
+        reporter = Some(Reporter::start(progress.clone(), plan.disk_size, lang));
+    };
+    let uploaded = tokio::select! {
+        result = upload::upload(&session, &plan, &progress, on_open) => result?,
+        _ = tokio::signal::ctrl_c() => {
+            drop(reporter);
+            return Err(Failed(lang.interrupted()).into());
+        }
+    };
+    if let Some(reporter) = reporter {
+        reporter.finish(plan.disk_size, lang);
+    }
+    complete(ctx, &record, &uploaded.version, Some(&uploaded))
+}
+
+/// The transfer endpoint: the control URL's host with the transfer port.
+fn transfer_url_for(control_url: &str, port: u32) -> String {
+    let (scheme, rest) = control_url
+        .split_once("://")
+        .unwrap_or(("http", control_url));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.rsplit_once(':') {
+        // Keep IPv6 brackets; strip only a trailing port.
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    format!("{scheme}://{host}:{port}")
+}
+
+fn complete(
+    ctx: &Context,
+    record: &crate::state::UpdateRecord,
+    version: &str,
+    uploaded: Option<&upload::Uploaded>,
+) -> anyhow::Result<()> {
+    let lang = ctx.lang;
+    ctx.restore_terminal(record.write_cache_before)?;
+    println!("{}", lang.finished());
+    println!("{}", lang.new_version(version));
+    if let Some(u) = uploaded {
+        let secs = u.elapsed.as_secs_f64().max(0.001);
+        println!(
+            "{}",
+            lang.summary(
+                &format!("{:.1}", u.image_size as f64 / 1e6),
+                &format!("{:.1}", u.bytes_changed as f64 / 1e6),
+                &format!("{:.1}", u.bytes_sent as f64 / 1e6),
+                &format!("{secs:.1}"),
+                &format!("{:.1}", u.image_size as f64 / 1e6 / secs),
+            )
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transfer_url_for;
+
+    #[test]
+    fn transfer_endpoint_keeps_the_host_and_scheme() {
+        assert_eq!(
+            transfer_url_for("https://192.168.10.11:30806", 30811),
+            "https://192.168.10.11:30811"
+        );
+        assert_eq!(
+            transfer_url_for("http://127.0.0.1:4000/", 5000),
+            "http://127.0.0.1:5000"
+        );
+        assert_eq!(
+            transfer_url_for("https://srv.example", 30811),
+            "https://srv.example:30811"
+        );
+        assert_eq!(transfer_url_for("http://[::1]:30806", 1), "http://[::1]:1");
+    }
+}

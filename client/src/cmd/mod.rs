@@ -1,0 +1,69 @@
+//! One file per `update` subcommand; each takes the run's [`Context`].
+
+pub mod cancel;
+pub mod clear_url;
+pub mod finish;
+pub mod show;
+pub mod start;
+
+use crate::error::Failed;
+use crate::i18n::Lang;
+use crate::inputs::{self, Inputs};
+use crate::server::Session;
+use crate::state::{StateDir, Terminal, UpdateRecord, WriteCache};
+
+/// What every subcommand gets.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub state: StateDir,
+    pub lang: Lang,
+    pub inputs: Inputs,
+}
+
+impl Context {
+    /// Asks for (or reuses) the URL and credentials and logs in as this terminal.
+    ///
+    /// # Errors
+    /// On a missing input, an unreachable server or a refused login.
+    pub async fn login(&self, terminal: &Terminal) -> anyhow::Result<Session> {
+        let url = inputs::server_url(&self.state, &self.inputs, self.lang)?;
+        let credentials = inputs::credentials(&self.inputs, self.lang)?;
+        Session::login(&url, self.ca(), &credentials, &terminal.name, self.lang).await
+    }
+
+    pub fn ca(&self) -> Option<&std::path::Path> {
+        self.inputs.ca.as_deref()
+    }
+
+    /// The record of the update in progress.
+    ///
+    /// # Errors
+    /// When there is none.
+    pub fn current_update(&self) -> anyhow::Result<UpdateRecord> {
+        self.state
+            .update()?
+            .ok_or_else(|| Failed(self.lang.no_update_hint()).into())
+    }
+
+    /// Puts the write cache back to its mode before the update and clears local state,
+    /// saying so as the manual does.
+    ///
+    /// # Errors
+    /// When the state files cannot be written.
+    pub fn restore_terminal(&self, before: WriteCache) -> anyhow::Result<()> {
+        println!("{}", self.lang.write_cache_restoring(before.word()));
+        self.state.set_write_cache(before)?;
+        println!("{}", self.lang.write_cache_restored(before.word()));
+        println!("{}", self.lang.clearing_state());
+        self.state.clear_update()?;
+        println!("{}", self.lang.cleared_state());
+        Ok(())
+    }
+}
+
+/// Options of `update finish`.
+#[derive(Debug, Clone, Default)]
+pub struct FinishOptions {
+    pub comment: Option<String>,
+    pub limit_rate: Option<u64>,
+}

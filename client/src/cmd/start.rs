@@ -1,0 +1,57 @@
+//! `update start`: reserve the disk for this terminal and switch the write cache to
+//! non-restore mode.
+
+use hotate_proto::pb;
+
+use super::Context;
+use crate::error::Failed;
+use crate::server::explain;
+use crate::state::{UpdateRecord, WriteCache};
+
+/// # Errors
+/// When an update is already in progress, the terminal did not boot the latest version,
+/// another terminal holds the disk, or the server cannot be reached.
+pub async fn run(ctx: &Context) -> anyhow::Result<()> {
+    let lang = ctx.lang;
+    if let Some(record) = ctx.state.update()? {
+        return Err(Failed(lang.already_started(&record.data_write_guid)).into());
+    }
+    let terminal = ctx.state.terminal()?;
+    let mut session = ctx.login(&terminal).await?;
+    println!("{}", lang.connected());
+    let url = session.url.clone();
+    let disk = session
+        .control
+        .get_disk(session.request(pb::GetDiskRequest {
+            disk: terminal.disk_id.clone(),
+        }))
+        .await
+        .map_err(|s| explain(&s, lang, &url))?
+        .into_inner();
+    if disk.latest_version != terminal.booted_version {
+        return Err(Failed(lang.not_latest(&disk.latest_version, &terminal.booted_version)).into());
+    }
+    let request = session.request(pb::StartUpdateRequest {
+        disk_id: disk.id.clone(),
+        booted_version: terminal.booted_version.clone(),
+        terminal: terminal.name.clone(),
+    });
+    let update = session
+        .control
+        .start_update(request)
+        .await
+        .map_err(|s| explain(&s, lang, &url))?
+        .into_inner();
+    // Record first: if switching the write cache fails, `cancel` can still undo it.
+    ctx.state.save_update(&UpdateRecord {
+        disk_id: disk.id,
+        data_write_guid: update.data_write_guid,
+        base_version: update.base_version,
+        write_cache_before: terminal.write_cache,
+        upload_id: None,
+    })?;
+    println!("{}", lang.disabling_restore());
+    ctx.state.set_write_cache(WriteCache::NonRestore)?;
+    println!("{}", lang.started());
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! Every message the client prints, in English and Japanese.
+//!
+//! Japanese follows the wording of the original product's manual. The language comes from
+//! `--lang`, else `LC_ALL`/`LANG` (`ja*` → Japanese), else English.
+
+use std::fmt::Display;
+
+/// The language of the client's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Ja,
+}
+
+impl Lang {
+    /// From `--lang`, else the environment.
+    pub fn detect(flag: Option<&str>) -> Self {
+        let from_env = || {
+            ["LC_ALL", "LANG"]
+                .iter()
+                .filter_map(|k| std::env::var(k).ok())
+                .find(|v| !v.is_empty())
+        };
+        match flag.map(str::to_owned).or_else(from_env) {
+            Some(v) if v.to_ascii_lowercase().starts_with("ja") => Self::Ja,
+            _ => Self::En,
+        }
+    }
+
+    fn pick(self, en: impl Display, ja: impl Display) -> String {
+        match self {
+            Self::En => en.to_string(),
+            Self::Ja => ja.to_string(),
+        }
+    }
+
+    pub fn url_prompt(self) -> String {
+        self.pick(
+            "Enter the Manage Server URL (e.g. https://192.168.10.11:30806/).",
+            "Manage Server の URL を入力してください (例 : https://192.168.10.11:30806/)。",
+        )
+    }
+    pub fn url_label(self) -> String {
+        self.pick("Server URL: ", "サーバー URL: ")
+    }
+    pub fn user_label(self) -> String {
+        self.pick("User name: ", "ユーザー名: ")
+    }
+    pub fn password_label(self) -> String {
+        self.pick("Password: ", "パスワード: ")
+    }
+    pub fn comment_prompt(self, default: &str) -> String {
+        self.pick(
+            format!("Version comment (optional; empty for \"{default}\"): "),
+            format!("バージョンのコメントを入力してください (省略可、省略時は「{default}」): "),
+        )
+    }
+    pub fn default_comment(self, terminal: &str) -> String {
+        self.pick(
+            format!("Updated on terminal {terminal}."),
+            format!("端末 {terminal} で更新しました。"),
+        )
+    }
+    pub fn connected(self) -> String {
+        self.pick(
+            "Connected to the Manage Server.",
+            "ManageServer に接続しました。",
+        )
+    }
+    pub fn disabling_restore(self) -> String {
+        self.pick(
+            "Disabling restore (write cache: non-restore).",
+            "復元を無効に変更します。",
+        )
+    }
+    pub fn started(self) -> String {
+        self.pick("Update started.", "更新を開始しました。")
+    }
+    pub fn not_latest(self, latest: &str, booted: &str) -> String {
+        self.pick(
+            format!(
+                "Cannot start the update: the terminal did not boot the latest version (latest={latest}, booted={booted})"
+            ),
+            format!(
+                "最新のバージョンで起動していないため、更新開始できません。(最新={latest}, 起動={booted})"
+            ),
+        )
+    }
+    pub fn disk_busy(self, terminal: &str) -> String {
+        self.pick(
+            format!(
+                "Cannot start the update: terminal {terminal} is already updating this disk. Finish or cancel that update first."
+            ),
+            format!(
+                "端末 {terminal} がこのディスクを更新中のため、更新開始できません。その更新を完了またはキャンセルしてください。"
+            ),
+        )
+    }
+    pub fn bad_login(self) -> String {
+        self.pick(
+            "Login failed: wrong user name or password.",
+            "ログインできません: ユーザー名またはパスワードが正しくありません。",
+        )
+    }
+    pub fn unreachable(self, url: &str, cause: &str) -> String {
+        self.pick(
+            format!(
+                "Cannot connect to the Manage Server at {url}: {cause}. Check the network and the URL (`update clear-url` forgets a wrong one)."
+            ),
+            format!(
+                "ManageServer ({url}) に接続できません: {cause}。ネットワークと URL を確認してください (誤った URL は `update clear-url` で削除できます)。"
+            ),
+        )
+    }
+    pub fn already_started(self, guid: &str) -> String {
+        self.pick(
+            format!(
+                "An update is already in progress on this terminal (DataWriteGuid {guid}). Run `update finish` or `update cancel`."
+            ),
+            format!(
+                "この端末ではすでに端末側更新中です (DataWriteGuid {guid})。`update finish` または `update cancel` を実行してください。"
+            ),
+        )
+    }
+    pub fn no_update(self) -> String {
+        self.pick(
+            "No update in progress on this terminal.",
+            "端末側更新中ではありません",
+        )
+    }
+    pub fn no_update_hint(self) -> String {
+        self.pick(
+            "No update in progress on this terminal: run `hotate-client update start` first.",
+            "端末側更新中ではありません。先に `hotate-client update start` を実行してください。",
+        )
+    }
+    pub fn establishing(self, endpoint: &str) -> String {
+        self.pick(
+            format!("Establishing session with {endpoint}..."),
+            format!("{endpoint} に対してセッションを確立します..."),
+        )
+    }
+    pub fn established(self, endpoint: &str) -> String {
+        self.pick(
+            format!("Session established with {endpoint}."),
+            format!("{endpoint} とセッションを確立しました。"),
+        )
+    }
+    pub fn resuming(self, mb: &str) -> String {
+        self.pick(
+            format!(
+                "Resuming: the server already holds {mb} MB of this upload; it is not sent again."
+            ),
+            format!("前回のアップロードを再開します: サーバーにある {mb} MB は再送しません。"),
+        )
+    }
+    pub fn percent(self, pct: u64, done: &str, total: &str) -> String {
+        self.pick(
+            format!("{pct}% complete... ({done} MB / {total} MB)"),
+            format!("{pct}% 完了... ({done} MB / {total} MB)"),
+        )
+    }
+    pub fn rate_eta(self, rate: &str, eta: &str) -> String {
+        self.pick(
+            format!("{rate} MB/s, {eta} left"),
+            format!("{rate} MB/s、残り {eta}"),
+        )
+    }
+    pub fn write_cache_restoring(self, mode: WriteCacheWord) -> String {
+        self.pick(
+            format!("Setting the write cache back to {} mode...", mode.en()),
+            format!("Write Cache を{}モードに戻します...", mode.ja()),
+        )
+    }
+    pub fn write_cache_restored(self, mode: WriteCacheWord) -> String {
+        self.pick(
+            format!("The write cache is back in {} mode.", mode.en()),
+            format!("Write Cache を{}モードに戻しました。", mode.ja()),
+        )
+    }
+    pub fn clearing_state(self) -> String {
+        self.pick(
+            "Clearing the terminal's update state...",
+            "端末側の更新状態を解除します...",
+        )
+    }
+    pub fn cleared_state(self) -> String {
+        self.pick(
+            "The terminal's update state is cleared.",
+            "端末側の更新状態を解除しました。",
+        )
+    }
+    pub fn finished(self) -> String {
+        self.pick("Update finished.", "更新完了しました。")
+    }
+    pub fn new_version(self, version: &str) -> String {
+        self.pick(
+            format!("New version: {version}"),
+            format!("新しいバージョン: {version}"),
+        )
+    }
+    pub fn summary(self, image: &str, changed: &str, sent: &str, secs: &str, rate: &str) -> String {
+        self.pick(
+            format!("Image {image} MB, changed {changed} MB, sent {sent} MB in {secs} s ({rate} MB/s of image)."),
+            format!("イメージ {image} MB、変更 {changed} MB、送信 {sent} MB、{secs} 秒 (イメージ {rate} MB/s)。"),
+        )
+    }
+    pub fn interrupted(self) -> String {
+        self.pick(
+            "Upload interrupted. Run `hotate-client update finish` again to resume: what the server already holds is not sent again.",
+            "アップロードを中断しました。再度 `hotate-client update finish` を実行すると続きから再開します (サーバーにあるデータは再送しません)。",
+        )
+    }
+    pub fn cancelled(self) -> String {
+        self.pick("Update cancelled.", "更新停止状態に変更しました。")
+    }
+    pub fn cancel_unreachable(self, cause: &str) -> String {
+        self.pick(
+            format!(
+                "Warning: the server could not release the reservation ({cause}). This terminal is restored anyway; an administrator can run `hotate-server update abort DISK`."
+            ),
+            format!(
+                "警告: サーバー側の予約を解除できませんでした ({cause})。端末側は元に戻します。管理者は `hotate-server update abort DISK` で解除できます。"
+            ),
+        )
+    }
+    pub fn show_header(self) -> String {
+        self.pick(
+            "Update in progress on this terminal.",
+            "端末側で更新中です。",
+        )
+    }
+    pub fn show_disk(self, id: &str) -> String {
+        self.pick(
+            format!("  Disk ID:              {id}"),
+            format!("  ディスク ID:    {id}"),
+        )
+    }
+    pub fn show_guid(self, guid: &str) -> String {
+        self.pick(
+            format!("  DataWriteGuid:        {guid}"),
+            format!("  DataWriteGuid:      {guid}"),
+        )
+    }
+    pub fn show_mode(self, mode: WriteCacheWord) -> String {
+        self.pick(
+            format!("  Write cache before:   {}", mode.en()),
+            format!(
+                "  更新前の復元状態: {}",
+                match mode {
+                    WriteCacheWord::Restore => "復元あり",
+                    WriteCacheWord::NonRestore => "復元なし",
+                }
+            ),
+        )
+    }
+    pub fn url_cleared(self) -> String {
+        self.pick(
+            "The cached server URL is cleared.",
+            "キャッシュされたサーバー URL を削除しました。",
+        )
+    }
+    pub fn url_none(self) -> String {
+        self.pick(
+            "No server URL is cached.",
+            "キャッシュされたサーバー URL はありません。",
+        )
+    }
+}
+
+/// A write-cache mode as a word in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteCacheWord {
+    Restore,
+    NonRestore,
+}
+
+impl WriteCacheWord {
+    fn en(self) -> &'static str {
+        match self {
+            Self::Restore => "restore",
+            Self::NonRestore => "non-restore",
+        }
+    }
+    fn ja(self) -> &'static str {
+        match self {
+            Self::Restore => "復元",
+            Self::NonRestore => "非復元",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_wins_and_ja_is_recognised() {
+        assert_eq!(Lang::detect(Some("ja")), Lang::Ja);
+        assert_eq!(Lang::detect(Some("ja_JP.UTF-8")), Lang::Ja);
+        assert_eq!(Lang::detect(Some("en")), Lang::En);
+        assert!(
+            Lang::Ja
+                .not_latest("c3066470", "cbf4cdc8")
+                .contains("(最新=c3066470, 起動=cbf4cdc8)")
+        );
+        assert_eq!(
+            Lang::Ja.percent(0, "0", "1,265"),
+            "0% 完了... (0 MB / 1,265 MB)"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Inputs from flags, environment and prompts. Without a terminal a missing value is a
+//! usage error naming its flag and variable, never a hang.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use crate::error::UsageError;
+use crate::i18n::Lang;
+use crate::state::StateDir;
+
+/// What the command line and environment supplied.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub url: Option<String>,
+    pub user: Option<String>,
+    pub password_stdin: bool,
+    pub ca: Option<PathBuf>,
+}
+
+/// The login values of one run.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+pub fn interactive() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// Prints `label` and reads one line from the terminal.
+///
+/// # Errors
+/// A usage error naming `how` when there is no terminal to ask.
+pub fn ask(label: &str, how: &str) -> anyhow::Result<String> {
+    if !interactive() {
+        return Err(UsageError(format!(
+            "{} is missing: {how}",
+            label.trim_end_matches([':', ' '])
+        ))
+        .into());
+    }
+    print!("{label}");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// The server URL: `--url`/`HOTATE_URL`, else the cached one, else asked (and cached).
+///
+/// # Errors
+/// A usage error for a missing or malformed URL.
+pub fn server_url(state: &StateDir, inputs: &Inputs, lang: Lang) -> anyhow::Result<String> {
+    let url = match inputs.url.clone().or_else(|| state.url()) {
+        Some(url) => url,
+        None => {
+            if interactive() {
+                println!("{}", lang.url_prompt());
+            }
+            ask(&lang.url_label(), "pass --url URL or set HOTATE_URL")?
+        }
+    };
+    let url = url.trim().trim_end_matches('/').to_owned();
+    check_url(&url)?;
+    if state.url().as_deref() != Some(&url) {
+        state.save_url(&url)?;
+    }
+    Ok(url)
+}
+
+fn check_url(url: &str) -> Result<(), UsageError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "server URL {url:?} must start with https:// or http://"
+            ))
+        })?;
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(UsageError(format!("server URL {url:?} has no host")));
+    }
+    Ok(())
+}
+
+/// User name and password: flags and environment first, then prompts (password hidden).
+///
+/// # Errors
+/// A usage error when a value is missing and there is no terminal.
+pub fn credentials(inputs: &Inputs, lang: Lang) -> anyhow::Result<Credentials> {
+    let user = match inputs.user.clone() {
+        Some(user) => user,
+        None => ask(&lang.user_label(), "pass --user NAME or set HOTATE_USER")?,
+    };
+    let password = if let Ok(password) = std::env::var("HOTATE_PASSWORD") {
+        password
+    } else if inputs.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else if interactive() {
+        rpassword::prompt_password(lang.password_label())?
+    } else {
+        return Err(UsageError(
+            "the password is missing: set HOTATE_PASSWORD or pass --password-stdin".into(),
+        )
+        .into());
+    };
+    Ok(Credentials { user, password })
+}
+
+/// A version comment: any UTF-8 text without control characters.
+///
+/// # Errors
+/// A usage error for control characters.
+pub fn check_comment(comment: &str) -> Result<(), UsageError> {
+    if comment.chars().any(char::is_control) {
+        return Err(UsageError(
+            "the version comment contains control characters; use plain text".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_comments_are_checked() {
+        assert!(check_url("https://192.168.10.11:30806").is_ok());
+        assert!(check_url("http://127.0.0.1:1").is_ok());
+        assert!(check_url("ftp://x").is_err());
+        assert!(check_url("https://").is_err());
+        assert!(check_comment("ソフト更新 v2").is_ok());
+        assert!(check_comment("bad\u{7}bell").is_err());
+        assert!(check_comment("two\nlines").is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! `hotate-client`: parses the command line and runs the subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hotate_client::cmd::{self, Context, FinishOptions};
+use hotate_client::error::{UsageError, exit_code};
+use hotate_client::i18n::Lang;
+use hotate_client::inputs::Inputs;
+use hotate_client::state::StateDir;
+
+#[derive(Parser)]
+#[command(name = "hotate-client", version, about = "Hotate terminal-side update")]
+struct Cli {
+    /// Where terminal.toml, the cached URL and the update record live.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// Language of messages: en or ja (default: from LANG/LC_ALL).
+    #[arg(long, global = true)]
+    lang: Option<String>,
+    /// Manage Server URL, e.g. https://192.168.10.11:30806 (cached after first use).
+    #[arg(long, global = true, env = "HOTATE_URL")]
+    url: Option<String>,
+    /// User name for the Manage Server.
+    #[arg(long, global = true, env = "HOTATE_USER")]
+    user: Option<String>,
+    /// Read the password from the first line of stdin (else HOTATE_PASSWORD or a prompt).
+    #[arg(long, global = true)]
+    password_stdin: bool,
+    /// A private CA certificate (PEM) to trust for https.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Terminal-side update.
+    #[command(subcommand)]
+    Update(Update),
+}
+
+#[derive(Subcommand)]
+enum Update {
+    /// Reserve the disk and switch the write cache to non-restore.
+    Start,
+    /// Upload the changes and create the new version (resumes an interrupted upload).
+    Finish {
+        /// Version comment (default: "Updated on terminal NAME.").
+        #[arg(long)]
+        comment: Option<String>,
+        /// Cap the upload, in bytes per second (suffixes k, m, g: 1024-based).
+        #[arg(long, value_parser = parse_rate)]
+        limit_rate: Option<u64>,
+    },
+    /// Release the reservation and restore the write cache.
+    Cancel,
+    /// Show the update in progress on this terminal.
+    Show,
+    /// Forget the cached server URL.
+    #[command(alias = "clearUrl")]
+    ClearUrl,
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
+        _ => (text, 'b'),
+    };
+    let factor: u64 = match unit {
+        'b' => 1,
+        'k' => 1 << 10,
+        'm' => 1 << 20,
+        'g' => 1 << 30,
+        _ => return Err(format!("unknown unit {unit:?}: use k, m or g")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte rate"))?;
+    if value == 0 {
+        return Err("the rate must be above zero".into());
+    }
+    Ok(value.saturating_mul(factor))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOTATE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    if let Some(lang) = cli.lang.as_deref()
+        && !matches!(lang, "en" | "ja")
+    {
+        eprintln!(
+            "error: {}",
+            UsageError(format!("--lang must be en or ja, not {lang:?}"))
+        );
+        return ExitCode::from(2);
+    }
+    let ctx = Context {
+        state: StateDir::locate(cli.state_dir),
+        lang: Lang::detect(cli.lang.as_deref()),
+        inputs: Inputs {
+            url: cli.url,
+            user: cli.user,
+            password_stdin: cli.password_stdin,
+            ca: cli.ca,
+        },
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Top::Update(command) = cli.command;
+    let result = runtime.block_on(async {
+        match command {
+            Update::Start => cmd::start::run(&ctx).await,
+            Update::Finish {
+                comment,
+                limit_rate,
+            } => {
+                cmd::finish::run(
+                    &ctx,
+                    &FinishOptions {
+                        comment,
+                        limit_rate,
+                    },
+                )
+                .await
+            }
+            Update::Cancel => cmd::cancel::run(&ctx).await,
+            Update::Show => cmd::show::run(&ctx),
+            Update::ClearUrl => cmd::clear_url::run(&ctx),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The connection to the Manage Server: channels (TLS for https), login, and the
+//! translation of server statuses into the user's language.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use hotate_proto::pb::{self, control_client::ControlClient, transfer_client::TransferClient};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::error::{Failed, Unreachable, UsageError};
+use crate::i18n::Lang;
+use crate::inputs::Credentials;
+
+/// HTTP/2 windows large enough that a fast link is not throttled by flow control.
+const STREAM_WINDOW: u32 = 32 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a channel to `url`, trusting `ca` in addition to the system roots for https.
+///
+/// # Errors
+/// When the URL is malformed, the CA file unreadable, or the server unreachable.
+pub async fn channel(url: &str, ca: Option<&Path>, lang: Lang) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| UsageError(format!("server URL {url:?} is malformed: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| UsageError(format!("cannot read CA file {}: {e}", ca.display())))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let Some(host) = endpoint.uri().host() {
+            tls = tls.domain_name(host.trim_start_matches('[').trim_end_matches(']'));
+        }
+        endpoint = endpoint.tls_config(tls).context("configuring TLS")?;
+    } else if !is_loopback(url) {
+        tracing::warn!(%url, "plain http to a non-loopback server: the password and data are not encrypted; use https");
+    }
+    endpoint.connect().await.map_err(|e| {
+        let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        Unreachable(lang.unreachable(url, &cause)).into()
+    })
+}
+
+fn is_loopback(url: &str) -> bool {
+    ["://127.", "://localhost", "://[::1]"]
+        .iter()
+        .any(|p| url.contains(p))
+}
+
+/// `host:port` of a URL, for messages.
+pub fn host_port(url: &str) -> String {
+    url.split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// A logged-in connection to the control service.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub url: String,
+    pub control: ControlClient<Channel>,
+    pub token: String,
+    pub lang: Lang,
+}
+
+impl Session {
+    /// Connects and logs in as `terminal`.
+    ///
+    /// # Errors
+    /// When the server is unreachable or refuses the login.
+    pub async fn login(
+        url: &str,
+        ca: Option<&Path>,
+        credentials: &Credentials,
+        terminal: &str,
+        lang: Lang,
+    ) -> anyhow::Result<Self> {
+        let mut control = ControlClient::new(channel(url, ca, lang).await?);
+        let reply = control
+            .login(pb::LoginRequest {
+                user: credentials.user.clone(),
+                password: credentials.password.clone(),
+                terminal: terminal.to_owned(),
+            })
+            .await
+            .map_err(|s| explain(&s, lang, url))?;
+        Ok(Self {
+            url: url.to_owned(),
+            control,
+            token: reply.into_inner().token,
+            lang,
+        })
+    }
+
+    /// A request carrying the bearer token.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Ok(value) = format!("Bearer {}", self.token).parse() {
+            request
+                .metadata_mut()
+                .insert(hotate_proto::AUTHORIZATION, value);
+        }
+        request
+    }
+
+    /// A transfer client for `url`, with message limits sized to the largest block.
+    ///
+    /// # Errors
+    /// When the transfer endpoint is unreachable.
+    pub async fn transfer(
+        &self,
+        url: &str,
+        ca: Option<&Path>,
+    ) -> anyhow::Result<TransferClient<Channel>> {
+        Ok(TransferClient::new(channel(url, ca, self.lang).await?)
+            .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
+            .max_encoding_message_size(hotate_proto::MAX_MESSAGE))
+    }
+}
+
+/// A server status as a message in the user's language.
+pub fn explain(status: &Status, lang: Lang, url: &str) -> anyhow::Error {
+    let meta = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let message = match status.code() {
+        Code::FailedPrecondition if meta("hotate-latest").is_some() => lang.not_latest(
+            &meta("hotate-latest").unwrap_or_default(),
+            &meta("hotate-booted").unwrap_or_default(),
+        ),
+        Code::Aborted if meta("hotate-terminal").is_some() => {
+            lang.disk_busy(&meta("hotate-terminal").unwrap_or_default())
+        }
+        Code::Unauthenticated if status.message().contains("password") => lang.bad_login(),
+        Code::Unavailable => return Unreachable(lang.unreachable(url, status.message())).into(),
+        _ => status.message().to_owned(),
+    };
+    Failed(message).into()
+}

@@ -1,0 +1,263 @@
+//! The state dir: `terminal.toml` (what the boot environment knows), the cached server
+//! URL and the current update's record. Every write is atomic (temp file, fsync, rename).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::error::UsageError;
+use crate::i18n::WriteCacheWord;
+
+const TERMINAL: &str = "terminal.toml";
+const URL: &str = "server-url";
+const UPDATE: &str = "update.toml";
+
+/// The terminal's write-cache mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteCache {
+    /// Writes are discarded at reboot.
+    Restore,
+    /// Writes persist in the differential disk.
+    NonRestore,
+}
+
+impl WriteCache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restore => "restore",
+            Self::NonRestore => "non-restore",
+        }
+    }
+
+    pub fn word(self) -> WriteCacheWord {
+        match self {
+            Self::Restore => WriteCacheWord::Restore,
+            Self::NonRestore => WriteCacheWord::NonRestore,
+        }
+    }
+}
+
+/// `terminal.toml`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Terminal {
+    pub name: String,
+    pub disk_id: String,
+    pub booted_version: String,
+    pub write_cache: WriteCache,
+    pub image: PathBuf,
+    #[serde(default = "raw")]
+    pub format: String,
+}
+
+fn raw() -> String {
+    "raw".to_owned()
+}
+
+/// The record of the update in progress on this terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    pub disk_id: String,
+    pub data_write_guid: String,
+    pub base_version: String,
+    pub write_cache_before: WriteCache,
+    /// Set once an upload has been opened.
+    #[serde(default)]
+    pub upload_id: Option<String>,
+}
+
+/// The client's state dir.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// `--state-dir`, else `HOTATE_STATE_DIR`, else the platform default.
+    pub fn locate(flag: Option<PathBuf>) -> Self {
+        let dir = flag
+            .or_else(|| std::env::var_os("HOTATE_STATE_DIR").map(PathBuf::from))
+            .unwrap_or_else(default_dir);
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Reads `terminal.toml`.
+    ///
+    /// # Errors
+    /// A usage error when it is missing or malformed.
+    pub fn terminal(&self) -> anyhow::Result<Terminal> {
+        let path = self.file(TERMINAL);
+        let text = fs::read_to_string(&path).map_err(|e| {
+            UsageError(format!(
+                "cannot read {}: {e}. The boot environment writes it; see the README for its fields",
+                path.display()
+            ))
+        })?;
+        let terminal: Terminal = toml::from_str(&text)
+            .map_err(|e| UsageError(format!("{} is malformed: {e}", path.display())))?;
+        if terminal.format != "raw" {
+            return Err(UsageError(format!(
+                "{}: image format {:?} is not supported yet (only \"raw\")",
+                path.display(),
+                terminal.format
+            ))
+            .into());
+        }
+        Ok(terminal)
+    }
+
+    /// Sets `write_cache` in `terminal.toml`, keeping every other key.
+    ///
+    /// # Errors
+    /// When the file cannot be read or written.
+    pub fn set_write_cache(&self, mode: WriteCache) -> anyhow::Result<()> {
+        let path = self.file(TERMINAL);
+        let text = fs::read_to_string(&path)?;
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| UsageError(format!("{} is malformed: {e}", path.display())))?;
+        table.insert(
+            "write_cache".into(),
+            toml::Value::String(mode.as_str().into()),
+        );
+        write_atomic(&path, toml::to_string(&table)?.as_bytes())
+    }
+
+    pub fn url(&self) -> Option<String> {
+        fs::read_to_string(self.file(URL))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save_url(&self, url: &str) -> anyhow::Result<()> {
+        write_atomic(&self.file(URL), format!("{url}\n").as_bytes())
+    }
+
+    /// Forgets the cached URL; returns whether there was one.
+    ///
+    /// # Errors
+    /// When the file exists but cannot be removed.
+    pub fn clear_url(&self) -> anyhow::Result<bool> {
+        remove_if_exists(&self.file(URL))
+    }
+
+    /// # Errors
+    /// When the record exists but cannot be read.
+    pub fn update(&self) -> anyhow::Result<Option<UpdateRecord>> {
+        let path = self.file(UPDATE);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(toml::from_str(&text).map_err(|e| {
+                UsageError(format!("{} is malformed: {e}", path.display()))
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// # Errors
+    /// When the record cannot be written.
+    pub fn save_update(&self, record: &UpdateRecord) -> anyhow::Result<()> {
+        write_atomic(&self.file(UPDATE), toml::to_string(record)?.as_bytes())
+    }
+
+    /// # Errors
+    /// When the record exists but cannot be removed.
+    pub fn clear_update(&self) -> anyhow::Result<()> {
+        remove_if_exists(&self.file(UPDATE)).map(|_| ())
+    }
+}
+
+#[cfg(windows)]
+fn default_dir() -> PathBuf {
+    let base = std::env::var_os("ProgramData")
+        .map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from);
+    base.join("Hotate").join("Client")
+}
+
+#[cfg(not(windows))]
+fn default_dir() -> PathBuf {
+    PathBuf::from("/var/lib/hotate-client")
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let temp = path.with_extension("tmp");
+    let result = (|| -> std::io::Result<()> {
+        let mut file = fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+fn remove_if_exists(path: &Path) -> anyhow::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_cache_switch_keeps_other_keys_and_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::locate(Some(dir.path().to_owned()));
+        assert!(state.terminal().is_err());
+        fs::write(
+            dir.path().join(TERMINAL),
+            "name = \"PC-001\"\ndisk_id = \"d\"\nbooted_version = \"c3066470\"\nwrite_cache = \"restore\"\nimage = \"/x.img\"\nformat = \"raw\"\nextra = 5\n",
+        )
+        .unwrap();
+        assert_eq!(state.terminal().unwrap().write_cache, WriteCache::Restore);
+        state.set_write_cache(WriteCache::NonRestore).unwrap();
+        let t = state.terminal().unwrap();
+        assert_eq!(t.write_cache, WriteCache::NonRestore);
+        assert_eq!(t.name, "PC-001");
+        assert!(
+            fs::read_to_string(dir.path().join(TERMINAL))
+                .unwrap()
+                .contains("extra = 5")
+        );
+
+        assert_eq!(state.update().unwrap(), None);
+        let record = UpdateRecord {
+            disk_id: "d".into(),
+            data_write_guid: "g".into(),
+            base_version: "c3066470".into(),
+            write_cache_before: WriteCache::Restore,
+            upload_id: None,
+        };
+        state.save_update(&record).unwrap();
+        assert_eq!(state.update().unwrap(), Some(record));
+        state.clear_update().unwrap();
+        assert_eq!(state.update().unwrap(), None);
+
+        assert_eq!(state.url(), None);
+        state.save_url("http://127.0.0.1:1").unwrap();
+        assert_eq!(state.url().as_deref(), Some("http://127.0.0.1:1"));
+        assert!(state.clear_url().unwrap());
+        assert!(!state.clear_url().unwrap());
+    }
+}

@@ -1,0 +1,348 @@
+//! The upload of a differential disk: the engine pipeline feeding a network sink on the
+//! transfer service's bidirectional stream.
+//!
+//! Offers go out in batches and each waits for its "need" answer while chunks of earlier
+//! batches keep streaming; a reader task routes the server's replies. The request queue
+//! is small and bounded, so memory stays within the pipeline's window. `--limit-rate`
+//! paces the chunks.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hotate_engine::{
+    ChunkSink, Hash, Manifest, Offer, PipelineConfig, Progress, RawImage, SinkError, VerifiedChunk,
+    pipeline,
+};
+use hotate_proto::pb::{self, upload_reply, upload_request};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::error::{Failed, UsageError};
+use crate::server::{Session, explain};
+
+/// Requests queued towards the server; a few chunks keep the link busy.
+const REQUEST_QUEUE: usize = 8;
+
+/// What the upload needs to know.
+#[derive(Debug)]
+pub struct UploadPlan<'a> {
+    pub upload_id: String,
+    pub transfer_url: String,
+    pub ca: Option<&'a Path>,
+    pub disk_id: String,
+    pub base_version: String,
+    pub base_root: Hash,
+    pub disk_size: u64,
+    pub image: &'a Path,
+    pub comment: String,
+    pub limit_rate: Option<u64>,
+}
+
+/// What a finished upload produced.
+#[derive(Debug)]
+pub struct Uploaded {
+    pub version: String,
+    pub image_size: u64,
+    pub bytes_changed: u64,
+    pub bytes_sent: u64,
+    pub elapsed: Duration,
+}
+
+/// Opens the image, checking it covers the disk exactly.
+///
+/// # Errors
+/// A usage error when it is missing, unreadable, or of the wrong size.
+pub fn open_image(path: &Path, disk_size: u64) -> anyhow::Result<Arc<RawImage>> {
+    let image = RawImage::open(path).map_err(|e| {
+        UsageError(format!(
+            "cannot open the differential disk {}: {e}",
+            path.display()
+        ))
+    })?;
+    let size = hotate_engine::ImageSource::size(&image);
+    if size != disk_size {
+        return Err(UsageError(format!(
+            "the differential disk {} is {size} bytes but the disk is {disk_size} bytes{}",
+            path.display(),
+            if size < disk_size {
+                " (truncated?)"
+            } else {
+                ""
+            }
+        ))
+        .into());
+    }
+    Ok(Arc::new(image))
+}
+
+/// Downloads the base version's manifest and checks it against its root.
+///
+/// # Errors
+/// When the download fails or the manifest does not match the root.
+pub async fn base_manifest(
+    session: &Session,
+    transfer: &mut pb::transfer_client::TransferClient<tonic::transport::Channel>,
+    plan: &UploadPlan<'_>,
+) -> anyhow::Result<Manifest> {
+    let url = &plan.transfer_url;
+    let mut parts = transfer
+        .get_manifest(session.request(pb::GetManifestRequest {
+            disk_id: plan.disk_id.clone(),
+            version: plan.base_version.clone(),
+        }))
+        .await
+        .map_err(|s| explain(&s, session.lang, url))?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(part) = parts
+        .message()
+        .await
+        .map_err(|s| explain(&s, session.lang, url))?
+    {
+        bytes.extend_from_slice(&part.data);
+    }
+    let manifest = Manifest::decode(&bytes)
+        .map_err(|e| Failed(format!("the base manifest is damaged: {e}")))?;
+    if manifest.root() != plan.base_root || manifest.disk_size() != plan.disk_size {
+        return Err(
+            Failed("the base manifest does not match the base version's root".into()).into(),
+        );
+    }
+    Ok(manifest)
+}
+
+/// Routes server replies to whoever waits for them.
+#[derive(Debug, Default)]
+struct Replies {
+    needs: Mutex<HashMap<u64, oneshot::Sender<Vec<Hash>>>>,
+    committed: Mutex<Option<oneshot::Sender<String>>>,
+    failure: Mutex<Option<Status>>,
+    stored_bytes: AtomicU64,
+}
+
+impl Replies {
+    fn fail(&self, status: Status) {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(status);
+        // Dropping the senders wakes every waiter.
+        self.needs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    fn failure(&self) -> Status {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| Status::unavailable("the connection to the server was lost"))
+    }
+
+    async fn route(self: Arc<Self>, mut stream: tonic::Streaming<pb::UploadReply>) {
+        loop {
+            match stream.message().await {
+                Ok(Some(pb::UploadReply { kind: Some(kind) })) => match kind {
+                    upload_reply::Kind::Need(need) => {
+                        let hashes = need
+                            .hashes
+                            .iter()
+                            .filter_map(|h| Hash::from_slice(h))
+                            .collect();
+                        let waiter = self
+                            .needs
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&need.batch);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(hashes);
+                        }
+                    }
+                    upload_reply::Kind::Stored(stored) => {
+                        self.stored_bytes.fetch_add(stored.bytes, Ordering::Relaxed);
+                    }
+                    upload_reply::Kind::Committed(committed) => {
+                        if let Some(waiter) = self
+                            .committed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take()
+                        {
+                            let _ = waiter.send(committed.version);
+                        }
+                        return;
+                    }
+                    upload_reply::Kind::Opened(_) => {}
+                },
+                Ok(Some(_)) => {}
+                Ok(None) => return self.fail(Status::unavailable("the server closed the upload")),
+                Err(status) => return self.fail(status),
+            }
+        }
+    }
+}
+
+/// Paces chunks to a byte rate.
+#[derive(Debug)]
+struct Pacer {
+    rate: u64,
+    start: Instant,
+    sent: Mutex<u64>,
+}
+
+impl Pacer {
+    async fn pace(&self, bytes: u64) {
+        let due = {
+            let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+            *sent += bytes;
+            self.start + Duration::from_secs_f64(*sent as f64 / self.rate as f64)
+        };
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// The pipeline's sink on an upload stream.
+struct NetworkSink {
+    requests: mpsc::Sender<pb::UploadRequest>,
+    replies: Arc<Replies>,
+    next_batch: AtomicU64,
+    pacer: Option<Pacer>,
+}
+
+/// The upload stream failed; carries the server's status.
+#[derive(Debug)]
+struct StreamFailed(Status);
+
+impl std::fmt::Display for StreamFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.message())
+    }
+}
+
+impl std::error::Error for StreamFailed {}
+
+impl NetworkSink {
+    async fn send(&self, kind: upload_request::Kind) -> Result<(), SinkError> {
+        self.requests
+            .send(pb::UploadRequest { kind: Some(kind) })
+            .await
+            .map_err(|_| StreamFailed(self.replies.failure()).into())
+    }
+}
+
+impl ChunkSink for NetworkSink {
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Hash>, SinkError> {
+        let batch = self.next_batch.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.replies
+            .needs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(batch, tx);
+        let entries = offers.into_iter().map(pb::Entry::from).collect();
+        self.send(upload_request::Kind::Offer(pb::Offer { batch, entries }))
+            .await?;
+        rx.await
+            .map_err(|_| StreamFailed(self.replies.failure()).into())
+    }
+
+    async fn put(&self, chunk: VerifiedChunk) -> Result<(), SinkError> {
+        if let Some(pacer) = &self.pacer {
+            pacer.pace(chunk.encoded_len() as u64).await;
+        }
+        self.send(upload_request::Kind::Chunk(pb::Chunk::from(&chunk)))
+            .await
+    }
+}
+
+/// Uploads the image and commits the new version; `progress` is live for display, and
+/// `already` receives the bytes the server held when the stream opened.
+///
+/// # Errors
+/// When the image cannot be read, the connection fails, or the server refuses.
+pub async fn upload(
+    session: &Session,
+    plan: &UploadPlan<'_>,
+    progress: &Progress,
+    on_open: impl FnOnce(u64),
+) -> anyhow::Result<Uploaded> {
+    let started = Instant::now();
+    let image = open_image(plan.image, plan.disk_size)?;
+    let lang = session.lang;
+    let url = &plan.transfer_url;
+    let mut transfer = session.transfer(url, plan.ca).await?;
+    let parent = base_manifest(session, &mut transfer, plan).await?;
+
+    let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
+    let open = upload_request::Kind::Open(pb::Open {
+        upload_id: plan.upload_id.clone(),
+    });
+    requests
+        .send(pb::UploadRequest { kind: Some(open) })
+        .await
+        .map_err(|_| Failed("the upload stream closed".into()))?;
+    let mut stream = transfer
+        .upload(session.request(ReceiverStream::new(queue)))
+        .await
+        .map_err(|s| explain(&s, lang, url))?
+        .into_inner();
+    match stream.next().await {
+        Some(Ok(pb::UploadReply {
+            kind: Some(upload_reply::Kind::Opened(opened)),
+        })) => on_open(opened.bytes_stored),
+        Some(Err(status)) => return Err(explain(&status, lang, url)),
+        _ => return Err(Failed("the server did not open the upload".into()).into()),
+    }
+    let replies = Arc::new(Replies::default());
+    let (committed_tx, committed_rx) = oneshot::channel();
+    *replies.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed_tx);
+    let router = tokio::spawn(replies.clone().route(stream));
+
+    let sink = NetworkSink {
+        requests: requests.clone(),
+        replies: replies.clone(),
+        next_batch: AtomicU64::new(1),
+        pacer: plan.limit_rate.map(|rate| Pacer {
+            rate: rate.max(1),
+            start: Instant::now(),
+            sent: Mutex::new(0),
+        }),
+    };
+    let outcome = pipeline::run(image, &parent, &sink, &PipelineConfig::default(), progress)
+        .await
+        .map_err(|e| match e {
+            hotate_engine::PipelineError::Sink(inner) => match inner.downcast::<StreamFailed>() {
+                Ok(failed) => explain(&failed.0, lang, url),
+                Err(other) => anyhow::anyhow!(other),
+            },
+            other => Failed(format!("reading {}: {other}", plan.image.display())).into(),
+        })?;
+    let finish = upload_request::Kind::Finish(pb::Finish {
+        block_count: outcome.manifest.len() as u64,
+        root: hotate_proto::hash_bytes(&outcome.manifest.root()),
+        comment: plan.comment.clone(),
+    });
+    sink.send(finish)
+        .await
+        .map_err(|_| explain(&replies.failure(), lang, url))?;
+    let version = committed_rx
+        .await
+        .map_err(|_| explain(&replies.failure(), lang, url))?;
+    drop(requests);
+    router.abort();
+    Ok(Uploaded {
+        version,
+        image_size: plan.disk_size,
+        bytes_changed: outcome.progress.bytes_changed,
+        bytes_sent: outcome.progress.bytes_sent,
+        elapsed: started.elapsed(),
+    })
+}
