@@ -29,7 +29,7 @@ const REPLY_QUEUE: usize = 256;
 /// Size of the parts a manifest is sent in.
 const MANIFEST_PART: usize = 1 << 20;
 /// Received-chunk counters are written to the database every this many chunks.
-const COUNTER_FLUSH: u64 = 64;
+const COUNTER_FLUSH: u64 = 16;
 
 /// Serves `hotate.v1.Transfer`.
 #[derive(Debug, Clone)]

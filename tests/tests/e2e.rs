@@ -1,0 +1,628 @@
+//! End to end: the real `hotate-server` and `hotate-client` on loopback, temporary dirs,
+//! and every new version exported and compared byte for byte.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hotate_tests::harness::{Server, Site, Terminal, admin, admin_ok, text};
+use hotate_tests::images::{self, ImagePair};
+
+const BLOCK: u32 = 64 << 10;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    pair: ImagePair,
+    site: Site,
+    server: Server,
+    terminal: Terminal,
+}
+
+/// A site with a synthetic disk of `size` bytes, a server and terminal PC-001 booted from
+/// its first version, whose differential disk is the updated image.
+fn setup(size: u64, seed: u64) -> Setup {
+    setup_changing(size, 20, seed)
+}
+
+fn setup_changing(size: u64, change_percent: u32, seed: u64) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = images::synthetic_pair(dir.path(), size, change_percent, seed);
+    let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
+    let server = Server::start(&site.data);
+    let terminal = Terminal::new(
+        dir.path(),
+        "PC-001",
+        &site.disk_id,
+        &site.first_version,
+        &pair.updated,
+    );
+    Setup {
+        dir,
+        pair,
+        site,
+        server,
+        terminal,
+    }
+}
+
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}:\n{}",
+        out.status.code(),
+        text(out)
+    );
+}
+
+fn new_version(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("New version: "))
+        .unwrap_or_else(|| panic!("no version in:\n{stdout}"))
+        .to_owned()
+}
+
+/// Bytes the client reported sending ("sent X MB" in the summary), in bytes.
+fn reported_sent(out: &std::process::Output) -> f64 {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let after = stdout.split(", sent ").nth(1).expect("summary line");
+    after
+        .split(' ')
+        .next()
+        .expect("number")
+        .parse::<f64>()
+        .expect("float")
+        * 1e6
+}
+
+fn same_file(a: &[u8], b: &Path) {
+    let b = std::fs::read(b).expect("read image");
+    assert!(
+        a == b.as_slice(),
+        "exported image differs from the updated image"
+    );
+}
+
+#[test]
+fn the_whole_flow_start_finish_export() {
+    let s = setup(8 << 20, 1);
+    let url = s.server.url();
+    let start = s.terminal.run(&["--url", &url, "update", "start"]);
+    assert_ok(&start);
+    let out = String::from_utf8_lossy(&start.stdout);
+    assert!(out.contains("Connected to the Manage Server."));
+    assert!(out.ends_with("Update started.\n"), "{out}");
+    assert_eq!(s.terminal.write_cache(), "non-restore");
+
+    let show = s.terminal.run(&["update", "show"]);
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(shown.contains(&s.site.disk_id));
+    assert!(shown.contains("Write cache before:   restore"));
+
+    // The URL is cached: finish needs no --url.
+    let finish = s
+        .terminal
+        .run(&["update", "finish", "--comment", "Office 2024 を導入"]);
+    assert_ok(&finish);
+    let out = String::from_utf8_lossy(&finish.stdout);
+    let transfer = &s.server.transfer;
+    assert!(
+        out.contains(&format!("Establishing session with {transfer}...")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("Session established with {transfer}.")));
+    assert!(out.contains("100% complete... (8 MB / 8 MB)"), "{out}");
+    assert!(out.contains("Update finished."));
+    let version = new_version(&finish);
+    assert_eq!(s.terminal.write_cache(), "restore");
+    assert!(!s.terminal.state.join("update.toml").exists());
+    let none = s.terminal.run(&["update", "show"]);
+    assert!(String::from_utf8_lossy(&none.stdout).contains("No update in progress"));
+
+    let exported = s
+        .site
+        .export("win10", Some(&version), &s.dir.path().join("v2.img"));
+    same_file(&exported, &s.pair.updated);
+    let first = s.site.export(
+        "win10",
+        Some(&s.site.first_version),
+        &s.dir.path().join("v1.img"),
+    );
+    same_file(&first, &s.pair.base);
+    let versions = hotate_tests::harness::admin_json(&s.site.data, &["disk", "versions", "win10"]);
+    assert_eq!(versions[1]["comment"], "Office 2024 を導入");
+    assert_eq!(versions[1]["terminal"], "PC-001");
+    assert_eq!(versions[1]["parent"], s.site.first_version.as_str());
+}
+
+#[test]
+fn the_default_comment_and_a_non_restore_terminal_stay_non_restore() {
+    let s = setup(2 << 20, 2);
+    s.terminal
+        .write_config(&s.site.disk_id, &s.site.first_version, "non-restore");
+    assert_ok(
+        &s.terminal
+            .run(&["--url", &s.server.url(), "update", "start"]),
+    );
+    assert_ok(&s.terminal.run(&["update", "finish"]));
+    assert_eq!(
+        s.terminal.write_cache(),
+        "non-restore",
+        "back to the mode before start"
+    );
+    let versions = hotate_tests::harness::admin_json(&s.site.data, &["disk", "versions", "win10"]);
+    assert_eq!(versions[1]["comment"], "Updated on terminal PC-001.");
+}
+
+#[test]
+fn an_old_booted_version_is_refused_with_both_ids_in_english_and_japanese() {
+    let s = setup(2 << 20, 3);
+    let url = s.server.url();
+    assert_ok(&s.terminal.run(&["--url", &url, "update", "start"]));
+    let finish = s.terminal.run(&["update", "finish"]);
+    assert_ok(&finish);
+    let latest = new_version(&finish);
+
+    // The terminal still boots the first version.
+    let refused = s.terminal.run(&["update", "start"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let expected = format!(
+        "Cannot start the update: the terminal did not boot the latest version (latest={latest}, booted={})",
+        s.site.first_version
+    );
+    assert!(text(&refused).contains(&expected), "{}", text(&refused));
+    let ja = s.terminal.run(&["--lang", "ja", "update", "start"]);
+    let expected = format!(
+        "最新のバージョンで起動していないため、更新開始できません。(最新={latest}, 起動={})",
+        s.site.first_version
+    );
+    assert!(text(&ja).contains(&expected), "{}", text(&ja));
+    assert_eq!(
+        s.terminal.write_cache(),
+        "restore",
+        "a refused start changes nothing"
+    );
+    assert!(!s.terminal.state.join("update.toml").exists());
+}
+
+#[test]
+fn japanese_messages_follow_the_manual() {
+    let s = setup(2 << 20, 4);
+    let start = s
+        .terminal
+        .client(&["--url", &s.server.url(), "update", "start"])
+        .env("LANG", "ja_JP.UTF-8")
+        .output()
+        .expect("run");
+    assert_ok(&start);
+    assert_eq!(
+        String::from_utf8_lossy(&start.stdout),
+        "ManageServer に接続しました。\n復元を無効に変更します。\n更新を開始しました。\n"
+    );
+    let show = s.terminal.run(&["--lang", "ja", "update", "show"]);
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        shown.starts_with("端末側で更新中です。\n  ディスク ID:    "),
+        "{shown}"
+    );
+    assert!(shown.contains("更新前の復元状態: 復元あり"));
+    let finish = s.terminal.run(&["--lang", "ja", "update", "finish"]);
+    assert_ok(&finish);
+    let out = String::from_utf8_lossy(&finish.stdout);
+    assert!(
+        out.contains(&format!(
+            "{} に対してセッションを確立します...",
+            s.server.transfer
+        )),
+        "{out}"
+    );
+    assert!(out.contains("% 完了... ("));
+    assert!(out.contains("Write Cache を復元モードに戻しました。"));
+    assert!(out.contains("端末側の更新状態を解除しました。"));
+    assert!(out.contains("更新完了しました。"));
+    let versions = hotate_tests::harness::admin_json(&s.site.data, &["disk", "versions", "win10"]);
+    assert_eq!(versions[1]["comment"], "端末 PC-001 で更新しました。");
+}
+
+#[test]
+fn wrong_password_unreachable_server_and_missing_inputs() {
+    let s = setup(2 << 20, 5);
+    let url = s.server.url();
+    let wrong = s
+        .terminal
+        .client(&["--url", &url, "update", "start"])
+        .env("HOTATE_PASSWORD", "nope")
+        .output()
+        .expect("run");
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        text(&wrong).contains("wrong user name or password"),
+        "{}",
+        text(&wrong)
+    );
+    assert_eq!(s.terminal.write_cache(), "restore");
+
+    let dead = s
+        .terminal
+        .run(&["--url", "http://127.0.0.1:9", "update", "start"]);
+    assert_eq!(dead.status.code(), Some(1));
+    assert!(
+        text(&dead).contains("Cannot connect to the Manage Server at http://127.0.0.1:9"),
+        "{}",
+        text(&dead)
+    );
+
+    // No terminal to ask: each missing value names its flag or variable, at once.
+    let _ = s.terminal.run(&["update", "clear-url"]);
+    let started = Instant::now();
+    let no_url = s.terminal.run(&["update", "start"]);
+    assert_eq!(no_url.status.code(), Some(2));
+    assert!(
+        text(&no_url).contains("--url URL or set HOTATE_URL"),
+        "{}",
+        text(&no_url)
+    );
+    let no_user = s
+        .terminal
+        .client(&["--url", &url, "update", "start"])
+        .env_remove("HOTATE_USER")
+        .output()
+        .expect("run");
+    assert_eq!(no_user.status.code(), Some(2));
+    assert!(text(&no_user).contains("HOTATE_USER"));
+    let no_password = s
+        .terminal
+        .client(&["--url", &url, "update", "start"])
+        .env_remove("HOTATE_PASSWORD")
+        .output()
+        .expect("run");
+    assert_eq!(no_password.status.code(), Some(2));
+    assert!(text(&no_password).contains("HOTATE_PASSWORD"));
+    assert!(started.elapsed() < Duration::from_secs(20), "never a hang");
+
+    // The password from stdin works.
+    let mut child = s
+        .terminal
+        .client(&["--url", &url, "--password-stdin", "update", "start"])
+        .env_remove("HOTATE_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"PasSw0rd\n")
+        .expect("write");
+    assert_ok(&child.wait_with_output().expect("wait"));
+}
+
+#[test]
+fn start_twice_another_terminal_and_cancel() {
+    let s = setup(2 << 20, 6);
+    let url = s.server.url();
+    assert_ok(&s.terminal.run(&["--url", &url, "update", "start"]));
+    let twice = s.terminal.run(&["update", "start"]);
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(
+        text(&twice).contains("already in progress"),
+        "{}",
+        text(&twice)
+    );
+
+    let other = Terminal::new(
+        s.dir.path(),
+        "PC-002",
+        &s.site.disk_id,
+        &s.site.first_version,
+        &s.pair.updated,
+    );
+    let busy = other.run(&["--url", &url, "update", "start"]);
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(
+        text(&busy).contains("terminal PC-001 is already updating this disk"),
+        "{}",
+        text(&busy)
+    );
+    assert_eq!(other.write_cache(), "restore");
+
+    let cancel = s.terminal.run(&["update", "cancel"]);
+    assert_ok(&cancel);
+    assert!(String::from_utf8_lossy(&cancel.stdout).ends_with("Update cancelled.\n"));
+    assert_eq!(s.terminal.write_cache(), "restore");
+    assert!(!s.terminal.state.join("update.toml").exists());
+    assert_eq!(s.site.updates()[0]["state"], "cancelled");
+
+    // The disk is free for the other terminal now.
+    assert_ok(&other.run(&["update", "start"]));
+    assert_ok(&other.run(&["update", "finish"]));
+    let exported = s
+        .site
+        .export("win10", None, &s.dir.path().join("latest.img"));
+    same_file(&exported, &s.pair.updated);
+}
+
+#[test]
+fn cancel_with_the_server_down_restores_the_terminal_anyway() {
+    let s = setup(2 << 20, 7);
+    assert_ok(
+        &s.terminal
+            .run(&["--url", &s.server.url(), "update", "start"]),
+    );
+    s.server.stop();
+    let cancel = s.terminal.run(&["update", "cancel"]);
+    assert_ok(&cancel);
+    assert!(
+        text(&cancel).contains("Warning: the server could not release the reservation"),
+        "{}",
+        text(&cancel)
+    );
+    assert_eq!(s.terminal.write_cache(), "restore");
+    assert!(!s.terminal.state.join("update.toml").exists());
+}
+
+#[test]
+fn a_missing_or_short_image_is_refused_and_nothing_is_lost() {
+    let s = setup(2 << 20, 8);
+    assert_ok(
+        &s.terminal
+            .run(&["--url", &s.server.url(), "update", "start"]),
+    );
+    let saved = std::fs::read(&s.pair.updated).expect("read");
+    std::fs::rename(&s.pair.updated, s.dir.path().join("moved.img")).expect("move");
+    let missing = s.terminal.run(&["update", "finish"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing).contains("does not exist"),
+        "{}",
+        text(&missing)
+    );
+
+    std::fs::write(&s.pair.updated, &saved[..saved.len() - 4096]).expect("short");
+    let short = s.terminal.run(&["update", "finish"]);
+    assert_eq!(short.status.code(), Some(2));
+    assert!(text(&short).contains("(truncated?)"), "{}", text(&short));
+
+    // The update is still in progress; with the image back, finish works.
+    assert_eq!(s.terminal.write_cache(), "non-restore");
+    std::fs::write(&s.pair.updated, &saved).expect("restore image");
+    let finish = s.terminal.run(&["update", "finish"]);
+    assert_ok(&finish);
+    let exported = s
+        .site
+        .export("win10", None, &s.dir.path().join("latest.img"));
+    same_file(&exported, &s.pair.updated);
+}
+
+/// Waits until the server has counted at least `bytes` received for the live update.
+fn wait_for_received(site: &Site, bytes: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let received = site
+            .updates()
+            .last()
+            .and_then(|u| u["bytes_received"].as_u64())
+            .unwrap_or(0);
+        if received >= bytes || Instant::now() > deadline {
+            return received;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_finish_resumes_and_sends_only_what_remained() {
+    // Random content: what is sent is what changed, so the arithmetic is exact.
+    let s = setup_changing(24 << 20, 50, 9);
+    assert_ok(
+        &s.terminal
+            .run(&["--url", &s.server.url(), "update", "start"]),
+    );
+    let mut slow = s
+        .terminal
+        .client(&["update", "finish", "--limit-rate", "1m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The server counts stored bytes every 16 chunks; wait for some, then kill.
+    let before = wait_for_received(&s.site, 1, Duration::from_secs(30));
+    assert!(before > 0, "nothing was stored while the client ran");
+    if slow.try_wait().expect("poll").is_some() {
+        let out = slow.wait_with_output().expect("output");
+        panic!("the client ended before the kill:\n{}", text(&out));
+    }
+    slow.kill().expect("kill");
+    let _ = slow.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let stored_first = s.site.updates()[0]["bytes_received"]
+        .as_u64()
+        .expect("bytes");
+    assert!(stored_first >= before && stored_first > 0);
+
+    let resumed = s.terminal.run(&["update", "finish"]);
+    assert_ok(&resumed);
+    let out = String::from_utf8_lossy(&resumed.stdout);
+    assert!(out.contains("Resuming: the server already holds"), "{out}");
+    let total = s.site.updates()[0]["bytes_received"]
+        .as_u64()
+        .expect("bytes");
+    let remained = total - stored_first;
+    let sent_second = reported_sent(&resumed);
+    // Within the summary's rounding, plus the few chunks that were on the wire at the kill.
+    let slack = 8.0 * f64::from(BLOCK) + 0.05e6;
+    assert!(
+        sent_second <= remained as f64 + slack,
+        "sent {sent_second} of {remained} remaining"
+    );
+    assert!(
+        sent_second < total as f64,
+        "the second run did not start over"
+    );
+    let exported = s
+        .site
+        .export("win10", None, &s.dir.path().join("latest.img"));
+    same_file(&exported, &s.pair.updated);
+}
+
+#[test]
+fn a_server_restart_during_the_upload_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = images::synthetic_pair(dir.path(), 24 << 20, 50, 10);
+    let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
+    // Fixed ports, so the client's cached URL still works after the restart.
+    let probe = Server::start(&site.data);
+    let (control, transfer) = (probe.control.clone(), probe.transfer.clone());
+    probe.stop();
+    let args = [
+        "--listen",
+        control.as_str(),
+        "--transfer-listen",
+        transfer.as_str(),
+    ];
+    let server = Server::start_with(&site.data, &args);
+    let terminal = Terminal::new(
+        dir.path(),
+        "PC-001",
+        &site.disk_id,
+        &site.first_version,
+        &pair.updated,
+    );
+    assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
+    let mut slow = terminal
+        .client(&["update", "finish", "--limit-rate", "1m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    assert!(wait_for_received(&site, 1, Duration::from_secs(30)) > 0);
+    assert!(
+        slow.try_wait().expect("poll").is_none(),
+        "the upload is still running"
+    );
+    drop(server); // killed, mid-upload
+    let failed = slow.wait_with_output().expect("wait");
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    assert_eq!(
+        terminal.write_cache(),
+        "non-restore",
+        "nothing is undone by a failure"
+    );
+
+    let server = Server::start_with(&site.data, &args);
+    let resumed = terminal.run(&["update", "finish"]);
+    assert_ok(&resumed);
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("Resuming"));
+    let exported = site.export("win10", None, &dir.path().join("latest.img"));
+    same_file(&exported, &pair.updated);
+    server.stop();
+}
+
+#[test]
+fn an_aborted_upload_is_discarded_and_the_terminal_can_start_again() {
+    let s = setup(8 << 20, 11);
+    assert_ok(
+        &s.terminal
+            .run(&["--url", &s.server.url(), "update", "start"]),
+    );
+    admin_ok(&s.site.data, &["update", "abort", "win10"]);
+    let finish = s.terminal.run(&["update", "finish"]);
+    assert_eq!(finish.status.code(), Some(1));
+    assert!(
+        text(&finish).contains("cancelled or aborted on the server"),
+        "{}",
+        text(&finish)
+    );
+    assert_ok(&s.terminal.run(&["update", "cancel"]));
+    assert_ok(&s.terminal.run(&["update", "start"]));
+    assert_ok(&s.terminal.run(&["update", "finish"]));
+    let exported = s
+        .site
+        .export("win10", None, &s.dir.path().join("latest.img"));
+    same_file(&exported, &s.pair.updated);
+}
+
+#[test]
+fn tls_with_a_generated_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = images::synthetic_pair(dir.path(), 4 << 20, 20, 12);
+    let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
+    let certs = dir.path().join("certs");
+    admin_ok(
+        &site.data,
+        &[
+            "cert",
+            "generate",
+            "--out",
+            certs.to_str().expect("path"),
+            "--host",
+            "localhost",
+            "127.0.0.1",
+        ],
+    );
+    let cert = certs.join("cert.pem");
+    let key = certs.join("key.pem");
+    let server = Server::start_with(
+        &site.data,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--transfer-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().expect("path"),
+            "--tls-key",
+            key.to_str().expect("path"),
+        ],
+    );
+    let terminal = Terminal::new(
+        dir.path(),
+        "PC-001",
+        &site.disk_id,
+        &site.first_version,
+        &pair.updated,
+    );
+    let url = format!("https://{}", server.control);
+    // Without the CA the certificate is not trusted.
+    let untrusted = terminal.run(&["--url", &url, "update", "start"]);
+    assert_eq!(untrusted.status.code(), Some(1), "{}", text(&untrusted));
+    let ca = cert.to_str().expect("path");
+    assert_ok(&terminal.run(&["--url", &url, "--ca", ca, "update", "start"]));
+    let finish = terminal.run(&["--ca", ca, "update", "finish"]);
+    assert_ok(&finish);
+    let exported = site.export("win10", None, &dir.path().join("latest.img"));
+    same_file(&exported, &pair.updated);
+}
+
+#[test]
+fn a_real_filesystem_update_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = images::pair(dir.path(), 64 << 20, 10, 13);
+    let site = Site::new(dir.path(), "ubuntu", &pair.base, 1 << 20);
+    let server = Server::start(&site.data);
+    let terminal = Terminal::new(
+        dir.path(),
+        "PC-001",
+        &site.disk_id,
+        &site.first_version,
+        &pair.updated,
+    );
+    assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
+    let finish = terminal.run(&["update", "finish"]);
+    assert_ok(&finish);
+    let exported = site.export("ubuntu", None, &dir.path().join("latest.img"));
+    same_file(&exported, &pair.updated);
+    // Only the changes travel: far less than the image.
+    assert!(
+        reported_sent(&finish) < 0.5 * (64 << 20) as f64,
+        "{} ({})",
+        text(&finish),
+        pair.kind
+    );
+    // Admin output still works on the data dir.
+    assert!(admin(&site.data, &["disk", "list"]).status.success());
+}
