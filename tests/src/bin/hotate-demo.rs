@@ -22,14 +22,26 @@ fn main() -> ExitCode {
     println!("  {} image pair in {}", pair.kind, dir.path().display());
 
     let site = Site::new(dir.path(), "demo-disk", &pair.base, 1 << 20);
-    println!("Imported disk demo-disk ({}), version {}.", site.disk_id, site.first_version);
+    println!(
+        "Imported disk demo-disk ({}), version {}.",
+        site.disk_id, site.first_version
+    );
     let server = Server::start(&site.data);
-    println!("Server listening: control={} transfer={}", server.control, server.transfer);
+    println!(
+        "Server listening: control={} transfer={}",
+        server.control, server.transfer
+    );
 
     // The terminal boots the base version; its differential disk starts as the base.
     let disk = dir.path().join("terminal-disk.img");
     std::fs::copy(&pair.base, &disk).expect("copy base");
-    let terminal = Terminal::new(dir.path(), "PC-001", &site.disk_id, &site.first_version, &disk);
+    let terminal = Terminal::new(
+        dir.path(),
+        "PC-001",
+        &site.disk_id,
+        &site.first_version,
+        &disk,
+    );
     let step = |name: &str, out: std::process::Output| {
         print!("{}", String::from_utf8_lossy(&out.stdout));
         if !out.status.success() {
@@ -39,7 +51,10 @@ fn main() -> ExitCode {
         true
     };
     println!("\n$ hotate-client update start");
-    if !step("start", terminal.run(&["--url", &server.url(), "update", "start"])) {
+    if !step(
+        "start",
+        terminal.run(&["--url", &server.url(), "update", "start"]),
+    ) {
         return ExitCode::FAILURE;
     }
 
@@ -74,5 +89,9 @@ fn main() -> ExitCode {
         if same { "byte for byte" } else { "MISMATCH" }
     );
     server.stop();
-    if same { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if same {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
