@@ -1,0 +1,312 @@
+//! The whole upload on loopback against rsync, for a realistic image pair.
+//!
+//! `upload-bench [--size-mib N] [--change PERCENT] [--link-rate MBIT] [--dir DIR]`
+//!
+//! Builds an ext4 image pair (see `hotate_tests::images`), imports the base, and times
+//! `hotate-client update finish` of the updated disk, reporting image size, changed
+//! bytes, bytes on the wire, wall time, MB/s, CPU seconds and peak RSS of client and
+//! server. The same delta then goes through an rsync daemon on loopback with
+//! `--inplace --no-whole-file`, with and without `-z --compress-choice=zstd`.
+//! `--link-rate` puts a rate-limiting TCP proxy in front of both servers (the transfer
+//! port and rsync's), and reports each time against the ideal bytes / rate.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hotate_tests::harness::{Server, Site, Terminal, admin_ok, text};
+use hotate_tests::images;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Args {
+    size_mib: u64,
+    change: u32,
+    link_mbit: Option<f64>,
+    dir: PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        size_mib: 2048,
+        change: 10,
+        link_mbit: None,
+        dir: std::env::temp_dir(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--size-mib" => args.size_mib = value.parse().expect("--size-mib N"),
+            "--change" => args.change = value.parse().expect("--change PERCENT"),
+            "--link-rate" => args.link_mbit = Some(value.trim_end_matches("mbit").parse().expect("--link-rate MBIT")),
+            "--dir" => args.dir = PathBuf::from(value),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    args
+}
+
+/// CPU seconds and peak RSS of a finished child, from `wait4`.
+struct Usage {
+    wall: Duration,
+    cpu: f64,
+    max_rss_mib: f64,
+    success: bool,
+    stdout: String,
+}
+
+#[allow(unsafe_code)]
+fn run_measured(cmd: &mut Command) -> Usage {
+    let started = Instant::now();
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        out
+    });
+    let mut status = 0;
+    // SAFETY: `rusage` is plain data that wait4 fills; `pid` is our own child, reaped once.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to the locals above.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4 failed");
+    let wall = started.elapsed();
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Usage {
+        wall,
+        cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
+        max_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        stdout: reader.join().unwrap_or_default(),
+    }
+}
+
+/// CPU seconds and peak RSS of a running process, from /proc.
+fn proc_usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let ticks = clock_ticks();
+    let cpu = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu / ticks, hwm_kib / 1024.0)
+}
+
+#[allow(unsafe_code)]
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// A TCP proxy that passes client→server bytes at `mbit` megabits per second.
+async fn shaping_proxy(upstream: SocketAddr, mbit: f64) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let bytes_per_sec = mbit * 1e6 / 8.0;
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else { continue };
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let (mut in_read, mut in_write) = inbound.into_split();
+            let (mut out_read, mut out_write) = outbound.into_split();
+            // Upstream: paced, like a link of that rate.
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let mut sent = 0u64;
+                let mut buf = vec![0u8; 16 << 10];
+                loop {
+                    let n = match in_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    sent += n as u64;
+                    let due = start + Duration::from_secs_f64(sent as f64 / bytes_per_sec);
+                    tokio::time::sleep_until(due.into()).await;
+                    if out_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = out_write.shutdown().await;
+            });
+            // Downstream (acks, small): unshaped.
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+                let _ = in_write.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+struct Rsync {
+    child: std::process::Child,
+    port: u16,
+    module_dir: PathBuf,
+}
+
+impl Rsync {
+    fn start(dir: &Path) -> Self {
+        let module_dir = dir.join("rsync-module");
+        std::fs::create_dir_all(&module_dir).expect("rsync module dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe").local_addr().expect("addr").port();
+        let conf = dir.join("rsyncd.conf");
+        let mut f = std::fs::File::create(&conf).expect("rsyncd.conf");
+        writeln!(f, "use chroot = no\n[disk]\n  path = {}\n  read only = no\n  uid = root\n  gid = root", module_dir.display()).expect("write conf");
+        let child = Command::new("rsync")
+            .args(["--daemon", "--no-detach", "--address", "127.0.0.1", "--port", &port.to_string(), "--config"])
+            .arg(&conf)
+            .spawn()
+            .expect("start rsync --daemon (install rsync)");
+        std::thread::sleep(Duration::from_millis(500));
+        Self { child, port, module_dir }
+    }
+
+    /// Sends `updated` over the base copy in the module; returns (wall, bytes sent).
+    fn run(&self, base: &Path, updated: &Path, port: u16, compress: bool) -> (Duration, u64) {
+        let target = self.module_dir.join("disk.img");
+        let _ = Command::new("cp").arg("--sparse=always").arg(base).arg(&target).status();
+        let _ = Command::new("sync").status();
+        let mut cmd = Command::new("rsync");
+        cmd.args(["--inplace", "--no-whole-file", "--stats"]);
+        if compress {
+            cmd.args(["-z", "--compress-choice=zstd"]);
+        }
+        cmd.arg(updated).arg(format!("rsync://127.0.0.1:{port}/disk/disk.img"));
+        let started = Instant::now();
+        let out = cmd.output().expect("run rsync");
+        let wall = started.elapsed();
+        assert!(out.status.success(), "rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stats = String::from_utf8_lossy(&out.stdout);
+        let sent = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("Total bytes sent: "))
+            .map(|v| v.replace(',', ""))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        (wall, sent)
+    }
+}
+
+impl Drop for Rsync {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir_in(&args.dir).expect("bench dir");
+    let size = args.size_mib << 20;
+    eprintln!("generating a {} MiB image pair in {}...", args.size_mib, dir.path().display());
+    let pair = images::pair(dir.path(), size, args.change, 2026);
+    let changed = changed_bytes(&pair.base, &pair.updated, 1 << 20);
+
+    let site = Site::new(dir.path(), "bench", &pair.base, 1 << 20);
+    let server = Server::start(&site.data);
+    let terminal = Terminal::new(dir.path(), "PC-001", &site.disk_id, &site.first_version, &pair.updated);
+    let start = terminal.run(&["--url", &server.url(), "update", "start"]);
+    assert!(start.status.success(), "{}", text(&start));
+    // With a link rate, the client reaches the transfer port through the shaping proxy.
+    let shaped_transfer = args.link_mbit.map(|mbit| {
+        let upstream: SocketAddr = server.transfer.parse().expect("transfer addr");
+        runtime.block_on(shaping_proxy(upstream, mbit))
+    });
+    let server = match shaped_transfer {
+        Some(proxy) => {
+            // Restart with the proxy advertised; the data dir keeps the reservation.
+            let (control, transfer) = (server.control.clone(), server.transfer.clone());
+            server.stop();
+            let advertise = format!("http://{proxy}");
+            Server::start_with(&site.data, &["--listen", &control, "--transfer-listen", &transfer, "--advertise-transfer", &advertise])
+        }
+        None => server,
+    };
+    let server_pid = server.pid();
+    let _ = Command::new("sync").status();
+    let (cpu_before, _) = proc_usage(server_pid);
+    let client = run_measured(terminal.client(&["update", "finish"]).env("HOTATE_LOG", "warn"));
+    let (cpu_after, server_rss) = proc_usage(server_pid);
+    assert!(client.success, "finish failed:\n{}", client.stdout);
+    let wire = site.updates().last().and_then(|u| u["bytes_received"].as_u64()).unwrap_or(0);
+    let exported = dir.path().join("exported.img");
+    admin_ok(&site.data, &["disk", "export", "bench", "--output", exported.to_str().expect("path")]);
+    let verified = Command::new("cmp").arg("-s").arg(&exported).arg(&pair.updated).status().is_ok_and(|s| s.success());
+    let _ = std::fs::remove_file(&exported);
+    server.stop();
+
+    let rsync = Rsync::start(dir.path());
+    let rsync_port = match args.link_mbit {
+        Some(mbit) => runtime.block_on(shaping_proxy(SocketAddr::from(([127, 0, 0, 1], rsync.port)), mbit)).port(),
+        None => rsync.port,
+    };
+    let (rsync_z_wall, rsync_z_sent) = rsync.run(&pair.base, &pair.updated, rsync_port, true);
+    let (rsync_wall, rsync_sent) = rsync.run(&pair.base, &pair.updated, rsync_port, false);
+
+    let mb = |b: u64| b as f64 / 1e6;
+    let ideal = |bytes: u64| args.link_mbit.map(|mbit| bytes as f64 * 8.0 / (mbit * 1e6));
+    println!(
+        "image: {} MiB {} pair, {:.0} MB changed ({}% of data), link: {}",
+        args.size_mib,
+        pair.kind,
+        mb(changed),
+        args.change,
+        args.link_mbit.map_or("loopback".to_owned(), |m| format!("{m} Mbit/s"))
+    );
+    println!("| tool | wall time | on the wire | image MB/s | changes MB/s | vs ideal | CPU s (client / server) | peak RSS MiB (client / server) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let row = |name: &str, wall: Duration, sent: u64, cpu: &str, rss: &str| {
+        let secs = wall.as_secs_f64();
+        let vs = ideal(sent).map_or("-".to_owned(), |i| format!("{:.0}%", 100.0 * secs / i));
+        println!(
+            "| {name} | {secs:.2} s | {:.1} MB | {:.0} | {:.0} | {vs} | {cpu} | {rss} |",
+            mb(sent),
+            mb(size) / secs,
+            mb(changed) / secs
+        );
+    };
+    row(
+        "hotate",
+        client.wall,
+        wire,
+        &format!("{:.2} / {:.2}", client.cpu, cpu_after - cpu_before),
+        &format!("{:.0} / {:.0}", client.max_rss_mib, server_rss),
+    );
+    row("rsync -z zstd", rsync_z_wall, rsync_z_sent, "-", "-");
+    row("rsync", rsync_wall, rsync_sent, "-", "-");
+    println!(
+        "hotate wall time = {:.0}% of rsync-with-zstd's; bytes on the wire = {:.0}% of its; export verified: {verified}",
+        100.0 * client.wall.as_secs_f64() / rsync_z_wall.as_secs_f64(),
+        100.0 * wire as f64 / rsync_z_sent.max(1) as f64
+    );
+}
+
+/// Bytes in blocks that differ between two images.
+fn changed_bytes(a: &Path, b: &Path, block: usize) -> u64 {
+    use std::io::Read;
+    let mut fa = std::fs::File::open(a).expect("open base");
+    let mut fb = std::fs::File::open(b).expect("open updated");
+    let (mut ba, mut bb) = (vec![0u8; block], vec![0u8; block]);
+    let mut changed = 0;
+    loop {
+        let na = fa.read(&mut ba).expect("read");
+        let nb = fb.read(&mut bb).expect("read");
+        if na == 0 && nb == 0 {
+            return changed;
+        }
+        if ba[..na] != bb[..nb] {
+            changed += nb as u64;
+        }
+    }
+}
