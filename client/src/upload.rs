@@ -280,6 +280,7 @@ pub async fn upload(
     let url = &plan.transfer_url;
     let mut transfer = session.transfer(url, plan.ca).await?;
     let parent = base_manifest(session, &mut transfer, plan).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), blocks = parent.len(), "base manifest fetched");
 
     let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
     let open = upload_request::Kind::Open(pb::Open {
@@ -325,6 +326,7 @@ pub async fn upload(
             },
             other => Failed(format!("reading {}: {other}", plan.image.display())).into(),
         })?;
+    tracing::debug!(elapsed = ?started.elapsed(), progress = ?outcome.progress, "pipeline done");
     let finish = upload_request::Kind::Finish(pb::Finish {
         block_count: outcome.manifest.len() as u64,
         root: hotate_proto::hash_bytes(&outcome.manifest.root()),
@@ -336,6 +338,7 @@ pub async fn upload(
     let version = committed_rx
         .await
         .map_err(|_| explain(&replies.failure(), lang, url))?;
+    tracing::debug!(elapsed = ?started.elapsed(), %version, "committed");
     drop(requests);
     router.abort();
     Ok(Uploaded {

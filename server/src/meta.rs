@@ -422,21 +422,15 @@ impl Meta {
         Ok(())
     }
 
-    /// Records offered entries in one transaction.
+    /// Records offered entries in one transaction. Offers are re-sent by every upload
+    /// session, so this commit skips the fsync (`synchronous = NORMAL`): after a power
+    /// loss it may roll back, never corrupt, and the next session offers again.
     pub fn record_offers(&self, guid: &str, offers: &[Offer]) -> Result<(), ServerError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO upload_entries (guid, block_index, hash) VALUES (?1, ?2, ?3)",
-            )?;
-            for offer in offers {
-                let hash = offer.entry.hash().map(|h| h.as_bytes().to_vec());
-                stmt.execute(params![guid, offer.index as i64, hash])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = record_offers(&mut conn, guid, offers);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        result
     }
 
     pub fn offers(&self, guid: &str) -> Result<Vec<Offer>, ServerError> {
@@ -601,4 +595,19 @@ fn live_update(conn: &Connection, disk_id: &str) -> Result<Option<UpdateRow>, Se
             update_row,
         )
         .optional()?)
+}
+
+fn record_offers(conn: &mut Connection, guid: &str, offers: &[Offer]) -> Result<(), ServerError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO upload_entries (guid, block_index, hash) VALUES (?1, ?2, ?3)",
+        )?;
+        for offer in offers {
+            let hash = offer.entry.hash().map(|h| h.as_bytes().to_vec());
+            stmt.execute(params![guid, offer.index as i64, hash])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }

@@ -23,7 +23,7 @@ use crate::error::ServerError;
 use crate::meta::{UpdateRow, UpdateState, VersionRow, now};
 
 /// Chunks verified and stored concurrently per upload.
-const STORE_JOBS: usize = 4;
+const STORE_JOBS: usize = 16;
 /// Replies queued towards the client.
 const REPLY_QUEUE: usize = 256;
 /// Size of the parts a manifest is sent in.

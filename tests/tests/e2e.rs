@@ -500,6 +500,13 @@ fn a_server_restart_during_the_upload_resumes() {
         .spawn()
         .expect("spawn");
     assert!(wait_for_received(&site, 1, Duration::from_secs(30)) > 0);
+    if slow.try_wait().expect("poll").is_some() {
+        let out = slow.wait_with_output().expect("output");
+        panic!(
+            "the client ended before the server was killed:\n{}",
+            text(&out)
+        );
+    }
     assert!(
         slow.try_wait().expect("poll").is_none(),
         "the upload is still running"

@@ -1,6 +1,6 @@
 //! The whole upload on loopback against rsync, for a realistic image pair.
 //!
-//! `upload-bench [--size-mib N] [--change PERCENT] [--link-rate MBIT] [--dir DIR]`
+//! `upload-bench [--size-mib N] [--change PERCENT] [--block-size BYTES] [--link-rate MBIT] [--dir DIR]`
 //!
 //! Builds an ext4 image pair (see `hotate_tests::images`), imports the base, and times
 //! `hotate-client update finish` of the updated disk, reporting image size, changed
@@ -24,6 +24,7 @@ struct Args {
     size_mib: u64,
     change: u32,
     link_mbit: Option<f64>,
+    block_size: u32,
     dir: PathBuf,
 }
 
@@ -32,6 +33,7 @@ fn parse_args() -> Args {
         size_mib: 2048,
         change: 10,
         link_mbit: None,
+        block_size: 1 << 20,
         dir: std::env::temp_dir(),
     };
     let mut it = std::env::args().skip(1);
@@ -40,8 +42,16 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--size-mib" => args.size_mib = value.parse().expect("--size-mib N"),
             "--change" => args.change = value.parse().expect("--change PERCENT"),
-            "--link-rate" => args.link_mbit = Some(value.trim_end_matches("mbit").parse().expect("--link-rate MBIT")),
+            "--link-rate" => {
+                args.link_mbit = Some(
+                    value
+                        .trim_end_matches("mbit")
+                        .parse()
+                        .expect("--link-rate MBIT"),
+                )
+            }
             "--dir" => args.dir = PathBuf::from(value),
+            "--block-size" => args.block_size = value.parse().expect("--block-size BYTES"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -57,10 +67,14 @@ struct Usage {
     stdout: String,
 }
 
-#[allow(unsafe_code)]
+#[allow(unsafe_code, clippy::zombie_processes)] // reaped by wait4 below
 fn run_measured(cmd: &mut Command) -> Usage {
     let started = Instant::now();
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
     let pid = child.id() as libc::pid_t;
     let mut stdout = child.stdout.expect("stdout");
     let reader = std::thread::spawn(move || {
@@ -88,10 +102,20 @@ fn run_measured(cmd: &mut Command) -> Usage {
 /// CPU seconds and peak RSS of a running process, from /proc.
 fn proc_usage(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
     let ticks = clock_ticks();
-    let cpu = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let cpu = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm_kib = status
         .lines()
@@ -109,12 +133,16 @@ fn clock_ticks() -> f64 {
 
 /// A TCP proxy that passes client→server bytes at `mbit` megabits per second.
 async fn shaping_proxy(upstream: SocketAddr, mbit: f64) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
     let addr = listener.local_addr().expect("proxy addr");
     let bytes_per_sec = mbit * 1e6 / 8.0;
     tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
-            let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else { continue };
+            let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
             let (mut in_read, mut in_write) = inbound.into_split();
@@ -158,34 +186,64 @@ impl Rsync {
     fn start(dir: &Path) -> Self {
         let module_dir = dir.join("rsync-module");
         std::fs::create_dir_all(&module_dir).expect("rsync module dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe").local_addr().expect("addr").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("probe")
+            .local_addr()
+            .expect("addr")
+            .port();
         let conf = dir.join("rsyncd.conf");
         let mut f = std::fs::File::create(&conf).expect("rsyncd.conf");
-        writeln!(f, "use chroot = no\n[disk]\n  path = {}\n  read only = no\n  uid = root\n  gid = root", module_dir.display()).expect("write conf");
+        writeln!(
+            f,
+            "use chroot = no\n[disk]\n  path = {}\n  read only = no\n  uid = root\n  gid = root",
+            module_dir.display()
+        )
+        .expect("write conf");
         let child = Command::new("rsync")
-            .args(["--daemon", "--no-detach", "--address", "127.0.0.1", "--port", &port.to_string(), "--config"])
+            .args([
+                "--daemon",
+                "--no-detach",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--config",
+            ])
             .arg(&conf)
             .spawn()
             .expect("start rsync --daemon (install rsync)");
         std::thread::sleep(Duration::from_millis(500));
-        Self { child, port, module_dir }
+        Self {
+            child,
+            port,
+            module_dir,
+        }
     }
 
     /// Sends `updated` over the base copy in the module; returns (wall, bytes sent).
     fn run(&self, base: &Path, updated: &Path, port: u16, compress: bool) -> (Duration, u64) {
         let target = self.module_dir.join("disk.img");
-        let _ = Command::new("cp").arg("--sparse=always").arg(base).arg(&target).status();
+        let _ = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(base)
+            .arg(&target)
+            .status();
         let _ = Command::new("sync").status();
         let mut cmd = Command::new("rsync");
         cmd.args(["--inplace", "--no-whole-file", "--stats"]);
         if compress {
             cmd.args(["-z", "--compress-choice=zstd"]);
         }
-        cmd.arg(updated).arg(format!("rsync://127.0.0.1:{port}/disk/disk.img"));
+        cmd.arg(updated)
+            .arg(format!("rsync://127.0.0.1:{port}/disk/disk.img"));
         let started = Instant::now();
         let out = cmd.output().expect("run rsync");
         let wall = started.elapsed();
-        assert!(out.status.success(), "rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "rsync failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stats = String::from_utf8_lossy(&out.stdout);
         let sent = stats
             .lines()
@@ -209,13 +267,23 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir_in(&args.dir).expect("bench dir");
     let size = args.size_mib << 20;
-    eprintln!("generating a {} MiB image pair in {}...", args.size_mib, dir.path().display());
+    eprintln!(
+        "generating a {} MiB image pair in {}...",
+        args.size_mib,
+        dir.path().display()
+    );
     let pair = images::pair(dir.path(), size, args.change, 2026);
-    let changed = changed_bytes(&pair.base, &pair.updated, 1 << 20);
+    let changed = changed_bytes(&pair.base, &pair.updated, args.block_size as usize);
 
-    let site = Site::new(dir.path(), "bench", &pair.base, 1 << 20);
+    let site = Site::new(dir.path(), "bench", &pair.base, args.block_size);
     let server = Server::start(&site.data);
-    let terminal = Terminal::new(dir.path(), "PC-001", &site.disk_id, &site.first_version, &pair.updated);
+    let terminal = Terminal::new(
+        dir.path(),
+        "PC-001",
+        &site.disk_id,
+        &site.first_version,
+        &pair.updated,
+    );
     let start = terminal.run(&["--url", &server.url(), "update", "start"]);
     assert!(start.status.success(), "{}", text(&start));
     // With a link rate, the client reaches the transfer port through the shaping proxy.
@@ -229,26 +297,64 @@ fn main() {
             let (control, transfer) = (server.control.clone(), server.transfer.clone());
             server.stop();
             let advertise = format!("http://{proxy}");
-            Server::start_with(&site.data, &["--listen", &control, "--transfer-listen", &transfer, "--advertise-transfer", &advertise])
+            Server::start_with(
+                &site.data,
+                &[
+                    "--listen",
+                    &control,
+                    "--transfer-listen",
+                    &transfer,
+                    "--advertise-transfer",
+                    &advertise,
+                ],
+            )
         }
         None => server,
     };
     let server_pid = server.pid();
     let _ = Command::new("sync").status();
     let (cpu_before, _) = proc_usage(server_pid);
-    let client = run_measured(terminal.client(&["update", "finish"]).env("HOTATE_LOG", "warn"));
+    let log = std::env::var("HOTATE_LOG").unwrap_or_else(|_| "warn".into());
+    let client = run_measured(
+        terminal
+            .client(&["update", "finish"])
+            .env("HOTATE_LOG", log),
+    );
     let (cpu_after, server_rss) = proc_usage(server_pid);
     assert!(client.success, "finish failed:\n{}", client.stdout);
-    let wire = site.updates().last().and_then(|u| u["bytes_received"].as_u64()).unwrap_or(0);
+    let wire = site
+        .updates()
+        .last()
+        .and_then(|u| u["bytes_received"].as_u64())
+        .unwrap_or(0);
     let exported = dir.path().join("exported.img");
-    admin_ok(&site.data, &["disk", "export", "bench", "--output", exported.to_str().expect("path")]);
-    let verified = Command::new("cmp").arg("-s").arg(&exported).arg(&pair.updated).status().is_ok_and(|s| s.success());
+    admin_ok(
+        &site.data,
+        &[
+            "disk",
+            "export",
+            "bench",
+            "--output",
+            exported.to_str().expect("path"),
+        ],
+    );
+    let verified = Command::new("cmp")
+        .arg("-s")
+        .arg(&exported)
+        .arg(&pair.updated)
+        .status()
+        .is_ok_and(|s| s.success());
     let _ = std::fs::remove_file(&exported);
     server.stop();
 
     let rsync = Rsync::start(dir.path());
     let rsync_port = match args.link_mbit {
-        Some(mbit) => runtime.block_on(shaping_proxy(SocketAddr::from(([127, 0, 0, 1], rsync.port)), mbit)).port(),
+        Some(mbit) => runtime
+            .block_on(shaping_proxy(
+                SocketAddr::from(([127, 0, 0, 1], rsync.port)),
+                mbit,
+            ))
+            .port(),
         None => rsync.port,
     };
     let (rsync_z_wall, rsync_z_sent) = rsync.run(&pair.base, &pair.updated, rsync_port, true);
@@ -257,14 +363,18 @@ fn main() {
     let mb = |b: u64| b as f64 / 1e6;
     let ideal = |bytes: u64| args.link_mbit.map(|mbit| bytes as f64 * 8.0 / (mbit * 1e6));
     println!(
-        "image: {} MiB {} pair, {:.0} MB changed ({}% of data), link: {}",
+        "image: {} MiB {} pair, block size {} KiB, {:.0} MB in changed blocks (install rewrote ~{}% of data), link: {}",
         args.size_mib,
         pair.kind,
+        args.block_size >> 10,
         mb(changed),
         args.change,
-        args.link_mbit.map_or("loopback".to_owned(), |m| format!("{m} Mbit/s"))
+        args.link_mbit
+            .map_or("loopback".to_owned(), |m| format!("{m} Mbit/s"))
     );
-    println!("| tool | wall time | on the wire | image MB/s | changes MB/s | vs ideal | CPU s (client / server) | peak RSS MiB (client / server) |");
+    println!(
+        "| tool | wall time | on the wire | image MB/s | changes MB/s | vs ideal | CPU s (client / server) | peak RSS MiB (client / server) |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     let row = |name: &str, wall: Duration, sent: u64, cpu: &str, rss: &str| {
         let secs = wall.as_secs_f64();

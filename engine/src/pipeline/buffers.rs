@@ -1,8 +1,9 @@
-//! The memory window: a pool of aligned block buffers behind a semaphore.
+//! The memory window: a pool of aligned read buffers (one span of blocks each) behind a
+//! semaphore.
 //!
-//! Every block held in memory is a [`Lease`] of one buffer. The lease owns a permit, so at
-//! most `window / block_size` blocks exist at once, and returns its buffer to the pool
-//! when the last `Bytes` viewing it is dropped, so steady state allocates nothing (fresh
+//! Every span held in memory is a [`Lease`] of one buffer. The lease owns a permit, so at
+//! most `window / span` buffers exist at once, and returns its buffer to the pool when
+//! the last `Bytes` viewing it (a block of the span) is dropped, so steady state allocates nothing (fresh
 //! large allocations would cost a page fault per 4 KiB).
 
 use std::sync::{Arc, Mutex};
@@ -12,18 +13,18 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 use crate::direct_io::AlignedBuf;
 
-/// Aligned buffers of one block size, at most `capacity` in use.
+/// Aligned buffers of one size, at most `capacity` in use.
 #[derive(Debug)]
 pub(crate) struct BlockBuffers {
-    block_size: usize,
+    buf_size: usize,
     permits: Arc<Semaphore>,
     free: Mutex<Vec<AlignedBuf>>,
 }
 
 impl BlockBuffers {
-    pub fn new(block_size: usize, capacity: usize) -> Arc<Self> {
+    pub fn new(buf_size: usize, capacity: usize) -> Arc<Self> {
         Arc::new(Self {
-            block_size,
+            buf_size,
             permits: Arc::new(Semaphore::new(capacity)),
             free: Mutex::new(Vec::with_capacity(capacity)),
         })
@@ -37,7 +38,7 @@ impl BlockBuffers {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
-            .unwrap_or_else(|| AlignedBuf::zeroed(self.block_size));
+            .unwrap_or_else(|| AlignedBuf::zeroed(self.buf_size));
         Ok(Lease {
             buf: Some(buf),
             pool: self.clone(),

@@ -2,11 +2,12 @@
 //! sink → compress only what it needs → hand to the sink.
 //!
 //! Three stages run concurrently in the caller's task, joined by bounded channels:
-//! reading (blocking reads plus hashing on the blocking pool, `read_ahead` in flight),
-//! offering (batches of changed blocks, each answered by the sink's "need"), and
-//! compressing (`compress_jobs` on the blocking pool) into the sink. Every block held in
-//! memory is a lease from a pool of `window / block_size` buffers, so memory stays within
-//! the window whatever the image size. No CPU work runs on the async executor.
+//! reading (one read per span of blocks, at least 1 MiB, then hashing, on the blocking
+//! pool, `read_ahead` spans in flight), offering (batches of changed blocks, several
+//! awaiting the sink's "need" at once to hide round trips), and compressing
+//! (`compress_jobs` on the blocking pool) into the sink. Every span held in memory is a
+//! lease from a pool of `window / span` buffers, so memory stays within the window
+//! whatever the image size. No CPU work runs on the async executor.
 
 mod buffers;
 mod progress;
@@ -32,6 +33,13 @@ pub use sink::{ChunkSink, Offer, SinkError, StoreSink};
 /// Default bytes of block data held in memory at once.
 pub const DEFAULT_WINDOW: usize = 64 << 20;
 
+/// Bytes read at once when blocks are smaller than this.
+const READ_SPAN: usize = 1 << 20;
+
+/// Offer batches awaiting the sink's answer at once, so a network round trip does not
+/// stall the pipeline.
+const OFFERS_IN_FLIGHT: usize = 4;
+
 /// Settings of one pipeline run.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -54,7 +62,10 @@ impl Default for PipelineConfig {
             window: DEFAULT_WINDOW,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             // Reads block on IO as well as hashing: keep a few more than the cores busy.
-            read_ahead: cores * 2,
+            read_ahead: std::env::var("RA")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(cores * 2),
             compress_jobs: cores,
             max_batch: 1024,
         }
@@ -117,11 +128,19 @@ pub async fn run<S: ChunkSink>(
     }
     let block_size = parent.block_size();
     let window_blocks = (config.window / block_size.bytes()).max(2);
-    let buffers = BlockBuffers::new(block_size.bytes(), window_blocks);
+    // Small blocks are read several at a time: large reads keep unbuffered IO efficient.
+    let blocks_per_span = (READ_SPAN.min(config.window / 4) / block_size.bytes()).max(1);
+    let span_bytes = blocks_per_span * block_size.bytes();
+    let buffers = BlockBuffers::new(span_bytes, (config.window / span_bytes).max(2));
+    let geometry = Geometry {
+        disk_size,
+        block_size,
+        blocks_per_span,
+    };
     let (hashed_tx, hashed_rx) = mpsc::channel(window_blocks);
     let (needed_tx, needed_rx) = mpsc::channel(window_blocks);
 
-    let read = read_stage(source, block_size, config, buffers, progress, hashed_tx);
+    let read = read_stage(source, geometry, config, buffers, progress, hashed_tx);
     let offer = offer_stage(
         parent,
         sink,
@@ -139,16 +158,16 @@ pub async fn run<S: ChunkSink>(
     })
 }
 
-/// Reads and hashes every block in order; blocks wholly in holes are zero without a read.
+/// Reads and hashes every block in order, a span of blocks per read; spans wholly in
+/// holes are zero without a read.
 async fn read_stage(
     source: Arc<dyn ImageSource>,
-    block_size: BlockSize,
+    geometry: Geometry,
     config: &PipelineConfig,
     buffers: Arc<BlockBuffers>,
     progress: &Progress,
     out: mpsc::Sender<Hashed>,
 ) -> Result<(), PipelineError> {
-    let disk_size = source.size();
     let extents = {
         let source = source.clone();
         tokio::task::spawn_blocking(move || source.data_extents())
@@ -156,76 +175,111 @@ async fn read_stage(
             .map_err(PipelineError::Extents)?
     };
     let mut extents = extents.into_iter().peekable();
-    let plan = (0..block_size.count(disk_size)).map(move |index| {
-        let range = block_size.range(index, disk_size);
-        while extents.next_if(|e| e.end <= range.start).is_some() {}
-        let has_data = extents.peek().is_some_and(|e| e.start < range.end);
-        (index, range, has_data)
-    });
-    let blocks = stream::iter(plan)
-        .map(|(index, range, has_data)| {
+    let block_count = geometry.block_size.count(geometry.disk_size);
+    let plan = (0..block_count)
+        .step_by(geometry.blocks_per_span)
+        .map(move |first| {
+            let blocks = first..(first + geometry.blocks_per_span as u64).min(block_count);
+            let start = geometry.range(first).start;
+            let end = geometry.range(blocks.end - 1).end;
+            while extents.next_if(|e| e.end <= start).is_some() {}
+            let has_data = extents.peek().is_some_and(|e| e.start < end);
+            (blocks, has_data)
+        });
+    let spans = stream::iter(plan)
+        .map(|(blocks, has_data)| {
             let source = source.clone();
             let buffers = buffers.clone();
             async move {
-                let len = range.end - range.start;
                 if !has_data {
-                    return Ok(Hashed {
+                    let zeros = blocks.map(|index| Hashed {
                         index,
-                        len,
+                        len: geometry.len(index),
                         entry: Entry::Zero,
                         data: None,
                     });
+                    return Ok((zeros.collect(), 0));
                 }
                 let lease = buffers
                     .lease()
                     .await
                     .map_err(|e| PipelineError::Sink(e.into()))?;
-                tokio::task::spawn_blocking(move || read_block(&*source, index, range, lease))
+                tokio::task::spawn_blocking(move || read_span(&*source, geometry, blocks, lease))
                     .await?
             }
         })
         .buffered(config.read_ahead.max(1));
-    futures::pin_mut!(blocks);
-    while let Some(block) = blocks.try_next().await? {
-        if block.data.is_some() {
-            Progress::add(&progress.bytes_read, block.len);
-        }
-        if out.send(block).await.is_err() {
-            break; // The offer stage stopped; its error says why.
+    futures::pin_mut!(spans);
+    while let Some((blocks, read)) = spans.try_next().await? {
+        Progress::add(&progress.bytes_read, read);
+        for block in blocks {
+            if out.send(block).await.is_err() {
+                return Ok(()); // The offer stage stopped; its error says why.
+            }
         }
     }
     Ok(())
 }
 
-fn read_block(
+/// Disk geometry and how many blocks one read covers.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    disk_size: u64,
+    block_size: BlockSize,
+    blocks_per_span: usize,
+}
+
+impl Geometry {
+    fn range(self, index: u64) -> std::ops::Range<u64> {
+        self.block_size.range(index, self.disk_size)
+    }
+
+    fn len(self, index: u64) -> u64 {
+        let range = self.range(index);
+        range.end - range.start
+    }
+}
+
+/// Reads the blocks of one span with a single read, then zero-checks and hashes each;
+/// returns them with the bytes read.
+fn read_span(
     source: &dyn ImageSource,
-    index: u64,
-    range: std::ops::Range<u64>,
+    geometry: Geometry,
+    blocks: std::ops::Range<u64>,
     mut lease: Lease,
-) -> Result<Hashed, PipelineError> {
-    let len = (range.end - range.start) as usize;
-    let buf = lease.buf_mut();
+) -> Result<(Vec<Hashed>, u64), PipelineError> {
+    let start = geometry.range(blocks.start).start;
+    let len = (geometry.range(blocks.end - 1).end - start) as usize;
     source
-        .read_at(range.start, len, buf)
+        .read_at(start, len, lease.buf_mut())
         .map_err(|source| PipelineError::Read {
-            offset: range.start,
+            offset: start,
             source,
         })?;
-    if is_zero(buf) {
-        return Ok(Hashed {
-            index,
-            len: len as u64,
-            entry: Entry::Zero,
-            data: None,
-        });
-    }
-    let hash = Hash::of(buf);
-    Ok(Hashed {
-        index,
-        len: len as u64,
-        entry: Entry::Chunk(hash),
-        data: Some(lease.into_bytes()),
-    })
+    let span = lease.into_bytes();
+    let hashed = blocks
+        .map(|index| {
+            let range = geometry.range(index);
+            let data = span.slice((range.start - start) as usize..(range.end - start) as usize);
+            let len = data.len() as u64;
+            if is_zero(&data) {
+                Hashed {
+                    index,
+                    len,
+                    entry: Entry::Zero,
+                    data: None,
+                }
+            } else {
+                Hashed {
+                    index,
+                    len,
+                    entry: Entry::Chunk(Hash::of(&data)),
+                    data: Some(data),
+                }
+            }
+        })
+        .collect();
+    Ok((hashed, len as u64))
 }
 
 /// Skips blocks equal to the parent, offers the rest in batches and forwards the needed
@@ -240,51 +294,65 @@ async fn offer_stage<S: ChunkSink>(
     out: mpsc::Sender<Hashed>,
 ) -> Result<Manifest, PipelineError> {
     let mut manifest = parent.clone();
-    // Half the window per batch leaves the other half for reading ahead meanwhile.
-    let batch_cap = config.max_batch.min(window_blocks / 2).max(1);
-    let mut batches = ReceiverStream::new(input).ready_chunks(batch_cap);
-    while let Some(batch) = batches.next().await {
-        let mut changed = Vec::with_capacity(batch.len());
-        for block in batch {
-            if parent.get(block.index) == Some(block.entry) {
-                Progress::add(&progress.blocks_skipped, 1);
-                Progress::add(&progress.bytes_done, block.len);
-            } else {
-                manifest.set(block.index, block.entry)?;
-                Progress::add(&progress.blocks_changed, 1);
-                Progress::add(&progress.bytes_changed, block.len);
-                changed.push(block);
-            }
-        }
-        if changed.is_empty() {
-            continue;
-        }
-        let offers = changed
-            .iter()
-            .map(|b| Offer {
-                index: b.index,
-                entry: b.entry,
-            })
-            .collect();
-        let mut needed: HashSet<Hash> = sink
-            .offer(offers)
-            .await
-            .map_err(PipelineError::Sink)?
-            .into_iter()
-            .collect();
-        for block in changed {
-            // Each needed hash is sent once, by its first block.
-            match block.entry {
-                Entry::Chunk(hash) if needed.remove(&hash) => {
-                    if out.send(block).await.is_err() {
-                        return Ok(manifest); // The compress stage stopped with an error.
+    // The batches in flight share half the window; the other half reads ahead meanwhile.
+    let batch_cap = config
+        .max_batch
+        .min(window_blocks / 2 / OFFERS_IN_FLIGHT)
+        .max(1);
+    let mut bad_index = None;
+    {
+        let changed_batches = ReceiverStream::new(input)
+            .ready_chunks(batch_cap)
+            .map(|batch| {
+                let mut changed = Vec::with_capacity(batch.len());
+                for block in batch {
+                    if parent.get(block.index) == Some(block.entry) {
+                        Progress::add(&progress.blocks_skipped, 1);
+                        Progress::add(&progress.bytes_done, block.len);
+                    } else {
+                        if let Err(e) = manifest.set(block.index, block.entry) {
+                            bad_index.get_or_insert(e);
+                        }
+                        Progress::add(&progress.blocks_changed, 1);
+                        Progress::add(&progress.bytes_changed, block.len);
+                        changed.push(block);
                     }
                 }
-                _ => Progress::add(&progress.bytes_done, block.len),
+                changed
+            })
+            .filter(|changed| std::future::ready(!changed.is_empty()))
+            // Several batches wait for their answers at once, hiding the round trip.
+            .map(|changed| async move {
+                let offers = changed
+                    .iter()
+                    .map(|b| Offer {
+                        index: b.index,
+                        entry: b.entry,
+                    })
+                    .collect();
+                let needed = sink.offer(offers).await.map_err(PipelineError::Sink)?;
+                Ok::<_, PipelineError>((changed, needed.into_iter().collect::<HashSet<Hash>>()))
+            })
+            .buffered(OFFERS_IN_FLIGHT);
+        futures::pin_mut!(changed_batches);
+        while let Some((changed, mut needed)) = changed_batches.try_next().await? {
+            for block in changed {
+                // Each needed hash is sent once, by its first block.
+                match block.entry {
+                    Entry::Chunk(hash) if needed.remove(&hash) => {
+                        if out.send(block).await.is_err() {
+                            break; // The compress stage stopped with an error.
+                        }
+                    }
+                    _ => Progress::add(&progress.bytes_done, block.len),
+                }
             }
         }
     }
-    Ok(manifest)
+    match bad_index {
+        Some(e) => Err(e.into()),
+        None => Ok(manifest),
+    }
 }
 
 /// Compresses the needed blocks on the blocking pool and hands them to the sink in order.

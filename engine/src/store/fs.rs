@@ -15,6 +15,9 @@ use super::{ChunkStore, StoreError};
 use crate::block::{Codec, Frame, UnverifiedChunk, VerifiedChunk};
 use crate::hash::Hash;
 
+/// Age after which a temp file is a crash's leftover, not a write in progress.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Chunks stored as files in a directory tree.
 #[derive(Debug)]
 pub struct FsStore {
@@ -33,10 +36,19 @@ impl FsStore {
         for dir in [root.join("chunks"), temp_dir.clone()] {
             fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
         }
-        // Leftovers of writes a crash interrupted.
+        // Leftovers of writes a crash interrupted. Other processes (a running server, an
+        // admin command) may be writing now, so only old files are removed.
         if let Ok(entries) = fs::read_dir(&temp_dir) {
             for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_TEMP);
+                if stale {
+                    let _ = fs::remove_file(entry.path());
+                }
             }
         }
         Ok(Self {
@@ -160,6 +172,16 @@ mod tests {
             again.get(&chunk.hash(), 1 << 16).unwrap(),
             Bytes::from_static(b"persisted")
         );
+    }
+
+    #[test]
+    fn opening_leaves_writes_in_progress_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = FsStore::open(dir.path()).unwrap();
+        let in_progress = dir.path().join("tmp").join("12345.0");
+        fs::write(&in_progress, b"half a chunk").unwrap();
+        let _again = FsStore::open(dir.path()).unwrap();
+        assert!(in_progress.exists(), "another process's write was removed");
     }
 
     #[test]
