@@ -19,6 +19,8 @@ use crate::transfer::TransferService;
 /// a stream may have a few full blocks in flight before it needs a window update.
 const STREAM_WINDOW: u32 = 32 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
+/// How long a stop waits for open streams before closing them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Settings of `serve`.
 #[derive(Debug, Clone)]
@@ -81,6 +83,7 @@ pub async fn serve(
         .max_encoding_message_size(hotate_proto::MAX_MESSAGE);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let deadline_rx = stop_rx.clone();
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -100,7 +103,18 @@ pub async fn serve(
     let transfer_server = builder()?
         .add_service(transfer)
         .serve_with_incoming_shutdown(TcpListenerStream::new(transfer_listener), stopped(stop_rx));
-    tokio::try_join!(control_server, transfer_server).context("serving")?;
+    // Graceful stop waits for open streams; an upload may run for hours, so after a grace
+    // period stop anyway: what it stored is durable and the terminal resumes.
+    let deadline = async {
+        stopped(deadline_rx).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = async { tokio::try_join!(control_server, transfer_server) } => {
+            served.context("serving")?;
+        }
+        () = deadline => tracing::warn!("streams still open after the grace period; stopping anyway"),
+    }
     tracing::info!("stopped");
     Ok(())
 }

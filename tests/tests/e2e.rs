@@ -633,3 +633,86 @@ fn a_real_filesystem_update_round_trips() {
     // Admin output still works on the data dir.
     assert!(admin(&site.data, &["disk", "list"]).status.success());
 }
+
+#[test]
+fn ctrl_c_stops_a_finish_cleanly_and_says_how_to_resume() {
+    let s = setup_changing(24 << 20, 50, 14);
+    assert_ok(
+        &s.terminal
+            .run(&["--url", &s.server.url(), "update", "start"]),
+    );
+    let slow = s
+        .terminal
+        .client(&["update", "finish", "--limit-rate", "1m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    assert!(wait_for_received(&s.site, 1, Duration::from_secs(30)) > 0);
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &slow.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let out = slow.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("Upload interrupted. Run `hotate-client update finish` again to resume"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.terminal.write_cache(), "non-restore");
+    let resumed = s.terminal.run(&["update", "finish"]);
+    assert_ok(&resumed);
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("Resuming"));
+    let exported = s
+        .site
+        .export("win10", None, &s.dir.path().join("latest.img"));
+    same_file(&exported, &s.pair.updated);
+}
+
+#[test]
+fn sigterm_stops_the_server_even_during_an_upload() {
+    let s = setup_changing(24 << 20, 50, 15);
+    assert_ok(
+        &s.terminal
+            .run(&["--url", &s.server.url(), "update", "start"]),
+    );
+    let slow = s
+        .terminal
+        .client(&["update", "finish", "--limit-rate", "256k"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    assert!(wait_for_received(&s.site, 1, Duration::from_secs(30)) > 0);
+    let pid = s.server.pid();
+    let server_control = s.server.control.clone();
+    let started = Instant::now();
+    s.server.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "the server did not stop on SIGTERM"
+    );
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    // The upload outlasts the grace period: the client is told, and resumes later.
+    let out = slow.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let server = Server::start_with(
+        &s.site.data,
+        &[
+            "--listen",
+            &server_control,
+            "--transfer-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let resumed = s.terminal.run(&["update", "finish"]);
+    assert_ok(&resumed);
+    let exported = s
+        .site
+        .export("win10", None, &s.dir.path().join("latest.img"));
+    same_file(&exported, &s.pair.updated);
+    server.stop();
+}
