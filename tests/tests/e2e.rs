@@ -716,3 +716,68 @@ fn sigterm_stops_the_server_even_during_an_upload() {
     same_file(&exported, &s.pair.updated);
     server.stop();
 }
+
+/// Runs the client in a pseudo-terminal, answering `prompts` in order.
+fn in_pty(terminal: &Terminal, prompts: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pty/answer.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script);
+    for (prompt, answer) in prompts {
+        cmd.args([prompt, answer]);
+    }
+    cmd.arg("--")
+        .arg(hotate_tests::harness::bin("hotate-client"))
+        .arg("--state-dir")
+        .arg(&terminal.state)
+        .args(args)
+        .env_remove("HOTATE_USER")
+        .env_remove("HOTATE_PASSWORD")
+        .env_remove("HOTATE_URL")
+        .env("LANG", "C");
+    cmd.output().expect("run python3 answer.py")
+}
+
+#[test]
+fn prompts_are_answered_on_a_terminal_and_the_password_is_hidden() {
+    let s = setup(2 << 20, 16);
+    let url = s.server.url();
+    let start = in_pty(
+        &s.terminal,
+        &[
+            ("Server URL: ", &url),
+            ("User name: ", "coadmin"),
+            ("Password: ", "PasSw0rd"),
+        ],
+        &["update", "start"],
+    );
+    let transcript = String::from_utf8_lossy(&start.stdout);
+    assert!(start.status.success(), "{transcript}");
+    assert!(
+        transcript.contains("Enter the Manage Server URL (e.g. https://192.168.10.11:30806/).")
+    );
+    assert!(transcript.contains("Update started."), "{transcript}");
+    assert!(
+        !transcript.contains("PasSw0rd"),
+        "the password was echoed:\n{transcript}"
+    );
+
+    // The URL is cached now: finish asks only for the login and the comment.
+    let finish = in_pty(
+        &s.terminal,
+        &[
+            ("User name: ", "coadmin"),
+            ("Password: ", "PasSw0rd"),
+            ("Version comment", "Installed a typed comment"),
+        ],
+        &["update", "finish"],
+    );
+    let transcript = String::from_utf8_lossy(&finish.stdout);
+    assert!(finish.status.success(), "{transcript}");
+    assert!(
+        !transcript.contains("Server URL: "),
+        "asked for a cached URL:\n{transcript}"
+    );
+    assert!(transcript.contains("Update finished."));
+    let versions = hotate_tests::harness::admin_json(&s.site.data, &["disk", "versions", "win10"]);
+    assert_eq!(versions[1]["comment"], "Installed a typed comment");
+}
