@@ -1,14 +1,16 @@
 //! Micro benchmarks of the engine on the realistic block mix: hashing, compression at a
-//! few zstd levels, and the whole pipeline into an in-memory store.
+//! few zstd levels, the whole pipeline into an in-memory store, and the server's
+//! verify-and-store of received chunks.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hotate_benches::{Mix, image};
+use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
 use hotate_engine::{
-    BlockSize, Frame, Hash, Manifest, MemoryStore, PipelineConfig, Progress, RawImage, StoreSink,
-    pipeline,
+    BlockSize, ChunkStore, Frame, FsStore, Hash, Manifest, MemoryStore, PipelineConfig,
+    Progress, RawImage, StoreSink, UnverifiedChunk, VerifiedChunk, pipeline,
 };
 
 const BLOCK: usize = 1 << 20;
@@ -95,5 +97,49 @@ fn tempfile_dir() -> std::path::PathBuf {
     dir
 }
 
-criterion_group!(benches, hashing, compression, whole_pipeline);
+/// The server's side of an upload: decompress within the block size, verify BLAKE3 and
+/// store durably (temp file, fsync, rename, directory fsync), 16 chunks at a time as the
+/// transfer service does, into a store on the data disk (not tmpfs, so fsync is real).
+fn verify_and_store(c: &mut Criterion) {
+    let wire: Vec<UnverifiedChunk> = blocks()
+        .into_iter()
+        .filter(|b| b.iter().any(|&x| x != 0))
+        .map(|b| {
+            let chunk = VerifiedChunk::seal(b, DEFAULT_ZSTD_LEVEL);
+            UnverifiedChunk {
+                hash: chunk.hash(),
+                frame: chunk.frame().clone(),
+            }
+        })
+        .collect();
+    let raw_bytes = (wire.len() * BLOCK) as u64;
+    let base = std::env::temp_dir().join(format!("hotate-store-bench-{}", std::process::id()));
+    let mut group = c.benchmark_group("server");
+    group.throughput(Throughput::Bytes(raw_bytes));
+    group.sample_size(10);
+    let mut round = 0;
+    group.bench_function("verify and store, 16 jobs", |b| {
+        b.iter(|| {
+            round += 1;
+            let store = FsStore::open(&base.join(round.to_string())).expect("store");
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|scope| {
+                for _ in 0..16 {
+                    scope.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(chunk) = wire.get(i) else { break };
+                            let verified = chunk.clone().verify(BLOCK).expect("verify");
+                            store.put(&verified).expect("put");
+                        }
+                    });
+                }
+            });
+        })
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+criterion_group!(benches, hashing, compression, whole_pipeline, verify_and_store);
 criterion_main!(benches);
