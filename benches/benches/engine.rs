@@ -9,8 +9,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use hotate_benches::{Mix, image};
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
 use hotate_engine::{
-    BlockSize, ChunkStore, Frame, FsStore, Hash, Manifest, MemoryStore, PipelineConfig,
-    Progress, RawImage, StoreSink, UnverifiedChunk, VerifiedChunk, pipeline,
+    BlockSize, ChunkStore, Frame, FsStore, Hash, Manifest, MemoryStore, PipelineConfig, Progress,
+    RawImage, StoreSink, UnverifiedChunk, VerifiedChunk, pipeline,
 };
 
 const BLOCK: usize = 1 << 20;
@@ -141,5 +141,11 @@ fn verify_and_store(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(base);
 }
 
-criterion_group!(benches, hashing, compression, whole_pipeline, verify_and_store);
+criterion_group!(
+    benches,
+    hashing,
+    compression,
+    whole_pipeline,
+    verify_and_store
+);
 criterion_main!(benches);

@@ -414,6 +414,28 @@ fn wait_for_received(site: &Site, bytes: u64, timeout: Duration) -> u64 {
     }
 }
 
+/// Starts `update finish` paced at `rate` and returns once the server has stored part of
+/// the upload, the client still running.
+fn finish_in_background(terminal: &Terminal, site: &Site, rate: &str) -> std::process::Child {
+    let mut child = terminal
+        .client(&["update", "finish", "--limit-rate", rate])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The server counts stored bytes every 16 chunks.
+    let received = wait_for_received(site, 1, Duration::from_secs(30));
+    if child.try_wait().expect("poll").is_some() {
+        let out = child.wait_with_output().expect("output");
+        panic!(
+            "the client ended before it could be interrupted:\n{}",
+            text(&out)
+        );
+    }
+    assert!(received > 0, "nothing was stored while the client ran");
+    child
+}
+
 #[test]
 fn a_killed_finish_resumes_and_sends_only_what_remained() {
     // Random content: what is sent is what changed, so the arithmetic is exact.
@@ -422,20 +444,8 @@ fn a_killed_finish_resumes_and_sends_only_what_remained() {
         &s.terminal
             .run(&["--url", &s.server.url(), "update", "start"]),
     );
-    let mut slow = s
-        .terminal
-        .client(&["update", "finish", "--limit-rate", "1m"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    // The server counts stored bytes every 16 chunks; wait for some, then kill.
-    let before = wait_for_received(&s.site, 1, Duration::from_secs(30));
-    assert!(before > 0, "nothing was stored while the client ran");
-    if slow.try_wait().expect("poll").is_some() {
-        let out = slow.wait_with_output().expect("output");
-        panic!("the client ended before the kill:\n{}", text(&out));
-    }
+    let mut slow = finish_in_background(&s.terminal, &s.site, "1m");
+    let before = wait_for_received(&s.site, 1, Duration::ZERO);
     slow.kill().expect("kill");
     let _ = slow.wait();
     std::thread::sleep(Duration::from_millis(300));
@@ -493,24 +503,7 @@ fn a_server_restart_during_the_upload_resumes() {
         &pair.updated,
     );
     assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
-    let mut slow = terminal
-        .client(&["update", "finish", "--limit-rate", "1m"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    assert!(wait_for_received(&site, 1, Duration::from_secs(30)) > 0);
-    if slow.try_wait().expect("poll").is_some() {
-        let out = slow.wait_with_output().expect("output");
-        panic!(
-            "the client ended before the server was killed:\n{}",
-            text(&out)
-        );
-    }
-    assert!(
-        slow.try_wait().expect("poll").is_none(),
-        "the upload is still running"
-    );
+    let slow = finish_in_background(&terminal, &site, "1m");
     drop(server); // killed, mid-upload
     let failed = slow.wait_with_output().expect("wait");
     assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
@@ -641,14 +634,7 @@ fn ctrl_c_stops_a_finish_cleanly_and_says_how_to_resume() {
         &s.terminal
             .run(&["--url", &s.server.url(), "update", "start"]),
     );
-    let slow = s
-        .terminal
-        .client(&["update", "finish", "--limit-rate", "1m"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    assert!(wait_for_received(&s.site, 1, Duration::from_secs(30)) > 0);
+    let slow = finish_in_background(&s.terminal, &s.site, "1m");
     let status = std::process::Command::new("kill")
         .args(["-INT", &slow.id().to_string()])
         .status()
@@ -679,14 +665,7 @@ fn sigterm_stops_the_server_even_during_an_upload() {
         &s.terminal
             .run(&["--url", &s.server.url(), "update", "start"]),
     );
-    let slow = s
-        .terminal
-        .client(&["update", "finish", "--limit-rate", "256k"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    assert!(wait_for_received(&s.site, 1, Duration::from_secs(30)) > 0);
+    let slow = finish_in_background(&s.terminal, &s.site, "256k");
     let pid = s.server.pid();
     let server_control = s.server.control.clone();
     let started = Instant::now();
