@@ -17,6 +17,23 @@ fn time_text(secs: i64) -> String {
         .to_string()
 }
 
+/// Opens the data dir of a command that reads it: refused when there is none, rather
+/// than creating an empty one at a mistyped path.
+fn open_existing(data: &Path) -> anyhow::Result<std::sync::Arc<DataDir>> {
+    if !data.join("meta.sqlite").is_file() {
+        bail!(
+            "no Hotate data dir at {}: pass --data DIR or set HOTATE_DATA (`disk import` creates one)",
+            data.display()
+        );
+    }
+    open(data)
+}
+
+/// Opens (creating when needed) the data dir.
+fn open(data: &Path) -> anyhow::Result<std::sync::Arc<DataDir>> {
+    DataDir::open(data).with_context(|| format!("opening data dir {}", data.display()))
+}
+
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -46,7 +63,7 @@ pub fn user_add(data: &Path, name: &str) -> anyhow::Result<()> {
     if password.is_empty() {
         bail!("the password is empty: set HOTATE_PASSWORD or type one");
     }
-    let dir = DataDir::open(data)?;
+    let dir = open(data)?;
     dir.meta.add_user(name, &auth::hash_password(&password)?)?;
     println!("User {name} saved.");
     Ok(())
@@ -62,7 +79,7 @@ pub async fn disk_import(
     json: bool,
 ) -> anyhow::Result<()> {
     let block_size = BlockSize::new(block_size)?;
-    let dir = DataDir::open(data)?;
+    let dir = open(data)?;
     let progress = Progress::default();
     let (disk, version) = dir
         .import(name, image, block_size, comment, &progress)
@@ -86,7 +103,7 @@ pub async fn disk_import(
 
 /// `disk list`.
 pub fn disk_list(data: &Path, json: bool) -> anyhow::Result<()> {
-    let dir = DataDir::open(data)?;
+    let dir = open_existing(data)?;
     let mut rows = Vec::new();
     for disk in dir.meta.disks()? {
         let latest = dir.meta.latest_version(&disk.id)?;
@@ -116,7 +133,7 @@ pub fn disk_list(data: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `disk versions DISK`, oldest first.
 pub fn disk_versions(data: &Path, disk: &str, json: bool) -> anyhow::Result<()> {
-    let dir = DataDir::open(data)?;
+    let dir = open_existing(data)?;
     let disk = dir.meta.disk(disk)?;
     let versions = dir.meta.versions(&disk.id)?;
     if json {
@@ -155,7 +172,7 @@ pub fn disk_export(
     version: Option<&str>,
     output: &Path,
 ) -> anyhow::Result<()> {
-    let dir = DataDir::open(data)?;
+    let dir = open_existing(data)?;
     let disk = dir.meta.disk(disk)?;
     let version = match version {
         Some(id) => dir.meta.version(&disk.id, id)?,
@@ -176,7 +193,7 @@ pub fn disk_export(
 
 /// `update list`.
 pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
-    let dir = DataDir::open(data)?;
+    let dir = open_existing(data)?;
     let updates = dir.meta.updates()?;
     if json {
         let list: Vec<_> = updates
@@ -207,7 +224,7 @@ pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `update abort DISK`: discards the live update of a disk.
 pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
-    let dir = DataDir::open(data)?;
+    let dir = open_existing(data)?;
     let disk = dir.meta.disk(disk)?;
     let Some(live) = dir.meta.live_update(&disk.id)? else {
         bail!("disk {} has no update in progress", disk.name);

@@ -125,4 +125,25 @@ mod tests {
                 .contains("secret")
         );
     }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("m.sqlite")).unwrap();
+        meta.add_user("coadmin", &hash_password("secret").unwrap())
+            .unwrap();
+        let session_of = Session {
+            user: "coadmin".into(),
+            terminal: "PC-1".into(),
+        };
+        meta.add_token(&Hash::of(b"old"), &session_of, now() - 1)
+            .unwrap();
+        meta.add_token(&Hash::of(b"fresh"), &session_of, now() + 60)
+            .unwrap();
+        assert!(matches!(
+            session(&meta, Some("old")),
+            Err(ServerError::Unauthenticated)
+        ));
+        assert_eq!(session(&meta, Some("fresh")).unwrap(), session_of);
+    }
 }

@@ -116,11 +116,11 @@ impl DataDir {
             return Err(ServerError::DiskExists(name.to_owned()));
         }
         let source = Arc::new(RawImage::open(image).map_err(|e| {
-            ServerError::BadRequest(format!("cannot open image {}: {e}", image.display()))
+            ServerError::BadImage(format!("cannot open image {}: {e}", image.display()))
         })?);
         let size = hotate_engine::ImageSource::size(&*source);
         if size == 0 {
-            return Err(ServerError::BadRequest(format!(
+            return Err(ServerError::BadImage(format!(
                 "image {} is empty",
                 image.display()
             )));
@@ -129,7 +129,7 @@ impl DataDir {
         let sink = StoreSink::new(self.store.clone());
         let outcome = pipeline::run(source, &parent, &sink, &PipelineConfig::default(), progress)
             .await
-            .map_err(|e| ServerError::BadRequest(format!("importing {}: {e}", image.display())))?;
+            .map_err(|e| ServerError::BadImage(format!("importing {}: {e}", image.display())))?;
         let disk = DiskRow {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.to_owned(),

@@ -36,21 +36,43 @@ pub enum ServerError {
     #[error("invalid request: {0}")]
     BadRequest(String),
     #[error("rejected chunk: {0}")]
-    BadChunk(#[from] ChunkError),
+    BadChunk(ChunkError),
+    #[error("{0}")]
+    BadImage(String),
     #[error("the upload is incomplete: {0}")]
     Incomplete(String),
     #[error("the uploaded content does not match: {0}")]
     RootMismatch(String),
     #[error("storage failure: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("manifest failure: {0}")]
-    Manifest(#[from] ManifestError),
+    Manifest(ManifestError),
     #[error("metadata failure: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(rusqlite::Error),
     #[error("IO failure: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+// Causes are part of the message (clients see only the message), so they are not also
+// reported as sources: `{:#}` would print them twice.
+macro_rules! from_cause {
+    ($($cause:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$cause> for ServerError {
+            fn from(cause: $cause) -> Self {
+                Self::$variant(cause)
+            }
+        }
+    )*};
+}
+
+from_cause! {
+    ChunkError => BadChunk,
+    StoreError => Store,
+    ManifestError => Manifest,
+    rusqlite::Error => Sql,
+    std::io::Error => Io,
 }
 
 impl From<tokio::task::JoinError> for ServerError {
@@ -73,7 +95,9 @@ impl From<ServerError> for Status {
             | ServerError::RootMismatch(_) => Code::FailedPrecondition,
             ServerError::DiskBusy { .. } => Code::Aborted,
             ServerError::NotYourUpdate { .. } => Code::PermissionDenied,
-            ServerError::BadRequest(_) | ServerError::BadChunk(_) => Code::InvalidArgument,
+            ServerError::BadRequest(_) | ServerError::BadChunk(_) | ServerError::BadImage(_) => {
+                Code::InvalidArgument
+            }
             ServerError::Store(StoreError::Io { source, .. }) | ServerError::Io(source)
                 if source.kind() == std::io::ErrorKind::StorageFull =>
             {
