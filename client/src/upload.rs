@@ -38,7 +38,8 @@ pub struct UploadPlan<'a> {
     pub base_version: String,
     pub base_root: Hash,
     pub disk_size: u64,
-    pub image: &'a Path,
+    /// The differential disk, opened and checked by [`open_image`].
+    pub image: Arc<RawImage>,
     pub comment: String,
     pub limit_rate: Option<u64>,
 }
@@ -275,7 +276,6 @@ pub async fn upload(
     on_open: impl FnOnce(u64),
 ) -> anyhow::Result<Uploaded> {
     let started = Instant::now();
-    let image = open_image(plan.image, plan.disk_size)?;
     let lang = session.lang;
     let url = &plan.transfer_url;
     let mut transfer = session.transfer(url, plan.ca).await?;
@@ -317,15 +317,21 @@ pub async fn upload(
             sent: Mutex::new(0),
         }),
     };
-    let outcome = pipeline::run(image, &parent, &sink, &PipelineConfig::default(), progress)
-        .await
-        .map_err(|e| match e {
-            hotate_engine::PipelineError::Sink(inner) => match inner.downcast::<StreamFailed>() {
-                Ok(failed) => explain(&failed.0, lang, url),
-                Err(other) => anyhow::anyhow!(other),
-            },
-            other => Failed(format!("reading {}: {other}", plan.image.display())).into(),
-        })?;
+    let outcome = pipeline::run(
+        plan.image.clone(),
+        &parent,
+        &sink,
+        &PipelineConfig::default(),
+        progress,
+    )
+    .await
+    .map_err(|e| match e {
+        hotate_engine::PipelineError::Sink(inner) => match inner.downcast::<StreamFailed>() {
+            Ok(failed) => explain(&failed.0, lang, url),
+            Err(other) => anyhow::anyhow!(other),
+        },
+        other => Failed(format!("reading {}: {other}", plan.image.path().display())).into(),
+    })?;
     tracing::debug!(elapsed = ?started.elapsed(), progress = ?outcome.progress, "pipeline done");
     let finish = upload_request::Kind::Finish(pb::Finish {
         block_count: outcome.manifest.len() as u64,

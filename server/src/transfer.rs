@@ -92,7 +92,7 @@ impl Transfer for TransferService {
             return Err(ServerError::BadRequest("an upload must begin with `open`".into()).into());
         };
         let data = self.data.clone();
-        let (update, parent, parent_version) = blocking(move || {
+        let (update, parent) = blocking(move || {
             let update = data.meta.update(&open.upload_id)?;
             check_owner(&update, &session)?;
             if update.state != UpdateState::Uploading {
@@ -105,7 +105,7 @@ impl Transfer for TransferService {
             let parent = data.manifest(&version)?;
             // Offers are re-sent by every session; chunks already stored stay.
             data.meta.clear_offers(&update.guid)?;
-            Ok((update, parent, version))
+            Ok((update, parent))
         })
         .await?;
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
@@ -118,7 +118,6 @@ impl Transfer for TransferService {
             data: self.data.clone(),
             update,
             parent,
-            parent_version,
             pending: HashSet::new(),
             stores: JoinSet::new(),
             unflushed: (0, 0),
@@ -144,7 +143,6 @@ struct Upload {
     data: Arc<DataDir>,
     update: UpdateRow,
     parent: Manifest,
-    parent_version: VersionRow,
     /// Hashes asked for in this session and not yet stored.
     pending: HashSet<Hash>,
     /// Verify-and-store jobs in flight; each yields (hash, bytes received).
@@ -297,8 +295,8 @@ impl Upload {
             .map_err(|e| ServerError::BadRequest(e.to_string()))?;
         let data = self.data.clone();
         let update = self.update.clone();
+        let parent = self.parent.clone();
         let mut manifest = self.parent.clone();
-        let parent = self.parent_version.clone();
         let comment = finish.comment;
         let block_count = finish.block_count;
         let version = blocking(move || {
@@ -332,7 +330,7 @@ impl Upload {
                     client_root.short()
                 )));
             }
-            let changed_blocks = manifest.diff(&data.manifest(&parent)?)?.count() as u64;
+            let changed_blocks = manifest.diff(&parent)?.count() as u64;
             let fresh = data.meta.update(&update.guid)?;
             let version = VersionRow {
                 disk_id: update.disk_id.clone(),

@@ -86,6 +86,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     };
     let base_root = hotate_proto::parse_hash(&begun.base_root)
         .map_err(|e| Failed(format!("the server sent a bad base root: {e}")))?;
+    let image = upload::open_image(&terminal.image, begun.disk_size)?;
     let plan = UploadPlan {
         upload_id: begun.upload_id,
         transfer_url: transfer_url.clone(),
@@ -94,11 +95,10 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         base_version: begun.base_version,
         base_root,
         disk_size: begun.disk_size,
-        image: &terminal.image,
+        image,
         comment,
         limit_rate: options.limit_rate,
     };
-    upload::open_image(plan.image, plan.disk_size)?;
 
     let endpoint = host_port(&transfer_url);
     println!("{}", lang.establishing(&endpoint));
