@@ -211,6 +211,16 @@ impl Lang {
             "アップロードを中断しました。再度 `hotate-client update finish` を実行すると続きから再開します (サーバーにあるデータは再送しません)。",
         )
     }
+    pub fn connection_lost(self, cause: &str) -> String {
+        self.pick(
+            format!(
+                "The connection to the Manage Server was lost ({cause}). Run `hotate-client update finish` again to resume: what the server already holds is not sent again."
+            ),
+            format!(
+                "ManageServer との接続が切れました ({cause})。再度 `hotate-client update finish` を実行すると続きから再開します (サーバーにあるデータは再送しません)。"
+            ),
+        )
+    }
     pub fn cancelled(self) -> String {
         self.pick("Update cancelled.", "更新停止状態に変更しました。")
     }

@@ -22,8 +22,27 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::error::Unreachable;
 use crate::error::{Failed, UsageError};
 use crate::server::{Session, explain};
+
+/// A failure of the upload stream: a lost connection says how to resume; anything else
+/// is the server's own answer. tonic makes statuses of transport failures with a source,
+/// an `Unknown`/`Unavailable`/`Cancelled` code or an "h2 protocol error" message; the
+/// server never answers with those.
+fn explain_stream(status: &Status, lang: crate::i18n::Lang, url: &str) -> anyhow::Error {
+    let transport = std::error::Error::source(status).is_some()
+        || status.message().starts_with("h2 protocol error")
+        || matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+        );
+    if transport {
+        Unreachable(lang.connection_lost(status.message())).into()
+    } else {
+        explain(status, lang, url)
+    }
+}
 
 /// Requests queued towards the server; a few chunks keep the link busy.
 const REQUEST_QUEUE: usize = 8;
@@ -327,7 +346,7 @@ pub async fn upload(
     .await
     .map_err(|e| match e {
         hotate_engine::PipelineError::Sink(inner) => match inner.downcast::<StreamFailed>() {
-            Ok(failed) => explain(&failed.0, lang, url),
+            Ok(failed) => explain_stream(&failed.0, lang, url),
             Err(other) => anyhow::anyhow!(other),
         },
         other => Failed(format!("reading {}: {other}", plan.image.path().display())).into(),
@@ -340,10 +359,10 @@ pub async fn upload(
     });
     sink.send(finish)
         .await
-        .map_err(|_| explain(&replies.failure(), lang, url))?;
+        .map_err(|_| explain_stream(&replies.failure(), lang, url))?;
     let version = committed_rx
         .await
-        .map_err(|_| explain(&replies.failure(), lang, url))?;
+        .map_err(|_| explain_stream(&replies.failure(), lang, url))?;
     tracing::debug!(elapsed = ?started.elapsed(), %version, "committed");
     drop(requests);
     router.abort();

@@ -507,6 +507,12 @@ fn a_server_restart_during_the_upload_resumes() {
     drop(server); // killed, mid-upload
     let failed = slow.wait_with_output().expect("wait");
     assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("The connection to the Manage Server was lost")
+            && text(&failed).contains("Run `hotate-client update finish` again to resume"),
+        "{}",
+        text(&failed)
+    );
     assert_eq!(
         terminal.write_cache(),
         "non-restore",
@@ -678,6 +684,11 @@ fn sigterm_stops_the_server_even_during_an_upload() {
     // The upload outlasts the grace period: the client is told, and resumes later.
     let out = slow.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("Run `hotate-client update finish` again to resume"),
+        "{}",
+        text(&out)
+    );
     let server = Server::start_with(
         &s.site.data,
         &[
