@@ -2,15 +2,16 @@
 //!
 //! An upload stream is one session of an update's upload. Offers are persisted and
 //! answered with the hashes the store lacks (and this session has not already asked
-//! for); chunks are verified and stored durably on the blocking pool, `STORE_JOBS` at a
-//! time, each acknowledged once on disk; `finish` rebuilds the manifest (base overlaid
+//! for); chunks are verified on the blocking pool, `VERIFY_JOBS` at a time, then stored
+//! durably in groups (one group commit for up to `GROUP_COMMIT` chunks) and acknowledged
+//! once on disk; `finish` rebuilds the manifest (base overlaid
 //! with the offers), checks it is complete and matches the client's root, and commits the
 //! version. A later session of the same update asks only for what is still missing.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use hotate_engine::{ChunkStore, Entry, Hash, Manifest, Offer, UnverifiedChunk};
+use hotate_engine::{ChunkStore, Entry, Hash, Manifest, Offer, UnverifiedChunk, VerifiedChunk};
 use hotate_proto::pb::{self, transfer_server::Transfer, upload_reply, upload_request};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -22,8 +23,10 @@ use crate::data::DataDir;
 use crate::error::ServerError;
 use crate::meta::{UpdateRow, UpdateState, VersionRow, now};
 
-/// Chunks verified and stored concurrently per upload.
-const STORE_JOBS: usize = 16;
+/// Chunks verified concurrently per upload.
+const VERIFY_JOBS: usize = 16;
+/// Verified chunks stored with one group commit (fewer when the stream pauses).
+const GROUP_COMMIT: usize = 64;
 /// Replies queued towards the client.
 const REPLY_QUEUE: usize = 256;
 /// Size of the parts a manifest is sent in.
@@ -119,7 +122,8 @@ impl Transfer for TransferService {
             update,
             parent,
             pending: HashSet::new(),
-            stores: JoinSet::new(),
+            verifying: JoinSet::new(),
+            verified: Vec::new(),
             unflushed: (0, 0),
             replies: tx.clone(),
         };
@@ -145,8 +149,10 @@ struct Upload {
     parent: Manifest,
     /// Hashes asked for in this session and not yet stored.
     pending: HashSet<Hash>,
-    /// Verify-and-store jobs in flight; each yields (hash, bytes received).
-    stores: JoinSet<Result<(Hash, u64), ServerError>>,
+    /// Verify jobs in flight; each yields the chunk and its bytes as received.
+    verifying: JoinSet<Result<(VerifiedChunk, u64), ServerError>>,
+    /// Verified chunks waiting for the next group commit.
+    verified: Vec<(VerifiedChunk, u64)>,
     /// Chunks and bytes stored but not yet counted in the database.
     unflushed: (u64, u64),
     replies: mpsc::Sender<Result<pb::UploadReply, Status>>,
@@ -163,18 +169,20 @@ impl Upload {
     async fn serve(&mut self, inbound: &mut Streaming<pb::UploadRequest>) -> Result<(), Status> {
         loop {
             let message = tokio::select! {
-                Some(done) = self.stores.join_next(), if !self.stores.is_empty() => {
-                    self.stored(done).await?;
+                Some(done) = self.verifying.join_next(), if !self.verifying.is_empty() => {
+                    self.verified(done).await?;
                     continue;
                 }
                 message = inbound.message() => message,
             };
-            let Some(message) = message? else {
-                // The client went away: finish the stores in flight, keep everything.
-                while let Some(done) = self.stores.join_next().await {
-                    self.stored(done).await?;
+            let message = match message {
+                Ok(Some(message)) => message,
+                // The client went away: store what it sent, keep everything.
+                Ok(None) => return self.drain().await,
+                Err(status) => {
+                    let _ = self.drain().await;
+                    return Err(status);
                 }
-                return Ok(());
             };
             match message.kind {
                 Some(upload_request::Kind::Offer(offer)) => self.offer(offer).await?,
@@ -235,38 +243,65 @@ impl Upload {
             ))
             .into());
         }
-        while self.stores.len() >= STORE_JOBS {
-            if let Some(done) = self.stores.join_next().await {
-                self.stored(done).await?;
+        while self.verifying.len() >= VERIFY_JOBS {
+            if let Some(done) = self.verifying.join_next().await {
+                self.verified(done).await?;
             }
         }
-        let store = self.data.store.clone();
         let max_len = self.parent.block_size().bytes();
-        self.stores.spawn_blocking(move || {
+        self.verifying.spawn_blocking(move || {
             let received = chunk.frame.payload.len() as u64;
-            let verified = chunk.verify(max_len)?;
-            store.put(&verified)?;
-            Ok((verified.hash(), received))
+            Ok((chunk.verify(max_len)?, received))
         });
         Ok(())
     }
 
-    async fn stored(
+    /// Takes a finished verification; commits the group when it is full or nothing else
+    /// is being verified.
+    async fn verified(
         &mut self,
-        done: Result<Result<(Hash, u64), ServerError>, tokio::task::JoinError>,
+        done: Result<Result<(VerifiedChunk, u64), ServerError>, tokio::task::JoinError>,
     ) -> Result<(), Status> {
-        let (hash, bytes) = done.map_err(ServerError::from)??;
-        self.pending.remove(&hash);
-        self.unflushed.0 += 1;
-        self.unflushed.1 += bytes;
+        self.verified.push(done.map_err(ServerError::from)??);
+        if self.verified.len() >= GROUP_COMMIT || self.verifying.is_empty() {
+            self.commit_group().await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the verified chunks durably in one group, then acknowledges them.
+    async fn commit_group(&mut self) -> Result<(), Status> {
+        if self.verified.is_empty() {
+            return Ok(());
+        }
+        let group = std::mem::take(&mut self.verified);
+        let store = self.data.store.clone();
+        let group = blocking(move || {
+            let chunks: Vec<VerifiedChunk> = group.iter().map(|(c, _)| c.clone()).collect();
+            store.put_many(&chunks)?;
+            Ok(group)
+        })
+        .await?;
+        let mut stored = pb::Stored::default();
+        for (chunk, bytes) in &group {
+            self.pending.remove(&chunk.hash());
+            stored.hashes.push(hotate_proto::hash_bytes(&chunk.hash()));
+            stored.bytes += bytes;
+        }
+        self.unflushed.0 += group.len() as u64;
+        self.unflushed.1 += stored.bytes;
         if self.unflushed.0 >= COUNTER_FLUSH {
             self.flush_counters().await?;
         }
-        let stored = pb::Stored {
-            hashes: vec![hotate_proto::hash_bytes(&hash)],
-            bytes,
-        };
         self.send(upload_reply::Kind::Stored(stored)).await
+    }
+
+    /// Waits for the verifications in flight and stores what they verified.
+    async fn drain(&mut self) -> Result<(), Status> {
+        while let Some(done) = self.verifying.join_next().await {
+            self.verified.push(done.map_err(ServerError::from)??);
+        }
+        self.commit_group().await
     }
 
     async fn flush_counters(&mut self) -> Result<(), Status> {
@@ -280,9 +315,7 @@ impl Upload {
     }
 
     async fn finish(&mut self, finish: pb::Finish) -> Result<(), Status> {
-        while let Some(done) = self.stores.join_next().await {
-            self.stored(done).await?;
-        }
+        self.drain().await?;
         if !self.pending.is_empty() {
             return Err(ServerError::Incomplete(format!(
                 "{} needed chunks were not sent",

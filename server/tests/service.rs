@@ -325,8 +325,8 @@ async fn upload(
                     while stored < session.sent {
                         match replies.message().await {
                             Ok(Some(pb::UploadReply {
-                                kind: Some(upload_reply::Kind::Stored(_)),
-                            })) => stored += 1,
+                                kind: Some(upload_reply::Kind::Stored(acked)),
+                            })) => stored += acked.hashes.len(),
                             Ok(_) => break,
                             Err(status) => {
                                 session.error = Some(status);
@@ -341,8 +341,8 @@ async fn upload(
                     send_finish(&tx, &manifest).await;
                 }
             }
-            upload_reply::Kind::Stored(_) => {
-                stored += 1;
+            upload_reply::Kind::Stored(acked) => {
+                stored += acked.hashes.len();
                 if stored == session.needed && !finished {
                     finished = true;
                     send_finish(&tx, &manifest).await;

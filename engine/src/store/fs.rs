@@ -1,7 +1,9 @@
 //! The filesystem chunk store: one file per chunk under `chunks/ab/cd/<hash>`.
 //!
-//! A put writes a temp file in the same filesystem, fsyncs it, renames it into place and
-//! fsyncs the directory, so a crash leaves either the whole chunk or nothing. Each file is
+//! A put writes temp files in the same filesystem, makes them durable, renames them into
+//! place and makes the directories durable, so a crash leaves each chunk whole or absent.
+//! `put_many` does this for a whole group with one `syncfs` per step (a group commit):
+//! on a spinning disk an fsync per 64 KiB chunk would cap an upload at a few MB/s. Each file is
 //! one codec byte followed by the frame's payload.
 
 use std::fs::{self, File};
@@ -13,6 +15,7 @@ use bytes::Bytes;
 
 use super::{ChunkStore, StoreError};
 use crate::block::{Codec, Frame, UnverifiedChunk, VerifiedChunk};
+use crate::direct_io::sync_filesystem;
 use crate::hash::Hash;
 
 /// Age after which a temp file is a crash's leftover, not a write in progress.
@@ -68,27 +71,69 @@ impl FsStore {
             .join(hex)
     }
 
-    fn write_durably(&self, path: &Path, frame: &Frame) -> io::Result<()> {
-        let dir = path.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir)?;
+    /// Writes a frame to a fresh temp file (not yet durable) and returns its path.
+    fn write_temp(&self, frame: &Frame) -> io::Result<PathBuf> {
         let temp = self.temp_dir.join(format!(
             "{}.{}",
             std::process::id(),
             self.next_temp.fetch_add(1, Ordering::Relaxed)
         ));
-        let result = (|| {
-            let mut file = File::create(&temp)?;
+        let written = File::create(&temp).and_then(|mut file| {
             file.write_all(&[codec_byte(frame.codec)])?;
-            file.write_all(&frame.payload)?;
-            file.sync_all()?;
-            fs::rename(&temp, path)?;
-            sync_dir(dir)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
+            file.write_all(&frame.payload)
+        });
+        match written {
+            Ok(()) => Ok(temp),
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                Err(e)
+            }
         }
-        result
     }
+
+    /// Makes `paths` (files, then the directories naming them) durable: one `syncfs` for
+    /// them all where the system has it, else an fsync each.
+    fn sync_all(&self, paths: &[&Path]) -> io::Result<()> {
+        match sync_filesystem(&File::open(&self.root)?) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                for path in paths {
+                    sync_path(path)?;
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Stages, syncs, then publishes: a crash leaves each chunk whole or absent.
+    fn publish(&self, staged: &[(PathBuf, PathBuf)]) -> io::Result<()> {
+        let temps: Vec<&Path> = staged.iter().map(|(temp, _)| temp.as_path()).collect();
+        self.sync_all(&temps)?;
+        let mut dirs = Vec::new();
+        for (temp, path) in staged {
+            let dir = path.parent().unwrap_or(&self.root);
+            fs::create_dir_all(dir)?;
+            fs::rename(temp, path)?;
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        self.sync_all(&dirs)
+    }
+}
+
+#[cfg(unix)]
+fn sync_path(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_path(path: &Path) -> io::Result<()> {
+    // Directories cannot be opened for syncing here; their entries are durable with NTFS.
+    if path.is_dir() {
+        return Ok(());
+    }
+    fs::OpenOptions::new().write(true).open(path)?.sync_all()
 }
 
 fn codec_byte(codec: Codec) -> u8 {
@@ -96,16 +141,6 @@ fn codec_byte(codec: Codec) -> u8 {
         Codec::Raw => 0,
         Codec::Zstd => 1,
     }
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
 }
 
 impl ChunkStore for FsStore {
@@ -145,13 +180,39 @@ impl ChunkStore for FsStore {
     }
 
     fn put(&self, chunk: &VerifiedChunk) -> Result<bool, StoreError> {
-        let path = self.path_of(&chunk.hash());
-        if self.has(&chunk.hash())? {
-            return Ok(false);
+        Ok(self.put_many(std::slice::from_ref(chunk))? == 1)
+    }
+
+    /// Stores the chunks with one group commit: all temp files are written, made durable
+    /// together, then renamed into place and their directories made durable.
+    fn put_many(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+        let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut result = Ok(());
+        for chunk in chunks {
+            let path = self.path_of(&chunk.hash());
+            if self.has(&chunk.hash())? || staged.iter().any(|(_, p)| *p == path) {
+                continue;
+            }
+            match self.write_temp(chunk.frame()) {
+                Ok(temp) => staged.push((temp, path)),
+                Err(source) => {
+                    result = Err(StoreError::Io { path, source });
+                    break;
+                }
+            }
         }
-        self.write_durably(&path, chunk.frame())
-            .map_err(|source| StoreError::Io { path, source })?;
-        Ok(true)
+        if result.is_ok() && !staged.is_empty() {
+            result = self.publish(&staged).map_err(|source| StoreError::Io {
+                path: self.root.clone(),
+                source,
+            });
+        }
+        if result.is_err() {
+            for (temp, _) in &staged {
+                let _ = fs::remove_file(temp);
+            }
+        }
+        result.map(|()| staged.len())
     }
 }
 
@@ -171,6 +232,31 @@ mod tests {
         assert_eq!(
             again.get(&chunk.hash(), 1 << 16).unwrap(),
             Bytes::from_static(b"persisted")
+        );
+    }
+
+    #[test]
+    fn a_group_is_stored_once_each_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let chunks: Vec<VerifiedChunk> = (0..10u8)
+            .map(|i| VerifiedChunk::seal(Bytes::from(vec![i + 1; 70_000]), 3))
+            .collect();
+        let mut group = chunks.clone();
+        group.push(chunks[3].clone()); // a duplicate within the group
+        assert_eq!(store.put_many(&group).unwrap(), 10);
+        assert_eq!(store.put_many(&chunks).unwrap(), 0, "all already stored");
+        let again = FsStore::open(dir.path()).unwrap();
+        for (i, chunk) in chunks.iter().enumerate() {
+            assert_eq!(
+                again.get(&chunk.hash(), 1 << 20).unwrap(),
+                vec![i as u8 + 1; 70_000]
+            );
+        }
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "no temp left"
         );
     }
 
