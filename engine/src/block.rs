@@ -228,6 +228,20 @@ impl VerifiedChunk {
     pub fn encoded_len(&self) -> usize {
         self.frame.payload.len()
     }
+
+    /// The same chunk with its payload in an allocation of its own, so that holding it
+    /// does not keep a larger shared read buffer (and its place in a window) alive.
+    #[must_use]
+    pub fn detach(self) -> Self {
+        match self.frame.codec {
+            Codec::Raw => Self {
+                frame: Frame::raw(Bytes::copy_from_slice(&self.frame.payload)),
+                ..self
+            },
+            // A compressed payload already has its own allocation.
+            Codec::Zstd => self,
+        }
+    }
 }
 
 /// Why a block size or chunk was refused.

@@ -152,6 +152,7 @@ pub async fn run<S: ChunkSink>(
     );
     let compress = compress_stage(sink, config, progress, needed_rx);
     let ((), manifest, ()) = tokio::try_join!(read, offer, compress)?;
+    sink.flush().await.map_err(PipelineError::Sink)?;
     Ok(Outcome {
         manifest,
         progress: progress.snapshot(),

@@ -230,3 +230,27 @@ async fn memory_stays_within_the_window() {
         "read {read} bytes past a 16-block window"
     );
 }
+
+#[tokio::test]
+async fn a_store_sink_never_starves_a_small_window_of_incompressible_blocks() {
+    // Random blocks stay raw and share read buffers; a grouping sink that kept them
+    // would hold every buffer of a 4-span window and stall the reader forever.
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; TEST_BLOCK * 64];
+    blake3::Hasher::new().finalize_xof().fill(&mut data);
+    let source = write_image(&dir, "random", &data);
+    let parent = Manifest::zeroed(source.size(), block_size()).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let sink = StoreSink::new(store.clone());
+    let config = PipelineConfig {
+        window: TEST_BLOCK * 16,
+        ..PipelineConfig::default()
+    };
+    let progress = Progress::default();
+    let run = run(source, &parent, &sink, &config, &progress);
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), run)
+        .await
+        .expect("the pipeline stalled")
+        .unwrap();
+    assert_eq!(export(&outcome.manifest, &*store), data);
+}
