@@ -25,8 +25,10 @@ use crate::meta::{UpdateRow, UpdateState, VersionRow, now};
 
 /// Chunks verified concurrently per upload.
 const VERIFY_JOBS: usize = 16;
-/// Verified chunks stored with one group commit (fewer when the stream pauses).
+/// Verified chunks stored with one group commit (fewer when the stream pauses)...
 const GROUP_COMMIT: usize = 64;
+/// ...or fewer when they reach this many received bytes, bounding memory per upload.
+const GROUP_COMMIT_BYTES: u64 = 8 << 20;
 /// Replies queued towards the client.
 const REPLY_QUEUE: usize = 256;
 /// Size of the parts a manifest is sent in.
@@ -263,7 +265,11 @@ impl Upload {
         done: Result<Result<(VerifiedChunk, u64), ServerError>, tokio::task::JoinError>,
     ) -> Result<(), Status> {
         self.verified.push(done.map_err(ServerError::from)??);
-        if self.verified.len() >= GROUP_COMMIT || self.verifying.is_empty() {
+        let bytes: u64 = self.verified.iter().map(|(_, received)| received).sum();
+        if self.verified.len() >= GROUP_COMMIT
+            || bytes >= GROUP_COMMIT_BYTES
+            || self.verifying.is_empty()
+        {
             self.commit_group().await?;
         }
         Ok(())
