@@ -76,6 +76,12 @@ fn reported_sent(out: &std::process::Output) -> f64 {
         * 1e6
 }
 
+/// Exports the latest version of disk `win10` and compares it with `image`.
+fn assert_latest_is(site: &Site, scratch: &Path, image: &Path) {
+    let exported = site.export("win10", None, &scratch.join("latest.img"));
+    same_file(&exported, image);
+}
+
 fn same_file(a: &[u8], b: &Path) {
     let b = std::fs::read(b).expect("read image");
     assert!(
@@ -340,10 +346,7 @@ fn start_twice_another_terminal_and_cancel() {
     // The disk is free for the other terminal now.
     assert_ok(&other.run(&["update", "start"]));
     assert_ok(&other.run(&["update", "finish"]));
-    let exported = s
-        .site
-        .export("win10", None, &s.dir.path().join("latest.img"));
-    same_file(&exported, &s.pair.updated);
+    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }
 
 #[test]
@@ -392,10 +395,7 @@ fn a_missing_or_short_image_is_refused_and_nothing_is_lost() {
     std::fs::write(&s.pair.updated, &saved).expect("restore image");
     let finish = s.terminal.run(&["update", "finish"]);
     assert_ok(&finish);
-    let exported = s
-        .site
-        .export("win10", None, &s.dir.path().join("latest.img"));
-    same_file(&exported, &s.pair.updated);
+    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }
 
 /// Waits until the server has counted at least `bytes` received for the live update.
@@ -473,10 +473,7 @@ fn a_killed_finish_resumes_and_sends_only_what_remained() {
         sent_second < total as f64,
         "the second run did not start over"
     );
-    let exported = s
-        .site
-        .export("win10", None, &s.dir.path().join("latest.img"));
-    same_file(&exported, &s.pair.updated);
+    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }
 
 #[test]
@@ -523,8 +520,7 @@ fn a_server_restart_during_the_upload_resumes() {
     let resumed = terminal.run(&["update", "finish"]);
     assert_ok(&resumed);
     assert!(String::from_utf8_lossy(&resumed.stdout).contains("Resuming"));
-    let exported = site.export("win10", None, &dir.path().join("latest.img"));
-    same_file(&exported, &pair.updated);
+    assert_latest_is(&site, dir.path(), &pair.updated);
     server.stop();
 }
 
@@ -546,10 +542,7 @@ fn an_aborted_upload_is_discarded_and_the_terminal_can_start_again() {
     assert_ok(&s.terminal.run(&["update", "cancel"]));
     assert_ok(&s.terminal.run(&["update", "start"]));
     assert_ok(&s.terminal.run(&["update", "finish"]));
-    let exported = s
-        .site
-        .export("win10", None, &s.dir.path().join("latest.img"));
-    same_file(&exported, &s.pair.updated);
+    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }
 
 #[test]
@@ -600,8 +593,7 @@ fn tls_with_a_generated_certificate() {
     assert_ok(&terminal.run(&["--url", &url, "--ca", ca, "update", "start"]));
     let finish = terminal.run(&["--ca", ca, "update", "finish"]);
     assert_ok(&finish);
-    let exported = site.export("win10", None, &dir.path().join("latest.img"));
-    same_file(&exported, &pair.updated);
+    assert_latest_is(&site, dir.path(), &pair.updated);
 }
 
 #[test]
@@ -658,10 +650,7 @@ fn ctrl_c_stops_a_finish_cleanly_and_says_how_to_resume() {
     let resumed = s.terminal.run(&["update", "finish"]);
     assert_ok(&resumed);
     assert!(String::from_utf8_lossy(&resumed.stdout).contains("Resuming"));
-    let exported = s
-        .site
-        .export("win10", None, &s.dir.path().join("latest.img"));
-    same_file(&exported, &s.pair.updated);
+    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }
 
 #[test]
@@ -700,10 +689,7 @@ fn sigterm_stops_the_server_even_during_an_upload() {
     );
     let resumed = s.terminal.run(&["update", "finish"]);
     assert_ok(&resumed);
-    let exported = s
-        .site
-        .export("win10", None, &s.dir.path().join("latest.img"));
-    same_file(&exported, &s.pair.updated);
+    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
     server.stop();
 }
 
