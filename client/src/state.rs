@@ -84,10 +84,6 @@ impl StateDir {
         Self { dir }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }

@@ -142,7 +142,6 @@ struct Replies {
     needs: Mutex<HashMap<u64, oneshot::Sender<Vec<Hash>>>>,
     committed: Mutex<Option<oneshot::Sender<String>>>,
     failure: Mutex<Option<Status>>,
-    stored_bytes: AtomicU64,
 }
 
 impl Replies {
@@ -186,9 +185,6 @@ impl Replies {
                             let _ = waiter.send(hashes);
                         }
                     }
-                    upload_reply::Kind::Stored(stored) => {
-                        self.stored_bytes.fetch_add(stored.bytes, Ordering::Relaxed);
-                    }
                     upload_reply::Kind::Committed(committed) => {
                         if let Some(waiter) = self
                             .committed
@@ -200,7 +196,8 @@ impl Replies {
                         }
                         return;
                     }
-                    upload_reply::Kind::Opened(_) => {}
+                    // Acknowledgements matter to the server's resume, not to this run.
+                    upload_reply::Kind::Stored(_) | upload_reply::Kind::Opened(_) => {}
                 },
                 Ok(Some(_)) => {}
                 Ok(None) => return self.fail(Status::unavailable("the server closed the upload")),

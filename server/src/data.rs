@@ -139,7 +139,7 @@ impl DataDir {
         };
         let version = VersionRow {
             disk_id: disk.id.clone(),
-            id: format!("{:08x}", rand::random::<u32>()),
+            id: self.new_version_id(&disk.id)?,
             parent: None,
             comment: comment.to_owned(),
             user: "admin".to_owned(),
