@@ -1,10 +1,14 @@
-//! Unbuffered positional reads into aligned buffers, and a file's data extents.
+//! Unbuffered positional reads into aligned buffers, memory-backed files mapped in place,
+//! and a file's data extents.
 //!
 //! Images are read with `O_DIRECT` (Linux) or `FILE_FLAG_NO_BUFFERING` (Windows) so that
 //! uploading gigabytes does not evict the machine's page cache, and with positional reads
 //! so that several reads can be in flight on one handle from plain threads. Where the
 //! filesystem refuses direct IO, reads fall back to the page cache with one warning.
-//! This is the only module with `unsafe` code: the aligned allocation and `lseek`.
+//! A file on a memory filesystem (tmpfs, ramfs) has no device to bypass: its page cache
+//! is the file, and any read is a copy out of it, so it is mapped and used in place.
+//! This is the only module with `unsafe` code: the aligned allocation, the mapping,
+//! `lseek` and `statfs`.
 #![allow(unsafe_code)]
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -118,6 +122,14 @@ impl PositionalFile {
     /// # Errors
     /// When the file cannot be opened at all.
     pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        if is_memory_backed(&file) {
+            // No device to bypass: reads come from memory either way.
+            return Ok(Self {
+                file,
+                direct: false,
+            });
+        }
         Self::open_with(path, open_unbuffered)
     }
 
@@ -153,6 +165,18 @@ impl PositionalFile {
     /// Whether reads bypass the page cache.
     pub fn is_direct(&self) -> bool {
         self.direct
+    }
+
+    /// The whole file mapped in place when it lives in memory ([`is_memory_backed`]),
+    /// else `None`.
+    ///
+    /// # Errors
+    /// When a memory-backed file cannot be mapped.
+    pub fn map_if_in_memory(&self) -> io::Result<Option<MappedFile>> {
+        if !is_memory_backed(&self.file) {
+            return Ok(None);
+        }
+        MappedFile::map(&self.file, self.file_len()?).map(Some)
     }
 
     /// Length of the file.
@@ -213,6 +237,127 @@ impl PositionalFile {
         let size = self.file_len()?;
         data_extents(&self.file, size)
     }
+}
+
+/// A whole file mapped read-only, for files that live in memory anyway
+/// ([`is_memory_backed`]).
+///
+/// The mapping is private and never written. Like every mapping it assumes the file is
+/// not truncated while mapped (the pages past the new end would fault); a differential
+/// disk does not change while it is uploaded, and a change in its content is caught by
+/// the server, which verifies every chunk against its hash.
+pub struct MappedFile {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned exclusively, like a `Box<[u8]>`.
+unsafe impl Send for MappedFile {}
+// SAFETY: shared access only hands out `&[u8]`.
+unsafe impl Sync for MappedFile {}
+
+impl MappedFile {
+    /// Maps the first `len` bytes of `file`.
+    ///
+    /// # Errors
+    /// When the system refuses the mapping.
+    #[cfg(unix)]
+    pub fn map(file: &File, len: u64) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        if len == 0 {
+            return Ok(Self {
+                ptr: NonNull::dangling(),
+                len,
+            });
+        }
+        // SAFETY: a fresh read-only private mapping of a valid descriptor; the kernel picks
+        // the address, and the result is checked before use.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let Some(ptr) = NonNull::new(raw.cast::<u8>()) else {
+            return Err(io::Error::other("mmap returned a null mapping"));
+        };
+        Ok(Self { ptr, len })
+    }
+
+    /// See the Unix version.
+    ///
+    /// # Errors
+    /// Always `Unsupported`.
+    #[cfg(not(unix))]
+    pub fn map(_file: &File, _len: u64) -> io::Result<Self> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `len` readable bytes while the mapping lives (or
+        // dangling with `len` 0).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if self.len > 0 {
+            // SAFETY: unmaps exactly the mapping made in `map`, after its last use.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedFile")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// Whether `file` lives on a memory filesystem (tmpfs, ramfs), where reading it through
+/// a device is impossible and mapping it copies nothing.
+#[cfg(target_os = "linux")]
+pub fn is_memory_backed(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: the descriptor is valid for the life of `file`, and `stat` has room for
+    // the structure fstatfs fills.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), stat.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs succeeded, so it initialized `stat`.
+    let kind = unsafe { stat.assume_init() }.f_type;
+    // The magic numbers are 32-bit; `f_type`'s width varies by platform.
+    matches!(kind as u32, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
+/// See the Linux version: elsewhere no file is known to live in memory.
+#[cfg(not(target_os = "linux"))]
+pub fn is_memory_backed(_file: &File) -> bool {
+    false
 }
 
 fn refuses_direct_io(err: &io::Error) -> bool {
@@ -369,6 +514,25 @@ mod tests {
         // Other errors are not swallowed.
         let denied = |_: &Path| -> io::Result<File> { Err(io::ErrorKind::PermissionDenied.into()) };
         assert!(PositionalFile::open_with(&path, denied).is_err());
+    }
+
+    #[test]
+    fn files_in_memory_are_mapped_in_place_and_others_are_not() {
+        if let Some(dir) = crate::testdata::memory_dir() {
+            for &size in SIZES {
+                let path = dir.path().join(format!("m{size}"));
+                std::fs::write(&path, pattern(size, 4)).unwrap();
+                let file = PositionalFile::open(&path).unwrap();
+                let mapped = file.map_if_in_memory().unwrap().expect("tmpfs is mapped");
+                assert_eq!(&mapped[..], &pattern(size, 4)[..], "size {size}");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, pattern(5000, 4)).unwrap();
+        let file = PositionalFile::open(&path).unwrap();
+        let on_device = !is_memory_backed(&File::open(&path).unwrap());
+        assert_eq!(file.map_if_in_memory().unwrap().is_none(), on_device);
     }
 
     #[cfg(target_os = "linux")]

@@ -30,3 +30,10 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     }
     out
 }
+
+/// A temporary directory on a memory filesystem (tmpfs), where the system has one.
+pub fn memory_dir() -> Option<tempfile::TempDir> {
+    let dir = tempfile::tempdir_in("/dev/shm").ok()?;
+    let probe = std::fs::File::create(dir.path().join("probe")).ok()?;
+    crate::direct_io::is_memory_backed(&probe).then_some(dir)
+}

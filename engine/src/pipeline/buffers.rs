@@ -1,10 +1,12 @@
 //! The memory window: a pool of aligned read buffers (one span of blocks each) behind a
 //! semaphore.
 //!
-//! Every span held in memory is a [`Lease`] of one buffer. The lease owns a permit, so at
-//! most `window / span` buffers exist at once, and returns its buffer to the pool when
-//! the last `Bytes` viewing it (a block of the span) is dropped, so steady state allocates nothing (fresh
-//! large allocations would cost a page fault per 4 KiB).
+//! Every span held in memory is a [`Lease`]: a place in the window, and the buffer it is
+//! read into when it is read at all (an image that lives in memory is used in place).
+//! The lease owns a permit, so at most `window / span` spans are held at once, and
+//! returns its buffer to the pool when the last `Bytes` viewing the span (a block of it)
+//! is dropped, so steady state allocates nothing (fresh large allocations would cost a
+//! page fault per 4 KiB).
 
 use std::sync::{Arc, Mutex};
 
@@ -30,24 +32,18 @@ impl BlockBuffers {
         })
     }
 
-    /// Waits for room in the window and lends a buffer.
+    /// Waits for room in the window.
     pub async fn lease(self: &Arc<Self>) -> Result<Lease, AcquireError> {
         let permit = self.permits.clone().acquire_owned().await?;
-        let buf = self
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| AlignedBuf::zeroed(self.buf_size));
         Ok(Lease {
-            buf: Some(buf),
+            buf: None,
             pool: self.clone(),
             _permit: permit,
         })
     }
 }
 
-/// One buffer of the window, returned to the pool on drop.
+/// One place in the window and its buffer, returned to the pool on drop.
 #[derive(Debug)]
 pub(crate) struct Lease {
     buf: Option<AlignedBuf>,
@@ -56,19 +52,49 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
+    /// The buffer to read the span into, from the pool.
     pub fn buf_mut(&mut self) -> &mut AlignedBuf {
-        self.buf.get_or_insert_with(|| AlignedBuf::zeroed(0))
+        let pool = &self.pool;
+        self.buf.get_or_insert_with(|| {
+            pool.free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or_else(|| AlignedBuf::zeroed(pool.buf_size))
+        })
     }
 
     /// Freezes the filled buffer into shareable bytes; the lease ends with the last view.
     pub fn into_bytes(self) -> Bytes {
-        Bytes::from_owner(self)
+        Bytes::from_owner(Held {
+            lease: self,
+            span: None,
+        })
+    }
+
+    /// Makes `span`, already in memory, hold this place in the window until its last view
+    /// is dropped.
+    pub fn hold(self, span: Bytes) -> Bytes {
+        Bytes::from_owner(Held {
+            lease: self,
+            span: Some(span),
+        })
     }
 }
 
-impl AsRef<[u8]> for Lease {
+/// The bytes of a span and its place in the window.
+struct Held {
+    lease: Lease,
+    /// The span where it was not read into the lease's buffer.
+    span: Option<Bytes>,
+}
+
+impl AsRef<[u8]> for Held {
     fn as_ref(&self) -> &[u8] {
-        self.buf.as_deref().unwrap_or_default()
+        match &self.span {
+            Some(span) => span,
+            None => self.lease.buf.as_deref().unwrap_or_default(),
+        }
     }
 }
 

@@ -2,6 +2,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
+use crate::direct_io::AlignedBuf;
 use crate::source::RawImage;
 use crate::store::{ChunkStore, MemoryStore};
 use crate::testdata::{SIZES, TEST_BLOCK, pattern};
@@ -67,6 +68,78 @@ async fn import_then_export_gives_the_image_back_for_every_size() {
         // Zero blocks are not stored; repeated blocks are stored once.
         assert_eq!(store.len(), outcome.manifest.chunk_hashes().len());
     }
+}
+
+/// Reads an image through `read_at` only, hiding that it lives in memory.
+struct ReadOnly(Arc<dyn ImageSource>);
+
+impl ImageSource for ReadOnly {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn data_extents(&self) -> std::io::Result<Vec<std::ops::Range<u64>>> {
+        self.0.data_extents()
+    }
+    fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> std::io::Result<()> {
+        self.0.read_at(offset, len, buf)
+    }
+}
+
+#[tokio::test]
+async fn an_image_in_memory_is_used_in_place_with_the_same_result() {
+    let Some(dir) = crate::testdata::memory_dir() else {
+        return; // No memory filesystem on this system: nothing is ever mapped.
+    };
+    for &size in SIZES {
+        let data = mixed(size);
+        let mapped = write_image(&dir, &format!("m{size}"), &data);
+        assert_eq!(
+            mapped.in_memory().as_deref(),
+            Some(&data[..]),
+            "size {size}"
+        );
+        let in_place_store = Arc::new(MemoryStore::new());
+        let in_place = import(mapped.clone(), &in_place_store).await;
+        let read_store = Arc::new(MemoryStore::new());
+        let read = import(Arc::new(ReadOnly(mapped)), &read_store).await;
+        assert_eq!(in_place.manifest, read.manifest, "size {size}");
+        assert_eq!(export(&in_place.manifest, &*in_place_store), data);
+        assert_eq!(in_place.progress.bytes_read, read.progress.bytes_read);
+    }
+}
+
+/// An image that claims to live in memory but holds fewer bytes than its size.
+struct ShortInMemory;
+
+impl ImageSource for ShortInMemory {
+    fn size(&self) -> u64 {
+        TEST_BLOCK as u64 * 2
+    }
+    fn data_extents(&self) -> std::io::Result<Vec<std::ops::Range<u64>>> {
+        Ok(std::iter::once(0..self.size()).collect())
+    }
+    fn in_memory(&self) -> Option<Bytes> {
+        Some(Bytes::from(vec![1u8; TEST_BLOCK + 10]))
+    }
+    fn read_at(&self, _: u64, _: usize, _: &mut AlignedBuf) -> std::io::Result<()> {
+        unreachable!("an image in memory is not read")
+    }
+}
+
+#[tokio::test]
+async fn an_image_in_memory_shorter_than_its_size_is_a_read_error() {
+    let store = Arc::new(MemoryStore::new());
+    let parent = Manifest::zeroed(ShortInMemory.size(), block_size()).unwrap();
+    let err = run(
+        Arc::new(ShortInMemory),
+        &parent,
+        &StoreSink::new(store),
+        &PipelineConfig::default(),
+        &Progress::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, PipelineError::Read { .. }), "{err}");
 }
 
 /// Records what the pipeline offers and sends; needs only hashes in `lacks`.

@@ -1,13 +1,16 @@
 //! Image sources: where the pipeline reads a differential disk from.
 //!
 //! A source knows its virtual size, which extents may hold data (the rest reads as
-//! zeros and is never read), and reads at an offset. `raw` is the whole disk as a file;
+//! zeros and is never read), and reads at an offset, or hands out the image in place
+//! when it already lives in memory. `raw` is the whole disk as a file;
 //! overlay formats that hold only changed blocks (qcow2, VHDX) implement the same trait.
 
 mod raw;
 
 use std::io;
 use std::ops::Range;
+
+use bytes::Bytes;
 
 use crate::direct_io::AlignedBuf;
 
@@ -23,6 +26,13 @@ pub trait ImageSource: Send + Sync {
     /// # Errors
     /// On an IO error while probing.
     fn data_extents(&self) -> io::Result<Vec<Range<u64>>>;
+
+    /// The whole image as bytes already in memory, where the image lives in memory (a
+    /// raw file on tmpfs): the pipeline then uses its blocks in place instead of reading
+    /// copies. `None` (the default) for images on a device.
+    fn in_memory(&self) -> Option<Bytes> {
+        None
+    }
 
     /// Reads exactly `len` bytes at `offset` (a multiple of the block size) into `buf`.
     ///

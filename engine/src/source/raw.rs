@@ -1,8 +1,13 @@
 //! The raw format: the differential disk is the whole updated disk as one file.
+//!
+//! Read unbuffered from a device; mapped in place when the file lives in memory (tmpfs),
+//! where a read would only copy the page cache.
 
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
 
 use super::ImageSource;
 use crate::direct_io::{AlignedBuf, PositionalFile};
@@ -13,6 +18,8 @@ pub struct RawImage {
     path: PathBuf,
     file: PositionalFile,
     size: u64,
+    /// The whole image, where it lives in memory.
+    mapped: Option<Bytes>,
 }
 
 impl RawImage {
@@ -30,10 +37,12 @@ impl RawImage {
         }
         let file = PositionalFile::open(path)?;
         let size = file.file_len()?;
+        let mapped = file.map_if_in_memory()?.map(Bytes::from_owner);
         Ok(Self {
             path: path.to_owned(),
             file,
             size,
+            mapped,
         })
     }
 
@@ -49,6 +58,10 @@ impl ImageSource for RawImage {
 
     fn data_extents(&self) -> io::Result<Vec<Range<u64>>> {
         self.file.data_extents()
+    }
+
+    fn in_memory(&self) -> Option<Bytes> {
+        self.mapped.clone()
     }
 
     fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()> {
