@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hotate_engine::{
-    ChunkSink, Hash, Manifest, Offer, PipelineConfig, Progress, RawImage, SinkError, VerifiedChunk,
-    pipeline,
+    ChunkSink, Hash, Manifest, Need, Offer, Outgoing, PipelineConfig, Progress, RawImage,
+    SinkError, pipeline,
 };
 use hotate_proto::pb::{self, upload_reply, upload_request};
 use tokio::sync::{mpsc, oneshot};
@@ -139,7 +139,7 @@ pub async fn base_manifest(
 /// Routes server replies to whoever waits for them.
 #[derive(Debug, Default)]
 struct Replies {
-    needs: Mutex<HashMap<u64, oneshot::Sender<Vec<Hash>>>>,
+    needs: Mutex<HashMap<u64, oneshot::Sender<Vec<Need>>>>,
     committed: Mutex<Option<oneshot::Sender<String>>>,
     failure: Mutex<Option<Status>>,
 }
@@ -171,11 +171,7 @@ impl Replies {
             match stream.message().await {
                 Ok(Some(pb::UploadReply { kind: Some(kind) })) => match kind {
                     upload_reply::Kind::Need(need) => {
-                        let hashes = need
-                            .hashes
-                            .iter()
-                            .filter_map(|h| Hash::from_slice(h))
-                            .collect();
+                        let hashes = hotate_proto::needs(&need);
                         let waiter = self
                             .needs
                             .lock()
@@ -256,7 +252,7 @@ impl NetworkSink {
 }
 
 impl ChunkSink for NetworkSink {
-    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Hash>, SinkError> {
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
         let batch = self.next_batch.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.replies
@@ -271,7 +267,7 @@ impl ChunkSink for NetworkSink {
             .map_err(|_| StreamFailed(self.replies.failure()).into())
     }
 
-    async fn put(&self, chunk: VerifiedChunk) -> Result<(), SinkError> {
+    async fn put(&self, chunk: Outgoing) -> Result<(), SinkError> {
         if let Some(pacer) = &self.pacer {
             pacer.pace(chunk.encoded_len() as u64).await;
         }

@@ -1,11 +1,13 @@
 //! Hotate's data path, with no network and no command line.
 //!
 //! A differential disk is read unbuffered ([`direct_io`], [`source`]), split into blocks
-//! that are hashed, zero-checked and compressed ([`block`]), described by a [`Manifest`],
+//! that are hashed, zero-checked and compressed ([`block`]) or sent as page deltas
+//! ([`delta`]), described by a [`Manifest`],
 //! and fed by the [`pipeline`] to a [`ChunkSink`]: a network upload on the client, a
 //! [`ChunkStore`] on the server.
 
 pub mod block;
+pub mod delta;
 pub mod direct_io;
 pub mod hash;
 pub mod manifest;
@@ -17,10 +19,11 @@ pub mod store;
 mod testdata;
 
 pub use block::{BlockSize, ChunkError, Codec, Frame, UnverifiedChunk, VerifiedChunk};
+pub use delta::{Base, Delta, Incoming, Outgoing, PageDigests, UnverifiedDelta};
 pub use hash::Hash;
 pub use manifest::{Entry, Manifest, ManifestError};
 pub use pipeline::{
-    ChunkSink, Offer, Outcome, PipelineConfig, PipelineError, Progress, ProgressSnapshot,
+    ChunkSink, Need, Offer, Outcome, PipelineConfig, PipelineError, Progress, ProgressSnapshot,
     SinkError, StoreSink,
 };
 pub use source::{ImageSource, RawImage};

@@ -9,7 +9,10 @@ pub mod pb {
 }
 
 use bytes::Bytes;
-use hotate_engine::{Codec, Entry, Frame, Hash, Offer, UnverifiedChunk, VerifiedChunk};
+use hotate_engine::{
+    Base, Codec, Delta, Entry, Frame, Hash, Incoming, Need, Offer, Outgoing, PageDigests,
+    UnverifiedChunk, UnverifiedDelta,
+};
 
 /// Default port of the control service.
 pub const CONTROL_PORT: u16 = 30806;
@@ -82,17 +85,28 @@ impl From<Codec> for pb::Codec {
     }
 }
 
-impl From<&VerifiedChunk> for pb::Chunk {
-    fn from(chunk: &VerifiedChunk) -> Self {
-        Self {
-            hash: hash_bytes(&chunk.hash()),
-            codec: pb::Codec::from(chunk.frame().codec).into(),
-            data: chunk.frame().payload.clone(),
+impl From<&Outgoing> for pb::Chunk {
+    fn from(chunk: &Outgoing) -> Self {
+        let hash = hash_bytes(&chunk.hash());
+        match chunk {
+            Outgoing::Whole(chunk) => Self {
+                hash,
+                codec: pb::Codec::from(chunk.frame().codec).into(),
+                data: chunk.frame().payload.clone(),
+                ..Self::default()
+            },
+            Outgoing::Delta { delta, .. } => Self {
+                hash,
+                codec: pb::Codec::from(delta.pages.codec).into(),
+                data: delta.pages.payload.clone(),
+                base: hash_bytes(&delta.base),
+                changed_pages: delta.changed.clone(),
+            },
         }
     }
 }
 
-impl TryFrom<pb::Chunk> for UnverifiedChunk {
+impl TryFrom<pb::Chunk> for Incoming {
     type Error = WireError;
 
     fn try_from(chunk: pb::Chunk) -> Result<Self, WireError> {
@@ -101,19 +115,62 @@ impl TryFrom<pb::Chunk> for UnverifiedChunk {
             Ok(pb::Codec::Zstd) => Codec::Zstd,
             Err(_) => return Err(WireError("unknown codec")),
         };
-        Ok(Self {
-            hash: parse_hash(&chunk.hash)?,
-            frame: Frame {
-                codec,
-                payload: chunk.data,
+        let hash = parse_hash(&chunk.hash)?;
+        let frame = Frame {
+            codec,
+            payload: chunk.data,
+        };
+        if chunk.base.is_empty() {
+            return Ok(Self::Whole(UnverifiedChunk { hash, frame }));
+        }
+        Ok(Self::Delta(UnverifiedDelta {
+            hash,
+            delta: Delta {
+                base: parse_hash(&chunk.base)?,
+                changed: chunk.changed_pages,
+                pages: frame,
             },
+        }))
+    }
+}
+
+/// The needs of one `Need` reply; bases that do not parse are dropped (the chunk then
+/// travels whole).
+pub fn needs(need: &pb::Need) -> Vec<Need> {
+    let mut bases: std::collections::HashMap<Hash, Base> = need
+        .bases
+        .iter()
+        .filter_map(|b| {
+            let base = Base {
+                hash: parse_hash(&b.base).ok()?,
+                pages: PageDigests::from_bytes(b.page_digests.clone()).ok()?,
+            };
+            Some((parse_hash(&b.hash).ok()?, base))
         })
+        .collect();
+    need.hashes
+        .iter()
+        .filter_map(|h| parse_hash(h).ok())
+        .map(|hash| Need {
+            hash,
+            base: bases.remove(&hash),
+        })
+        .collect()
+}
+
+/// The base the server offers for the needed hash `needed`.
+pub fn delta_base(needed: &Hash, base: &Base) -> pb::DeltaBase {
+    pb::DeltaBase {
+        hash: hash_bytes(needed),
+        base: hash_bytes(&base.hash),
+        page_digests: base.pages.as_bytes().clone(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hotate_engine::VerifiedChunk;
     use proptest::prelude::*;
 
     proptest! {
@@ -126,9 +183,37 @@ mod tests {
 
         #[test]
         fn chunks_round_trip(data in prop::collection::vec(any::<u8>(), 1..5000)) {
-            let chunk = VerifiedChunk::seal(Bytes::from(data.clone()), 1);
-            let back = UnverifiedChunk::try_from(pb::Chunk::from(&chunk)).unwrap();
+            let chunk = Outgoing::Whole(VerifiedChunk::seal(Bytes::from(data.clone()), 1));
+            let Ok(Incoming::Whole(back)) = Incoming::try_from(pb::Chunk::from(&chunk)) else {
+                panic!("a whole chunk arrives whole");
+            };
             prop_assert_eq!(back.content(8192).unwrap(), Bytes::from(data));
+        }
+
+        #[test]
+        fn deltas_round_trip(pages in 2usize..20, at in any::<prop::sample::Index>()) {
+            let old: Vec<u8> = (0..pages * 4096).map(|i| (i * 7 % 251) as u8).collect();
+            let mut new = old.clone();
+            let at = at.index(new.len());
+            new[at] ^= 0xff;
+            let base = Base { hash: Hash::of(&old), pages: PageDigests::of(&old) };
+            let reply = pb::Need {
+                batch: 1,
+                hashes: vec![hash_bytes(&Hash::of(&new))],
+                bases: vec![delta_base(&Hash::of(&new), &base)],
+            };
+            let need = needs(&reply);
+            prop_assert_eq!(need.len(), 1);
+            let got = need[0].base.clone().expect("the base travels");
+            prop_assert_eq!(&got, &base);
+            let new = Bytes::from(new);
+            let delta = Delta::encode(&new, &got, 3).expect("one page changed");
+            let sent = Outgoing::Delta { hash: Hash::of(&new), delta };
+            let Ok(Incoming::Delta(back)) = Incoming::try_from(pb::Chunk::from(&sent)) else {
+                panic!("a delta arrives as a delta");
+            };
+            let chunk = back.verify(&old, old.len(), 1).unwrap();
+            prop_assert_eq!(chunk.frame().decode(old.len()).unwrap(), new);
         }
     }
 
@@ -142,8 +227,14 @@ mod tests {
         let bad_codec = pb::Chunk {
             hash: hash_bytes(&Hash::of(b"")),
             codec: 9,
-            data: Bytes::new(),
+            ..pb::Chunk::default()
         };
-        assert!(UnverifiedChunk::try_from(bad_codec).is_err());
+        assert!(Incoming::try_from(bad_codec).is_err());
+        let bad_base = pb::Chunk {
+            hash: hash_bytes(&Hash::of(b"")),
+            base: Bytes::from_static(b"short"),
+            ..pb::Chunk::default()
+        };
+        assert!(Incoming::try_from(bad_base).is_err());
     }
 }

@@ -2,16 +2,22 @@
 //!
 //! An upload stream is one session of an update's upload. Offers are persisted and
 //! answered with the hashes the store lacks (and this session has not already asked
-//! for); chunks are verified on the blocking pool, `VERIFY_JOBS` at a time, then stored
+//! for), each with the page digests of the base version's block at its index when that
+//! block had content, so the client may send only the changed pages. Chunks (whole, or
+//! deltas rebuilt against their base) are verified on the blocking pool, `VERIFY_JOBS` at
+//! a time, then stored
 //! durably in groups (one group commit for up to `GROUP_COMMIT` chunks) and acknowledged
 //! once on disk; `finish` rebuilds the manifest (base overlaid
 //! with the offers), checks it is complete and matches the client's root, and commits the
 //! version. A later session of the same update asks only for what is still missing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use hotate_engine::{ChunkStore, Entry, Hash, Manifest, Offer, UnverifiedChunk, VerifiedChunk};
+use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
+use hotate_engine::{
+    Base, ChunkStore, Entry, Hash, Incoming, Manifest, Offer, PageDigests, VerifiedChunk,
+};
 use hotate_proto::pb::{self, transfer_server::Transfer, upload_reply, upload_request};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -123,7 +129,7 @@ impl Transfer for TransferService {
             data: self.data.clone(),
             update,
             parent,
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             verifying: JoinSet::new(),
             verified: Vec::new(),
             unflushed: (0, 0),
@@ -149,8 +155,9 @@ struct Upload {
     data: Arc<DataDir>,
     update: UpdateRow,
     parent: Manifest,
-    /// Hashes asked for in this session and not yet stored.
-    pending: HashSet<Hash>,
+    /// Hashes asked for in this session and not yet stored, with the base offered for a
+    /// delta.
+    pending: HashMap<Hash, Option<Hash>>,
     /// Verify jobs in flight; each yields the chunk and its bytes as received.
     verifying: JoinSet<Result<(VerifiedChunk, u64), ServerError>>,
     /// Verified chunks waiting for the next group commit.
@@ -218,32 +225,76 @@ impl Upload {
         let candidates: Vec<Hash> = offers
             .iter()
             .filter_map(|o| o.entry.hash())
-            .filter(|h| !self.pending.contains(h) && fresh.insert(*h))
+            .filter(|h| !self.pending.contains_key(h) && fresh.insert(*h))
             .collect();
+        // The block each hash replaces, where it had content: the base of a delta.
+        let mut replaced = HashMap::new();
+        for offer in &offers {
+            if let (Some(hash), Some(Entry::Chunk(old))) =
+                (offer.entry.hash(), self.parent.get(offer.index))
+            {
+                replaced.entry(hash).or_insert(old);
+            }
+        }
         let data = self.data.clone();
         let guid = self.update.guid.clone();
-        let missing = blocking(move || {
+        let max_len = self.parent.block_size().bytes();
+        let needs = blocking(move || {
             data.meta.record_offers(&guid, &offers)?;
-            Ok(data.store.missing(&candidates)?)
+            let missing = data.store.missing(&candidates)?;
+            Ok(missing
+                .into_iter()
+                .map(|hash| {
+                    let base = replaced.get(&hash).and_then(|old| {
+                        // Without a readable base the chunk simply travels whole.
+                        let content = data.store.get(old, max_len).ok()?;
+                        Some(Base {
+                            hash: *old,
+                            pages: PageDigests::of(&content),
+                        })
+                    });
+                    (hash, base)
+                })
+                .collect::<Vec<_>>())
         })
         .await?;
-        self.pending.extend(missing.iter().copied());
-        let need = pb::Need {
+        let mut need = pb::Need {
             batch: offer.batch,
-            hashes: missing.iter().map(hotate_proto::hash_bytes).collect(),
+            ..pb::Need::default()
         };
+        for (hash, base) in needs {
+            need.hashes.push(hotate_proto::hash_bytes(&hash));
+            if let Some(base) = &base {
+                need.bases.push(hotate_proto::delta_base(&hash, base));
+            }
+            self.pending.insert(hash, base.map(|b| b.hash));
+        }
         self.send(upload_reply::Kind::Need(need)).await
     }
 
     async fn chunk(&mut self, chunk: pb::Chunk) -> Result<(), Status> {
         let chunk =
-            UnverifiedChunk::try_from(chunk).map_err(|e| ServerError::BadRequest(e.to_string()))?;
-        if !self.pending.contains(&chunk.hash) {
-            return Err(ServerError::BadRequest(format!(
-                "chunk {} was not asked for",
-                chunk.hash.short()
-            ))
-            .into());
+            Incoming::try_from(chunk).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+        let (hash, base) = match &chunk {
+            Incoming::Whole(whole) => (whole.hash, None),
+            Incoming::Delta(delta) => (delta.hash, Some(delta.delta.base)),
+        };
+        match self.pending.get(&hash) {
+            None => {
+                return Err(ServerError::BadRequest(format!(
+                    "chunk {} was not asked for",
+                    hash.short()
+                ))
+                .into());
+            }
+            Some(offered) if base.is_some() && base != *offered => {
+                return Err(ServerError::BadRequest(format!(
+                    "chunk {} is a delta against a base the server did not offer",
+                    hash.short()
+                ))
+                .into());
+            }
+            Some(_) => {}
         }
         while self.verifying.len() >= VERIFY_JOBS {
             if let Some(done) = self.verifying.join_next().await {
@@ -251,9 +302,17 @@ impl Upload {
             }
         }
         let max_len = self.parent.block_size().bytes();
-        self.verifying.spawn_blocking(move || {
-            let received = chunk.frame.payload.len() as u64;
-            Ok((chunk.verify(max_len)?, received))
+        let store = self.data.store.clone();
+        self.verifying.spawn_blocking(move || match chunk {
+            Incoming::Whole(whole) => {
+                let received = whole.frame.payload.len() as u64;
+                Ok((whole.verify(max_len)?, received))
+            }
+            Incoming::Delta(delta) => {
+                let received = delta.delta.encoded_len() as u64;
+                let base = store.get(&delta.delta.base, max_len)?;
+                Ok((delta.verify(&base, max_len, DEFAULT_ZSTD_LEVEL)?, received))
+            }
         });
         Ok(())
     }

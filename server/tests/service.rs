@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
-use hotate_engine::{BlockSize, Entry, Hash, Manifest, Offer, VerifiedChunk};
+use hotate_engine::{BlockSize, Delta, Entry, Hash, Manifest, Offer, Outgoing, VerifiedChunk};
 use hotate_proto::pb::{
     self, control_client::ControlClient, transfer_client::TransferClient, upload_reply,
     upload_request,
@@ -240,6 +240,8 @@ async fn start(
 struct Session {
     needed: usize,
     sent: usize,
+    /// Chunks sent as page deltas against a base the server offered.
+    deltas: usize,
     version: Option<String>,
     error: Option<tonic::Status>,
 }
@@ -308,9 +310,20 @@ async fn upload(
             upload_reply::Kind::Opened(_) => {}
             upload_reply::Kind::Need(need) => {
                 session.needed = need.hashes.len();
-                for hash in need.hashes.iter().take(send_limit) {
-                    let hash = Hash::from_slice(hash).expect("hash");
-                    let chunk = VerifiedChunk::seal(chunks[&hash].clone(), 1);
+                for need in hotate_proto::needs(&need).into_iter().take(send_limit) {
+                    // Like the client: only the changed pages where the server offers a base.
+                    let block = &chunks[&need.hash];
+                    let chunk = need
+                        .base
+                        .and_then(|base| Delta::encode(block, &base, 1))
+                        .map_or_else(
+                            || Outgoing::Whole(VerifiedChunk::seal(block.clone(), 1)),
+                            |delta| Outgoing::Delta {
+                                hash: need.hash,
+                                delta,
+                            },
+                        );
+                    session.deltas += usize::from(matches!(chunk, Outgoing::Delta { .. }));
                     let mut wire = pb::Chunk::from(&chunk);
                     tamper(&mut wire);
                     tx.send(pb::UploadRequest {
@@ -472,6 +485,13 @@ async fn a_whole_upload_then_start_refused_for_the_old_version_and_a_second_term
     )
     .await;
     assert!(session.error.is_none(), "{:?}", session.error);
+    // Each odd block that had content changed one byte (but block 3, now zero): it
+    // travels as one page.
+    let odd_with_content = (1..BLOCKS)
+        .step_by(2)
+        .filter(|&i| i % 5 != 0 && i != 3)
+        .count();
+    assert_eq!(session.deltas, odd_with_content);
     let version = session.version.expect("committed");
     assert_eq!(export(&f, &version), updated);
     assert_eq!(
@@ -560,13 +580,60 @@ async fn corrupt_and_oversized_chunks_are_rejected_and_nothing_is_damaged() {
 
     // A flipped byte: the content no longer hashes to its name.
     let corrupt = upload(&server, &token, &guid, &parent, &updated, usize::MAX, |c| {
-        let mut data = c.data.to_vec();
-        data[10] ^= 1;
-        c.data = Bytes::from(data);
-        c.codec = pb::Codec::Raw.into();
+        if c.base.is_empty() {
+            let mut data = c.data.to_vec();
+            data[10] ^= 1;
+            c.data = Bytes::from(data);
+            c.codec = pb::Codec::Raw.into();
+        }
     })
     .await;
     let err = corrupt.error.expect("rejected");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("hash"), "{}", err.message());
+
+    // A whole chunk whose content does not hash to its name.
+    let misnamed = upload(&server, &token, &guid, &parent, &updated, usize::MAX, |c| {
+        let content = Bytes::from(vec![7u8; 1000]);
+        *c = pb::Chunk::from(&Outgoing::Whole(VerifiedChunk::seal(content, 1)));
+        c.hash = hotate_proto::hash_bytes(&Hash::of(b"another block"));
+    })
+    .await;
+    let err = misnamed.error.expect("rejected");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("not asked for"), "{}", err.message());
+
+    // A delta against a block the server did not offer as its base.
+    let wrong_base = upload(&server, &token, &guid, &parent, &updated, usize::MAX, |c| {
+        if !c.base.is_empty() {
+            c.base = hotate_proto::hash_bytes(&Hash::of(&f.base[..BLOCK]));
+        }
+    })
+    .await;
+    let err = wrong_base.error.expect("rejected");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("did not offer"), "{}", err.message());
+
+    // A delta whose page map names pages that were not sent.
+    let short_pages = upload(&server, &token, &guid, &parent, &updated, usize::MAX, |c| {
+        if !c.base.is_empty() {
+            c.changed_pages = Bytes::from(vec![0xff; c.changed_pages.len()]);
+        }
+    })
+    .await;
+    let err = short_pages.error.expect("rejected");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("page"), "{}", err.message());
+
+    // A delta whose pages rebuild another block.
+    let other_pages = upload(&server, &token, &guid, &parent, &updated, usize::MAX, |c| {
+        if !c.base.is_empty() {
+            c.data = Bytes::from(vec![9u8; 4096]);
+            c.codec = pb::Codec::Raw.into();
+        }
+    })
+    .await;
+    let err = other_pages.error.expect("rejected");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("hash"), "{}", err.message());
 

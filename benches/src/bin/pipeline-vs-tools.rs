@@ -14,18 +14,22 @@ use std::time::{Duration, Instant};
 
 use hotate_benches::{Mix, image};
 use hotate_engine::{
-    BlockSize, ChunkSink, Hash, Manifest, Offer, PipelineConfig, Progress, RawImage, SinkError,
-    VerifiedChunk, pipeline,
+    BlockSize, ChunkSink, Manifest, Need, Offer, Outgoing, PipelineConfig, Progress, RawImage,
+    SinkError, pipeline,
 };
 
 /// Needs every offered hash and drops the chunks.
 struct Discard;
 
 impl ChunkSink for Discard {
-    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Hash>, SinkError> {
-        Ok(offers.iter().filter_map(|o| o.entry.hash()).collect())
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
+        Ok(offers
+            .iter()
+            .filter_map(|o| o.entry.hash())
+            .map(Need::whole)
+            .collect())
     }
-    async fn put(&self, _chunk: VerifiedChunk) -> Result<(), SinkError> {
+    async fn put(&self, _chunk: Outgoing) -> Result<(), SinkError> {
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The pipeline: read → hash/zero-check → skip blocks equal to the parent → offer to the
-//! sink → compress only what it needs → hand to the sink.
+//! sink → compress only what it needs (as a page delta where it offers a base) → hand to
+//! the sink.
 //!
 //! Three stages run concurrently in the caller's task, joined by bounded channels:
 //! reading (one read per span of blocks, at least 1 MiB, then hashing, on the blocking
@@ -13,7 +14,7 @@ mod buffers;
 mod progress;
 mod sink;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,13 +23,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::block::{BlockSize, DEFAULT_ZSTD_LEVEL, VerifiedChunk, is_zero};
+use crate::delta::{Base, Delta, Outgoing};
 use crate::hash::Hash;
 use crate::manifest::{Entry, Manifest, ManifestError};
 use crate::source::ImageSource;
 use buffers::{BlockBuffers, Lease};
 
 pub use progress::{Progress, ProgressSnapshot};
-pub use sink::{ChunkSink, Offer, SinkError, StoreSink};
+pub use sink::{ChunkSink, Need, Offer, SinkError, StoreSink};
 
 /// Default bytes of block data held in memory at once.
 pub const DEFAULT_WINDOW: usize = 64 << 20;
@@ -103,6 +105,8 @@ struct Hashed {
     entry: Entry,
     /// The content, kept only for non-zero blocks; it holds its place in the window.
     data: Option<Bytes>,
+    /// The block the sink offered to take this one against as a delta.
+    base: Option<Base>,
 }
 
 /// Reads `source`, diffs it against `parent` and feeds the changes to `sink`.
@@ -197,6 +201,7 @@ async fn read_stage(
                         len: geometry.len(index),
                         entry: Entry::Zero,
                         data: None,
+                        base: None,
                     });
                     return Ok((zeros.collect(), 0));
                 }
@@ -283,6 +288,7 @@ fn read_span(
                     len,
                     entry: Entry::Zero,
                     data: None,
+                    base: None,
                 }
             } else {
                 Hashed {
@@ -290,6 +296,7 @@ fn read_span(
                     len,
                     entry: Entry::Chunk(Hash::of(&data)),
                     data: Some(data),
+                    base: None,
                 }
             }
         })
@@ -346,20 +353,29 @@ async fn offer_stage<S: ChunkSink>(
                     })
                     .collect();
                 let needed = sink.offer(offers).await.map_err(PipelineError::Sink)?;
-                Ok::<_, PipelineError>((changed, needed.into_iter().collect::<HashSet<Hash>>()))
+                let needed: HashMap<Hash, Option<Base>> = needed
+                    .into_iter()
+                    .map(|need| (need.hash, need.base))
+                    .collect();
+                Ok::<_, PipelineError>((changed, needed))
             })
             .buffered(OFFERS_IN_FLIGHT);
         futures::pin_mut!(changed_batches);
         while let Some((changed, mut needed)) = changed_batches.try_next().await? {
-            for block in changed {
+            for mut block in changed {
                 // Each needed hash is sent once, by its first block.
-                match block.entry {
-                    Entry::Chunk(hash) if needed.remove(&hash) => {
+                let need = match block.entry {
+                    Entry::Chunk(hash) => needed.remove(&hash),
+                    Entry::Zero => None,
+                };
+                match need {
+                    Some(base) => {
+                        block.base = base;
                         if out.send(block).await.is_err() {
                             break; // The compress stage stopped with an error.
                         }
                     }
-                    _ => Progress::add(&progress.bytes_done, block.len),
+                    None => Progress::add(&progress.bytes_done, block.len),
                 }
             }
         }
@@ -370,7 +386,8 @@ async fn offer_stage<S: ChunkSink>(
     }
 }
 
-/// Compresses the needed blocks on the blocking pool and hands them to the sink in order.
+/// Compresses the needed blocks (as page deltas where the sink offered a base) on the
+/// blocking pool and hands them to the sink in order.
 async fn compress_stage<S: ChunkSink>(
     sink: &S,
     config: &PipelineConfig,
@@ -383,14 +400,19 @@ async fn compress_stage<S: ChunkSink>(
             let Entry::Chunk(hash) = block.entry else {
                 return None;
             };
-            Some((hash, block.data?, block.len))
+            Some((hash, block.data?, block.base, block.len))
         })
-        .map(|(hash, data, len)| async move {
+        .map(|(hash, data, base, len)| async move {
             // The raw block keeps its place in the window until the sink has the chunk.
             let held = data.clone();
-            let chunk =
-                tokio::task::spawn_blocking(move || VerifiedChunk::from_hashed(hash, data, level))
-                    .await?;
+            let chunk = tokio::task::spawn_blocking(move || {
+                base.and_then(|base| Delta::encode(&data, &base, level))
+                    .map_or_else(
+                        || Outgoing::Whole(VerifiedChunk::from_hashed(hash, data, level)),
+                        |delta| Outgoing::Delta { hash, delta },
+                    )
+            })
+            .await?;
             Ok::<_, PipelineError>((chunk, held, len))
         })
         .buffered(config.compress_jobs.max(1))

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::block::VerifiedChunk;
+use crate::delta::{Base, Outgoing};
 use crate::hash::Hash;
 use crate::manifest::Entry;
 use crate::store::ChunkStore;
@@ -16,6 +17,20 @@ pub struct Offer {
     pub entry: Entry,
 }
 
+/// A hash the sink lacks, and a block it holds that the chunk may be sent against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    pub hash: Hash,
+    pub base: Option<Base>,
+}
+
+impl Need {
+    /// A need for the whole chunk.
+    pub fn whole(hash: Hash) -> Self {
+        Self { hash, base: None }
+    }
+}
+
 /// The error a sink reports; the pipeline passes it through unchanged.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -24,14 +39,15 @@ pub type SinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Both methods take `&self` so that offering the next batch and storing the previous
 /// one's chunks can overlap.
 pub trait ChunkSink: Send + Sync {
-    /// Offers changed blocks, in index order; answers which of their hashes it lacks.
+    /// Offers changed blocks, in index order; answers which of their hashes it lacks,
+    /// each with the base it may be sent against as a delta.
     fn offer(
         &self,
         offers: Vec<Offer>,
-    ) -> impl Future<Output = Result<Vec<Hash>, SinkError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Need>, SinkError>> + Send;
 
-    /// Takes one needed chunk.
-    fn put(&self, chunk: VerifiedChunk) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Takes one needed chunk; a delta only against the base its need named.
+    fn put(&self, chunk: Outgoing) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// Called once after the last `put`: whatever the sink buffered must be kept now.
     fn flush(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
@@ -74,7 +90,7 @@ impl<S: ChunkStore> StoreSink<S> {
 }
 
 impl<S: ChunkStore> ChunkSink for StoreSink<S> {
-    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Hash>, SinkError> {
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
         let mut seen = HashSet::new();
         let hashes: Vec<Hash> = offers
             .iter()
@@ -82,10 +98,14 @@ impl<S: ChunkStore> ChunkSink for StoreSink<S> {
             .filter(|hash| seen.insert(*hash))
             .collect();
         let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.missing(&hashes)).await??)
+        let missing = tokio::task::spawn_blocking(move || store.missing(&hashes)).await??;
+        Ok(missing.into_iter().map(Need::whole).collect())
     }
 
-    async fn put(&self, chunk: VerifiedChunk) -> Result<(), SinkError> {
+    async fn put(&self, chunk: Outgoing) -> Result<(), SinkError> {
+        let Outgoing::Whole(chunk) = chunk else {
+            return Err("a store takes whole chunks; it offered no base for a delta".into());
+        };
         let chunk = chunk.detach();
         let full = {
             let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());

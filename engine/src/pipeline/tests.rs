@@ -142,26 +142,32 @@ async fn an_image_in_memory_shorter_than_its_size_is_a_read_error() {
     assert!(matches!(err, PipelineError::Read { .. }), "{err}");
 }
 
-/// Records what the pipeline offers and sends; needs only hashes in `lacks`.
+/// Records what the pipeline offers and sends; needs only hashes in `lacks`, offering
+/// the bases in `bases` for deltas.
 #[derive(Default)]
 struct RecordingSink {
-    lacks: Option<HashSet<Hash>>,
+    lacks: Option<std::collections::HashSet<Hash>>,
+    bases: HashMap<Hash, Base>,
     offered: Mutex<Vec<Offer>>,
-    sent: Mutex<Vec<VerifiedChunk>>,
+    sent: Mutex<Vec<Outgoing>>,
 }
 
 impl ChunkSink for RecordingSink {
-    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Hash>, SinkError> {
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
         let needed = offers
             .iter()
             .filter_map(|o| o.entry.hash())
             .filter(|h| self.lacks.as_ref().is_none_or(|lacks| lacks.contains(h)))
+            .map(|hash| Need {
+                hash,
+                base: self.bases.get(&hash).cloned(),
+            })
             .collect();
         self.offered.lock().unwrap().extend(offers);
         Ok(needed)
     }
 
-    async fn put(&self, chunk: VerifiedChunk) -> Result<(), SinkError> {
+    async fn put(&self, chunk: Outgoing) -> Result<(), SinkError> {
         self.sent.lock().unwrap().push(chunk);
         Ok(())
     }
@@ -185,7 +191,7 @@ async fn only_changed_blocks_are_offered_and_only_needed_ones_sent() {
 
     // The other side lacks only block 2's content.
     let sink = RecordingSink {
-        lacks: Some(HashSet::from([changed_block_2])),
+        lacks: Some([changed_block_2].into()),
         ..Default::default()
     };
     let source = write_image(&dir, "updated", &updated);
@@ -215,6 +221,57 @@ async fn only_changed_blocks_are_offered_and_only_needed_ones_sent() {
     assert_eq!(outcome.progress.blocks_skipped, 17);
     assert_eq!(outcome.progress.bytes_done, updated.len() as u64);
     assert_eq!(outcome.manifest.get(6), Some(Entry::Zero));
+}
+
+#[tokio::test]
+async fn a_block_with_an_offered_base_travels_as_its_changed_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = mixed(TEST_BLOCK * 4);
+    let store = Arc::new(MemoryStore::new());
+    let parent = import(write_image(&dir, "base", &base), &store)
+        .await
+        .manifest;
+    let mut updated = base.clone();
+    updated[10..20].fill(0xEE); // block 0, first page
+    updated[TEST_BLOCK * 2..TEST_BLOCK * 3].copy_from_slice(&pattern(TEST_BLOCK, 77)); // all of block 2
+    let old = |i: usize| &base[i * TEST_BLOCK..(i + 1) * TEST_BLOCK];
+    let new = |i: usize| &updated[i * TEST_BLOCK..(i + 1) * TEST_BLOCK];
+    let base_of = |i: usize| Base {
+        hash: Hash::of(old(i)),
+        pages: crate::delta::PageDigests::of(old(i)),
+    };
+    let sink = RecordingSink {
+        bases: HashMap::from([
+            (Hash::of(new(0)), base_of(0)),
+            (Hash::of(new(2)), base_of(2)),
+        ]),
+        ..Default::default()
+    };
+    let progress = Progress::default();
+    run(
+        write_image(&dir, "updated", &updated),
+        &parent,
+        &sink,
+        &PipelineConfig::default(),
+        &progress,
+    )
+    .await
+    .unwrap();
+    let sent = sink.sent.lock().unwrap();
+    let Outgoing::Delta { hash, delta } = &sent[0] else {
+        panic!("block 0 keeps 15 of its 16 pages: a delta");
+    };
+    assert_eq!(*hash, Hash::of(new(0)));
+    assert_eq!(delta.base, Hash::of(old(0)));
+    assert_eq!(
+        delta.pages.decode(TEST_BLOCK).unwrap().len(),
+        crate::delta::PAGE
+    );
+    assert_eq!(delta.apply(old(0), TEST_BLOCK).unwrap(), new(0));
+    // Every page of block 2 changed: the whole chunk is cheaper.
+    assert!(matches!(&sent[1], Outgoing::Whole(chunk) if chunk.hash() == Hash::of(new(2))));
+    let total: usize = sent.iter().map(Outgoing::encoded_len).sum();
+    assert_eq!(progress.snapshot().bytes_sent, total as u64);
 }
 
 #[tokio::test]
@@ -268,11 +325,15 @@ async fn refuses_an_image_of_the_wrong_size() {
 struct StuckSink(AtomicUsize);
 
 impl ChunkSink for StuckSink {
-    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Hash>, SinkError> {
-        Ok(offers.iter().filter_map(|o| o.entry.hash()).collect())
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
+        Ok(offers
+            .iter()
+            .filter_map(|o| o.entry.hash())
+            .map(Need::whole)
+            .collect())
     }
 
-    async fn put(&self, _chunk: VerifiedChunk) -> Result<(), SinkError> {
+    async fn put(&self, _chunk: Outgoing) -> Result<(), SinkError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         std::future::pending().await
     }

@@ -1,0 +1,306 @@
+//! Page deltas: a changed block sent as only the pages that differ from a block the
+//! receiver already holds.
+//!
+//! An install rewrites files, not whole blocks, so a changed block often keeps most of its
+//! 4 KiB pages: the tail of a new file beside an untouched neighbour, an inode table with
+//! a few entries rewritten. The receiver describes a base block it holds (the parent
+//! version's block at the same index) by a digest per page ([`PageDigests`]); the sender
+//! sends the pages whose digest differs ([`Delta`]); the receiver rebuilds the block from
+//! the base and those pages and checks the whole block's BLAKE3 like any chunk's
+//! ([`UnverifiedDelta::verify`]). A digest collision can therefore only fail a chunk,
+//! never store a wrong one.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::block::{ChunkError, Frame, VerifiedChunk};
+use crate::hash::Hash;
+
+/// Bytes per page: the cluster size of the filesystems terminals use (NTFS, ext4).
+pub const PAGE: usize = 4096;
+/// Bytes of one page digest (truncated BLAKE3).
+const DIGEST: usize = 16;
+
+/// A digest of every page of a block, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageDigests(Bytes);
+
+impl PageDigests {
+    /// Digests the pages of `block` (the last may be short).
+    pub fn of(block: &[u8]) -> Self {
+        let mut out = BytesMut::with_capacity(block.len().div_ceil(PAGE) * DIGEST);
+        for page in block.chunks(PAGE) {
+            out.extend_from_slice(&blake3::hash(page).as_bytes()[..DIGEST]);
+        }
+        Self(out.freeze())
+    }
+
+    /// Digests as they travel: `DIGEST` bytes per page.
+    ///
+    /// # Errors
+    /// When the length is not a whole number of digests.
+    pub fn from_bytes(bytes: Bytes) -> Result<Self, ChunkError> {
+        if bytes.len().is_multiple_of(DIGEST) {
+            Ok(Self(bytes))
+        } else {
+            Err(ChunkError::Corrupt(
+                "page digests of a partial length".into(),
+            ))
+        }
+    }
+
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// How many pages the block has.
+    pub fn pages(&self) -> usize {
+        self.0.len() / DIGEST
+    }
+
+    fn get(&self, page: usize) -> &[u8] {
+        &self.0[page * DIGEST..(page + 1) * DIGEST]
+    }
+}
+
+/// A block the receiver holds and offers as the base of a delta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub hash: Hash,
+    pub pages: PageDigests,
+}
+
+/// The pages of a block that differ from a base block, compressed as one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    /// The block the unchanged pages come from.
+    pub base: Hash,
+    /// A bit per page, least significant first: set when the page is in `pages`.
+    pub changed: Bytes,
+    /// The changed pages, concatenated.
+    pub pages: Frame,
+}
+
+impl Delta {
+    /// The delta of `block` against `base`, or `None` when no page is the same (then
+    /// the whole block is cheaper) or the block has another page count.
+    pub fn encode(block: &Bytes, base: &Base, level: i32) -> Option<Self> {
+        let count = block.len().div_ceil(PAGE);
+        if count != base.pages.pages() {
+            return None;
+        }
+        let mut changed = vec![0u8; count.div_ceil(8)];
+        let mut pages = BytesMut::new();
+        for (i, page) in block.chunks(PAGE).enumerate() {
+            if blake3::hash(page).as_bytes()[..DIGEST] != *base.pages.get(i) {
+                changed[i / 8] |= 1 << (i % 8);
+                pages.extend_from_slice(page);
+            }
+        }
+        if pages.len() == block.len() {
+            return None;
+        }
+        Some(Self {
+            base: base.hash,
+            changed: Bytes::from(changed),
+            pages: Frame::encode(pages.freeze(), level),
+        })
+    }
+
+    /// Bytes this delta takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        self.changed.len() + self.pages.payload.len()
+    }
+
+    /// Rebuilds the block from the base block's content.
+    ///
+    /// # Errors
+    /// When the page map does not fit the base, or the pages are corrupt or are not
+    /// exactly the changed pages.
+    pub fn apply(&self, base: &[u8], max_len: usize) -> Result<Bytes, ChunkError> {
+        let count = base.len().div_ceil(PAGE);
+        let is_changed = |i: usize| self.changed[i / 8] & (1 << (i % 8)) != 0;
+        if self.changed.len() != count.div_ceil(8)
+            || (count..self.changed.len() * 8).any(is_changed)
+        {
+            return Err(ChunkError::Corrupt(
+                "the page map does not fit the base block".into(),
+            ));
+        }
+        let pages = self.pages.decode(max_len)?;
+        let mut block = BytesMut::with_capacity(base.len());
+        let mut taken = 0;
+        for (i, old) in base.chunks(PAGE).enumerate() {
+            if is_changed(i) {
+                let new = pages
+                    .get(taken..taken + old.len())
+                    .ok_or_else(|| ChunkError::Corrupt("fewer pages than the page map".into()))?;
+                block.extend_from_slice(new);
+                taken += old.len();
+            } else {
+                block.extend_from_slice(old);
+            }
+        }
+        if taken != pages.len() {
+            return Err(ChunkError::Corrupt("more pages than the page map".into()));
+        }
+        Ok(block.freeze())
+    }
+}
+
+/// A delta claimed to rebuild a block hashing to `hash`, not yet checked.
+#[derive(Debug, Clone)]
+pub struct UnverifiedDelta {
+    pub hash: Hash,
+    pub delta: Delta,
+}
+
+impl UnverifiedDelta {
+    /// Rebuilds the block from `base` (the content of `delta.base`), checks its hash,
+    /// and compresses it at `level` into a chunk that stands alone.
+    ///
+    /// # Errors
+    /// As [`Delta::apply`], or when the rebuilt block does not hash to the claimed hash.
+    pub fn verify(
+        self,
+        base: &[u8],
+        max_len: usize,
+        level: i32,
+    ) -> Result<VerifiedChunk, ChunkError> {
+        let block = self.delta.apply(base, max_len)?;
+        let actual = Hash::of(&block);
+        if actual != self.hash {
+            return Err(ChunkError::HashMismatch {
+                claimed: self.hash,
+                actual,
+            });
+        }
+        Ok(VerifiedChunk::from_hashed(self.hash, block, level))
+    }
+}
+
+/// A chunk as it arrives: whole, or as a delta against a block the receiver holds.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Whole(crate::block::UnverifiedChunk),
+    Delta(UnverifiedDelta),
+}
+
+/// A needed chunk as it leaves: whole, or as a delta against a base the receiver offered.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Whole(VerifiedChunk),
+    Delta { hash: Hash, delta: Delta },
+}
+
+impl Outgoing {
+    /// The hash of the block this carries.
+    pub fn hash(&self) -> Hash {
+        match self {
+            Self::Whole(chunk) => chunk.hash(),
+            Self::Delta { hash, .. } => *hash,
+        }
+    }
+
+    /// Bytes this takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::Whole(chunk) => chunk.encoded_len(),
+            Self::Delta { delta, .. } => delta.encoded_len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdata::{SIZES, pattern};
+    use proptest::prelude::*;
+
+    fn base_of(block: &[u8]) -> Base {
+        Base {
+            hash: Hash::of(block),
+            pages: PageDigests::of(block),
+        }
+    }
+
+    fn rebuild(new: &[u8], old: &[u8]) -> Option<(Delta, Bytes)> {
+        let delta = Delta::encode(&Bytes::copy_from_slice(new), &base_of(old), 3)?;
+        let back = delta.apply(old, new.len()).unwrap();
+        Some((delta, back))
+    }
+
+    #[test]
+    fn only_changed_pages_travel_for_every_size() {
+        for &size in SIZES.iter().filter(|&&s| s > PAGE) {
+            let old = pattern(size, 1);
+            let mut new = old.clone();
+            new[PAGE + 7] ^= 0xff; // page 1
+            new[size - 1] ^= 0xff; // the last, maybe short, page
+            let (delta, back) = rebuild(&new, &old).expect("most pages are unchanged");
+            assert_eq!(back, new, "size {size}");
+            let last = (size - 1) / PAGE;
+            let sent = PAGE + (size - last * PAGE);
+            assert_eq!(delta.pages.decode(size).unwrap().len(), sent, "size {size}");
+        }
+    }
+
+    #[test]
+    fn no_delta_when_every_page_differs_or_the_page_count_differs() {
+        let old = pattern(3 * PAGE, 1);
+        assert!(rebuild(&pattern(3 * PAGE, 2), &old).is_none());
+        assert!(rebuild(&old[..2 * PAGE], &old).is_none());
+    }
+
+    #[test]
+    fn a_wrong_base_or_damaged_delta_is_refused() {
+        let old = pattern(8 * PAGE, 1);
+        let mut new = old.clone();
+        new[0] ^= 1;
+        let (delta, _) = rebuild(&new, &old).unwrap();
+        let claim = |delta: Delta| UnverifiedDelta {
+            hash: Hash::of(&new),
+            delta,
+        };
+        assert!(claim(delta.clone()).verify(&old, old.len(), 3).is_ok());
+        // Applied to another base, the block does not hash right.
+        let other = pattern(8 * PAGE, 9);
+        assert!(matches!(
+            claim(delta.clone()).verify(&other, old.len(), 3),
+            Err(ChunkError::HashMismatch { .. })
+        ));
+        // A page map naming more pages than were sent, or pages beyond the block.
+        let mut more = delta.clone();
+        more.changed = Bytes::from_static(&[0b11]);
+        assert!(more.apply(&old, old.len()).is_err());
+        let mut beyond = delta.clone();
+        beyond.changed = Bytes::from_static(&[0b1, 0b1]);
+        assert!(beyond.apply(&old, old.len()).is_err());
+        // Pages decoding larger than the bound.
+        assert!(delta.apply(&old, 100).is_err());
+        assert!(PageDigests::from_bytes(Bytes::from_static(&[0; 17])).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn deltas_rebuild_the_block(
+            pages in 1usize..24,
+            tail in 1usize..=PAGE,
+            flips in prop::collection::vec(any::<prop::sample::Index>(), 1..8),
+        ) {
+            let size = (pages - 1) * PAGE + tail;
+            let old = pattern(size, 3);
+            let mut new = old.clone();
+            for flip in &flips {
+                new[flip.index(size)] ^= 0x5a;
+            }
+            match rebuild(&new, &old) {
+                Some((_, back)) => prop_assert_eq!(back, Bytes::from(new)),
+                // Only when every page changed.
+                None => prop_assert!(new
+                    .chunks(PAGE)
+                    .zip(old.chunks(PAGE))
+                    .all(|(a, b)| a != b)),
+            }
+        }
+    }
+}
