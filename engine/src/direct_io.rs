@@ -6,7 +6,8 @@
 //! so that several reads can be in flight on one handle from plain threads. Where the
 //! filesystem refuses direct IO, reads fall back to the page cache with one warning.
 //! A file on a memory filesystem (tmpfs, ramfs) has no device to bypass: its page cache
-//! is the file, and any read is a copy out of it, so it is mapped and used in place.
+//! is the file, and any read is a copy out of it, so its spans are mapped and used in
+//! place.
 //! This is the only module with `unsafe` code: the aligned allocation, the mapping,
 //! `lseek` and `statfs`.
 #![allow(unsafe_code)]
@@ -113,6 +114,7 @@ impl std::fmt::Debug for AlignedBuf {
 pub struct PositionalFile {
     file: File,
     direct: bool,
+    in_memory: bool,
 }
 
 impl PositionalFile {
@@ -128,6 +130,7 @@ impl PositionalFile {
             return Ok(Self {
                 file,
                 direct: false,
+                in_memory: true,
             });
         }
         Self::open_with(path, open_unbuffered)
@@ -136,7 +139,11 @@ impl PositionalFile {
     fn open_with(path: &Path, unbuffered: impl Fn(&Path) -> io::Result<File>) -> io::Result<Self> {
         match unbuffered(path) {
             Ok(file) => {
-                let probe = Self { file, direct: true };
+                let probe = Self {
+                    file,
+                    direct: true,
+                    in_memory: false,
+                };
                 // Some filesystems accept the flag but refuse the read: probe once.
                 let mut buf = AlignedBuf::zeroed(ALIGN);
                 match probe.read_raw(0, buf.spare_mut()) {
@@ -159,6 +166,7 @@ impl PositionalFile {
         Ok(Self {
             file: File::open(path)?,
             direct: false,
+            in_memory: false,
         })
     }
 
@@ -167,16 +175,26 @@ impl PositionalFile {
         self.direct
     }
 
-    /// The whole file mapped in place when it lives in memory ([`is_memory_backed`]),
-    /// else `None`.
+    /// Whether the file lives in memory ([`is_memory_backed`]), so that mapping it
+    /// ([`PositionalFile::map_at`]) beats reading copies of it.
+    pub fn is_in_memory(&self) -> bool {
+        self.in_memory
+    }
+
+    /// Maps `len` bytes at `offset` (a multiple of [`ALIGN`]), which must lie within the
+    /// file.
     ///
     /// # Errors
-    /// When a memory-backed file cannot be mapped.
-    pub fn map_if_in_memory(&self) -> io::Result<Option<MappedFile>> {
-        if !is_memory_backed(&self.file) {
-            return Ok(None);
+    /// When the range passes the end of the file or the system refuses the mapping.
+    pub fn map_at(&self, offset: u64, len: usize) -> io::Result<MappedFile> {
+        let size = self.file_len()?;
+        if offset.saturating_add(len as u64) > size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ends at byte {size}, before {len} bytes at {offset}"),
+            ));
         }
-        MappedFile::map(&self.file, self.file_len()?).map(Some)
+        MappedFile::map(&self.file, offset, len)
     }
 
     /// Length of the file.
@@ -239,13 +257,14 @@ impl PositionalFile {
     }
 }
 
-/// A whole file mapped read-only, for files that live in memory anyway
-/// ([`is_memory_backed`]).
+/// A range of a file mapped read-only, for files that live in memory anyway
+/// ([`is_memory_backed`]); unmapped on drop, so a mapping lives only as long as its
+/// blocks are in use.
 ///
 /// The mapping is private and never written. Like every mapping it assumes the file is
-/// not truncated while mapped (the pages past the new end would fault); a differential
-/// disk does not change while it is uploaded, and a change in its content is caught by
-/// the server, which verifies every chunk against its hash.
+/// not truncated while mapped (pages past the new end would fault); a differential disk
+/// does not change while it is uploaded, and a change in its content is caught by the
+/// server, which verifies every chunk against its hash.
 pub struct MappedFile {
     ptr: NonNull<u8>,
     len: usize,
@@ -257,22 +276,29 @@ unsafe impl Send for MappedFile {}
 unsafe impl Sync for MappedFile {}
 
 impl MappedFile {
-    /// Maps the first `len` bytes of `file`.
+    /// Maps `len` bytes of `file` at `offset`, a multiple of [`ALIGN`]; the range must lie
+    /// within the file.
     ///
     /// # Errors
-    /// When the system refuses the mapping.
+    /// When the offset is unaligned or the system refuses the mapping.
     #[cfg(unix)]
-    pub fn map(file: &File, len: u64) -> io::Result<Self> {
+    pub fn map(file: &File, offset: u64, len: usize) -> io::Result<Self> {
         use std::os::fd::AsRawFd;
-        let len = usize::try_from(len).map_err(io::Error::other)?;
+        if !offset.is_multiple_of(ALIGN as u64) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unaligned mapping offset",
+            ));
+        }
         if len == 0 {
             return Ok(Self {
                 ptr: NonNull::dangling(),
                 len,
             });
         }
-        // SAFETY: a fresh read-only private mapping of a valid descriptor; the kernel picks
-        // the address, and the result is checked before use.
+        let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+        // SAFETY: a fresh read-only private mapping of a valid descriptor at an aligned
+        // offset; the kernel picks the address, and the result is checked before use.
         let raw = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -280,7 +306,7 @@ impl MappedFile {
                 libc::PROT_READ,
                 libc::MAP_PRIVATE,
                 file.as_raw_fd(),
-                0,
+                offset,
             )
         };
         if raw == libc::MAP_FAILED {
@@ -297,7 +323,7 @@ impl MappedFile {
     /// # Errors
     /// Always `Unsupported`.
     #[cfg(not(unix))]
-    pub fn map(_file: &File, _len: u64) -> io::Result<Self> {
+    pub fn map(_file: &File, _offset: u64, _len: usize) -> io::Result<Self> {
         Err(io::ErrorKind::Unsupported.into())
     }
 }
@@ -521,18 +547,28 @@ mod tests {
         if let Some(dir) = crate::testdata::memory_dir() {
             for &size in SIZES {
                 let path = dir.path().join(format!("m{size}"));
-                std::fs::write(&path, pattern(size, 4)).unwrap();
+                let data = pattern(size, 4);
+                std::fs::write(&path, &data).unwrap();
                 let file = PositionalFile::open(&path).unwrap();
-                let mapped = file.map_if_in_memory().unwrap().expect("tmpfs is mapped");
-                assert_eq!(&mapped[..], &pattern(size, 4)[..], "size {size}");
+                assert!(file.is_in_memory());
+                for offset in (0..size).step_by(ALIGN * 3) {
+                    let len = (size - offset).min(ALIGN * 5 + 7);
+                    let mapped = file.map_at(offset as u64, len).unwrap();
+                    assert_eq!(&mapped[..], &data[offset..offset + len], "size {size}");
+                }
+                let past_end = file.map_at(0, size + 1).unwrap_err();
+                assert_eq!(past_end.kind(), io::ErrorKind::UnexpectedEof);
+                assert!(file.map_at(1, 1).is_err(), "unaligned or past the end");
             }
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk");
         std::fs::write(&path, pattern(5000, 4)).unwrap();
         let file = PositionalFile::open(&path).unwrap();
-        let on_device = !is_memory_backed(&File::open(&path).unwrap());
-        assert_eq!(file.map_if_in_memory().unwrap().is_none(), on_device);
+        assert_eq!(
+            file.is_in_memory(),
+            is_memory_backed(&File::open(&path).unwrap())
+        );
     }
 
     #[cfg(target_os = "linux")]

@@ -1,15 +1,21 @@
 //! The transfer service: manifests out, uploads in.
 //!
-//! An upload stream is one session of an update's upload. Offers are persisted and
-//! answered with the hashes the store lacks (and this session has not already asked
-//! for), each with the page digests of the base version's block at its index when that
-//! block had content, so the client may send only the changed pages. Chunks (whole, or
-//! deltas rebuilt against their base) are verified on the blocking pool, `VERIFY_JOBS` at
-//! a time, then stored
-//! durably in groups (one group commit for up to `GROUP_COMMIT` chunks) and acknowledged
-//! once on disk; `finish` rebuilds the manifest (base overlaid
-//! with the offers), checks it is complete and matches the client's root, and commits the
-//! version. A later session of the same update asks only for what is still missing.
+//! An upload stream is one session of an update's upload. The stream's loop only routes
+//! messages; the work runs beside it on the blocking pool, so that a slow disk never
+//! stalls the stream:
+//! - offers are persisted and answered (`OFFER_JOBS` at a time) with the hashes the store
+//!   lacks and this session has not already asked for, each with the page digests of
+//!   the base version's block at its index where that block had content, so the client
+//!   may send only the changed pages;
+//! - chunks (whole, or deltas rebuilt against their base) are verified, `VERIFY_JOBS` at
+//!   a time;
+//! - verified chunks are stored durably in groups (one group commit for up to
+//!   `GROUP_COMMIT` chunks, one group in flight while the next fills) and acknowledged
+//!   once on disk.
+//!
+//! `finish` rebuilds the manifest (base overlaid with the offers), checks it is complete
+//! and matches the client's root, and commits the version. A later session of the same
+//! update asks only for what is still missing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,16 +37,17 @@ use crate::meta::{UpdateRow, UpdateState, VersionRow, now};
 
 /// Chunks verified concurrently per upload.
 const VERIFY_JOBS: usize = 16;
+/// Offers answered concurrently per upload (the client keeps a few in flight).
+const OFFER_JOBS: usize = 4;
 /// Verified chunks stored with one group commit (fewer when the stream pauses)...
 const GROUP_COMMIT: usize = 64;
-/// ...or fewer when they reach this many received bytes, bounding memory per upload.
+/// ...or fewer when they reach this many received bytes. While one group commits the
+/// next fills, and a full group waits for it: at most two groups per upload in memory.
 const GROUP_COMMIT_BYTES: u64 = 8 << 20;
 /// Replies queued towards the client.
 const REPLY_QUEUE: usize = 256;
 /// Size of the parts a manifest is sent in.
 const MANIFEST_PART: usize = 1 << 20;
-/// Received-chunk counters are written to the database every this many chunks.
-const COUNTER_FLUSH: u64 = 16;
 
 /// Serves `hotate.v1.Transfer`.
 #[derive(Debug, Clone)]
@@ -130,9 +137,11 @@ impl Transfer for TransferService {
             update,
             parent,
             pending: HashMap::new(),
+            answering: JoinSet::new(),
+            asking: HashSet::new(),
             verifying: JoinSet::new(),
             verified: Vec::new(),
-            unflushed: (0, 0),
+            committing: JoinSet::new(),
             replies: tx.clone(),
         };
         tokio::spawn(async move {
@@ -144,6 +153,14 @@ impl Transfer for TransferService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// One offer's answer: the hashes it asked about, and those the store lacks with the
+/// base each may be sent against.
+struct Answer {
+    batch: u64,
+    candidates: Vec<Hash>,
+    needs: Vec<(Hash, Option<Base>)>,
 }
 
 fn reply(kind: upload_reply::Kind) -> pb::UploadReply {
@@ -158,28 +175,41 @@ struct Upload {
     /// Hashes asked for in this session and not yet stored, with the base offered for a
     /// delta.
     pending: HashMap<Hash, Option<Hash>>,
+    /// Offers being answered, off the stream's loop so that chunks keep flowing.
+    answering: JoinSet<Result<Answer, ServerError>>,
+    /// Hashes in offers still being answered: a later offer does not ask for them again.
+    asking: HashSet<Hash>,
     /// Verify jobs in flight; each yields the chunk and its bytes as received.
     verifying: JoinSet<Result<(VerifiedChunk, u64), ServerError>>,
     /// Verified chunks waiting for the next group commit.
     verified: Vec<(VerifiedChunk, u64)>,
-    /// Chunks and bytes stored but not yet counted in the database.
-    unflushed: (u64, u64),
+    /// The group commit in flight (at most one), off the stream's loop; it yields the
+    /// group once durable and counted.
+    committing: JoinSet<Result<Vec<(VerifiedChunk, u64)>, ServerError>>,
     replies: mpsc::Sender<Result<pb::UploadReply, Status>>,
 }
 
 impl Upload {
     async fn run(mut self, mut inbound: Streaming<pb::UploadRequest>) -> Result<(), Status> {
         let result = self.serve(&mut inbound).await;
-        // Whatever happened, what was stored stays counted.
-        let flushed = self.flush_counters().await;
-        result.and(flushed)
+        // Whatever happened, what was verified is stored.
+        let stored = self.commit_all().await;
+        result.and(stored)
     }
 
     async fn serve(&mut self, inbound: &mut Streaming<pb::UploadRequest>) -> Result<(), Status> {
         loop {
             let message = tokio::select! {
+                Some(done) = self.answering.join_next(), if !self.answering.is_empty() => {
+                    self.answered(done).await?;
+                    continue;
+                }
                 Some(done) = self.verifying.join_next(), if !self.verifying.is_empty() => {
                     self.verified(done).await?;
+                    continue;
+                }
+                Some(done) = self.committing.join_next(), if !self.committing.is_empty() => {
+                    self.committed(done).await?;
                     continue;
                 }
                 message = inbound.message() => message,
@@ -221,11 +251,10 @@ impl Upload {
                 Ok(offer)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut fresh = HashSet::new();
         let candidates: Vec<Hash> = offers
             .iter()
             .filter_map(|o| o.entry.hash())
-            .filter(|h| !self.pending.contains_key(h) && fresh.insert(*h))
+            .filter(|h| !self.pending.contains_key(h) && self.asking.insert(*h))
             .collect();
         // The block each hash replaces, where it had content: the base of a delta.
         let mut replaced = HashMap::new();
@@ -236,13 +265,19 @@ impl Upload {
                 replaced.entry(hash).or_insert(old);
             }
         }
+        while self.answering.len() >= OFFER_JOBS {
+            if let Some(done) = self.answering.join_next().await {
+                self.answered(done).await?;
+            }
+        }
         let data = self.data.clone();
         let guid = self.update.guid.clone();
         let max_len = self.parent.block_size().bytes();
-        let needs = blocking(move || {
+        let batch = offer.batch;
+        self.answering.spawn_blocking(move || {
             data.meta.record_offers(&guid, &offers)?;
             let missing = data.store.missing(&candidates)?;
-            Ok(missing
+            let needs = missing
                 .into_iter()
                 .map(|hash| {
                     let base = replaced.get(&hash).and_then(|old| {
@@ -255,14 +290,31 @@ impl Upload {
                     });
                     (hash, base)
                 })
-                .collect::<Vec<_>>())
-        })
-        .await?;
+                .collect();
+            Ok(Answer {
+                batch,
+                candidates,
+                needs,
+            })
+        });
+        Ok(())
+    }
+
+    /// Takes a finished offer: its missing hashes become pending, then the client hears
+    /// which to send.
+    async fn answered(
+        &mut self,
+        done: Result<Result<Answer, ServerError>, tokio::task::JoinError>,
+    ) -> Result<(), Status> {
+        let answer = done.map_err(ServerError::from)??;
+        for hash in &answer.candidates {
+            self.asking.remove(hash);
+        }
         let mut need = pb::Need {
-            batch: offer.batch,
+            batch: answer.batch,
             ..pb::Need::default()
         };
-        for (hash, base) in needs {
+        for (hash, base) in answer.needs {
             need.hashes.push(hotate_proto::hash_bytes(&hash));
             if let Some(base) = &base {
                 need.bases.push(hotate_proto::delta_base(&hash, base));
@@ -318,65 +370,86 @@ impl Upload {
     }
 
     /// Takes a finished verification; commits the group when it is full or nothing else
-    /// is being verified.
+    /// is being verified, unless a commit is in flight (its end starts the next one). A
+    /// full group waits for the commit in flight.
     async fn verified(
         &mut self,
         done: Result<Result<(VerifiedChunk, u64), ServerError>, tokio::task::JoinError>,
     ) -> Result<(), Status> {
         self.verified.push(done.map_err(ServerError::from)??);
         let bytes: u64 = self.verified.iter().map(|(_, received)| received).sum();
-        if self.verified.len() >= GROUP_COMMIT
-            || bytes >= GROUP_COMMIT_BYTES
-            || self.verifying.is_empty()
-        {
-            self.commit_group().await?;
+        let full = self.verified.len() >= GROUP_COMMIT || bytes >= GROUP_COMMIT_BYTES;
+        if full {
+            while let Some(done) = self.committing.join_next().await {
+                self.committed(done).await?;
+            }
+        }
+        if (full || self.verifying.is_empty()) && self.committing.is_empty() {
+            self.start_commit();
         }
         Ok(())
     }
 
-    /// Stores the verified chunks durably in one group, then acknowledges them.
-    async fn commit_group(&mut self) -> Result<(), Status> {
+    /// Stores the verified chunks durably in one group and counts them, in the
+    /// background.
+    fn start_commit(&mut self) {
         if self.verified.is_empty() {
-            return Ok(());
+            return;
         }
         let group = std::mem::take(&mut self.verified);
-        let store = self.data.store.clone();
-        let group = blocking(move || {
+        let data = self.data.clone();
+        let guid = self.update.guid.clone();
+        self.committing.spawn_blocking(move || {
             let chunks: Vec<VerifiedChunk> = group.iter().map(|(c, _)| c.clone()).collect();
-            store.put_many(&chunks)?;
+            data.store.put_many(&chunks)?;
+            let bytes = group.iter().map(|(_, received)| received).sum();
+            data.meta.add_received(&guid, group.len() as u64, bytes)?;
             Ok(group)
-        })
-        .await?;
+        });
+    }
+
+    /// Takes a durable group (its chunks are no longer pending), commits what verified
+    /// meanwhile, and acknowledges the group.
+    async fn committed(
+        &mut self,
+        done: Result<Result<Vec<(VerifiedChunk, u64)>, ServerError>, tokio::task::JoinError>,
+    ) -> Result<(), Status> {
+        let group = done.map_err(ServerError::from)??;
         let mut stored = pb::Stored::default();
         for (chunk, bytes) in &group {
             self.pending.remove(&chunk.hash());
             stored.hashes.push(hotate_proto::hash_bytes(&chunk.hash()));
             stored.bytes += bytes;
         }
-        self.unflushed.0 += group.len() as u64;
-        self.unflushed.1 += stored.bytes;
-        if self.unflushed.0 >= COUNTER_FLUSH {
-            self.flush_counters().await?;
-        }
+        self.start_commit();
         self.send(upload_reply::Kind::Stored(stored)).await
     }
 
-    /// Waits for the verifications in flight and stores what they verified.
+    /// Waits for the offers and verifications in flight and stores what was verified.
     async fn drain(&mut self) -> Result<(), Status> {
+        while let Some(done) = self.answering.join_next().await {
+            done.map_err(ServerError::from)??;
+        }
         while let Some(done) = self.verifying.join_next().await {
             self.verified.push(done.map_err(ServerError::from)??);
         }
-        self.commit_group().await
+        self.commit_all().await
     }
 
-    async fn flush_counters(&mut self) -> Result<(), Status> {
-        let (chunks, bytes) = std::mem::take(&mut self.unflushed);
-        if chunks == 0 {
-            return Ok(());
+    /// Commits every verified chunk and waits until all are durable, acknowledging them
+    /// while the client listens.
+    async fn commit_all(&mut self) -> Result<(), Status> {
+        self.start_commit();
+        let mut result = Ok(());
+        while let Some(done) = self.committing.join_next().await {
+            match self.committed(done).await {
+                // The client went away: the rest is stored all the same.
+                Err(status) if status.code() == tonic::Code::Cancelled => {}
+                Err(status) => result = result.and(Err(status)),
+                Ok(()) => {}
+            }
         }
-        let data = self.data.clone();
-        let guid = self.update.guid.clone();
-        blocking(move || data.meta.add_received(&guid, chunks, bytes)).await
+        result
     }
 
     async fn finish(&mut self, finish: pb::Finish) -> Result<(), Status> {
@@ -388,7 +461,6 @@ impl Upload {
             ))
             .into());
         }
-        self.flush_counters().await?;
         let client_root = hotate_proto::parse_hash(&finish.root)
             .map_err(|e| ServerError::BadRequest(e.to_string()))?;
         let data = self.data.clone();

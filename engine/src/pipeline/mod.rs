@@ -256,24 +256,22 @@ fn read_span(
 ) -> Result<(Vec<Hashed>, u64), PipelineError> {
     let start = geometry.range(blocks.start).start;
     let len = (geometry.range(blocks.end - 1).end - start) as usize;
-    let span = match source.in_memory() {
-        Some(image) => {
-            let range = start as usize..start as usize + len;
-            if range.end > image.len() {
-                return Err(PipelineError::Read {
-                    offset: start,
-                    source: std::io::ErrorKind::UnexpectedEof.into(),
-                });
+    let read_error = |source| PipelineError::Read {
+        offset: start,
+        source,
+    };
+    let span = match source.map_at(start, len) {
+        Some(mapped) => {
+            let mapped = mapped.map_err(read_error)?;
+            if mapped.len() != len {
+                return Err(read_error(std::io::ErrorKind::UnexpectedEof.into()));
             }
-            lease.hold(image.slice(range))
+            lease.hold(mapped)
         }
         None => {
             source
                 .read_at(start, len, lease.buf_mut())
-                .map_err(|source| PipelineError::Read {
-                    offset: start,
-                    source,
-                })?;
+                .map_err(read_error)?;
             lease.into_bytes()
         }
     };

@@ -27,10 +27,14 @@ pub trait ImageSource: Send + Sync {
     /// On an IO error while probing.
     fn data_extents(&self) -> io::Result<Vec<Range<u64>>>;
 
-    /// The whole image as bytes already in memory, where the image lives in memory (a
-    /// raw file on tmpfs): the pipeline then uses its blocks in place instead of reading
-    /// copies. `None` (the default) for images on a device.
-    fn in_memory(&self) -> Option<Bytes> {
+    /// The bytes at `offset` in place, where the image lives in memory (a raw file on
+    /// tmpfs): the pipeline then uses them instead of reading copies. `None` (the
+    /// default) for images on a device.
+    ///
+    /// # Errors
+    /// As [`ImageSource::read_at`].
+    fn map_at(&self, offset: u64, len: usize) -> Option<io::Result<Bytes>> {
+        let _ = (offset, len);
         None
     }
 

@@ -18,8 +18,6 @@ pub struct RawImage {
     path: PathBuf,
     file: PositionalFile,
     size: u64,
-    /// The whole image, where it lives in memory.
-    mapped: Option<Bytes>,
 }
 
 impl RawImage {
@@ -37,12 +35,10 @@ impl RawImage {
         }
         let file = PositionalFile::open(path)?;
         let size = file.file_len()?;
-        let mapped = file.map_if_in_memory()?.map(Bytes::from_owner);
         Ok(Self {
             path: path.to_owned(),
             file,
             size,
-            mapped,
         })
     }
 
@@ -60,8 +56,13 @@ impl ImageSource for RawImage {
         self.file.data_extents()
     }
 
-    fn in_memory(&self) -> Option<Bytes> {
-        self.mapped.clone()
+    fn map_at(&self, offset: u64, len: usize) -> Option<io::Result<Bytes>> {
+        self.file.is_in_memory().then(|| {
+            self.file
+                .map_at(offset, len)
+                .map(Bytes::from_owner)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
+        })
     }
 
     fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()> {
