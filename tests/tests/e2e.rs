@@ -5,6 +5,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
+use hotate_engine::{Frame, Hash};
 use hotate_tests::harness::{Server, Site, Terminal, admin, admin_ok, text};
 use hotate_tests::images::{self, ImagePair};
 
@@ -74,6 +76,25 @@ fn reported_sent(out: &std::process::Output) -> f64 {
         .parse::<f64>()
         .expect("float")
         * 1e6
+}
+
+/// Bytes the blocks of `updated` that the server lacks would take sent whole, each
+/// compressed on its own as the client does.
+fn whole_chunk_bytes(base: &Path, updated: &Path, block: usize) -> usize {
+    let base = std::fs::read(base).expect("base");
+    let updated = std::fs::read(updated).expect("updated");
+    let held: std::collections::HashSet<_> = base.chunks(block).map(Hash::of).collect();
+    let mut sent = std::collections::HashSet::new();
+    updated
+        .chunks(block)
+        .filter(|b| b.iter().any(|&x| x != 0))
+        .filter(|b| !held.contains(&Hash::of(b)) && sent.insert(Hash::of(b)))
+        .map(|b| {
+            Frame::encode(bytes::Bytes::copy_from_slice(b), DEFAULT_ZSTD_LEVEL)
+                .payload
+                .len()
+        })
+        .sum()
 }
 
 /// Exports the latest version of disk `win10` and compares it with `image`.
@@ -614,10 +635,18 @@ fn a_real_filesystem_update_round_trips() {
     assert_ok(&finish);
     let exported = site.export("ubuntu", None, &dir.path().join("latest.img"));
     same_file(&exported, &pair.updated);
-    // Only the changes travel: far less than the image.
+    // Only the changes travel: far less than the image, and a changed block only as the
+    // pages that differ from the block it replaces.
     assert!(
         reported_sent(&finish) < 0.5 * (64 << 20) as f64,
         "{} ({})",
+        text(&finish),
+        pair.kind
+    );
+    let whole = whole_chunk_bytes(&pair.base, &pair.updated, 1 << 20);
+    assert!(
+        reported_sent(&finish) < 0.8 * whole as f64,
+        "{} vs {whole} bytes as whole chunks ({})",
         text(&finish),
         pair.kind
     );
