@@ -6,7 +6,8 @@
 //! - offers are persisted and answered (`OFFER_JOBS` at a time) with the hashes the store
 //!   lacks and this session has not already asked for, each with the page digests of
 //!   the base version's block at its index where that block had content, so the client
-//!   may send only the changed pages;
+//!   may send only the changed pages (the base blocks read for that are kept, within
+//!   `BASE_CACHE_BYTES`, until their chunks arrive);
 //! - chunks (whole, or deltas rebuilt against their base) are verified, `VERIFY_JOBS` at
 //!   a time;
 //! - verified chunks are stored durably in groups (one group commit for up to
@@ -20,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
 use hotate_engine::{
     Base, ChunkStore, Entry, Hash, Incoming, Manifest, Offer, PageDigests, VerifiedChunk,
@@ -44,6 +46,9 @@ const GROUP_COMMIT: usize = 64;
 /// ...or fewer when they reach this many received bytes. While one group commits the
 /// next fills, and a full group waits for it: at most two groups per upload in memory.
 const GROUP_COMMIT_BYTES: u64 = 8 << 20;
+/// Bytes of base blocks kept from an offer's answer until their delta arrives (beyond
+/// it, a delta's base is read again from the store).
+const BASE_CACHE_BYTES: usize = 32 << 20;
 /// Replies queued towards the client.
 const REPLY_QUEUE: usize = 256;
 /// Size of the parts a manifest is sent in.
@@ -139,6 +144,7 @@ impl Transfer for TransferService {
             pending: HashMap::new(),
             answering: JoinSet::new(),
             asking: HashSet::new(),
+            base_cache: BaseCache::default(),
             verifying: JoinSet::new(),
             verified: Vec::new(),
             committing: JoinSet::new(),
@@ -160,7 +166,29 @@ impl Transfer for TransferService {
 struct Answer {
     batch: u64,
     candidates: Vec<Hash>,
-    needs: Vec<(Hash, Option<Base>)>,
+    needs: Vec<(Hash, Option<(Base, Bytes)>)>,
+}
+
+/// Base blocks read to answer offers, kept for the deltas that will use them.
+#[derive(Default)]
+struct BaseCache {
+    blocks: HashMap<Hash, Bytes>,
+    bytes: usize,
+}
+
+impl BaseCache {
+    fn keep(&mut self, hash: Hash, content: Bytes) {
+        if self.bytes + content.len() <= BASE_CACHE_BYTES && !self.blocks.contains_key(&hash) {
+            self.bytes += content.len();
+            self.blocks.insert(hash, content);
+        }
+    }
+
+    fn take(&mut self, hash: &Hash) -> Option<Bytes> {
+        let content = self.blocks.remove(hash)?;
+        self.bytes -= content.len();
+        Some(content)
+    }
 }
 
 fn reply(kind: upload_reply::Kind) -> pb::UploadReply {
@@ -179,6 +207,8 @@ struct Upload {
     answering: JoinSet<Result<Answer, ServerError>>,
     /// Hashes in offers still being answered: a later offer does not ask for them again.
     asking: HashSet<Hash>,
+    /// The bases named in answers, until their chunks arrive.
+    base_cache: BaseCache,
     /// Verify jobs in flight; each yields the chunk and its bytes as received.
     verifying: JoinSet<Result<(VerifiedChunk, u64), ServerError>>,
     /// Verified chunks waiting for the next group commit.
@@ -283,10 +313,11 @@ impl Upload {
                     let base = replaced.get(&hash).and_then(|old| {
                         // Without a readable base the chunk simply travels whole.
                         let content = data.store.get(old, max_len).ok()?;
-                        Some(Base {
+                        let base = Base {
                             hash: *old,
                             pages: PageDigests::of(&content),
-                        })
+                        };
+                        Some((base, content))
                     });
                     (hash, base)
                 })
@@ -316,10 +347,12 @@ impl Upload {
         };
         for (hash, base) in answer.needs {
             need.hashes.push(hotate_proto::hash_bytes(&hash));
-            if let Some(base) = &base {
-                need.bases.push(hotate_proto::delta_base(&hash, base));
-            }
-            self.pending.insert(hash, base.map(|b| b.hash));
+            let base = base.map(|(base, content)| {
+                need.bases.push(hotate_proto::delta_base(&hash, &base));
+                self.base_cache.keep(base.hash, content);
+                base.hash
+            });
+            self.pending.insert(hash, base);
         }
         self.send(upload_reply::Kind::Need(need)).await
     }
@@ -331,7 +364,7 @@ impl Upload {
             Incoming::Whole(whole) => (whole.hash, None),
             Incoming::Delta(delta) => (delta.hash, Some(delta.delta.base)),
         };
-        match self.pending.get(&hash) {
+        let cached = match self.pending.get(&hash) {
             None => {
                 return Err(ServerError::BadRequest(format!(
                     "chunk {} was not asked for",
@@ -346,8 +379,9 @@ impl Upload {
                 ))
                 .into());
             }
-            Some(_) => {}
-        }
+            // The chunk came: its base leaves the cache, used or not.
+            Some(offered) => offered.and_then(|b| self.base_cache.take(&b)),
+        };
         while self.verifying.len() >= VERIFY_JOBS {
             if let Some(done) = self.verifying.join_next().await {
                 self.verified(done).await?;
@@ -362,7 +396,10 @@ impl Upload {
             }
             Incoming::Delta(delta) => {
                 let received = delta.delta.encoded_len() as u64;
-                let base = store.get(&delta.delta.base, max_len)?;
+                let base = match cached {
+                    Some(base) => base,
+                    None => store.get(&delta.delta.base, max_len)?,
+                };
                 Ok((delta.verify(&base, max_len, DEFAULT_ZSTD_LEVEL)?, received))
             }
         });

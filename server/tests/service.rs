@@ -160,10 +160,13 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_of(base_image())
+}
+
+fn fixture_of(base: Vec<u8>) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let work = dir.path().to_owned();
-    let base = base_image();
     std::fs::write(work.join("base.img"), &base).expect("write base");
     admin_ok(&data, &["user", "add", "coadmin"]);
     let out = admin_ok(
@@ -522,6 +525,37 @@ async fn a_whole_upload_then_start_refused_for_the_old_version_and_a_second_term
     assert_eq!(listed[1]["id"], version.as_str());
     assert_eq!(listed[1]["parent"], f.first_version.as_str());
     assert_eq!(listed[1]["terminal"], "PC-001");
+}
+
+#[tokio::test]
+async fn two_blocks_changed_from_one_shared_base_both_travel_as_deltas() {
+    // Blocks 1 and 2 of the base are equal; the update changes each differently, so both
+    // deltas name the same base (the second reads it from the store, not the cache).
+    let mut base = base_image();
+    base.copy_within(BLOCK..2 * BLOCK, 2 * BLOCK);
+    let f = fixture_of(base);
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let mut updated = f.base.clone();
+    updated[BLOCK + 10] ^= 1;
+    updated[2 * BLOCK + 20_000] ^= 1;
+    let parent = parent_manifest(&f);
+    let session = upload(
+        &server,
+        &token,
+        &guid,
+        &parent,
+        &updated,
+        usize::MAX,
+        |_| {},
+    )
+    .await;
+    assert!(session.error.is_none(), "{:?}", session.error);
+    assert_eq!(session.deltas, 2);
+    assert_eq!(export(&f, &session.version.expect("committed")), updated);
 }
 
 #[tokio::test]
