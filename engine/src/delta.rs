@@ -213,6 +213,7 @@ impl Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::Codec;
     use crate::testdata::{SIZES, pattern};
     use proptest::prelude::*;
 
@@ -281,6 +282,27 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn hostile_deltas_are_refused_without_panic(
+            base_len in 0usize..5 * PAGE,
+            changed in prop::collection::vec(any::<u8>(), 0..4),
+            pages in prop::collection::vec(any::<u8>(), 0..3 * PAGE),
+            zstd in any::<bool>(),
+        ) {
+            let base = pattern(base_len, 8);
+            let delta = Delta {
+                base: Hash::of(&base),
+                changed: Bytes::from(changed),
+                pages: Frame {
+                    codec: if zstd { Codec::Zstd } else { Codec::Raw },
+                    payload: Bytes::from(pages),
+                },
+            };
+            if let Ok(block) = delta.apply(&base, 5 * PAGE) {
+                prop_assert_eq!(block.len(), base.len());
+            }
+        }
+
         #[test]
         fn deltas_rebuild_the_block(
             pages in 1usize..24,
