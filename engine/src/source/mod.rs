@@ -33,8 +33,7 @@ pub trait ImageSource: Send + Sync {
     ///
     /// # Errors
     /// As [`ImageSource::read_at`].
-    fn map_at(&self, offset: u64, len: usize) -> Option<io::Result<Bytes>> {
-        let _ = (offset, len);
+    fn map_at(&self, _offset: u64, _len: usize) -> Option<io::Result<Bytes>> {
         None
     }
 
