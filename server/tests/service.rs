@@ -249,6 +249,17 @@ struct Session {
     error: Option<tonic::Status>,
 }
 
+/// Runs one whole upload session of `image` against `parent`, untampered.
+async fn upload_all(
+    server: &Server,
+    token: &str,
+    guid: &str,
+    parent: &Manifest,
+    image: &[u8],
+) -> Session {
+    upload(server, token, guid, parent, image, usize::MAX, |_| {}).await
+}
+
 /// Runs one upload session of `image` against `parent`; sends at most `send_limit`
 /// chunks and then drops the stream (an interruption), and finishes only when all went.
 /// `tamper` may damage a chunk before it is sent.
@@ -477,16 +488,7 @@ async fn a_whole_upload_then_start_refused_for_the_old_version_and_a_second_term
     assert!(busy.message().contains("PC-001"), "{}", busy.message());
 
     let updated = updated_image(&f.base, 0x5a);
-    let session = upload(
-        &server,
-        &token,
-        &guid,
-        &parent_manifest(&f),
-        &updated,
-        usize::MAX,
-        |_| {},
-    )
-    .await;
+    let session = upload_all(&server, &token, &guid, &parent_manifest(&f), &updated).await;
     assert!(session.error.is_none(), "{:?}", session.error);
     // Each odd block that had content changed one byte (but block 3, now zero): it
     // travels as one page.
@@ -543,16 +545,7 @@ async fn two_blocks_changed_from_one_shared_base_both_travel_as_deltas() {
     updated[BLOCK + 10] ^= 1;
     updated[2 * BLOCK + 20_000] ^= 1;
     let parent = parent_manifest(&f);
-    let session = upload(
-        &server,
-        &token,
-        &guid,
-        &parent,
-        &updated,
-        usize::MAX,
-        |_| {},
-    )
-    .await;
+    let session = upload_all(&server, &token, &guid, &parent, &updated).await;
     assert!(session.error.is_none(), "{:?}", session.error);
     assert_eq!(session.deltas, 2);
     assert_eq!(export(&f, &session.version.expect("committed")), updated);
@@ -585,16 +578,7 @@ async fn an_upload_cut_mid_stream_resumes_without_resending_and_survives_a_resta
     // Restart the server: stored chunks and the update survive; the token too.
     drop(server);
     server = Server::start(&f.data);
-    let third = upload(
-        &server,
-        &token,
-        &guid,
-        &parent,
-        &updated,
-        usize::MAX,
-        |_| {},
-    )
-    .await;
+    let third = upload_all(&server, &token, &guid, &parent, &updated).await;
     assert_eq!(third.needed, total - 12);
     assert!(third.error.is_none(), "{:?}", third.error);
     let version = third.version.expect("committed");
@@ -682,16 +666,7 @@ async fn corrupt_and_oversized_chunks_are_rejected_and_nothing_is_damaged() {
     assert!(err.message().contains("block size"), "{}", err.message());
 
     // A clean run still completes, and the base version is untouched.
-    let clean = upload(
-        &server,
-        &token,
-        &guid,
-        &parent,
-        &updated,
-        usize::MAX,
-        |_| {},
-    )
-    .await;
+    let clean = upload_all(&server, &token, &guid, &parent, &updated).await;
     assert!(clean.error.is_none(), "{:?}", clean.error);
     assert_eq!(export(&f, &clean.version.expect("committed")), updated);
     assert_eq!(export(&f, &f.first_version), f.base);
@@ -731,14 +706,12 @@ async fn a_terminal_cannot_touch_another_terminals_update() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let attempt = upload(
+    let attempt = upload_all(
         &server,
         &intruder,
         &guid,
         &parent_manifest(&f),
         &updated_image(&f.base, 3),
-        usize::MAX,
-        |_| {},
     )
     .await;
     assert_eq!(
@@ -804,16 +777,7 @@ async fn admin_commands_work_while_serving_and_abort_discards_a_half_done_upload
     assert!(String::from_utf8_lossy(&again.stderr).contains("no update in progress"));
 
     // The aborted upload is refused; a new update can start and finish.
-    let refused = upload(
-        &server,
-        &token,
-        &guid,
-        &parent,
-        &updated,
-        usize::MAX,
-        |_| {},
-    )
-    .await;
+    let refused = upload_all(&server, &token, &guid, &parent, &updated).await;
     assert_eq!(
         refused.error.expect("refused").code(),
         Code::FailedPrecondition
@@ -821,16 +785,7 @@ async fn admin_commands_work_while_serving_and_abort_discards_a_half_done_upload
     let fresh = start(&server, &token, &f.disk_id, &f.first_version)
         .await
         .expect("start again");
-    let done = upload(
-        &server,
-        &token,
-        &fresh,
-        &parent,
-        &updated,
-        usize::MAX,
-        |_| {},
-    )
-    .await;
+    let done = upload_all(&server, &token, &fresh, &parent, &updated).await;
     assert!(done.error.is_none(), "{:?}", done.error);
     assert!(
         done.needed < half.needed,
