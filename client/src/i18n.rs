@@ -221,6 +221,44 @@ impl Lang {
             ),
         )
     }
+    pub fn adopted(self, guid: &str) -> String {
+        self.pick(
+            format!(
+                "This terminal already held the disk (DataWriteGuid {guid}) from an update start that was interrupted; that update is taken back."
+            ),
+            format!(
+                "中断された更新開始でこの端末が確保していたディスク (DataWriteGuid {guid}) を引き継ぎます。"
+            ),
+        )
+    }
+    pub fn update_ended(self, state: &str) -> String {
+        match state {
+            "cancelled" => self.pick(
+                "The update was cancelled on the server. Run `hotate-client update cancel` to restore this terminal, then `hotate-client update start` again.",
+                "サーバー側で更新がキャンセルされました。`hotate-client update cancel` で端末を元に戻してから、再度 `hotate-client update start` を実行してください。",
+            ),
+            _ => self.pick(
+                "The update was aborted on the server by an administrator. Run `hotate-client update cancel` to restore this terminal, then `hotate-client update start` again.",
+                "管理者によりサーバー側で更新が中止されました。`hotate-client update cancel` で端末を元に戻してから、再度 `hotate-client update start` を実行してください。",
+            ),
+        }
+    }
+    pub fn taken_over(self) -> String {
+        self.pick(
+            "Another `update finish` of this update took over the upload, so this one stopped. What it sent is kept on the server; let the other finish complete.",
+            "この更新の別の `update finish` がアップロードを引き継いだため、こちらは停止しました。送信済みのデータはサーバーに保持されています。もう一方の完了をお待ちください。",
+        )
+    }
+    pub fn already_committed(self, version: &str) -> String {
+        self.pick(
+            format!(
+                "The update cannot be cancelled: the server already committed it as version {version}. This terminal is left as after `update finish`."
+            ),
+            format!(
+                "サーバーはすでにこの更新をバージョン {version} として確定しているため、キャンセルできません。端末は `update finish` 完了後と同じ状態にしました。"
+            ),
+        )
+    }
     pub fn cancelled(self) -> String {
         self.pick("Update cancelled.", "更新停止状態に変更しました。")
     }

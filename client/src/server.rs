@@ -147,6 +147,10 @@ pub fn explain(status: &Status, lang: Lang, url: &str) -> anyhow::Error {
             lang.disk_busy(&meta("hotate-terminal").unwrap_or_default())
         }
         Code::Unauthenticated if status.message().contains("password") => lang.bad_login(),
+        Code::FailedPrecondition if meta("hotate-update-state").is_some() => {
+            lang.update_ended(&meta("hotate-update-state").unwrap_or_default())
+        }
+        Code::Aborted if meta("hotate-taken-over").is_some() => lang.taken_over(),
         Code::Unavailable => return Unreachable(lang.unreachable(url, status.message())).into(),
         _ => status.message().to_owned(),
     };

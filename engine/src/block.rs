@@ -216,6 +216,21 @@ impl VerifiedChunk {
         self.len
     }
 
+    /// Refuses a chunk whose content is not exactly its block's length.
+    ///
+    /// # Errors
+    /// `WrongLength` when it differs.
+    pub fn check_len(self, expected: usize) -> Result<Self, ChunkError> {
+        if self.len == expected {
+            Ok(self)
+        } else {
+            Err(ChunkError::WrongLength {
+                expected,
+                actual: self.len,
+            })
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -255,6 +270,8 @@ pub enum ChunkError {
     Corrupt(String),
     #[error("chunk content hashes to {actual}, not the claimed {claimed}")]
     HashMismatch { claimed: Hash, actual: Hash },
+    #[error("chunk has {actual} bytes, its block {expected}")]
+    WrongLength { expected: usize, actual: usize },
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::auth;
 use crate::data::DataDir;
 use crate::meta::UpdateState;
+use crate::upkeep::{self, VerifyReport};
 
 fn time_text(secs: i64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
@@ -110,11 +111,13 @@ pub fn disk_list(data: &Path, json: bool) -> anyhow::Result<()> {
         rows.push((disk, latest));
     }
     if json {
+        let stored = upkeep::stored_bytes_per_disk(&dir)?;
         let list: Vec<_> = rows
             .iter()
             .map(|(d, v)| {
                 json!({"id": d.id, "name": d.name, "size": d.size, "block_size": d.block_size,
-                       "latest_version": v.id})
+                       "latest_version": v.id,
+                       "stored_bytes": stored.get(&d.id).copied().unwrap_or(0)})
             })
             .collect();
         return print_json(&json!(list));
@@ -233,6 +236,165 @@ pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
     println!(
         "Aborted update {} of {} from terminal {}. The terminal can run `hotate-client update cancel`, then start again.",
         live.guid, disk.name, live.terminal
+    );
+    Ok(())
+}
+
+/// `disk delete DISK [--force]`: the disk, its versions and updates; `--force` aborts a
+/// live update first. Chunks go with the next `store gc`.
+pub fn disk_delete(data: &Path, disk: &str, force: bool) -> anyhow::Result<()> {
+    let dir = open_existing(data)?;
+    let disk = dir.meta.disk(disk)?;
+    if let Some(live) = dir.meta.live_update(&disk.id)? {
+        if !force {
+            bail!(
+                "disk {} has an update in progress from terminal {}: finish or cancel it, or pass --force to abort it",
+                disk.name,
+                live.terminal
+            );
+        }
+        dir.meta.set_state(&live.guid, UpdateState::Aborted)?;
+    }
+    let versions = dir.meta.delete_disk(&disk.id)?;
+    let _ = std::fs::remove_dir_all(dir.manifest_dir(&disk.id));
+    println!(
+        "Deleted disk {} ({}) and its {versions} versions. `hotate-server store gc` frees the space.",
+        disk.name, disk.id
+    );
+    Ok(())
+}
+
+/// `version delete DISK VERSION`: refused for the latest version and the base of a live
+/// update. Chunks go with the next `store gc`.
+pub fn version_delete(data: &Path, disk: &str, version: &str) -> anyhow::Result<()> {
+    let dir = open_existing(data)?;
+    let disk = dir.meta.disk(disk)?;
+    dir.meta.delete_version(&disk.id, version)?;
+    let _ = std::fs::remove_file(
+        dir.manifest_dir(&disk.id)
+            .join(format!("{version}.manifest")),
+    );
+    println!(
+        "Deleted version {version} of {}. `hotate-server store gc` frees the space.",
+        disk.name
+    );
+    Ok(())
+}
+
+/// `store verify [--all]`: exits 1 (by error) when anything is damaged or missing.
+pub fn store_verify(data: &Path, all: bool, json: bool) -> anyhow::Result<()> {
+    let dir = open_existing(data)?;
+    let show = std::io::stderr().is_terminal();
+    let last = std::sync::Mutex::new(std::time::Instant::now());
+    let progress = |done: u64, total: u64, bytes: u64| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if show && (last.elapsed() > Duration::from_millis(200) || done == total) {
+            *last = std::time::Instant::now();
+            eprint!(
+                "\rVerifying: {done} / {total} chunks, {} MB",
+                bytes / 1_000_000
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let report = upkeep::verify(&dir, all, &progress)?;
+    if json {
+        print_json(&json!({
+            "chunks_checked": report.chunks_checked,
+            "bytes_checked": report.bytes_checked,
+            "damaged": report.damaged,
+            "missing": report.missing,
+            "unreadable_manifests": report.unreadable_manifests,
+        }))?;
+    } else {
+        print_verify(&report);
+    }
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(anyhow::Error::new(VerifyFailed))
+    }
+}
+
+/// `store verify` found damage; its report is already printed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the store has damaged or missing chunks (damaged ones are quarantined: upload or import that content again to heal the versions named)"
+)]
+pub struct VerifyFailed;
+
+fn print_verify(report: &VerifyReport) {
+    println!(
+        "Checked {} chunks ({} bytes of content).",
+        report.chunks_checked, report.bytes_checked
+    );
+    for (what, list) in [("Damaged", &report.damaged), ("Missing", &report.missing)] {
+        for broken in list {
+            let versions: Vec<String> = broken
+                .versions
+                .iter()
+                .map(|v| format!("{}/{}", v.disk, v.version))
+                .collect();
+            println!(
+                "{what} chunk {} ({}); breaks versions: {}",
+                broken.hash,
+                broken.reason,
+                if versions.is_empty() {
+                    "none".to_owned()
+                } else {
+                    versions.join(", ")
+                }
+            );
+        }
+    }
+    for v in &report.unreadable_manifests {
+        println!(
+            "Version {}/{}: its manifest is missing or damaged",
+            v.disk, v.version
+        );
+    }
+    if report.is_clean() {
+        println!("All is well.");
+    }
+}
+
+/// `store gc [--dry-run]`.
+pub fn store_gc(data: &Path, dry_run: bool, json: bool) -> anyhow::Result<()> {
+    let dir = open_existing(data)?;
+    let report = upkeep::gc(&dir, dry_run)?;
+    if json {
+        return print_json(&serde_json::to_value(&report)?);
+    }
+    if dry_run {
+        println!(
+            "Would delete {} unreferenced chunks ({} bytes).",
+            report.chunks_deleted, report.bytes_freed
+        );
+    } else {
+        println!(
+            "Deleted {} unreferenced chunks, {} temp files and {} orphan manifests; freed {} bytes. Pruned {} ended updates.",
+            report.chunks_deleted,
+            report.temp_files_deleted,
+            report.manifests_deleted,
+            report.bytes_freed,
+            report.updates_pruned
+        );
+    }
+    Ok(())
+}
+
+/// `store stats`.
+pub fn store_stats(data: &Path, json: bool) -> anyhow::Result<()> {
+    let dir = open_existing(data)?;
+    let stats = upkeep::stats(&dir)?;
+    if json {
+        return print_json(&serde_json::to_value(&stats)?);
+    }
+    println!(
+        "{} chunks, {} bytes; unreferenced: {} chunks, {} bytes (`store gc` deletes them).",
+        stats.chunks, stats.bytes, stats.unreferenced_chunks, stats.unreferenced_bytes
     );
     Ok(())
 }

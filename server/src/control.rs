@@ -76,6 +76,7 @@ pub(crate) fn update_reply(row: UpdateRow) -> pb::Update {
         user: row.user,
         state: state.into(),
         new_version: row.new_version.unwrap_or_default(),
+        adopted: false,
     }
 }
 
@@ -129,15 +130,18 @@ impl Control for ControlService {
         let session = authenticate(&self.data, &request).await?;
         let req = request.into_inner();
         let data = self.data.clone();
-        let row = blocking(move || {
+        let (row, adopted) = blocking(move || {
             let disk = data.meta.disk(&req.disk_id)?;
             let guid = uuid::Uuid::new_v4().to_string();
             data.meta
                 .start_update(&disk.id, &req.booted_version, &session, &guid)
         })
         .await?;
-        tracing::info!(update = %row.guid, disk = %row.disk_id, terminal = %row.terminal, "update started");
-        Ok(Response::new(update_reply(row)))
+        tracing::info!(update = %row.guid, disk = %row.disk_id, terminal = %row.terminal, adopted, "update started");
+        Ok(Response::new(pb::Update {
+            adopted,
+            ..update_reply(row)
+        }))
     }
 
     async fn show_update(

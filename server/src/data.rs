@@ -42,6 +42,40 @@ impl DataDir {
         }))
     }
 
+    /// Locks the store against `store gc` while an import writes chunks that no version
+    /// names yet: imports share the lock, gc takes it alone. The lock goes with the
+    /// process, so a killed import never blocks gc.
+    ///
+    /// # Errors
+    /// When the lock file cannot be opened or locked.
+    pub fn lock_store(&self, exclusive: bool) -> Result<Option<File>, ServerError> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("store").join("gc.lock"))?;
+        let locked = if exclusive {
+            file.try_lock()
+        } else {
+            file.lock_shared().map_err(fs::TryLockError::Error)
+        };
+        match locked {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+
+    /// The directory of a disk's manifests.
+    pub fn manifest_dir(&self, disk_id: &str) -> PathBuf {
+        self.root.join("manifests").join(disk_id)
+    }
+
+    /// The directory holding every disk's manifest directory.
+    pub fn manifests_root(&self) -> PathBuf {
+        self.root.join("manifests")
+    }
+
     fn manifest_path(&self, disk_id: &str, version: &str) -> PathBuf {
         self.root
             .join("manifests")
@@ -115,6 +149,7 @@ impl DataDir {
         if self.meta.disk(name).is_ok() {
             return Err(ServerError::DiskExists(name.to_owned()));
         }
+        let _gc_lock = self.lock_store(false)?;
         let source = Arc::new(RawImage::open(image).map_err(|e| {
             ServerError::BadImage(format!("cannot open image {}: {e}", image.display()))
         })?);

@@ -3,6 +3,7 @@
 //! Messages say what happened and what to do next; the client shows them as they are.
 
 use hotate_engine::{ChunkError, ManifestError, StoreError};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::meta::UpdateState;
@@ -19,6 +20,8 @@ pub enum ServerError {
     DiskExists(String),
     #[error("unknown version {0}")]
     UnknownVersion(String),
+    #[error("cannot delete version {0}")]
+    VersionInUse(String),
     #[error("unknown update {0}: it may have been aborted; start a new update")]
     UnknownUpdate(String),
     #[error("the terminal did not boot the latest version (latest={latest}, booted={booted})")]
@@ -33,6 +36,12 @@ pub enum ServerError {
         owner: String,
         caller: String,
     },
+    #[error("the update was {} on the server while this upload ran", .0.as_str())]
+    UpdateEnded(UpdateState),
+    #[error("another finish took over this upload")]
+    TakenOver,
+    #[error("an import is writing to the store: run `store gc` again when it ends")]
+    StoreBusy,
     #[error("invalid request: {0}")]
     BadRequest(String),
     #[error("rejected chunk: {0}")]
@@ -92,8 +101,12 @@ impl From<ServerError> for Status {
             ServerError::NotLatest { .. }
             | ServerError::UpdateNotLive { .. }
             | ServerError::Incomplete(_)
-            | ServerError::RootMismatch(_) => Code::FailedPrecondition,
-            ServerError::DiskBusy { .. } => Code::Aborted,
+            | ServerError::RootMismatch(_)
+            | ServerError::VersionInUse(_) => Code::FailedPrecondition,
+            ServerError::DiskBusy { .. } | ServerError::TakenOver | ServerError::StoreBusy => {
+                Code::Aborted
+            }
+            ServerError::UpdateEnded(_) => Code::FailedPrecondition,
             ServerError::NotYourUpdate { .. } => Code::PermissionDenied,
             ServerError::BadRequest(_) | ServerError::BadChunk(_) | ServerError::BadImage(_) => {
                 Code::InvalidArgument
@@ -119,6 +132,17 @@ impl From<ServerError> for Status {
         {
             status.metadata_mut().insert("hotate-latest", l);
             status.metadata_mut().insert("hotate-booted", b);
+        }
+        if let ServerError::UpdateEnded(state) = &err {
+            status.metadata_mut().insert(
+                "hotate-update-state",
+                MetadataValue::from_static(state.as_str()),
+            );
+        }
+        if matches!(err, ServerError::TakenOver) {
+            status
+                .metadata_mut()
+                .insert("hotate-taken-over", MetadataValue::from_static("1"));
         }
         if let ServerError::DiskBusy { terminal } = &err
             && let Ok(t) = terminal.parse()

@@ -12,6 +12,7 @@ pub mod error;
 pub mod meta;
 pub mod serve;
 pub mod transfer;
+pub mod upkeep;
 
 pub use data::DataDir;
 pub use error::ServerError;

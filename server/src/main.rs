@@ -50,9 +50,39 @@ enum Command {
     /// Inspect and abort updates.
     #[command(subcommand)]
     Update(UpdateCommand),
+    /// Delete versions.
+    #[command(subcommand)]
+    Version(VersionCommand),
+    /// Verify, collect and count the chunk store.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Certificates for TLS.
     #[command(subcommand)]
     Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum VersionCommand {
+    /// Delete a version (not the latest, nor the base of an update in progress).
+    Delete { disk: String, version: String },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Read and check every referenced chunk; quarantine the damaged. Exit 1 on damage.
+    Verify {
+        /// Check every chunk in the store, referenced or not.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete chunks, temp files and manifests that nothing references.
+    Gc {
+        /// Count what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Chunks and bytes stored, and how many are unreferenced.
+    Stats,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +106,13 @@ enum DiskCommand {
     List,
     /// List a disk's versions, oldest first.
     Versions { disk: String },
+    /// Delete a disk with its versions (refused during an update unless --force).
+    Delete {
+        disk: String,
+        /// Abort the disk's update in progress first.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write a version as a raw image, every chunk verified.
     Export {
         disk: String,
@@ -165,6 +202,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             version,
             output,
         }) => admin::disk_export(&data, &disk, version.as_deref(), &output),
+        Command::Disk(DiskCommand::Delete { disk, force }) => {
+            admin::disk_delete(&data, &disk, force)
+        }
+        Command::Version(VersionCommand::Delete { disk, version }) => {
+            admin::version_delete(&data, &disk, &version)
+        }
+        Command::Store(StoreCommand::Verify { all }) => admin::store_verify(&data, all, cli.json),
+        Command::Store(StoreCommand::Gc { dry_run }) => admin::store_gc(&data, dry_run, cli.json),
+        Command::Store(StoreCommand::Stats) => admin::store_stats(&data, cli.json),
         Command::Update(UpdateCommand::List) => admin::update_list(&data, cli.json),
         Command::Update(UpdateCommand::Abort { disk }) => admin::update_abort(&data, &disk),
         Command::Cert(CertCommand::Generate { out, host }) => cert::generate(&out, &host),

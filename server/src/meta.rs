@@ -15,7 +15,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::ServerError;
 
 /// Schema migrations, applied in order; the index + 1 is the `user_version` after each.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE users (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -69,7 +70,16 @@ CREATE TABLE upload_entries (
     hash BLOB,
     PRIMARY KEY (guid, block_index)
 ) WITHOUT ROWID;
-"];
+",
+    r"
+-- Each opened upload stream is a session of its update. Entries keep the session that
+-- last offered them: finish uses the current session's, and store gc keeps the chunks
+-- of every session of a live update, so a resumed upload never loses what it sent.
+ALTER TABLE updates ADD COLUMN session INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE upload_entries ADD COLUMN session INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX upload_entries_by_hash ON upload_entries(hash);
+",
+];
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
@@ -148,6 +158,8 @@ pub struct UpdateRow {
     pub new_version: Option<String>,
     pub chunks_received: u64,
     pub bytes_received: u64,
+    /// The upload stream session that holds the update now.
+    pub session: u64,
 }
 
 /// A logged-in caller.
@@ -341,14 +353,15 @@ impl Meta {
     // --- updates ---
 
     /// Reserves a disk: refused unless `booted` is the latest version and no live update
-    /// holds the disk.
+    /// of another terminal or user holds the disk. Returns the update and whether it is
+    /// the caller's own live update, adopted rather than created.
     pub fn start_update(
         &self,
         disk_id: &str,
         booted: &str,
         session: &Session,
         guid: &str,
-    ) -> Result<UpdateRow, ServerError> {
+    ) -> Result<(UpdateRow, bool), ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let latest: String = tx.query_row(
@@ -363,6 +376,11 @@ impl Meta {
             });
         }
         if let Some(live) = live_update(&tx, disk_id)? {
+            // The same terminal and user starting again (a start killed before it
+            // recorded the update locally) take their own update back.
+            if live.terminal == session.terminal && live.user == session.user {
+                return Ok((live, true));
+            }
             return Err(ServerError::DiskBusy {
                 terminal: live.terminal,
             });
@@ -374,7 +392,7 @@ impl Meta {
         )?;
         let row = update_by_guid(&tx, guid)?;
         tx.commit()?;
-        Ok(row)
+        Ok((row, false))
     }
 
     pub fn update(&self, guid: &str) -> Result<UpdateRow, ServerError> {
@@ -415,30 +433,53 @@ impl Meta {
         Ok(row)
     }
 
-    /// Forgets the entries offered by earlier sessions of an upload (its chunks stay).
-    pub fn clear_offers(&self, guid: &str) -> Result<(), ServerError> {
-        self.conn()
-            .execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
-        Ok(())
+    /// Opens a new session of an uploading update; returns it with the session number.
+    /// Entries offered by earlier sessions stay (their chunks stay referenced) but no
+    /// longer count towards the manifest.
+    pub fn open_session(&self, guid: &str) -> Result<UpdateRow, ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row = update_by_guid(&tx, guid)?;
+        if row.state != UpdateState::Uploading {
+            return Err(ServerError::UpdateNotLive {
+                guid: guid.to_owned(),
+                state: row.state,
+            });
+        }
+        tx.execute(
+            "UPDATE updates SET session = session + 1, updated_at = ?2 WHERE guid = ?1",
+            params![guid, now()],
+        )?;
+        let row = update_by_guid(&tx, guid)?;
+        tx.commit()?;
+        Ok(row)
     }
 
-    /// Records offered entries in one transaction. Offers are re-sent by every upload
-    /// session, so this commit skips the fsync (`synchronous = NORMAL`): after a power
-    /// loss it may roll back, never corrupt, and the next session offers again.
-    pub fn record_offers(&self, guid: &str, offers: &[Offer]) -> Result<(), ServerError> {
+    /// Records entries offered by `session` in one transaction, refused when the update
+    /// ended or another session took it over. Offers are re-sent by every session, so
+    /// this commit skips the fsync (`synchronous = NORMAL`): after a power loss it may
+    /// roll back, never corrupt, and the next session offers again.
+    pub fn record_offers(
+        &self,
+        guid: &str,
+        session: u64,
+        offers: &[Offer],
+    ) -> Result<(), ServerError> {
         let mut conn = self.conn();
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = record_offers(&mut conn, guid, offers);
+        let result = record_offers(&mut conn, guid, session, offers);
         conn.pragma_update(None, "synchronous", "FULL")?;
         result
     }
 
-    pub fn offers(&self, guid: &str) -> Result<Vec<Offer>, ServerError> {
+    /// The entries offered by one session of an upload, by block index.
+    pub fn offers(&self, guid: &str, session: u64) -> Result<Vec<Offer>, ServerError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT block_index, hash FROM upload_entries WHERE guid = ?1 ORDER BY block_index",
+            "SELECT block_index, hash FROM upload_entries WHERE guid = ?1 AND session = ?2
+             ORDER BY block_index",
         )?;
-        let rows = stmt.query_map([guid], |r| {
+        let rows = stmt.query_map(params![guid, session as i64], |r| {
             let index: i64 = r.get(0)?;
             let hash: Option<Vec<u8>> = r.get(1)?;
             Ok((index as u64, hash))
@@ -466,8 +507,16 @@ impl Meta {
         Ok(())
     }
 
-    /// Commits an uploading update as `version`, atomically.
-    pub fn commit_update(&self, guid: &str, version: &VersionRow) -> Result<(), ServerError> {
+    /// Commits an uploading update as `version`, atomically. `write_manifest` runs inside
+    /// the transaction, so that `store gc` (which removes manifests no version names under
+    /// the same lock) never sees the manifest without its row, nor the row without it.
+    pub fn commit_update(
+        &self,
+        guid: &str,
+        session: u64,
+        version: &VersionRow,
+        write_manifest: impl FnOnce() -> Result<(), ServerError>,
+    ) -> Result<(), ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let row = update_by_guid(&tx, guid)?;
@@ -476,6 +525,9 @@ impl Meta {
                 guid: guid.to_owned(),
                 state: row.state,
             });
+        }
+        if row.session != session {
+            return Err(ServerError::TakenOver);
         }
         let latest: String = tx.query_row(
             "SELECT id FROM versions WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1",
@@ -488,6 +540,7 @@ impl Meta {
                 booted: row.base_version,
             });
         }
+        write_manifest()?;
         insert_version(&tx, version)?;
         tx.execute(
             "UPDATE updates SET state = 'committed', new_version = ?2, updated_at = ?3 WHERE guid = ?1",
@@ -496,6 +549,125 @@ impl Meta {
         tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
         tx.commit()?;
         Ok(())
+    }
+
+    // --- store upkeep ---
+
+    /// Versions committed after `seq` (0: all), each with its sequence number, oldest
+    /// first.
+    pub fn versions_since(&self, seq: i64) -> Result<Vec<(i64, VersionRow)>, ServerError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT seq, {} WHERE seq > ?1 ORDER BY seq",
+            VERSION_SELECT.trim_start_matches("SELECT ")
+        ))?;
+        let rows = stmt.query_map([seq], |r| {
+            let seq: i64 = r.get(0)?;
+            let row = version_row_at(r, 1)?;
+            Ok((seq, row))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Hashes offered by live updates, in any of their sessions: chunks that an upload
+    /// in progress has stored or counts on.
+    pub fn live_hashes(&self) -> Result<Vec<Hash>, ServerError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT e.hash FROM upload_entries e JOIN updates u ON u.guid = e.guid
+             WHERE u.state IN ('reserved', 'uploading') AND e.hash IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Some(hash) = Hash::from_slice(&row?) {
+                out.push(hash);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `work` holding the database's write lock (an immediate transaction that
+    /// changes nothing unless `work` does): uploads cannot record offers nor commit
+    /// versions meanwhile.
+    pub fn exclusive<T>(
+        &self,
+        work: impl FnOnce(&Locked<'_>) -> Result<T, ServerError>,
+    ) -> Result<T, ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = work(&Locked(&tx))?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Deletes a disk with its versions and updates; refused while an update is live.
+    pub fn delete_disk(&self, disk_id: &str) -> Result<usize, ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some(live) = live_update(&tx, disk_id)? {
+            return Err(ServerError::DiskBusy {
+                terminal: live.terminal,
+            });
+        }
+        tx.execute(
+            "DELETE FROM upload_entries WHERE guid IN (SELECT guid FROM updates WHERE disk_id = ?1)",
+            [disk_id],
+        )?;
+        tx.execute("DELETE FROM updates WHERE disk_id = ?1", [disk_id])?;
+        let versions = tx.execute("DELETE FROM versions WHERE disk_id = ?1", [disk_id])?;
+        tx.execute("DELETE FROM disks WHERE id = ?1", [disk_id])?;
+        tx.commit()?;
+        Ok(versions)
+    }
+
+    /// Deletes one version; refused for the latest and for the base of a live update.
+    pub fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let latest: String = tx.query_row(
+            "SELECT id FROM versions WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [disk_id],
+            |r| r.get(0),
+        )?;
+        if latest == id {
+            return Err(ServerError::VersionInUse(format!(
+                "{id} is the disk's latest version; terminals boot it"
+            )));
+        }
+        if let Some(live) = live_update(&tx, disk_id)?
+            && live.base_version == id
+        {
+            return Err(ServerError::VersionInUse(format!(
+                "{id} is the base of the update in progress from terminal {}",
+                live.terminal
+            )));
+        }
+        let deleted = tx.execute(
+            "DELETE FROM versions WHERE disk_id = ?1 AND id = ?2",
+            [disk_id, id],
+        )?;
+        if deleted == 0 {
+            return Err(ServerError::UnknownVersion(id.to_owned()));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes expired tokens and updates that ended before `before`; returns how many
+    /// updates went.
+    pub fn prune(&self, before: i64) -> Result<usize, ServerError> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM tokens WHERE expires_at < ?1", [now()])?;
+        conn.execute(
+            "DELETE FROM upload_entries WHERE guid IN (SELECT guid FROM updates
+             WHERE state NOT IN ('reserved', 'uploading') AND updated_at < ?1)",
+            [before],
+        )?;
+        Ok(conn.execute(
+            "DELETE FROM updates WHERE state NOT IN ('reserved', 'uploading') AND updated_at < ?1",
+            [before],
+        )?)
     }
 
     pub fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, ServerError> {
@@ -514,7 +686,7 @@ impl Meta {
 const VERSION_SELECT: &str = "SELECT disk_id, id, parent, comment, user, terminal, created_at,
     root, blocks_changed, bytes_stored FROM versions";
 const UPDATE_SELECT: &str = "SELECT guid, disk_id, base_version, terminal, user, state,
-    new_version, chunks_received, bytes_received FROM updates";
+    new_version, chunks_received, bytes_received, session FROM updates";
 
 fn disk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DiskRow> {
     Ok(DiskRow {
@@ -527,19 +699,73 @@ fn disk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DiskRow> {
 }
 
 fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
-    let root: Vec<u8> = r.get(7)?;
+    version_row_at(r, 0)
+}
+
+/// A version row whose columns start at `at`.
+fn version_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<VersionRow> {
+    let root: Vec<u8> = r.get(at + 7)?;
     Ok(VersionRow {
-        disk_id: r.get(0)?,
-        id: r.get(1)?,
-        parent: r.get(2)?,
-        comment: r.get(3)?,
-        user: r.get(4)?,
-        terminal: r.get(5)?,
-        created_at: r.get(6)?,
+        disk_id: r.get(at)?,
+        id: r.get(at + 1)?,
+        parent: r.get(at + 2)?,
+        comment: r.get(at + 3)?,
+        user: r.get(at + 4)?,
+        terminal: r.get(at + 5)?,
+        created_at: r.get(at + 6)?,
         root: Hash::from_slice(&root).unwrap_or(Hash::from_bytes([0; 32])),
-        blocks_changed: r.get::<_, i64>(8)? as u64,
-        bytes_stored: r.get::<_, i64>(9)? as u64,
+        blocks_changed: r.get::<_, i64>(at + 8)? as u64,
+        bytes_stored: r.get::<_, i64>(at + 9)? as u64,
     })
+}
+
+/// The database under its write lock, for [`Meta::exclusive`].
+#[derive(Debug)]
+pub struct Locked<'a>(&'a rusqlite::Transaction<'a>);
+
+impl Locked<'_> {
+    /// Whether a live update has offered this hash (in any session).
+    pub fn live_update_holds(&self, hash: &Hash) -> Result<bool, ServerError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT 1 FROM upload_entries e JOIN updates u ON u.guid = e.guid
+                 WHERE e.hash = ?1 AND u.state IN ('reserved', 'uploading') LIMIT 1",
+                [&hash.as_bytes()[..]],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    /// The sequence number of the newest version of any disk (0 when none).
+    pub fn newest_seq(&self) -> Result<i64, ServerError> {
+        Ok(self
+            .0
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM versions", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    pub fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, ServerError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT 1 FROM versions WHERE disk_id = ?1 AND id = ?2",
+                [disk_id, id],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    pub fn disk_exists(&self, disk_id: &str) -> Result<bool, ServerError> {
+        Ok(self
+            .0
+            .query_row("SELECT 1 FROM disks WHERE id = ?1", [disk_id], |_| Ok(true))
+            .optional()?
+            .unwrap_or(false))
+    }
 }
 
 fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
@@ -553,6 +779,7 @@ fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
         new_version: r.get(6)?,
         chunks_received: r.get::<_, i64>(7)? as u64,
         bytes_received: r.get::<_, i64>(8)? as u64,
+        session: r.get::<_, i64>(9)? as u64,
     })
 }
 
@@ -597,15 +824,28 @@ fn live_update(conn: &Connection, disk_id: &str) -> Result<Option<UpdateRow>, Se
         .optional()?)
 }
 
-fn record_offers(conn: &mut Connection, guid: &str, offers: &[Offer]) -> Result<(), ServerError> {
-    let tx = conn.transaction()?;
+fn record_offers(
+    conn: &mut Connection,
+    guid: &str,
+    session: u64,
+    offers: &[Offer],
+) -> Result<(), ServerError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let row = update_by_guid(&tx, guid)?;
+    if row.state != UpdateState::Uploading {
+        return Err(ServerError::UpdateEnded(row.state));
+    }
+    if row.session != session {
+        return Err(ServerError::TakenOver);
+    }
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO upload_entries (guid, block_index, hash) VALUES (?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO upload_entries (guid, block_index, hash, session)
+             VALUES (?1, ?2, ?3, ?4)",
         )?;
         for offer in offers {
             let hash = offer.entry.hash().map(|h| h.as_bytes().to_vec());
-            stmt.execute(params![guid, offer.index as i64, hash])?;
+            stmt.execute(params![guid, offer.index as i64, hash, session as i64])?;
         }
     }
     tx.commit()?;

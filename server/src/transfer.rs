@@ -14,12 +14,18 @@
 //!   `GROUP_COMMIT` chunks, one group in flight while the next fills) and acknowledged
 //!   once on disk.
 //!
-//! `finish` rebuilds the manifest (base overlaid with the offers), checks it is complete
-//! and matches the client's root, and commits the version. A later session of the same
-//! update asks only for what is still missing.
+//! `finish` rebuilds the manifest (base overlaid with the offers), checks it is complete,
+//! every chunk exactly its block's length, and the root the client's, then commits the
+//! version. A later session of the same update asks only for what is still missing.
+//!
+//! One stream holds an update at a time: a newly opened stream stops the older one (which
+//! stores what it verified, then ends with "another finish took over this upload"). A
+//! stream also ends within `STATE_POLL` when the update is aborted or cancelled, from
+//! this process or an admin command.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
@@ -27,7 +33,7 @@ use hotate_engine::{
     Base, ChunkStore, Entry, Hash, Incoming, Manifest, Offer, PageDigests, VerifiedChunk,
 };
 use hotate_proto::pb::{self, transfer_server::Transfer, upload_reply, upload_request};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -49,6 +55,14 @@ const GROUP_COMMIT_BYTES: u64 = 8 << 20;
 /// Bytes of base blocks kept from an offer's answer until their delta arrives (beyond
 /// it, a delta's base is read again from the store).
 const BASE_CACHE_BYTES: usize = 32 << 20;
+/// Bytes of base blocks one answer reads (each distinct base once); needed chunks beyond
+/// it are asked for whole. With `OFFER_JOBS` answers at once this bounds what offers can
+/// make the server read and hold, whatever they name.
+const BASE_ANSWER_BYTES: usize = 16 << 20;
+/// How often a stream checks that its update is still live and still its own.
+const STATE_POLL: Duration = Duration::from_secs(1);
+/// How long a new stream waits for the one it takes over to store what it verified.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
 /// Replies queued towards the client.
 const REPLY_QUEUE: usize = 256;
 /// Size of the parts a manifest is sent in.
@@ -58,11 +72,60 @@ const MANIFEST_PART: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct TransferService {
     data: Arc<DataDir>,
+    streams: Arc<Mutex<HashMap<String, LiveStream>>>,
+}
+
+/// The stream that holds an update now.
+#[derive(Debug)]
+struct LiveStream {
+    session: u64,
+    stop: watch::Sender<bool>,
+    ended: watch::Receiver<bool>,
+}
+
+/// Marks a stream ended (and forgets it, unless a newer one replaced it) when dropped.
+struct StreamGuard {
+    streams: Arc<Mutex<HashMap<String, LiveStream>>>,
+    guid: String,
+    session: u64,
+    ended: watch::Sender<bool>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let _ = self.ended.send(true);
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams
+            .get(&self.guid)
+            .is_some_and(|s| s.session == self.session)
+        {
+            streams.remove(&self.guid);
+        }
+    }
 }
 
 impl TransferService {
     pub fn new(data: Arc<DataDir>) -> Self {
-        Self { data }
+        Self {
+            data,
+            streams: Arc::default(),
+        }
+    }
+
+    /// Stops the stream holding `guid`, if any, and waits until it has stored what it
+    /// verified.
+    async fn take_over(&self, guid: &str) {
+        let ended = {
+            let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            streams.get(guid).map(|old| {
+                let _ = old.stop.send(true);
+                old.ended.clone()
+            })
+        };
+        if let Some(mut ended) = ended {
+            tracing::info!(update = %guid, "a new stream takes over the upload");
+            let _ = tokio::time::timeout(TAKEOVER_WAIT, ended.wait_for(|e| *e)).await;
+        }
     }
 }
 
@@ -115,8 +178,9 @@ impl Transfer for TransferService {
             return Err(ServerError::BadRequest("an upload must begin with `open`".into()).into());
         };
         let data = self.data.clone();
-        let (update, parent) = blocking(move || {
-            let update = data.meta.update(&open.upload_id)?;
+        let guid = open.upload_id.clone();
+        blocking(move || {
+            let update = data.meta.update(&guid)?;
             check_owner(&update, &session)?;
             if update.state != UpdateState::Uploading {
                 return Err(ServerError::UpdateNotLive {
@@ -124,13 +188,38 @@ impl Transfer for TransferService {
                     state: update.state,
                 });
             }
+            Ok(())
+        })
+        .await?;
+        self.take_over(&open.upload_id).await;
+        let data = self.data.clone();
+        let (update, parent) = blocking(move || {
+            // Offers are re-sent by every session; chunks already stored stay.
+            let update = data.meta.open_session(&open.upload_id)?;
             let version = data.meta.version(&update.disk_id, &update.base_version)?;
             let parent = data.manifest(&version)?;
-            // Offers are re-sent by every session; chunks already stored stay.
-            data.meta.clear_offers(&update.guid)?;
             Ok((update, parent))
         })
         .await?;
+        let (stop_tx, stop) = watch::channel(false);
+        let (ended_tx, ended_rx) = watch::channel(false);
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                update.guid.clone(),
+                LiveStream {
+                    session: update.session,
+                    stop: stop_tx,
+                    ended: ended_rx,
+                },
+            );
+        let guard = StreamGuard {
+            streams: self.streams.clone(),
+            guid: update.guid.clone(),
+            session: update.session,
+            ended: ended_tx,
+        };
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         let opened = pb::Opened {
             chunks_stored: update.chunks_received,
@@ -139,11 +228,13 @@ impl Transfer for TransferService {
         let _ = tx.send(Ok(reply(upload_reply::Kind::Opened(opened)))).await;
         let upload = Upload {
             data: self.data.clone(),
+            offered: vec![false; parent.len()],
             update,
             parent,
+            stop,
             pending: HashMap::new(),
             answering: JoinSet::new(),
-            asking: HashSet::new(),
+            asking: HashMap::new(),
             base_cache: BaseCache::default(),
             verifying: JoinSet::new(),
             verified: Vec::new(),
@@ -152,7 +243,9 @@ impl Transfer for TransferService {
         };
         tokio::spawn(async move {
             let guid = upload.update.guid.clone();
-            if let Err(status) = upload.run(inbound).await {
+            let result = upload.run(inbound).await;
+            drop(guard);
+            if let Err(status) = result {
                 tracing::warn!(update = %guid, cause = %status.message(), "upload stopped");
                 let _ = tx.send(Err(status)).await;
             }
@@ -165,8 +258,20 @@ impl Transfer for TransferService {
 /// base each may be sent against.
 struct Answer {
     batch: u64,
-    candidates: Vec<Hash>,
-    needs: Vec<(Hash, Option<(Base, Bytes)>)>,
+    candidates: Vec<(Hash, usize)>,
+    needs: Vec<(Hash, usize, Option<BaseBlock>)>,
+}
+
+/// A base named for a delta, with the block's content.
+type BaseBlock = (Base, Bytes);
+
+/// A hash asked for in this session and not yet stored.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// The base named for a delta, if any.
+    base: Option<Hash>,
+    /// The length of its block: the chunk must be exactly this long.
+    len: usize,
 }
 
 /// Base blocks read to answer offers, kept for the deltas that will use them.
@@ -200,13 +305,17 @@ struct Upload {
     data: Arc<DataDir>,
     update: UpdateRow,
     parent: Manifest,
-    /// Hashes asked for in this session and not yet stored, with the base offered for a
-    /// delta.
-    pending: HashMap<Hash, Option<Hash>>,
+    /// Block indexes offered in this session: each may be offered once.
+    offered: Vec<bool>,
+    /// Set when a newer stream takes the upload over.
+    stop: watch::Receiver<bool>,
+    /// Hashes asked for in this session and not yet stored.
+    pending: HashMap<Hash, Pending>,
     /// Offers being answered, off the stream's loop so that chunks keep flowing.
     answering: JoinSet<Result<Answer, ServerError>>,
-    /// Hashes in offers still being answered: a later offer does not ask for them again.
-    asking: HashSet<Hash>,
+    /// Hashes (with their block length) in offers still being answered: a later offer
+    /// does not ask for them again.
+    asking: HashMap<Hash, usize>,
     /// The bases named in answers, until their chunks arrive.
     base_cache: BaseCache,
     /// Verify jobs in flight; each yields the chunk and its bytes as received.
@@ -228,8 +337,18 @@ impl Upload {
     }
 
     async fn serve(&mut self, inbound: &mut Streaming<pb::UploadRequest>) -> Result<(), Status> {
+        let mut poll = tokio::time::interval(STATE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let message = tokio::select! {
+                Ok(()) = self.stop.changed() => {
+                    let _ = self.drain().await;
+                    return Err(ServerError::TakenOver.into());
+                }
+                _ = poll.tick() => {
+                    self.check_still_ours().await?;
+                    continue;
+                }
                 Some(done) = self.answering.join_next(), if !self.answering.is_empty() => {
                     self.answered(done).await?;
                     continue;
@@ -264,28 +383,86 @@ impl Upload {
         }
     }
 
+    /// Ends the stream when its update was aborted or cancelled, or another session
+    /// took it over (perhaps in another process).
+    async fn check_still_ours(&self) -> Result<(), Status> {
+        let data = self.data.clone();
+        let guid = self.update.guid.clone();
+        let now = blocking(move || data.meta.update(&guid)).await?;
+        if now.state != UpdateState::Uploading {
+            return Err(ServerError::UpdateEnded(now.state).into());
+        }
+        if now.session != self.update.session {
+            return Err(ServerError::TakenOver.into());
+        }
+        Ok(())
+    }
+
+    /// The length of block `index`: the length its chunk must have.
+    fn block_len(&self, index: u64) -> usize {
+        let range = self
+            .parent
+            .block_size()
+            .range(index, self.parent.disk_size());
+        (range.end - range.start) as usize
+    }
+
     async fn offer(&mut self, offer: pb::Offer) -> Result<(), Status> {
         let count = self.parent.len() as u64;
-        let offers = offer
-            .entries
-            .into_iter()
-            .map(|e| {
-                let offer =
-                    Offer::try_from(e).map_err(|e| ServerError::BadRequest(e.to_string()))?;
-                if offer.index >= count {
+        if offer.entries.len() as u64 > count {
+            return Err(ServerError::BadRequest(format!(
+                "an offer of {} entries for a disk of {count} blocks",
+                offer.entries.len()
+            ))
+            .into());
+        }
+        let mut offers = Vec::with_capacity(offer.entries.len());
+        for entry in offer.entries {
+            let offer =
+                Offer::try_from(entry).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+            let Some(seen) = self.offered.get_mut(offer.index as usize) else {
+                return Err(ServerError::BadRequest(format!(
+                    "block {} is beyond the disk's {count} blocks",
+                    offer.index
+                ))
+                .into());
+            };
+            if std::mem::replace(seen, true) {
+                return Err(ServerError::BadRequest(format!(
+                    "block {} was offered twice in one upload",
+                    offer.index
+                ))
+                .into());
+            }
+            offers.push(offer);
+        }
+        // Each hash names content of one length: a hash offered for blocks of different
+        // lengths is a lie about one of them.
+        let mut lengths: HashMap<Hash, usize> = HashMap::new();
+        for offer in &offers {
+            if let Some(hash) = offer.entry.hash() {
+                let len = self.block_len(offer.index);
+                let known = lengths
+                    .get(&hash)
+                    .copied()
+                    .or_else(|| self.pending.get(&hash).map(|p| p.len))
+                    .or_else(|| self.asking.get(&hash).copied());
+                if known.is_some_and(|known| known != len) {
                     return Err(ServerError::BadRequest(format!(
-                        "block {} is beyond the disk's {count} blocks",
-                        offer.index
-                    )));
+                        "chunk {} is offered for blocks of different lengths",
+                        hash.short()
+                    ))
+                    .into());
                 }
-                Ok(offer)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let candidates: Vec<Hash> = offers
+                lengths.insert(hash, len);
+            }
+        }
+        let candidates: Vec<(Hash, usize)> = lengths
             .iter()
-            .filter_map(|o| o.entry.hash())
-            .filter(|h| !self.pending.contains_key(h) && self.asking.insert(*h))
+            .filter(|(h, _)| !self.pending.contains_key(h) && !self.asking.contains_key(h))
+            .map(|(h, len)| (*h, *len))
             .collect();
+        self.asking.extend(candidates.iter().copied());
         // The block each hash replaces, where it had content: the base of a delta.
         let mut replaced = HashMap::new();
         for offer in &offers {
@@ -302,26 +479,42 @@ impl Upload {
         }
         let data = self.data.clone();
         let guid = self.update.guid.clone();
+        let session = self.update.session;
         let max_len = self.parent.block_size().bytes();
         let batch = offer.batch;
         self.answering.spawn_blocking(move || {
-            data.meta.record_offers(&guid, &offers)?;
-            let missing = data.store.missing(&candidates)?;
-            let needs = missing
-                .into_iter()
-                .map(|hash| {
-                    let base = replaced.get(&hash).and_then(|old| {
+            data.meta.record_offers(&guid, session, &offers)?;
+            let mut needs = Vec::new();
+            let mut bases: HashMap<Hash, Option<BaseBlock>> = HashMap::new();
+            let mut base_bytes = 0;
+            for &(hash, len) in &candidates {
+                // A held chunk is read and verified: dedup never trusts a damaged one.
+                match data.store.holds(&hash, max_len)? {
+                    Some(held) if held == len => continue,
+                    Some(held) => {
+                        return Err(ServerError::BadRequest(format!(
+                            "a block of {len} bytes is offered as chunk {}, which has {held} bytes",
+                            hash.short()
+                        )));
+                    }
+                    None => {}
+                }
+                let base = match replaced.get(&hash) {
+                    Some(old) if bases.contains_key(old) => bases[old].clone(),
+                    Some(old) if base_bytes < BASE_ANSWER_BYTES => {
                         // Without a readable base the chunk simply travels whole.
-                        let content = data.store.get(old, max_len).ok()?;
-                        let base = Base {
-                            hash: *old,
-                            pages: PageDigests::of(&content),
-                        };
-                        Some((base, content))
-                    });
-                    (hash, base)
-                })
-                .collect();
+                        let base = data.store.get(old, max_len).ok().map(|content| {
+                            base_bytes += content.len();
+                            let pages = PageDigests::of(&content);
+                            (Base { hash: *old, pages }, content)
+                        });
+                        bases.insert(*old, base.clone());
+                        base
+                    }
+                    _ => None,
+                };
+                needs.push((hash, len, base));
+            }
             Ok(Answer {
                 batch,
                 candidates,
@@ -338,21 +531,21 @@ impl Upload {
         done: Result<Result<Answer, ServerError>, tokio::task::JoinError>,
     ) -> Result<(), Status> {
         let answer = done.map_err(ServerError::from)??;
-        for hash in &answer.candidates {
+        for (hash, _) in &answer.candidates {
             self.asking.remove(hash);
         }
         let mut need = pb::Need {
             batch: answer.batch,
             ..pb::Need::default()
         };
-        for (hash, base) in answer.needs {
+        for (hash, len, base) in answer.needs {
             need.hashes.push(hotate_proto::hash_bytes(&hash));
             let base = base.map(|(base, content)| {
                 need.bases.push(hotate_proto::delta_base(&hash, &base));
                 self.base_cache.keep(base.hash, content);
                 base.hash
             });
-            self.pending.insert(hash, base);
+            self.pending.insert(hash, Pending { base, len });
         }
         self.send(upload_reply::Kind::Need(need)).await
     }
@@ -364,24 +557,23 @@ impl Upload {
             Incoming::Whole(whole) => (whole.hash, None),
             Incoming::Delta(delta) => (delta.hash, Some(delta.delta.base)),
         };
-        let cached = match self.pending.get(&hash) {
-            None => {
-                return Err(ServerError::BadRequest(format!(
-                    "chunk {} was not asked for",
-                    hash.short()
-                ))
-                .into());
-            }
-            Some(offered) if base.is_some() && base != *offered => {
-                return Err(ServerError::BadRequest(format!(
-                    "chunk {} is a delta against a base the server did not offer",
-                    hash.short()
-                ))
-                .into());
-            }
-            // The chunk came: its base leaves the cache, used or not.
-            Some(offered) => offered.and_then(|b| self.base_cache.take(&b)),
+        let Some(&pending) = self.pending.get(&hash) else {
+            return Err(ServerError::BadRequest(format!(
+                "chunk {} was not asked for",
+                hash.short()
+            ))
+            .into());
         };
+        if base.is_some() && base != pending.base {
+            return Err(ServerError::BadRequest(format!(
+                "chunk {} is a delta against a base the server did not offer",
+                hash.short()
+            ))
+            .into());
+        }
+        // The chunk came: its base leaves the cache, used or not.
+        let cached = pending.base.and_then(|b| self.base_cache.take(&b));
+        let len = pending.len;
         while self.verifying.len() >= VERIFY_JOBS {
             if let Some(done) = self.verifying.join_next().await {
                 self.verified(done).await?;
@@ -392,7 +584,7 @@ impl Upload {
         self.verifying.spawn_blocking(move || match chunk {
             Incoming::Whole(whole) => {
                 let received = whole.frame.payload.len() as u64;
-                Ok((whole.verify(max_len)?, received))
+                Ok((whole.verify(max_len)?.check_len(len)?, received))
             }
             Incoming::Delta(delta) => {
                 let received = delta.delta.encoded_len() as u64;
@@ -400,7 +592,8 @@ impl Upload {
                     Some(base) => base,
                     None => store.get(&delta.delta.base, max_len)?,
                 };
-                Ok((delta.verify(&base, max_len, DEFAULT_ZSTD_LEVEL)?, received))
+                let chunk = delta.verify(&base, max_len, DEFAULT_ZSTD_LEVEL)?;
+                Ok((chunk.check_len(len)?, received))
             }
         });
         Ok(())
@@ -513,15 +706,32 @@ impl Upload {
                     manifest.len()
                 )));
             }
-            let offers = data.meta.offers(&update.guid)?;
-            let mut changed = Vec::new();
+            let offers = data.meta.offers(&update.guid, update.session)?;
+            let mut changed = HashMap::new();
             for offer in &offers {
                 manifest.set(offer.index, offer.entry)?;
                 if let Entry::Chunk(hash) = offer.entry {
-                    changed.push(hash);
+                    let range = manifest
+                        .block_size()
+                        .range(offer.index, manifest.disk_size());
+                    changed.insert(hash, (offer.index, (range.end - range.start) as usize));
                 }
             }
-            let missing = data.store.missing(&changed)?;
+            // Every chunk is present and exactly its block's length, or nothing commits.
+            let max_len = manifest.block_size().bytes();
+            let mut missing = Vec::new();
+            for (hash, (index, len)) in changed {
+                match data.store.content_len(&hash, max_len)? {
+                    None => missing.push(hash),
+                    Some(held) if held != len => {
+                        return Err(ServerError::BadRequest(format!(
+                            "block {index} has {len} bytes but its chunk {} has {held}",
+                            hash.short()
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
             if let Some(first) = missing.first() {
                 return Err(ServerError::Incomplete(format!(
                     "{} chunks are missing (first {})",
@@ -551,8 +761,10 @@ impl Upload {
                 blocks_changed: changed_blocks,
                 bytes_stored: fresh.bytes_received,
             };
-            data.write_manifest(&version.disk_id, &version.id, &manifest)?;
-            data.meta.commit_update(&update.guid, &version)?;
+            data.meta
+                .commit_update(&update.guid, update.session, &version, || {
+                    data.write_manifest(&version.disk_id, &version.id, &manifest)
+                })?;
             Ok(version)
         })
         .await?;

@@ -556,7 +556,7 @@ fn an_aborted_upload_is_discarded_and_the_terminal_can_start_again() {
     let finish = s.terminal.run(&["update", "finish"]);
     assert_eq!(finish.status.code(), Some(1));
     assert!(
-        text(&finish).contains("cancelled or aborted on the server"),
+        text(&finish).contains("aborted on the server by an administrator"),
         "{}",
         text(&finish)
     );

@@ -5,7 +5,7 @@ use hotate_proto::pb;
 use tonic::Code;
 
 use super::Context;
-use crate::error::Unreachable;
+use crate::error::{Failed, Unreachable};
 
 /// # Errors
 /// When nothing is in progress, the login is refused, or local state cannot be written.
@@ -15,6 +15,11 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
     let terminal = ctx.state.terminal()?;
     match release(ctx, &terminal, &record.data_write_guid).await {
         Ok(()) => {}
+        Err(Release::Committed(version)) => {
+            // Nothing to cancel: the version exists. Leave the terminal as finish would.
+            super::finish::complete(ctx, &record, &version, None)?;
+            return Err(Failed(lang.already_committed(&version)).into());
+        }
         Err(Release::Unreachable(cause)) => eprintln!("{}", lang.cancel_unreachable(&cause)),
         Err(Release::Refused(err)) => return Err(err),
     }
@@ -24,6 +29,8 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
 }
 
 enum Release {
+    /// The server had already committed the update as this version.
+    Committed(String),
     /// The server could not be asked; local state is restored anyway.
     Unreachable(String),
     /// The server said no (wrong password, another terminal's update).
@@ -45,8 +52,23 @@ async fn release(
     });
     match session.control.cancel_update(request).await {
         Ok(_) => Ok(()),
-        // Already ended on the server (aborted, committed or unknown): nothing to release.
-        Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => Ok(()),
+        // Already ended on the server: committed is not cancelled; otherwise (aborted,
+        // cancelled, unknown) there is nothing to release.
+        Err(s) if s.code() == Code::FailedPrecondition => {
+            let shown = session
+                .control
+                .show_update(session.request(pb::UpdateRef {
+                    data_write_guid: guid.to_owned(),
+                }))
+                .await;
+            match shown.map(tonic::Response::into_inner) {
+                Ok(update) if update.state == pb::UpdateState::Committed as i32 => {
+                    Err(Release::Committed(update.new_version))
+                }
+                _ => Ok(()),
+            }
+        }
+        Err(s) if s.code() == Code::NotFound => Ok(()),
         Err(s) if s.code() == Code::Unavailable => {
             Err(Release::Unreachable(s.message().to_owned()))
         }

@@ -44,12 +44,8 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         // A previous finish committed but stopped before cleaning up: only that is left.
         Ok(pb::UpdateState::Committed) => return complete(ctx, &record, &update.new_version, None),
         Ok(pb::UpdateState::Reserved | pb::UpdateState::Uploading) => {}
-        _ => {
-            return Err(Failed(format!(
-                "update {guid} was cancelled or aborted on the server. Run `hotate-client update cancel` to restore this terminal, then `update start` again."
-            ))
-            .into());
-        }
+        Ok(pb::UpdateState::Cancelled) => return Err(Failed(lang.update_ended("cancelled")).into()),
+        _ => return Err(Failed(lang.update_ended("aborted")).into()),
     }
 
     let comment = match &options.comment {
@@ -138,7 +134,7 @@ fn transfer_url_for(control_url: &str, port: u32) -> String {
     format!("{scheme}://{host}:{port}")
 }
 
-fn complete(
+pub(crate) fn complete(
     ctx: &Context,
     record: &crate::state::UpdateRecord,
     version: &str,

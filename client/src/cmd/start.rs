@@ -42,6 +42,9 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         .await
         .map_err(|s| explain(&s, lang, &url))?
         .into_inner();
+    if update.adopted {
+        println!("{}", lang.adopted(&update.data_write_guid));
+    }
     // Record first: if switching the write cache fails, `cancel` can still undo it.
     ctx.state.save_update(&UpdateRecord {
         disk_id: disk.id,

@@ -98,7 +98,18 @@ impl<S: ChunkStore> ChunkSink for StoreSink<S> {
             .filter(|hash| seen.insert(*hash))
             .collect();
         let store = self.store.clone();
-        let missing = tokio::task::spawn_blocking(move || store.missing(&hashes)).await??;
+        // Held chunks are read and verified: a damaged one is quarantined and stored anew.
+        let missing = tokio::task::spawn_blocking(move || {
+            let max_len = crate::BlockSize::MAX as usize;
+            let mut missing = Vec::new();
+            for hash in hashes {
+                if store.holds(&hash, max_len)?.is_none() {
+                    missing.push(hash);
+                }
+            }
+            Ok::<_, crate::StoreError>(missing)
+        })
+        .await??;
         Ok(missing.into_iter().map(Need::whole).collect())
     }
 

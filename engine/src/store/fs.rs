@@ -4,7 +4,8 @@
 //! place and makes the directories durable, so a crash leaves each chunk whole or absent.
 //! `put_many` does this for a whole group with one `syncfs` per step (a group commit):
 //! on a spinning disk an fsync per 64 KiB chunk would cap an upload at a few MB/s. Each file is
-//! one codec byte followed by the frame's payload.
+//! one codec byte followed by the frame's payload. Damaged chunks are moved to
+//! `quarantine/`, where nothing reads them, and kept for an administrator to inspect.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -20,6 +21,9 @@ use crate::hash::Hash;
 
 /// Age after which a temp file is a crash's leftover, not a write in progress.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The largest zstd frame header (`ZSTD_FRAMEHEADERSIZE_MAX`).
+const ZSTD_HEADER_MAX: usize = 18;
 
 /// Chunks stored as files in a directory tree.
 #[derive(Debug)]
@@ -71,6 +75,92 @@ impl FsStore {
             .join(hex)
     }
 
+    /// Every chunk file in the store with its size on disk, in no particular order.
+    /// Files whose names are not hashes are skipped.
+    ///
+    /// # Errors
+    /// When a directory cannot be read.
+    pub fn list(&self, mut each: impl FnMut(Hash, u64)) -> Result<(), StoreError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        let chunks = self.root.join("chunks");
+        for top in fs::read_dir(&chunks).map_err(io(&chunks))? {
+            let top = top.map_err(io(&chunks))?.path();
+            let Ok(mids) = fs::read_dir(&top) else {
+                continue;
+            };
+            for mid in mids {
+                let mid = mid.map_err(io(&top))?.path();
+                let Ok(files) = fs::read_dir(&mid) else {
+                    continue;
+                };
+                for file in files {
+                    let file = file.map_err(io(&mid))?;
+                    let hash = file
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| n.parse::<Hash>().ok());
+                    if let (Some(hash), Ok(meta)) = (hash, file.metadata()) {
+                        each(hash, meta.len());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a chunk; returns the bytes freed (0 when it was absent).
+    ///
+    /// # Errors
+    /// When the file cannot be removed.
+    pub fn remove(&self, hash: &Hash) -> Result<u64, StoreError> {
+        let path = self.path_of(hash);
+        let len = match fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(len),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Deletes temp files left by writers that are gone: their process no longer runs
+    /// (where that can be told) or they are older than a day. Returns files and bytes.
+    ///
+    /// # Errors
+    /// When the temp directory cannot be read.
+    pub fn remove_stale_temps(&self) -> Result<(u64, u64), StoreError> {
+        let entries = fs::read_dir(&self.temp_dir).map_err(|source| StoreError::Io {
+            path: self.temp_dir.clone(),
+            source,
+        })?;
+        let (mut files, mut bytes) = (0, 0);
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP);
+            let writer_gone = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !process_runs(pid));
+            if (old || writer_gone) && fs::remove_file(entry.path()).is_ok() {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+        Ok((files, bytes))
+    }
+
     /// Writes a frame to a fresh temp file (not yet durable) and returns its path.
     fn write_temp(&self, frame: &Frame) -> io::Result<PathBuf> {
         let temp = self.temp_dir.join(format!(
@@ -120,6 +210,27 @@ impl FsStore {
         }
         self.sync_all(&dirs)
     }
+}
+
+/// Whether a process with this id runs now (always true where that cannot be told).
+fn process_runs(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
+/// Reads up to `buf.len()` bytes from the start of a file.
+fn read_head(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match io::Read::read(file, &mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(unix)]
@@ -181,6 +292,48 @@ impl ChunkStore for FsStore {
 
     fn put(&self, chunk: &VerifiedChunk) -> Result<bool, StoreError> {
         Ok(self.put_many(std::slice::from_ref(chunk))? == 1)
+    }
+
+    /// Reads the length from the file: its size for a raw chunk, the zstd frame header
+    /// for a compressed one (decoding only when the header does not say).
+    fn content_len(&self, hash: &Hash, max_len: usize) -> Result<Option<usize>, StoreError> {
+        let path = self.path_of(hash);
+        let io_error = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(io_error(source)),
+        };
+        let mut head = [0u8; 1 + ZSTD_HEADER_MAX];
+        let read = read_head(&mut file, &mut head).map_err(io_error)?;
+        let file_len = file.metadata().map_err(io_error)?.len();
+        match head.first() {
+            Some(0) if read > 0 => Ok(Some(file_len as usize - 1)),
+            Some(1) => match zstd::zstd_safe::get_frame_content_size(&head[1..read]) {
+                Ok(Some(len)) => Ok(Some(len as usize)),
+                _ => self.get(hash, max_len).map(|content| Some(content.len())),
+            },
+            _ => self.get(hash, max_len).map(|content| Some(content.len())),
+        }
+    }
+
+    fn quarantine(&self, hash: &Hash) -> Result<(), StoreError> {
+        let path = self.path_of(hash);
+        let dir = self.root.join("quarantine");
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let to = dir.join(format!("{hash}.{stamp}"));
+        let moved = fs::create_dir_all(&dir).and_then(|()| fs::rename(&path, &to));
+        match moved {
+            Ok(()) => Ok(()),
+            // Another process moved it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
     }
 
     /// Stores the chunks with one group commit: all temp files are written, made durable

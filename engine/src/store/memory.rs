@@ -29,6 +29,11 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// Replaces a chunk's stored frame, bypassing verification: tests damage chunks so.
+    pub fn tamper(&self, hash: &Hash, frame: Frame) {
+        self.lock().insert(*hash, frame);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Frame>> {
         // A panic while holding this lock cannot leave the map half-updated.
         self.chunks.lock().unwrap_or_else(|e| e.into_inner())
@@ -56,6 +61,11 @@ impl ChunkStore for MemoryStore {
             .lock()
             .insert(chunk.hash(), chunk.frame().clone())
             .is_none())
+    }
+
+    fn quarantine(&self, hash: &Hash) -> Result<(), StoreError> {
+        self.lock().remove(hash);
+        Ok(())
     }
 }
 

@@ -49,6 +49,45 @@ pub trait ChunkStore: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// The decoded length of a stored chunk, without verifying its content (cheap where
+    /// the store can read it from a header); `None` when absent.
+    ///
+    /// # Errors
+    /// When the store cannot be read, or the chunk is damaged beyond telling its length.
+    fn content_len(&self, hash: &Hash, max_len: usize) -> Result<Option<usize>, StoreError> {
+        match self.get(hash, max_len) {
+            Ok(content) => Ok(Some(content.len())),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves a damaged chunk out of the way, so that the store no longer claims it and
+    /// the next upload or import of that content stores it again.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    fn quarantine(&self, hash: &Hash) -> Result<(), StoreError>;
+
+    /// The decoded length of an intact chunk, read and verified in full; `None` when it
+    /// is absent or was damaged, in which case it is quarantined. This is what dedup
+    /// trusts: a damaged chunk is never counted as held.
+    ///
+    /// # Errors
+    /// When the store cannot be read or the damaged chunk cannot be moved.
+    fn holds(&self, hash: &Hash, max_len: usize) -> Result<Option<usize>, StoreError> {
+        match self.get(hash, max_len) {
+            Ok(content) => Ok(Some(content.len())),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(StoreError::Corrupt { cause, .. }) => {
+                tracing::warn!(chunk = %hash, %cause, "damaged chunk quarantined; it will be stored again");
+                self.quarantine(hash)?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Stores several chunks; returns how many were new.
     ///
     /// # Errors

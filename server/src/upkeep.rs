@@ -1,0 +1,459 @@
+//! Store upkeep: `store verify` (a scrub that quarantines damaged chunks so the next
+//! upload heals them), `store gc`, `store stats` and the bytes each disk holds.
+//!
+//! # Why gc is safe beside a running server
+//! A chunk may go only when no version and no live update names it. The danger is a
+//! chunk that looks unreferenced to gc while an upload counts on it: the upload offered
+//! its hash, the server found it held and did not ask for it, and the version that
+//! commits later names it. Three rules close that:
+//! 1. An upload records its offered entries in the database *before* it checks which
+//!    chunks the store holds, and commits a version (manifest file and row) in one
+//!    transaction that also drops those entries.
+//! 2. gc deletes chunks in batches, each while holding the database's write lock, and
+//!    under that lock re-checks every candidate against the live updates' entries and
+//!    the versions committed since it read the manifests. An offer recorded before the
+//!    lock is seen; one recorded after it finds the chunk gone and asks for it.
+//! 3. `disk import` writes chunks that no row names until it ends, so it holds a shared
+//!    file lock on the store that gc needs alone; a killed import releases it.
+//!
+//! A kill at any point leaves only unreferenced chunks deleted, or none: versions are
+//! never touched. Manifests that no version names (a commit killed between file and
+//! row) are removed under the same write lock, so a commit in flight is never robbed.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use hotate_engine::{BlockSize, ChunkStore, Entry, Hash, Manifest, StoreError};
+use serde::Serialize;
+
+use crate::data::DataDir;
+use crate::error::ServerError;
+use crate::meta::{VersionRow, now};
+
+/// Chunks deleted per hold of the database's write lock.
+const GC_BATCH: usize = 512;
+/// Ended updates are kept this long for `update list`, then pruned by gc.
+const KEEP_ENDED_UPDATES_SECS: i64 = 30 * 24 * 3600;
+
+/// A version, as reports name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionRef {
+    pub disk: String,
+    pub disk_id: String,
+    pub version: String,
+}
+
+/// A chunk that is damaged or missing, and the versions it breaks.
+#[derive(Debug, Clone, Serialize)]
+pub struct Broken {
+    pub hash: String,
+    pub reason: String,
+    pub versions: Vec<VersionRef>,
+}
+
+/// What `store verify` found.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    pub damaged: Vec<Broken>,
+    pub missing: Vec<Broken>,
+    /// Versions whose manifest cannot be read or does not match its root.
+    pub unreadable_manifests: Vec<VersionRef>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.damaged.is_empty() && self.missing.is_empty() && self.unreadable_manifests.is_empty()
+    }
+}
+
+/// What `store gc` removed (or, with `--dry-run`, would remove).
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub chunks_deleted: u64,
+    pub bytes_freed: u64,
+    pub temp_files_deleted: u64,
+    pub manifests_deleted: u64,
+    pub updates_pruned: u64,
+}
+
+/// `store stats`.
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    pub chunks: u64,
+    pub bytes: u64,
+    pub unreferenced_chunks: u64,
+    pub unreferenced_bytes: u64,
+}
+
+/// Progress of a long walk: items done of total, and bytes.
+pub type OnProgress<'a> = &'a (dyn Fn(u64, u64, u64) + Sync);
+
+/// Every chunk the versions name, with the length its blocks need.
+#[derive(Debug, Default)]
+struct References {
+    chunks: HashMap<Hash, usize>,
+    unreadable: Vec<VersionRef>,
+}
+
+impl References {
+    fn add(&mut self, manifest: &Manifest) {
+        for (index, entry) in manifest.entries().iter().enumerate() {
+            if let Entry::Chunk(hash) = entry {
+                let range = manifest
+                    .block_size()
+                    .range(index as u64, manifest.disk_size());
+                self.chunks
+                    .entry(*hash)
+                    .or_insert((range.end - range.start) as usize);
+            }
+        }
+    }
+}
+
+/// Reads the manifests of versions committed after `seq`; returns the newest seq read.
+fn read_references(
+    data: &DataDir,
+    seq: i64,
+    refs: &mut References,
+    names: &mut DiskNames,
+) -> Result<i64, ServerError> {
+    let mut newest = seq;
+    for (seq, version) in data.meta.versions_since(seq)? {
+        newest = newest.max(seq);
+        match data.manifest(&version) {
+            Ok(manifest) => refs.add(&manifest),
+            Err(e) => {
+                tracing::warn!(version = %version.id, cause = %e, "unreadable manifest");
+                refs.unreadable.push(names.version_ref(data, &version));
+            }
+        }
+    }
+    Ok(newest)
+}
+
+/// Disk names by id, looked up once.
+#[derive(Debug, Default)]
+struct DiskNames(HashMap<String, String>);
+
+impl DiskNames {
+    fn version_ref(&mut self, data: &DataDir, version: &VersionRow) -> VersionRef {
+        let name = self
+            .0
+            .entry(version.disk_id.clone())
+            .or_insert_with(|| {
+                data.meta
+                    .disk(&version.disk_id)
+                    .map_or_else(|_| version.disk_id.clone(), |d| d.name)
+            })
+            .clone();
+        VersionRef {
+            disk: name,
+            disk_id: version.disk_id.clone(),
+            version: version.id.clone(),
+        }
+    }
+}
+
+/// How one chunk checked.
+enum Checked {
+    Good(u64),
+    Missing,
+    Damaged(String),
+}
+
+fn check_chunk(
+    data: &DataDir,
+    hash: &Hash,
+    expected: Option<usize>,
+) -> Result<Checked, ServerError> {
+    let max_len = expected.unwrap_or(BlockSize::MAX as usize);
+    match data.store.get(hash, max_len) {
+        Ok(content) => match expected {
+            Some(len) if content.len() != len => Ok(Checked::Damaged(format!(
+                "has {} bytes, its blocks {len}",
+                content.len()
+            ))),
+            _ => Ok(Checked::Good(content.len() as u64)),
+        },
+        Err(StoreError::NotFound(_)) => Ok(Checked::Missing),
+        Err(StoreError::Corrupt { cause, .. }) => {
+            // An upload may have stored it anew since: quarantine only what is still bad.
+            if data.store.get(hash, max_len).is_ok() {
+                return Ok(Checked::Good(0));
+            }
+            data.store.quarantine(hash)?;
+            Ok(Checked::Damaged(cause.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `store verify`: reads every chunk a version references (`all`: every chunk stored),
+/// checks its length and BLAKE3, quarantines the damaged, and names the versions each
+/// damaged or missing chunk breaks. Runs on all cores; memory holds one entry per
+/// distinct referenced chunk.
+///
+/// # Errors
+/// When the metadata or the store cannot be read.
+pub fn verify(
+    data: &DataDir,
+    all: bool,
+    progress: OnProgress<'_>,
+) -> Result<VerifyReport, ServerError> {
+    let mut refs = References::default();
+    let mut names = DiskNames::default();
+    read_references(data, 0, &mut refs, &mut names)?;
+    let mut work: Vec<(Hash, Option<usize>)> = refs
+        .chunks
+        .iter()
+        .map(|(h, len)| (*h, Some(*len)))
+        .collect();
+    if all {
+        data.store.list(|hash, _| {
+            if !refs.chunks.contains_key(&hash) {
+                work.push((hash, None));
+            }
+        })?;
+    }
+    let total = work.len() as u64;
+    let next = AtomicUsize::new(0);
+    let (done, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let broken: Mutex<Vec<(Hash, bool, String)>> = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let failure: Mutex<Option<ServerError>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while let Some((hash, expected)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    match check_chunk(data, hash, *expected) {
+                        Ok(Checked::Good(n)) => {
+                            bytes.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Ok(Checked::Missing) => {
+                            lock(&broken).push((*hash, false, "missing".into()))
+                        }
+                        Ok(Checked::Damaged(why)) => lock(&broken).push((*hash, true, why)),
+                        Err(e) => {
+                            lock(&failure).get_or_insert(e);
+                            return;
+                        }
+                    }
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    progress(n, total, bytes.load(Ordering::Relaxed));
+                }
+            });
+        }
+    });
+    if let Some(e) = lock(&failure).take() {
+        return Err(e);
+    }
+    let broken = broken.into_inner().unwrap_or_else(|e| e.into_inner());
+    let users = versions_using(
+        data,
+        broken.iter().map(|(h, _, _)| *h).collect(),
+        &mut names,
+    )?;
+    let mut report = VerifyReport {
+        chunks_checked: done.into_inner(),
+        bytes_checked: bytes.into_inner(),
+        unreadable_manifests: refs.unreadable,
+        ..VerifyReport::default()
+    };
+    for (hash, damaged, reason) in broken {
+        let entry = Broken {
+            hash: hash.to_string(),
+            reason,
+            versions: users.get(&hash).cloned().unwrap_or_default(),
+        };
+        if damaged {
+            report.damaged.push(entry);
+        } else {
+            report.missing.push(entry);
+        }
+    }
+    Ok(report)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The versions whose manifests name any of `hashes`.
+fn versions_using(
+    data: &DataDir,
+    hashes: HashSet<Hash>,
+    names: &mut DiskNames,
+) -> Result<HashMap<Hash, Vec<VersionRef>>, ServerError> {
+    let mut out: HashMap<Hash, Vec<VersionRef>> = HashMap::new();
+    if hashes.is_empty() {
+        return Ok(out);
+    }
+    for (_, version) in data.meta.versions_since(0)? {
+        let Ok(manifest) = data.manifest(&version) else {
+            continue;
+        };
+        let named: HashSet<Hash> = manifest
+            .entries()
+            .iter()
+            .filter_map(|e| e.hash())
+            .filter(|h| hashes.contains(h))
+            .collect();
+        for hash in named {
+            out.entry(hash)
+                .or_default()
+                .push(names.version_ref(data, &version));
+        }
+    }
+    Ok(out)
+}
+
+/// `store gc`: deletes chunks no version and no live update names, temp files of writers
+/// that are gone, manifests no version names, expired tokens and long-ended updates.
+///
+/// # Errors
+/// `StoreBusy` while an import runs; otherwise when the store or metadata fail.
+pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
+    let Some(_lock) = data.lock_store(true)? else {
+        return Err(ServerError::StoreBusy);
+    };
+    let mut report = GcReport {
+        dry_run,
+        ..GcReport::default()
+    };
+    let mut refs = References::default();
+    let mut names = DiskNames::default();
+    let mut seq = read_references(data, 0, &mut refs, &mut names)?;
+    let live: HashSet<Hash> = data.meta.live_hashes()?.into_iter().collect();
+    let mut candidates = Vec::new();
+    data.store.list(|hash, len| {
+        if !refs.chunks.contains_key(&hash) && !live.contains(&hash) {
+            candidates.push((hash, len));
+        }
+    })?;
+    if dry_run {
+        report.chunks_deleted = candidates.len() as u64;
+        report.bytes_freed = candidates.iter().map(|(_, len)| len).sum();
+        return Ok(report);
+    }
+    let (temps, temp_bytes) = data.store.remove_stale_temps()?;
+    report.temp_files_deleted = temps;
+    report.bytes_freed += temp_bytes;
+    for batch in candidates.chunks(GC_BATCH) {
+        loop {
+            // Versions committed meanwhile are read outside the lock, then confirmed
+            // under it.
+            seq = read_references(data, seq, &mut refs, &mut names)?;
+            let deleted = data.meta.exclusive(|db| {
+                if db.newest_seq()? != seq {
+                    return Ok(None);
+                }
+                let (mut chunks, mut bytes) = (0, 0);
+                for (hash, _) in batch {
+                    if refs.chunks.contains_key(hash) || db.live_update_holds(hash)? {
+                        continue;
+                    }
+                    bytes += data.store.remove(hash)?;
+                    chunks += 1;
+                }
+                Ok(Some((chunks, bytes)))
+            })?;
+            if let Some((chunks, bytes)) = deleted {
+                report.chunks_deleted += chunks;
+                report.bytes_freed += bytes;
+                break;
+            }
+        }
+    }
+    report.manifests_deleted = remove_orphan_manifests(data)?;
+    report.updates_pruned = data.meta.prune(now() - KEEP_ENDED_UPDATES_SECS)? as u64;
+    Ok(report)
+}
+
+/// Removes manifest files (and temp files) that no version names, under the database's
+/// write lock so that no commit is between its manifest and its row.
+fn remove_orphan_manifests(data: &DataDir) -> Result<u64, ServerError> {
+    let root = data.manifests_root();
+    let Ok(disks) = fs::read_dir(&root) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for disk_dir in disks.flatten() {
+        let disk_id = disk_dir.file_name().to_string_lossy().into_owned();
+        let Ok(files) = fs::read_dir(disk_dir.path()) else {
+            continue;
+        };
+        let files: Vec<_> = files.flatten().map(|f| f.path()).collect();
+        removed += data.meta.exclusive(|db| {
+            let disk_known = db.disk_exists(&disk_id)?;
+            let mut removed = 0;
+            for path in &files {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                let keep = match name.as_deref().and_then(|n| n.strip_suffix(".manifest")) {
+                    Some(version) => disk_known && db.version_exists(&disk_id, version)?,
+                    None => false,
+                };
+                if !keep && fs::remove_file(path).is_ok() {
+                    removed += 1;
+                }
+            }
+            if !disk_known {
+                let _ = fs::remove_dir(disk_dir.path());
+            }
+            Ok(removed)
+        })?;
+    }
+    Ok(removed)
+}
+
+/// `store stats`: chunks and bytes stored, and how many no version or live update names.
+///
+/// # Errors
+/// When the metadata or the store cannot be read.
+pub fn stats(data: &DataDir) -> Result<Stats, ServerError> {
+    let mut refs = References::default();
+    read_references(data, 0, &mut refs, &mut DiskNames::default())?;
+    let live: HashSet<Hash> = data.meta.live_hashes()?.into_iter().collect();
+    let mut stats = Stats::default();
+    data.store.list(|hash, len| {
+        stats.chunks += 1;
+        stats.bytes += len;
+        if !refs.chunks.contains_key(&hash) && !live.contains(&hash) {
+            stats.unreferenced_chunks += 1;
+            stats.unreferenced_bytes += len;
+        }
+    })?;
+    Ok(stats)
+}
+
+/// Bytes of the distinct chunks each disk's versions name (a chunk shared by two disks
+/// counts for both).
+///
+/// # Errors
+/// When the metadata or the store cannot be read.
+pub fn stored_bytes_per_disk(data: &DataDir) -> Result<HashMap<String, u64>, ServerError> {
+    let mut sizes = HashMap::new();
+    data.store.list(|hash, len| {
+        sizes.insert(hash, len);
+    })?;
+    let mut per_disk: HashMap<String, HashSet<Hash>> = HashMap::new();
+    for (_, version) in data.meta.versions_since(0)? {
+        if let Ok(manifest) = data.manifest(&version) {
+            per_disk
+                .entry(version.disk_id.clone())
+                .or_default()
+                .extend(manifest.entries().iter().filter_map(|e| e.hash()));
+        }
+    }
+    Ok(per_disk
+        .into_iter()
+        .map(|(disk, hashes)| {
+            let bytes = hashes.iter().filter_map(|h| sizes.get(h)).sum();
+            (disk, bytes)
+        })
+        .collect())
+}
