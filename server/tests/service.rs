@@ -807,3 +807,224 @@ async fn admin_commands_work_while_serving_and_abort_discards_a_half_done_upload
     );
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
 }
+
+/// Opens an upload stream by hand; returns the request queue and the replies after
+/// `Opened`.
+async fn open_stream(
+    server: &Server,
+    token: &str,
+    guid: &str,
+) -> (
+    mpsc::Sender<pb::UploadRequest>,
+    tonic::Streaming<pb::UploadReply>,
+) {
+    let (tx, rx) = mpsc::channel(64);
+    let open = upload_request::Kind::Open(pb::Open {
+        upload_id: guid.into(),
+    });
+    tx.send(pb::UploadRequest { kind: Some(open) })
+        .await
+        .expect("queue");
+    let mut replies = server
+        .transfer()
+        .await
+        .upload(authed(token, ReceiverStream::new(rx)))
+        .await
+        .expect("open")
+        .into_inner();
+    let opened = replies.message().await.expect("opened").expect("a reply");
+    assert!(matches!(opened.kind, Some(upload_reply::Kind::Opened(_))));
+    (tx, replies)
+}
+
+async fn send(tx: &mpsc::Sender<pb::UploadRequest>, kind: upload_request::Kind) {
+    tx.send(pb::UploadRequest { kind: Some(kind) })
+        .await
+        .expect("queue");
+}
+
+fn offer_of(batch: u64, entries: &[(u64, Hash)]) -> upload_request::Kind {
+    upload_request::Kind::Offer(pb::Offer {
+        batch,
+        entries: entries
+            .iter()
+            .map(|&(index, hash)| {
+                pb::Entry::from(Offer {
+                    index,
+                    entry: Entry::Chunk(hash),
+                })
+            })
+            .collect(),
+    })
+}
+
+/// Reads replies until the stream ends (10 s at most): the committed version, or the
+/// error.
+async fn outcome(replies: &mut tonic::Streaming<pb::UploadReply>) -> Result<String, tonic::Status> {
+    let read = async {
+        loop {
+            match replies.message().await? {
+                Some(pb::UploadReply {
+                    kind: Some(upload_reply::Kind::Committed(c)),
+                }) => return Ok(c.version),
+                Some(_) => {}
+                None => return Err(tonic::Status::unknown("the stream ended without a result")),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("the stream never ended")))
+}
+
+fn version_count(f: &Fixture, disk: &str) -> usize {
+    let listed: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "disk", "versions", disk]))
+            .expect("json");
+    listed.as_array().expect("array").len()
+}
+
+#[tokio::test]
+async fn a_chunk_shorter_than_its_block_is_refused_and_nothing_commits() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    // Block 1 (64 KiB) claimed to be a 4-byte chunk, which is sent, then finished with
+    // the matching root.
+    let tiny = Bytes::from_static(b"evil");
+    let mut manifest = parent_manifest(&f);
+    manifest.set(1, Entry::Chunk(Hash::of(&tiny))).expect("set");
+    let (tx, mut replies) = open_stream(&server, &token, &guid).await;
+    send(&tx, offer_of(1, &[(1, Hash::of(&tiny))])).await;
+    let need = replies.message().await.expect("need").expect("a reply");
+    assert!(matches!(need.kind, Some(upload_reply::Kind::Need(_))));
+    let chunk = Outgoing::Whole(VerifiedChunk::seal(tiny, 1));
+    send(&tx, upload_request::Kind::Chunk(pb::Chunk::from(&chunk))).await;
+    send_finish(&tx, &manifest).await;
+    let refused = outcome(&mut replies).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("4 bytes"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(version_count(&f, "win10"), 1, "no version was committed");
+}
+
+#[tokio::test]
+async fn a_held_chunk_of_another_length_is_refused_when_offered() {
+    let f = fixture();
+    // A second disk with 1 MiB blocks; the store holds 64 KiB chunks of the first.
+    let big = f.work.join("big.img");
+    std::fs::write(&big, vec![7u8; 2 << 20]).expect("write");
+    admin_ok(
+        &f.data,
+        &[
+            "disk",
+            "import",
+            "big",
+            big.to_str().expect("path"),
+            "--block-size",
+            "1048576",
+        ],
+    );
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let disk = server
+        .control()
+        .await
+        .get_disk(authed(&token, pb::GetDiskRequest { disk: "big".into() }))
+        .await
+        .expect("disk")
+        .into_inner();
+    let guid = start(&server, &token, &disk.id, &disk.latest_version)
+        .await
+        .expect("start");
+    let held = Hash::of(&f.base[BLOCK..2 * BLOCK]);
+    let (tx, mut replies) = open_stream(&server, &token, &guid).await;
+    send(&tx, offer_of(1, &[(0, held)])).await;
+    let refused = outcome(&mut replies).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("65536 bytes"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(version_count(&f, "big"), 1);
+}
+
+#[tokio::test]
+async fn an_admin_abort_ends_the_live_stream_at_once() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let (tx, mut replies) = open_stream(&server, &token, &guid).await;
+    send(&tx, offer_of(1, &[(1, Hash::of(b"something new"))])).await;
+    let need = replies.message().await.expect("need").expect("a reply");
+    assert!(matches!(need.kind, Some(upload_reply::Kind::Need(_))));
+    admin_ok(&f.data, &["update", "abort", "win10"]);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), outcome(&mut replies))
+        .await
+        .expect("the stream ends within seconds of the abort")
+        .expect_err("aborted");
+    assert_eq!(ended.code(), Code::FailedPrecondition, "{ended:?}");
+    assert_eq!(
+        ended
+            .metadata()
+            .get("hotate-update-state")
+            .and_then(|v| v.to_str().ok()),
+        Some("aborted")
+    );
+    drop(tx);
+}
+
+#[tokio::test]
+async fn a_second_stream_takes_the_upload_over_and_nothing_stored_is_lost() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let parent = parent_manifest(&f);
+    let updated = updated_image(&f.base, 0x33);
+    let (manifest, chunks) = manifest_of(&updated);
+    // The first stream offers everything and sends three whole chunks, then idles.
+    let (tx, mut first) = open_stream(&server, &token, &guid).await;
+    let changed: Vec<(u64, Hash)> = manifest
+        .diff(&parent)
+        .expect("geometry")
+        .filter_map(|i| manifest.get(i).and_then(|e| e.hash()).map(|h| (i, h)))
+        .collect();
+    send(&tx, offer_of(1, &changed)).await;
+    let Some(pb::UploadReply {
+        kind: Some(upload_reply::Kind::Need(need)),
+    }) = first.message().await.expect("need")
+    else {
+        panic!("expected a need");
+    };
+    let total = need.hashes.len();
+    for need in hotate_proto::needs(&need).into_iter().take(3) {
+        let chunk = Outgoing::Whole(VerifiedChunk::seal(chunks[&need.hash].clone(), 1));
+        send(&tx, upload_request::Kind::Chunk(pb::Chunk::from(&chunk))).await;
+    }
+    // A second finish of the same update opens its stream: it takes over.
+    let second = upload_all(&server, &token, &guid, &parent, &updated).await;
+    let ended = outcome(&mut first).await.expect_err("taken over");
+    assert_eq!(ended.code(), Code::Aborted, "{ended:?}");
+    assert!(ended.message().contains("took over"), "{}", ended.message());
+    assert!(second.error.is_none(), "{:?}", second.error);
+    assert_eq!(
+        second.needed,
+        total - 3,
+        "what the first stream sent is kept"
+    );
+    assert_eq!(export(&f, &second.version.expect("committed")), updated);
+    drop(tx);
+}
