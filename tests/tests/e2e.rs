@@ -10,6 +10,9 @@ use hotate_engine::{Frame, Hash};
 use hotate_tests::harness::{Server, Site, Terminal, admin, admin_ok, text};
 use hotate_tests::images::{self, ImagePair};
 
+#[path = "e2e/store.rs"]
+mod store;
+
 const BLOCK: u32 = 64 << 10;
 
 struct Setup {
