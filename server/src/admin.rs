@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::auth;
 use crate::data::DataDir;
 use crate::meta::UpdateState;
+use crate::text;
 use crate::upkeep::{self, VerifyReport};
 
 fn time_text(secs: i64) -> String {
@@ -42,9 +43,7 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
 
 /// `user add NAME`: the password comes from `HOTATE_PASSWORD`, a prompt, or stdin.
 pub fn user_add(data: &Path, name: &str) -> anyhow::Result<()> {
-    if name.trim().is_empty() {
-        bail!("the user name is empty");
-    }
+    text::check_name("user name", name)?;
     let password = match std::env::var("HOTATE_PASSWORD") {
         Ok(password) => password,
         Err(_) if std::io::stdin().is_terminal() => {
@@ -80,6 +79,8 @@ pub async fn disk_import(
     json: bool,
 ) -> anyhow::Result<()> {
     let block_size = BlockSize::new(block_size)?;
+    text::check_name("disk name", name)?;
+    text::check_comment(comment)?;
     let dir = open(data)?;
     let progress = Progress::default();
     let (disk, version) = dir
@@ -158,11 +159,11 @@ pub fn disk_versions(data: &Path, disk: &str, json: bool) -> anyhow::Result<()> 
             v.parent.as_deref().unwrap_or("-"),
             time_text(v.created_at),
             if v.terminal.is_empty() {
-                "-"
+                "-".into()
             } else {
-                &v.terminal
+                text::printable(&v.terminal)
             },
-            v.comment
+            text::printable(&v.comment)
         );
     }
     Ok(())
@@ -214,7 +215,7 @@ pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
             "{}  disk={}  terminal={}  state={}  base={}{}",
             u.guid,
             u.disk_id,
-            u.terminal,
+            text::printable(&u.terminal),
             u.state.as_str(),
             u.base_version,
             u.new_version

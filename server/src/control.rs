@@ -9,6 +9,7 @@ use crate::auth;
 use crate::data::DataDir;
 use crate::error::ServerError;
 use crate::meta::{Session, UpdateRow, UpdateState};
+use crate::text;
 
 /// Serves `hotate.v1.Control`.
 #[derive(Debug, Clone)]
@@ -87,9 +88,8 @@ impl Control for ControlService {
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginReply>, Status> {
         let req = request.into_inner();
-        if req.terminal.trim().is_empty() {
-            return Err(ServerError::BadRequest("the terminal name is empty".into()).into());
-        }
+        text::check_name("terminal name", &req.terminal)?;
+        text::check_name("user name", &req.user)?;
         let data = self.data.clone();
         let (token, expires_at) =
             blocking(move || auth::login(&data.meta, &req.user, &req.password, &req.terminal))

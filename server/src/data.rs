@@ -32,8 +32,23 @@ impl DataDir {
     /// # Errors
     /// When the directories, the database or the store cannot be opened.
     pub fn open(root: &Path) -> Result<Arc<Self>, ServerError> {
+        if !root.exists() {
+            // Only the server's user may read a new data dir.
+            let mut builder = fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(root)?;
+        }
         fs::create_dir_all(root.join("manifests"))?;
-        let meta = Meta::open(&root.join("meta.sqlite"))?;
+        let meta_path = root.join("meta.sqlite");
+        let new_meta = !meta_path.exists();
+        let meta = Meta::open(&meta_path)?;
+        #[cfg(unix)]
+        if new_meta {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&meta_path, fs::Permissions::from_mode(0o600))?;
+        }
         let store = Arc::new(FsStore::open(&root.join("store"))?);
         Ok(Arc::new(Self {
             root: root.to_owned(),

@@ -11,6 +11,7 @@ pub mod data;
 pub mod error;
 pub mod meta;
 pub mod serve;
+pub mod text;
 pub mod transfer;
 pub mod upkeep;
 

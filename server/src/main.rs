@@ -139,6 +139,9 @@ enum CertCommand {
         out: PathBuf,
         #[arg(long, required = true, num_args = 1..)]
         host: Vec<String>,
+        /// Replace an existing pair.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -213,6 +216,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(StoreCommand::Stats) => admin::store_stats(&data, cli.json),
         Command::Update(UpdateCommand::List) => admin::update_list(&data, cli.json),
         Command::Update(UpdateCommand::Abort { disk }) => admin::update_abort(&data, &disk),
-        Command::Cert(CertCommand::Generate { out, host }) => cert::generate(&out, &host),
+        Command::Cert(CertCommand::Generate { out, host, force }) => {
+            cert::generate(&out, &host, force)
+        }
     }
 }

@@ -691,6 +691,7 @@ impl Upload {
             ))
             .into());
         }
+        crate::text::check_comment(&finish.comment)?;
         let client_root = hotate_proto::parse_hash(&finish.root)
             .map_err(|e| ServerError::BadRequest(e.to_string()))?;
         let data = self.data.clone();

@@ -10,6 +10,8 @@ use hotate_engine::{Frame, Hash};
 use hotate_tests::harness::{Server, Site, Terminal, admin, admin_ok, text};
 use hotate_tests::images::{self, ImagePair};
 
+#[path = "e2e/soak.rs"]
+mod soak;
 #[path = "e2e/store.rs"]
 mod store;
 
@@ -589,6 +591,34 @@ fn tls_with_a_generated_certificate() {
     );
     let cert = certs.join("cert.pem");
     let key = certs.join("key.pem");
+    // The key is the owner's alone, the data dir and metadata too; a pair is not
+    // overwritten without --force.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&site.data), 0o700);
+        assert_eq!(mode(&site.data.join("meta.sqlite")), 0o600);
+        let first_key = std::fs::read(&key).expect("key");
+        let again = admin(
+            &site.data,
+            &[
+                "cert",
+                "generate",
+                "--out",
+                certs.to_str().expect("path"),
+                "--host",
+                "localhost",
+            ],
+        );
+        assert!(!again.status.success());
+        assert!(text(&again).contains("--force"), "{}", text(&again));
+        assert_eq!(
+            std::fs::read(&key).expect("key"),
+            first_key,
+            "the key was kept"
+        );
+    }
     let server = Server::start_with(
         &site.data,
         &[
