@@ -424,6 +424,62 @@ mod tests {
     }
 
     #[test]
+    fn stale_temps_of_gone_writers_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let tmp = dir.path().join("tmp");
+        // No process has this id (above any pid_max); this process runs.
+        fs::write(tmp.join("4294967294.7"), b"left by a killed import").unwrap();
+        let mine = tmp.join(format!("{}.3", std::process::id()));
+        fs::write(&mine, b"a write in progress").unwrap();
+        assert_eq!(store.remove_stale_temps().unwrap(), (1, 23));
+        assert!(mine.exists());
+        assert!(!tmp.join("4294967294.7").exists());
+    }
+
+    #[test]
+    fn lists_removes_quarantines_and_reads_lengths_from_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let packed = VerifiedChunk::seal(Bytes::from(vec![3u8; 100_000]), 3);
+        let raw = VerifiedChunk::seal(
+            Bytes::from((0..5000u32).map(|i| i as u8).collect::<Vec<_>>()),
+            1,
+        );
+        store.put_many(&[packed.clone(), raw.clone()]).unwrap();
+        assert_eq!(
+            store.content_len(&packed.hash(), 1 << 20).unwrap(),
+            Some(100_000)
+        );
+        assert_eq!(store.content_len(&raw.hash(), 1 << 20).unwrap(), Some(5000));
+        let mut listed = Vec::new();
+        store.list(|hash, _| listed.push(hash)).unwrap();
+        listed.sort_by_key(|h| h.to_string());
+        let mut expected = vec![packed.hash(), raw.hash()];
+        expected.sort_by_key(|h| h.to_string());
+        assert_eq!(listed, expected);
+        // A damaged chunk is not held: it is quarantined.
+        let path = store.path_of(&packed.hash());
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(store.holds(&packed.hash(), 1 << 20).unwrap(), None);
+        assert!(!path.exists());
+        assert_eq!(
+            fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+            1
+        );
+        assert_eq!(store.holds(&raw.hash(), 1 << 20).unwrap(), Some(5000));
+        assert_eq!(
+            store.remove(&raw.hash()).unwrap(),
+            5001,
+            "codec byte and payload"
+        );
+        assert_eq!(store.content_len(&raw.hash(), 1 << 20).unwrap(), None);
+    }
+
+    #[test]
     fn detects_damage_on_read() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).unwrap();

@@ -266,6 +266,15 @@ fn deletes_are_refused_for_what_is_in_use_and_gc_frees_the_rest() {
     let disks = admin_json(&s.site.data, &["disk", "list"]);
     assert!(disks[0]["stored_bytes"].as_u64().expect("stored") > 0);
 
+    // What a commit killed between its manifest and its row leaves behind.
+    let manifests = s.site.data.join("manifests").join(&s.site.disk_id);
+    std::fs::write(manifests.join("0badc0de.manifest"), b"orphan").expect("orphan");
+    std::fs::write(manifests.join("0badc0de.manifest.tmp"), b"half").expect("temp");
+    let gc = admin_json(&s.site.data, &["store", "gc"]);
+    assert_eq!(gc["manifests_deleted"], 2, "{gc}");
+    assert!(manifests.join(format!("{second}.manifest")).exists());
+    export_is(&s.site, "win10", &second, s.dir.path(), &s.pair.updated);
+
     admin_ok(&s.site.data, &["disk", "delete", "win10"]);
     admin_ok(&s.site.data, &["store", "gc"]);
     let empty = stats(&s.site);
