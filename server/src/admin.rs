@@ -10,7 +10,8 @@ use serde_json::json;
 
 use crate::auth;
 use crate::data::DataDir;
-use crate::meta::UpdateState;
+use crate::error::ServerError;
+use crate::meta::{Role, UpdateState};
 use crate::text;
 use crate::upkeep::{self, VerifyReport};
 
@@ -41,9 +42,9 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `user add NAME`: the password comes from `HOTATE_PASSWORD`, a prompt, or stdin.
-pub fn user_add(data: &Path, name: &str) -> anyhow::Result<()> {
-    text::check_name("user name", name)?;
+/// A new password: `HOTATE_PASSWORD`, else typed twice on a terminal, else stdin's first
+/// line.
+fn read_password() -> anyhow::Result<String> {
     let password = match std::env::var("HOTATE_PASSWORD") {
         Ok(password) => password,
         Err(_) if std::io::stdin().is_terminal() => {
@@ -63,9 +64,63 @@ pub fn user_add(data: &Path, name: &str) -> anyhow::Result<()> {
     if password.is_empty() {
         bail!("the password is empty: set HOTATE_PASSWORD or type one");
     }
+    Ok(password)
+}
+
+/// `user add NAME [--role admin|operator]`: without a role the first user of a data dir
+/// is an admin, later ones operators.
+pub fn user_add(data: &Path, name: &str, role: Option<&str>) -> anyhow::Result<()> {
+    text::check_name("user name", name)?;
+    let role = role.map(Role::parse).transpose()?;
+    let password = read_password()?;
     let dir = open(data)?;
-    dir.meta.add_user(name, &auth::hash_password(&password)?)?;
-    println!("User {name} saved.");
+    let role = dir
+        .meta
+        .add_user(name, &auth::hash_password(&password)?, role)?;
+    println!("User {name} added ({}).", role.as_str());
+    Ok(())
+}
+
+/// `user passwd NAME`: sets the password and ends the user's sessions.
+pub fn user_passwd(data: &Path, name: &str) -> anyhow::Result<()> {
+    let dir = open_existing(data)?;
+    dir.meta
+        .role(name)?
+        .ok_or_else(|| ServerError::UnknownUser(name.to_owned()))?;
+    let password = read_password()?;
+    dir.meta
+        .set_password(name, &auth::hash_password(&password)?)?;
+    println!("Password of {name} changed; its sessions are ended.");
+    Ok(())
+}
+
+/// `user delete NAME`.
+pub fn user_delete(data: &Path, name: &str) -> anyhow::Result<()> {
+    let dir = open_existing(data)?;
+    dir.meta.delete_user(name)?;
+    println!("User {name} deleted; its sessions are ended.");
+    Ok(())
+}
+
+/// `user list`.
+pub fn user_list(data: &Path, json: bool) -> anyhow::Result<()> {
+    let dir = open_existing(data)?;
+    let users = dir.meta.users()?;
+    if json {
+        let list: Vec<_> = users
+            .iter()
+            .map(|u| json!({"name": u.name, "role": u.role.as_str(), "created_at": time_text(u.created_at)}))
+            .collect();
+        return print_json(&json!(list));
+    }
+    for u in users {
+        println!(
+            "{}  {}  {}",
+            text::printable(&u.name),
+            u.role.as_str(),
+            time_text(u.created_at)
+        );
+    }
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use hotate_engine::Hash;
 use tonic::Request;
 
 use crate::error::ServerError;
-use crate::meta::{Meta, Session, now};
+use crate::meta::{Meta, Role, Session, now};
 
 /// How long a token is accepted.
 pub const TOKEN_LIFETIME_SECS: i64 = 12 * 3600;
@@ -59,6 +59,7 @@ pub fn login(
     let session = Session {
         user: user.to_owned(),
         terminal: terminal.to_owned(),
+        role: meta.role(user)?.unwrap_or(Role::Operator),
     };
     meta.add_token(&Hash::of(token.as_bytes()), &session, expires_at)?;
     Ok((token, expires_at))
@@ -102,7 +103,7 @@ mod tests {
     fn passwords_and_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open(&dir.path().join("m.sqlite")).unwrap();
-        meta.add_user("coadmin", &hash_password("secret").unwrap())
+        meta.add_user("coadmin", &hash_password("secret").unwrap(), None)
             .unwrap();
         assert!(matches!(
             login(&meta, "coadmin", "wrong", "PC-1"),
@@ -130,11 +131,12 @@ mod tests {
     fn expired_tokens_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open(&dir.path().join("m.sqlite")).unwrap();
-        meta.add_user("coadmin", &hash_password("secret").unwrap())
+        meta.add_user("coadmin", &hash_password("secret").unwrap(), None)
             .unwrap();
         let session_of = Session {
             user: "coadmin".into(),
             terminal: "PC-1".into(),
+            role: Role::Admin,
         };
         meta.add_token(&Hash::of(b"old"), &session_of, now() - 1)
             .unwrap();

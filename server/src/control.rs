@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::data::DataDir;
 use crate::error::ServerError;
-use crate::meta::{Session, UpdateRow, UpdateState};
+use crate::meta::{Role, Session, UpdateRow, UpdateState};
 use crate::text;
 
 /// Serves `hotate.v1.Control`.
@@ -48,15 +48,17 @@ pub(crate) async fn authenticate<T>(
     blocking(move || auth::session(&data.meta, token.as_deref())).await
 }
 
-/// Refuses a caller that is not the terminal that started the update.
+/// Refuses a caller that is neither the user and terminal that started the update nor
+/// an admin.
 pub(crate) fn check_owner(update: &UpdateRow, session: &Session) -> Result<(), ServerError> {
-    if update.terminal == session.terminal {
+    let owner = update.user == session.user && update.terminal == session.terminal;
+    if owner || session.role == Role::Admin {
         Ok(())
     } else {
         Err(ServerError::NotYourUpdate {
             guid: update.guid.clone(),
-            owner: update.terminal.clone(),
-            caller: session.terminal.clone(),
+            owner: format!("user {} on terminal {}", update.user, update.terminal),
+            caller: format!("user {} on terminal {}", session.user, session.terminal),
         })
     }
 }
@@ -148,10 +150,15 @@ impl Control for ControlService {
         &self,
         request: Request<pb::UpdateRef>,
     ) -> Result<Response<pb::Update>, Status> {
-        authenticate(&self.data, &request).await?;
+        let session = authenticate(&self.data, &request).await?;
         let guid = request.into_inner().data_write_guid;
         let data = self.data.clone();
-        let row = blocking(move || data.meta.update(&guid)).await?;
+        let row = blocking(move || {
+            let row = data.meta.update(&guid)?;
+            check_owner(&row, &session)?;
+            Ok(row)
+        })
+        .await?;
         Ok(Response::new(update_reply(row)))
     }
 
@@ -212,6 +219,12 @@ impl ControlService {
         to: UpdateState,
     ) -> Result<Response<pb::Update>, Status> {
         let session = authenticate(&self.data, &request).await?;
+        if to == UpdateState::Aborted && session.role != Role::Admin {
+            return Err(ServerError::Forbidden(
+                "only an admin may abort an update; its owner may cancel it".into(),
+            )
+            .into());
+        }
         let guid = request.into_inner().data_write_guid;
         let data = self.data.clone();
         let row = blocking(move || {

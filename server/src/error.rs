@@ -14,6 +14,12 @@ pub enum ServerError {
     BadLogin,
     #[error("not logged in or the session expired: log in again")]
     Unauthenticated,
+    #[error("unknown user {0}: `hotate-server user list` shows the users")]
+    UnknownUser(String),
+    #[error("user {0} already exists: `hotate-server user passwd` sets a password")]
+    UserExists(String),
+    #[error("permission denied: {0}")]
+    Forbidden(String),
     #[error("unknown disk {0}: `hotate-server disk list` shows the disks")]
     UnknownDisk(String),
     #[error("a disk named {0} already exists")]
@@ -30,7 +36,7 @@ pub enum ServerError {
     DiskBusy { terminal: String },
     #[error("update {guid} is {}: start a new update", state.as_str())]
     UpdateNotLive { guid: String, state: UpdateState },
-    #[error("update {guid} belongs to terminal {owner}, not {caller}")]
+    #[error("update {guid} belongs to {owner}, not {caller}")]
     NotYourUpdate {
         guid: String,
         owner: String,
@@ -95,9 +101,10 @@ impl From<ServerError> for Status {
         let code = match &err {
             ServerError::BadLogin | ServerError::Unauthenticated => Code::Unauthenticated,
             ServerError::UnknownDisk(_)
+            | ServerError::UnknownUser(_)
             | ServerError::UnknownVersion(_)
             | ServerError::UnknownUpdate(_) => Code::NotFound,
-            ServerError::DiskExists(_) => Code::AlreadyExists,
+            ServerError::DiskExists(_) | ServerError::UserExists(_) => Code::AlreadyExists,
             ServerError::NotLatest { .. }
             | ServerError::UpdateNotLive { .. }
             | ServerError::Incomplete(_)
@@ -107,7 +114,7 @@ impl From<ServerError> for Status {
                 Code::Aborted
             }
             ServerError::UpdateEnded(_) => Code::FailedPrecondition,
-            ServerError::NotYourUpdate { .. } => Code::PermissionDenied,
+            ServerError::NotYourUpdate { .. } | ServerError::Forbidden(_) => Code::PermissionDenied,
             ServerError::BadRequest(_) | ServerError::BadChunk(_) | ServerError::BadImage(_) => {
                 Code::InvalidArgument
             }

@@ -87,8 +87,20 @@ enum StoreCommand {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Add a user or set a user's password (HOTATE_PASSWORD, else prompt or stdin).
-    Add { name: String },
+    /// Add a user (password from HOTATE_PASSWORD, else prompt or stdin).
+    Add {
+        name: String,
+        /// admin (also aborts updates and manages) or operator (its own updates); by
+        /// default the first user is an admin, later ones operators.
+        #[arg(long, value_parser = ["admin", "operator"])]
+        role: Option<String>,
+    },
+    /// List users and their roles.
+    List,
+    /// Delete a user and end its sessions.
+    Delete { name: String },
+    /// Set a user's password (as `add` reads it) and end its sessions.
+    Passwd { name: String },
 }
 
 #[derive(Subcommand)]
@@ -189,7 +201,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             serve(options, shutdown_signal()).await
         }
-        Command::User(UserCommand::Add { name }) => admin::user_add(&data, &name),
+        Command::User(UserCommand::Add { name, role }) => {
+            admin::user_add(&data, &name, role.as_deref())
+        }
+        Command::User(UserCommand::List) => admin::user_list(&data, cli.json),
+        Command::User(UserCommand::Delete { name }) => admin::user_delete(&data, &name),
+        Command::User(UserCommand::Passwd { name }) => admin::user_passwd(&data, &name),
         Command::Disk(DiskCommand::Import {
             name,
             image,

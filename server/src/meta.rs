@@ -79,6 +79,13 @@ ALTER TABLE updates ADD COLUMN session INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE upload_entries ADD COLUMN session INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX upload_entries_by_hash ON upload_entries(hash);
 ",
+    r"
+-- Roles: operators start, finish and cancel their own updates and read disks; admins
+-- may also abort and manage. Users of earlier data dirs keep every right they had.
+ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'admin';
+-- Tokens go with their user.
+CREATE INDEX tokens_by_user ON tokens(user);
+",
 ];
 
 /// Seconds since the Unix epoch.
@@ -162,11 +169,52 @@ pub struct UpdateRow {
     pub session: u64,
 }
 
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Starts, finishes and cancels its own updates; reads disks.
+    Operator,
+    /// Also aborts any update and manages.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Parses `admin` or `operator`.
+    ///
+    /// # Errors
+    /// `BadRequest` for anything else.
+    pub fn parse(text: &str) -> Result<Self, ServerError> {
+        match text {
+            "admin" => Ok(Self::Admin),
+            "operator" => Ok(Self::Operator),
+            other => Err(ServerError::BadRequest(format!(
+                "unknown role {other:?}: use admin or operator"
+            ))),
+        }
+    }
+}
+
+/// A user as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub name: String,
+    pub role: Role,
+    pub created_at: i64,
+}
+
 /// A logged-in caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub user: String,
     pub terminal: String,
+    pub role: Role,
 }
 
 /// The metadata database.
@@ -216,14 +264,82 @@ impl Meta {
 
     // --- users and tokens ---
 
-    pub fn add_user(&self, name: &str, password_hash: &str) -> Result<(), ServerError> {
-        let changed = self.conn().execute(
-            "INSERT INTO users (name, password_hash, created_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(name) DO UPDATE SET password_hash = excluded.password_hash",
-            params![name, password_hash, now()],
+    /// Adds a user; without a role the first user is an admin, later ones operators.
+    /// Returns the role given.
+    pub fn add_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        role: Option<Role>,
+    ) -> Result<Role, ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let users: i64 = tx.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
+        let role = role.unwrap_or(if users == 0 {
+            Role::Admin
+        } else {
+            Role::Operator
+        });
+        let added = tx.execute(
+            "INSERT INTO users (name, password_hash, created_at, role) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO NOTHING",
+            params![name, password_hash, now(), role.as_str()],
         )?;
-        debug_assert_eq!(changed, 1);
+        if added == 0 {
+            return Err(ServerError::UserExists(name.to_owned()));
+        }
+        tx.commit()?;
+        Ok(role)
+    }
+
+    /// Sets a user's password and ends its sessions.
+    pub fn set_password(&self, name: &str, password_hash: &str) -> Result<(), ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+            params![name, password_hash],
+        )?;
+        if changed == 0 {
+            return Err(ServerError::UnknownUser(name.to_owned()));
+        }
+        tx.execute("DELETE FROM tokens WHERE user = ?1", [name])?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Deletes a user and its sessions; versions and updates keep its name.
+    pub fn delete_user(&self, name: &str) -> Result<(), ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM tokens WHERE user = ?1", [name])?;
+        if tx.execute("DELETE FROM users WHERE name = ?1", [name])? == 0 {
+            return Err(ServerError::UnknownUser(name.to_owned()));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn users(&self) -> Result<Vec<UserRow>, ServerError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, role, created_at FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, role, created_at) = row?;
+            out.push(UserRow {
+                name,
+                role: Role::parse(&role).unwrap_or(Role::Operator),
+                created_at,
+            });
+        }
+        Ok(out)
     }
 
     pub fn password_hash(&self, name: &str) -> Result<Option<String>, ServerError> {
@@ -257,21 +373,34 @@ impl Meta {
         Ok(())
     }
 
-    /// The session of an unexpired token.
+    /// The session of an unexpired token, with its user's role now.
     pub fn session(&self, token_hash: &Hash) -> Result<Option<Session>, ServerError> {
         Ok(self
             .conn()
             .query_row(
-                "SELECT user, terminal FROM tokens WHERE token_hash = ?1 AND expires_at >= ?2",
+                "SELECT t.user, t.terminal, u.role FROM tokens t JOIN users u ON u.name = t.user
+                 WHERE t.token_hash = ?1 AND t.expires_at >= ?2",
                 params![&token_hash.as_bytes()[..], now()],
                 |r| {
                     Ok(Session {
                         user: r.get(0)?,
                         terminal: r.get(1)?,
+                        role: Role::parse(&r.get::<_, String>(2)?).unwrap_or(Role::Operator),
                     })
                 },
             )
             .optional()?)
+    }
+
+    /// A user's role, if the user exists.
+    pub fn role(&self, name: &str) -> Result<Option<Role>, ServerError> {
+        let role: Option<String> = self
+            .conn()
+            .query_row("SELECT role FROM users WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(role.map(|r| Role::parse(&r).unwrap_or(Role::Operator)))
     }
 
     // --- disks and versions ---
@@ -850,4 +979,65 @@ fn record_offers(
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_of_an_older_data_dir_become_admins_and_new_ones_get_roles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.sqlite");
+        // A data dir written before roles existed (schema 2), with one user.
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", i + 1).unwrap();
+            }
+            conn.execute(
+                "INSERT INTO users (name, password_hash, created_at) VALUES ('old', 'x', 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let meta = Meta::open(&path).unwrap();
+        assert_eq!(meta.role("old").unwrap(), Some(Role::Admin));
+        assert_eq!(meta.add_user("next", "x", None).unwrap(), Role::Operator);
+        assert!(matches!(
+            meta.add_user("next", "y", None),
+            Err(ServerError::UserExists(_))
+        ));
+        assert_eq!(
+            meta.add_user("boss", "x", Some(Role::Admin)).unwrap(),
+            Role::Admin
+        );
+
+        let fresh = Meta::open(&dir.path().join("fresh.sqlite")).unwrap();
+        assert_eq!(fresh.add_user("first", "x", None).unwrap(), Role::Admin);
+        assert_eq!(fresh.add_user("second", "x", None).unwrap(), Role::Operator);
+        let session = Session {
+            user: "second".into(),
+            terminal: "PC-1".into(),
+            role: Role::Operator,
+        };
+        fresh
+            .add_token(&Hash::of(b"t"), &session, now() + 60)
+            .unwrap();
+        assert_eq!(fresh.session(&Hash::of(b"t")).unwrap(), Some(session));
+        fresh.set_password("second", "new").unwrap();
+        assert_eq!(
+            fresh.session(&Hash::of(b"t")).unwrap(),
+            None,
+            "sessions end"
+        );
+        fresh.delete_user("second").unwrap();
+        assert!(matches!(
+            fresh.delete_user("second"),
+            Err(ServerError::UnknownUser(_))
+        ));
+        let names: Vec<String> = fresh.users().unwrap().into_iter().map(|u| u.name).collect();
+        assert_eq!(names, ["first"]);
+    }
 }

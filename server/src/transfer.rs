@@ -41,7 +41,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::control::{authenticate, blocking, check_owner};
 use crate::data::DataDir;
 use crate::error::ServerError;
-use crate::meta::{UpdateRow, UpdateState, VersionRow, now};
+use crate::meta::{Session, UpdateRow, UpdateState, VersionRow, now};
 
 /// Chunks verified concurrently per upload.
 const VERIFY_JOBS: usize = 16;
@@ -179,9 +179,10 @@ impl Transfer for TransferService {
         };
         let data = self.data.clone();
         let guid = open.upload_id.clone();
+        let caller = session.clone();
         blocking(move || {
             let update = data.meta.update(&guid)?;
-            check_owner(&update, &session)?;
+            check_owner(&update, &caller)?;
             if update.state != UpdateState::Uploading {
                 return Err(ServerError::UpdateNotLive {
                     guid: update.guid,
@@ -228,6 +229,7 @@ impl Transfer for TransferService {
         let _ = tx.send(Ok(reply(upload_reply::Kind::Opened(opened)))).await;
         let upload = Upload {
             data: self.data.clone(),
+            session,
             offered: vec![false; parent.len()],
             update,
             parent,
@@ -303,6 +305,8 @@ fn reply(kind: upload_reply::Kind) -> pb::UploadReply {
 /// One session of an upload.
 struct Upload {
     data: Arc<DataDir>,
+    /// Who opened the stream: the version records this user.
+    session: Session,
     update: UpdateRow,
     parent: Manifest,
     /// Block indexes offered in this session: each may be offered once.
@@ -699,6 +703,7 @@ impl Upload {
         let parent = self.parent.clone();
         let mut manifest = self.parent.clone();
         let comment = finish.comment;
+        let creator = self.session.user.clone();
         let block_count = finish.block_count;
         let version = blocking(move || {
             if block_count != manifest.len() as u64 {
@@ -755,7 +760,7 @@ impl Upload {
                 id: data.new_version_id(&update.disk_id)?,
                 parent: Some(update.base_version.clone()),
                 comment,
-                user: update.user.clone(),
+                user: creator,
                 terminal: update.terminal.clone(),
                 created_at: now(),
                 root,

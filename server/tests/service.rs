@@ -169,6 +169,8 @@ fn fixture_of(base: Vec<u8>) -> Fixture {
     let work = dir.path().to_owned();
     std::fs::write(work.join("base.img"), &base).expect("write base");
     admin_ok(&data, &["user", "add", "coadmin"]);
+    admin_ok(&data, &["user", "add", "alice", "--role", "operator"]);
+    admin_ok(&data, &["user", "add", "bob", "--role", "operator"]);
     let out = admin_ok(
         &data,
         &[
@@ -193,11 +195,15 @@ fn fixture_of(base: Vec<u8>) -> Fixture {
 }
 
 async fn login(server: &Server, terminal: &str) -> String {
+    login_as(server, "coadmin", terminal).await
+}
+
+async fn login_as(server: &Server, user: &str, terminal: &str) -> String {
     server
         .control()
         .await
         .login(pb::LoginRequest {
-            user: "coadmin".into(),
+            user: user.into(),
             password: "secret".into(),
             terminal: terminal.into(),
         })
@@ -421,6 +427,63 @@ async fn login_good_and_bad() {
     let f = fixture();
     let server = Server::start(&f.data);
     assert!(!login(&server, "PC-001").await.is_empty());
+    // Users and roles: the first user is an admin.
+    let users: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "user", "list"])).expect("json");
+    let roles: Vec<(&str, &str)> = users
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|u| {
+            (
+                u["name"].as_str().expect("name"),
+                u["role"].as_str().expect("role"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("alice", "operator"),
+            ("bob", "operator"),
+            ("coadmin", "admin")
+        ]
+    );
+    let again = admin(&f.data, &["user", "add", "alice"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bob = login_as(&server, "bob", "PC-002").await;
+    admin_ok(&f.data, &["user", "delete", "bob"]);
+    let gone = server
+        .control()
+        .await
+        .get_disk(authed(
+            &bob,
+            pb::GetDiskRequest {
+                disk: "win10".into(),
+            },
+        ))
+        .await
+        .expect_err("a deleted user's session ends");
+    assert_eq!(gone.code(), Code::Unauthenticated);
+    let passwd = Command::new(server_bin())
+        .arg("--data")
+        .arg(&f.data)
+        .args(["user", "passwd", "alice"])
+        .env("HOTATE_PASSWORD", "n3w-secret")
+        .output()
+        .expect("passwd");
+    assert!(passwd.status.success());
+    let old = server
+        .control()
+        .await
+        .login(pb::LoginRequest {
+            user: "alice".into(),
+            password: "secret".into(),
+            terminal: "PC-001".into(),
+        })
+        .await
+        .expect_err("the old password is refused");
+    assert_eq!(old.code(), Code::Unauthenticated);
     let err = server
         .control()
         .await
@@ -673,69 +736,92 @@ async fn corrupt_and_oversized_chunks_are_rejected_and_nothing_is_damaged() {
 }
 
 #[tokio::test]
-async fn a_terminal_cannot_touch_another_terminals_update() {
+async fn only_the_user_and_terminal_that_started_an_update_or_an_admin_may_touch_it() {
     let f = fixture();
     let server = Server::start(&f.data);
-    let owner = login(&server, "PC-001").await;
-    let intruder = login(&server, "PC-002").await;
+    let owner = login_as(&server, "alice", "PC-001").await;
     let guid = start(&server, &owner, &f.disk_id, &f.first_version)
         .await
         .expect("start");
-
+    let update_ref = || pb::UpdateRef {
+        data_write_guid: guid.clone(),
+    };
+    // Another operator, from another terminal or claiming the owner's terminal name.
+    for intruder in [
+        login_as(&server, "bob", "PC-002").await,
+        login_as(&server, "bob", "PC-001").await,
+        login_as(&server, "alice", "PC-002").await,
+    ] {
+        let mut control = server.control().await;
+        let denied = [
+            control.cancel_update(authed(&intruder, update_ref())).await,
+            control
+                .begin_upload(authed(&intruder, update_ref()))
+                .await
+                .map(|_| tonic::Response::new(pb::Update::default())),
+            control.show_update(authed(&intruder, update_ref())).await,
+            control.abort_update(authed(&intruder, update_ref())).await,
+        ];
+        for result in denied {
+            assert_eq!(result.expect_err("denied").code(), Code::PermissionDenied);
+        }
+        let attempt = upload_all(
+            &server,
+            &intruder,
+            &guid,
+            &parent_manifest(&f),
+            &updated_image(&f.base, 3),
+        )
+        .await;
+        assert_eq!(
+            attempt.error.expect("refused").code(),
+            Code::PermissionDenied
+        );
+    }
+    // The owner may not abort (an admin's right) but may cancel; an admin sees it.
     let err = server
         .control()
         .await
-        .cancel_update(authed(
-            &intruder,
-            pb::UpdateRef {
-                data_write_guid: guid.clone(),
-            },
-        ))
+        .abort_update(authed(&owner, update_ref()))
         .await
-        .unwrap_err();
+        .expect_err("operators do not abort");
     assert_eq!(err.code(), Code::PermissionDenied);
-    let err = server
+    let admin_token = login(&server, "PC-009").await;
+    server
         .control()
         .await
-        .begin_upload(authed(
-            &intruder,
-            pb::UpdateRef {
-                data_write_guid: guid.clone(),
-            },
-        ))
+        .show_update(authed(&admin_token, update_ref()))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
-    let attempt = upload_all(
-        &server,
-        &intruder,
-        &guid,
-        &parent_manifest(&f),
-        &updated_image(&f.base, 3),
-    )
-    .await;
-    assert_eq!(
-        attempt.error.expect("refused").code(),
-        Code::PermissionDenied
-    );
-
-    // The owner can still cancel it; then the disk is free again.
+        .expect("an admin sees every update");
     let cancelled = server
         .control()
         .await
-        .cancel_update(authed(
-            &owner,
-            pb::UpdateRef {
-                data_write_guid: guid,
-            },
-        ))
+        .cancel_update(authed(&owner, update_ref()))
         .await
         .expect("cancel")
         .into_inner();
     assert_eq!(cancelled.state, pb::UpdateState::Cancelled as i32);
-    start(&server, &intruder, &f.disk_id, &f.first_version)
+
+    // The version records the user who finished it.
+    let bob = login_as(&server, "bob", "PC-002").await;
+    let fresh = start(&server, &bob, &f.disk_id, &f.first_version)
         .await
         .expect("free again");
+    let updated = updated_image(&f.base, 5);
+    let done = upload_all(
+        &server,
+        &admin_token,
+        &fresh,
+        &parent_manifest(&f),
+        &updated,
+    )
+    .await;
+    assert!(done.error.is_none(), "{:?}", done.error);
+    let listed: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "disk", "versions", "win10"]))
+            .expect("json");
+    assert_eq!(listed[1]["user"], "coadmin", "the admin finished it");
+    assert_eq!(listed[1]["terminal"], "PC-002");
 }
 
 #[tokio::test]
