@@ -10,6 +10,7 @@ use crate::data::DataDir;
 use crate::error::ServerError;
 use crate::meta::{Role, Session, UpdateRow, UpdateState};
 use crate::text;
+use crate::throttle::LoginThrottle;
 
 /// Serves `hotate.v1.Control`.
 #[derive(Debug, Clone)]
@@ -17,14 +18,21 @@ pub struct ControlService {
     data: Arc<DataDir>,
     transfer_port: u16,
     advertise_transfer: Option<String>,
+    throttle: Arc<LoginThrottle>,
 }
 
 impl ControlService {
-    pub fn new(data: Arc<DataDir>, transfer_port: u16, advertise_transfer: Option<String>) -> Self {
+    pub fn new(
+        data: Arc<DataDir>,
+        transfer_port: u16,
+        advertise_transfer: Option<String>,
+        throttle: Arc<LoginThrottle>,
+    ) -> Self {
         Self {
             data,
             transfer_port,
             advertise_transfer,
+            throttle,
         }
     }
 }
@@ -89,17 +97,37 @@ impl Control for ControlService {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginReply>, Status> {
+        let addr = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         text::check_name("terminal name", &req.terminal)?;
         text::check_name("user name", &req.user)?;
+        let user = req.user.clone();
+        let slot = self.throttle.admit(&user, addr).await.inspect_err(|e| {
+            tracing::warn!(user = %text::printable(&user), addr = ?addr, cause = %e, "login refused");
+        })?;
         let data = self.data.clone();
-        let (token, expires_at) =
-            blocking(move || auth::login(&data.meta, &req.user, &req.password, &req.terminal))
-                .await?;
-        Ok(Response::new(pb::LoginReply {
-            token,
-            expires_at: expires_at as u64,
-        }))
+        let checked = tokio::task::spawn_blocking(move || {
+            auth::login(&data.meta, &req.user, &req.password, &req.terminal)
+        })
+        .await
+        .map_err(ServerError::from)?;
+        drop(slot);
+        match checked {
+            Ok((token, expires_at)) => {
+                self.throttle.succeeded(&user, addr);
+                Ok(Response::new(pb::LoginReply {
+                    token,
+                    expires_at: expires_at as u64,
+                }))
+            }
+            Err(ServerError::BadLogin) => {
+                let delay = self.throttle.failed(&user, addr);
+                tracing::warn!(user = %text::printable(&user), addr = ?addr, "login failed: wrong user name or password");
+                tokio::time::sleep(delay).await;
+                Err(ServerError::BadLogin.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn get_disk(

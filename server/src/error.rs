@@ -48,6 +48,10 @@ pub enum ServerError {
     TakenOver,
     #[error("an import is writing to the store: run `store gc` again when it ends")]
     StoreBusy,
+    #[error("too many failed logins: try again in {secs} s")]
+    LoginLocked { secs: u64 },
+    #[error("the server is busy ({0}): try again shortly")]
+    Busy(String),
     #[error("invalid request: {0}")]
     BadRequest(String),
     #[error("rejected chunk: {0}")]
@@ -118,6 +122,7 @@ impl From<ServerError> for Status {
             ServerError::BadRequest(_) | ServerError::BadChunk(_) | ServerError::BadImage(_) => {
                 Code::InvalidArgument
             }
+            ServerError::LoginLocked { .. } | ServerError::Busy(_) => Code::ResourceExhausted,
             ServerError::Store(StoreError::Io { source, .. }) | ServerError::Io(source)
                 if source.kind() == std::io::ErrorKind::StorageFull =>
             {
@@ -145,6 +150,16 @@ impl From<ServerError> for Status {
                 "hotate-update-state",
                 MetadataValue::from_static(state.as_str()),
             );
+        }
+        if let ServerError::LoginLocked { secs } = &err {
+            status
+                .metadata_mut()
+                .insert("hotate-retry-after", MetadataValue::from(*secs));
+        }
+        if matches!(err, ServerError::Busy(_)) {
+            status
+                .metadata_mut()
+                .insert("hotate-busy", MetadataValue::from_static("1"));
         }
         if matches!(err, ServerError::TakenOver) {
             status

@@ -9,9 +9,11 @@ pub mod cert;
 pub mod control;
 pub mod data;
 pub mod error;
+pub mod limits;
 pub mod meta;
 pub mod serve;
 pub mod text;
+pub mod throttle;
 pub mod transfer;
 pub mod upkeep;
 

@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use hotate_server::limits::Limits;
 use hotate_server::{ServeOptions, admin, cert, serve, shutdown_signal};
 
 #[derive(Parser)]
@@ -40,6 +42,21 @@ enum Command {
         tls_cert: Option<PathBuf>,
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Connections open at once per port; more are closed as they arrive.
+        #[arg(long, default_value_t = Limits::default().max_connections)]
+        max_connections: usize,
+        /// Upload streams at once; more are told to retry.
+        #[arg(long, default_value_t = Limits::default().max_uploads)]
+        max_uploads: usize,
+        /// How soon a new connection must speak, and an upload stream send `open`.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        handshake_timeout: Duration,
+        /// How long a connection may stay silent (clients ping every 30 s).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        idle_timeout: Duration,
+        /// Password checks (argon2, ~19 MiB each) at once [default: the cores].
+        #[arg(long)]
+        login_concurrency: Option<usize>,
     },
     /// Manage users.
     #[command(subcommand)]
@@ -191,13 +208,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             advertise_transfer,
             tls_cert,
             tls_key,
+            max_connections,
+            max_uploads,
+            handshake_timeout,
+            idle_timeout,
+            login_concurrency,
         } => {
+            let limits = Limits {
+                max_connections,
+                max_uploads,
+                handshake_timeout,
+                idle_timeout,
+                login_concurrency: login_concurrency.unwrap_or(Limits::default().login_concurrency),
+            };
             let options = ServeOptions {
                 data,
                 listen,
                 transfer_listen,
                 advertise_transfer,
                 tls: tls_cert.zip(tls_key),
+                limits,
             };
             serve(options, shutdown_signal()).await
         }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use hotate_proto::pb::{control_server::ControlServer, transfer_server::TransferServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::control::ControlService;
 use crate::data::DataDir;
+use crate::limits::{self, Limits};
+use crate::throttle::LoginThrottle;
 use crate::transfer::TransferService;
 
 /// HTTP/2 windows sized for bulk upload, so the link, not flow control, sets the pace:
@@ -30,6 +31,7 @@ pub struct ServeOptions {
     pub transfer_listen: SocketAddr,
     pub advertise_transfer: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub limits: Limits,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -66,6 +68,7 @@ pub async fn serve(
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .tcp_nodelay(true);
         if let Some(tls) = &tls {
             builder = builder.tls_config(tls.clone()).context("configuring TLS")?;
@@ -73,12 +76,14 @@ pub async fn serve(
         Ok(builder)
     };
 
+    let limits = options.limits;
     let control = ControlServer::new(ControlService::new(
         data.clone(),
         transfer_addr.port(),
         options.advertise_transfer.clone(),
+        Arc::new(LoginThrottle::new(limits.login_concurrency)),
     ));
-    let transfer = TransferServer::new(TransferService::new(Arc::clone(&data)))
+    let transfer = TransferServer::new(TransferService::new(Arc::clone(&data), limits))
         .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
         .max_encoding_message_size(hotate_proto::MAX_MESSAGE);
 
@@ -97,12 +102,15 @@ pub async fn serve(
     let control_server = builder()?
         .add_service(control)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(control_listener),
+            limits::incoming(control_listener, limits),
             stopped(stop_rx.clone()),
         );
     let transfer_server = builder()?
         .add_service(transfer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(transfer_listener), stopped(stop_rx));
+        .serve_with_incoming_shutdown(
+            limits::incoming(transfer_listener, limits),
+            stopped(stop_rx),
+        );
     // Graceful stop waits for open streams; an upload may run for hours, so after a grace
     // period stop anyway: what it stored is durable and the terminal resumes.
     let deadline = async {

@@ -41,6 +41,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::control::{authenticate, blocking, check_owner};
 use crate::data::DataDir;
 use crate::error::ServerError;
+use crate::limits::Limits;
 use crate::meta::{Session, UpdateRow, UpdateState, VersionRow, now};
 
 /// Chunks verified concurrently per upload.
@@ -73,6 +74,9 @@ const MANIFEST_PART: usize = 1 << 20;
 pub struct TransferService {
     data: Arc<DataDir>,
     streams: Arc<Mutex<HashMap<String, LiveStream>>>,
+    /// One permit per upload stream, up to `Limits::max_uploads`.
+    uploads: Arc<tokio::sync::Semaphore>,
+    limits: Limits,
 }
 
 /// The stream that holds an update now.
@@ -105,10 +109,12 @@ impl Drop for StreamGuard {
 }
 
 impl TransferService {
-    pub fn new(data: Arc<DataDir>) -> Self {
+    pub fn new(data: Arc<DataDir>, limits: Limits) -> Self {
         Self {
             data,
             streams: Arc::default(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(limits.max_uploads.max(1))),
+            limits,
         }
     }
 
@@ -170,10 +176,22 @@ impl Transfer for TransferService {
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<Self::UploadStream>, Status> {
         let session = authenticate(&self.data, &request).await?;
+        let Ok(permit) = self.uploads.clone().try_acquire_owned() else {
+            return Err(ServerError::Busy(format!(
+                "{} uploads are running, the server's limit",
+                self.limits.max_uploads
+            ))
+            .into());
+        };
         let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.limits.handshake_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                ServerError::BadRequest("the upload stream did not send `open` in time".into())
+            })?;
         let Some(pb::UploadRequest {
             kind: Some(upload_request::Kind::Open(open)),
-        }) = inbound.message().await?
+        }) = first?
         else {
             return Err(ServerError::BadRequest("an upload must begin with `open`".into()).into());
         };
@@ -247,6 +265,7 @@ impl Transfer for TransferService {
             let guid = upload.update.guid.clone();
             let result = upload.run(inbound).await;
             drop(guard);
+            drop(permit);
             if let Err(status) = result {
                 tracing::warn!(update = %guid, cause = %status.message(), "upload stopped");
                 let _ = tx.send(Err(status)).await;

@@ -1,0 +1,164 @@
+//! Server-wide limits on connections: how many may be open at once, how soon a new one
+//! must speak, and how long one may stay silent. Clients send HTTP/2 pings every 30 s
+//! (and answer the server's), so a live connection is never silent for long; one that
+//! never sends its preface, or stops mid-way, is closed.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Limits and timeouts of `serve`, with their defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once per port; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Upload streams at once; more are refused with RESOURCE_EXHAUSTED (clients retry).
+    pub max_uploads: usize,
+    /// How long a new connection may take to send its first byte, and an upload stream
+    /// its `open` message.
+    pub handshake_timeout: Duration,
+    /// How long a connection may send nothing at all.
+    pub idle_timeout: Duration,
+    /// Password checks (argon2) at once.
+    pub login_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_uploads: 64,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            login_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// The accepted connections of `listener`, each guarded by `limits`; connections beyond
+/// the cap are closed at once.
+pub fn incoming(
+    listener: TcpListener,
+    limits: Limits,
+) -> impl Stream<Item = io::Result<Guarded<TcpStream>>> {
+    let open = Arc::new(AtomicUsize::new(0));
+    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |accepted| {
+        let open = open.clone();
+        async move {
+            let stream = match accepted {
+                Ok(stream) => stream,
+                // A failed accept (e.g. out of file descriptors) must not stop the server.
+                Err(e) => {
+                    tracing::warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return None;
+                }
+            };
+            if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+                open.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!(peer = ?stream.peer_addr().ok(), limit = limits.max_connections, "connection refused: too many open");
+                return None;
+            }
+            let _ = stream.set_nodelay(true);
+            Some(Ok(Guarded {
+                io: stream,
+                silence: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
+                idle_timeout: limits.idle_timeout,
+                slot: Slot(open),
+            }))
+        }
+    })
+}
+
+/// Frees a place under the connection cap when the connection goes.
+#[derive(Debug)]
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection that fails its reads once it has been silent too long.
+#[derive(Debug)]
+pub struct Guarded<IO> {
+    io: IO,
+    /// Fires when the peer has been silent too long (first the handshake deadline).
+    silence: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    #[allow(dead_code)]
+    slot: Slot,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let deadline = Instant::now() + self.idle_timeout;
+                self.silence.as_mut().reset(deadline);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match self.silence.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer was silent too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl Connected for Guarded<TcpStream> {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
