@@ -3,8 +3,10 @@
 //! A token is 32 random bytes in hex; only its BLAKE3 hash is stored, so a copy of the
 //! database does not hold usable tokens.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use std::cell::RefCell;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use hotate_engine::Hash;
 use tonic::Request;
 
@@ -44,10 +46,7 @@ pub fn login(
         Some(stored) => stored,
         None => dummy_hash()?,
     };
-    let parsed = PasswordHash::new(&stored).map_err(|e| ServerError::Internal(e.to_string()))?;
-    let matches = Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
+    let matches = verify_password(password.as_bytes(), &stored)?;
     if !(known && matches) {
         return Err(ServerError::BadLogin);
     }
@@ -63,6 +62,48 @@ pub fn login(
     };
     meta.add_token(&Hash::of(token.as_bytes()), &session, expires_at)?;
     Ok((token, expires_at))
+}
+
+thread_local! {
+    /// argon2's working memory (19 MiB with the default parameters), kept by each thread
+    /// that checks passwords: allocating it per check makes the allocator keep a copy per
+    /// thread and per check that it never returns.
+    static ARGON2_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether `password` matches a stored PHC hash, computed in this thread's kept memory.
+fn verify_password(password: &[u8], stored: &str) -> Result<bool, ServerError> {
+    let internal = |e: &dyn std::fmt::Display| ServerError::Internal(format!("password hash: {e}"));
+    let parsed = PasswordHash::new(stored).map_err(|e| internal(&e))?;
+    let params = Params::try_from(&parsed).map_err(|e| internal(&e))?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(|e| internal(&e))?;
+    let version = match parsed.version {
+        Some(v) => Version::try_from(v).map_err(|e| internal(&e))?,
+        None => Version::default(),
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(internal(&"no salt or hash"));
+    };
+    let mut salt_buf = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buf).map_err(|e| internal(&e))?;
+    let mut out = vec![0u8; expected.len()];
+    ARGON2_MEMORY
+        .with_borrow_mut(|memory| {
+            memory.resize(params.block_count(), Block::new());
+            Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+                password,
+                salt,
+                &mut out,
+                &mut memory[..],
+            )
+        })
+        .map_err(|e| internal(&e))?;
+    // Constant time: every byte is compared.
+    let differ = out
+        .iter()
+        .zip(expected.as_bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    Ok(differ == 0 && out.len() == expected.len())
 }
 
 fn dummy_hash() -> Result<String, ServerError> {

@@ -102,16 +102,16 @@ impl Control for ControlService {
         text::check_name("terminal name", &req.terminal)?;
         text::check_name("user name", &req.user)?;
         let user = req.user.clone();
-        let slot = self.throttle.admit(&user, addr).await.inspect_err(|e| {
-            tracing::warn!(user = %text::printable(&user), addr = ?addr, cause = %e, "login refused");
-        })?;
         let data = self.data.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            auth::login(&data.meta, &req.user, &req.password, &req.terminal)
-        })
-        .await
-        .map_err(ServerError::from)?;
-        drop(slot);
+        let checked = self
+            .throttle
+            .check(&user, addr, move || {
+                auth::login(&data.meta, &req.user, &req.password, &req.terminal)
+            })
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(user = %text::printable(&user), addr = ?addr, cause = %e, "login refused");
+            })?;
         match checked {
             Ok((token, expires_at)) => {
                 self.throttle.succeeded(&user, addr);

@@ -1,16 +1,18 @@
 //! Login throttling. A password check runs argon2 (about 19 MiB and tens of
-//! milliseconds), so checks run a few at a time (`concurrency`, the cores by default)
-//! with a bounded queue; repeated failures slow down and then lock out the user name and
-//! the client address for a while, growing with each further failure. Failures are
-//! forgotten after `FORGET` without one; the table of failures is bounded.
+//! milliseconds), so checks run on a few dedicated threads (`concurrency`, the cores by
+//! default) behind a bounded queue: memory stays at a few argon2 buffers whatever the
+//! flood (on the shared blocking pool, each of its many threads would keep one). Repeated
+//! failures slow down and then lock out the user name and the client address for a
+//! while, growing with each further failure. Failures are forgotten after `FORGET`
+//! without one; the table of failures is bounded.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::TrySendError;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::oneshot;
 
 use crate::error::ServerError;
 
@@ -28,7 +30,8 @@ const MAX_DELAY: Duration = Duration::from_secs(2);
 const FORGET: Duration = Duration::from_secs(15 * 60);
 /// Entries kept in the failure table at most.
 const MAX_ENTRIES: usize = 10_000;
-/// Logins waiting for a password check at most, per permit; beyond, refused at once.
+/// Logins waiting for a password check at most, per checking thread; beyond, refused at
+/// once.
 const QUEUE_PER_CHECK: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,48 +47,53 @@ struct Failures {
     locked_until: Option<Instant>,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
 /// Shared by every login of a server.
 #[derive(Debug)]
 pub struct LoginThrottle {
-    checks: Semaphore,
-    queue: usize,
-    waiting: AtomicUsize,
+    jobs: std::sync::mpsc::SyncSender<Job>,
     failures: Mutex<HashMap<Key, Failures>>,
 }
-
-/// Counts a login waiting for a slot, until it is admitted, refused or dropped.
-struct Waiter<'a>(&'a AtomicUsize);
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A slot to run one password check.
-#[derive(Debug)]
-pub struct CheckSlot<'a>(#[allow(dead_code)] SemaphorePermit<'a>);
 
 impl LoginThrottle {
     pub fn new(concurrency: usize) -> Self {
         let concurrency = concurrency.max(1);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(concurrency * QUEUE_PER_CHECK);
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..concurrency {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("password-check-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(cause = %e, "cannot start a password check thread");
+            }
+        }
         Self {
-            checks: Semaphore::new(concurrency),
-            queue: concurrency * QUEUE_PER_CHECK,
-            waiting: Default::default(),
+            jobs,
             failures: Mutex::default(),
         }
     }
 
-    /// Refuses a locked-out user or address, then waits for a check slot.
+    /// Runs a password check for `user` from `addr`, unless either is locked out.
     ///
     /// # Errors
-    /// `LoginLocked` while locked out; `Busy` when too many logins already wait.
-    pub async fn admit(
+    /// `LoginLocked` while locked out; `Busy` when too many checks already wait.
+    pub async fn check<T: Send + 'static>(
         &self,
         user: &str,
         addr: Option<IpAddr>,
-    ) -> Result<CheckSlot<'_>, ServerError> {
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ServerError> {
         let now = Instant::now();
         {
             let failures = self.lock();
@@ -99,15 +107,22 @@ impl LoginThrottle {
                 }
             }
         }
-        let waiter = Waiter(&self.waiting);
-        if waiter.0.fetch_add(1, Ordering::AcqRel) >= self.queue {
-            return Err(ServerError::Busy("too many logins at once".into()));
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(ServerError::Busy("too many logins at once".into()));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(ServerError::Busy("password checks are not running".into()));
+            }
         }
-        let permit = self.checks.acquire().await;
-        drop(waiter);
-        permit
-            .map(CheckSlot)
-            .map_err(|_| ServerError::Busy("the server is stopping".into()))
+        result
+            .await
+            .map_err(|_| ServerError::Internal("a password check failed".into()))
     }
 
     /// Records a failure; returns how long to wait before answering it.
@@ -179,41 +194,56 @@ mod tests {
         let addr = Some(IpAddr::from([10, 0, 0, 7]));
         let mut delays = Vec::new();
         for _ in 0..USER_FAILURES {
-            drop(throttle.admit("alice", addr).await.expect("admitted"));
+            throttle.check("alice", addr, || ()).await.expect("checked");
             delays.push(throttle.failed("alice", addr));
         }
         assert!(delays.windows(2).all(|w| w[0] <= w[1]) && delays[0] > Duration::ZERO);
-        let locked = throttle.admit("alice", addr).await.expect_err("locked");
+        let locked = throttle
+            .check("alice", addr, || ())
+            .await
+            .expect_err("locked");
         assert!(matches!(locked, ServerError::LoginLocked { secs } if secs >= 25));
         // Another user from elsewhere is not locked; the address is not yet.
-        assert!(
-            throttle
-                .admit("bob", Some(IpAddr::from([10, 0, 0, 8])))
-                .await
-                .is_ok()
-        );
-        assert!(throttle.admit("carol", addr).await.is_ok());
+        let elsewhere = Some(IpAddr::from([10, 0, 0, 8]));
+        assert!(throttle.check("bob", elsewhere, || ()).await.is_ok());
+        assert!(throttle.check("carol", addr, || ()).await.is_ok());
         throttle.succeeded("alice", addr);
-        assert!(throttle.admit("alice", addr).await.is_ok());
+        assert!(throttle.check("alice", addr, || ()).await.is_ok());
     }
 
     #[tokio::test]
-    async fn checks_run_a_few_at_a_time_and_the_queue_is_bounded() {
-        let throttle = LoginThrottle::new(1);
-        let slot = throttle.admit("a", None).await.expect("first");
-        let waiting: Vec<_> = (0..QUEUE_PER_CHECK)
-            .map(|_| Box::pin(throttle.admit("a", None)))
-            .collect();
-        let mut waiting = waiting;
-        for w in &mut waiting {
-            assert!(
-                futures::poll!(w.as_mut()).is_pending(),
-                "waits for the slot"
-            );
+    async fn checks_run_on_their_threads_and_the_queue_is_bounded() {
+        let throttle = Arc::new(LoginThrottle::new(1));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let throttle = throttle.clone();
+            tokio::spawn(
+                async move { throttle.check("a", None, move || hold.recv().is_ok()).await },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut queued = Vec::new();
+        for _ in 0..QUEUE_PER_CHECK {
+            let throttle = throttle.clone();
+            queued.push(tokio::spawn(async move {
+                throttle
+                    .check("a", None, || {
+                        std::thread::current().name().map(str::to_owned)
+                    })
+                    .await
+            }));
         }
-        let refused = throttle.admit("a", None).await.expect_err("queue full");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = throttle
+            .check("a", None, || ())
+            .await
+            .expect_err("queue full");
         assert!(matches!(refused, ServerError::Busy(_)));
-        drop(slot);
-        assert!(waiting.remove(0).await.is_ok());
+        release.send(()).expect("release");
+        assert!(busy.await.expect("join").expect("ran"));
+        for q in queued {
+            let thread = q.await.expect("join").expect("ran");
+            assert_eq!(thread.as_deref(), Some("password-check-0"));
+        }
     }
 }

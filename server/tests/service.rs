@@ -51,6 +51,11 @@ struct Server {
 
 impl Server {
     fn start(data: &Path) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    /// Starts a server with extra `serve` flags.
+    fn start_with(data: &Path, flags: &[&str]) -> Self {
         let mut child = Command::new(server_bin())
             .args(["--data"])
             .arg(data)
@@ -61,6 +66,7 @@ impl Server {
                 "--transfer-listen",
                 "127.0.0.1:0",
             ])
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -79,6 +85,22 @@ impl Server {
             control: addrs["control"].clone(),
             transfer: addrs["transfer"].clone(),
         }
+    }
+
+    /// The server's peak resident memory so far, in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .expect("VmHWM")
+            * 1024
+    }
+
+    fn control_addr(&self) -> String {
+        self.control.trim_start_matches("http://").to_owned()
     }
 
     async fn control(&self) -> ControlClient<Channel> {
@@ -1113,4 +1135,167 @@ async fn a_second_stream_takes_the_upload_over_and_nothing_stored_is_lost() {
     );
     assert_eq!(export(&f, &second.version.expect("committed")), updated);
     drop(tx);
+}
+
+#[tokio::test]
+async fn a_login_flood_is_bounded_in_memory_and_repeated_failures_lock_out() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let _ = login(&server, "PC-000").await;
+    let baseline = server.peak_rss();
+    // 64 logins of unknown users at once: argon2 runs a few at a time, so memory stays.
+    let mut flood = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        clients.push(server.control().await);
+    }
+    for (i, mut control) in clients.into_iter().enumerate() {
+        flood.push(tokio::spawn(async move {
+            control
+                .login(pb::LoginRequest {
+                    user: format!("nobody-{i}"),
+                    password: "guess".into(),
+                    terminal: "PC-666".into(),
+                })
+                .await
+        }));
+    }
+    for attempt in flood {
+        let err = attempt.await.expect("join").expect_err("refused");
+        assert!(
+            matches!(err.code(), Code::Unauthenticated | Code::ResourceExhausted),
+            "{err:?}"
+        );
+    }
+    let grown = server.peak_rss().saturating_sub(baseline);
+    eprintln!("64 logins at once: server peak +{} MiB", grown >> 20);
+    assert!(
+        grown < 96 << 20,
+        "64 logins grew the server by {} MiB",
+        grown >> 20
+    );
+
+    // Five wrong passwords lock the user out, even with the right one next.
+    for _ in 0..5 {
+        let err = server
+            .control()
+            .await
+            .login(pb::LoginRequest {
+                user: "alice".into(),
+                password: "wrong".into(),
+                terminal: "PC-001".into(),
+            })
+            .await
+            .expect_err("wrong");
+        assert!(matches!(
+            err.code(),
+            Code::Unauthenticated | Code::ResourceExhausted
+        ));
+    }
+    let locked = server
+        .control()
+        .await
+        .login(pb::LoginRequest {
+            user: "alice".into(),
+            password: "secret".into(),
+            terminal: "PC-001".into(),
+        })
+        .await
+        .expect_err("locked out");
+    assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
+    assert!(locked.metadata().get("hotate-retry-after").is_some());
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_and_connections_and_uploads_are_capped() {
+    use tokio::io::AsyncReadExt;
+    let f = fixture();
+    let server = Server::start_with(
+        &f.data,
+        &[
+            "--handshake-timeout",
+            "1s",
+            "--max-connections",
+            "3",
+            "--max-uploads",
+            "1",
+        ],
+    );
+    // Never a byte: closed after the handshake timeout.
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(server.control_addr())
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "a silent connection stayed open");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    drop(silent);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    // Beyond the cap, connections are closed at once; a login works when they go.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            tokio::net::TcpStream::connect(server.control_addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut extra = tokio::net::TcpStream::connect(server.control_addr())
+        .await
+        .expect("connect");
+    let closed = tokio::time::timeout(std::time::Duration::from_millis(800), extra.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let token = login(&server, "PC-001").await;
+
+    // An upload stream that never sends `open` is ended; one upload at a time.
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let (_quiet_tx, quiet_rx) = mpsc::channel::<pb::UploadRequest>(1);
+    let never_opened = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        server
+            .transfer()
+            .await
+            .upload(authed(&token, ReceiverStream::new(quiet_rx))),
+    )
+    .await
+    .expect("the server answers")
+    .expect_err("refused");
+    assert_eq!(
+        never_opened.code(),
+        Code::InvalidArgument,
+        "{never_opened:?}"
+    );
+    let (_tx, _first) = open_stream(&server, &token, &guid).await;
+    let (tx2, rx2) = mpsc::channel(1);
+    tx2.send(pb::UploadRequest {
+        kind: Some(upload_request::Kind::Open(pb::Open {
+            upload_id: guid.clone(),
+        })),
+    })
+    .await
+    .expect("queue");
+    let busy = server
+        .transfer()
+        .await
+        .upload(authed(&token, ReceiverStream::new(rx2)))
+        .await
+        .expect_err("busy");
+    assert_eq!(busy.code(), Code::ResourceExhausted, "{busy:?}");
+    assert!(busy.metadata().get("hotate-busy").is_some());
 }
