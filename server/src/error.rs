@@ -52,6 +52,8 @@ pub enum ServerError {
     LoginLocked { secs: u64 },
     #[error("the server is busy ({0}): try again shortly")]
     Busy(String),
+    #[error("the upload exceeds its memory budget: {0}")]
+    OverBudget(String),
     #[error("invalid request: {0}")]
     BadRequest(String),
     #[error("rejected chunk: {0}")]
@@ -122,7 +124,9 @@ impl From<ServerError> for Status {
             ServerError::BadRequest(_) | ServerError::BadChunk(_) | ServerError::BadImage(_) => {
                 Code::InvalidArgument
             }
-            ServerError::LoginLocked { .. } | ServerError::Busy(_) => Code::ResourceExhausted,
+            ServerError::LoginLocked { .. } | ServerError::Busy(_) | ServerError::OverBudget(_) => {
+                Code::ResourceExhausted
+            }
             ServerError::Store(StoreError::Io { source, .. }) | ServerError::Io(source)
                 if source.kind() == std::io::ErrorKind::StorageFull =>
             {

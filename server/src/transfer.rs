@@ -8,8 +8,8 @@
 //!   the base version's block at its index where that block had content, so the client
 //!   may send only the changed pages (the base blocks read for that are kept, within
 //!   `BASE_CACHE_BYTES`, until their chunks arrive);
-//! - chunks (whole, or deltas rebuilt against their base) are verified, `VERIFY_JOBS` at
-//!   a time;
+//! - chunks (whole, or deltas rebuilt against their base) are verified, up to
+//!   `VERIFY_BYTES` of blocks (and `VERIFY_JOBS`) at a time;
 //! - verified chunks are stored durably in groups (one group commit for up to
 //!   `GROUP_COMMIT` chunks, one group in flight while the next fills) and acknowledged
 //!   once on disk.
@@ -44,8 +44,11 @@ use crate::error::ServerError;
 use crate::limits::Limits;
 use crate::meta::{Session, UpdateRow, UpdateState, VersionRow, now};
 
-/// Chunks verified concurrently per upload.
+/// Chunks verified concurrently per upload, at most...
 const VERIFY_JOBS: usize = 16;
+/// ...and at most this many bytes of blocks (each job holds about three: the decoded
+/// block, a rebuilt one, its compressed frame), but two jobs whatever the block size.
+const VERIFY_BYTES: usize = 32 << 20;
 /// Offers answered concurrently per upload (the client keeps a few in flight).
 const OFFER_JOBS: usize = 4;
 /// Verified chunks stored with one group commit (fewer when the stream pauses)...
@@ -56,10 +59,16 @@ const GROUP_COMMIT_BYTES: u64 = 8 << 20;
 /// Bytes of base blocks kept from an offer's answer until their delta arrives (beyond
 /// it, a delta's base is read again from the store).
 const BASE_CACHE_BYTES: usize = 32 << 20;
-/// Bytes of base blocks one answer reads (each distinct base once); needed chunks beyond
-/// it are asked for whole. With `OFFER_JOBS` answers at once this bounds what offers can
-/// make the server read and hold, whatever they name.
-const BASE_ANSWER_BYTES: usize = 16 << 20;
+/// Bytes of base blocks one answer reads for page digests (each distinct base once, one
+/// at a time); needed chunks beyond it are asked for whole...
+const BASE_ANSWER_READ: usize = 64 << 20;
+/// ...and of those, the bytes it keeps for the base cache. With `OFFER_JOBS` answers at
+/// once this bounds what offers can make the server read and hold, whatever they name.
+const BASE_ANSWER_KEEP: usize = 8 << 20;
+/// Hashes one upload session may have asked for and not yet received: an honest client
+/// has at most its window's worth outstanding; the bound keeps an offer flood from
+/// growing the server.
+const MAX_PENDING: usize = 65_536;
 /// How often a stream checks that its update is still live and still its own.
 const STATE_POLL: Duration = Duration::from_secs(1);
 /// How long a new stream waits for the one it takes over to store what it verified.
@@ -248,7 +257,7 @@ impl Transfer for TransferService {
         let upload = Upload {
             data: self.data.clone(),
             session,
-            offered: vec![false; parent.len()],
+            offered: vec![0; parent.len().div_ceil(64)],
             update,
             parent,
             stop,
@@ -283,8 +292,8 @@ struct Answer {
     needs: Vec<(Hash, usize, Option<BaseBlock>)>,
 }
 
-/// A base named for a delta, with the block's content.
-type BaseBlock = (Base, Bytes);
+/// A base named for a delta, with the block's content when the answer kept it.
+type BaseBlock = (Base, Option<Bytes>);
 
 /// A hash asked for in this session and not yet stored.
 #[derive(Debug, Clone, Copy)]
@@ -328,8 +337,8 @@ struct Upload {
     session: Session,
     update: UpdateRow,
     parent: Manifest,
-    /// Block indexes offered in this session: each may be offered once.
-    offered: Vec<bool>,
+    /// Block indexes offered in this session, a bit each: each may be offered once.
+    offered: Vec<u64>,
     /// Set when a newer stream takes the upload over.
     stop: watch::Receiver<bool>,
     /// Hashes asked for in this session and not yet stored.
@@ -443,14 +452,17 @@ impl Upload {
         for entry in offer.entries {
             let offer =
                 Offer::try_from(entry).map_err(|e| ServerError::BadRequest(e.to_string()))?;
-            let Some(seen) = self.offered.get_mut(offer.index as usize) else {
+            if offer.index >= count {
                 return Err(ServerError::BadRequest(format!(
                     "block {} is beyond the disk's {count} blocks",
                     offer.index
                 ))
                 .into());
-            };
-            if std::mem::replace(seen, true) {
+            }
+            let (word, bit) = ((offer.index / 64) as usize, 1u64 << (offer.index % 64));
+            let seen = self.offered[word] & bit != 0;
+            self.offered[word] |= bit;
+            if seen {
                 return Err(ServerError::BadRequest(format!(
                     "block {} was offered twice in one upload",
                     offer.index
@@ -485,6 +497,12 @@ impl Upload {
             .filter(|(h, _)| !self.pending.contains_key(h) && !self.asking.contains_key(h))
             .map(|(h, len)| (*h, *len))
             .collect();
+        if self.pending.len() + self.asking.len() + candidates.len() > MAX_PENDING {
+            return Err(ServerError::OverBudget(format!(
+                "more than {MAX_PENDING} chunks asked for and not yet sent; send them before offering more"
+            ))
+            .into());
+        }
         self.asking.extend(candidates.iter().copied());
         // The block each hash replaces, where it had content: the base of a delta.
         let mut replaced = HashMap::new();
@@ -509,7 +527,7 @@ impl Upload {
             data.meta.record_offers(&guid, session, &offers)?;
             let mut needs = Vec::new();
             let mut bases: HashMap<Hash, Option<BaseBlock>> = HashMap::new();
-            let mut base_bytes = 0;
+            let (mut read, mut kept) = (0, 0);
             for &(hash, len) in &candidates {
                 // A held chunk is read and verified: dedup never trusts a damaged one.
                 match data.store.holds(&hash, max_len)? {
@@ -524,12 +542,14 @@ impl Upload {
                 }
                 let base = match replaced.get(&hash) {
                     Some(old) if bases.contains_key(old) => bases[old].clone(),
-                    Some(old) if base_bytes < BASE_ANSWER_BYTES => {
+                    Some(old) if read < BASE_ANSWER_READ => {
                         // Without a readable base the chunk simply travels whole.
                         let base = data.store.get(old, max_len).ok().map(|content| {
-                            base_bytes += content.len();
+                            read += content.len();
                             let pages = PageDigests::of(&content);
-                            (Base { hash: *old, pages }, content)
+                            let keep = kept + content.len() <= BASE_ANSWER_KEEP;
+                            kept += if keep { content.len() } else { 0 };
+                            (Base { hash: *old, pages }, keep.then_some(content))
                         });
                         bases.insert(*old, base.clone());
                         base
@@ -565,7 +585,9 @@ impl Upload {
             need.hashes.push(hotate_proto::hash_bytes(&hash));
             let base = base.map(|(base, content)| {
                 need.bases.push(hotate_proto::delta_base(&hash, &base));
-                self.base_cache.keep(base.hash, content);
+                if let Some(content) = content {
+                    self.base_cache.keep(base.hash, content);
+                }
                 base.hash
             });
             self.pending.insert(hash, Pending { base, len });
@@ -597,7 +619,8 @@ impl Upload {
         // The chunk came: its base leaves the cache, used or not.
         let cached = pending.base.and_then(|b| self.base_cache.take(&b));
         let len = pending.len;
-        while self.verifying.len() >= VERIFY_JOBS {
+        let jobs = (VERIFY_BYTES / self.parent.block_size().bytes()).clamp(2, VERIFY_JOBS);
+        while self.verifying.len() >= jobs {
             if let Some(done) = self.verifying.join_next().await {
                 self.verified(done).await?;
             }

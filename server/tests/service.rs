@@ -1299,3 +1299,126 @@ async fn silent_connections_are_closed_and_connections_and_uploads_are_capped() 
     assert_eq!(busy.code(), Code::ResourceExhausted, "{busy:?}");
     assert!(busy.metadata().get("hotate-busy").is_some());
 }
+
+/// A disk named `name` with `blocks` blocks of `block` bytes, block `i` filled with byte
+/// `i + 1` (distinct, cheap to store); `sparse_blocks` zero blocks follow as a hole.
+fn import_patterned(f: &Fixture, name: &str, block: usize, blocks: usize, sparse_blocks: u64) {
+    let path = f.work.join(format!("{name}.img"));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path).expect("create");
+        for i in 0..blocks {
+            file.write_all(&vec![i as u8 + 1; block]).expect("write");
+        }
+        file.set_len((blocks as u64 + sparse_blocks) * block as u64)
+            .expect("extend");
+    }
+    admin_ok(
+        &f.data,
+        &[
+            "disk",
+            "import",
+            name,
+            path.to_str().expect("path"),
+            "--block-size",
+            &block.to_string(),
+        ],
+    );
+    std::fs::remove_file(path).expect("remove");
+}
+
+async fn start_on(server: &Server, token: &str, disk: &str) -> String {
+    let disk = server
+        .control()
+        .await
+        .get_disk(authed(token, pb::GetDiskRequest { disk: disk.into() }))
+        .await
+        .expect("disk")
+        .into_inner();
+    start(server, token, &disk.id, &disk.latest_version)
+        .await
+        .expect("start")
+}
+
+fn random_hash(i: u64) -> Hash {
+    Hash::of(&(i ^ 0x5eed_0000_0000).to_le_bytes())
+}
+
+#[tokio::test]
+async fn offers_cannot_make_the_server_read_and_hold_many_base_blocks() {
+    let f = fixture();
+    import_patterned(&f, "huge", 16 << 20, 12, 0);
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let guid = start_on(&server, &token, "huge").await;
+    let baseline = server.peak_rss();
+    // Twelve new hashes, each replacing a 16 MiB base block.
+    let (tx, mut replies) = open_stream(&server, &token, &guid).await;
+    let entries: Vec<(u64, Hash)> = (0..12).map(|i| (i, random_hash(i))).collect();
+    send(&tx, offer_of(1, &entries)).await;
+    let Some(pb::UploadReply {
+        kind: Some(upload_reply::Kind::Need(need)),
+    }) = replies.message().await.expect("need")
+    else {
+        panic!("expected a need");
+    };
+    assert_eq!(need.hashes.len(), 12);
+    assert!(
+        (1..=4).contains(&need.bases.len()),
+        "{} bases offered",
+        need.bases.len()
+    );
+    let grown = server.peak_rss().saturating_sub(baseline);
+    eprintln!(
+        "an offer naming 12 bases of 16 MiB: server peak +{} MiB",
+        grown >> 20
+    );
+    assert!(grown < 96 << 20, "grew by {} MiB", grown >> 20);
+    // The same block twice in one upload, and more entries than blocks, are refused.
+    send(&tx, offer_of(2, &[(3, random_hash(99))])).await;
+    let twice = outcome(&mut replies).await.expect_err("refused");
+    assert_eq!(twice.code(), Code::InvalidArgument);
+    assert!(
+        twice.message().contains("offered twice"),
+        "{}",
+        twice.message()
+    );
+    let (tx, mut replies) = open_stream(&server, &token, &guid).await;
+    let many: Vec<(u64, Hash)> = (0..13).map(|i| (i % 12, random_hash(i))).collect();
+    send(&tx, offer_of(1, &many)).await;
+    let refused = outcome(&mut replies).await.expect_err("refused");
+    assert!(
+        refused.message().contains("13 entries"),
+        "{}",
+        refused.message()
+    );
+}
+
+#[tokio::test]
+async fn an_offer_flood_meets_the_upload_budget() {
+    let f = fixture();
+    // 70,000 blocks of 64 KiB, nearly all a hole.
+    import_patterned(&f, "wide", 64 << 10, 1, 69_999);
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let guid = start_on(&server, &token, "wide").await;
+    let baseline = server.peak_rss();
+    let (tx, mut replies) = open_stream(&server, &token, &guid).await;
+    for batch in 0..3u64 {
+        let entries: Vec<(u64, Hash)> = (batch * 30_000..(batch + 1) * 30_000)
+            .filter(|&i| i < 70_000)
+            .map(|i| (i, random_hash(i)))
+            .collect();
+        send(&tx, offer_of(batch + 1, &entries)).await;
+    }
+    let refused = outcome(&mut replies).await.expect_err("over budget");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("memory budget"),
+        "{}",
+        refused.message()
+    );
+    let grown = server.peak_rss().saturating_sub(baseline);
+    eprintln!("an offer flood: server peak +{} MiB", grown >> 20);
+    assert!(grown < 64 << 20, "grew by {} MiB", grown >> 20);
+}
