@@ -112,6 +112,84 @@ impl Lang {
             ),
         )
     }
+    pub fn plain_http_refused(self, url: &str) -> String {
+        self.pick(
+            format!(
+                "Refusing plain http to {url}: the password and the disk's data would cross the network unencrypted. Use https:// (the server's --tls-cert), or pass --insecure on a trusted network."
+            ),
+            format!(
+                "{url} への暗号化されていない http 接続は行いません (パスワードとディスクのデータが平文で送られます)。https:// を使用するか (サーバーの --tls-cert)、信頼できるネットワークでは --insecure を指定してください。"
+            ),
+        )
+    }
+    pub fn expects_tls(self, url: &str) -> String {
+        self.pick(
+            format!(
+                "The Manage Server at {url} expects TLS: use https:// instead of http:// (`update clear-url` forgets a cached URL)."
+            ),
+            format!(
+                "{url} の ManageServer は TLS 接続を待っています: http:// ではなく https:// を使用してください (キャッシュされた URL は `update clear-url` で削除できます)。"
+            ),
+        )
+    }
+    pub fn login_locked(self, secs: &str) -> String {
+        self.pick(
+            format!(
+                "Login refused for now: too many failed logins for this user or from this address. Try again in {secs} s."
+            ),
+            format!(
+                "ログインに連続して失敗したため、一時的にログインできません。{secs} 秒後に再度お試しください。"
+            ),
+        )
+    }
+    pub fn server_busy(self, cause: &str) -> String {
+        self.pick(
+            format!("The Manage Server is busy ({cause})."),
+            format!("ManageServer が混雑しています ({cause})。"),
+        )
+    }
+    pub fn waiting_for_server(self, secs: u64) -> String {
+        self.pick(
+            format!("The Manage Server is busy with other uploads; retrying in {secs} s..."),
+            format!("ManageServer がほかのアップロードを処理中です。{secs} 秒後に再試行します..."),
+        )
+    }
+    pub fn image_is_not_a_file(self, path: &str, kind: &str) -> String {
+        let ja_kind = match kind {
+            "directory" => "ディレクトリ",
+            "named pipe (FIFO)" => "名前付きパイプ (FIFO)",
+            "character device" => "キャラクターデバイス",
+            "block device" => "ブロックデバイス",
+            "socket" => "ソケット",
+            _ => "通常のファイルではないもの",
+        };
+        self.pick(
+            format!(
+                "The differential disk {path} is a {kind}, not an image file; check `image` in terminal.toml."
+            ),
+            format!(
+                "差分ディスク {path} は{ja_kind}で、イメージファイルではありません。terminal.toml の `image` を確認してください。"
+            ),
+        )
+    }
+    pub fn image_missing(self, path: &str) -> String {
+        self.pick(
+            format!("The differential disk {path} does not exist; check `image` in terminal.toml."),
+            format!(
+                "差分ディスク {path} が存在しません。terminal.toml の `image` を確認してください。"
+            ),
+        )
+    }
+    pub fn image_shrunk(self, path: &str) -> String {
+        self.pick(
+            format!(
+                "The differential disk {path} was truncated while it was read. Nothing is lost: run `hotate-client update finish` again once nothing writes to it."
+            ),
+            format!(
+                "読み込み中に差分ディスク {path} が切り詰められました。データは失われていません。書き込みが終わってから再度 `hotate-client update finish` を実行してください。"
+            ),
+        )
+    }
     pub fn already_started(self, guid: &str) -> String {
         self.pick(
             format!(

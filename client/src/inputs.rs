@@ -15,6 +15,8 @@ pub struct Inputs {
     pub user: Option<String>,
     pub password_stdin: bool,
     pub ca: Option<PathBuf>,
+    /// Allow plain http to another host (the password crosses the network in clear).
+    pub insecure: bool,
 }
 
 /// The login values of one run.

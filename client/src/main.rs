@@ -31,6 +31,9 @@ struct Cli {
     /// A private CA certificate (PEM) to trust for https.
     #[arg(long, global = true)]
     ca: Option<PathBuf>,
+    /// Allow plain http:// to a server on another host (password and data unencrypted).
+    #[arg(long, global = true)]
+    insecure: bool,
     #[command(subcommand)]
     command: Top,
 }
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
             user: cli.user,
             password_stdin: cli.password_stdin,
             ca: cli.ca,
+            insecure: cli.insecure,
         },
     };
     let runtime = match tokio::runtime::Runtime::new() {

@@ -19,10 +19,18 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens a channel to `url`, trusting `ca` in addition to the system roots for https.
+/// Plain `http://` is refused unless the host is this machine or `insecure` is set: the
+/// password would cross the network in clear.
 ///
 /// # Errors
-/// When the URL is malformed, the CA file unreadable, or the server unreachable.
-pub async fn channel(url: &str, ca: Option<&Path>, lang: Lang) -> anyhow::Result<Channel> {
+/// When the URL is malformed or refused, the CA file unreadable, or the server
+/// unreachable (saying so when it expects TLS).
+pub async fn channel(
+    url: &str,
+    ca: Option<&Path>,
+    insecure: bool,
+    lang: Lang,
+) -> anyhow::Result<Channel> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| UsageError(format!("server URL {url:?} is malformed: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -42,19 +50,79 @@ pub async fn channel(url: &str, ca: Option<&Path>, lang: Lang) -> anyhow::Result
             tls = tls.domain_name(host.trim_start_matches('[').trim_end_matches(']'));
         }
         endpoint = endpoint.tls_config(tls).context("configuring TLS")?;
-    } else if !is_loopback(url) {
-        tracing::warn!(%url, "plain http to a non-loopback server: the password and data are not encrypted; use https");
+    } else if !is_loopback(endpoint.uri()) {
+        if !insecure {
+            return Err(UsageError(lang.plain_http_refused(url)).into());
+        }
+        tracing::warn!(%url, "plain http to another host (--insecure): the password and data are not encrypted");
     }
-    endpoint.connect().await.map_err(|e| {
-        let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-        Unreachable(lang.unreachable(url, &cause)).into()
-    })
+    let uri = endpoint.uri().clone();
+    match endpoint.connect().await {
+        Ok(channel) => Ok(channel),
+        Err(e) if url.starts_with("http://") && expects_tls(&uri).await => {
+            let _ = e;
+            Err(Unreachable(lang.expects_tls(url)).into())
+        }
+        Err(e) => {
+            let cause =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            Err(Unreachable(lang.unreachable(url, &cause)).into())
+        }
+    }
 }
 
-fn is_loopback(url: &str) -> bool {
-    ["://127.", "://localhost", "://[::1]"]
-        .iter()
-        .any(|p| url.contains(p))
+/// Whether the URL's host is this machine, judged from the parsed host (so that
+/// `http://localhost@other-host/` is not).
+fn is_loopback(uri: &tonic::transport::Uri) -> bool {
+    match uri.host() {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// Whether a status comes from the connection rather than from the server's answer.
+pub fn is_transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+        || status.message().starts_with("h2 protocol error")
+        || matches!(
+            status.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown
+        )
+}
+
+/// Whether the server at `uri` answers plain HTTP/2 with a TLS alert: it expects TLS.
+async fn expects_tls(uri: &tonic::transport::Uri) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+        return false;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .ok()?;
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.ok()?;
+        // A TLS record: content type alert (21) or handshake (22), major version 3.
+        Some(matches!(head, [21 | 22, 3]))
+    };
+    tokio::time::timeout(Duration::from_secs(3), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// `host:port` of a URL, for messages.
@@ -72,6 +140,8 @@ pub struct Session {
     pub control: ControlClient<Channel>,
     pub token: String,
     pub lang: Lang,
+    /// Plain http to another host was allowed with `--insecure`.
+    pub insecure: bool,
 }
 
 impl Session {
@@ -82,24 +152,40 @@ impl Session {
     pub async fn login(
         url: &str,
         ca: Option<&Path>,
+        insecure: bool,
         credentials: &Credentials,
         terminal: &str,
         lang: Lang,
     ) -> anyhow::Result<Self> {
-        let mut control = ControlClient::new(channel(url, ca, lang).await?);
-        let reply = control
+        let channel = channel(url, ca, insecure, lang).await?;
+        let mut control = ControlClient::new(channel);
+        let reply = match control
             .login(pb::LoginRequest {
                 user: credentials.user.clone(),
                 password: credentials.password.clone(),
                 terminal: terminal.to_owned(),
             })
             .await
-            .map_err(|s| explain(&s, lang, url))?;
+        {
+            Ok(reply) => reply,
+            // Plain HTTP/2 to a TLS port fails only at the first call.
+            Err(status) if url.starts_with("http://") && is_transport_failure(&status) => {
+                let uri: Option<tonic::transport::Uri> = url.parse().ok();
+                if let Some(uri) = uri
+                    && expects_tls(&uri).await
+                {
+                    return Err(Unreachable(lang.expects_tls(url)).into());
+                }
+                return Err(explain(&status, lang, url));
+            }
+            Err(status) => return Err(explain(&status, lang, url)),
+        };
         Ok(Self {
             url: url.to_owned(),
             control,
             token: reply.into_inner().token,
             lang,
+            insecure,
         })
     }
 
@@ -123,9 +209,11 @@ impl Session {
         url: &str,
         ca: Option<&Path>,
     ) -> anyhow::Result<TransferClient<Channel>> {
-        Ok(TransferClient::new(channel(url, ca, self.lang).await?)
-            .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
-            .max_encoding_message_size(hotate_proto::MAX_MESSAGE))
+        Ok(
+            TransferClient::new(channel(url, ca, self.insecure, self.lang).await?)
+                .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
+                .max_encoding_message_size(hotate_proto::MAX_MESSAGE),
+        )
     }
 }
 
@@ -151,6 +239,12 @@ pub fn explain(status: &Status, lang: Lang, url: &str) -> anyhow::Error {
             lang.update_ended(&meta("hotate-update-state").unwrap_or_default())
         }
         Code::Aborted if meta("hotate-taken-over").is_some() => lang.taken_over(),
+        Code::ResourceExhausted if meta("hotate-retry-after").is_some() => {
+            lang.login_locked(&meta("hotate-retry-after").unwrap_or_default())
+        }
+        Code::ResourceExhausted if meta("hotate-busy").is_some() => {
+            lang.server_busy(status.message())
+        }
         Code::Unavailable => return Unreachable(lang.unreachable(url, status.message())).into(),
         _ => status.message().to_owned(),
     };

@@ -31,13 +31,7 @@ use crate::server::{Session, explain};
 /// an `Unknown`/`Unavailable`/`Cancelled` code or an "h2 protocol error" message; the
 /// server never answers with those.
 fn explain_stream(status: &Status, lang: crate::i18n::Lang, url: &str) -> anyhow::Error {
-    let transport = std::error::Error::source(status).is_some()
-        || status.message().starts_with("h2 protocol error")
-        || matches!(
-            status.code(),
-            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
-        );
-    if transport {
+    if crate::server::is_transport_failure(status) {
         Unreachable(lang.connection_lost(status.message())).into()
     } else {
         explain(status, lang, url)
@@ -46,6 +40,10 @@ fn explain_stream(status: &Status, lang: crate::i18n::Lang, url: &str) -> anyhow
 
 /// Requests queued towards the server; a few chunks keep the link busy.
 const REQUEST_QUEUE: usize = 8;
+/// Waits between tries while the server is at its upload limit, and when to give up.
+const BUSY_FIRST_WAIT: Duration = Duration::from_secs(2);
+const BUSY_MAX_WAIT: Duration = Duration::from_secs(60);
+const BUSY_GIVE_UP: Duration = Duration::from_secs(30 * 60);
 
 /// What the upload needs to know.
 #[derive(Debug)]
@@ -294,19 +292,36 @@ pub async fn upload(
     let parent = base_manifest(session, &mut transfer, plan).await?;
     tracing::debug!(elapsed = ?started.elapsed(), blocks = parent.len(), "base manifest fetched");
 
-    let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
-    let open = upload_request::Kind::Open(pb::Open {
-        upload_id: plan.upload_id.clone(),
-    });
-    requests
-        .send(pb::UploadRequest { kind: Some(open) })
-        .await
-        .map_err(|_| Failed("the upload stream closed".into()))?;
-    let mut stream = transfer
-        .upload(session.request(ReceiverStream::new(queue)))
-        .await
-        .map_err(|s| explain(&s, lang, url))?
-        .into_inner();
+    // A server at its upload limit says so; wait and retry, growing the wait.
+    let mut wait = BUSY_FIRST_WAIT;
+    let busy_until = Instant::now() + BUSY_GIVE_UP;
+    let (requests, mut stream) = loop {
+        let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
+        let open = upload_request::Kind::Open(pb::Open {
+            upload_id: plan.upload_id.clone(),
+        });
+        requests
+            .send(pb::UploadRequest { kind: Some(open) })
+            .await
+            .map_err(|_| Failed("the upload stream closed".into()))?;
+        match transfer
+            .upload(session.request(ReceiverStream::new(queue)))
+            .await
+        {
+            Ok(stream) => break (requests, stream.into_inner()),
+            Err(s)
+                if s.code() == tonic::Code::ResourceExhausted
+                    && s.metadata().get("hotate-busy").is_some()
+                    && Instant::now() + wait < busy_until =>
+            {
+                eprintln!("{}", lang.server_busy(s.message()));
+                eprintln!("{}", lang.waiting_for_server(wait.as_secs()));
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(BUSY_MAX_WAIT);
+            }
+            Err(s) => return Err(explain(&s, lang, url)),
+        }
+    };
     match stream.next().await {
         Some(Ok(pb::UploadReply {
             kind: Some(upload_reply::Kind::Opened(opened)),

@@ -8,8 +8,10 @@
 //! A file on a memory filesystem (tmpfs, ramfs) has no device to bypass: its page cache
 //! is the file, and any read is a copy out of it, so its spans are mapped and used in
 //! place.
+//! A mapped file that shrinks under its reader raises SIGBUS instead of a read error;
+//! [`on_mapped_file_shrunk`] turns that into a clear message and exit code 1.
 //! This is the only module with `unsafe` code: the aligned allocation, the mapping,
-//! `lseek` and `statfs`.
+//! the SIGBUS handler, `lseek` and `statfs`.
 #![allow(unsafe_code)]
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -268,6 +270,45 @@ impl PositionalFile {
 pub struct MappedFile {
     ptr: NonNull<u8>,
     len: usize,
+}
+
+/// The message printed when a mapped file shrinks under its reader (set once).
+static SHRUNK_MESSAGE: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
+
+/// Installs a SIGBUS handler that prints `message` on stderr and exits with code 1: the
+/// only way a mapped file that was truncated while it is read can be reported (reading
+/// its vanished pages raises SIGBUS). Later calls keep the first message.
+#[cfg(unix)]
+pub fn on_mapped_file_shrunk(message: &str) {
+    let mut text = message.as_bytes().to_vec();
+    text.push(b'\n');
+    if SHRUNK_MESSAGE.set(text.into_boxed_slice()).is_err() {
+        return;
+    }
+    extern "C" fn handler(_signal: libc::c_int) {
+        if let Some(message) = SHRUNK_MESSAGE.get() {
+            // SAFETY: write(2) and _exit(2) are async-signal-safe; the message is a
+            // static byte slice that is never freed.
+            unsafe {
+                libc::write(2, message.as_ptr().cast(), message.len());
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::_exit(1) }
+    }
+    // SAFETY: a zeroed sigaction with a plain handler and an empty mask is valid.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+    }
+}
+
+/// See the Unix version; without mappings there is nothing to report.
+#[cfg(not(unix))]
+pub fn on_mapped_file_shrunk(message: &str) {
+    let _ = SHRUNK_MESSAGE.set(message.as_bytes().into());
 }
 
 // SAFETY: the mapping is read-only and owned exclusively, like a `Box<[u8]>`.

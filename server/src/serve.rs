@@ -20,6 +20,8 @@ use crate::transfer::TransferService;
 /// a stream may have a few full blocks in flight before it needs a window update.
 const STREAM_WINDOW: u32 = 32 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
+/// Largest control message accepted: names, passwords and ids are small.
+const CONTROL_MESSAGE: usize = 64 << 10;
 /// How long a stop waits for open streams before closing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -82,7 +84,8 @@ pub async fn serve(
         transfer_addr.port(),
         options.advertise_transfer.clone(),
         Arc::new(LoginThrottle::new(limits.login_concurrency)),
-    ));
+    ))
+    .max_decoding_message_size(CONTROL_MESSAGE);
     let transfer = TransferServer::new(TransferService::new(Arc::clone(&data), limits))
         .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
         .max_encoding_message_size(hotate_proto::MAX_MESSAGE);

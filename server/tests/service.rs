@@ -1422,3 +1422,54 @@ async fn an_offer_flood_meets_the_upload_budget() {
     eprintln!("an offer flood: server peak +{} MiB", grown >> 20);
     assert!(grown < 64 << 20, "grew by {} MiB", grown >> 20);
 }
+
+#[tokio::test]
+async fn hostile_names_and_comments_are_refused_before_they_are_stored() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let mut control = server.control().await;
+    for terminal in [
+        "x".repeat(4 << 20),
+        "x".repeat(1000),
+        "PC\u{1b}]0;owned\u{7}".into(),
+        "PC\nforged line".into(),
+    ] {
+        let err = control
+            .login(pb::LoginRequest {
+                user: "coadmin".into(),
+                password: "secret".into(),
+                terminal,
+            })
+            .await
+            .expect_err("refused");
+        // Control messages are small: a huge one is refused before it is decoded.
+        assert!(
+            matches!(err.code(), Code::InvalidArgument | Code::OutOfRange),
+            "{err:?}"
+        );
+    }
+    let token = login(&server, "PC-001").await;
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let (tx, mut replies) = open_stream(&server, &token, &guid).await;
+    let manifest = parent_manifest(&f);
+    let finish = upload_request::Kind::Finish(pb::Finish {
+        block_count: manifest.len() as u64,
+        root: hotate_proto::hash_bytes(&manifest.root()),
+        comment: "c".repeat(15 << 20),
+    });
+    send(&tx, finish).await;
+    let err = outcome(&mut replies).await.expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("version comment"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(version_count(&f, "win10"), 1);
+    let size = std::fs::metadata(f.data.join("meta.sqlite"))
+        .expect("meta")
+        .len();
+    assert!(size < 1 << 20, "meta.sqlite is {size} bytes");
+}

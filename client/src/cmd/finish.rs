@@ -7,7 +7,7 @@ use hotate_engine::Progress;
 use hotate_proto::pb;
 
 use super::{Context, FinishOptions};
-use crate::error::Failed;
+use crate::error::{Failed, UsageError};
 use crate::inputs;
 use crate::progress::{Reporter, mb};
 use crate::server::{explain, host_port};
@@ -20,14 +20,11 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     let lang = ctx.lang;
     let mut record = ctx.current_update()?;
     let terminal = ctx.state.terminal()?;
-    // Refuse a missing image before asking anything.
-    if !terminal.image.is_file() {
-        return Err(crate::error::UsageError(format!(
-            "the differential disk {} does not exist; check `image` in terminal.toml",
-            terminal.image.display()
-        ))
-        .into());
-    }
+    // Refuse a missing image, or something that is not one, before asking anything.
+    check_image(&terminal.image, lang)?;
+    hotate_engine::direct_io::on_mapped_file_shrunk(
+        &lang.image_shrunk(&terminal.image.display().to_string()),
+    );
     let mut session = ctx.login(&terminal).await?;
     let url = session.url.clone();
     let guid = record.data_write_guid.clone();
@@ -118,6 +115,41 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         reporter.finish(plan.disk_size, lang);
     }
     complete(ctx, &record, &uploaded.version, Some(&uploaded))
+}
+
+/// Refuses an image path that does not exist or is not a regular file, saying what it is.
+fn check_image(path: &std::path::Path, lang: crate::i18n::Lang) -> anyhow::Result<()> {
+    let shown = path.display().to_string();
+    let kind = match std::fs::metadata(path) {
+        Err(_) => return Err(UsageError(lang.image_missing(&shown)).into()),
+        Ok(meta) if meta.is_file() => return Ok(()),
+        Ok(meta) => file_kind(&meta.file_type()),
+    };
+    Err(UsageError(lang.image_is_not_a_file(&shown, kind)).into())
+}
+
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "named pipe (FIFO)";
+        }
+        if kind.is_char_device() {
+            return "character device";
+        }
+        if kind.is_block_device() {
+            return "block device";
+        }
+        if kind.is_socket() {
+            return "socket";
+        }
+    }
+    if kind.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    }
 }
 
 /// The transfer endpoint: the control URL's host with the transfer port.

@@ -28,7 +28,15 @@ impl Context {
     pub async fn login(&self, terminal: &Terminal) -> anyhow::Result<Session> {
         let url = inputs::server_url(&self.state, &self.inputs, self.lang)?;
         let credentials = inputs::credentials(&self.inputs, self.lang)?;
-        Session::login(&url, self.ca(), &credentials, &terminal.name, self.lang).await
+        Session::login(
+            &url,
+            self.ca(),
+            self.inputs.insecure,
+            &credentials,
+            &terminal.name,
+            self.lang,
+        )
+        .await
     }
 
     pub fn ca(&self) -> Option<&std::path::Path> {
