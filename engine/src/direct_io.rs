@@ -11,7 +11,7 @@
 //! A mapped file that shrinks under its reader raises SIGBUS instead of a read error;
 //! [`on_mapped_file_shrunk`] turns that into a clear message and exit code 1.
 //! This is the only module with `unsafe` code: the aligned allocation, the mapping,
-//! the SIGBUS handler, `lseek` and `statfs`.
+//! the SIGBUS handler, the allocator's arena cap, `lseek` and `statfs`.
 #![allow(unsafe_code)]
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -270,6 +270,21 @@ impl PositionalFile {
 pub struct MappedFile {
     ptr: NonNull<u8>,
     len: usize,
+}
+
+/// Caps the C allocator's arenas (glibc makes up to eight per core). A server frees
+/// block-sized buffers on whichever of its many worker threads ran a job; with an arena
+/// per thread each keeps its own high-water mark, and a burst of large jobs leaves the
+/// process hundreds of MiB larger than it needs. A few shared arenas reuse that memory.
+/// Elsewhere (musl, Windows, macOS) this does nothing.
+pub fn cap_allocator_arenas(arenas: u16) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tuning parameter of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, libc::c_int::from(arenas));
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = arenas;
 }
 
 /// The message printed when a mapped file shrinks under its reader (set once).

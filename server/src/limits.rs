@@ -16,6 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+/// Bytes a client sends before it is past the handshake: the HTTP/2 preface (24) and a
+/// SETTINGS frame header (9); any TLS ClientHello is longer.
+const HANDSHAKE_BYTES: usize = 33;
+
 /// Limits and timeouts of `serve`, with their defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -73,6 +77,7 @@ pub fn incoming(
                 io: stream,
                 silence: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
                 idle_timeout: limits.idle_timeout,
+                received: 0,
                 slot: Slot(open),
             }))
         }
@@ -96,6 +101,8 @@ pub struct Guarded<IO> {
     /// Fires when the peer has been silent too long (first the handshake deadline).
     silence: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    /// Bytes read so far, up to `HANDSHAKE_BYTES`.
+    received: usize,
     #[allow(dead_code)]
     slot: Slot,
 }
@@ -109,8 +116,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         let before = buf.filled().len();
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                let deadline = Instant::now() + self.idle_timeout;
-                self.silence.as_mut().reset(deadline);
+                // The handshake deadline holds until a whole preface has arrived, so
+                // that a trickle of a few bytes does not keep a connection open.
+                self.received = (self.received + buf.filled().len() - before).min(HANDSHAKE_BYTES);
+                if self.received >= HANDSHAKE_BYTES {
+                    let deadline = Instant::now() + self.idle_timeout;
+                    self.silence.as_mut().reset(deadline);
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => match self.silence.as_mut().poll(cx) {

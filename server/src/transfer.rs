@@ -68,7 +68,7 @@ const BASE_ANSWER_KEEP: usize = 8 << 20;
 /// Hashes one upload session may have asked for and not yet received: an honest client
 /// has at most its window's worth outstanding; the bound keeps an offer flood from
 /// growing the server.
-const MAX_PENDING: usize = 65_536;
+const MAX_PENDING: usize = 16_384;
 /// How often a stream checks that its update is still live and still its own.
 const STATE_POLL: Duration = Duration::from_secs(1);
 /// How long a new stream waits for the one it takes over to store what it verified.
