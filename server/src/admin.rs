@@ -184,7 +184,11 @@ pub fn disk_list(data: &Path, json: bool) -> anyhow::Result<()> {
     for (d, v) in rows {
         println!(
             "{}  {}  size={}  block_size={}  latest={}",
-            d.id, d.name, d.size, d.block_size, v.id
+            d.id,
+            text::printable(&d.name),
+            d.size,
+            d.block_size,
+            v.id
         );
     }
     Ok(())

@@ -568,13 +568,7 @@ impl Meta {
     pub fn open_session(&self, guid: &str) -> Result<UpdateRow, ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row = update_by_guid(&tx, guid)?;
-        if row.state != UpdateState::Uploading {
-            return Err(ServerError::UpdateNotLive {
-                guid: guid.to_owned(),
-                state: row.state,
-            });
-        }
+        uploading(&tx, guid)?;
         tx.execute(
             "UPDATE updates SET session = session + 1, updated_at = ?2 WHERE guid = ?1",
             params![guid, now()],
@@ -648,13 +642,7 @@ impl Meta {
     ) -> Result<(), ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row = update_by_guid(&tx, guid)?;
-        if row.state != UpdateState::Uploading {
-            return Err(ServerError::UpdateNotLive {
-                guid: guid.to_owned(),
-                state: row.state,
-            });
-        }
+        let row = uploading(&tx, guid)?;
         if row.session != session {
             return Err(ServerError::TakenOver);
         }
@@ -931,6 +919,18 @@ fn insert_version(conn: &Connection, v: &VersionRow) -> Result<(), ServerError> 
         ],
     )?;
     Ok(())
+}
+
+/// An update that must be uploading.
+fn uploading(conn: &Connection, guid: &str) -> Result<UpdateRow, ServerError> {
+    let row = update_by_guid(conn, guid)?;
+    if row.state != UpdateState::Uploading {
+        return Err(ServerError::UpdateNotLive {
+            guid: guid.to_owned(),
+            state: row.state,
+        });
+    }
+    Ok(row)
 }
 
 fn update_by_guid(conn: &Connection, guid: &str) -> Result<UpdateRow, ServerError> {

@@ -221,18 +221,28 @@ async fn login(server: &Server, terminal: &str) -> String {
 }
 
 async fn login_as(server: &Server, user: &str, terminal: &str) -> String {
-    server
+    try_login(server, user, "secret", terminal)
+        .await
+        .expect("login")
+}
+
+async fn try_login(
+    server: &Server,
+    user: &str,
+    password: &str,
+    terminal: &str,
+) -> Result<String, tonic::Status> {
+    Ok(server
         .control()
         .await
         .login(pb::LoginRequest {
             user: user.into(),
-            password: "secret".into(),
+            password: password.into(),
             terminal: terminal.into(),
         })
-        .await
-        .expect("login")
+        .await?
         .into_inner()
-        .token
+        .token)
 }
 
 async fn start(
@@ -495,14 +505,7 @@ async fn login_good_and_bad() {
         .output()
         .expect("passwd");
     assert!(passwd.status.success());
-    let old = server
-        .control()
-        .await
-        .login(pb::LoginRequest {
-            user: "alice".into(),
-            password: "secret".into(),
-            terminal: "PC-001".into(),
-        })
+    let old = try_login(&server, "alice", "secret", "PC-001")
         .await
         .expect_err("the old password is refused");
     assert_eq!(old.code(), Code::Unauthenticated);
@@ -1177,14 +1180,7 @@ async fn a_login_flood_is_bounded_in_memory_and_repeated_failures_lock_out() {
 
     // Five wrong passwords lock the user out, even with the right one next.
     for _ in 0..5 {
-        let err = server
-            .control()
-            .await
-            .login(pb::LoginRequest {
-                user: "alice".into(),
-                password: "wrong".into(),
-                terminal: "PC-001".into(),
-            })
+        let err = try_login(&server, "alice", "wrong", "PC-001")
             .await
             .expect_err("wrong");
         assert!(matches!(
@@ -1192,14 +1188,7 @@ async fn a_login_flood_is_bounded_in_memory_and_repeated_failures_lock_out() {
             Code::Unauthenticated | Code::ResourceExhausted
         ));
     }
-    let locked = server
-        .control()
-        .await
-        .login(pb::LoginRequest {
-            user: "alice".into(),
-            password: "secret".into(),
-            terminal: "PC-001".into(),
-        })
+    let locked = try_login(&server, "alice", "secret", "PC-001")
         .await
         .expect_err("locked out");
     assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
