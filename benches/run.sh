@@ -32,3 +32,6 @@ if [ "${1:-}" != quick ]; then
   echo "## Upload on loopback, 8 GiB ext4 image (peak RSS)"
   target/release/upload-bench --size-mib 8192 --change 10 --block-size 65536
 fi
+echo
+echo "## Hostile clients beside a normal upload (server peak RSS)"
+target/release/attack-bench
