@@ -1040,4 +1040,58 @@ mod tests {
         let names: Vec<String> = fresh.users().unwrap().into_iter().map(|u| u.name).collect();
         assert_eq!(names, ["first"]);
     }
+
+    #[test]
+    fn prune_deletes_long_ended_updates_and_expired_tokens_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("meta.sqlite")).unwrap();
+        meta.add_user("u", "x", None).unwrap();
+        let session = Session {
+            user: "u".into(),
+            terminal: "PC-1".into(),
+            role: Role::Admin,
+        };
+        meta.add_token(&Hash::of(b"old"), &session, now() - 1)
+            .unwrap();
+        meta.add_token(&Hash::of(b"new"), &session, now() + 60)
+            .unwrap();
+        let disk = DiskRow {
+            id: "d".into(),
+            name: "disk".into(),
+            size: 1,
+            block_size: 1 << 16,
+            created_at: 0,
+        };
+        let version = VersionRow {
+            disk_id: "d".into(),
+            id: "v1".into(),
+            parent: None,
+            comment: String::new(),
+            user: "u".into(),
+            terminal: String::new(),
+            created_at: 0,
+            root: Hash::of(b"root"),
+            blocks_changed: 0,
+            bytes_stored: 0,
+        };
+        meta.create_disk(&disk, &version).unwrap();
+        meta.start_update("d", "v1", &session, "ended").unwrap();
+        meta.set_state("ended", UpdateState::Cancelled).unwrap();
+        meta.start_update("d", "v1", &session, "live").unwrap();
+        meta.conn()
+            .execute("UPDATE updates SET updated_at = 0", [])
+            .unwrap();
+        assert_eq!(
+            meta.prune(now() - 3600).unwrap(),
+            1,
+            "only the ended update"
+        );
+        assert!(meta.update("live").is_ok());
+        assert!(meta.update("ended").is_err());
+        let tokens: i64 = meta
+            .conn()
+            .query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tokens, 1, "the expired token is gone");
+    }
 }

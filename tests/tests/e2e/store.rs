@@ -443,3 +443,49 @@ fn gc_killed_at_random_points_leaves_every_version_exportable() {
     );
     assert_eq!(stats(&s.site)["unreferenced_chunks"], 0);
 }
+
+#[test]
+fn a_finish_is_told_when_the_update_is_aborted_or_another_finish_takes_over() {
+    let s = setup_changing(24 << 20, 50, 29);
+    assert_ok(
+        &s.terminal
+            .run(&["--url", &s.server.url(), "update", "start"]),
+    );
+    // A second finish of the same update takes the upload over.
+    let first = finish_in_background(&s.terminal, &s.site, "1m");
+    let second = s
+        .terminal
+        .client(&["update", "finish", "--limit-rate", "1m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("second finish");
+    let first = first.wait_with_output().expect("first");
+    assert_eq!(first.status.code(), Some(1), "{}", text(&first));
+    assert!(
+        text(&first).contains("took over the upload"),
+        "{}",
+        text(&first)
+    );
+    // The administrator aborts it while the second one uploads.
+    std::thread::sleep(Duration::from_millis(500));
+    admin_ok(&s.site.data, &["update", "abort", "win10"]);
+    let started = Instant::now();
+    let second = second.wait_with_output().expect("second");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the client kept going"
+    );
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    assert!(
+        text(&second).contains("aborted on the server by an administrator"),
+        "{}",
+        text(&second)
+    );
+    let ja = s.terminal.run(&["--lang", "ja", "update", "finish"]);
+    assert!(
+        text(&ja).contains("管理者によりサーバー側で更新が中止されました"),
+        "{}",
+        text(&ja)
+    );
+}
