@@ -183,7 +183,7 @@ fn patterned(path: &Path, block: usize, blocks: usize, holes: u64) {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> std::process::ExitCode {
     let mut size_mib = 512u64;
     let mut attack = true;
     let mut only: Option<String> = None;
@@ -405,7 +405,10 @@ async fn main() {
             .unwrap_or("no version"),
         same
     );
-    if !(out.status.success() && same && peak.saturating_sub(idle) < 256 * 1024) {
-        std::process::exit(1);
+    // Returning (not exiting) stops the server and removes the site.
+    if out.status.success() && same && peak.saturating_sub(idle) < 256 * 1024 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
