@@ -49,8 +49,12 @@ pub struct Terminal {
     pub booted_version: String,
     pub write_cache: WriteCache,
     pub image: PathBuf,
+    /// `raw`, `qcow2` or `auto` (`vhd` and `vhdx` are named but not read yet).
     #[serde(default = "raw")]
     pub format: String,
+    /// The backing image of an overlay, overriding the path the overlay names.
+    #[serde(default)]
+    pub parent: Option<PathBuf>,
 }
 
 fn raw() -> String {
@@ -102,14 +106,8 @@ impl StateDir {
         })?;
         let terminal: Terminal = toml::from_str(&text)
             .map_err(|e| UsageError(format!("{} is malformed: {e}", path.display())))?;
-        if terminal.format != "raw" {
-            return Err(UsageError(format!(
-                "{}: image format {:?} is not supported yet (only \"raw\")",
-                path.display(),
-                terminal.format
-            ))
-            .into());
-        }
+        hotate_engine::Format::parse(&terminal.format)
+            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
         Ok(terminal)
     }
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hotate_engine::{
-    ChunkSink, Hash, Manifest, Need, Offer, Outgoing, PipelineConfig, Progress, RawImage,
-    SinkError, pipeline,
+    ChunkSink, Format, Hash, ImageSource, Manifest, Need, Offer, Outgoing, PipelineConfig,
+    Progress, SinkError, pipeline, source,
 };
 use hotate_proto::pb::{self, upload_reply, upload_request};
 use tokio::sync::{mpsc, oneshot};
@@ -56,7 +56,8 @@ pub struct UploadPlan<'a> {
     pub base_root: Hash,
     pub disk_size: u64,
     /// The differential disk, opened and checked by [`open_image`].
-    pub image: Arc<RawImage>,
+    pub image: Arc<dyn ImageSource>,
+    pub image_path: std::path::PathBuf,
     pub comment: String,
     pub limit_rate: Option<u64>,
 }
@@ -71,18 +72,26 @@ pub struct Uploaded {
     pub elapsed: Duration,
 }
 
-/// Opens the image, checking it covers the disk exactly.
+/// Opens the image in its format (an overlay with its backing chain), checking it
+/// covers the disk exactly.
 ///
 /// # Errors
-/// A usage error when it is missing, unreadable, or of the wrong size.
-pub fn open_image(path: &Path, disk_size: u64) -> anyhow::Result<Arc<RawImage>> {
-    let image = RawImage::open(path).map_err(|e| {
-        UsageError(format!(
-            "cannot open the differential disk {}: {e}",
-            path.display()
-        ))
-    })?;
-    let size = hotate_engine::ImageSource::size(&image);
+/// A usage error when it is missing, unreadable, damaged, or of the wrong size.
+pub fn open_image(
+    path: &Path,
+    format: &str,
+    parent: Option<&Path>,
+    disk_size: u64,
+) -> anyhow::Result<Arc<dyn ImageSource>> {
+    let image = Format::parse(format)
+        .and_then(|format| source::open(path, format, parent))
+        .map_err(|e| {
+            UsageError(format!(
+                "cannot open the differential disk {}: {e}",
+                path.display()
+            ))
+        })?;
+    let size = image.size();
     if size != disk_size {
         return Err(UsageError(format!(
             "the differential disk {} is {size} bytes but the disk is {disk_size} bytes{}",
@@ -95,7 +104,7 @@ pub fn open_image(path: &Path, disk_size: u64) -> anyhow::Result<Arc<RawImage>> 
         ))
         .into());
     }
-    Ok(Arc::new(image))
+    Ok(image)
 }
 
 /// Downloads the base version's manifest and checks it against its root.
@@ -357,7 +366,7 @@ pub async fn upload(
             Ok(failed) => explain_stream(&failed.0, lang, url),
             Err(other) => anyhow::anyhow!(other),
         },
-        other => Failed(format!("reading {}: {other}", plan.image.path().display())).into(),
+        other => Failed(format!("reading {}: {other}", plan.image_path.display())).into(),
     })?;
     tracing::debug!(elapsed = ?started.elapsed(), progress = ?outcome.progress, "pipeline done");
     let finish = upload_request::Kind::Finish(pb::Finish {

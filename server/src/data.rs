@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hotate_engine::{
-    BlockSize, ChunkStore, Entry, FsStore, Manifest, PipelineConfig, Progress, RawImage, StoreSink,
+    BlockSize, ChunkStore, Entry, Format, FsStore, Manifest, PipelineConfig, Progress, StoreSink,
     pipeline,
 };
 
@@ -165,10 +165,10 @@ impl DataDir {
             return Err(ServerError::DiskExists(name.to_owned()));
         }
         let _gc_lock = self.lock_store(false)?;
-        let source = Arc::new(RawImage::open(image).map_err(|e| {
+        let source = hotate_engine::source::open(image, Format::Auto, None).map_err(|e| {
             ServerError::BadImage(format!("cannot open image {}: {e}", image.display()))
-        })?);
-        let size = hotate_engine::ImageSource::size(&*source);
+        })?;
+        let size = source.size();
         if size == 0 {
             return Err(ServerError::BadImage(format!(
                 "image {} is empty",

@@ -79,7 +79,12 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     };
     let base_root = hotate_proto::parse_hash(&begun.base_root)
         .map_err(|e| Failed(format!("the server sent a bad base root: {e}")))?;
-    let image = upload::open_image(&terminal.image, begun.disk_size)?;
+    let image = upload::open_image(
+        &terminal.image,
+        &terminal.format,
+        terminal.parent.as_deref(),
+        begun.disk_size,
+    )?;
     let plan = UploadPlan {
         upload_id: begun.upload_id,
         transfer_url: transfer_url.clone(),
@@ -89,6 +94,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         base_root,
         disk_size: begun.disk_size,
         image,
+        image_path: terminal.image.clone(),
         comment,
         limit_rate: options.limit_rate,
     };

@@ -71,6 +71,7 @@ async fn import_then_export_gives_the_image_back_for_every_size() {
 }
 
 /// Reads an image through `read_at` only, hiding that it lives in memory.
+#[derive(Debug)]
 struct ReadOnly(Arc<dyn ImageSource>);
 
 impl ImageSource for ReadOnly {
@@ -106,6 +107,7 @@ async fn an_image_in_memory_is_used_in_place_with_the_same_result() {
 }
 
 /// An image in memory whose mapping comes back short of the span asked for.
+#[derive(Debug)]
 struct ShortInMemory;
 
 impl ImageSource for ShortInMemory {

@@ -2,22 +2,237 @@
 //!
 //! A source knows its virtual size, which extents may hold data (the rest reads as
 //! zeros and is never read), and reads at an offset, or hands out the image in place
-//! when it already lives in memory. `raw` is the whole disk as a file;
-//! overlay formats that hold only changed blocks (qcow2, VHDX) implement the same trait.
+//! when it already lives in memory. `raw` is the whole disk as a file; `qcow2` an
+//! overlay read through its backing chain. [`open`] picks the reader by format (or by
+//! the file's magic).
 
+mod qcow2;
 mod raw;
 
+use std::collections::HashSet;
 use std::io;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::direct_io::AlignedBuf;
 
+pub use qcow2::Qcow2Image;
 pub use raw::RawImage;
 
+/// Images a backing chain may hold at most.
+const MAX_CHAIN: usize = 16;
+
+/// The format of an image file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Qcow2,
+    Vhd,
+    Vhdx,
+    /// Detected from the file's magic.
+    Auto,
+}
+
+impl Format {
+    /// Parses a `terminal.toml` or command-line format name.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the known formats.
+    pub fn parse(name: &str) -> io::Result<Self> {
+        match name {
+            "raw" => Ok(Self::Raw),
+            "qcow2" => Ok(Self::Qcow2),
+            "vhd" | "vpc" => Ok(Self::Vhd),
+            "vhdx" => Ok(Self::Vhdx),
+            "auto" => Ok(Self::Auto),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown image format {other:?}: raw, qcow2, vhd, vhdx or auto"),
+            )),
+        }
+    }
+
+    /// The format a file's first bytes show (raw when none matches).
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn detect(path: &Path) -> io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut head = [0u8; 8];
+        let got = (len as usize).min(head.len());
+        read_exact_at(&file, &mut head[..got], 0)?;
+        if head[..4] == qcow2::MAGIC {
+            return Ok(Self::Qcow2);
+        }
+        if &head == b"vhdxfile" {
+            return Ok(Self::Vhdx);
+        }
+        // A VHD ends with its footer ("conectix"); a dynamic one also starts with a copy.
+        if &head == b"conectix" {
+            return Ok(Self::Vhd);
+        }
+        if len >= 512 {
+            let mut tail = [0u8; 8];
+            read_exact_at(&file, &mut tail, len - 512)?;
+            if &tail == b"conectix" {
+                return Ok(Self::Vhd);
+            }
+        }
+        Ok(Self::Raw)
+    }
+}
+
+/// Opens a disk image of `format`; `parent` overrides the backing path an overlay names.
+///
+/// # Errors
+/// When the file cannot be opened, is damaged or hostile, or its format is not
+/// supported.
+pub fn open(
+    path: &Path,
+    format: Format,
+    parent: Option<&Path>,
+) -> io::Result<Arc<dyn ImageSource>> {
+    let format = match format {
+        Format::Auto => Format::detect(path)?,
+        given => given,
+    };
+    match format {
+        Format::Raw | Format::Auto => Ok(Arc::new(RawImage::open(path)?)),
+        Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(path, parent)?)),
+        Format::Vhd | Format::Vhdx => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: VHD and VHDX images are not supported yet; convert with `qemu-img convert -O qcow2`",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// The images opened so far in one backing chain: refuses loops and long chains.
+#[derive(Debug, Default)]
+pub(crate) struct Chain(HashSet<PathBuf>);
+
+impl Chain {
+    fn enter(&mut self, path: &Path) -> io::Result<()> {
+        let id = std::fs::canonicalize(path)?;
+        if self.0.len() >= MAX_CHAIN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the backing chain is longer than {MAX_CHAIN}",
+                    path.display()
+                ),
+            ));
+        }
+        if !self.0.insert(id) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the backing chain loops back to this image",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Opens one layer of a backing chain, by its named format or its magic.
+fn open_layer(
+    path: &Path,
+    format: Option<&str>,
+    chain: &mut Chain,
+) -> io::Result<Box<dyn ImageSource>> {
+    let format = match format {
+        Some(name) => Format::parse(name)?,
+        None => Format::detect(path)?,
+    };
+    match format {
+        Format::Qcow2 => Ok(Box::new(Qcow2Image::open_in_chain(path, None, chain)?)),
+        Format::Raw | Format::Auto => {
+            chain.enter(path)?;
+            Ok(Box::new(RawImage::open(path)?))
+        }
+        Format::Vhd | Format::Vhdx => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: a VHD or VHDX backing image is not supported yet",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` of a file (buffered, positional).
+pub(crate) fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            match std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buf[done..],
+                offset + done as u64,
+            )? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads `out.len()` bytes at any `offset` of a source whose reads must be aligned:
+/// reads the aligned span around it and copies; zeros beyond the source's end.
+pub(crate) fn read_through(
+    source: &dyn ImageSource,
+    offset: u64,
+    out: &mut [u8],
+) -> io::Result<()> {
+    let align = crate::direct_io::ALIGN as u64;
+    let size = source.size();
+    let end = (offset + out.len() as u64).min(size);
+    if offset >= end {
+        out.fill(0);
+        return Ok(());
+    }
+    let start = offset / align * align;
+    let span_end = (end.div_ceil(align) * align).min(size);
+    let mut buf = AlignedBuf::zeroed((span_end - start) as usize);
+    source.read_at(start, (span_end - start) as usize, &mut buf)?;
+    let from = (offset - start) as usize;
+    let n = (end - offset) as usize;
+    out[..n].copy_from_slice(&buf[from..from + n]);
+    out[n..].fill(0);
+    Ok(())
+}
+
+/// The union of two sorted extent lists, clipped to `size`.
+pub(crate) fn merge_extents(a: Vec<Range<u64>>, b: Vec<Range<u64>>, size: u64) -> Vec<Range<u64>> {
+    let mut all: Vec<Range<u64>> = a.into_iter().chain(b).filter(|r| r.start < size).collect();
+    all.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(all.len());
+    for mut range in all {
+        range.end = range.end.min(size);
+        match out.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => out.push(range),
+        }
+    }
+    out
+}
+
 /// A disk image the pipeline can read block by block, from several threads at once.
-pub trait ImageSource: Send + Sync {
+pub trait ImageSource: Send + Sync + std::fmt::Debug {
     /// The virtual size of the disk in bytes.
     fn size(&self) -> u64;
 

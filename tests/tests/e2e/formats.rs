@@ -1,0 +1,127 @@
+//! Differential disks in other formats than raw: a qcow2 overlay on the terminal, and
+//! qcow2 images imported by the server, checked against `qemu-img convert -O raw`.
+
+use std::process::Command;
+
+use hotate_tests::harness::admin_json;
+
+use super::*;
+
+fn qemu(tool: &str, args: &[&str]) {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} is needed (qemu-utils): {e}"));
+    assert!(out.status.success(), "{tool} {args:?}: {}", text(&out));
+}
+
+fn as_raw(image: &Path, out: &Path) -> Vec<u8> {
+    qemu(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            image.to_str().expect("path"),
+            out.to_str().expect("path"),
+        ],
+    );
+    std::fs::read(out).expect("raw")
+}
+
+#[test]
+fn a_qcow2_overlay_on_the_terminal_uploads_what_qemu_reads() {
+    let s = setup(8 << 20, 41);
+    let overlay = s.dir.path().join("overlay.qcow2");
+    qemu(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.img",
+            "-F",
+            "raw",
+            overlay.to_str().expect("path"),
+        ],
+    );
+    let mut commands = Vec::new();
+    for (i, offset) in [65536u64, 1 << 20, 3_000_000, 7 << 20].iter().enumerate() {
+        commands.push(format!("write -P {} {offset} 20k", 0x30 + i));
+    }
+    commands.push("write -z 2M 128k".to_owned());
+    let mut args: Vec<&str> = Vec::new();
+    for c in &commands {
+        args.extend(["-c", c]);
+    }
+    args.push(overlay.to_str().expect("path"));
+    qemu("qemu-io", &args);
+    let expected = as_raw(&overlay, &s.dir.path().join("expected.raw"));
+
+    for format in ["qcow2", "auto"] {
+        let t = Terminal::new(
+            s.dir.path(),
+            &format!("PC-{format}"),
+            &s.site.disk_id,
+            "",
+            &overlay,
+        );
+        let latest = admin_json(&s.site.data, &["disk", "list"])[0]["latest_version"]
+            .as_str()
+            .expect("latest")
+            .to_owned();
+        std::fs::write(
+            t.state.join("terminal.toml"),
+            format!(
+                "name = \"{}\"\ndisk_id = \"{}\"\nbooted_version = \"{latest}\"\nwrite_cache = \"restore\"\nimage = \"{}\"\nformat = \"{format}\"\nparent = \"{}\"\n",
+                t.name,
+                s.site.disk_id,
+                overlay.display(),
+                s.pair.base.display()
+            ),
+        )
+        .expect("terminal.toml");
+        assert_ok(&t.run(&["--url", &s.server.url(), "update", "start"]));
+        let finished = t.run(&["update", "finish"]);
+        assert_ok(&finished);
+        let exported = s
+            .site
+            .export("win10", None, &s.dir.path().join("latest.img"));
+        assert!(
+            exported == expected,
+            "{format}: the version differs from the overlay"
+        );
+    }
+}
+
+#[test]
+fn disk_import_reads_qcow2_images_compressed_or_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = images::synthetic_pair(dir.path(), 6 << 20, 20, 42);
+    let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
+    for (name, extra) in [("plain", vec![]), ("packed", vec!["-c"])] {
+        let image = dir.path().join(format!("{name}.qcow2"));
+        let mut args = vec!["convert", "-O", "qcow2"];
+        args.extend(extra);
+        args.extend([
+            pair.updated.to_str().expect("path"),
+            image.to_str().expect("path"),
+        ]);
+        qemu("qemu-img", &args);
+        admin_ok(
+            &site.data,
+            &[
+                "disk",
+                "import",
+                name,
+                image.to_str().expect("path"),
+                "--block-size",
+                &BLOCK.to_string(),
+            ],
+        );
+        let exported = site.export(name, None, &dir.path().join(format!("{name}.raw")));
+        same_file(&exported, &pair.updated);
+    }
+}
