@@ -190,6 +190,22 @@ impl Lang {
             ),
         )
     }
+    pub fn top_layer_only(self, top: &str, disk: &str) -> String {
+        self.pick(
+            format!("Reading only the overlay's changes: {top} MB of the {disk} MB disk."),
+            format!("差分ディスクの変更部分のみを読み込みます: {disk} MB 中 {top} MB。"),
+        )
+    }
+    pub fn overlay_not_on_base(self, path: &str, version: &str, block: u64) -> String {
+        self.pick(
+            format!(
+                "The overlay {path} does not sit on version {version}: block {block} of the layers below differs from it. Set `parent` in terminal.toml to the image of version {version}."
+            ),
+            format!(
+                "差分ディスク {path} の親イメージがバージョン {version} ではありません (ブロック {block} が異なります)。terminal.toml の `parent` にバージョン {version} のイメージを指定してください。"
+            ),
+        )
+    }
     pub fn already_started(self, guid: &str) -> String {
         self.pick(
             format!(

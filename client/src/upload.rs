@@ -143,6 +143,51 @@ pub async fn base_manifest(
     Ok(manifest)
 }
 
+/// Blocks of the layers below an overlay compared with the base version before its top
+/// layer alone is trusted.
+const BASE_SAMPLES: usize = 64;
+
+/// Whether to read only an overlay's top layer: yes when the image is an overlay whose
+/// layers below hold the base version (checked on sample blocks); an overlay over
+/// anything else is refused, since its unchanged blocks would not be the base's.
+async fn trust_top_layer(
+    plan: &UploadPlan<'_>,
+    parent: &Manifest,
+    lang: crate::i18n::Lang,
+) -> anyhow::Result<bool> {
+    let top: u64 = match plan.image.top_layer_extents() {
+        None => return Ok(false),
+        Some(extents) => extents
+            .map_err(|e| Failed(format!("reading {}: {e}", plan.image_path.display())))?
+            .iter()
+            .map(|r| r.end - r.start)
+            .sum(),
+    };
+    let image = plan.image.clone();
+    let base = parent.clone();
+    let differs = tokio::task::spawn_blocking(move || {
+        pipeline::check_layers_below(image.as_ref(), &base, BASE_SAMPLES)
+    })
+    .await?
+    .map_err(|e| Failed(format!("reading {}: {e}", plan.image_path.display())))?;
+    if let Some(index) = differs {
+        return Err(UsageError(lang.overlay_not_on_base(
+            &plan.image_path.display().to_string(),
+            &plan.base_version,
+            index,
+        ))
+        .into());
+    }
+    println!(
+        "{}",
+        lang.top_layer_only(
+            &format!("{:.1}", top as f64 / 1e6),
+            &format!("{:.1}", plan.disk_size as f64 / 1e6)
+        )
+    );
+    Ok(true)
+}
+
 /// Routes server replies to whoever waits for them.
 #[derive(Debug, Default)]
 struct Replies {
@@ -353,21 +398,19 @@ pub async fn upload(
             sent: Mutex::new(0),
         }),
     };
-    let outcome = pipeline::run(
-        plan.image.clone(),
-        &parent,
-        &sink,
-        &PipelineConfig::default(),
-        progress,
-    )
-    .await
-    .map_err(|e| match e {
-        hotate_engine::PipelineError::Sink(inner) => match inner.downcast::<StreamFailed>() {
-            Ok(failed) => explain_stream(&failed.0, lang, url),
-            Err(other) => anyhow::anyhow!(other),
-        },
-        other => Failed(format!("reading {}: {other}", plan.image_path.display())).into(),
-    })?;
+    let config = PipelineConfig {
+        top_layer_only: trust_top_layer(plan, &parent, lang).await?,
+        ..PipelineConfig::default()
+    };
+    let outcome = pipeline::run(plan.image.clone(), &parent, &sink, &config, progress)
+        .await
+        .map_err(|e| match e {
+            hotate_engine::PipelineError::Sink(inner) => match inner.downcast::<StreamFailed>() {
+                Ok(failed) => explain_stream(&failed.0, lang, url),
+                Err(other) => anyhow::anyhow!(other),
+            },
+            other => Failed(format!("reading {}: {other}", plan.image_path.display())).into(),
+        })?;
     tracing::debug!(elapsed = ?started.elapsed(), progress = ?outcome.progress, "pipeline done");
     let finish = upload_request::Kind::Finish(pb::Finish {
         block_count: outcome.manifest.len() as u64,

@@ -55,6 +55,10 @@ pub struct PipelineConfig {
     pub compress_jobs: usize,
     /// Most blocks offered in one batch.
     pub max_batch: usize,
+    /// Trust an overlay's top layer: blocks it does not touch are the parent's, without
+    /// reading them. Only for an overlay whose layers below are the parent version
+    /// (see [`check_layers_below`]).
+    pub top_layer_only: bool,
 }
 
 impl Default for PipelineConfig {
@@ -69,6 +73,7 @@ impl Default for PipelineConfig {
             read_ahead: cores * 4,
             compress_jobs: cores,
             max_batch: 1024,
+            top_layer_only: false,
         }
     }
 }
@@ -143,7 +148,9 @@ pub async fn run<S: ChunkSink>(
     let (hashed_tx, hashed_rx) = mpsc::channel(window_blocks);
     let (needed_tx, needed_rx) = mpsc::channel(window_blocks);
 
-    let read = read_stage(source, geometry, config, buffers, progress, hashed_tx);
+    let read = read_stage(
+        source, parent, geometry, config, buffers, progress, hashed_tx,
+    );
     let offer = offer_stage(
         parent,
         sink,
@@ -163,9 +170,11 @@ pub async fn run<S: ChunkSink>(
 }
 
 /// Reads and hashes every block in order, a span of blocks per read; spans wholly in
-/// holes are zero without a read.
+/// holes are zero without a read, and with `top_layer_only` spans an overlay's top layer
+/// does not touch are the parent's without a read.
 async fn read_stage(
     source: Arc<dyn ImageSource>,
+    parent: &Manifest,
     geometry: Geometry,
     config: &PipelineConfig,
     buffers: Arc<BlockBuffers>,
@@ -178,7 +187,17 @@ async fn read_stage(
             .await?
             .map_err(PipelineError::Extents)?
     };
+    let top_layer = if config.top_layer_only {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || source.top_layer_extents())
+            .await?
+            .transpose()
+            .map_err(PipelineError::Extents)?
+    } else {
+        None
+    };
     let mut extents = extents.into_iter().peekable();
+    let mut touched = top_layer.map(|t| t.into_iter().peekable());
     let block_count = geometry.block_size.count(geometry.disk_size);
     let plan = (0..block_count)
         .step_by(geometry.blocks_per_span)
@@ -188,13 +207,27 @@ async fn read_stage(
             let end = geometry.range(blocks.end - 1).end;
             while extents.next_if(|e| e.end <= start).is_some() {}
             let has_data = extents.peek().is_some_and(|e| e.start < end);
-            (blocks, has_data)
+            let untouched = touched.as_mut().is_some_and(|touched| {
+                while touched.next_if(|e| e.end <= start).is_some() {}
+                touched.peek().is_none_or(|e| e.start >= end)
+            });
+            (blocks, has_data, untouched)
         });
     let spans = stream::iter(plan)
-        .map(|(blocks, has_data)| {
+        .map(|(blocks, has_data, untouched)| {
             let source = source.clone();
             let buffers = buffers.clone();
             async move {
+                if untouched {
+                    let same = blocks.map(|index| Hashed {
+                        index,
+                        len: geometry.len(index),
+                        entry: parent.get(index).unwrap_or(Entry::Zero),
+                        data: None,
+                        base: None,
+                    });
+                    return Ok((same.collect(), 0));
+                }
                 if !has_data {
                     let zeros = blocks.map(|index| Hashed {
                         index,
@@ -224,6 +257,59 @@ async fn read_stage(
         }
     }
     Ok(())
+}
+
+/// Checks, before trusting an overlay's top layer, that its layers below hold the parent
+/// version: `samples` blocks the top layer does not touch (the first, the last and
+/// others spread between) are read through the chain and compared with the parent's
+/// entries. Returns the first block that differs, if any.
+///
+/// # Errors
+/// When the image cannot be read or is not an overlay.
+pub fn check_layers_below(
+    source: &dyn ImageSource,
+    parent: &Manifest,
+    samples: usize,
+) -> Result<Option<u64>, PipelineError> {
+    let Some(touched) = source.top_layer_extents() else {
+        return Err(PipelineError::Extents(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the image is not an overlay",
+        )));
+    };
+    let touched = touched.map_err(PipelineError::Extents)?;
+    let block_size = parent.block_size();
+    let disk_size = parent.disk_size();
+    let untouched = |index: u64| {
+        let range = block_size.range(index, disk_size);
+        !touched
+            .iter()
+            .any(|t| t.start < range.end && range.start < t.end)
+    };
+    let count = parent.len() as u64;
+    let step = (count / samples.max(1) as u64).max(1);
+    let mut picks: Vec<u64> = (0..count).step_by(step as usize).collect();
+    picks.push(count.saturating_sub(1));
+    let mut buf = crate::direct_io::AlignedBuf::zeroed(block_size.bytes());
+    for index in picks.into_iter().filter(|&i| untouched(i)) {
+        let range = block_size.range(index, disk_size);
+        let len = (range.end - range.start) as usize;
+        source
+            .read_at(range.start, len, &mut buf)
+            .map_err(|source| PipelineError::Read {
+                offset: range.start,
+                source,
+            })?;
+        let entry = if is_zero(&buf[..len]) {
+            Entry::Zero
+        } else {
+            Entry::Chunk(Hash::of(&buf[..len]))
+        };
+        if parent.get(index) != Some(entry) {
+            return Ok(Some(index));
+        }
+    }
+    Ok(None)
 }
 
 /// Disk geometry and how many blocks one read covers.

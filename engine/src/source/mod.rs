@@ -252,6 +252,15 @@ pub trait ImageSource: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// For an overlay, the byte ranges its top layer writes: everything else reads as
+    /// the layers below. `None` (the default) when the image is one whole layer.
+    ///
+    /// # Errors
+    /// On an IO error or a damaged table.
+    fn top_layer_extents(&self) -> Option<io::Result<Vec<Range<u64>>>> {
+        None
+    }
+
     /// Reads exactly `len` bytes at `offset` (a multiple of the block size) into `buf`.
     ///
     /// # Errors

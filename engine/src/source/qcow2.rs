@@ -431,9 +431,30 @@ impl Qcow2Image {
         Ok(())
     }
 
-    /// The guest ranges this image itself maps (data, compressed or allocated
+    /// The guest ranges this image itself holds data for (data, compressed or allocated
     /// subclusters), merged.
     pub fn own_extents(&self) -> io::Result<Vec<Range<u64>>> {
+        self.extents_where(|mapping| match mapping {
+            Mapping::Data(_) | Mapping::Compressed { .. } => true,
+            Mapping::Subclusters { allocated, .. } => allocated != 0,
+            Mapping::Backing | Mapping::Zero => false,
+        })
+    }
+
+    /// The guest ranges this image maps in any way (data or zeros): where it differs
+    /// from its backing image.
+    pub fn mapped_extents(&self) -> io::Result<Vec<Range<u64>>> {
+        self.extents_where(|mapping| match mapping {
+            Mapping::Backing => false,
+            Mapping::Subclusters {
+                allocated, zero, ..
+            } => allocated | zero != 0,
+            _ => true,
+        })
+    }
+
+    /// The clusters whose mapping satisfies `keep`, as merged guest ranges.
+    fn extents_where(&self, keep: impl Fn(Mapping) -> bool) -> io::Result<Vec<Range<u64>>> {
         let cluster = self.cluster_size();
         let clusters = self.size.div_ceil(cluster);
         let entry_words = if self.extended_l2 { 2 } else { 1 };
@@ -445,12 +466,7 @@ impl Qcow2Image {
                 continue;
             }
             for index in first..(first + l2_entries).min(clusters) {
-                let has_data = match self.mapping(index)? {
-                    Mapping::Data(_) | Mapping::Compressed { .. } => true,
-                    Mapping::Subclusters { allocated, .. } => allocated != 0,
-                    Mapping::Backing | Mapping::Zero => false,
-                };
-                if has_data {
+                if keep(self.mapping(index)?) {
                     let range = index * cluster..((index + 1) * cluster).min(self.size);
                     match out.last_mut() {
                         Some(last) if last.end == range.start => last.end = range.end,
@@ -498,6 +514,12 @@ fn read_backing_format(
 impl ImageSource for Qcow2Image {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn top_layer_extents(&self) -> Option<io::Result<Vec<Range<u64>>>> {
+        // Zero clusters and subclusters are changes too: count every cluster the top
+        // layer maps at all.
+        self.backing.is_some().then(|| self.mapped_extents())
     }
 
     fn data_extents(&self) -> io::Result<Vec<Range<u64>>> {

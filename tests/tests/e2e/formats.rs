@@ -86,6 +86,13 @@ fn a_qcow2_overlay_on_the_terminal_uploads_what_qemu_reads() {
         assert_ok(&t.run(&["--url", &s.server.url(), "update", "start"]));
         let finished = t.run(&["update", "finish"]);
         assert_ok(&finished);
+        // Only the seven 64 KiB clusters the overlay maps are read.
+        assert!(
+            text(&finished)
+                .contains("Reading only the overlay's changes: 0.5 MB of the 8.4 MB disk."),
+            "{}",
+            text(&finished)
+        );
         let exported = s
             .site
             .export("win10", None, &s.dir.path().join("latest.img"));
@@ -124,4 +131,57 @@ fn disk_import_reads_qcow2_images_compressed_or_not() {
         let exported = site.export(name, None, &dir.path().join(format!("{name}.raw")));
         same_file(&exported, &pair.updated);
     }
+}
+
+#[test]
+fn an_overlay_over_another_image_than_the_booted_version_is_refused() {
+    let s = setup(4 << 20, 43);
+    // The overlay sits on the updated image, not on the base the terminal booted.
+    let overlay = s.dir.path().join("astray.qcow2");
+    qemu(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "updated.img",
+            "-F",
+            "raw",
+            overlay.to_str().expect("path"),
+        ],
+    );
+    qemu(
+        "qemu-io",
+        &["-c", "write -P 7 0 4k", overlay.to_str().expect("path")],
+    );
+    let t = Terminal::new(
+        s.dir.path(),
+        "PC-009",
+        &s.site.disk_id,
+        &s.site.first_version,
+        &overlay,
+    );
+    std::fs::write(
+        t.state.join("terminal.toml"),
+        std::fs::read_to_string(t.state.join("terminal.toml"))
+            .expect("toml")
+            .replace("format = \"raw\"", "format = \"auto\""),
+    )
+    .expect("toml");
+    assert_ok(&t.run(&["--url", &s.server.url(), "update", "start"]));
+    let refused = t.run(&["update", "finish"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains(&format!("does not sit on version {}", s.site.first_version)),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(
+        admin_json(&s.site.data, &["disk", "versions", "win10"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 }
