@@ -3,11 +3,12 @@
 //! A source knows its virtual size, which extents may hold data (the rest reads as
 //! zeros and is never read), and reads at an offset, or hands out the image in place
 //! when it already lives in memory. `raw` is the whole disk as a file; `qcow2` an
-//! overlay read through its backing chain. [`open`] picks the reader by format (or by
+//! overlay read through its backing chain; `vhdx` a dynamic Hyper-V disk. [`open`] picks the reader by format (or by
 //! the file's magic).
 
 mod qcow2;
 mod raw;
+mod vhdx;
 
 use std::collections::HashSet;
 use std::io;
@@ -21,6 +22,7 @@ use crate::direct_io::AlignedBuf;
 
 pub use qcow2::Qcow2Image;
 pub use raw::RawImage;
+pub use vhdx::VhdxImage;
 
 /// Images a backing chain may hold at most.
 const MAX_CHAIN: usize = 16;
@@ -68,7 +70,7 @@ impl Format {
         if head[..4] == qcow2::MAGIC {
             return Ok(Self::Qcow2);
         }
-        if &head == b"vhdxfile" {
+        if head == vhdx::MAGIC {
             return Ok(Self::Vhdx);
         }
         // A VHD ends with its footer ("conectix"); a dynamic one also starts with a copy.
@@ -103,10 +105,11 @@ pub fn open(
     match format {
         Format::Raw | Format::Auto => Ok(Arc::new(RawImage::open(path)?)),
         Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(path, parent)?)),
-        Format::Vhd | Format::Vhdx => Err(io::Error::new(
+        Format::Vhdx => Ok(Arc::new(VhdxImage::open(path)?)),
+        Format::Vhd => Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!(
-                "{}: VHD and VHDX images are not supported yet; convert with `qemu-img convert -O qcow2`",
+                "{}: VHD images are not supported yet; convert with `qemu-img convert -O qcow2`",
                 path.display()
             ),
         )),
@@ -158,10 +161,14 @@ fn open_layer(
             chain.enter(path)?;
             Ok(Box::new(RawImage::open(path)?))
         }
-        Format::Vhd | Format::Vhdx => Err(io::Error::new(
+        Format::Vhdx => {
+            chain.enter(path)?;
+            Ok(Box::new(VhdxImage::open(path)?))
+        }
+        Format::Vhd => Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!(
-                "{}: a VHD or VHDX backing image is not supported yet",
+                "{}: a VHD backing image is not supported yet",
                 path.display()
             ),
         )),

@@ -1,5 +1,5 @@
 //! Differential disks in other formats than raw: a qcow2 overlay on the terminal, and
-//! qcow2 images imported by the server, checked against `qemu-img convert -O raw`.
+//! qcow2 and VHDX images imported by the server, checked against the raw image.
 
 use std::process::Command;
 
@@ -104,13 +104,17 @@ fn a_qcow2_overlay_on_the_terminal_uploads_what_qemu_reads() {
 }
 
 #[test]
-fn disk_import_reads_qcow2_images_compressed_or_not() {
+fn disk_import_reads_qcow2_and_vhdx_images() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pair = images::synthetic_pair(dir.path(), 6 << 20, 20, 42);
     let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
-    for (name, extra) in [("plain", vec![]), ("packed", vec!["-c"])] {
-        let image = dir.path().join(format!("{name}.qcow2"));
-        let mut args = vec!["convert", "-O", "qcow2"];
+    for (name, extra) in [
+        ("plain", vec!["-O", "qcow2"]),
+        ("packed", vec!["-O", "qcow2", "-c"]),
+        ("hyperv", vec!["-O", "vhdx", "-o", "block_size=1M"]),
+    ] {
+        let image = dir.path().join(format!("{name}.img"));
+        let mut args = vec!["convert"];
         args.extend(extra);
         args.extend([
             pair.updated.to_str().expect("path"),
