@@ -23,6 +23,7 @@ use crate::direct_io::AlignedBuf;
 pub use qcow2::Qcow2Image;
 pub use raw::RawImage;
 pub use vhdx::VhdxImage;
+pub use vhdx::write::write_differencing as write_vhdx_differencing;
 
 /// Images a backing chain may hold at most.
 const MAX_CHAIN: usize = 16;
@@ -105,7 +106,7 @@ pub fn open(
     match format {
         Format::Raw | Format::Auto => Ok(Arc::new(RawImage::open(path)?)),
         Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(path, parent)?)),
-        Format::Vhdx => Ok(Arc::new(VhdxImage::open(path)?)),
+        Format::Vhdx => Ok(Arc::new(VhdxImage::open(path, parent)?)),
         Format::Vhd => Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!(
@@ -161,10 +162,7 @@ fn open_layer(
             chain.enter(path)?;
             Ok(Box::new(RawImage::open(path)?))
         }
-        Format::Vhdx => {
-            chain.enter(path)?;
-            Ok(Box::new(VhdxImage::open(path)?))
-        }
+        Format::Vhdx => Ok(Box::new(VhdxImage::open_in_chain(path, None, chain)?)),
         Format::Vhd => Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!(
@@ -193,6 +191,26 @@ pub(crate) fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -
                 0 => return Err(io::ErrorKind::UnexpectedEof.into()),
                 n => done += n,
             }
+        }
+        Ok(())
+    }
+}
+
+/// Writes all of `buf` at `offset` of a file (positional).
+pub(crate) fn write_all_at(file: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            done += std::os::windows::fs::FileExt::seek_write(
+                file,
+                &buf[done..],
+                offset + done as u64,
+            )?;
         }
         Ok(())
     }

@@ -189,3 +189,63 @@ fn an_overlay_over_another_image_than_the_booted_version_is_refused() {
         Some(1)
     );
 }
+
+#[test]
+fn a_vhdx_differencing_disk_on_the_terminal_uploads_only_its_changes() {
+    let s = setup(8 << 20, 44);
+    // The booted version as a dynamic VHDX, and the terminal's writes in a child of it.
+    let parent = s.dir.path().join("base.vhdx");
+    qemu(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "vhdx",
+            "-o",
+            "block_size=1M",
+            s.pair.base.to_str().expect("path"),
+            parent.to_str().expect("path"),
+        ],
+    );
+    let changes = vec![
+        (3 << 20, vec![0x5a; 1 << 20]),
+        ((6 << 20) + 8192, vec![0xa5; 4096]),
+    ];
+    let child = s.dir.path().join("terminal.vhdx");
+    hotate_engine::source::write_vhdx_differencing(&child, &parent, "base.vhdx", &changes)
+        .expect("child");
+    let mut expected = std::fs::read(&s.pair.base).expect("base");
+    for (offset, bytes) in &changes {
+        expected[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(bytes);
+    }
+    let t = Terminal::new(
+        s.dir.path(),
+        "PC-VHDX",
+        &s.site.disk_id,
+        &s.site.first_version,
+        &child,
+    );
+    std::fs::write(
+        t.state.join("terminal.toml"),
+        std::fs::read_to_string(t.state.join("terminal.toml"))
+            .expect("toml")
+            .replace("format = \"raw\"", "format = \"vhdx\""),
+    )
+    .expect("toml");
+    assert_ok(&t.run(&["--url", &s.server.url(), "update", "start"]));
+    let finished = t.run(&["update", "finish"]);
+    assert_ok(&finished);
+    // Two 1 MiB blocks of the child are read, not the 8 MiB disk.
+    assert!(
+        text(&finished).contains("Reading only the overlay's changes: 2.1 MB of the 8.4 MB disk."),
+        "{}",
+        text(&finished)
+    );
+    let exported = s
+        .site
+        .export("win10", None, &s.dir.path().join("latest.img"));
+    assert!(
+        exported == expected,
+        "the version differs from the differencing disk"
+    );
+}
