@@ -396,6 +396,24 @@ impl Lang {
             ),
         )
     }
+    pub fn show_image(self, path: &str, format: &str) -> String {
+        self.pick(
+            format!("  Differential disk:    {path} ({format})"),
+            format!("  差分ディスク:     {path} ({format})"),
+        )
+    }
+    pub fn show_parent(self, path: &str) -> String {
+        self.pick(
+            format!("    on parent:          {path}"),
+            format!("    親イメージ:     {path}"),
+        )
+    }
+    pub fn show_image_unreadable(self, path: &str, cause: &str) -> String {
+        self.pick(
+            format!("  Differential disk:    {path} (cannot be read: {cause})"),
+            format!("  差分ディスク:     {path} (読み込めません: {cause})"),
+        )
+    }
     pub fn url_cleared(self) -> String {
         self.pick(
             "The cached server URL is cleared.",

@@ -13,7 +13,38 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
             println!("{}", lang.show_disk(&record.disk_id));
             println!("{}", lang.show_guid(&record.data_write_guid));
             println!("{}", lang.show_mode(record.write_cache_before.word()));
+            show_image(ctx);
         }
     }
     Ok(())
+}
+
+/// The differential disk and, for an overlay, the parents it reads through.
+fn show_image(ctx: &Context) {
+    let lang = ctx.lang;
+    let Ok(terminal) = ctx.state.terminal() else {
+        return;
+    };
+    let format = hotate_engine::Format::parse(&terminal.format);
+    match format
+        .and_then(|f| hotate_engine::source::open(&terminal.image, f, terminal.parent.as_deref()))
+    {
+        Ok(image) => {
+            let layers = image.layers();
+            let mut layers = layers.iter();
+            if let Some(top) = layers.next() {
+                println!(
+                    "{}",
+                    lang.show_image(&top.display().to_string(), &terminal.format)
+                );
+            }
+            for parent in layers {
+                println!("{}", lang.show_parent(&parent.display().to_string()));
+            }
+        }
+        Err(e) => println!(
+            "{}",
+            lang.show_image_unreadable(&terminal.image.display().to_string(), &e.to_string())
+        ),
+    }
 }

@@ -277,6 +277,11 @@ pub trait ImageSource: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The files this image reads, top layer first (an overlay's chain of parents).
+    fn layers(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     /// For an overlay, the byte ranges its top layer writes: everything else reads as
     /// the layers below. `None` (the default) when the image is one whole layer.
     ///

@@ -516,6 +516,15 @@ impl ImageSource for Qcow2Image {
         self.size
     }
 
+    fn layers(&self) -> Vec<PathBuf> {
+        let below = self
+            .backing
+            .as_ref()
+            .map(|b| b.layers())
+            .unwrap_or_default();
+        std::iter::once(self.path.clone()).chain(below).collect()
+    }
+
     fn top_layer_extents(&self) -> Option<io::Result<Vec<Range<u64>>>> {
         // Zero clusters and subclusters are changes too: count every cluster the top
         // layer maps at all.

@@ -56,6 +56,10 @@ impl ImageSource for RawImage {
         self.file.data_extents()
     }
 
+    fn layers(&self) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
+
     fn map_at(&self, offset: u64, len: usize) -> Option<io::Result<Bytes>> {
         self.file.is_in_memory().then(|| {
             self.file

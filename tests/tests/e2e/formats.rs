@@ -233,6 +233,12 @@ fn a_vhdx_differencing_disk_on_the_terminal_uploads_only_its_changes() {
     )
     .expect("toml");
     assert_ok(&t.run(&["--url", &s.server.url(), "update", "start"]));
+    let shown = text(&t.run(&["update", "show"]));
+    assert!(
+        shown.contains(&format!("Differential disk:    {} (vhdx)", child.display()))
+            && shown.contains(&format!("on parent:          {}", parent.display())),
+        "{shown}"
+    );
     let finished = t.run(&["update", "finish"]);
     assert_ok(&finished);
     // Two 1 MiB blocks of the child are read, not the 8 MiB disk.

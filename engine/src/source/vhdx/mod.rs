@@ -652,6 +652,11 @@ impl ImageSource for VhdxImage {
         self.size
     }
 
+    fn layers(&self) -> Vec<PathBuf> {
+        let below = self.parent.as_ref().map(|p| p.layers()).unwrap_or_default();
+        std::iter::once(self.path.clone()).chain(below).collect()
+    }
+
     fn top_layer_extents(&self) -> Option<io::Result<Vec<Range<u64>>>> {
         self.parent.as_ref()?;
         Some(Ok(self.block_extents(|index, _| self.block_is_own(index))))
