@@ -37,3 +37,12 @@ pub fn memory_dir() -> Option<tempfile::TempDir> {
     let probe = std::fs::File::create(dir.path().join("probe")).ok()?;
     crate::direct_io::is_memory_backed(&probe).then_some(dir)
 }
+
+/// Rounds of the image parsers' mutation tests: `HOTATE_FUZZ_ROUNDS`, else `default`
+/// (a short run in CI; `benches/fuzz-images.sh` runs long ones).
+pub fn mutation_rounds(default: usize) -> usize {
+    std::env::var("HOTATE_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -814,7 +814,7 @@ mod tests {
         let good = std::fs::read(&orphan).unwrap();
         let victim = dir.path().join("victim.qcow2");
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        for round in 0..600 {
+        for round in 0..crate::testdata::mutation_rounds(600) {
             let mut bytes = good.clone();
             seed ^= seed << 13;
             seed ^= seed >> 7;

@@ -808,7 +808,7 @@ mod tests {
         );
         // Flipped bytes in the metadata, the BAT and the region tables.
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        for _ in 0..400 {
+        for _ in 0..crate::testdata::mutation_rounds(400) {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
