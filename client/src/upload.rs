@@ -145,7 +145,7 @@ pub async fn base_manifest(
 
 /// Blocks of the layers below an overlay compared with the base version before its top
 /// layer alone is trusted.
-const BASE_SAMPLES: usize = 64;
+const BASE_SAMPLES: usize = 16;
 
 /// Whether to read only an overlay's top layer: yes when the image is an overlay whose
 /// layers below hold the base version (checked on sample blocks); an overlay over
