@@ -35,3 +35,10 @@ fi
 echo
 echo "## Hostile clients beside a normal upload (server peak RSS)"
 target/release/attack-bench
+echo
+echo "## Overlay (qcow2) finish vs raw disks"
+if [ "${1:-}" = quick ]; then
+  target/release/overlay-bench --size-mib 2048 --change-mib 100
+else
+  target/release/overlay-bench --size-mib 16384 --change-mib 500
+fi
