@@ -432,11 +432,13 @@ fn a_missing_or_short_image_is_refused_and_nothing_is_lost() {
 fn wait_for_received(site: &Site, bytes: u64, timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;
     loop {
-        let received = site
-            .updates()
-            .last()
-            .and_then(|u| u["bytes_received"].as_u64())
-            .unwrap_or(0);
+        // The live update (several may have started within the same second).
+        let updates = site.updates();
+        let live = updates
+            .iter()
+            .find(|u| u["state"] == "uploading" || u["state"] == "reserved")
+            .or(updates.last());
+        let received = live.and_then(|u| u["bytes_received"].as_u64()).unwrap_or(0);
         if received >= bytes || Instant::now() > deadline {
             return received;
         }

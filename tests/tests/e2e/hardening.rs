@@ -221,11 +221,16 @@ fn a_busy_server_is_waited_for_and_a_locked_out_login_says_when_to_retry() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("finish");
-    // Until the first upload has stored something (its update is listed first).
+    // Until the first upload has stored something.
+    let stored_by_first = || {
+        site.updates()
+            .iter()
+            .find(|u| u["terminal"] == "PC-001")
+            .and_then(|u| u["bytes_received"].as_u64())
+            .unwrap_or(0)
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while site.updates()[0]["bytes_received"].as_u64().unwrap_or(0) == 0
-        && Instant::now() < deadline
-    {
+    while stored_by_first() == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let waited = other.run(&["update", "finish"]);
