@@ -26,5 +26,5 @@ pub use pipeline::{
     ChunkSink, Need, Offer, Outcome, PipelineConfig, PipelineError, Progress, ProgressSnapshot,
     SinkError, StoreSink,
 };
-pub use source::{Format, ImageSource, Qcow2Image, RawImage, VhdxImage};
+pub use source::{Format, ImageSource, Qcow2Image, RawImage, VhdImage, VhdxImage};
 pub use store::{ChunkStore, FsStore, MemoryStore, StoreError};

@@ -3,11 +3,13 @@
 //! A source knows its virtual size, which extents may hold data (the rest reads as
 //! zeros and is never read), and reads at an offset, or hands out the image in place
 //! when it already lives in memory. `raw` is the whole disk as a file; `qcow2` an
-//! overlay read through its backing chain; `vhdx` a dynamic Hyper-V disk. [`open`] picks the reader by format (or by
+//! overlay read through its backing chain; `vhdx` a dynamic or differencing Hyper-V
+//! disk; `vhd` a fixed or dynamic Virtual PC disk. [`open`] picks the reader by format (or by
 //! the file's magic).
 
 mod qcow2;
 mod raw;
+mod vhd;
 mod vhdx;
 
 use std::collections::HashSet;
@@ -22,6 +24,7 @@ use crate::direct_io::AlignedBuf;
 
 pub use qcow2::Qcow2Image;
 pub use raw::RawImage;
+pub use vhd::VhdImage;
 pub use vhdx::VhdxImage;
 pub use vhdx::write::write_differencing as write_vhdx_differencing;
 
@@ -75,13 +78,13 @@ impl Format {
             return Ok(Self::Vhdx);
         }
         // A VHD ends with its footer ("conectix"); a dynamic one also starts with a copy.
-        if &head == b"conectix" {
+        if head == vhd::COOKIE {
             return Ok(Self::Vhd);
         }
         if len >= 512 {
             let mut tail = [0u8; 8];
             read_exact_at(&file, &mut tail, len - 512)?;
-            if &tail == b"conectix" {
+            if tail == vhd::COOKIE {
                 return Ok(Self::Vhd);
             }
         }
@@ -107,13 +110,7 @@ pub fn open(
         Format::Raw | Format::Auto => Ok(Arc::new(RawImage::open(path)?)),
         Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(path, parent)?)),
         Format::Vhdx => Ok(Arc::new(VhdxImage::open(path, parent)?)),
-        Format::Vhd => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "{}: VHD images are not supported yet; convert with `qemu-img convert -O qcow2`",
-                path.display()
-            ),
-        )),
+        Format::Vhd => Ok(Arc::new(VhdImage::open(path)?)),
     }
 }
 
@@ -163,13 +160,10 @@ fn open_layer(
             Ok(Box::new(RawImage::open(path)?))
         }
         Format::Vhdx => Ok(Box::new(VhdxImage::open_in_chain(path, None, chain)?)),
-        Format::Vhd => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "{}: a VHD backing image is not supported yet",
-                path.display()
-            ),
-        )),
+        Format::Vhd => {
+            chain.enter(path)?;
+            Ok(Box::new(VhdImage::open(path)?))
+        }
     }
 }
 

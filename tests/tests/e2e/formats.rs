@@ -1,5 +1,5 @@
 //! Differential disks in other formats than raw: a qcow2 overlay on the terminal, and
-//! qcow2 and VHDX images imported by the server, checked against the raw image.
+//! qcow2, VHDX and VHD images imported by the server, checked against the raw image.
 
 use std::process::Command;
 
@@ -104,7 +104,7 @@ fn a_qcow2_overlay_on_the_terminal_uploads_what_qemu_reads() {
 }
 
 #[test]
-fn disk_import_reads_qcow2_and_vhdx_images() {
+fn disk_import_reads_qcow2_vhdx_and_vhd_images() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pair = images::synthetic_pair(dir.path(), 6 << 20, 20, 42);
     let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
@@ -112,6 +112,10 @@ fn disk_import_reads_qcow2_and_vhdx_images() {
         ("plain", vec!["-O", "qcow2"]),
         ("packed", vec!["-O", "qcow2", "-c"]),
         ("hyperv", vec!["-O", "vhdx", "-o", "block_size=1M"]),
+        (
+            "virtualpc",
+            vec!["-O", "vpc", "-o", "subformat=dynamic,force_size=on"],
+        ),
     ] {
         let image = dir.path().join(format!("{name}.img"));
         let mut args = vec!["convert"];
