@@ -228,12 +228,22 @@ pub fn disk_versions(data: &Path, disk: &str, json: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `disk export DISK [--version V] --output FILE`.
+/// How `disk export` writes: `format` raw or vhdx, and for vhdx optionally only what
+/// differs from an earlier version whose export is `parent_image`.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFormat {
+    pub format: String,
+    pub parent: Option<String>,
+    pub parent_image: Option<std::path::PathBuf>,
+}
+
+/// `disk export DISK [--version V] --output FILE [--format raw|vhdx] [--parent V0]`.
 pub fn disk_export(
     data: &Path,
     disk: &str,
     version: Option<&str>,
     output: &Path,
+    how: &ExportFormat,
 ) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
     let disk = dir.meta.disk(disk)?;
@@ -241,13 +251,35 @@ pub fn disk_export(
         Some(id) => dir.meta.version(&disk.id, id)?,
         None => dir.meta.latest_version(&disk.id)?,
     };
-    let bytes = dir
-        .export(&version, output)
-        .with_context(|| format!("exporting version {} to {}", version.id, output.display()))?;
+    let context = || format!("exporting version {} to {}", version.id, output.display());
+    let bytes = match (how.format.as_str(), &how.parent) {
+        ("raw", None) => dir.export(&version, output).with_context(context)?,
+        ("raw", Some(_)) => bail!("--parent needs --format vhdx (a raw image has no parent)"),
+        ("vhdx", None) => dir
+            .export_vhdx(&version, output, None)
+            .with_context(context)?,
+        ("vhdx", Some(parent)) => {
+            let earlier = dir.meta.version(&disk.id, parent)?;
+            let image = how.parent_image.clone().unwrap_or_else(|| {
+                output
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(format!("{parent}.vhdx"))
+            });
+            dir.export_vhdx(&version, output, Some((&earlier, &image)))
+                .with_context(context)?
+        }
+        ("qcow2" | "vhd", _) => bail!(
+            "--format {} is not supported yet: export raw or vhdx, then `qemu-img convert -O {}`",
+            how.format,
+            if how.format == "vhd" { "vpc" } else { "qcow2" }
+        ),
+        (other, _) => bail!("unknown --format {other:?}: raw or vhdx"),
+    };
     println!(
         "Exported version {} of {} ({} bytes, every chunk verified) to {}.",
         version.id,
-        disk.name,
+        text::printable(&disk.name),
         bytes,
         output.display()
     );

@@ -10,9 +10,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hotate_engine::source::{BlockContent, ParentRef, VhdxWriter};
 use hotate_engine::{
-    BlockSize, ChunkStore, Entry, Format, FsStore, Manifest, PipelineConfig, Progress, StoreSink,
-    pipeline,
+    BlockSize, ChunkStore, Entry, Format, FsStore, ImageSource, Manifest, PipelineConfig, Progress,
+    StoreSink, VhdxImage, pipeline,
 };
 
 use crate::error::ServerError;
@@ -202,6 +203,143 @@ impl DataDir {
         self.write_manifest(&disk.id, &version.id, &outcome.manifest)?;
         self.meta.create_disk(&disk, &version)?;
         Ok((disk, version))
+    }
+
+    /// Writes a version as a dynamic VHDX image (zero blocks absent), or with `parent`
+    /// (an earlier version and its VHDX image) as a differencing image holding only the
+    /// blocks that differ from it; every chunk verified. Returns the virtual size.
+    ///
+    /// # Errors
+    /// When a chunk is missing or damaged, the parent image is not that version, or the
+    /// output cannot be written. The output is only created (by rename) once complete.
+    pub fn export_vhdx(
+        &self,
+        version: &VersionRow,
+        output: &Path,
+        parent: Option<(&VersionRow, &Path)>,
+    ) -> Result<u64, ServerError> {
+        let manifest = self.manifest(version)?;
+        let size = manifest.disk_size();
+        let disk_block = manifest.block_size().bytes() as u64;
+        let vhdx_block = disk_block.max(1 << 20);
+        let per = vhdx_block / disk_block;
+        let base = match parent {
+            None => None,
+            Some((earlier, image)) => Some(self.vhdx_parent(earlier, image, output, &manifest)?),
+        };
+        let temp = output.with_extension("hotate-export.tmp");
+        let result = (|| {
+            let parent_ref = base.as_ref().map(|(_, parent)| parent.clone());
+            let mut writer = VhdxWriter::create(&temp, size, vhdx_block, 512, parent_ref)?;
+            let mut data = vec![0u8; vhdx_block as usize];
+            for vb in 0..size.div_ceil(vhdx_block) {
+                let entries = vb * per..((vb + 1) * per).min(manifest.len() as u64);
+                if let Some((earlier, _)) = &base
+                    && entries.clone().all(|i| manifest.get(i) == earlier.get(i))
+                {
+                    continue; // the parent's
+                }
+                if entries
+                    .clone()
+                    .all(|i| manifest.get(i) == Some(Entry::Zero))
+                {
+                    if base.is_some() {
+                        writer.write_block(vb, BlockContent::Zero)?;
+                    }
+                    continue;
+                }
+                data.fill(0);
+                for i in entries.clone() {
+                    if let Some(Entry::Chunk(hash)) = manifest.get(i) {
+                        let range = manifest.block_size().range(i, size);
+                        let chunk = self.store.get(&hash, disk_block as usize)?;
+                        if chunk.len() as u64 != range.end - range.start {
+                            return Err(ServerError::Internal(format!(
+                                "chunk {hash} has {} bytes, block {i} needs {}",
+                                chunk.len(),
+                                range.end - range.start
+                            )));
+                        }
+                        let at = ((i - vb * per) * disk_block) as usize;
+                        data[at..at + chunk.len()].copy_from_slice(&chunk);
+                    }
+                }
+                writer.write_block(vb, BlockContent::Full(&data))?;
+            }
+            writer.finish()?;
+            fs::rename(&temp, output)?;
+            Ok(size)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// The manifest of `earlier` and how a child names its VHDX image, once sample blocks
+    /// of the image are found to be that version's.
+    fn vhdx_parent(
+        &self,
+        earlier: &VersionRow,
+        image: &Path,
+        output: &Path,
+        manifest: &Manifest,
+    ) -> Result<(Manifest, ParentRef), ServerError> {
+        let earlier_manifest = self.manifest(earlier)?;
+        let bad =
+            |why: String| ServerError::BadImage(format!("parent image {}: {why}", image.display()));
+        let parent = VhdxImage::open(image, None).map_err(|e| bad(e.to_string()))?;
+        if parent.size() != manifest.disk_size()
+            || earlier_manifest.disk_size() != manifest.disk_size()
+        {
+            return Err(bad("it is not the size of this disk".into()));
+        }
+        // The image must be that version: compare sample blocks with its manifest.
+        let block = earlier_manifest.block_size();
+        let count = earlier_manifest.len() as u64;
+        let mut buf = hotate_engine::direct_io::AlignedBuf::zeroed(block.bytes());
+        for index in (0..count)
+            .step_by((count / 16).max(1) as usize)
+            .chain([count - 1])
+        {
+            let range = block.range(index, manifest.disk_size());
+            let len = (range.end - range.start) as usize;
+            parent
+                .read_at(range.start, len, &mut buf)
+                .map_err(|e| bad(e.to_string()))?;
+            let entry = if hotate_engine::block::is_zero(&buf[..len]) {
+                Entry::Zero
+            } else {
+                Entry::Chunk(hotate_engine::Hash::of(&buf[..len]))
+            };
+            if earlier_manifest.get(index) != Some(entry) {
+                return Err(bad(format!(
+                    "block {index} differs from version {}; export that version there first",
+                    earlier.id
+                )));
+            }
+        }
+        let dir_of = |p: &Path| {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+            fs::canonicalize(dir.unwrap_or(Path::new("."))).ok()
+        };
+        let same_dir = dir_of(image).is_some() && dir_of(image) == dir_of(output);
+        let name = image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = if same_dir {
+            format!(".\\{name}")
+        } else {
+            fs::canonicalize(image)?.display().to_string()
+        };
+        Ok((
+            earlier_manifest,
+            ParentRef {
+                data_write_guid: parent.data_write_guid(),
+                path,
+            },
+        ))
     }
 
     /// Writes a version as a raw image, every chunk verified; returns the bytes written.

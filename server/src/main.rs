@@ -149,6 +149,16 @@ enum DiskCommand {
         version: Option<String>,
         #[arg(long)]
         output: PathBuf,
+        /// raw, or vhdx (dynamic; differencing with --parent).
+        #[arg(long, default_value = "raw")]
+        format: String,
+        /// Write only what differs from this earlier version, as a differencing image of
+        /// its export (vhdx).
+        #[arg(long)]
+        parent: Option<String>,
+        /// Where that version's image is [default: PARENT.vhdx beside the output].
+        #[arg(long, requires = "parent")]
+        parent_image: Option<PathBuf>,
     },
 }
 
@@ -251,7 +261,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             disk,
             version,
             output,
-        }) => admin::disk_export(&data, &disk, version.as_deref(), &output),
+            format,
+            parent,
+            parent_image,
+        }) => admin::disk_export(
+            &data,
+            &disk,
+            version.as_deref(),
+            &output,
+            &admin::ExportFormat {
+                format,
+                parent,
+                parent_image,
+            },
+        ),
         Command::Disk(DiskCommand::Delete { disk, force }) => {
             admin::disk_delete(&data, &disk, force)
         }

@@ -26,7 +26,9 @@ pub use qcow2::Qcow2Image;
 pub use raw::RawImage;
 pub use vhd::VhdImage;
 pub use vhdx::VhdxImage;
-pub use vhdx::write::write_differencing as write_vhdx_differencing;
+pub use vhdx::write::{
+    BlockContent, ParentRef, VhdxWriter, write_differencing as write_vhdx_differencing,
+};
 
 /// Images a backing chain may hold at most.
 const MAX_CHAIN: usize = 16;
