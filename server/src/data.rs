@@ -10,7 +10,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hotate_engine::source::{BlockContent, ParentRef, VhdxWriter};
+use hotate_engine::source::{
+    BlockContent, ParentRef, QCOW2_CLUSTER, Qcow2Cluster as Cluster, VhdxWriter,
+};
 use hotate_engine::{
     BlockSize, ChunkStore, Entry, Format, FsStore, ImageSource, Manifest, PipelineConfig, Progress,
     StoreSink, VhdxImage, pipeline,
@@ -285,16 +287,40 @@ impl DataDir {
         output: &Path,
         manifest: &Manifest,
     ) -> Result<(Manifest, ParentRef), ServerError> {
+        let parent = VhdxImage::open(image, None).map_err(|e| bad_parent(image, &e))?;
+        let earlier_manifest = self.check_image_is(&parent, image, earlier, manifest)?;
+        let name = child_name(image, output)?;
+        let path = if name.contains('/') {
+            name
+        } else {
+            format!(".\\{name}")
+        };
+        Ok((
+            earlier_manifest,
+            ParentRef {
+                data_write_guid: parent.data_write_guid(),
+                path,
+            },
+        ))
+    }
+
+    /// Checks on sample blocks that `image` holds version `earlier` (of a disk shaped like
+    /// `manifest`); returns that version's manifest.
+    fn check_image_is(
+        &self,
+        image: &dyn ImageSource,
+        path: &Path,
+        earlier: &VersionRow,
+        manifest: &Manifest,
+    ) -> Result<Manifest, ServerError> {
         let earlier_manifest = self.manifest(earlier)?;
         let bad =
-            |why: String| ServerError::BadImage(format!("parent image {}: {why}", image.display()));
-        let parent = VhdxImage::open(image, None).map_err(|e| bad(e.to_string()))?;
-        if parent.size() != manifest.disk_size()
+            |why: String| ServerError::BadImage(format!("parent image {}: {why}", path.display()));
+        if image.size() != manifest.disk_size()
             || earlier_manifest.disk_size() != manifest.disk_size()
         {
             return Err(bad("it is not the size of this disk".into()));
         }
-        // The image must be that version: compare sample blocks with its manifest.
         let block = earlier_manifest.block_size();
         let count = earlier_manifest.len() as u64;
         let mut buf = hotate_engine::direct_io::AlignedBuf::zeroed(block.bytes());
@@ -304,7 +330,7 @@ impl DataDir {
         {
             let range = block.range(index, manifest.disk_size());
             let len = (range.end - range.start) as usize;
-            parent
+            image
                 .read_at(range.start, len, &mut buf)
                 .map_err(|e| bad(e.to_string()))?;
             let entry = if hotate_engine::block::is_zero(&buf[..len]) {
@@ -319,27 +345,97 @@ impl DataDir {
                 )));
             }
         }
-        let dir_of = |p: &Path| {
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-            fs::canonicalize(dir.unwrap_or(Path::new("."))).ok()
+        Ok(earlier_manifest)
+    }
+
+    /// Writes a version as a qcow2 image (zero blocks unallocated), or with `parent` (an
+    /// earlier version and its image, raw, qcow2 or VHDX) as an overlay holding only what
+    /// differs from it; every chunk verified. Returns the virtual size.
+    ///
+    /// # Errors
+    /// As [`DataDir::export_vhdx`].
+    pub fn export_qcow2(
+        &self,
+        version: &VersionRow,
+        output: &Path,
+        parent: Option<(&VersionRow, &Path)>,
+    ) -> Result<u64, ServerError> {
+        let manifest = self.manifest(version)?;
+        let size = manifest.disk_size();
+        let block = manifest.block_size();
+        let per_block = block.bytes() as u64 / QCOW2_CLUSTER;
+        let (base, backing) = match parent {
+            None => (None, None),
+            Some((earlier, image)) => {
+                let format = Format::detect(image)?;
+                let opened = hotate_engine::source::open(image, format, None)
+                    .map_err(|e| bad_parent(image, &e))?;
+                let base = self.check_image_is(opened.as_ref(), image, earlier, &manifest)?;
+                let format = match format {
+                    Format::Qcow2 => "qcow2",
+                    Format::Vhdx => "vhdx",
+                    Format::Vhd => "vpc",
+                    Format::Raw | Format::Auto => "raw",
+                };
+                let backing = hotate_engine::source::Qcow2Backing {
+                    name: child_name(image, output)?,
+                    format: format.to_owned(),
+                };
+                (Some(base), Some(backing))
+            }
         };
-        let same_dir = dir_of(image).is_some() && dir_of(image) == dir_of(output);
-        let name = image
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let path = if same_dir {
-            format!(".\\{name}")
-        } else {
-            fs::canonicalize(image)?.display().to_string()
-        };
-        Ok((
-            earlier_manifest,
-            ParentRef {
-                data_write_guid: parent.data_write_guid(),
-                path,
-            },
-        ))
+        let mut plan = Vec::new();
+        for (i, entry) in manifest.entries().iter().enumerate() {
+            let i = i as u64;
+            if base.as_ref().is_some_and(|b| b.get(i) == Some(*entry)) {
+                continue; // the backing image's
+            }
+            let kind = match entry {
+                Entry::Chunk(_) => Cluster::Data,
+                Entry::Zero if base.is_some() => Cluster::Zero,
+                Entry::Zero => continue,
+            };
+            let clusters = size.div_ceil(QCOW2_CLUSTER);
+            plan.extend((i * per_block..((i + 1) * per_block).min(clusters)).map(|c| (c, kind)));
+        }
+        let temp = output.with_extension("hotate-export.tmp");
+        let mut current: Option<(u64, bytes::Bytes)> = None;
+        let result = (|| {
+            hotate_engine::source::write_qcow2(&temp, size, backing.as_ref(), &plan, |c, out| {
+                let offset = c * QCOW2_CLUSTER;
+                let index = offset / block.bytes() as u64;
+                if current.as_ref().is_none_or(|(i, _)| *i != index) {
+                    let Some(Entry::Chunk(hash)) = manifest.get(index) else {
+                        return Err(std::io::Error::other("a data cluster of a zero block"));
+                    };
+                    let chunk = self
+                        .store
+                        .get(&hash, block.bytes())
+                        .map_err(std::io::Error::other)?;
+                    let range = block.range(index, size);
+                    if chunk.len() as u64 != range.end - range.start {
+                        return Err(std::io::Error::other(format!(
+                            "chunk {hash} has {} bytes, block {index} needs {}",
+                            chunk.len(),
+                            range.end - range.start
+                        )));
+                    }
+                    current = Some((index, chunk));
+                }
+                let (_, chunk) = current
+                    .as_ref()
+                    .ok_or_else(|| std::io::Error::other("no chunk"))?;
+                let within = (offset - index * block.bytes() as u64) as usize;
+                out.copy_from_slice(&chunk[within..within + out.len()]);
+                Ok(())
+            })?;
+            fs::rename(&temp, output)?;
+            Ok(size)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
     }
 
     /// Writes a version as a raw image, every chunk verified; returns the bytes written.
@@ -386,5 +482,27 @@ impl DataDir {
             let _ = fs::remove_file(&temp);
         }
         result
+    }
+}
+
+/// An error about the parent image given to an export.
+fn bad_parent(image: &Path, cause: &dyn std::fmt::Display) -> ServerError {
+    ServerError::BadImage(format!("parent image {}: {cause}", image.display()))
+}
+
+/// How an image written at `output` names `parent`: its file name when both share a
+/// directory, else its absolute path.
+fn child_name(parent: &Path, output: &Path) -> Result<String, ServerError> {
+    let dir_of = |p: &Path| {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        fs::canonicalize(dir.unwrap_or(Path::new("."))).ok()
+    };
+    if dir_of(parent).is_some() && dir_of(parent) == dir_of(output) {
+        Ok(parent
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default())
+    } else {
+        Ok(fs::canonicalize(parent)?.display().to_string())
     }
 }

@@ -149,14 +149,15 @@ enum DiskCommand {
         version: Option<String>,
         #[arg(long)]
         output: PathBuf,
-        /// raw, or vhdx (dynamic; differencing with --parent).
+        /// raw, qcow2 or vhdx (with --parent: an overlay or differencing image).
         #[arg(long, default_value = "raw")]
         format: String,
-        /// Write only what differs from this earlier version, as a differencing image of
-        /// its export (vhdx).
+        /// Write only what differs from this earlier version, as an overlay (qcow2) or
+        /// differencing image (vhdx) of its export.
         #[arg(long)]
         parent: Option<String>,
-        /// Where that version's image is [default: PARENT.vhdx beside the output].
+        /// Where that version's image is [default: PARENT.qcow2 or PARENT.vhdx beside the
+        /// output].
         #[arg(long, requires = "parent")]
         parent_image: Option<PathBuf>,
     },

@@ -23,6 +23,10 @@ use bytes::Bytes;
 use crate::direct_io::AlignedBuf;
 
 pub use qcow2::Qcow2Image;
+pub use qcow2::write::{
+    Backing as Qcow2Backing, CLUSTER as QCOW2_CLUSTER, Cluster as Qcow2Cluster,
+    write as write_qcow2,
+};
 pub use raw::RawImage;
 pub use vhd::VhdImage;
 pub use vhdx::VhdxImage;

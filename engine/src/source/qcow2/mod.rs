@@ -6,7 +6,10 @@
 //!
 //! Every header and table field is checked against the file before use: offsets must lie
 //! within it, so no allocation or read is larger than the file or a cluster. Encrypted
-//! images, external data files and images marked corrupt are refused.
+//! images, external data files and images marked corrupt are refused. [`write`] makes
+//! qcow2 images.
+
+pub mod write;
 
 use std::collections::HashMap;
 use std::fs::File;
