@@ -29,6 +29,7 @@ pub use qcow2::write::{
 };
 pub use raw::RawImage;
 pub use vhd::VhdImage;
+pub use vhd::write::{BLOCK as VHD_BLOCK, VhdParent, VhdWriter};
 pub use vhdx::VhdxImage;
 pub use vhdx::write::{
     BlockContent, ParentRef, VhdxWriter, write_differencing as write_vhdx_differencing,
@@ -116,7 +117,7 @@ pub fn open(
         Format::Raw | Format::Auto => Ok(Arc::new(RawImage::open(path)?)),
         Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(path, parent)?)),
         Format::Vhdx => Ok(Arc::new(VhdxImage::open(path, parent)?)),
-        Format::Vhd => Ok(Arc::new(VhdImage::open(path)?)),
+        Format::Vhd => Ok(Arc::new(VhdImage::open(path, parent)?)),
     }
 }
 
@@ -166,10 +167,7 @@ fn open_layer(
             Ok(Box::new(RawImage::open(path)?))
         }
         Format::Vhdx => Ok(Box::new(VhdxImage::open_in_chain(path, None, chain)?)),
-        Format::Vhd => {
-            chain.enter(path)?;
-            Ok(Box::new(VhdImage::open(path)?))
-        }
+        Format::Vhd => Ok(Box::new(VhdImage::open_in_chain(path, None, chain)?)),
     }
 }
 
