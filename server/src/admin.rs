@@ -228,7 +228,7 @@ pub fn disk_versions(data: &Path, disk: &str, json: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// How `disk export` writes: `format` raw, qcow2 or vhdx, and for the last two optionally
+/// How `disk export` writes: `format` raw, qcow2, vhdx or vhd, and but for raw optionally
 /// only what differs from an earlier version whose export is `parent_image`.
 #[derive(Debug, Clone, Default)]
 pub struct ExportFormat {
@@ -237,7 +237,7 @@ pub struct ExportFormat {
     pub parent_image: Option<std::path::PathBuf>,
 }
 
-/// `disk export DISK [--version V] --output FILE [--format raw|qcow2|vhdx] [--parent V0]`.
+/// `disk export DISK [--version V] --output FILE [--format raw|qcow2|vhdx|vhd] [--parent V0]`.
 pub fn disk_export(
     data: &Path,
     disk: &str,
@@ -255,7 +255,7 @@ pub fn disk_export(
     let bytes = match (how.format.as_str(), &how.parent) {
         ("raw", None) => dir.export(&version, output).with_context(context)?,
         ("raw", Some(_)) => {
-            bail!("--parent needs --format qcow2 or vhdx (a raw image has no parent)")
+            bail!("--parent needs --format qcow2, vhdx or vhd (a raw image has no parent)")
         }
         ("vhdx", None) => dir
             .export_vhdx(&version, output, None)
@@ -288,10 +288,24 @@ pub fn disk_export(
             dir.export_qcow2(&version, output, parent)
                 .with_context(context)?
         }
-        ("vhd", _) => bail!(
-            "--format vhd is not supported yet: export raw or vhdx, then `qemu-img convert -O vpc`"
-        ),
-        (other, _) => bail!("unknown --format {other:?}: raw, qcow2 or vhdx"),
+        ("vhd", parent) => {
+            let earlier = parent
+                .as_deref()
+                .map(|p| dir.meta.version(&disk.id, p))
+                .transpose()?;
+            let image = parent.as_deref().map(|p| {
+                how.parent_image.clone().unwrap_or_else(|| {
+                    output
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .join(format!("{p}.vhd"))
+                })
+            });
+            let parent = earlier.as_ref().zip(image.as_deref());
+            dir.export_vhd(&version, output, parent)
+                .with_context(context)?
+        }
+        (other, _) => bail!("unknown --format {other:?}: raw, qcow2, vhdx or vhd"),
     };
     println!(
         "Exported version {} of {} ({} bytes, every chunk verified) to {}.",

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hotate_engine::source::{
-    BlockContent, ParentRef, QCOW2_CLUSTER, Qcow2Cluster as Cluster, VhdxWriter,
+    BlockContent, ParentRef, QCOW2_CLUSTER, Qcow2Cluster as Cluster, VHD_BLOCK, VhdParent,
+    VhdWriter, VhdxWriter,
 };
 use hotate_engine::{
     BlockSize, ChunkStore, Entry, Format, FsStore, ImageSource, Manifest, PipelineConfig, Progress,
-    StoreSink, VhdxImage, pipeline,
+    StoreSink, VhdImage, VhdxImage, pipeline,
 };
 
 use crate::error::ServerError;
@@ -438,6 +439,71 @@ impl DataDir {
         result
     }
 
+    /// Writes a version as a dynamic VHD (2 MiB blocks, zero blocks absent), or with
+    /// `parent` (an earlier version and its VHD) as a differencing VHD holding only the
+    /// blocks that differ from it; every chunk verified. Returns the virtual size.
+    ///
+    /// # Errors
+    /// As [`DataDir::export_vhdx`].
+    pub fn export_vhd(
+        &self,
+        version: &VersionRow,
+        output: &Path,
+        parent: Option<(&VersionRow, &Path)>,
+    ) -> Result<u64, ServerError> {
+        let manifest = self.manifest(version)?;
+        let size = manifest.disk_size();
+        let (base, parent_ref) = match parent {
+            None => (None, None),
+            Some((earlier, image)) => {
+                let opened = VhdImage::open(image, None).map_err(|e| bad_parent(image, &e))?;
+                let base = self.check_image_is(&opened, image, earlier, &manifest)?;
+                let parent_ref = VhdParent {
+                    unique_id: opened.unique_id(),
+                    name: image
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    absolute: fs::canonicalize(image)?.display().to_string(),
+                };
+                (Some(base), Some(parent_ref))
+            }
+        };
+        let temp = output.with_extension("hotate-export.tmp");
+        let result = (|| {
+            let mut writer = VhdWriter::create(&temp, size, parent_ref)?;
+            let mut data = vec![0u8; VHD_BLOCK as usize];
+            let mut chunks = ChunkCursor::default();
+            for vb in 0..size.div_ceil(VHD_BLOCK) {
+                let start = vb * VHD_BLOCK;
+                let end = (start + VHD_BLOCK).min(size);
+                let blocks = manifest.block_size();
+                let entries = start / blocks.get() as u64..end.div_ceil(blocks.get() as u64);
+                if let Some(earlier) = &base
+                    && entries.clone().all(|i| manifest.get(i) == earlier.get(i))
+                {
+                    continue; // the parent's
+                }
+                let zero = entries
+                    .clone()
+                    .all(|i| manifest.get(i) == Some(Entry::Zero));
+                if zero && base.is_none() {
+                    continue;
+                }
+                let len = (end - start) as usize;
+                chunks.read(self, &manifest, start, &mut data[..len])?;
+                writer.write_block(vb, &data[..len], None)?;
+            }
+            writer.finish()?;
+            fs::rename(&temp, output)?;
+            Ok(size)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
     /// Writes a version as a raw image, every chunk verified; returns the bytes written.
     ///
     /// # Errors
@@ -504,5 +570,54 @@ fn child_name(parent: &Path, output: &Path) -> Result<String, ServerError> {
             .unwrap_or_default())
     } else {
         Ok(fs::canonicalize(parent)?.display().to_string())
+    }
+}
+
+/// Reads a version's bytes by range from its chunks, each verified, keeping the last
+/// chunk for the next range.
+#[derive(Debug, Default)]
+struct ChunkCursor {
+    current: Option<(u64, bytes::Bytes)>,
+}
+
+impl ChunkCursor {
+    fn read(
+        &mut self,
+        data: &DataDir,
+        manifest: &Manifest,
+        start: u64,
+        out: &mut [u8],
+    ) -> Result<(), ServerError> {
+        let block = manifest.block_size();
+        let bytes = block.get() as u64;
+        let mut done = 0usize;
+        while done < out.len() {
+            let at = start + done as u64;
+            let index = at / bytes;
+            let within = (at % bytes) as usize;
+            let range = block.range(index, manifest.disk_size());
+            let take = ((range.end - at) as usize).min(out.len() - done);
+            match manifest.get(index) {
+                Some(Entry::Chunk(hash)) => {
+                    if self.current.as_ref().is_none_or(|(i, _)| *i != index) {
+                        let chunk = data.store.get(&hash, block.bytes())?;
+                        if chunk.len() as u64 != range.end - range.start {
+                            return Err(ServerError::Internal(format!(
+                                "chunk {hash} has {} bytes, block {index} needs {}",
+                                chunk.len(),
+                                range.end - range.start
+                            )));
+                        }
+                        self.current = Some((index, chunk));
+                    }
+                    if let Some((_, chunk)) = &self.current {
+                        out[done..done + take].copy_from_slice(&chunk[within..within + take]);
+                    }
+                }
+                _ => out[done..done + take].fill(0),
+            }
+            done += take;
+        }
+        Ok(())
     }
 }

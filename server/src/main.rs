@@ -149,15 +149,14 @@ enum DiskCommand {
         version: Option<String>,
         #[arg(long)]
         output: PathBuf,
-        /// raw, qcow2 or vhdx (with --parent: an overlay or differencing image).
+        /// raw, qcow2, vhdx or vhd (with --parent: an overlay or differencing image).
         #[arg(long, default_value = "raw")]
         format: String,
         /// Write only what differs from this earlier version, as an overlay (qcow2) or
-        /// differencing image (vhdx) of its export.
+        /// differencing image (vhdx, vhd) of its export.
         #[arg(long)]
         parent: Option<String>,
-        /// Where that version's image is [default: PARENT.qcow2 or PARENT.vhdx beside the
-        /// output].
+        /// Where that version's image is [default: PARENT.FORMAT beside the output].
         #[arg(long, requires = "parent")]
         parent_image: Option<PathBuf>,
     },

@@ -372,13 +372,17 @@ fn versions_export_as_vhdx_whole_or_as_a_differencing_child_of_the_previous_one(
         "{}",
         text(&wrong)
     );
-    let vhd = export(&[
+    let unknown = export(&[
         "--format",
-        "vhd",
+        "iso",
         "--output",
-        dir.join("x.vhd").to_str().expect("path"),
+        dir.join("x.iso").to_str().expect("path"),
     ]);
-    assert!(text(&vhd).contains("not supported yet"), "{}", text(&vhd));
+    assert!(
+        text(&unknown).contains("unknown --format"),
+        "{}",
+        text(&unknown)
+    );
 }
 
 #[test]
@@ -467,4 +471,78 @@ fn versions_export_as_qcow2_whole_or_as_an_overlay_on_the_previous_one() {
         .map(|r| r.end - r.start)
         .sum();
     assert_eq!(own, differing * u64::from(BLOCK));
+}
+
+#[test]
+fn versions_export_as_vhd_whole_or_as_a_differencing_child_of_the_previous_one() {
+    let s = setup(6 << 20, 47);
+    assert_ok(
+        &s.terminal
+            .run(&["--url", &s.server.url(), "update", "start"]),
+    );
+    let second = new_version(&s.terminal.run(&["update", "finish"]));
+    let dir = s.dir.path();
+    let path = |name: &str| dir.join(name).to_str().expect("path").to_owned();
+    let first = format!("{}.vhd", s.site.first_version);
+    let export = |args: &[&str]| {
+        let mut all = vec!["disk", "export", "win10"];
+        all.extend_from_slice(args);
+        admin(&s.site.data, &all)
+    };
+    assert_ok(&export(&[
+        "--version",
+        &s.site.first_version,
+        "--format",
+        "vhd",
+        "--output",
+        &path(&first),
+    ]));
+    qemu(
+        "qemu-img",
+        &[
+            "compare",
+            "-q",
+            "-f",
+            "vpc",
+            "-F",
+            "raw",
+            &path(&first),
+            s.pair.base.to_str().expect("path"),
+        ],
+    );
+    let child = format!("{second}.vhd");
+    assert_ok(&export(&[
+        "--version",
+        &second,
+        "--format",
+        "vhd",
+        "--parent",
+        &s.site.first_version,
+        "--output",
+        &path(&child),
+    ]));
+    let updated = std::fs::read(&s.pair.updated).expect("updated");
+    let image = hotate_engine::source::open(&dir.join(&child), hotate_engine::Format::Auto, None)
+        .expect("open");
+    let mut buf = hotate_engine::direct_io::AlignedBuf::zeroed(1);
+    image.read_at(0, updated.len(), &mut buf).expect("read");
+    assert!(buf[..] == updated[..], "the child reads differently here");
+    let script = format!(
+        "import pyvhdi, sys\n\
+         child = pyvhdi.file(); child.open({child:?})\n\
+         parent = pyvhdi.file(); parent.open({parent:?})\n\
+         child.set_parent(parent)\n\
+         sys.stdout.buffer.write(child.read_buffer_at_offset(child.media_size, 0))\n",
+        child = path(&child),
+        parent = path(&first),
+    );
+    let read = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 with python3-libvhdi");
+    assert!(read.status.success(), "libvhdi: {}", text(&read));
+    assert!(
+        read.stdout == updated,
+        "libvhdi reads the child differently"
+    );
 }
