@@ -72,6 +72,9 @@ fn measured(mut cmd: Command) -> (Duration, u64, std::process::Output) {
         last
     });
     let out = child.wait_with_output().expect("wait");
+    if std::env::var_os("HOTATE_LOG").is_some() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
     let elapsed = started.elapsed();
     let read = sampler.join().unwrap_or(0);
     assert!(out.status.success(), "{}", text(&out));
