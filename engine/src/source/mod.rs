@@ -194,6 +194,61 @@ pub(crate) fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -
     }
 }
 
+/// Reads `out` from `file` (`file_len` bytes long) at `at`, zeros past its end: a
+/// cluster or block that runs past the end of an image file reads as zeros, as QEMU
+/// reads it.
+pub(crate) fn read_or_zeros(
+    file: &std::fs::File,
+    file_len: u64,
+    out: &mut [u8],
+    at: u64,
+) -> io::Result<()> {
+    let available = file_len.saturating_sub(at).min(out.len() as u64) as usize;
+    read_exact_at(file, &mut out[..available], at)?;
+    out[available..].fill(0);
+    Ok(())
+}
+
+/// Appends `range` to sorted extents, merged with the last one when they touch.
+pub(crate) fn push_extent(out: &mut Vec<Range<u64>>, range: Range<u64>) {
+    match out.last_mut() {
+        Some(last) if last.end == range.start => last.end = range.end,
+        _ => out.push(range),
+    }
+}
+
+/// The merged byte ranges of the blocks `keep` selects among `blocks` blocks of
+/// `block_size` bytes on a disk of `size` bytes.
+pub(crate) fn block_ranges(
+    blocks: usize,
+    block_size: u64,
+    size: u64,
+    keep: impl Fn(usize) -> bool,
+) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    for index in (0..blocks).filter(|&i| keep(i)) {
+        let start = index as u64 * block_size;
+        push_extent(&mut out, start..(start + block_size).min(size));
+    }
+    out
+}
+
+/// 16 unpredictable bytes for an image's identifiers; never the same twice in a process.
+pub(crate) fn random_id() -> [u8; 16] {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&now.to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(&call.to_le_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    id
+}
+
 /// Writes all of `buf` at `offset` of a file (positional).
 pub(crate) fn write_all_at(file: &std::fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
     #[cfg(unix)]

@@ -342,10 +342,7 @@ impl Qcow2Image {
 
     /// This file's bytes at `offset`, zeros past its end.
     fn read_host(&self, out: &mut [u8], offset: u64) -> io::Result<()> {
-        let available = self.file_len.saturating_sub(offset).min(out.len() as u64) as usize;
-        read_exact_at(&self.file, &mut out[..available], offset)?;
-        out[available..].fill(0);
-        Ok(())
+        super::read_or_zeros(&self.file, self.file_len, out, offset)
     }
 
     /// The backing image's bytes at `offset` (zeros where there is none, or beyond it).
@@ -471,10 +468,7 @@ impl Qcow2Image {
             for index in first..(first + l2_entries).min(clusters) {
                 if keep(self.mapping(index)?) {
                     let range = index * cluster..((index + 1) * cluster).min(self.size);
-                    match out.last_mut() {
-                        Some(last) if last.end == range.start => last.end = range.end,
-                        _ => out.push(range),
-                    }
+                    super::push_extent(&mut out, range);
                 }
             }
         }

@@ -287,10 +287,14 @@ impl VhdImage {
 
     /// This file's bytes at `at`, zeros past its end.
     fn read_own(&self, out: &mut [u8], at: u64) -> io::Result<()> {
-        let available = self.file_len.saturating_sub(at).min(out.len() as u64) as usize;
-        read_exact_at(&self.file, &mut out[..available], at)?;
-        out[available..].fill(0);
-        Ok(())
+        super::read_or_zeros(&self.file, self.file_len, out, at)
+    }
+
+    /// The merged ranges of the blocks this file holds.
+    fn allocated_extents(&self) -> Vec<Range<u64>> {
+        super::block_ranges(self.bat.len(), self.block_size, self.size, |i| {
+            self.bat[i] != UNALLOCATED
+        })
     }
 }
 
@@ -306,40 +310,18 @@ impl ImageSource for VhdImage {
 
     fn top_layer_extents(&self) -> Option<io::Result<Vec<Range<u64>>>> {
         self.parent.as_ref()?;
-        let mut out: Vec<Range<u64>> = Vec::new();
-        for (index, &sector) in self.bat.iter().enumerate() {
-            if sector != UNALLOCATED {
-                let start = index as u64 * self.block_size;
-                let range = start..(start + self.block_size).min(self.size);
-                match out.last_mut() {
-                    Some(last) if last.end == range.start => last.end = range.end,
-                    _ => out.push(range),
-                }
-            }
-        }
-        Some(Ok(out))
+        Some(Ok(self.allocated_extents()))
     }
 
     fn data_extents(&self) -> io::Result<Vec<Range<u64>>> {
         if let Some(parent) = &self.parent {
-            let own = self.top_layer_extents().unwrap_or(Ok(Vec::new()))?;
+            let own = self.allocated_extents();
             return Ok(super::merge_extents(own, parent.data_extents()?, self.size));
         }
         if self.fixed {
             return Ok(std::iter::once(0..self.size).collect());
         }
-        let mut out: Vec<Range<u64>> = Vec::new();
-        for (index, &sector) in self.bat.iter().enumerate() {
-            if sector != UNALLOCATED {
-                let start = index as u64 * self.block_size;
-                let range = start..(start + self.block_size).min(self.size);
-                match out.last_mut() {
-                    Some(last) if last.end == range.start => last.end = range.end,
-                    _ => out.push(range),
-                }
-            }
-        }
-        Ok(out)
+        Ok(self.allocated_extents())
     }
 
     fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()> {

@@ -97,7 +97,7 @@ impl VhdWriter {
     /// # Errors
     /// When the file cannot be written.
     pub fn finish(self) -> io::Result<()> {
-        let unique_id = unique_id();
+        let unique_id = crate::source::random_id();
         let footer = footer(self.size, self.parent.is_some(), &unique_id);
         write_all_at(&self.file, &footer, 0)?;
         write_all_at(&self.file, &self.bat, BAT_AT)?;
@@ -139,16 +139,6 @@ impl VhdWriter {
         self.file.set_len(self.next + 512)?;
         self.file.sync_all()
     }
-}
-
-fn unique_id() -> [u8; 16] {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let hash = blake3::hash(&[&seed.to_le_bytes()[..], &std::process::id().to_le_bytes()].concat());
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&hash.as_bytes()[..16]);
-    id
 }
 
 /// The 512-byte footer of a dynamic (or differencing) disk of `size` bytes.

@@ -420,10 +420,7 @@ impl VhdxImage {
 
     /// Reads `out` from this file at `at`, zeros past its end.
     fn read_own(&self, out: &mut [u8], at: u64) -> io::Result<()> {
-        let available = self.file_len.saturating_sub(at).min(out.len() as u64) as usize;
-        read_exact_at(&self.file, &mut out[..available], at)?;
-        out[available..].fill(0);
-        Ok(())
+        super::read_or_zeros(&self.file, self.file_len, out, at)
     }
 
     /// Reads the parent's bytes (zeros without a parent).
@@ -632,18 +629,9 @@ fn parse_locator(body: &[u8]) -> io::Result<Vec<(String, String)>> {
 impl VhdxImage {
     /// The merged guest ranges of the blocks `keep` selects.
     fn block_extents(&self, keep: impl Fn(usize, u64) -> bool) -> Vec<Range<u64>> {
-        let mut out: Vec<Range<u64>> = Vec::new();
-        for (index, &entry) in self.blocks.iter().enumerate() {
-            if keep(index, entry) {
-                let start = index as u64 * self.block_size;
-                let range = start..(start + self.block_size).min(self.size);
-                match out.last_mut() {
-                    Some(last) if last.end == range.start => last.end = range.end,
-                    _ => out.push(range),
-                }
-            }
-        }
-        out
+        super::block_ranges(self.blocks.len(), self.block_size, self.size, |i| {
+            keep(i, self.blocks[i])
+        })
     }
 }
 

@@ -290,13 +290,9 @@ fn seal(bytes: &mut [u8]) {
     bytes[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// A random (version 4) GUID, as stored.
 fn rand_guid() -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let hash = blake3::hash(&[&seed.to_le_bytes()[..], &std::process::id().to_le_bytes()].concat());
-    bytes.copy_from_slice(&hash.as_bytes()[..16]);
+    let mut bytes = crate::source::random_id();
     bytes[7] = (bytes[7] & 0x0f) | 0x40; // version 4, as stored little-endian
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     bytes
