@@ -155,18 +155,17 @@ async fn trust_top_layer(
     parent: &Manifest,
     lang: crate::i18n::Lang,
 ) -> anyhow::Result<bool> {
-    let top: u64 = match plan.image.top_layer_extents() {
+    let touched = match plan.image.top_layer_extents() {
         None => return Ok(false),
-        Some(extents) => extents
-            .map_err(|e| Failed(format!("reading {}: {e}", plan.image_path.display())))?
-            .iter()
-            .map(|r| r.end - r.start)
-            .sum(),
+        Some(extents) => {
+            extents.map_err(|e| Failed(format!("reading {}: {e}", plan.image_path.display())))?
+        }
     };
+    let top: u64 = touched.iter().map(|r| r.end - r.start).sum();
     let image = plan.image.clone();
     let base = parent.clone();
     let differs = tokio::task::spawn_blocking(move || {
-        pipeline::check_layers_below(image.as_ref(), &base, BASE_SAMPLES)
+        pipeline::check_layers_below(image.as_ref(), &base, &touched, BASE_SAMPLES)
     })
     .await?
     .map_err(|e| Failed(format!("reading {}: {e}", plan.image_path.display())))?;

@@ -251,62 +251,35 @@ pub fn disk_export(
         Some(id) => dir.meta.version(&disk.id, id)?,
         None => dir.meta.latest_version(&disk.id)?,
     };
-    let context = || format!("exporting version {} to {}", version.id, output.display());
-    let bytes = match (how.format.as_str(), &how.parent) {
-        ("raw", None) => dir.export(&version, output).with_context(context)?,
-        ("raw", Some(_)) => {
-            bail!("--parent needs --format qcow2, vhdx or vhd (a raw image has no parent)")
-        }
-        ("vhdx", None) => dir
-            .export_vhdx(&version, output, None)
-            .with_context(context)?,
-        ("vhdx", Some(parent)) => {
-            let earlier = dir.meta.version(&disk.id, parent)?;
-            let image = how.parent_image.clone().unwrap_or_else(|| {
-                output
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .join(format!("{parent}.vhdx"))
-            });
-            dir.export_vhdx(&version, output, Some((&earlier, &image)))
-                .with_context(context)?
-        }
-        ("qcow2", parent) => {
-            let earlier = parent
-                .as_deref()
-                .map(|p| dir.meta.version(&disk.id, p))
-                .transpose()?;
-            let image = parent.as_deref().map(|p| {
-                how.parent_image.clone().unwrap_or_else(|| {
-                    output
-                        .parent()
-                        .unwrap_or(Path::new("."))
-                        .join(format!("{p}.qcow2"))
-                })
-            });
-            let parent = earlier.as_ref().zip(image.as_deref());
-            dir.export_qcow2(&version, output, parent)
-                .with_context(context)?
-        }
-        ("vhd", parent) => {
-            let earlier = parent
-                .as_deref()
-                .map(|p| dir.meta.version(&disk.id, p))
-                .transpose()?;
-            let image = parent.as_deref().map(|p| {
-                how.parent_image.clone().unwrap_or_else(|| {
-                    output
-                        .parent()
-                        .unwrap_or(Path::new("."))
-                        .join(format!("{p}.vhd"))
-                })
-            });
-            let parent = earlier.as_ref().zip(image.as_deref());
-            dir.export_vhd(&version, output, parent)
-                .with_context(context)?
-        }
-        (other, _) => bail!("unknown --format {other:?}: raw, qcow2, vhdx or vhd"),
-    };
+    let format = how.format.as_str();
+    if !matches!(format, "raw" | "qcow2" | "vhdx" | "vhd") {
+        bail!("unknown --format {format:?}: raw, qcow2, vhdx or vhd");
+    }
+    if format == "raw" && how.parent.is_some() {
+        bail!("--parent needs --format qcow2, vhdx or vhd (a raw image has no parent)");
+    }
+    // The earlier version and its image, by default PARENT.FORMAT beside the output.
+    let earlier = how
+        .parent
+        .as_deref()
+        .map(|p| dir.meta.version(&disk.id, p))
+        .transpose()?;
+    let image = earlier.as_ref().map(|earlier| {
+        how.parent_image.clone().unwrap_or_else(|| {
+            output
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(format!("{}.{format}", earlier.id))
+        })
+    });
+    let parent = earlier.as_ref().zip(image.as_deref());
+    let bytes = match format {
+        "qcow2" => dir.export_qcow2(&version, output, parent),
+        "vhdx" => dir.export_vhdx(&version, output, parent),
+        "vhd" => dir.export_vhd(&version, output, parent),
+        _ => dir.export(&version, output),
+    }
+    .with_context(|| format!("exporting version {} to {}", version.id, output.display()))?;
     println!(
         "Exported version {} of {} ({} bytes, every chunk verified) to {}.",
         version.id,

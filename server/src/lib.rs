@@ -9,6 +9,7 @@ pub mod cert;
 pub mod control;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod limits;
 pub mod meta;
 pub mod serve;

@@ -260,38 +260,45 @@ async fn read_stage(
 }
 
 /// Checks, before trusting an overlay's top layer, that its layers below hold the parent
-/// version: `samples` blocks the top layer does not touch (the first, the last and
-/// others spread between) are read through the chain and compared with the parent's
-/// entries. Returns the first block that differs, if any.
+/// version: `samples` blocks outside `touched` (the top layer's extents; the first, the
+/// last and others spread between) are read through the chain and compared with the
+/// parent's entries. Returns the first block that differs, if any.
 ///
 /// # Errors
-/// When the image cannot be read or is not an overlay.
+/// When the image cannot be read.
 pub fn check_layers_below(
     source: &dyn ImageSource,
     parent: &Manifest,
+    touched: &[std::ops::Range<u64>],
     samples: usize,
 ) -> Result<Option<u64>, PipelineError> {
-    let Some(touched) = source.top_layer_extents() else {
-        return Err(PipelineError::Extents(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the image is not an overlay",
-        )));
-    };
-    let touched = touched.map_err(PipelineError::Extents)?;
-    let block_size = parent.block_size();
-    let disk_size = parent.disk_size();
-    let untouched = |index: u64| {
+    let (block_size, disk_size) = (parent.block_size(), parent.disk_size());
+    first_sample_differing(source, parent, samples, |index| {
         let range = block_size.range(index, disk_size);
         !touched
             .iter()
             .any(|t| t.start < range.end && range.start < t.end)
-    };
-    let count = parent.len() as u64;
+    })
+}
+
+/// Reads `samples` blocks of `source` that `keep` admits (the first, the last and others
+/// spread between) and compares them with `manifest`; returns the first that differs.
+///
+/// # Errors
+/// When the image cannot be read.
+pub fn first_sample_differing(
+    source: &dyn ImageSource,
+    manifest: &Manifest,
+    samples: usize,
+    keep: impl Fn(u64) -> bool,
+) -> Result<Option<u64>, PipelineError> {
+    let (block_size, disk_size) = (manifest.block_size(), manifest.disk_size());
+    let count = manifest.len() as u64;
     let step = (count / samples.max(1) as u64).max(1);
     let mut picks: Vec<u64> = (0..count).step_by(step as usize).collect();
     picks.push(count.saturating_sub(1));
     let mut buf = crate::direct_io::AlignedBuf::zeroed(block_size.bytes());
-    for index in picks.into_iter().filter(|&i| untouched(i)) {
+    for index in picks.into_iter().filter(|&i| keep(i)) {
         let range = block_size.range(index, disk_size);
         let len = (range.end - range.start) as usize;
         source
@@ -305,7 +312,7 @@ pub fn check_layers_below(
         } else {
             Entry::Chunk(Hash::of(&buf[..len]))
         };
-        if parent.get(index) != Some(entry) {
+        if manifest.get(index) != Some(entry) {
             return Ok(Some(index));
         }
     }
