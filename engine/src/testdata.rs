@@ -46,3 +46,41 @@ pub fn mutation_rounds(default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Runs `tool` (qemu-img or qemu-io, from qemu-utils) and panics with its stderr when it
+/// fails.
+pub fn run_tool<S: AsRef<std::ffi::OsStr>>(tool: &str, args: &[S]) {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} is needed (qemu-utils): {e}"));
+    assert!(
+        out.status.success(),
+        "{tool}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What libvhdi (`python3-libvhdi`), a reader independent of ours, reads of the VHD or
+/// VHDX image `child` with `parent` set.
+pub fn libvhdi_read(child: &std::path::Path, parent: &std::path::Path) -> Vec<u8> {
+    let script = format!(
+        "import pyvhdi, sys\n\
+         child = pyvhdi.file(); child.open({child:?})\n\
+         parent = pyvhdi.file(); parent.open({parent:?})\n\
+         child.set_parent(parent)\n\
+         sys.stdout.buffer.write(child.read_buffer_at_offset(child.media_size, 0))\n",
+        child = child.to_str().expect("utf-8 path"),
+        parent = parent.to_str().expect("utf-8 path"),
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 with python3-libvhdi");
+    assert!(
+        out.status.success(),
+        "libvhdi: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

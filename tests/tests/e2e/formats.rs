@@ -15,6 +15,26 @@ fn qemu(tool: &str, args: &[&str]) {
     assert!(out.status.success(), "{tool} {args:?}: {}", text(&out));
 }
 
+/// What libvhdi (`python3-libvhdi`), a reader independent of ours, reads of the VHD or
+/// VHDX image `child` with `parent` set.
+fn libvhdi_read(child: &Path, parent: &Path) -> Vec<u8> {
+    let script = format!(
+        "import pyvhdi, sys\n\
+         child = pyvhdi.file(); child.open({child:?})\n\
+         parent = pyvhdi.file(); parent.open({parent:?})\n\
+         child.set_parent(parent)\n\
+         sys.stdout.buffer.write(child.read_buffer_at_offset(child.media_size, 0))\n",
+        child = child.to_str().expect("path"),
+        parent = parent.to_str().expect("path"),
+    );
+    let read = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 with python3-libvhdi");
+    assert!(read.status.success(), "libvhdi: {}", text(&read));
+    read.stdout
+}
+
 fn as_raw(image: &Path, out: &Path) -> Vec<u8> {
     qemu(
         "qemu-img",
@@ -319,22 +339,8 @@ fn versions_export_as_vhdx_whole_or_as_a_differencing_child_of_the_previous_one(
     let mut buf = hotate_engine::direct_io::AlignedBuf::zeroed(1);
     image.read_at(0, updated.len(), &mut buf).expect("read");
     assert!(buf[..] == updated[..], "the child reads differently here");
-    let script = format!(
-        "import pyvhdi, sys\n\
-         child = pyvhdi.file(); child.open({child:?})\n\
-         parent = pyvhdi.file(); parent.open({parent:?})\n\
-         child.set_parent(parent)\n\
-         sys.stdout.buffer.write(child.read_buffer_at_offset(child.media_size, 0))\n",
-        child = child.to_str().expect("path"),
-        parent = first_vhdx.to_str().expect("path"),
-    );
-    let read = Command::new("/usr/bin/python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 with python3-libvhdi");
-    assert!(read.status.success(), "libvhdi: {}", text(&read));
     assert!(
-        read.stdout == updated,
+        libvhdi_read(&child, &first_vhdx) == updated,
         "libvhdi reads the child differently"
     );
     // It holds exactly the 1 MiB blocks in which the versions differ.
@@ -527,22 +533,8 @@ fn versions_export_as_vhd_whole_or_as_a_differencing_child_of_the_previous_one()
     let mut buf = hotate_engine::direct_io::AlignedBuf::zeroed(1);
     image.read_at(0, updated.len(), &mut buf).expect("read");
     assert!(buf[..] == updated[..], "the child reads differently here");
-    let script = format!(
-        "import pyvhdi, sys\n\
-         child = pyvhdi.file(); child.open({child:?})\n\
-         parent = pyvhdi.file(); parent.open({parent:?})\n\
-         child.set_parent(parent)\n\
-         sys.stdout.buffer.write(child.read_buffer_at_offset(child.media_size, 0))\n",
-        child = path(&child),
-        parent = path(&first),
-    );
-    let read = Command::new("/usr/bin/python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 with python3-libvhdi");
-    assert!(read.status.success(), "libvhdi: {}", text(&read));
     assert!(
-        read.stdout == updated,
+        libvhdi_read(&dir.join(&child), &dir.join(&first)) == updated,
         "libvhdi reads the child differently"
     );
 }

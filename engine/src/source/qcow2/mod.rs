@@ -561,22 +561,9 @@ impl ImageSource for Qcow2Image {
 mod tests {
     //! Images made by QEMU's own tools, read back and compared with `qemu-img convert -O
     //! raw`; hostile variants must fail cleanly.
-    use std::process::Command;
-
     use super::*;
     use crate::source::{Format, open};
-
-    fn qemu(tool: &str, args: &[&str]) {
-        let out = Command::new(tool)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{tool} is needed (qemu-utils): {e}"));
-        assert!(
-            out.status.success(),
-            "{tool} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    use crate::testdata::run_tool as qemu;
 
     fn base(dir: &Path, size: usize) -> PathBuf {
         let mut data = vec![0u8; size];

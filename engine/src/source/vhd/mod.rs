@@ -383,8 +383,6 @@ impl ImageSource for VhdImage {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
     use crate::source::{Format, open};
 
@@ -402,16 +400,18 @@ mod tests {
         std::fs::write(&raw, &data).unwrap();
         for subformat in ["dynamic", "fixed"] {
             let vhd = dir.path().join(format!("{subformat}.vhd"));
-            let out = Command::new("qemu-img")
-                .args(["convert", "-O", "vpc", "-o"])
-                .arg(format!("subformat={subformat},force_size=on"))
-                .args([&raw, &vhd])
-                .output()
-                .expect("qemu-img (qemu-utils)");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            let options = format!("subformat={subformat},force_size=on");
+            crate::testdata::run_tool(
+                "qemu-img",
+                &[
+                    "convert",
+                    "-O",
+                    "vpc",
+                    "-o",
+                    &options,
+                    raw.to_str().unwrap(),
+                    vhd.to_str().unwrap(),
+                ],
             );
             assert_eq!(Format::detect(&vhd).unwrap(), Format::Vhd, "{subformat}");
             let image = open(&vhd, Format::Auto, None).unwrap();
@@ -454,8 +454,6 @@ mod tests {
 mod written_tests {
     //! Images written by [`write::VhdWriter`], read back by this reader, by QEMU and by
     //! libvhdi (`python3-libvhdi`), independently.
-    use std::process::Command;
-
     use super::write::{BLOCK, VhdParent, VhdWriter};
     use super::*;
     use crate::source::{Format, open};
@@ -491,12 +489,20 @@ mod written_tests {
         );
         let raw = dir.path().join("parent.raw");
         std::fs::write(&raw, &base).unwrap();
-        let same = Command::new("qemu-img")
-            .args(["compare", "-q", "-f", "vpc", "-F", "raw"])
-            .args([&parent_path, &raw])
-            .status()
-            .expect("qemu-img (qemu-utils)");
-        assert!(same.success(), "QEMU reads the dynamic image differently");
+        // QEMU reads the dynamic image as written (compare fails otherwise).
+        crate::testdata::run_tool(
+            "qemu-img",
+            &[
+                "compare",
+                "-q",
+                "-f",
+                "vpc",
+                "-F",
+                "raw",
+                parent_path.to_str().unwrap(),
+                raw.to_str().unwrap(),
+            ],
+        );
 
         // A differencing child: a whole block, and some sectors of a block the parent has.
         let parent = VhdImage::open(&parent_path, None).unwrap();
@@ -537,25 +543,10 @@ mod written_tests {
             child.top_layer_extents().unwrap().unwrap(),
             [3 * BLOCK..4 * BLOCK, 5 * BLOCK..6 * BLOCK]
         );
-        let script = format!(
-            "import pyvhdi, sys\n\
-             child = pyvhdi.file(); child.open({child:?})\n\
-             parent = pyvhdi.file(); parent.open({parent:?})\n\
-             child.set_parent(parent)\n\
-             sys.stdout.buffer.write(child.read_buffer_at_offset(child.media_size, 0))\n",
-            child = child_path.to_str().unwrap(),
-            parent = parent_path.to_str().unwrap(),
-        );
-        let out = Command::new("/usr/bin/python3")
-            .args(["-c", &script])
-            .output()
-            .expect("python3 with python3-libvhdi");
         assert!(
-            out.status.success(),
-            "libvhdi: {}",
-            String::from_utf8_lossy(&out.stderr)
+            crate::testdata::libvhdi_read(&child_path, &parent_path) == want,
+            "libvhdi reads the child differently"
         );
-        assert!(out.stdout == want, "libvhdi reads the child differently");
 
         // Single sectors anywhere in a block: the others are the parent's.
         let single = dir.path().join("single.vhd");

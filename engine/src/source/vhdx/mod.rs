@@ -699,21 +699,11 @@ impl ImageSource for VhdxImage {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
     use crate::source::{Format, open};
 
     fn qemu_img(args: &[&str]) {
-        let out = Command::new("qemu-img")
-            .args(args)
-            .output()
-            .expect("qemu-img (qemu-utils)");
-        assert!(
-            out.status.success(),
-            "qemu-img {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::testdata::run_tool("qemu-img", args);
     }
 
     #[test]
@@ -816,8 +806,6 @@ mod tests {
 mod differencing_tests {
     //! Differencing images written by [`write::write_differencing`], read back by this
     //! reader and by libvhdi (`python3-libvhdi`), an independent implementation.
-    use std::process::Command;
-
     use super::*;
     use crate::source::{Format, open};
 
@@ -830,13 +818,16 @@ mod differencing_tests {
         let raw = dir.join("parent.raw");
         std::fs::write(&raw, &data).unwrap();
         let vhdx = dir.join("parent.vhdx");
-        let out = Command::new("qemu-img")
-            .args(["convert", "-O", "vhdx", "-o", "block_size=1M"])
-            .args([&raw, &vhdx])
-            .output()
-            .expect("qemu-img (qemu-utils)");
-        assert!(out.status.success());
+        convert_to_vhdx(&raw, &vhdx);
         (vhdx, data)
+    }
+
+    fn convert_to_vhdx(raw: &Path, vhdx: &Path) {
+        let (raw, vhdx) = (raw.to_str().unwrap(), vhdx.to_str().unwrap());
+        crate::testdata::run_tool(
+            "qemu-img",
+            &["convert", "-O", "vhdx", "-o", "block_size=1M", raw, vhdx],
+        );
     }
 
     fn changes() -> Vec<(u64, Vec<u8>)> {
@@ -879,25 +870,10 @@ mod differencing_tests {
         );
 
         // libvhdi, with the parent set, reads the same bytes.
-        let script = format!(
-            "import pyvhdi, sys\n\
-             child = pyvhdi.file(); child.open({child:?})\n\
-             parent = pyvhdi.file(); parent.open({parent:?})\n\
-             child.set_parent(parent)\n\
-             sys.stdout.buffer.write(child.read_buffer_at_offset(child.media_size, 0))\n",
-            child = child.to_str().unwrap(),
-            parent = parent_path.to_str().unwrap(),
-        );
-        let out = Command::new("/usr/bin/python3")
-            .args(["-c", &script])
-            .output()
-            .expect("python3 with python3-libvhdi");
         assert!(
-            out.status.success(),
-            "libvhdi: {}",
-            String::from_utf8_lossy(&out.stderr)
+            crate::testdata::libvhdi_read(&child, &parent_path) == want,
+            "libvhdi reads the child differently"
         );
-        assert!(out.stdout == want, "libvhdi reads the child differently");
     }
 
     #[test]
@@ -908,12 +884,7 @@ mod differencing_tests {
         write::write_differencing(&child, &parent_path, "parent.vhdx", &changes()).unwrap();
         // Another image as the parent: its DataWriteGuid is not the linkage.
         let other = dir.path().join("other.vhdx");
-        let out = Command::new("qemu-img")
-            .args(["convert", "-O", "vhdx", "-o", "block_size=1M"])
-            .args([&dir.path().join("parent.raw"), &other])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        convert_to_vhdx(&dir.path().join("parent.raw"), &other);
         let err = VhdxImage::open(&child, Some(&other)).unwrap_err();
         assert!(
             err.to_string().contains("changed since it was made"),
