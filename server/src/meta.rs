@@ -493,11 +493,7 @@ impl Meta {
     ) -> Result<(UpdateRow, bool), ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let latest: String = tx.query_row(
-            "SELECT id FROM versions WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1",
-            [disk_id],
-            |r| r.get(0),
-        )?;
+        let latest = latest_id(&tx, disk_id)?;
         if latest != booted {
             return Err(ServerError::NotLatest {
                 latest,
@@ -646,11 +642,7 @@ impl Meta {
         if row.session != session {
             return Err(ServerError::TakenOver);
         }
-        let latest: String = tx.query_row(
-            "SELECT id FROM versions WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1",
-            [&row.disk_id],
-            |r| r.get(0),
-        )?;
+        let latest = latest_id(&tx, &row.disk_id)?;
         if latest != row.base_version {
             return Err(ServerError::NotLatest {
                 latest,
@@ -742,11 +734,7 @@ impl Meta {
     pub fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let latest: String = tx.query_row(
-            "SELECT id FROM versions WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1",
-            [disk_id],
-            |r| r.get(0),
-        )?;
+        let latest = latest_id(&tx, disk_id)?;
         if latest == id {
             return Err(ServerError::VersionInUse(format!(
                 "{id} is the disk's latest version; terminals boot it"
@@ -788,15 +776,7 @@ impl Meta {
     }
 
     pub fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, ServerError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT 1 FROM versions WHERE disk_id = ?1 AND id = ?2",
-                [disk_id, id],
-                |_| Ok(true),
-            )
-            .optional()?
-            .unwrap_or(false))
+        version_exists(&self.conn(), disk_id, id)
     }
 }
 
@@ -865,15 +845,7 @@ impl Locked<'_> {
     }
 
     pub fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, ServerError> {
-        Ok(self
-            .0
-            .query_row(
-                "SELECT 1 FROM versions WHERE disk_id = ?1 AND id = ?2",
-                [disk_id, id],
-                |_| Ok(true),
-            )
-            .optional()?
-            .unwrap_or(false))
+        version_exists(self.0, disk_id, id)
     }
 
     pub fn disk_exists(&self, disk_id: &str) -> Result<bool, ServerError> {
@@ -941,6 +913,26 @@ fn update_by_guid(conn: &Connection, guid: &str) -> Result<UpdateRow, ServerErro
     )
     .optional()?
     .ok_or_else(|| ServerError::UnknownUpdate(guid.to_owned()))
+}
+
+/// The id of a disk's latest version.
+fn latest_id(conn: &Connection, disk_id: &str) -> Result<String, ServerError> {
+    Ok(conn.query_row(
+        "SELECT id FROM versions WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1",
+        [disk_id],
+        |r| r.get(0),
+    )?)
+}
+
+fn version_exists(conn: &Connection, disk_id: &str, id: &str) -> Result<bool, ServerError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM versions WHERE disk_id = ?1 AND id = ?2",
+            [disk_id, id],
+            |_| Ok(true),
+        )
+        .optional()?
+        .unwrap_or(false))
 }
 
 fn live_update(conn: &Connection, disk_id: &str) -> Result<Option<UpdateRow>, ServerError> {
