@@ -35,20 +35,6 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// When the store cannot be written (a full disk among others).
     fn put(&self, chunk: &VerifiedChunk) -> Result<bool, StoreError>;
 
-    /// The hashes among `hashes` that are not stored, in order.
-    ///
-    /// # Errors
-    /// When the store cannot be read.
-    fn missing(&self, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
-        let mut out = Vec::new();
-        for hash in hashes {
-            if !self.has(hash)? {
-                out.push(*hash);
-            }
-        }
-        Ok(out)
-    }
-
     /// The decoded length of a stored chunk, without verifying its content (cheap where
     /// the store can read it from a header); `None` when absent.
     ///
@@ -139,9 +125,7 @@ pub(crate) mod contract {
         let a = VerifiedChunk::seal(Bytes::from_static(b"a"), 1);
         let b = VerifiedChunk::seal(Bytes::from_static(b"b"), 1);
         assert_eq!(store.put_many(std::slice::from_ref(&a)).unwrap(), 1);
-        assert_eq!(
-            store.missing(&[a.hash(), b.hash()]).unwrap(),
-            vec![b.hash()]
-        );
+        assert_eq!(store.holds(&a.hash(), 16).unwrap(), Some(1));
+        assert_eq!(store.holds(&b.hash(), 16).unwrap(), None);
     }
 }
