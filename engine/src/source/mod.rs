@@ -194,6 +194,33 @@ pub(crate) fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -
     }
 }
 
+/// Reads `len` bytes at `offset` of a disk of `size` bytes into `buf` with `fill`,
+/// refusing a read past the disk's end.
+pub(crate) fn read_checked(
+    path: &Path,
+    size: u64,
+    offset: u64,
+    len: usize,
+    buf: &mut AlignedBuf,
+    fill: impl FnOnce(&mut [u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    if offset.saturating_add(len as u64) > size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "{}: {len} bytes at {offset} run past the disk's {size} bytes",
+                path.display()
+            ),
+        ));
+    }
+    if buf.capacity() < len {
+        *buf = AlignedBuf::zeroed(len);
+    }
+    fill(&mut buf.spare_mut()[..len])?;
+    buf.set_len(len);
+    Ok(())
+}
+
 /// Reads `out` from `file` (`file_len` bytes long) at `at`, zeros past its end: a
 /// cluster or block that runs past the end of an image file reads as zeros, as QEMU
 /// reads it.

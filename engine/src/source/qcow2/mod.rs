@@ -538,22 +538,9 @@ impl ImageSource for Qcow2Image {
     }
 
     fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()> {
-        if buf.capacity() < len {
-            *buf = AlignedBuf::zeroed(len);
-        }
-        if offset.saturating_add(len as u64) > self.size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{}: {len} bytes at {offset} run past the disk's {} bytes",
-                    self.path.display(),
-                    self.size
-                ),
-            ));
-        }
-        self.read_into(offset, &mut buf.spare_mut()[..len])?;
-        buf.set_len(len);
-        Ok(())
+        super::read_checked(&self.path, self.size, offset, len, buf, |out| {
+            self.read_into(offset, out)
+        })
     }
 }
 

@@ -298,47 +298,10 @@ impl VhdImage {
     }
 }
 
-impl ImageSource for VhdImage {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn layers(&self) -> Vec<PathBuf> {
-        let below = self.parent.as_ref().map(|p| p.layers()).unwrap_or_default();
-        std::iter::once(self.path.clone()).chain(below).collect()
-    }
-
-    fn top_layer_extents(&self) -> Option<io::Result<Vec<Range<u64>>>> {
-        self.parent.as_ref()?;
-        Some(Ok(self.allocated_extents()))
-    }
-
-    fn data_extents(&self) -> io::Result<Vec<Range<u64>>> {
-        if let Some(parent) = &self.parent {
-            let own = self.allocated_extents();
-            return Ok(super::merge_extents(own, parent.data_extents()?, self.size));
-        }
-        if self.fixed {
-            return Ok(std::iter::once(0..self.size).collect());
-        }
-        Ok(self.allocated_extents())
-    }
-
-    fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()> {
-        if buf.capacity() < len {
-            *buf = AlignedBuf::zeroed(len);
-        }
-        if offset.saturating_add(len as u64) > self.size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{}: {len} bytes at {offset} run past the disk's {} bytes",
-                    self.path.display(),
-                    self.size
-                ),
-            ));
-        }
-        let out = &mut buf.spare_mut()[..len];
+impl VhdImage {
+    /// Reads guest bytes at `offset` into `out` (within the disk).
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let len = out.len();
         if self.fixed {
             self.read_own(out, offset)?;
         } else {
@@ -376,8 +339,40 @@ impl ImageSource for VhdImage {
                 done += take;
             }
         }
-        buf.set_len(len);
         Ok(())
+    }
+}
+
+impl ImageSource for VhdImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn layers(&self) -> Vec<PathBuf> {
+        let below = self.parent.as_ref().map(|p| p.layers()).unwrap_or_default();
+        std::iter::once(self.path.clone()).chain(below).collect()
+    }
+
+    fn top_layer_extents(&self) -> Option<io::Result<Vec<Range<u64>>>> {
+        self.parent.as_ref()?;
+        Some(Ok(self.allocated_extents()))
+    }
+
+    fn data_extents(&self) -> io::Result<Vec<Range<u64>>> {
+        if let Some(parent) = &self.parent {
+            let own = self.allocated_extents();
+            return Ok(super::merge_extents(own, parent.data_extents()?, self.size));
+        }
+        if self.fixed {
+            return Ok(std::iter::once(0..self.size).collect());
+        }
+        Ok(self.allocated_extents())
+    }
+
+    fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()> {
+        super::read_checked(&self.path, self.size, offset, len, buf, |out| {
+            self.read_into(offset, out)
+        })
     }
 }
 

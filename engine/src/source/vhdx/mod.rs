@@ -635,6 +635,30 @@ impl VhdxImage {
     }
 }
 
+impl VhdxImage {
+    /// Reads guest bytes at `offset` into `out` (within the disk).
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let len = out.len();
+        let mut done = 0usize;
+        while done < len {
+            let guest = offset + done as u64;
+            let index = guest / self.block_size;
+            let within = guest % self.block_size;
+            let take = ((self.block_size - within) as usize).min(len - done);
+            let piece = &mut out[done..done + take];
+            let entry = self.blocks[index as usize];
+            match entry & 7 {
+                PAYLOAD_FULLY_PRESENT => self.read_own(piece, self.offset_of(entry) + within)?,
+                PAYLOAD_PARTIALLY_PRESENT => self.read_partial(index as usize, within, piece)?,
+                0 | 1 if self.parent.is_some() => self.read_parent(guest, piece)?,
+                _ => piece.fill(0),
+            }
+            done += take;
+        }
+        Ok(())
+    }
+}
+
 impl ImageSource for VhdxImage {
     fn size(&self) -> u64 {
         self.size
@@ -662,38 +686,9 @@ impl ImageSource for VhdxImage {
     }
 
     fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<()> {
-        if buf.capacity() < len {
-            *buf = AlignedBuf::zeroed(len);
-        }
-        if offset.saturating_add(len as u64) > self.size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{}: {len} bytes at {offset} run past the disk's {} bytes",
-                    self.path.display(),
-                    self.size
-                ),
-            ));
-        }
-        let out = &mut buf.spare_mut()[..len];
-        let mut done = 0usize;
-        while done < len {
-            let guest = offset + done as u64;
-            let index = guest / self.block_size;
-            let within = guest % self.block_size;
-            let take = ((self.block_size - within) as usize).min(len - done);
-            let piece = &mut out[done..done + take];
-            let entry = self.blocks[index as usize];
-            match entry & 7 {
-                PAYLOAD_FULLY_PRESENT => self.read_own(piece, self.offset_of(entry) + within)?,
-                PAYLOAD_PARTIALLY_PRESENT => self.read_partial(index as usize, within, piece)?,
-                0 | 1 if self.parent.is_some() => self.read_parent(guest, piece)?,
-                _ => piece.fill(0),
-            }
-            done += take;
-        }
-        buf.set_len(len);
-        Ok(())
+        super::read_checked(&self.path, self.size, offset, len, buf, |out| {
+            self.read_into(offset, out)
+        })
     }
 }
 
