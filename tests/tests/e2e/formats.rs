@@ -1,6 +1,7 @@
 //! Differential disks in other formats than raw: a qcow2 overlay on the terminal, and
 //! qcow2, VHDX and VHD images imported by the server, checked against the raw image.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use hotate_tests::harness::admin_json;
@@ -280,69 +281,111 @@ fn a_vhdx_differencing_disk_on_the_terminal_uploads_only_its_changes() {
     );
 }
 
-#[test]
-fn versions_export_as_vhdx_whole_or_as_a_differencing_child_of_the_previous_one() {
-    let s = setup(6 << 20, 45);
+/// `disk export win10` with `args`.
+fn export(s: &Setup, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["disk", "export", "win10"];
+    all.extend_from_slice(args);
+    admin(&s.site.data, &all)
+}
+
+/// Two versions exported in `format`: the first whole, which QEMU (reading it as
+/// `qemu_format`) finds equal to the base image; the second as a child of that export.
+struct Exports {
+    s: Setup,
+    second: String,
+    first: PathBuf,
+    child: PathBuf,
+}
+
+fn export_two_versions(format: &str, qemu_format: &str, seed: u64) -> Exports {
+    let s = setup(6 << 20, seed);
     assert_ok(
         &s.terminal
             .run(&["--url", &s.server.url(), "update", "start"]),
     );
     let second = new_version(&s.terminal.run(&["update", "finish"]));
-    let dir = s.dir.path();
-    let first_vhdx = dir.join(format!("{}.vhdx", s.site.first_version));
-    let export = |args: &[&str]| {
-        let mut all = vec!["disk", "export", "win10"];
-        all.extend_from_slice(args);
-        admin(&s.site.data, &all)
-    };
-    assert_ok(&export(&[
-        "--version",
-        &s.site.first_version,
-        "--format",
-        "vhdx",
-        "--output",
-        first_vhdx.to_str().expect("path"),
-    ]));
-    // QEMU reads the whole image as the base, and finds nothing to repair.
-    qemu(
-        "qemu-img",
-        &["check", "-q", first_vhdx.to_str().expect("path")],
-    );
+    let first = s
+        .dir
+        .path()
+        .join(format!("{}.{format}", s.site.first_version));
+    assert_ok(&export(
+        &s,
+        &[
+            "--version",
+            &s.site.first_version,
+            "--format",
+            format,
+            "--output",
+            first.to_str().expect("path"),
+        ],
+    ));
     qemu(
         "qemu-img",
         &[
             "compare",
             "-q",
             "-f",
-            "vhdx",
+            qemu_format,
             "-F",
             "raw",
-            first_vhdx.to_str().expect("path"),
+            first.to_str().expect("path"),
             s.pair.base.to_str().expect("path"),
         ],
     );
-    // The second version as a child of the first's export: only what changed.
-    let child = dir.join(format!("{second}.vhdx"));
-    assert_ok(&export(&[
-        "--version",
-        &second,
-        "--format",
-        "vhdx",
-        "--parent",
-        &s.site.first_version,
-        "--output",
-        child.to_str().expect("path"),
-    ]));
-    let updated = std::fs::read(&s.pair.updated).expect("updated");
+    let child = s.dir.path().join(format!("{second}.{format}"));
+    assert_ok(&export(
+        &s,
+        &[
+            "--version",
+            &second,
+            "--format",
+            format,
+            "--parent",
+            &s.site.first_version,
+            "--output",
+            child.to_str().expect("path"),
+        ],
+    ));
+    Exports {
+        s,
+        second,
+        first,
+        child,
+    }
+}
+
+/// Checks that our reader and libvhdi both read the VHD or VHDX `child` of `parent` as
+/// `updated`, and returns the child opened.
+fn assert_reads_as_updated(
+    child: &Path,
+    parent: &Path,
+    updated: &[u8],
+) -> std::sync::Arc<dyn hotate_engine::ImageSource> {
     let image =
-        hotate_engine::source::open(&child, hotate_engine::Format::Auto, None).expect("open");
+        hotate_engine::source::open(child, hotate_engine::Format::Auto, None).expect("open");
     let mut buf = hotate_engine::direct_io::AlignedBuf::zeroed(1);
     image.read_at(0, updated.len(), &mut buf).expect("read");
     assert!(buf[..] == updated[..], "the child reads differently here");
     assert!(
-        libvhdi_read(&child, &first_vhdx) == updated,
+        libvhdi_read(child, parent) == updated,
         "libvhdi reads the child differently"
     );
+    image
+}
+
+#[test]
+fn versions_export_as_vhdx_whole_or_as_a_differencing_child_of_the_previous_one() {
+    let Exports {
+        s,
+        second,
+        first,
+        child,
+    } = export_two_versions("vhdx", "vhdx", 45);
+    // QEMU finds nothing to repair in the whole image.
+    qemu("qemu-img", &["check", "-q", first.to_str().expect("path")]);
+    // The child holds only what changed.
+    let updated = std::fs::read(&s.pair.updated).expect("updated");
+    let image = assert_reads_as_updated(&child, &first, &updated);
     // It holds exactly the 1 MiB blocks in which the versions differ.
     let base = std::fs::read(&s.pair.base).expect("base");
     let differing: u64 = base
@@ -360,30 +403,37 @@ fn versions_export_as_vhdx_whole_or_as_a_differencing_child_of_the_previous_one(
         .sum();
     assert_eq!(held, differing);
     // A parent image that is not that version is refused; other formats say so.
-    let wrong = export(&[
-        "--version",
-        &second,
-        "--format",
-        "vhdx",
-        "--parent",
-        &second,
-        "--parent-image",
-        first_vhdx.to_str().expect("path"),
-        "--output",
-        dir.join("wrong.vhdx").to_str().expect("path"),
-    ]);
+    let dir = s.dir.path();
+    let wrong = export(
+        &s,
+        &[
+            "--version",
+            &second,
+            "--format",
+            "vhdx",
+            "--parent",
+            &second,
+            "--parent-image",
+            first.to_str().expect("path"),
+            "--output",
+            dir.join("wrong.vhdx").to_str().expect("path"),
+        ],
+    );
     assert!(!wrong.status.success());
     assert!(
         text(&wrong).contains("differs from version"),
         "{}",
         text(&wrong)
     );
-    let unknown = export(&[
-        "--format",
-        "iso",
-        "--output",
-        dir.join("x.iso").to_str().expect("path"),
-    ]);
+    let unknown = export(
+        &s,
+        &[
+            "--format",
+            "iso",
+            "--output",
+            dir.join("x.iso").to_str().expect("path"),
+        ],
+    );
     assert!(
         text(&unknown).contains("unknown --format"),
         "{}",
@@ -393,29 +443,12 @@ fn versions_export_as_vhdx_whole_or_as_a_differencing_child_of_the_previous_one(
 
 #[test]
 fn versions_export_as_qcow2_whole_or_as_an_overlay_on_the_previous_one() {
-    let s = setup(6 << 20, 46);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
-    let second = new_version(&s.terminal.run(&["update", "finish"]));
-    let dir = s.dir.path();
-    let path = |name: &str| dir.join(name).to_str().expect("path").to_owned();
-    let first = format!("{}.qcow2", s.site.first_version);
-    let export = |args: &[&str]| {
-        let mut all = vec!["disk", "export", "win10"];
-        all.extend_from_slice(args);
-        admin(&s.site.data, &all)
-    };
-    assert_ok(&export(&[
-        "--version",
-        &s.site.first_version,
-        "--format",
-        "qcow2",
-        "--output",
-        &path(&first),
-    ]));
-    qemu("qemu-img", &["check", "-q", &path(&first)]);
+    let Exports {
+        s, first, child, ..
+    } = export_two_versions("qcow2", "qcow2", 46);
+    qemu("qemu-img", &["check", "-q", first.to_str().expect("path")]);
+    // The overlay is sound and reads as the second version.
+    qemu("qemu-img", &["check", "-q", child.to_str().expect("path")]);
     qemu(
         "qemu-img",
         &[
@@ -425,42 +458,17 @@ fn versions_export_as_qcow2_whole_or_as_an_overlay_on_the_previous_one() {
             "qcow2",
             "-F",
             "raw",
-            &path(&first),
-            s.pair.base.to_str().expect("path"),
-        ],
-    );
-    // The second version as an overlay on the first's export.
-    let child = format!("{second}.qcow2");
-    assert_ok(&export(&[
-        "--version",
-        &second,
-        "--format",
-        "qcow2",
-        "--parent",
-        &s.site.first_version,
-        "--output",
-        &path(&child),
-    ]));
-    qemu("qemu-img", &["check", "-q", &path(&child)]);
-    qemu(
-        "qemu-img",
-        &[
-            "compare",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            &path(&child),
+            child.to_str().expect("path"),
             s.pair.updated.to_str().expect("path"),
         ],
     );
     let info = Command::new("qemu-img")
-        .args(["info", "--output=json", &path(&child)])
+        .args(["info", "--output=json", child.to_str().expect("path")])
         .output()
         .expect("qemu-img info");
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
-    assert_eq!(info["backing-filename"], first.as_str());
+    let first_name = first.file_name().and_then(|n| n.to_str()).expect("name");
+    assert_eq!(info["backing-filename"], first_name);
     // Only the clusters of blocks that differ are in the overlay.
     let base = std::fs::read(&s.pair.base).expect("base");
     let updated = std::fs::read(&s.pair.updated).expect("updated");
@@ -469,7 +477,7 @@ fn versions_export_as_qcow2_whole_or_as_an_overlay_on_the_previous_one() {
         .zip(updated.chunks(BLOCK as usize))
         .filter(|(a, b)| a != b)
         .count() as u64;
-    let own: u64 = hotate_engine::Qcow2Image::open(&dir.join(&child), None)
+    let own: u64 = hotate_engine::Qcow2Image::open(&child, None)
         .expect("open")
         .mapped_extents()
         .expect("extents")
@@ -481,60 +489,9 @@ fn versions_export_as_qcow2_whole_or_as_an_overlay_on_the_previous_one() {
 
 #[test]
 fn versions_export_as_vhd_whole_or_as_a_differencing_child_of_the_previous_one() {
-    let s = setup(6 << 20, 47);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
-    let second = new_version(&s.terminal.run(&["update", "finish"]));
-    let dir = s.dir.path();
-    let path = |name: &str| dir.join(name).to_str().expect("path").to_owned();
-    let first = format!("{}.vhd", s.site.first_version);
-    let export = |args: &[&str]| {
-        let mut all = vec!["disk", "export", "win10"];
-        all.extend_from_slice(args);
-        admin(&s.site.data, &all)
-    };
-    assert_ok(&export(&[
-        "--version",
-        &s.site.first_version,
-        "--format",
-        "vhd",
-        "--output",
-        &path(&first),
-    ]));
-    qemu(
-        "qemu-img",
-        &[
-            "compare",
-            "-q",
-            "-f",
-            "vpc",
-            "-F",
-            "raw",
-            &path(&first),
-            s.pair.base.to_str().expect("path"),
-        ],
-    );
-    let child = format!("{second}.vhd");
-    assert_ok(&export(&[
-        "--version",
-        &second,
-        "--format",
-        "vhd",
-        "--parent",
-        &s.site.first_version,
-        "--output",
-        &path(&child),
-    ]));
+    let Exports {
+        s, first, child, ..
+    } = export_two_versions("vhd", "vpc", 47);
     let updated = std::fs::read(&s.pair.updated).expect("updated");
-    let image = hotate_engine::source::open(&dir.join(&child), hotate_engine::Format::Auto, None)
-        .expect("open");
-    let mut buf = hotate_engine::direct_io::AlignedBuf::zeroed(1);
-    image.read_at(0, updated.len(), &mut buf).expect("read");
-    assert!(buf[..] == updated[..], "the child reads differently here");
-    assert!(
-        libvhdi_read(&dir.join(&child), &dir.join(&first)) == updated,
-        "libvhdi reads the child differently"
-    );
+    assert_reads_as_updated(&child, &first, &updated);
 }
