@@ -29,6 +29,17 @@ struct Setup {
     terminal: Terminal,
 }
 
+impl Setup {
+    /// `update start` on the terminal, which then knows the server's URL.
+    fn start_update(&self) {
+        assert_ok(
+            &self
+                .terminal
+                .run(&["--url", &self.server.url(), "update", "start"]),
+        );
+    }
+}
+
 /// A site with a synthetic disk of `size` bytes, a server and terminal PC-001 booted from
 /// its first version, whose differential disk is the updated image.
 fn setup(size: u64, seed: u64) -> Setup {
@@ -177,10 +188,7 @@ fn the_default_comment_and_a_non_restore_terminal_stay_non_restore() {
     let s = setup(2 << 20, 2);
     s.terminal
         .write_config(&s.site.disk_id, &s.site.first_version, "non-restore");
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     assert_ok(&s.terminal.run(&["update", "finish"]));
     assert_eq!(
         s.terminal.write_cache(),
@@ -382,10 +390,7 @@ fn start_twice_another_terminal_and_cancel() {
 #[test]
 fn cancel_with_the_server_down_restores_the_terminal_anyway() {
     let s = setup(2 << 20, 7);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     s.server.stop();
     let cancel = s.terminal.run(&["update", "cancel"]);
     assert_ok(&cancel);
@@ -401,10 +406,7 @@ fn cancel_with_the_server_down_restores_the_terminal_anyway() {
 #[test]
 fn a_missing_or_short_image_is_refused_and_nothing_is_lost() {
     let s = setup(2 << 20, 8);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     let saved = std::fs::read(&s.pair.updated).expect("read");
     std::fs::rename(&s.pair.updated, s.dir.path().join("moved.img")).expect("move");
     let missing = s.terminal.run(&["update", "finish"]);
@@ -472,10 +474,7 @@ fn finish_in_background(terminal: &Terminal, site: &Site, rate: &str) -> std::pr
 fn a_killed_finish_resumes_and_sends_only_what_remained() {
     // Random content: what is sent is what changed, so the arithmetic is exact.
     let s = setup_changing(24 << 20, 50, 9);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     let mut slow = finish_in_background(&s.terminal, &s.site, "1m");
     let before = wait_for_received(&s.site, 1, Duration::ZERO);
     slow.kill().expect("kill");
@@ -559,10 +558,7 @@ fn a_server_restart_during_the_upload_resumes() {
 #[test]
 fn an_aborted_upload_is_discarded_and_the_terminal_can_start_again() {
     let s = setup(8 << 20, 11);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     admin_ok(&s.site.data, &["update", "abort", "win10"]);
     let finish = s.terminal.run(&["update", "finish"]);
     assert_eq!(finish.status.code(), Some(1));
@@ -696,10 +692,7 @@ fn a_real_filesystem_update_round_trips() {
 #[test]
 fn ctrl_c_stops_a_finish_cleanly_and_says_how_to_resume() {
     let s = setup_changing(24 << 20, 50, 14);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     let slow = finish_in_background(&s.terminal, &s.site, "1m");
     let status = std::process::Command::new("kill")
         .args(["-INT", &slow.id().to_string()])
@@ -724,10 +717,7 @@ fn ctrl_c_stops_a_finish_cleanly_and_says_how_to_resume() {
 #[test]
 fn sigterm_stops_the_server_even_during_an_upload() {
     let s = setup_changing(24 << 20, 50, 15);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     let slow = finish_in_background(&s.terminal, &s.site, "256k");
     let pid = s.server.pid();
     let server_control = s.server.control.clone();

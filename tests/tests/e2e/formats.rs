@@ -299,10 +299,7 @@ struct Exports {
 
 fn export_two_versions(format: &str, qemu_format: &str, seed: u64) -> Exports {
     let s = setup(6 << 20, seed);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     let second = new_version(&s.terminal.run(&["update", "finish"]));
     let first = s
         .dir

@@ -28,10 +28,7 @@ fn plain_http_to_another_host_is_refused_unless_insecure() {
 #[test]
 fn images_that_are_not_files_say_what_they_are() {
     let s = setup(2 << 20, 31);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     let fifo = s.dir.path().join("pipe");
     assert!(
         std::process::Command::new("mkfifo")

@@ -104,10 +104,7 @@ fn a_damaged_chunk_is_not_trusted_by_dedup_and_the_next_import_heals_it() {
 #[test]
 fn store_verify_names_the_broken_versions_and_new_content_heals_them() {
     let s = setup(4 << 20, 22);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     let finished = s.terminal.run(&["update", "finish"]);
     assert_ok(&finished);
     let second = new_version(&finished);
@@ -164,10 +161,7 @@ fn store_verify_names_the_broken_versions_and_new_content_heals_them() {
 #[test]
 fn cancel_after_the_server_committed_names_the_version_and_restores_the_terminal() {
     let s = setup(4 << 20, 23);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     // A finish that committed but died before clearing the terminal's state.
     let record = std::fs::read(s.terminal.state.join("update.toml")).expect("record");
     let finished = s.terminal.run(&["update", "finish"]);
@@ -197,10 +191,7 @@ fn cancel_after_the_server_committed_names_the_version_and_restores_the_terminal
 #[test]
 fn a_start_killed_before_it_recorded_the_update_is_taken_back() {
     let s = setup(4 << 20, 24);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     // As if killed after the server reserved the disk, before the terminal recorded it.
     std::fs::remove_file(s.terminal.state.join("update.toml")).expect("forget");
     s.terminal
@@ -232,10 +223,7 @@ fn a_start_killed_before_it_recorded_the_update_is_taken_back() {
 #[test]
 fn deletes_are_refused_for_what_is_in_use_and_gc_frees_the_rest() {
     let s = setup(4 << 20, 25);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     let refused = admin(
         &s.site.data,
         &["version", "delete", "win10", &s.site.first_version],
@@ -293,10 +281,7 @@ fn interrupted_finish(s: &Setup) {
 fn gc_after_a_cancelled_and_an_aborted_upload_returns_the_store_to_its_size() {
     let s = setup_changing(16 << 20, 50, 26);
     let before = stats(&s.site)["bytes"].as_u64().expect("bytes");
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     interrupted_finish(&s);
     assert_ok(&s.terminal.run(&["update", "cancel"]));
     assert_ok(&s.terminal.run(&["update", "start"]));
@@ -334,10 +319,7 @@ fn gc_after_a_cancelled_and_an_aborted_upload_returns_the_store_to_its_size() {
 #[test]
 fn gc_during_an_upload_and_before_its_resume_loses_nothing() {
     let s = setup_changing(24 << 20, 50, 27);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     let mut slow = finish_in_background(&s.terminal, &s.site, "2m");
     for _ in 0..3 {
         admin_ok(&s.site.data, &["store", "gc"]);
@@ -389,10 +371,7 @@ fn third_image(s: &Setup) -> PathBuf {
 #[test]
 fn gc_killed_at_random_points_leaves_every_version_exportable() {
     let s = setup_changing(24 << 20, 40, 28);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     let second = new_version(&s.terminal.run(&["update", "finish"]));
     let third = third_image(&s);
     let t3 = Terminal::new(s.dir.path(), "PC-003", &s.site.disk_id, &second, &third);
@@ -447,10 +426,7 @@ fn gc_killed_at_random_points_leaves_every_version_exportable() {
 #[test]
 fn a_finish_is_told_when_the_update_is_aborted_or_another_finish_takes_over() {
     let s = setup_changing(24 << 20, 50, 29);
-    assert_ok(
-        &s.terminal
-            .run(&["--url", &s.server.url(), "update", "start"]),
-    );
+    s.start_update();
     // A second finish of the same update takes the upload over.
     let first = finish_in_background(&s.terminal, &s.site, "1m");
     let second = s
