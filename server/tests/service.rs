@@ -245,6 +245,17 @@ async fn try_login(
         .token)
 }
 
+/// A server for `f`'s site with an update of its disk started by PC-001:
+/// (server, token, update GUID).
+async fn started(f: &Fixture) -> (Server, String, String) {
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    (server, token, guid)
+}
+
 async fn start(
     server: &Server,
     token: &str,
@@ -624,11 +635,7 @@ async fn two_blocks_changed_from_one_shared_base_both_travel_as_deltas() {
     let mut base = base_image();
     base.copy_within(BLOCK..2 * BLOCK, 2 * BLOCK);
     let f = fixture_of(base);
-    let server = Server::start(&f.data);
-    let token = login(&server, "PC-001").await;
-    let guid = start(&server, &token, &f.disk_id, &f.first_version)
-        .await
-        .expect("start");
+    let (server, token, guid) = started(&f).await;
     let mut updated = f.base.clone();
     updated[BLOCK + 10] ^= 1;
     updated[2 * BLOCK + 20_000] ^= 1;
@@ -676,11 +683,7 @@ async fn an_upload_cut_mid_stream_resumes_without_resending_and_survives_a_resta
 #[tokio::test]
 async fn corrupt_and_oversized_chunks_are_rejected_and_nothing_is_damaged() {
     let f = fixture();
-    let server = Server::start(&f.data);
-    let token = login(&server, "PC-001").await;
-    let guid = start(&server, &token, &f.disk_id, &f.first_version)
-        .await
-        .expect("start");
+    let (server, token, guid) = started(&f).await;
     let parent = parent_manifest(&f);
     let updated = updated_image(&f.base, 0x11);
 
@@ -852,11 +855,7 @@ async fn only_the_user_and_terminal_that_started_an_update_or_an_admin_may_touch
 #[tokio::test]
 async fn admin_commands_work_while_serving_and_abort_discards_a_half_done_upload() {
     let f = fixture();
-    let server = Server::start(&f.data);
-    let token = login(&server, "PC-001").await;
-    let guid = start(&server, &token, &f.disk_id, &f.first_version)
-        .await
-        .expect("start");
+    let (server, token, guid) = started(&f).await;
     let parent = parent_manifest(&f);
     let updated = updated_image(&f.base, 0x42);
     let half = upload(&server, &token, &guid, &parent, &updated, 4, |_| {}).await;
@@ -998,11 +997,7 @@ fn version_count(f: &Fixture, disk: &str) -> usize {
 #[tokio::test]
 async fn a_chunk_shorter_than_its_block_is_refused_and_nothing_commits() {
     let f = fixture();
-    let server = Server::start(&f.data);
-    let token = login(&server, "PC-001").await;
-    let guid = start(&server, &token, &f.disk_id, &f.first_version)
-        .await
-        .expect("start");
+    let (server, token, guid) = started(&f).await;
     // Block 1 (64 KiB) claimed to be a 4-byte chunk, which is sent, then finished with
     // the matching root.
     let tiny = Bytes::from_static(b"evil");
@@ -1070,11 +1065,7 @@ async fn a_held_chunk_of_another_length_is_refused_when_offered() {
 #[tokio::test]
 async fn an_admin_abort_ends_the_live_stream_at_once() {
     let f = fixture();
-    let server = Server::start(&f.data);
-    let token = login(&server, "PC-001").await;
-    let guid = start(&server, &token, &f.disk_id, &f.first_version)
-        .await
-        .expect("start");
+    let (server, token, guid) = started(&f).await;
     let (tx, mut replies) = open_stream(&server, &token, &guid).await;
     send(&tx, offer_of(1, &[(1, Hash::of(b"something new"))])).await;
     let need = replies.message().await.expect("need").expect("a reply");
@@ -1098,11 +1089,7 @@ async fn an_admin_abort_ends_the_live_stream_at_once() {
 #[tokio::test]
 async fn a_second_stream_takes_the_upload_over_and_nothing_stored_is_lost() {
     let f = fixture();
-    let server = Server::start(&f.data);
-    let token = login(&server, "PC-001").await;
-    let guid = start(&server, &token, &f.disk_id, &f.first_version)
-        .await
-        .expect("start");
+    let (server, token, guid) = started(&f).await;
     let parent = parent_manifest(&f);
     let updated = updated_image(&f.base, 0x33);
     let (manifest, chunks) = manifest_of(&updated);
