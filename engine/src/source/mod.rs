@@ -296,6 +296,12 @@ pub(crate) fn write_all_at(file: &std::fs::File, buf: &[u8], offset: u64) -> io:
     }
 }
 
+/// The files of an image whose top layer is `top` over the image `below`, top first.
+pub(crate) fn layers_over(top: &Path, below: Option<&dyn ImageSource>) -> Vec<PathBuf> {
+    let below = below.map(ImageSource::layers).unwrap_or_default();
+    std::iter::once(top.to_owned()).chain(below).collect()
+}
+
 /// Reads `out.len()` bytes at any `offset` of a source whose reads must be aligned:
 /// reads the aligned span around it and copies; zeros beyond the source's end.
 pub(crate) fn read_through(

@@ -514,12 +514,7 @@ impl ImageSource for Qcow2Image {
     }
 
     fn layers(&self) -> Vec<PathBuf> {
-        let below = self
-            .backing
-            .as_ref()
-            .map(|b| b.layers())
-            .unwrap_or_default();
-        std::iter::once(self.path.clone()).chain(below).collect()
+        super::layers_over(&self.path, self.backing.as_deref())
     }
 
     fn top_layer_extents(&self) -> Option<io::Result<Vec<Range<u64>>>> {

@@ -665,8 +665,7 @@ impl ImageSource for VhdxImage {
     }
 
     fn layers(&self) -> Vec<PathBuf> {
-        let below = self.parent.as_ref().map(|p| p.layers()).unwrap_or_default();
-        std::iter::once(self.path.clone()).chain(below).collect()
+        super::layers_over(&self.path, self.parent.as_deref())
     }
 
     fn top_layer_extents(&self) -> Option<io::Result<Vec<Range<u64>>>> {
