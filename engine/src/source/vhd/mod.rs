@@ -500,17 +500,16 @@ mod written_tests {
 
         // A differencing child: a whole block, and some sectors of a block the parent has.
         let parent = VhdImage::open(&parent_path, None).unwrap();
-        let child_path = dir.path().join("child.vhd");
-        let mut writer = VhdWriter::create(
-            &child_path,
-            SIZE,
-            Some(VhdParent {
+        let child_of_parent = |path: &Path| {
+            let link = VhdParent {
                 unique_id: parent.unique_id(),
                 name: "parent.vhd".into(),
                 absolute: parent_path.display().to_string(),
-            }),
-        )
-        .unwrap();
+            };
+            VhdWriter::create(path, SIZE, Some(link)).unwrap()
+        };
+        let child_path = dir.path().join("child.vhd");
+        let mut writer = child_of_parent(&child_path);
         let mut want = base.clone();
         let whole = vec![0x77u8; BLOCK as usize];
         writer.write_block(5, &whole, None).unwrap();
@@ -544,16 +543,7 @@ mod written_tests {
 
         // Single sectors anywhere in a block: the others are the parent's.
         let single = dir.path().join("single.vhd");
-        let mut writer = VhdWriter::create(
-            &single,
-            SIZE,
-            Some(VhdParent {
-                unique_id: parent.unique_id(),
-                name: "parent.vhd".into(),
-                absolute: parent_path.display().to_string(),
-            }),
-        )
-        .unwrap();
+        let mut writer = child_of_parent(&single);
         let mut want = base.clone();
         let mut partial = vec![0u8; BLOCK as usize];
         let mut written = vec![false; (BLOCK / 512) as usize];
