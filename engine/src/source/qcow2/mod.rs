@@ -573,6 +573,17 @@ mod tests {
         buf.to_vec()
     }
 
+    /// A qcow2 overlay made by `qemu-img create` at `path` on `backing` (named relative
+    /// to it), with `options` for `-o` unless empty.
+    fn overlay_on(path: &Path, backing: &str, backing_format: &str, options: &str) {
+        let mut args = vec!["create", "-q", "-f", "qcow2"];
+        if !options.is_empty() {
+            args.extend(["-o", options]);
+        }
+        args.extend(["-b", backing, "-F", backing_format, path.to_str().unwrap()]);
+        qemu("qemu-img", &args);
+    }
+
     fn writes(image: &Path, commands: &[&str]) {
         let mut args = Vec::new();
         for c in commands {
@@ -608,26 +619,10 @@ mod tests {
     #[test]
     fn overlays_over_raw_and_qcow2_read_as_qemu_reads_them() {
         let dir = tempfile::tempdir().unwrap();
-        let base = base(dir.path(), 3 << 20);
+        base(dir.path(), 3 << 20);
         for compat in ["1.1", "0.10"] {
             let overlay = dir.path().join(format!("overlay-{compat}.qcow2"));
-            let (b, o) = (base.to_str().unwrap(), overlay.to_str().unwrap());
-            qemu(
-                "qemu-img",
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-o",
-                    &format!("compat={compat}"),
-                    "-b",
-                    "base.raw",
-                    "-F",
-                    "raw",
-                    o,
-                ],
-            );
+            overlay_on(&overlay, "base.raw", "raw", &format!("compat={compat}"));
             writes(
                 &overlay,
                 &[
@@ -636,7 +631,7 @@ mod tests {
                     "write -z 2M 128k",
                 ],
             );
-            let image = check(&overlay, dir.path());
+            check(&overlay, dir.path());
             let own = Qcow2Image::open(&overlay, None)
                 .unwrap()
                 .own_extents()
@@ -644,29 +639,12 @@ mod tests {
             assert_eq!(own.first().map(|r| r.start), Some(1 << 20), "{own:?}");
             // Two written clusters, and two zeroed ones that version 2 stores as data.
             assert!(own.iter().map(|r| r.end - r.start).sum::<u64>() <= 256 << 10);
-            drop(image);
-            let _ = b;
         }
         // A chain: qcow2 over qcow2 over raw, relative names.
-        let mid = dir.path().join("overlay-1.1.qcow2");
         let top = dir.path().join("top.qcow2");
-        qemu(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-b",
-                "overlay-1.1.qcow2",
-                "-F",
-                "qcow2",
-                top.to_str().unwrap(),
-            ],
-        );
+        overlay_on(&top, "overlay-1.1.qcow2", "qcow2", "");
         writes(&top, &["write -P 0x5a 64k 4k"]);
         check(&top, dir.path());
-        let _ = mid;
     }
 
     #[test]
@@ -695,22 +673,7 @@ mod tests {
             check(&packed, dir.path());
         }
         let sub = dir.path().join("subclusters.qcow2");
-        qemu(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                "extended_l2=on,cluster_size=128k",
-                "-b",
-                "base.raw",
-                "-F",
-                "raw",
-                sub.to_str().unwrap(),
-            ],
-        );
+        overlay_on(&sub, "base.raw", "raw", "extended_l2=on,cluster_size=128k");
         writes(
             &sub,
             &[
@@ -755,20 +718,7 @@ mod tests {
         let err = Qcow2Image::open(&looped, None).unwrap_err();
         assert!(err.to_string().contains("loops back"), "{err}");
         let orphan = dir.path().join("orphan.qcow2");
-        qemu(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-b",
-                "base.raw",
-                "-F",
-                "raw",
-                orphan.to_str().unwrap(),
-            ],
-        );
+        overlay_on(&orphan, "base.raw", "raw", "");
         std::fs::rename(&base, dir.path().join("moved.raw")).unwrap();
         assert!(Qcow2Image::open(&orphan, None).is_err());
         // The parent given by the caller wins over the name in the image.
