@@ -31,6 +31,17 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// An endless xorshift sequence from `seed` (not zero): the random offsets and values
+/// of the mutation tests.
+pub fn xorshift(seed: u64) -> impl Iterator<Item = u64> {
+    std::iter::successors(Some(seed), |&x| {
+        let x = x ^ (x << 13);
+        let x = x ^ (x >> 7);
+        Some(x ^ (x << 17))
+    })
+    .skip(1)
+}
+
 /// A temporary directory on a memory filesystem (tmpfs), where the system has one.
 pub fn memory_dir() -> Option<tempfile::TempDir> {
     let dir = tempfile::tempdir_in("/dev/shm").ok()?;

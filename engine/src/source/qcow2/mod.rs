@@ -729,12 +729,12 @@ mod tests {
         // cleanly.
         let good = std::fs::read(&orphan).unwrap();
         let victim = dir.path().join("victim.qcow2");
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        for round in 0..crate::testdata::mutation_rounds(600) {
+        let rounds = crate::testdata::mutation_rounds(600);
+        for (round, seed) in crate::testdata::xorshift(0x2545_f491_4f6c_dd1d)
+            .take(rounds)
+            .enumerate()
+        {
             let mut bytes = good.clone();
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
             let at = if round < 112 {
                 round
             } else {

@@ -423,11 +423,8 @@ mod tests {
             // Damaged copies fail cleanly.
             let good = std::fs::read(&vhd).unwrap();
             let victim = dir.path().join("victim.vhd");
-            let mut seed = 0x51f1_5eed_u64 ^ good.len() as u64;
-            for _ in 0..crate::testdata::mutation_rounds(300) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
+            let rounds = crate::testdata::mutation_rounds(300);
+            for seed in crate::testdata::xorshift(0x51f1_5eed ^ good.len() as u64).take(rounds) {
                 let mut bytes = good.clone();
                 let at = if seed.is_multiple_of(2) {
                     (seed as usize >> 8) % 4096

@@ -779,11 +779,8 @@ mod tests {
                 .contains("no valid header")
         );
         // Flipped bytes in the metadata, the BAT and the region tables.
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        for _ in 0..crate::testdata::mutation_rounds(400) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+        let rounds = crate::testdata::mutation_rounds(400);
+        for seed in crate::testdata::xorshift(0x9e37_79b9_7f4a_7c15).take(rounds) {
             let mut bytes = good.clone();
             let at = (192 << 10) + (seed as usize % ((3 << 20) - (192 << 10)));
             bytes[at] ^= (seed >> 48) as u8 | 1;
