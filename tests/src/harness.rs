@@ -248,6 +248,18 @@ impl Terminal {
         .expect("write terminal.toml");
     }
 
+    /// Sets the image's `format` in `terminal.toml`, and its `parent` image when given.
+    pub fn set_format(&self, format: &str, parent: Option<&Path>) {
+        let path = self.state.join("terminal.toml");
+        let mut setting = format!("format = \"{format}\"");
+        if let Some(parent) = parent {
+            setting.push_str(&format!("\nparent = \"{}\"", parent.display()));
+        }
+        let text = std::fs::read_to_string(&path).expect("terminal.toml");
+        std::fs::write(&path, text.replace("format = \"raw\"", &setting))
+            .expect("write terminal.toml");
+    }
+
     /// `write_cache` as `terminal.toml` says now.
     pub fn write_cache(&self) -> String {
         let text =

@@ -82,28 +82,18 @@ fn a_qcow2_overlay_on_the_terminal_uploads_what_qemu_reads() {
     let expected = as_raw(&overlay, &s.dir.path().join("expected.raw"));
 
     for format in ["qcow2", "auto"] {
-        let t = Terminal::new(
-            s.dir.path(),
-            &format!("PC-{format}"),
-            &s.site.disk_id,
-            "",
-            &overlay,
-        );
         let latest = admin_json(&s.site.data, &["disk", "list"])[0]["latest_version"]
             .as_str()
             .expect("latest")
             .to_owned();
-        std::fs::write(
-            t.state.join("terminal.toml"),
-            format!(
-                "name = \"{}\"\ndisk_id = \"{}\"\nbooted_version = \"{latest}\"\nwrite_cache = \"restore\"\nimage = \"{}\"\nformat = \"{format}\"\nparent = \"{}\"\n",
-                t.name,
-                s.site.disk_id,
-                overlay.display(),
-                s.pair.base.display()
-            ),
-        )
-        .expect("terminal.toml");
+        let t = Terminal::new(
+            s.dir.path(),
+            &format!("PC-{format}"),
+            &s.site.disk_id,
+            &latest,
+            &overlay,
+        );
+        t.set_format(format, Some(&s.pair.base));
         assert_ok(&t.run(&["--url", &s.server.url(), "update", "start"]));
         let finished = t.run(&["update", "finish"]);
         assert_ok(&finished);
@@ -192,13 +182,7 @@ fn an_overlay_over_another_image_than_the_booted_version_is_refused() {
         &s.site.first_version,
         &overlay,
     );
-    std::fs::write(
-        t.state.join("terminal.toml"),
-        std::fs::read_to_string(t.state.join("terminal.toml"))
-            .expect("toml")
-            .replace("format = \"raw\"", "format = \"auto\""),
-    )
-    .expect("toml");
+    t.set_format("auto", None);
     assert_ok(&t.run(&["--url", &s.server.url(), "update", "start"]));
     let refused = t.run(&["update", "finish"]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
@@ -250,13 +234,7 @@ fn a_vhdx_differencing_disk_on_the_terminal_uploads_only_its_changes() {
         &s.site.first_version,
         &child,
     );
-    std::fs::write(
-        t.state.join("terminal.toml"),
-        std::fs::read_to_string(t.state.join("terminal.toml"))
-            .expect("toml")
-            .replace("format = \"raw\"", "format = \"vhdx\""),
-    )
-    .expect("toml");
+    t.set_format("vhdx", None);
     assert_ok(&t.run(&["--url", &s.server.url(), "update", "start"]));
     let shown = text(&t.run(&["update", "show"]));
     assert!(
