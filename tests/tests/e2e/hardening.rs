@@ -97,13 +97,7 @@ fn an_image_truncated_during_finish_is_a_clear_error_not_a_crash() {
         &image,
     );
     assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
-    let child = terminal
-        .client(&["update", "finish", "--limit-rate", "4m"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("finish");
-    std::thread::sleep(Duration::from_millis(1500));
+    let child = finish_in_background(&terminal, &site, "4m");
     std::fs::File::options()
         .write(true)
         .open(&image)
