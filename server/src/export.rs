@@ -90,10 +90,8 @@ impl DataDir {
         let clusters = size.div_ceil(QCOW2_CLUSTER);
         let per_block = block.bytes() as u64 / QCOW2_CLUSTER;
         let mut plan = Vec::new();
-        for i in 0..manifest.len() as u64 {
-            let kind = match span(&manifest, base.as_ref(), block.range(i, size)) {
-                Span::Parent => continue,
-                Span::Zero if base.is_none() => continue,
+        for (i, _, span) in spans_to_write(&manifest, base.as_ref(), block.bytes() as u64) {
+            let kind = match span {
                 Span::Zero => Qcow2Cluster::Zero,
                 Span::Data => Qcow2Cluster::Data,
             };
@@ -149,11 +147,8 @@ impl DataDir {
             let mut writer = VhdxWriter::create(temp, size, vhdx_block, 512, parent_ref)?;
             let mut data = vec![0u8; vhdx_block as usize];
             let mut chunks = ChunkCursor::default();
-            for vb in 0..size.div_ceil(vhdx_block) {
-                let range = vb * vhdx_block..((vb + 1) * vhdx_block).min(size);
-                match span(&manifest, base.as_ref(), range.clone()) {
-                    Span::Parent => {}
-                    Span::Zero if base.is_none() => {}
+            for (vb, range, span) in spans_to_write(&manifest, base.as_ref(), vhdx_block) {
+                match span {
                     Span::Zero => writer.write_block(vb, BlockContent::Zero)?,
                     Span::Data => {
                         let len = (range.end - range.start) as usize;
@@ -203,18 +198,11 @@ impl DataDir {
             let mut writer = VhdWriter::create(temp, size, parent_ref)?;
             let mut data = vec![0u8; VHD_BLOCK as usize];
             let mut chunks = ChunkCursor::default();
-            for vb in 0..size.div_ceil(VHD_BLOCK) {
-                let range = vb * VHD_BLOCK..((vb + 1) * VHD_BLOCK).min(size);
-                match span(&manifest, base.as_ref(), range.clone()) {
-                    Span::Parent => {}
-                    Span::Zero if base.is_none() => {}
-                    // A VHD block has no zero state: zeros over the parent are written.
-                    Span::Zero | Span::Data => {
-                        let len = (range.end - range.start) as usize;
-                        chunks.read(self, &manifest, range.start, &mut data[..len])?;
-                        writer.write_block(vb, &data[..len], None)?;
-                    }
-                }
+            // A VHD block has no zero state: zeros over the parent are written as data.
+            for (vb, range, _) in spans_to_write(&manifest, base.as_ref(), VHD_BLOCK) {
+                let len = (range.end - range.start) as usize;
+                chunks.read(self, &manifest, range.start, &mut data[..len])?;
+                writer.write_block(vb, &data[..len], None)?;
             }
             writer.finish()?;
             Ok(())
@@ -276,28 +264,37 @@ impl DataDir {
 /// Blocks of a parent image compared with its version before an export names it.
 const PARENT_SAMPLES: usize = 16;
 
-/// What a byte range of a version holds, against the version an export sits on.
+/// What an export writes for a span of a version.
 enum Span {
-    /// Every block as in that version.
-    Parent,
-    /// Only zero blocks.
+    /// Only zero blocks, over a parent that holds something else there.
     Zero,
     Data,
 }
 
-fn span(manifest: &Manifest, base: Option<&Manifest>, range: Range<u64>) -> Span {
+/// The spans of `span_len` bytes an export of `manifest` writes, with their index: left
+/// out are spans where every block is as in `base` (the version the export sits on),
+/// and zero spans of a whole image.
+fn spans_to_write<'a>(
+    manifest: &'a Manifest,
+    base: Option<&'a Manifest>,
+    span_len: u64,
+) -> impl Iterator<Item = (u64, Range<u64>, Span)> + 'a {
+    let size = manifest.disk_size();
     let block = manifest.block_size().get() as u64;
-    let blocks = range.start / block..range.end.div_ceil(block);
-    if let Some(base) = base
-        && blocks.clone().all(|i| manifest.get(i) == base.get(i))
-    {
-        return Span::Parent;
-    }
-    if blocks.clone().all(|i| manifest.get(i) == Some(Entry::Zero)) {
-        Span::Zero
-    } else {
-        Span::Data
-    }
+    (0..size.div_ceil(span_len)).filter_map(move |index| {
+        let range = index * span_len..((index + 1) * span_len).min(size);
+        let blocks = range.start / block..range.end.div_ceil(block);
+        if let Some(base) = base
+            && blocks.clone().all(|i| manifest.get(i) == base.get(i))
+        {
+            return None;
+        }
+        if blocks.clone().all(|i| manifest.get(i) == Some(Entry::Zero)) {
+            base.map(|_| (index, range, Span::Zero))
+        } else {
+            Some((index, range, Span::Data))
+        }
+    })
 }
 
 /// Runs `write` on a temp file beside `output` and renames it into place once it
