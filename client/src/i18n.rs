@@ -196,6 +196,22 @@ impl Lang {
             format!("差分ディスクの変更部分のみを読み込みます: {disk} MB 中 {top} MB。"),
         )
     }
+    pub fn layers_recorded(self, count: usize) -> String {
+        self.pick(
+            format!("Recorded the {count} image(s) below the overlay; `update finish` checks they stay unchanged."),
+            format!("差分ディスクの親イメージ {count} 個を記録しました。`update finish` で変更がないことを確認します。"),
+        )
+    }
+    pub fn layers_changed(self, path: &str, was: &str, now: &str) -> String {
+        self.pick(
+            format!(
+                "The images below the overlay {path} changed since `update start`: it was over {was}, now over {now}. Its top layer no longer holds this update's changes alone. Put the parent image back, or run `hotate-client update cancel` and start again."
+            ),
+            format!(
+                "差分ディスク {path} の親イメージが `update start` の後に変わりました (開始時: {was}、現在: {now})。親イメージを元に戻すか、`hotate-client update cancel` で端末を元に戻してから再度更新を開始してください。"
+            ),
+        )
+    }
     pub fn overlay_not_on_base(self, path: &str, version: &str, block: u64) -> String {
         self.pick(
             format!(

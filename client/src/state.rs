@@ -49,7 +49,7 @@ pub struct Terminal {
     pub booted_version: String,
     pub write_cache: WriteCache,
     pub image: PathBuf,
-    /// `raw`, `qcow2` or `auto` (`vhd` and `vhdx` are named but not read yet).
+    /// `raw`, `qcow2`, `vhd`, `vhdx` or `auto` (detected by the file's magic).
     #[serde(default = "raw")]
     pub format: String,
     /// The backing image of an overlay, overriding the path the overlay names.
@@ -71,6 +71,11 @@ pub struct UpdateRecord {
     /// Set once an upload has been opened.
     #[serde(default)]
     pub upload_id: Option<String>,
+    /// The images below an overlay when the update started (path, size and a hash of
+    /// their ends), nearest first: the finish refuses to trust a top layer whose
+    /// parents changed since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers_below: Vec<String>,
 }
 
 /// The client's state dir.
@@ -242,6 +247,7 @@ mod tests {
             base_version: "c3066470".into(),
             write_cache_before: WriteCache::Restore,
             upload_id: None,
+            layers_below: vec!["/images/v1.vhdx (4096 bytes, ends 00ff)".into()],
         };
         state.save_update(&record).unwrap();
         assert_eq!(state.update().unwrap(), Some(record));

@@ -60,6 +60,8 @@ pub struct UploadPlan<'a> {
     pub image_path: std::path::PathBuf,
     pub comment: String,
     pub limit_rate: Option<u64>,
+    /// The images below the overlay as `update start` recorded them (empty: unknown).
+    pub layers_at_start: Vec<String>,
 }
 
 /// What a finished upload produced.
@@ -162,6 +164,7 @@ async fn trust_top_layer(
         }
     };
     let top: u64 = touched.iter().map(|r| r.end - r.start).sum();
+    check_layers_unchanged(plan, lang)?;
     let image = plan.image.clone();
     let base = parent.clone();
     let differs = tokio::task::spawn_blocking(move || {
@@ -185,6 +188,37 @@ async fn trust_top_layer(
         )
     );
     Ok(true)
+}
+
+/// Refuses an overlay whose images below changed since `update start` recorded them.
+fn check_layers_unchanged(plan: &UploadPlan<'_>, lang: crate::i18n::Lang) -> anyhow::Result<()> {
+    if plan.layers_at_start.is_empty() {
+        return Ok(());
+    }
+    let now: Vec<String> = source::layers_below(plan.image.as_ref())
+        .map_err(|e| Failed(format!("reading {}: {e}", plan.image_path.display())))?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if now == plan.layers_at_start {
+        return Ok(());
+    }
+    let none = || "-".to_owned();
+    let changed = (0..now.len().max(plan.layers_at_start.len()))
+        .find(|&i| now.get(i) != plan.layers_at_start.get(i))
+        .unwrap_or(0);
+    Err(UsageError(
+        lang.layers_changed(
+            &plan.image_path.display().to_string(),
+            &plan
+                .layers_at_start
+                .get(changed)
+                .cloned()
+                .unwrap_or_else(none),
+            &now.get(changed).cloned().unwrap_or_else(none),
+        ),
+    )
+    .into())
 }
 
 /// Routes server replies to whoever waits for them.

@@ -97,6 +97,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         image_path: terminal.image.clone(),
         comment,
         limit_rate: options.limit_rate,
+        layers_at_start: record.layers_below.clone(),
     };
 
     let endpoint = host_port(&transfer_url);

@@ -6,7 +6,7 @@ use hotate_proto::pb;
 use super::Context;
 use crate::error::Failed;
 use crate::server::explain;
-use crate::state::{UpdateRecord, WriteCache};
+use crate::state::{Terminal, UpdateRecord, WriteCache};
 
 /// # Errors
 /// When an update is already in progress, the terminal did not boot the latest version,
@@ -45,6 +45,10 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
     if update.adopted {
         println!("{}", lang.adopted(&update.data_write_guid));
     }
+    let layers_below = layers_below(&terminal);
+    if !layers_below.is_empty() {
+        println!("{}", lang.layers_recorded(layers_below.len()));
+    }
     // Record first: if switching the write cache fails, `cancel` can still undo it.
     ctx.state.save_update(&UpdateRecord {
         disk_id: disk.id,
@@ -52,9 +56,22 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         base_version: update.base_version,
         write_cache_before: terminal.write_cache,
         upload_id: None,
+        layers_below,
     })?;
     println!("{}", lang.disabling_restore());
     ctx.state.set_write_cache(WriteCache::NonRestore)?;
     println!("{}", lang.started());
     Ok(())
+}
+
+/// The identities of the images below the terminal's overlay, for the finish to check;
+/// none when the image is raw, or not there yet (it may appear at the next boot).
+fn layers_below(terminal: &Terminal) -> Vec<String> {
+    let opened = hotate_engine::Format::parse(&terminal.format).and_then(|format| {
+        hotate_engine::source::open(&terminal.image, format, terminal.parent.as_deref())
+    });
+    opened
+        .and_then(|image| hotate_engine::source::layers_below(image.as_ref()))
+        .map(|layers| layers.iter().map(ToString::to_string).collect())
+        .unwrap_or_default()
 }

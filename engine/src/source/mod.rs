@@ -302,6 +302,61 @@ pub(crate) fn layers_over(top: &Path, below: Option<&dyn ImageSource>) -> Vec<Pa
     std::iter::once(top.to_owned()).chain(below).collect()
 }
 
+/// Bytes hashed at each end of a layer file by [`layers_below`].
+const LAYER_END: u64 = 1 << 20;
+
+/// What identifies one file below an overlay's top layer: where it is, its size, and a
+/// hash of its first and last MiB (which hold a VHDX's DataWriteGuid, a qcow2's header
+/// and its newest tables). Recorded when an update starts, compared when it finishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerIdentity {
+    pub path: PathBuf,
+    pub size: u64,
+    pub ends: String,
+}
+
+impl std::fmt::Display for LayerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} bytes, ends {})",
+            self.path.display(),
+            self.size,
+            self.ends
+        )
+    }
+}
+
+/// The identities of the files below `image`'s top layer, nearest first; empty when
+/// the image is one whole layer.
+///
+/// # Errors
+/// When a layer file cannot be read.
+pub fn layers_below(image: &dyn ImageSource) -> io::Result<Vec<LayerIdentity>> {
+    image
+        .layers()
+        .iter()
+        .skip(1)
+        .map(|path| {
+            let file = std::fs::File::open(path)?;
+            let size = file.metadata()?.len();
+            let mut hasher = blake3::Hasher::new();
+            let head = size.min(LAYER_END);
+            let tail_at = size.saturating_sub(LAYER_END).max(head);
+            for (at, len) in [(0, head), (tail_at, size - tail_at)] {
+                let mut buf = vec![0u8; len as usize];
+                read_exact_at(&file, &mut buf, at)?;
+                hasher.update(&buf);
+            }
+            Ok(LayerIdentity {
+                path: std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()),
+                size,
+                ends: hasher.finalize().to_hex()[..32].to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// Reads `out.len()` bytes at any `offset` of a source whose reads must be aligned:
 /// reads the aligned span around it and copies; zeros beyond the source's end.
 pub(crate) fn read_through(

@@ -417,6 +417,62 @@ fn versions_export_as_vhdx_whole_or_as_a_differencing_child_of_the_previous_one(
 }
 
 #[test]
+fn an_overlay_whose_parent_changed_after_update_start_is_refused_until_put_back() {
+    let s = setup(4 << 20, 44);
+    let overlay = s.dir.path().join("overlay.qcow2");
+    let overlay_s = overlay.to_str().expect("path");
+    qemu(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "raw", overlay_s,
+        ],
+    );
+    qemu("qemu-io", &["-c", "write -P 9 3M 1M", overlay_s]);
+    let t = Terminal::new(
+        s.dir.path(),
+        "PC-010",
+        &s.site.disk_id,
+        &s.site.first_version,
+        &overlay,
+    );
+    t.set_format("qcow2", None);
+    let started = t.run(&["--url", &s.server.url(), "update", "start"]);
+    assert_ok(&started);
+    assert!(
+        text(&started).contains("Recorded the 1 image(s) below the overlay"),
+        "{}",
+        text(&started)
+    );
+
+    // The parent's last byte changes after the update started, in the last MiB that the
+    // overlay writes over: sampling the layers below would not see it.
+    let parent = std::fs::read(&s.pair.base).expect("base");
+    let mut touched = parent.clone();
+    *touched.last_mut().expect("byte") ^= 0xff;
+    std::fs::write(&s.pair.base, &touched).expect("write");
+    let refused = t.run(&["update", "finish"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("changed since `update start`"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(
+        admin_json(&s.site.data, &["disk", "versions", "win10"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // Put back, the finish goes through and the version reads as the overlay.
+    std::fs::write(&s.pair.base, &parent).expect("write");
+    assert_ok(&t.run(&["update", "finish"]));
+    let expected = as_raw(&overlay, &s.dir.path().join("expected.raw"));
+    let exported = s.site.export("win10", None, &s.dir.path().join("v2.img"));
+    assert!(exported == expected, "the version differs from the overlay");
+}
+
+#[test]
 fn versions_export_as_qcow2_whole_or_as_an_overlay_on_the_previous_one() {
     let Exports {
         s, first, child, ..

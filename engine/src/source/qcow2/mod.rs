@@ -750,4 +750,42 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_layers_below_are_identified_by_path_size_and_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = base(dir.path(), 3 << 20);
+        let overlay = dir.path().join("overlay.qcow2");
+        overlay_on(&overlay, "base.raw", "raw", "");
+        writes(&overlay, &["write -P 0xab 1M 64k"]);
+        let identify = || {
+            let image = open(&overlay, Format::Auto, None).unwrap();
+            crate::source::layers_below(image.as_ref()).unwrap()
+        };
+        let before = identify();
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0].path, std::fs::canonicalize(&backing).unwrap());
+        assert_eq!(before[0].size, 3 << 20);
+        // The top layer's own writes leave the layers below as they were.
+        writes(&overlay, &["write -P 0xcd 2M 64k"]);
+        assert_eq!(identify(), before);
+        // A byte changed near either end of the backing file changes its identity.
+        let mut last = before;
+        for at in [10u64, (3 << 20) - 10] {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&backing)
+                .unwrap();
+            crate::source::write_all_at(&file, &[0xee], at).unwrap();
+            let after = identify();
+            assert_ne!(after, last, "a byte at {at}");
+            last = after;
+        }
+        let raw = open(&backing, Format::Raw, None).unwrap();
+        assert!(
+            crate::source::layers_below(raw.as_ref())
+                .unwrap()
+                .is_empty()
+        );
+    }
 }
