@@ -1,0 +1,6 @@
+//! The qcow2 reader on hostile input.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    hotate_fuzz::exercise(hotate_engine::Format::Qcow2, "qcow2", data);
+});
