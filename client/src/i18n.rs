@@ -13,7 +13,8 @@ pub enum Lang {
 }
 
 impl Lang {
-    /// From `--lang`, else the environment.
+    /// From `--lang`, else the environment (`LC_ALL`, `LANG`), else (on Windows) the
+    /// user's display language.
     pub fn detect(flag: Option<&str>) -> Self {
         let from_env = || {
             ["LC_ALL", "LANG"]
@@ -23,7 +24,9 @@ impl Lang {
         };
         match flag.map(str::to_owned).or_else(from_env) {
             Some(v) if v.to_ascii_lowercase().starts_with("ja") => Self::Ja,
-            _ => Self::En,
+            Some(_) => Self::En,
+            None if crate::console::prefers_japanese() == Some(true) => Self::Ja,
+            None => Self::En,
         }
     }
 

@@ -4,6 +4,7 @@
 //! the transfer service; [`state`] keeps what must survive between runs.
 
 pub mod cmd;
+pub mod console;
 pub mod error;
 pub mod i18n;
 pub mod inputs;

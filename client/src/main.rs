@@ -16,7 +16,8 @@ struct Cli {
     /// Where terminal.toml, the cached URL and the update record live.
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
-    /// Language of messages: en or ja (default: from LANG/LC_ALL).
+    /// Language of messages: en or ja (default: from LC_ALL/LANG, on Windows the display
+    /// language).
     #[arg(long, global = true)]
     lang: Option<String>,
     /// Manage Server URL, e.g. https://192.168.10.11:30806 (cached after first use).
@@ -90,6 +91,7 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    hotate_client::console::use_utf8();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -10,8 +10,11 @@
 //! place.
 //! A mapped file that shrinks under its reader raises SIGBUS instead of a read error;
 //! [`on_mapped_file_shrunk`] turns that into a clear message and exit code 1.
+//! On Windows a volume or physical disk (`\\.\C:`, `\\.\PhysicalDrive1`) reads like a
+//! file: opened read-only and shared with the system that has it mounted, its size asked
+//! of the device (`IOCTL_DISK_GET_LENGTH_INFO`), its reads kept within whole sectors.
 //! This is the only module with `unsafe` code: the aligned allocation, the mapping,
-//! the SIGBUS handler, the allocator's arena cap, `lseek` and `statfs`.
+//! the SIGBUS handler, the allocator's arena cap, `lseek`, `statfs` and `DeviceIoControl`.
 #![allow(unsafe_code)]
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -117,6 +120,8 @@ pub struct PositionalFile {
     file: File,
     direct: bool,
     in_memory: bool,
+    /// A device's size, asked of it once (a device's metadata has none).
+    device_len: Option<u64>,
 }
 
 impl PositionalFile {
@@ -126,6 +131,16 @@ impl PositionalFile {
     /// # Errors
     /// When the file cannot be opened at all.
     pub fn open(path: &Path) -> io::Result<Self> {
+        if is_device_path(path) {
+            let file = open_device(path)?;
+            let len = device_len(&file)?;
+            return Ok(Self {
+                file,
+                direct: true,
+                in_memory: false,
+                device_len: Some(len),
+            });
+        }
         let file = File::open(path)?;
         if is_memory_backed(&file) {
             // No device to bypass: reads come from memory either way.
@@ -133,6 +148,7 @@ impl PositionalFile {
                 file,
                 direct: false,
                 in_memory: true,
+                device_len: None,
             });
         }
         Self::open_with(path, open_unbuffered)
@@ -145,6 +161,7 @@ impl PositionalFile {
                     file,
                     direct: true,
                     in_memory: false,
+                    device_len: None,
                 };
                 // Some filesystems accept the flag but refuse the read: probe once.
                 let mut buf = AlignedBuf::zeroed(ALIGN);
@@ -169,6 +186,7 @@ impl PositionalFile {
             file: File::open(path)?,
             direct: false,
             in_memory: false,
+            device_len: None,
         })
     }
 
@@ -204,7 +222,10 @@ impl PositionalFile {
     /// # Errors
     /// When the metadata cannot be read.
     pub fn file_len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        match self.device_len {
+            Some(len) => Ok(len),
+            None => Ok(self.file.metadata()?.len()),
+        }
     }
 
     /// Reads up to `len` bytes at `offset` (which must be a multiple of [`ALIGN`]) into
@@ -214,8 +235,12 @@ impl PositionalFile {
     /// On an IO error.
     pub fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> io::Result<usize> {
         debug_assert_eq!(offset % ALIGN as u64, 0, "unaligned offset");
-        // Unbuffered reads need an aligned length: read the tail rounded up, then trim.
-        let want = len.div_ceil(ALIGN) * ALIGN;
+        // Unbuffered reads need an aligned length: read the tail rounded up, then trim;
+        // a device ends on a whole sector, which may fall short of that.
+        let mut want = len.div_ceil(ALIGN) * ALIGN;
+        if let Some(end) = self.device_len {
+            want = want.min(usize::try_from(end.saturating_sub(offset)).unwrap_or(want));
+        }
         if buf.capacity() < want {
             *buf = AlignedBuf::zeroed(want);
         }
@@ -255,6 +280,9 @@ impl PositionalFile {
     /// On an IO error while probing.
     pub fn data_extents(&self) -> io::Result<Vec<Range<u64>>> {
         let size = self.file_len()?;
+        if self.device_len.is_some() {
+            return Ok(std::iter::once(0..size).filter(|r| !r.is_empty()).collect());
+        }
         data_extents(&self.file, size)
     }
 }
@@ -442,6 +470,82 @@ pub fn is_memory_backed(_file: &File) -> bool {
     false
 }
 
+/// Whether `path` names a Windows volume or physical disk (`\\.\C:`,
+/// `\\.\PhysicalDrive1`) rather than a file; never elsewhere.
+pub fn is_device_path(path: &Path) -> bool {
+    cfg!(windows) && names_device(path)
+}
+
+fn names_device(path: &Path) -> bool {
+    let text = path.as_os_str().to_string_lossy();
+    text.len() > 4 && (text.starts_with(r"\\.\") || text.starts_with(r"//./"))
+}
+
+/// Opens a volume or disk read-only and unbuffered, shared with whoever has it mounted.
+#[cfg(windows)]
+fn open_device(path: &Path) -> io::Result<File> {
+    use std::os::windows::fs::OpenOptionsExt;
+    const FILE_FLAG_NO_BUFFERING: u32 = 0x2000_0000;
+    const FILE_SHARE_READ: u32 = 1;
+    const FILE_SHARE_WRITE: u32 = 2;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
+        .custom_flags(FILE_FLAG_NO_BUFFERING)
+        .open(path)
+}
+
+#[cfg(not(windows))]
+fn open_device(path: &Path) -> io::Result<File> {
+    File::open(path)
+}
+
+/// A volume's or disk's size in bytes, as the device reports it.
+#[cfg(windows)]
+fn device_len(file: &File) -> io::Result<u64> {
+    use std::ffi::c_void;
+    use std::os::windows::io::AsRawHandle;
+    const IOCTL_DISK_GET_LENGTH_INFO: u32 = 0x0007_405c;
+    #[link(name = "kernel32")]
+    unsafe extern "system" {
+        fn DeviceIoControl(
+            device: *mut c_void,
+            code: u32,
+            input: *const c_void,
+            input_len: u32,
+            output: *mut c_void,
+            output_len: u32,
+            returned: *mut u32,
+            overlapped: *mut c_void,
+        ) -> i32;
+    }
+    let mut len: i64 = 0;
+    let mut returned: u32 = 0;
+    // SAFETY: the handle is valid for the life of `file`; the output buffer is an i64
+    // (GET_LENGTH_INFORMATION) of the size given, and the call is synchronous.
+    let ok = unsafe {
+        DeviceIoControl(
+            file.as_raw_handle().cast(),
+            IOCTL_DISK_GET_LENGTH_INFO,
+            std::ptr::null(),
+            0,
+            (&raw mut len).cast(),
+            std::mem::size_of::<i64>() as u32,
+            &raw mut returned,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u64::try_from(len).map_err(io::Error::other)
+}
+
+#[cfg(not(windows))]
+fn device_len(file: &File) -> io::Result<u64> {
+    Ok(file.metadata()?.len())
+}
+
 fn refuses_direct_io(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::InvalidInput
 }
@@ -516,15 +620,17 @@ fn data_extents(_file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
     })
 }
 
-/// Makes every write to the filesystem holding `file` durable with one call (`syncfs`):
-/// a group commit for many files at the price of one journal flush. Where the system has
-/// no such call, `Unsupported`: sync the files one by one instead.
+/// Makes every write to the filesystem holding `path` (a file or directory) durable with
+/// one call (`syncfs`): a group commit for many files at the price of one journal flush.
+/// Where the system has no such call, `Unsupported` (and `path` is not opened: Windows
+/// opens no directory as a file): sync the files one by one instead.
 ///
 /// # Errors
 /// On an IO error, or `Unsupported`.
 #[cfg(target_os = "linux")]
-pub fn sync_filesystem(file: &File) -> io::Result<()> {
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    let file = File::open(path)?;
     // SAFETY: the descriptor is valid for the life of `file`; syncfs has no memory effects.
     if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
         Ok(())
@@ -538,7 +644,7 @@ pub fn sync_filesystem(file: &File) -> io::Result<()> {
 /// # Errors
 /// Always `Unsupported`.
 #[cfg(not(target_os = "linux"))]
-pub fn sync_filesystem(_file: &File) -> io::Result<()> {
+pub fn sync_filesystem(_path: &Path) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
@@ -547,6 +653,22 @@ mod tests {
     use super::*;
     use crate::testdata::{SIZES, pattern};
     use std::io::Write;
+
+    #[test]
+    fn volumes_and_disks_are_told_from_files() {
+        for device in [r"\\.\C:", r"\\.\PhysicalDrive1", "//./PhysicalDrive0"] {
+            assert!(names_device(Path::new(device)), "{device}");
+        }
+        for file in [
+            r"C:\images\disk.vhdx",
+            "/var/lib/disk.img",
+            r"\\server\share\disk.img",
+            r"\\.\",
+        ] {
+            assert!(!names_device(Path::new(file)), "{file}");
+        }
+        assert_eq!(is_device_path(Path::new(r"\\.\C:")), cfg!(windows));
+    }
 
     #[test]
     fn buffers_are_aligned() {
@@ -587,7 +709,12 @@ mod tests {
             .unwrap()
             .write_all(&pattern(10_000, 1))
             .unwrap();
-        let refuse = |_: &Path| -> io::Result<File> { Err(io::Error::from_raw_os_error(22)) };
+        // What the system says to a flag or read it cannot do unbuffered.
+        #[cfg(unix)]
+        let refused = libc::EINVAL;
+        #[cfg(windows)]
+        let refused = 87; // ERROR_INVALID_PARAMETER
+        let refuse = |_: &Path| -> io::Result<File> { Err(io::Error::from_raw_os_error(refused)) };
         let file = PositionalFile::open_with(&path, refuse).unwrap();
         assert!(!file.is_direct());
         let mut buf = AlignedBuf::zeroed(16_384);

@@ -33,6 +33,7 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// An endless xorshift sequence from `seed` (not zero): the random offsets and values
 /// of the mutation tests.
+#[cfg(unix)] // Only the tests that run Linux tools use it (Wine cannot start them).
 pub fn xorshift(seed: u64) -> impl Iterator<Item = u64> {
     std::iter::successors(Some(seed), |&x| {
         let x = x ^ (x << 13);
@@ -51,6 +52,7 @@ pub fn memory_dir() -> Option<tempfile::TempDir> {
 
 /// Rounds of the image parsers' mutation tests: `HOTATE_FUZZ_ROUNDS`, else `default`
 /// (a short run in CI; `benches/fuzz-images.sh` runs long ones).
+#[cfg(unix)] // Only the tests that run Linux tools use it (Wine cannot start them).
 pub fn mutation_rounds(default: usize) -> usize {
     std::env::var("HOTATE_FUZZ_ROUNDS")
         .ok()
@@ -60,6 +62,7 @@ pub fn mutation_rounds(default: usize) -> usize {
 
 /// Runs `tool` (qemu-img or qemu-io, from qemu-utils) and panics with its stderr when it
 /// fails.
+#[cfg(unix)] // Only the tests that run Linux tools use it (Wine cannot start them).
 pub fn run_tool<S: AsRef<std::ffi::OsStr>>(tool: &str, args: &[S]) {
     let out = std::process::Command::new(tool)
         .args(args)
@@ -74,6 +77,7 @@ pub fn run_tool<S: AsRef<std::ffi::OsStr>>(tool: &str, args: &[S]) {
 
 /// What libvhdi (`python3-libvhdi`), a reader independent of ours, reads of the VHD or
 /// VHDX image `child` with `parent` set.
+#[cfg(unix)] // Only the tests that run Linux tools use it (Wine cannot start them).
 pub fn libvhdi_read(child: &std::path::Path, parent: &std::path::Path) -> Vec<u8> {
     let script = format!(
         "import pyvhdi, sys\n\

@@ -126,6 +126,9 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
 
 /// Refuses an image path that does not exist or is not a regular file, saying what it is.
 fn check_image(path: &std::path::Path, lang: crate::i18n::Lang) -> anyhow::Result<()> {
+    if hotate_engine::direct_io::is_device_path(path) {
+        return Ok(()); // A volume or disk: opened as one below.
+    }
     let shown = path.display().to_string();
     let kind = match std::fs::metadata(path) {
         Err(_) => return Err(UsageError(lang.image_missing(&shown)).into()),

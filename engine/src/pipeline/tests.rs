@@ -273,6 +273,8 @@ async fn a_block_with_an_offered_base_travels_as_its_changed_pages() {
     assert_eq!(progress.snapshot().bytes_sent, total as u64);
 }
 
+/// Holes are found with `SEEK_DATA`/`SEEK_HOLE`, which only Linux has here.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn holes_are_not_read() {
     let dir = tempfile::tempdir().unwrap();

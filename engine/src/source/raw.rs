@@ -21,13 +21,12 @@ pub struct RawImage {
 }
 
 impl RawImage {
-    /// Opens a raw image.
+    /// Opens a raw image: a file, or on Windows a volume or physical disk.
     ///
     /// # Errors
     /// When the file cannot be opened or is not a regular file.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let meta = std::fs::metadata(path)?;
-        if !meta.is_file() {
+        if !crate::direct_io::is_device_path(path) && !std::fs::metadata(path)?.is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{} is not a regular file", path.display()),

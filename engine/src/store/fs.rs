@@ -184,7 +184,7 @@ impl FsStore {
     /// Makes `paths` (files, then the directories naming them) durable: one `syncfs` for
     /// them all where the system has it, else an fsync each.
     fn sync_all(&self, paths: &[&Path]) -> io::Result<()> {
-        match sync_filesystem(&File::open(&self.root)?) {
+        match sync_filesystem(&self.root) {
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                 for path in paths {
                     sync_path(path)?;

@@ -539,7 +539,9 @@ impl ImageSource for Qcow2Image {
     }
 }
 
+// They run Linux tools (qemu-img, qemu-io, libvhdi), which Wine cannot start.
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     //! Images made by QEMU's own tools, read back and compared with `qemu-img convert -O
     //! raw`; hostile variants must fail cleanly.

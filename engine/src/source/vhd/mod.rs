@@ -375,7 +375,9 @@ impl ImageSource for VhdImage {
     }
 }
 
+// They run Linux tools (qemu-img, qemu-io, libvhdi), which Wine cannot start.
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
     use crate::source::{Format, open};
@@ -441,7 +443,9 @@ mod tests {
     }
 }
 
+// They run Linux tools (qemu-img, qemu-io, libvhdi), which Wine cannot start.
 #[cfg(test)]
+#[cfg(unix)]
 mod written_tests {
     //! Images written by [`write::VhdWriter`], read back by this reader, by QEMU and by
     //! libvhdi (`python3-libvhdi`), independently.

@@ -694,8 +694,11 @@ impl ImageSource for VhdxImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use crate::source::{Format, open};
 
+    // Linux's qemu-img, which Wine cannot start: its tests are built on unix only.
+    #[cfg(unix)]
     fn qemu_img(args: &[&str]) {
         crate::testdata::run_tool("qemu-img", args);
     }
@@ -707,6 +710,7 @@ mod tests {
         assert_eq!(crc32c(b"123456789"), 0xe306_9283);
     }
 
+    #[cfg(unix)]
     #[test]
     fn dynamic_images_made_by_qemu_read_as_qemu_reads_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -750,6 +754,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     #[test]
     fn damaged_copies_fail_cleanly() {
         let dir = tempfile::tempdir().unwrap();
@@ -793,7 +798,9 @@ mod tests {
     }
 }
 
+// They run Linux tools (qemu-img, qemu-io, libvhdi), which Wine cannot start.
 #[cfg(test)]
+#[cfg(unix)]
 mod differencing_tests {
     //! Differencing images written by [`write::write_differencing`], read back by this
     //! reader and by libvhdi (`python3-libvhdi`), an independent implementation.
