@@ -382,6 +382,84 @@ pub(crate) fn read_through(
     Ok(())
 }
 
+/// A block's sector bitmap, as much of it as one read covers: bit `i` says whether
+/// sector `first + i` of the block is the image's own (else its parent's).
+pub(crate) struct SectorBits {
+    bytes: Vec<u8>,
+    /// The block's sector that bit 0 of `bytes[0]` stands for.
+    first: u64,
+    /// VHD numbers a byte's bits from the most significant; VHDX from the least.
+    msb_first: bool,
+}
+
+impl SectorBits {
+    /// Reads the bits for sectors `sectors` of a bitmap that starts at `bitmap_at` of
+    /// `file`, whose first bit is sector `base_bit` (several VHDX blocks share a bitmap).
+    pub(crate) fn read(
+        file: &std::fs::File,
+        bitmap_at: u64,
+        base_bit: u64,
+        sectors: Range<u64>,
+        msb_first: bool,
+    ) -> io::Result<Self> {
+        let first_byte = (base_bit + sectors.start) / 8;
+        let end_byte = (base_bit + sectors.end).div_ceil(8);
+        let mut bytes = vec![0u8; (end_byte - first_byte) as usize];
+        read_exact_at(file, &mut bytes, bitmap_at + first_byte)?;
+        Ok(Self {
+            bytes,
+            first: (first_byte * 8).wrapping_sub(base_bit),
+            msb_first,
+        })
+    }
+
+    fn is_own(&self, sector: u64) -> bool {
+        let bit = sector.wrapping_sub(self.first);
+        let byte = self.bytes[(bit / 8) as usize];
+        let mask = if self.msb_first {
+            0x80 >> (bit % 8)
+        } else {
+            1 << (bit % 8)
+        };
+        byte & mask != 0
+    }
+
+    /// Fills `out`, bytes `within..` of the block in sectors of `sector` bytes, a run of
+    /// alike sectors at a time: the image's own from `own`, the rest from `parent`
+    /// (each given the part and its offset within the block).
+    pub(crate) fn read_runs(
+        &self,
+        sector: u64,
+        within: u64,
+        out: &mut [u8],
+        mut own: impl FnMut(&mut [u8], u64) -> io::Result<()>,
+        mut parent: impl FnMut(&mut [u8], u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < out.len() {
+            let at = within + done as u64;
+            let present = self.is_own(at / sector);
+            let mut end = done + ((sector - at % sector) as usize).min(out.len() - done);
+            while end < out.len() && self.is_own((within + end as u64) / sector) == present {
+                end += (sector as usize).min(out.len() - end);
+            }
+            let part = &mut out[done..end];
+            if present {
+                own(part, at)?;
+            } else {
+                parent(part, at)?;
+            }
+            done = end;
+        }
+        Ok(())
+    }
+}
+
+/// The sectors of `sector` bytes that bytes `within..within + len` of a block touch.
+pub(crate) fn sectors_of(within: u64, len: usize, sector: u64) -> Range<u64> {
+    within / sector..(within + len as u64).div_ceil(sector)
+}
+
 /// The union of two sorted extent lists, clipped to `size`.
 pub(crate) fn merge_extents(a: Vec<Range<u64>>, b: Vec<Range<u64>>, size: u64) -> Vec<Range<u64>> {
     let mut all: Vec<Range<u64>> = a.into_iter().chain(b).filter(|r| r.start < size).collect();
@@ -484,6 +562,69 @@ mod fixtures {
             assert!(buf[..] == expected()[..], "{name} reads differently");
             let extents = image.data_extents().unwrap();
             assert!(extents.iter().any(|r| r.start == 0), "{name}: {extents:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod sector_bits_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every byte comes from the image or its parent as its sector's bit says, and
+        /// each run of alike sectors is one read.
+        #[test]
+        fn runs_follow_the_bitmap(
+            bitmap in proptest::collection::vec(any::<u8>(), 1..16),
+            msb_first in any::<bool>(),
+            sector in prop_oneof![Just(512u64), Just(4096u64)],
+            base_bit in 0u64..9,
+            start in 0usize..4096,
+            len in 1usize..20_000,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("bitmap");
+            std::fs::write(&path, &bitmap).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            let base_bit = base_bit.min(bitmap.len() as u64 * 8 - 1);
+            let bits = (bitmap.len() * 8) as u64 - base_bit;
+            let block = bits * sector;
+            let within = start as u64 % block;
+            let len = len.min((block - within) as usize);
+            let is_own = |s: u64| {
+                let bit = base_bit + s;
+                let mask = if msb_first { 0x80 >> (bit % 8) } else { 1 << (bit % 8) };
+                bitmap[(bit / 8) as usize] & mask != 0
+            };
+            let sectors = sectors_of(within, len, sector);
+            let reader = SectorBits::read(&file, 0, base_bit, sectors.clone(), msb_first).unwrap();
+            let mut out = vec![0u8; len];
+            let reads = std::cell::Cell::new(0);
+            reader
+                .read_runs(
+                    sector,
+                    within,
+                    &mut out,
+                    |part, at| {
+                        reads.set(reads.get() + 1);
+                        part.iter_mut().enumerate().for_each(|(i, b)| *b = 0x80 | ((at + i as u64) / sector) as u8 & 0x7f);
+                        Ok(())
+                    },
+                    |part, at| {
+                        reads.set(reads.get() + 1);
+                        part.iter_mut().enumerate().for_each(|(i, b)| *b = ((at + i as u64) / sector) as u8 & 0x7f);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            for (i, &b) in out.iter().enumerate() {
+                let s = (within + i as u64) / sector;
+                let tag = (s as u8) & 0x7f;
+                prop_assert_eq!(b, if is_own(s) { 0x80 | tag } else { tag }, "byte {}", i);
+            }
+            let runs = 1 + sectors.clone().zip(sectors.skip(1)).filter(|&(a, b)| is_own(a) != is_own(b)).count();
+            prop_assert_eq!(reads.get(), runs);
         }
     }
 }

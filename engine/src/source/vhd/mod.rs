@@ -274,13 +274,6 @@ impl VhdImage {
         Ok(Box::new(parent))
     }
 
-    /// Whether sector `sector` of the block at `block_at` is this image's own.
-    fn sector_is_own(&self, block_at: u64, sector: u64) -> io::Result<bool> {
-        let mut byte = [0u8; 1];
-        read_exact_at(&self.file, &mut byte, block_at + sector / 8)?;
-        Ok(byte[0] & (0x80 >> (sector % 8)) != 0)
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -322,18 +315,18 @@ impl VhdImage {
                     }
                     (sector, Some(parent)) => {
                         let block_at = u64::from(sector) * 512;
-                        let mut at = 0usize;
-                        while at < take {
-                            let in_block = within + at as u64;
-                            let n = ((512 - in_block % 512) as usize).min(take - at);
-                            let part = &mut piece[at..at + n];
-                            if self.sector_is_own(block_at, in_block / 512)? {
-                                self.read_own(part, block_at + self.bitmap_bytes + in_block)?;
-                            } else {
-                                super::read_through(parent.as_ref(), guest + at as u64, part)?;
-                            }
-                            at += n;
-                        }
+                        let block_start = guest - within;
+                        let sectors = super::sectors_of(within, take, 512);
+                        super::SectorBits::read(&self.file, block_at, 0, sectors, true)?
+                            .read_runs(
+                                512,
+                                within,
+                                piece,
+                                |part, at| self.read_own(part, block_at + self.bitmap_bytes + at),
+                                |part, at| {
+                                    super::read_through(parent.as_ref(), block_start + at, part)
+                                },
+                            )?;
                     }
                 }
                 done += take;

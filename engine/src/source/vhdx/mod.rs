@@ -434,31 +434,22 @@ impl VhdxImage {
         }
     }
 
-    /// Reads `piece` (within block `index`, at `within`) of a partly present block:
-    /// sector by sector from this file where its bitmap says, else from the parent.
+    /// Reads `piece` (within block `index`, at `within`) of a partly present block: runs
+    /// of sectors from this file where its bitmap says, else from the parent.
     fn read_partial(&self, index: usize, within: u64, piece: &mut [u8]) -> io::Result<()> {
         let entry = self.blocks[index];
         let bitmap_at = self.offset_of(self.bitmaps[index / self.chunk_ratio as usize]);
         let sectors_per_block = self.block_size / self.sector;
         let first_bit = (index as u64 % self.chunk_ratio) * sectors_per_block;
         let block_start = index as u64 * self.block_size;
-        let mut done = 0usize;
-        while done < piece.len() {
-            let at = within + done as u64;
-            let bit = first_bit + at / self.sector;
-            let mut byte = [0u8; 1];
-            read_exact_at(&self.file, &mut byte, bitmap_at + bit / 8)?;
-            let present = byte[0] & (1 << (bit % 8)) != 0;
-            let n = ((self.sector - at % self.sector) as usize).min(piece.len() - done);
-            let part = &mut piece[done..done + n];
-            if present {
-                self.read_own(part, self.offset_of(entry) + at)?;
-            } else {
-                self.read_parent(block_start + at, part)?;
-            }
-            done += n;
-        }
-        Ok(())
+        let sectors = super::sectors_of(within, piece.len(), self.sector);
+        super::SectorBits::read(&self.file, bitmap_at, first_bit, sectors, false)?.read_runs(
+            self.sector,
+            within,
+            piece,
+            |part, at| self.read_own(part, self.offset_of(entry) + at),
+            |part, at| self.read_parent(block_start + at, part),
+        )
     }
 }
 
