@@ -1,5 +1,7 @@
 //! Realistic benchmark data: disk images with a mix of zero, compressible and random
-//! blocks, generated deterministically from a seed.
+//! blocks, generated deterministically from a seed; and [`link`], the link emulator.
+
+pub mod link;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};

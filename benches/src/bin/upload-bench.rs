@@ -1,14 +1,16 @@
 //! The whole upload on loopback against rsync, for a realistic image pair.
 //!
-//! `upload-bench [--size-mib N] [--change PERCENT] [--block-size BYTES] [--link-rate MBIT] [--dir DIR]`
+//! `upload-bench [--size-mib N] [--change PERCENT] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--dir DIR]`
 //!
 //! Builds an ext4 image pair (see `hotate_tests::images`), imports the base, and times
 //! `hotate-client update finish` of the updated disk, reporting image size, changed
 //! bytes, bytes on the wire, wall time, MB/s, CPU seconds and peak RSS of client and
 //! server. The same delta then goes through an rsync daemon on loopback with
 //! `--inplace --no-whole-file`, with and without `-z --compress-choice=zstd`.
-//! `--link-rate` puts a rate-limiting TCP proxy in front of both servers (the transfer
-//! port and rsync's), and reports each time against the ideal bytes / rate.
+//! `--link-rate` and `--rtt` put the link emulator ([`hotate_benches::link`]: a rate cap and
+//! half the RTT of delay in each direction) in front of both of Hotate's ports and rsync's,
+//! and report each time against the ideal bytes / rate, with Hotate's time to its first
+//! data byte and the time its upload left the link idle mid-stream.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,14 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hotate_benches::link::{self, LinkSpec};
 use hotate_tests::harness::{Server, Site, Terminal, admin_ok, text};
 use hotate_tests::images;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Args {
     size_mib: u64,
     change: u32,
     link_mbit: Option<f64>,
+    rtt_ms: u64,
     block_size: u32,
     dir: PathBuf,
 }
@@ -33,6 +36,7 @@ fn parse_args() -> Args {
         size_mib: 2048,
         change: 10,
         link_mbit: None,
+        rtt_ms: 0,
         block_size: 1 << 20,
         dir: std::env::temp_dir(),
     };
@@ -50,6 +54,7 @@ fn parse_args() -> Args {
                         .expect("--link-rate MBIT"),
                 )
             }
+            "--rtt" => args.rtt_ms = value.trim_end_matches("ms").parse().expect("--rtt MS"),
             "--dir" => args.dir = PathBuf::from(value),
             "--block-size" => args.block_size = value.parse().expect("--block-size BYTES"),
             other => panic!("unknown flag {other}"),
@@ -129,51 +134,6 @@ fn proc_usage(pid: u32) -> (f64, f64) {
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no memory effects.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// A TCP proxy that passes client→server bytes at `mbit` megabits per second.
-async fn shaping_proxy(upstream: SocketAddr, mbit: f64) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind proxy");
-    let addr = listener.local_addr().expect("proxy addr");
-    let bytes_per_sec = mbit * 1e6 / 8.0;
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let _ = inbound.set_nodelay(true);
-            let _ = outbound.set_nodelay(true);
-            let (mut in_read, mut in_write) = inbound.into_split();
-            let (mut out_read, mut out_write) = outbound.into_split();
-            // Upstream: paced, like a link of that rate.
-            tokio::spawn(async move {
-                let start = Instant::now();
-                let mut sent = 0u64;
-                let mut buf = vec![0u8; 16 << 10];
-                loop {
-                    let n = match in_read.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    sent += n as u64;
-                    let due = start + Duration::from_secs_f64(sent as f64 / bytes_per_sec);
-                    tokio::time::sleep_until(due.into()).await;
-                    if out_write.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = out_write.shutdown().await;
-            });
-            // Downstream (acks, small): unshaped.
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
-                let _ = in_write.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 struct Rsync {
@@ -286,31 +246,47 @@ fn main() {
     );
     let start = terminal.run(&["--url", &server.url(), "update", "start"]);
     assert!(start.status.success(), "{}", text(&start));
-    // With a link rate, the client reaches the transfer port through the shaping proxy.
-    let shaped_transfer = args.link_mbit.map(|mbit| {
-        let upstream: SocketAddr = server.transfer.parse().expect("transfer addr");
-        runtime.block_on(shaping_proxy(upstream, mbit))
-    });
-    let server = match shaped_transfer {
-        Some(proxy) => {
-            // Restart with the proxy advertised; the data dir keeps the reservation.
-            let (control, transfer) = (server.control.clone(), server.transfer.clone());
-            server.stop();
-            let advertise = format!("http://{proxy}");
-            Server::start_with(
-                &site.data,
-                &[
-                    "--listen",
-                    &control,
-                    "--transfer-listen",
-                    &transfer,
-                    "--advertise-transfer",
-                    &advertise,
-                ],
-            )
-        }
-        None => server,
+    // On an emulated link the client reaches both ports through it.
+    let spec = LinkSpec {
+        mbit: args.link_mbit,
+        one_way: Duration::from_millis(args.rtt_ms / 2),
     };
+    let emulated = args.link_mbit.is_some() || args.rtt_ms > 0;
+    let (server, link) = if emulated {
+        let address = |a: &String| -> SocketAddr { a.parse().expect("server address") };
+        // Two relays with their own counters: the trace is the transfer port's alone.
+        let control_relay = link::link(&runtime, &[address(&server.control)], spec).0[0];
+        let (transfer_relay, counters) = link::link(&runtime, &[address(&server.transfer)], spec);
+        let relays = [control_relay, transfer_relay[0]];
+        // Restart with the relayed transfer port advertised; the data dir keeps the
+        // reservation.
+        let (control, transfer) = (server.control.clone(), server.transfer.clone());
+        server.stop();
+        let advertise = format!("http://{}", relays[1]);
+        let server = Server::start_with(
+            &site.data,
+            &[
+                "--listen",
+                &control,
+                "--transfer-listen",
+                &transfer,
+                "--advertise-transfer",
+                &advertise,
+            ],
+        );
+        // The URL `update start` cached, now through the link.
+        std::fs::write(
+            terminal.state.join("server-url"),
+            format!("http://{}\n", relays[0]),
+        )
+        .expect("server-url");
+        (server, Some(counters))
+    } else {
+        (server, None)
+    };
+    if let Some(counters) = &link {
+        counters.reset();
+    }
     let server_pid = server.pid();
     let _ = Command::new("sync").status();
     let (cpu_before, _) = proc_usage(server_pid);
@@ -347,15 +323,20 @@ fn main() {
     let _ = std::fs::remove_file(&exported);
     server.stop();
 
+    let trace = link
+        .as_ref()
+        .map(|c| link::trace_summary(&c.upload_trace()));
     let rsync = Rsync::start(dir.path());
-    let rsync_port = match args.link_mbit {
-        Some(mbit) => runtime
-            .block_on(shaping_proxy(
-                SocketAddr::from(([127, 0, 0, 1], rsync.port)),
-                mbit,
-            ))
-            .port(),
-        None => rsync.port,
+    let rsync_port = if emulated {
+        link::link(
+            &runtime,
+            &[SocketAddr::from(([127, 0, 0, 1], rsync.port))],
+            spec,
+        )
+        .0[0]
+            .port()
+    } else {
+        rsync.port
     };
     let (rsync_z_wall, rsync_z_sent) = rsync.run(&pair.base, &pair.updated, rsync_port, true);
     let (rsync_wall, rsync_sent) = rsync.run(&pair.base, &pair.updated, rsync_port, false);
@@ -369,8 +350,11 @@ fn main() {
         args.block_size >> 10,
         mb(changed),
         args.change,
-        args.link_mbit
-            .map_or("loopback".to_owned(), |m| format!("{m} Mbit/s"))
+        if emulated {
+            format!("emulated, {}", spec.describe())
+        } else {
+            "loopback".to_owned()
+        }
     );
     println!(
         "| tool | wall time | on the wire | image MB/s | changes MB/s | vs ideal | CPU s (client / server) | peak RSS MiB (client / server) |"
@@ -395,6 +379,13 @@ fn main() {
     );
     row("rsync -z zstd", rsync_z_wall, rsync_z_sent, "-", "-");
     row("rsync", rsync_wall, rsync_sent, "-", "-");
+    if let Some((first, idle)) = trace {
+        println!(
+            "hotate on the link: first byte to the transfer port {:.2} s after the finish started, link idle {:.2} s mid-stream (10 ms steps without a byte)",
+            first.as_secs_f64(),
+            idle.as_secs_f64()
+        );
+    }
     println!(
         "hotate wall time = {:.0}% of rsync-with-zstd's; bytes on the wire = {:.0}% of its; export verified: {verified}",
         100.0 * client.wall.as_secs_f64() / rsync_z_wall.as_secs_f64(),
