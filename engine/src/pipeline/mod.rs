@@ -414,26 +414,25 @@ async fn offer_stage<S: ChunkSink>(
         .max(1);
     let mut bad_index = None;
     {
+        // Blocks equal to the parent leave at once (and free their place in the window),
+        // so a batch holds `batch_cap` changed blocks however much disk lies between.
         let changed_batches = ReceiverStream::new(input)
-            .ready_chunks(batch_cap)
-            .map(|batch| {
-                let mut changed = Vec::with_capacity(batch.len());
-                for block in batch {
-                    if parent.get(block.index) == Some(block.entry) {
-                        Progress::add(&progress.blocks_skipped, 1);
-                        Progress::add(&progress.bytes_done, block.len);
-                    } else {
-                        if let Err(e) = manifest.set(block.index, block.entry) {
-                            bad_index.get_or_insert(e);
-                        }
-                        Progress::add(&progress.blocks_changed, 1);
-                        Progress::add(&progress.bytes_changed, block.len);
-                        changed.push(block);
+            .filter_map(|block| {
+                let changed = if parent.get(block.index) == Some(block.entry) {
+                    Progress::add(&progress.blocks_skipped, 1);
+                    Progress::add(&progress.bytes_done, block.len);
+                    None
+                } else {
+                    if let Err(e) = manifest.set(block.index, block.entry) {
+                        bad_index.get_or_insert(e);
                     }
-                }
-                changed
+                    Progress::add(&progress.blocks_changed, 1);
+                    Progress::add(&progress.bytes_changed, block.len);
+                    Some(block)
+                };
+                std::future::ready(changed)
             })
-            .filter(|changed| std::future::ready(!changed.is_empty()))
+            .ready_chunks(batch_cap)
             // Several batches wait for their answers at once, hiding the round trip.
             .map(|changed| async move {
                 let offers = changed

@@ -389,3 +389,56 @@ async fn a_store_sink_never_starves_a_small_window_of_incompressible_blocks() {
         .unwrap();
     assert_eq!(export(&outcome.manifest, &*store), data);
 }
+
+/// Records the blocks of each offer batch, answering each after a pause (a round trip).
+#[derive(Default)]
+struct SlowOfferSink {
+    batches: Mutex<Vec<Vec<u64>>>,
+}
+
+impl ChunkSink for SlowOfferSink {
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        self.batches
+            .lock()
+            .unwrap()
+            .push(offers.iter().map(|o| o.index).collect());
+        Ok(Vec::new())
+    }
+
+    async fn put(&self, _chunk: Outgoing) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_batch_holds_changed_blocks_however_far_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = pattern(TEST_BLOCK * 64, 9);
+    let store = Arc::new(MemoryStore::new());
+    let parent = import(write_image(&dir, "base", &base), &store)
+        .await
+        .manifest;
+    // Every eighth block changed; a window of 16 blocks makes batches of 2.
+    let mut updated = base.clone();
+    for block in (0..64).step_by(8) {
+        updated[block * TEST_BLOCK] ^= 0xff;
+    }
+    let config = PipelineConfig {
+        window: TEST_BLOCK * 16,
+        ..PipelineConfig::default()
+    };
+    let sink = SlowOfferSink::default();
+    let source = write_image(&dir, "updated", &updated);
+    run(source, &parent, &sink, &config, &Progress::default())
+        .await
+        .unwrap();
+    let batches = sink.batches.into_inner().unwrap();
+    let offered: Vec<u64> = batches.iter().flatten().copied().collect();
+    assert_eq!(offered, (0..64).step_by(8).collect::<Vec<u64>>());
+    // Unchanged blocks between do not take a batch's places: a batch spans 8 blocks.
+    assert!(
+        batches.iter().any(|b| b.len() == 2 && b[1] - b[0] == 8),
+        "{batches:?}"
+    );
+}
