@@ -10,7 +10,8 @@
 //! `--link-rate` and `--rtt` put the link emulator ([`hotate_benches::link`]: a rate cap and
 //! half the RTT of delay in each direction) in front of both of Hotate's ports and rsync's,
 //! and report each time against the ideal bytes / rate, with Hotate's time to its first
-//! data byte and the time its upload left the link idle mid-stream.
+//! data byte and the time its upload left the link idle mid-stream (`HOTATE_TRACE=1`
+//! prints the upload per 100 ms).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -323,9 +324,18 @@ fn main() {
     let _ = std::fs::remove_file(&exported);
     server.stop();
 
-    let trace = link
-        .as_ref()
-        .map(|c| link::trace_summary(&c.upload_trace()));
+    let trace = link.as_ref().map(|c| {
+        let steps = c.upload_trace();
+        if std::env::var_os("HOTATE_TRACE").is_some() {
+            // KB delivered per 100 ms, to see where the link idles.
+            let per_tenth: Vec<String> = steps
+                .chunks(10)
+                .map(|c| (c.iter().sum::<u64>() / 1000).to_string())
+                .collect();
+            eprintln!("upload KB per 100 ms: {}", per_tenth.join(" "));
+        }
+        link::trace_summary(&steps)
+    });
     let rsync = Rsync::start(dir.path());
     let rsync_port = if emulated {
         link::link(
