@@ -435,6 +435,7 @@ pub async fn upload(
         top_layer_only: trust_top_layer(plan, &parent, lang).await?,
         ..PipelineConfig::default()
     };
+    tracing::debug!(elapsed = ?started.elapsed(), top_layer_only = config.top_layer_only, "image checked");
     let outcome = pipeline::run(plan.image.clone(), &parent, &sink, &config, progress)
         .await
         .map_err(|e| match e {
