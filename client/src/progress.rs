@@ -66,7 +66,8 @@ impl Reporter {
             println!("{}", lang.percent(0, "0", &mb(total)));
             loop {
                 tokio::time::sleep(interval).await;
-                let done = progress.snapshot().bytes_done.min(total);
+                // Sent chunks count once the server confirms it stored them.
+                let done = progress.settled().min(total);
                 let now = Instant::now();
                 samples.push_back((now, done));
                 while samples.len() > 2 && now - samples[0].0 > Duration::from_secs(10) {

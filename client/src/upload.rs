@@ -222,14 +222,48 @@ fn check_layers_unchanged(plan: &UploadPlan<'_>, lang: crate::i18n::Lang) -> any
 }
 
 /// Routes server replies to whoever waits for them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Replies {
     needs: Mutex<HashMap<u64, oneshot::Sender<Vec<Need>>>>,
     committed: Mutex<Option<oneshot::Sender<String>>>,
     failure: Mutex<Option<Status>>,
+    /// Block bytes of each chunk sent and not yet acknowledged stored.
+    unconfirmed: Mutex<HashMap<Hash, u64>>,
+    progress: Arc<Progress>,
 }
 
 impl Replies {
+    fn new(progress: Arc<Progress>) -> Self {
+        Self {
+            needs: Mutex::default(),
+            committed: Mutex::default(),
+            failure: Mutex::default(),
+            unconfirmed: Mutex::default(),
+            progress,
+        }
+    }
+
+    /// A chunk of a `len`-byte block is on its way.
+    fn sent(&self, hash: Hash, len: u64) {
+        let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
+        if unconfirmed.insert(hash, len).is_none() {
+            self.progress.handed_over(len);
+        }
+    }
+
+    /// The server stored these chunks.
+    fn stored(&self, hashes: &[bytes::Bytes]) {
+        let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
+        for hash in hashes
+            .iter()
+            .filter_map(|h| hotate_proto::parse_hash(h).ok())
+        {
+            if let Some(len) = unconfirmed.remove(&hash) {
+                self.progress.confirmed(len);
+            }
+        }
+    }
+
     fn fail(&self, status: Status) {
         self.failure
             .lock()
@@ -278,7 +312,8 @@ impl Replies {
                         return;
                     }
                     // Acknowledgements matter to the server's resume, not to this run.
-                    upload_reply::Kind::Stored(_) | upload_reply::Kind::Opened(_) => {}
+                    upload_reply::Kind::Stored(stored) => self.stored(&stored.hashes),
+                    upload_reply::Kind::Opened(_) => {}
                 },
                 Ok(Some(_)) => {}
                 Ok(None) => return self.fail(Status::unavailable("the server closed the upload")),
@@ -356,6 +391,7 @@ impl ChunkSink for NetworkSink {
         if let Some(pacer) = &self.pacer {
             pacer.pace(chunk.encoded_len() as u64).await;
         }
+        self.replies.sent(chunk.hash(), chunk.block_len() as u64);
         self.send(upload_request::Kind::Chunk(pb::Chunk::from(&chunk)))
             .await
     }
@@ -369,7 +405,7 @@ impl ChunkSink for NetworkSink {
 pub async fn upload(
     session: &Session,
     plan: &UploadPlan<'_>,
-    progress: &Progress,
+    progress: &Arc<Progress>,
     on_open: impl FnOnce(u64),
 ) -> anyhow::Result<Uploaded> {
     let started = Instant::now();
@@ -416,7 +452,7 @@ pub async fn upload(
         Some(Err(status)) => return Err(explain(&status, lang, url)),
         _ => return Err(Failed("the server did not open the upload".into()).into()),
     }
-    let replies = Arc::new(Replies::default());
+    let replies = Arc::new(Replies::new(progress.clone()));
     let (committed_tx, committed_rx) = oneshot::channel();
     *replies.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed_tx);
     let router = tokio::spawn(replies.clone().route(stream));
@@ -467,4 +503,32 @@ pub async fn upload(
         bytes_sent: outcome.progress.bytes_sent,
         elapsed: started.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_counts_a_sent_chunk_once_the_server_stored_it() {
+        let progress = Arc::new(Progress::default());
+        let replies = Replies::new(progress.clone());
+        let (a, b) = (Hash::of(b"a"), Hash::of(b"b"));
+        // The pipeline counts both blocks done as it hands them over.
+        progress.bytes_done.fetch_add(3 << 20, Ordering::Relaxed);
+        replies.sent(a, 1 << 20);
+        replies.sent(b, 2 << 20);
+        assert_eq!(progress.settled(), 0);
+        let stored = |hashes: &[Hash]| {
+            let wire: Vec<bytes::Bytes> = hashes.iter().map(hotate_proto::hash_bytes).collect();
+            replies.stored(&wire);
+        };
+        stored(&[b]);
+        assert_eq!(progress.settled(), 2 << 20);
+        // A repeated or unknown acknowledgement changes nothing.
+        stored(&[b, Hash::of(b"c")]);
+        assert_eq!(progress.settled(), 2 << 20);
+        stored(&[a]);
+        assert_eq!(progress.settled(), 3 << 20);
+    }
 }

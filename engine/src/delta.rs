@@ -189,7 +189,12 @@ pub enum Incoming {
 #[derive(Debug, Clone)]
 pub enum Outgoing {
     Whole(VerifiedChunk),
-    Delta { hash: Hash, delta: Delta },
+    /// The pages of a block of `len` bytes that differ from a base.
+    Delta {
+        hash: Hash,
+        len: usize,
+        delta: Delta,
+    },
 }
 
 impl Outgoing {
@@ -198,6 +203,14 @@ impl Outgoing {
         match self {
             Self::Whole(chunk) => chunk.hash(),
             Self::Delta { hash, .. } => *hash,
+        }
+    }
+
+    /// Bytes of the block this carries.
+    pub fn block_len(&self) -> usize {
+        match self {
+            Self::Whole(chunk) => chunk.len(),
+            Self::Delta { len, .. } => *len,
         }
     }
 

@@ -208,7 +208,7 @@ mod tests {
             prop_assert_eq!(&got, &base);
             let new = Bytes::from(new);
             let delta = Delta::encode(&new, &got, 3).expect("one page changed");
-            let sent = Outgoing::Delta { hash: Hash::of(&new), delta };
+            let sent = Outgoing::Delta { hash: Hash::of(&new), len: new.len(), delta };
             let Ok(Incoming::Delta(back)) = Incoming::try_from(pb::Chunk::from(&sent)) else {
                 panic!("a delta arrives as a delta");
             };

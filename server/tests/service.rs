@@ -383,6 +383,7 @@ async fn upload(
                             || Outgoing::Whole(VerifiedChunk::seal(block.clone(), 1)),
                             |delta| Outgoing::Delta {
                                 hash: need.hash,
+                                len: block.len(),
                                 delta,
                             },
                         );

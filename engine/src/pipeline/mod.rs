@@ -499,7 +499,11 @@ async fn compress_stage<S: ChunkSink>(
                 base.and_then(|base| Delta::encode(&data, &base, level))
                     .map_or_else(
                         || Outgoing::Whole(VerifiedChunk::from_hashed(hash, data, level)),
-                        |delta| Outgoing::Delta { hash, delta },
+                        |delta| Outgoing::Delta {
+                            hash,
+                            len: len as usize,
+                            delta,
+                        },
                     )
             })
             .await?;

@@ -22,6 +22,11 @@ pub struct Progress {
     pub bytes_sent: AtomicU64,
     /// Chunks handed to the sink.
     pub chunks_sent: AtomicU64,
+    /// Bytes of blocks handed to the sink that its far end has not yet confirmed stored
+    /// (a network sink counts them, see [`Progress::handed_over`]): a progress display
+    /// shows [`Progress::settled`], so it reaches 100% when the server has everything,
+    /// not when the last chunk is queued.
+    pub bytes_unconfirmed: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -53,5 +58,24 @@ impl Progress {
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    /// A sink took `n` bytes of blocks that its far end has yet to confirm.
+    pub fn handed_over(&self, n: u64) {
+        self.bytes_unconfirmed.fetch_add(n, Relaxed);
+    }
+
+    /// The far end confirmed `n` bytes handed over before.
+    pub fn confirmed(&self, n: u64) {
+        let _ = self
+            .bytes_unconfirmed
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+
+    /// Bytes done and, where the sink confirms, confirmed.
+    pub fn settled(&self) -> u64 {
+        self.bytes_done
+            .load(Relaxed)
+            .saturating_sub(self.bytes_unconfirmed.load(Relaxed))
     }
 }

@@ -257,10 +257,11 @@ async fn a_block_with_an_offered_base_travels_as_its_changed_pages() {
     .await
     .unwrap();
     let sent = sink.sent.lock().unwrap();
-    let Outgoing::Delta { hash, delta } = &sent[0] else {
+    let Outgoing::Delta { hash, len, delta } = &sent[0] else {
         panic!("block 0 keeps 15 of its 16 pages: a delta");
     };
     assert_eq!(*hash, Hash::of(new(0)));
+    assert_eq!(*len, TEST_BLOCK);
     assert_eq!(delta.base, Hash::of(old(0)));
     assert_eq!(
         delta.pages.decode(TEST_BLOCK).unwrap().len(),
