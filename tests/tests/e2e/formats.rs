@@ -50,35 +50,40 @@ fn as_raw(image: &Path, out: &Path) -> Vec<u8> {
     std::fs::read(out).expect("raw")
 }
 
-#[test]
-fn a_qcow2_overlay_on_the_terminal_uploads_what_qemu_reads() {
-    let s = setup(8 << 20, 41);
-    let overlay = s.dir.path().join("overlay.qcow2");
+/// A qcow2 overlay `name` in `dir` on the raw image `backing` (named relative to it), with
+/// qemu-io's `writes` applied.
+fn qcow2_overlay(dir: &Path, name: &str, backing: &str, writes: &[String]) -> PathBuf {
+    let overlay = dir.join(name);
+    let path = overlay.to_str().expect("path");
     qemu(
         "qemu-img",
         &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.img",
-            "-F",
-            "raw",
-            overlay.to_str().expect("path"),
+            "create", "-q", "-f", "qcow2", "-b", backing, "-F", "raw", path,
         ],
     );
-    let mut commands = Vec::new();
-    for (i, offset) in [65536u64, 1 << 20, 3_000_000, 7 << 20].iter().enumerate() {
-        commands.push(format!("write -P {} {offset} 20k", 0x30 + i));
-    }
-    commands.push("write -z 2M 128k".to_owned());
-    let mut args: Vec<&str> = Vec::new();
-    for c in &commands {
-        args.extend(["-c", c]);
-    }
-    args.push(overlay.to_str().expect("path"));
+    let mut args: Vec<&str> = writes.iter().flat_map(|c| ["-c", c.as_str()]).collect();
+    args.push(path);
     qemu("qemu-io", &args);
+    overlay
+}
+
+/// How many versions the test disk has.
+fn version_count(s: &Setup) -> Option<usize> {
+    admin_json(&s.site.data, &["disk", "versions", "win10"])
+        .as_array()
+        .map(Vec::len)
+}
+
+#[test]
+fn a_qcow2_overlay_on_the_terminal_uploads_what_qemu_reads() {
+    let s = setup(8 << 20, 41);
+    let mut writes: Vec<String> = [65536u64, 1 << 20, 3_000_000, 7 << 20]
+        .iter()
+        .enumerate()
+        .map(|(i, offset)| format!("write -P {} {offset} 20k", 0x30 + i))
+        .collect();
+    writes.push("write -z 2M 128k".to_owned());
+    let overlay = qcow2_overlay(s.dir.path(), "overlay.qcow2", "base.img", &writes);
     let expected = as_raw(&overlay, &s.dir.path().join("expected.raw"));
 
     for format in ["qcow2", "auto"] {
@@ -156,24 +161,11 @@ fn disk_import_reads_qcow2_vhdx_and_vhd_images() {
 fn an_overlay_over_another_image_than_the_booted_version_is_refused() {
     let s = setup(4 << 20, 43);
     // The overlay sits on the updated image, not on the base the terminal booted.
-    let overlay = s.dir.path().join("astray.qcow2");
-    qemu(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "updated.img",
-            "-F",
-            "raw",
-            overlay.to_str().expect("path"),
-        ],
-    );
-    qemu(
-        "qemu-io",
-        &["-c", "write -P 7 0 4k", overlay.to_str().expect("path")],
+    let overlay = qcow2_overlay(
+        s.dir.path(),
+        "astray.qcow2",
+        "updated.img",
+        &["write -P 7 0 4k".to_owned()],
     );
     let t = Terminal::new(
         s.dir.path(),
@@ -191,12 +183,7 @@ fn an_overlay_over_another_image_than_the_booted_version_is_refused() {
         "{}",
         text(&refused)
     );
-    assert_eq!(
-        admin_json(&s.site.data, &["disk", "versions", "win10"])
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(version_count(&s), Some(1));
 }
 
 #[test]
@@ -419,15 +406,12 @@ fn versions_export_as_vhdx_whole_or_as_a_differencing_child_of_the_previous_one(
 #[test]
 fn an_overlay_whose_parent_changed_after_update_start_is_refused_until_put_back() {
     let s = setup(4 << 20, 44);
-    let overlay = s.dir.path().join("overlay.qcow2");
-    let overlay_s = overlay.to_str().expect("path");
-    qemu(
-        "qemu-img",
-        &[
-            "create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "raw", overlay_s,
-        ],
+    let overlay = qcow2_overlay(
+        s.dir.path(),
+        "overlay.qcow2",
+        "base.img",
+        &["write -P 9 3M 1M".to_owned()],
     );
-    qemu("qemu-io", &["-c", "write -P 9 3M 1M", overlay_s]);
     let t = Terminal::new(
         s.dir.path(),
         "PC-010",
@@ -457,12 +441,7 @@ fn an_overlay_whose_parent_changed_after_update_start_is_refused_until_put_back(
         "{}",
         text(&refused)
     );
-    assert_eq!(
-        admin_json(&s.site.data, &["disk", "versions", "win10"])
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(version_count(&s), Some(1));
 
     // Put back, the finish goes through and the version reads as the overlay.
     std::fs::write(&s.pair.base, &parent).expect("write");
