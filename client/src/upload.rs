@@ -397,24 +397,18 @@ impl ChunkSink for NetworkSink {
     }
 }
 
-/// Uploads the image and commits the new version; `progress` is live for display, and
-/// `already` receives the bytes the server held when the stream opened.
-///
-/// # Errors
-/// When the image cannot be read, the connection fails, or the server refuses.
-pub async fn upload(
+/// Opens the upload stream (waiting while the server is at its upload limit); returns
+/// its request queue, its replies after `Opened`, and the bytes the server already holds.
+async fn open_stream(
     session: &Session,
+    transfer: &mut pb::transfer_client::TransferClient<tonic::transport::Channel>,
     plan: &UploadPlan<'_>,
-    progress: &Arc<Progress>,
-    on_open: impl FnOnce(u64),
-) -> anyhow::Result<Uploaded> {
-    let started = Instant::now();
-    let lang = session.lang;
-    let url = &plan.transfer_url;
-    let mut transfer = session.transfer(url, plan.ca).await?;
-    let parent = base_manifest(session, &mut transfer, plan).await?;
-    tracing::debug!(elapsed = ?started.elapsed(), blocks = parent.len(), "base manifest fetched");
-
+) -> anyhow::Result<(
+    mpsc::Sender<pb::UploadRequest>,
+    tonic::Streaming<pb::UploadReply>,
+    u64,
+)> {
+    let (lang, url) = (session.lang, &plan.transfer_url);
     // A server at its upload limit says so; wait and retry, growing the wait.
     let mut wait = BUSY_FIRST_WAIT;
     let busy_until = Instant::now() + BUSY_GIVE_UP;
@@ -448,10 +442,35 @@ pub async fn upload(
     match stream.next().await {
         Some(Ok(pb::UploadReply {
             kind: Some(upload_reply::Kind::Opened(opened)),
-        })) => on_open(opened.bytes_stored),
-        Some(Err(status)) => return Err(explain(&status, lang, url)),
-        _ => return Err(Failed("the server did not open the upload".into()).into()),
+        })) => Ok((requests, stream, opened.bytes_stored)),
+        Some(Err(status)) => Err(explain(&status, lang, url)),
+        _ => Err(Failed("the server did not open the upload".into()).into()),
     }
+}
+
+/// Uploads the image and commits the new version; `progress` is live for display, and
+/// `already` receives the bytes the server held when the stream opened.
+///
+/// # Errors
+/// When the image cannot be read, the connection fails, or the server refuses.
+pub async fn upload(
+    session: &Session,
+    plan: &UploadPlan<'_>,
+    progress: &Arc<Progress>,
+    on_open: impl FnOnce(u64),
+) -> anyhow::Result<Uploaded> {
+    let started = Instant::now();
+    let lang = session.lang;
+    let url = &plan.transfer_url;
+    let mut transfer = session.transfer(url, plan.ca).await?;
+    // The base manifest downloads while the upload stream opens: one round trip less.
+    let mut manifest_client = transfer.clone();
+    let (parent, (requests, stream, already)) = tokio::try_join!(
+        base_manifest(session, &mut manifest_client, plan),
+        open_stream(session, &mut transfer, plan),
+    )?;
+    tracing::debug!(elapsed = ?started.elapsed(), blocks = parent.len(), "base manifest fetched, stream open");
+    on_open(already);
     let replies = Arc::new(Replies::new(progress.clone()));
     let (committed_tx, committed_rx) = oneshot::channel();
     *replies.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed_tx);
