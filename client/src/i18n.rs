@@ -199,6 +199,47 @@ impl Lang {
             format!("差分ディスクの変更部分のみを読み込みます: {disk} MB 中 {top} MB。"),
         )
     }
+    pub fn image_unopenable(self, path: &str, cause: &str) -> String {
+        self.pick(
+            format!("Cannot open the differential disk {path}: {cause}"),
+            format!("差分ディスク {path} を開けません: {cause}"),
+        )
+    }
+    pub fn image_wrong_size(self, path: &str, size: u64, disk: u64) -> String {
+        let truncated = size < disk;
+        self.pick(
+            format!(
+                "The differential disk {path} is {size} bytes but the disk is {disk} bytes{}.",
+                if truncated { " (truncated?)" } else { "" }
+            ),
+            format!(
+                "差分ディスク {path} は {size} バイトですが、ディスクは {disk} バイトです{}。",
+                if truncated {
+                    " (途中で切れていませんか?)"
+                } else {
+                    ""
+                }
+            ),
+        )
+    }
+    pub fn image_unreadable(self, path: &str, cause: &str) -> String {
+        self.pick(
+            format!("Reading the differential disk {path} failed: {cause}"),
+            format!("差分ディスク {path} の読み込みに失敗しました: {cause}"),
+        )
+    }
+    pub fn bad_base_manifest(self, cause: &str) -> String {
+        self.pick(
+            format!("The base version's manifest from the server is damaged: {cause}. Run `update finish` again."),
+            format!("サーバーから受け取った元のバージョンのマニフェストが壊れています: {cause}。再度 `update finish` を実行してください。"),
+        )
+    }
+    pub fn upload_not_opened(self) -> String {
+        self.pick(
+            "The server did not open the upload. Run `update finish` again.",
+            "サーバーがアップロードを開始しませんでした。再度 `update finish` を実行してください。",
+        )
+    }
     pub fn layers_recorded(self, count: usize) -> String {
         self.pick(
             format!("Recorded the {count} image(s) below the overlay; `update finish` checks they stay unchanged."),

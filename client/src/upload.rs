@@ -84,29 +84,26 @@ pub fn open_image(
     format: &str,
     parent: Option<&Path>,
     disk_size: u64,
+    lang: crate::i18n::Lang,
 ) -> anyhow::Result<Arc<dyn ImageSource>> {
+    let shown = path.display().to_string();
     let image = Format::parse(format)
         .and_then(|format| source::open(path, format, parent))
-        .map_err(|e| {
-            UsageError(format!(
-                "cannot open the differential disk {}: {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| UsageError(lang.image_unopenable(&shown, &e.to_string())))?;
     let size = image.size();
     if size != disk_size {
-        return Err(UsageError(format!(
-            "the differential disk {} is {size} bytes but the disk is {disk_size} bytes{}",
-            path.display(),
-            if size < disk_size {
-                " (truncated?)"
-            } else {
-                ""
-            }
-        ))
-        .into());
+        return Err(UsageError(lang.image_wrong_size(&shown, size, disk_size)).into());
     }
     Ok(image)
+}
+
+/// A failure reading the image, in the user's language.
+fn unreadable(
+    plan: &UploadPlan<'_>,
+    lang: crate::i18n::Lang,
+    cause: impl std::fmt::Display,
+) -> Failed {
+    Failed(lang.image_unreadable(&plan.image_path.display().to_string(), &cause.to_string()))
 }
 
 /// Downloads the base version's manifest and checks it against its root.
@@ -136,11 +133,14 @@ pub async fn base_manifest(
         bytes.extend_from_slice(&part.data);
     }
     let manifest = Manifest::decode(&bytes)
-        .map_err(|e| Failed(format!("the base manifest is damaged: {e}")))?;
+        .map_err(|e| Failed(session.lang.bad_base_manifest(&e.to_string())))?;
     if manifest.root() != plan.base_root || manifest.disk_size() != plan.disk_size {
-        return Err(
-            Failed("the base manifest does not match the base version's root".into()).into(),
-        );
+        return Err(Failed(
+            session
+                .lang
+                .bad_base_manifest("it does not match the base version's root"),
+        )
+        .into());
     }
     Ok(manifest)
 }
@@ -159,9 +159,7 @@ async fn trust_top_layer(
 ) -> anyhow::Result<bool> {
     let touched = match plan.image.top_layer_extents() {
         None => return Ok(false),
-        Some(extents) => {
-            extents.map_err(|e| Failed(format!("reading {}: {e}", plan.image_path.display())))?
-        }
+        Some(extents) => extents.map_err(|e| unreadable(plan, lang, e))?,
     };
     let top: u64 = touched.iter().map(|r| r.end - r.start).sum();
     check_layers_unchanged(plan, lang)?;
@@ -171,7 +169,7 @@ async fn trust_top_layer(
         pipeline::check_layers_below(image.as_ref(), &base, &touched, BASE_SAMPLES)
     })
     .await?
-    .map_err(|e| Failed(format!("reading {}: {e}", plan.image_path.display())))?;
+    .map_err(|e| unreadable(plan, lang, e))?;
     if let Some(index) = differs {
         return Err(UsageError(lang.overlay_not_on_base(
             &plan.image_path.display().to_string(),
@@ -196,7 +194,7 @@ fn check_layers_unchanged(plan: &UploadPlan<'_>, lang: crate::i18n::Lang) -> any
         return Ok(());
     }
     let now: Vec<String> = source::layers_below(plan.image.as_ref())
-        .map_err(|e| Failed(format!("reading {}: {e}", plan.image_path.display())))?
+        .map_err(|e| unreadable(plan, lang, e))?
         .iter()
         .map(ToString::to_string)
         .collect();
@@ -444,7 +442,7 @@ async fn open_stream(
             kind: Some(upload_reply::Kind::Opened(opened)),
         })) => Ok((requests, stream, opened.bytes_stored)),
         Some(Err(status)) => Err(explain(&status, lang, url)),
-        _ => Err(Failed("the server did not open the upload".into()).into()),
+        _ => Err(Failed(lang.upload_not_opened()).into()),
     }
 }
 
@@ -498,7 +496,7 @@ pub async fn upload(
                 Ok(failed) => explain_stream(&failed.0, lang, url),
                 Err(other) => anyhow::anyhow!(other),
             },
-            other => Failed(format!("reading {}: {other}", plan.image_path.display())).into(),
+            other => unreadable(plan, lang, other).into(),
         })?;
     tracing::debug!(elapsed = ?started.elapsed(), progress = ?outcome.progress, "pipeline done");
     let finish = upload_request::Kind::Finish(pb::Finish {

@@ -421,6 +421,13 @@ fn a_missing_or_short_image_is_refused_and_nothing_is_lost() {
     let short = s.terminal.run(&["update", "finish"]);
     assert_eq!(short.status.code(), Some(2));
     assert!(text(&short).contains("(truncated?)"), "{}", text(&short));
+    let short_ja = s.terminal.run(&["--lang", "ja", "update", "finish"]);
+    assert_eq!(short_ja.status.code(), Some(2));
+    assert!(
+        text(&short_ja).contains("(途中で切れていませんか?)"),
+        "{}",
+        text(&short_ja)
+    );
 
     // The update is still in progress; with the image back, finish works.
     assert_eq!(s.terminal.write_cache(), "non-restore");

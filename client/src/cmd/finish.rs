@@ -84,6 +84,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         &terminal.format,
         terminal.parent.as_deref(),
         begun.disk_size,
+        lang,
     )?;
     let plan = UploadPlan {
         upload_id: begun.upload_id,
