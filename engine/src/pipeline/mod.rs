@@ -4,11 +4,14 @@
 //!
 //! Three stages run concurrently in the caller's task, joined by bounded channels:
 //! reading (one read per span of blocks, at least 1 MiB, then hashing, on the blocking
-//! pool, `read_ahead` spans in flight), offering (batches of changed blocks, several
+//! pool, `read_ahead` spans in flight), offering (batches of changed blocks, many
 //! awaiting the sink's "need" at once to hide round trips), and compressing
 //! (`compress_jobs` on the blocking pool) into the sink. Every span held in memory is a
 //! lease from a pool of `window / span` buffers, so memory stays within the window
-//! whatever the image size. No CPU work runs on the async executor.
+//! (plus a block per compress job) whatever the image size. Changed blocks awaiting
+//! their answer keep their content within half the window; past it they let it go and
+//! are read again if needed, so the offers in flight are not bounded by memory.
+//! No CPU work runs on the async executor.
 
 mod buffers;
 mod progress;
@@ -16,6 +19,7 @@ mod sink;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -40,7 +44,10 @@ const READ_SPAN: usize = 1 << 20;
 
 /// Offer batches awaiting the sink's answer at once, so a network round trip does not
 /// stall the pipeline.
-const OFFERS_IN_FLIGHT: usize = 4;
+const OFFERS_IN_FLIGHT: usize = 16;
+
+/// Most changed blocks in one offer batch.
+const OFFER_BATCH: usize = 64;
 
 /// Settings of one pipeline run.
 #[derive(Debug, Clone)]
@@ -93,6 +100,10 @@ pub enum PipelineError {
     SizeMismatch { image: u64, disk: u64 },
     #[error("reading the image at byte {offset}: {source}")]
     Read { offset: u64, source: std::io::Error },
+    #[error(
+        "the image changed while it was read: the block at byte {offset} differs on a second read"
+    )]
+    Changed { offset: u64 },
     #[error("probing the image for holes: {0}")]
     Extents(std::io::Error),
     #[error(transparent)]
@@ -148,6 +159,7 @@ pub async fn run<S: ChunkSink>(
     let (hashed_tx, hashed_rx) = mpsc::channel(window_blocks);
     let (needed_tx, needed_rx) = mpsc::channel(window_blocks);
 
+    let source_for_compress = source.clone();
     let read = read_stage(
         source, parent, geometry, config, buffers, progress, hashed_tx,
     );
@@ -160,7 +172,14 @@ pub async fn run<S: ChunkSink>(
         hashed_rx,
         needed_tx,
     );
-    let compress = compress_stage(sink, config, progress, needed_rx);
+    let compress = compress_stage(
+        source_for_compress,
+        geometry,
+        sink,
+        config,
+        progress,
+        needed_rx,
+    );
     let ((), manifest, ()) = tokio::try_join!(read, offer, compress)?;
     sink.flush().await.map_err(PipelineError::Sink)?;
     Ok(Outcome {
@@ -407,11 +426,12 @@ async fn offer_stage<S: ChunkSink>(
     out: mpsc::Sender<Hashed>,
 ) -> Result<Manifest, PipelineError> {
     let mut manifest = parent.clone();
-    // The batches in flight share half the window; the other half reads ahead meanwhile.
-    let batch_cap = config
-        .max_batch
-        .min(window_blocks / 2 / OFFERS_IN_FLIGHT)
-        .max(1);
+    let batch_cap = config.max_batch.clamp(1, OFFER_BATCH);
+    // Changed blocks awaiting their answer keep their content within half the window (the
+    // other half reads ahead meanwhile); beyond it they let it go, and a needed one is
+    // read again. So the offers in flight are bounded by count, not by memory.
+    let budget = window_blocks / 2;
+    let held = AtomicUsize::new(0);
     let mut bad_index = None;
     {
         // Blocks equal to the parent leave at once (and free their place in the window),
@@ -428,6 +448,14 @@ async fn offer_stage<S: ChunkSink>(
                     }
                     Progress::add(&progress.blocks_changed, 1);
                     Progress::add(&progress.bytes_changed, block.len);
+                    let mut block = block;
+                    if block.data.is_some() {
+                        if held.load(Relaxed) < budget {
+                            held.fetch_add(1, Relaxed);
+                        } else {
+                            block.data = None;
+                        }
+                    }
                     Some(block)
                 };
                 std::future::ready(changed)
@@ -452,6 +480,8 @@ async fn offer_stage<S: ChunkSink>(
             .buffered(OFFERS_IN_FLIGHT);
         futures::pin_mut!(changed_batches);
         while let Some((changed, mut needed)) = changed_batches.try_next().await? {
+            let holding = changed.iter().filter(|b| b.data.is_some()).count();
+            held.fetch_sub(holding, Relaxed);
             for mut block in changed {
                 // Each needed hash is sent once, by its first block.
                 let need = match block.entry {
@@ -477,8 +507,11 @@ async fn offer_stage<S: ChunkSink>(
 }
 
 /// Compresses the needed blocks (as page deltas where the sink offered a base) on the
-/// blocking pool and hands them to the sink in order.
+/// blocking pool and hands them to the sink in order; a block that let its content go
+/// while its offer was in flight is read again (and must hash as offered).
 async fn compress_stage<S: ChunkSink>(
+    source: Arc<dyn ImageSource>,
+    geometry: Geometry,
     sink: &S,
     config: &PipelineConfig,
     progress: &Progress,
@@ -490,24 +523,37 @@ async fn compress_stage<S: ChunkSink>(
             let Entry::Chunk(hash) = block.entry else {
                 return None;
             };
-            Some((hash, block.data?, block.base, block.len))
+            Some((hash, block.index, block.data, block.base, block.len))
         })
-        .map(|(hash, data, base, len)| async move {
-            // The raw block keeps its place in the window until the sink has the chunk.
-            let held = data.clone();
-            let chunk = tokio::task::spawn_blocking(move || {
-                base.and_then(|base| Delta::encode(&data, &base, level))
-                    .map_or_else(
-                        || Outgoing::Whole(VerifiedChunk::from_hashed(hash, data, level)),
-                        |delta| Outgoing::Delta {
-                            hash,
-                            len: len as usize,
-                            delta,
-                        },
-                    )
-            })
-            .await?;
-            Ok::<_, PipelineError>((chunk, held, len))
+        .map(|(hash, index, data, base, len)| {
+            let source = source.clone();
+            async move {
+                let reread = data.is_none();
+                let (chunk, held) = tokio::task::spawn_blocking(move || {
+                    let data = match data {
+                        Some(data) => data,
+                        None => read_again(source.as_ref(), geometry, index, hash)?,
+                    };
+                    // The raw block keeps its place in the window until the sink has it.
+                    let held = data.clone();
+                    let chunk = base
+                        .and_then(|base| Delta::encode(&data, &base, level))
+                        .map_or_else(
+                            || Outgoing::Whole(VerifiedChunk::from_hashed(hash, data, level)),
+                            |delta| Outgoing::Delta {
+                                hash,
+                                len: len as usize,
+                                delta,
+                            },
+                        );
+                    Ok::<_, PipelineError>((chunk, held))
+                })
+                .await??;
+                if reread {
+                    Progress::add(&progress.bytes_read, len);
+                }
+                Ok::<_, PipelineError>((chunk, held, len))
+            }
         })
         .buffered(config.compress_jobs.max(1))
         .try_for_each(|(chunk, held, len)| async move {
@@ -520,6 +566,38 @@ async fn compress_stage<S: ChunkSink>(
             Ok(())
         })
         .await
+}
+
+/// Reads block `index` again, for a needed block that let its content go while its
+/// offer was in flight; it must still hash as offered.
+fn read_again(
+    source: &dyn ImageSource,
+    geometry: Geometry,
+    index: u64,
+    hash: Hash,
+) -> Result<Bytes, PipelineError> {
+    let range = geometry.range(index);
+    let len = (range.end - range.start) as usize;
+    let read_error = |source| PipelineError::Read {
+        offset: range.start,
+        source,
+    };
+    let data = match source.map_at(range.start, len) {
+        Some(mapped) => mapped.map_err(read_error)?,
+        None => {
+            let mut buf = crate::direct_io::AlignedBuf::zeroed(len);
+            source
+                .read_at(range.start, len, &mut buf)
+                .map_err(read_error)?;
+            Bytes::copy_from_slice(&buf[..len])
+        }
+    };
+    if data.len() != len || Hash::of(&data) != hash {
+        return Err(PipelineError::Changed {
+            offset: range.start,
+        });
+    }
+    Ok(data)
 }
 
 #[cfg(test)]

@@ -342,13 +342,14 @@ impl ChunkSink for StuckSink {
 }
 
 #[tokio::test]
-async fn memory_stays_within_the_window() {
+async fn a_stuck_sink_stops_the_reading_within_the_offers_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let blocks = 200;
+    let blocks = 400;
     let source = write_image(&dir, "big", &pattern(TEST_BLOCK * blocks, 2));
     let parent = Manifest::zeroed(source.size(), block_size()).unwrap();
     let config = PipelineConfig {
         window: TEST_BLOCK * 16,
+        max_batch: 4,
         ..PipelineConfig::default()
     };
     let progress = Progress::default();
@@ -359,12 +360,97 @@ async fn memory_stays_within_the_window() {
         stalled.is_err(),
         "the pipeline cannot finish with a stuck sink"
     );
+    // Held content stays within the window (blocks past it let theirs go and are read
+    // again when needed); what is read ahead is bounded by the offers in flight, the
+    // channels and the spans read ahead, not by the image.
     let read = progress.snapshot().bytes_read;
+    let bound = OFFERS_IN_FLIGHT * 4 + 2 * 16 + config.read_ahead * 4 + config.compress_jobs + 4;
     assert!(read > 0);
     assert!(
-        read <= (TEST_BLOCK * 16) as u64,
-        "read {read} bytes past a 16-block window"
+        read <= (TEST_BLOCK * bound) as u64,
+        "read {read} bytes, past {bound} blocks"
     );
+}
+
+#[tokio::test]
+async fn needed_blocks_that_let_their_content_go_are_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = pattern(TEST_BLOCK * 64, 3);
+    let store = Arc::new(MemoryStore::new());
+    let parent = import(write_image(&dir, "base", &base), &store)
+        .await
+        .manifest;
+    let mut updated = base.clone();
+    for block in 0..64 {
+        updated[block * TEST_BLOCK + 7] ^= 0x5a;
+    }
+    // A window of 4 blocks holds 2 while offers are in flight: the rest are read again.
+    let config = PipelineConfig {
+        window: TEST_BLOCK * 4,
+        ..PipelineConfig::default()
+    };
+    let sink = StoreSink::new(store.clone());
+    let outcome = run(
+        write_image(&dir, "updated", &updated),
+        &parent,
+        &sink,
+        &config,
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(export(&outcome.manifest, store.as_ref()), updated);
+    // Some blocks were read again, none more than twice.
+    let read = outcome.progress.bytes_read;
+    assert!(read > updated.len() as u64, "{read}");
+    assert!(read <= 2 * updated.len() as u64, "{read}");
+}
+
+#[tokio::test]
+async fn an_image_that_changes_before_a_block_is_read_again_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = pattern(TEST_BLOCK * 64, 4);
+    let store = Arc::new(MemoryStore::new());
+    let parent = import(write_image(&dir, "base", &base), &store)
+        .await
+        .manifest;
+    let mut updated = base.clone();
+    for block in 0..64 {
+        updated[block * TEST_BLOCK + 9] ^= 0x33;
+    }
+    let path = dir.path().join("updated");
+    std::fs::write(&path, &updated).unwrap();
+    let source: Arc<dyn ImageSource> = Arc::new(RawImage::open(&path).unwrap());
+    /// Answers every offer after the image changed under the pipeline.
+    struct ChangingSink {
+        path: std::path::PathBuf,
+        inner: StoreSink<MemoryStore>,
+    }
+    impl ChunkSink for ChangingSink {
+        async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .unwrap();
+            crate::source::write_all_at(&file, &vec![0xee; TEST_BLOCK * 64], 0).unwrap();
+            self.inner.offer(offers).await
+        }
+        async fn put(&self, chunk: Outgoing) -> Result<(), SinkError> {
+            self.inner.put(chunk).await
+        }
+    }
+    let sink = ChangingSink {
+        path: path.clone(),
+        inner: StoreSink::new(store.clone()),
+    };
+    let config = PipelineConfig {
+        window: TEST_BLOCK * 4,
+        ..PipelineConfig::default()
+    };
+    let err = run(source, &parent, &sink, &config, &Progress::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PipelineError::Changed { .. }), "{err}");
 }
 
 #[tokio::test]
