@@ -199,6 +199,60 @@ impl Lang {
             format!("差分ディスクの変更部分のみを読み込みます: {disk} MB 中 {top} MB。"),
         )
     }
+    pub fn terminal_unreadable(self, path: &str, cause: &str) -> String {
+        self.pick(
+            format!("Cannot read {path}: {cause}. The boot environment writes it; see the README for its fields."),
+            format!("{path} を読み込めません: {cause}。ブート環境が書き込むファイルです。項目は README を参照してください。"),
+        )
+    }
+    pub fn file_malformed(self, path: &str, cause: &str) -> String {
+        self.pick(
+            format!("{path} is malformed: {cause}"),
+            format!("{path} の形式が正しくありません: {cause}"),
+        )
+    }
+    pub fn url_without_scheme(self, url: &str) -> String {
+        self.pick(
+            format!("The server URL {url:?} must start with https:// or http://."),
+            format!("サーバー URL {url:?} は https:// または http:// で始めてください。"),
+        )
+    }
+    pub fn url_without_host(self, url: &str) -> String {
+        self.pick(
+            format!("The server URL {url:?} has no host."),
+            format!("サーバー URL {url:?} にホスト名がありません。"),
+        )
+    }
+    pub fn url_malformed(self, url: &str, cause: &str) -> String {
+        self.pick(
+            format!("The server URL {url:?} is malformed: {cause}"),
+            format!("サーバー URL {url:?} の形式が正しくありません: {cause}"),
+        )
+    }
+    pub fn ca_unreadable(self, path: &str, cause: &str) -> String {
+        self.pick(
+            format!("Cannot read the CA file {path}: {cause}"),
+            format!("CA ファイル {path} を読み込めません: {cause}"),
+        )
+    }
+    pub fn url_missing(self) -> String {
+        self.pick(
+            "The server URL is missing: pass --url URL or set HOTATE_URL.",
+            "サーバー URL がありません: --url URL を指定するか HOTATE_URL を設定してください。",
+        )
+    }
+    pub fn user_missing(self) -> String {
+        self.pick(
+            "The user name is missing: pass --user NAME or set HOTATE_USER.",
+            "ユーザー名がありません: --user NAME を指定するか HOTATE_USER を設定してください。",
+        )
+    }
+    pub fn password_missing(self) -> String {
+        self.pick(
+            "The password is missing: set HOTATE_PASSWORD or pass --password-stdin.",
+            "パスワードがありません: HOTATE_PASSWORD を設定するか --password-stdin を指定してください。",
+        )
+    }
     pub fn image_unopenable(self, path: &str, cause: &str) -> String {
         self.pick(
             format!("Cannot open the differential disk {path}: {cause}"),

@@ -33,14 +33,10 @@ pub fn interactive() -> bool {
 /// Prints `label` and reads one line from the terminal.
 ///
 /// # Errors
-/// A usage error naming `how` when there is no terminal to ask.
-pub fn ask(label: &str, how: &str) -> anyhow::Result<String> {
+/// A usage error saying `missing` when there is no terminal to ask.
+pub fn ask(label: &str, missing: &str) -> anyhow::Result<String> {
     if !interactive() {
-        return Err(UsageError(format!(
-            "{} is missing: {how}",
-            label.trim_end_matches([':', ' '])
-        ))
-        .into());
+        return Err(UsageError(missing.to_owned()).into());
     }
     print!("{label}");
     std::io::stdout().flush()?;
@@ -60,28 +56,24 @@ pub fn server_url(state: &StateDir, inputs: &Inputs, lang: Lang) -> anyhow::Resu
             if interactive() {
                 println!("{}", lang.url_prompt());
             }
-            ask(&lang.url_label(), "pass --url URL or set HOTATE_URL")?
+            ask(&lang.url_label(), &lang.url_missing())?
         }
     };
     let url = url.trim().trim_end_matches('/').to_owned();
-    check_url(&url)?;
+    check_url(&url, lang)?;
     if state.url().as_deref() != Some(&url) {
         state.save_url(&url)?;
     }
     Ok(url)
 }
 
-fn check_url(url: &str) -> Result<(), UsageError> {
+fn check_url(url: &str, lang: Lang) -> Result<(), UsageError> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| {
-            UsageError(format!(
-                "server URL {url:?} must start with https:// or http://"
-            ))
-        })?;
+        .ok_or_else(|| UsageError(lang.url_without_scheme(url)))?;
     if rest.is_empty() || rest.contains(char::is_whitespace) {
-        return Err(UsageError(format!("server URL {url:?} has no host")));
+        return Err(UsageError(lang.url_without_host(url)));
     }
     Ok(())
 }
@@ -93,7 +85,7 @@ fn check_url(url: &str) -> Result<(), UsageError> {
 pub fn credentials(inputs: &Inputs, lang: Lang) -> anyhow::Result<Credentials> {
     let user = match inputs.user.clone() {
         Some(user) => user,
-        None => ask(&lang.user_label(), "pass --user NAME or set HOTATE_USER")?,
+        None => ask(&lang.user_label(), &lang.user_missing())?,
     };
     let password = if let Ok(password) = std::env::var("HOTATE_PASSWORD") {
         password
@@ -104,10 +96,7 @@ pub fn credentials(inputs: &Inputs, lang: Lang) -> anyhow::Result<Credentials> {
     } else if interactive() {
         rpassword::prompt_password(lang.password_label())?
     } else {
-        return Err(UsageError(
-            "the password is missing: set HOTATE_PASSWORD or pass --password-stdin".into(),
-        )
-        .into());
+        return Err(UsageError(lang.password_missing()).into());
     };
     Ok(Credentials { user, password })
 }
@@ -131,10 +120,12 @@ mod tests {
 
     #[test]
     fn urls_and_comments_are_checked() {
-        assert!(check_url("https://192.168.10.11:30806").is_ok());
-        assert!(check_url("http://127.0.0.1:1").is_ok());
-        assert!(check_url("ftp://x").is_err());
-        assert!(check_url("https://").is_err());
+        assert!(check_url("https://192.168.10.11:30806", Lang::En).is_ok());
+        assert!(check_url("http://127.0.0.1:1", Lang::En).is_ok());
+        assert!(check_url("ftp://x", Lang::En).is_err());
+        assert!(check_url("https://", Lang::En).is_err());
+        let ja = check_url("ftp://x", Lang::Ja).unwrap_err().to_string();
+        assert!(ja.contains("https:// または http:// で始めて"), "{ja}");
         assert!(check_comment("ソフト更新 v2").is_ok());
         assert!(check_comment("bad\u{7}bell").is_err());
         assert!(check_comment("two\nlines").is_err());

@@ -116,9 +116,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let lang = Lang::detect(cli.lang.as_deref());
     let ctx = Context {
-        state: StateDir::locate(cli.state_dir),
-        lang: Lang::detect(cli.lang.as_deref()),
+        state: StateDir::locate(cli.state_dir, lang),
+        lang,
         inputs: Inputs {
             url: cli.url,
             user: cli.user,

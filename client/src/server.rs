@@ -32,7 +32,7 @@ pub async fn channel(
     lang: Lang,
 ) -> anyhow::Result<Channel> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| UsageError(format!("server URL {url:?} is malformed: {e}")))?
+        .map_err(|e| UsageError(lang.url_malformed(url, &e.to_string())))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
@@ -42,8 +42,9 @@ pub async fn channel(
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new().with_native_roots();
         if let Some(ca) = ca {
-            let pem = std::fs::read(ca)
-                .map_err(|e| UsageError(format!("cannot read CA file {}: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                UsageError(lang.ca_unreadable(&ca.display().to_string(), &e.to_string()))
+            })?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         if let Some(host) = endpoint.uri().host() {

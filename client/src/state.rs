@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::error::UsageError;
-use crate::i18n::WriteCacheWord;
+use crate::i18n::{Lang, WriteCacheWord};
 
 const TERMINAL: &str = "terminal.toml";
 const URL: &str = "server-url";
@@ -82,15 +82,24 @@ pub struct UpdateRecord {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
+    /// The language of its error messages.
+    lang: Lang,
 }
 
 impl StateDir {
-    /// `--state-dir`, else `HOTATE_STATE_DIR`, else the platform default.
-    pub fn locate(flag: Option<PathBuf>) -> Self {
+    /// `--state-dir`, else `HOTATE_STATE_DIR`, else the platform default; errors in `lang`.
+    pub fn locate(flag: Option<PathBuf>, lang: Lang) -> Self {
         let dir = flag
             .or_else(|| std::env::var_os("HOTATE_STATE_DIR").map(PathBuf::from))
             .unwrap_or_else(default_dir);
-        Self { dir }
+        Self { dir, lang }
+    }
+
+    fn malformed(&self, path: &Path, cause: impl std::fmt::Display) -> UsageError {
+        UsageError(
+            self.lang
+                .file_malformed(&path.display().to_string(), &cause.to_string()),
+        )
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -104,15 +113,13 @@ impl StateDir {
     pub fn terminal(&self) -> anyhow::Result<Terminal> {
         let path = self.file(TERMINAL);
         let text = fs::read_to_string(&path).map_err(|e| {
-            UsageError(format!(
-                "cannot read {}: {e}. The boot environment writes it; see the README for its fields",
-                path.display()
-            ))
+            UsageError(
+                self.lang
+                    .terminal_unreadable(&path.display().to_string(), &e.to_string()),
+            )
         })?;
-        let terminal: Terminal = toml::from_str(&text)
-            .map_err(|e| UsageError(format!("{} is malformed: {e}", path.display())))?;
-        hotate_engine::Format::parse(&terminal.format)
-            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+        let terminal: Terminal = toml::from_str(&text).map_err(|e| self.malformed(&path, e))?;
+        hotate_engine::Format::parse(&terminal.format).map_err(|e| self.malformed(&path, e))?;
         Ok(terminal)
     }
 
@@ -123,8 +130,7 @@ impl StateDir {
     pub fn set_write_cache(&self, mode: WriteCache) -> anyhow::Result<()> {
         let path = self.file(TERMINAL);
         let text = fs::read_to_string(&path)?;
-        let mut table: toml::Table = toml::from_str(&text)
-            .map_err(|e| UsageError(format!("{} is malformed: {e}", path.display())))?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| self.malformed(&path, e))?;
         table.insert(
             "write_cache".into(),
             toml::Value::String(mode.as_str().into()),
@@ -158,9 +164,9 @@ impl StateDir {
     pub fn update(&self) -> anyhow::Result<Option<UpdateRecord>> {
         let path = self.file(UPDATE);
         match fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(toml::from_str(&text).map_err(|e| {
-                UsageError(format!("{} is malformed: {e}", path.display()))
-            })?)),
+            Ok(text) => Ok(Some(
+                toml::from_str(&text).map_err(|e| self.malformed(&path, e))?,
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -222,7 +228,7 @@ mod tests {
     #[test]
     fn write_cache_switch_keeps_other_keys_and_records_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::locate(Some(dir.path().to_owned()));
+        let state = StateDir::locate(Some(dir.path().to_owned()), Lang::En);
         assert!(state.terminal().is_err());
         fs::write(
             dir.path().join(TERMINAL),

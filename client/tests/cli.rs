@@ -53,6 +53,13 @@ fn bad_local_input_exits_2_and_missing_start_exits_1() {
     let out = client(dir.path(), &["update", "start"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("terminal.toml"));
+    let out = client(dir.path(), &["--lang", "ja", "update", "start"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("terminal.toml を読み込めません"),
+        "{}",
+        stderr(&out)
+    );
     // Bad flags.
     assert_eq!(
         client(dir.path(), &["--lang", "fr", "update", "show"])
