@@ -57,6 +57,18 @@ pub struct Terminal {
     pub parent: Option<PathBuf>,
 }
 
+impl Terminal {
+    /// Opens the differential disk in its format (an overlay with its backing chain).
+    ///
+    /// # Errors
+    /// An unknown format, or an image that cannot be opened.
+    pub fn open_image(&self) -> std::io::Result<std::sync::Arc<dyn hotate_engine::ImageSource>> {
+        hotate_engine::Format::parse(&self.format).and_then(|format| {
+            hotate_engine::source::open(&self.image, format, self.parent.as_deref())
+        })
+    }
+}
+
 fn raw() -> String {
     "raw".to_owned()
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hotate_engine::{
-    ChunkSink, Format, Hash, ImageSource, Manifest, Need, Offer, Outgoing, PipelineConfig,
-    Progress, SinkError, pipeline, source,
+    ChunkSink, Hash, ImageSource, Manifest, Need, Offer, Outgoing, PipelineConfig, Progress,
+    SinkError, pipeline, source,
 };
 use hotate_proto::pb::{self, upload_reply, upload_request};
 use tokio::sync::{mpsc, oneshot};
@@ -80,15 +80,13 @@ pub struct Uploaded {
 /// # Errors
 /// A usage error when it is missing, unreadable, damaged, or of the wrong size.
 pub fn open_image(
-    path: &Path,
-    format: &str,
-    parent: Option<&Path>,
+    terminal: &crate::state::Terminal,
     disk_size: u64,
     lang: crate::i18n::Lang,
 ) -> anyhow::Result<Arc<dyn ImageSource>> {
-    let shown = path.display().to_string();
-    let image = Format::parse(format)
-        .and_then(|format| source::open(path, format, parent))
+    let shown = terminal.image.display().to_string();
+    let image = terminal
+        .open_image()
         .map_err(|e| UsageError(lang.image_unopenable(&shown, &e.to_string())))?;
     let size = image.size();
     if size != disk_size {

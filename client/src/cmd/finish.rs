@@ -79,13 +79,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     };
     let base_root = hotate_proto::parse_hash(&begun.base_root)
         .map_err(|e| Failed(format!("the server sent a bad base root: {e}")))?;
-    let image = upload::open_image(
-        &terminal.image,
-        &terminal.format,
-        terminal.parent.as_deref(),
-        begun.disk_size,
-        lang,
-    )?;
+    let image = upload::open_image(&terminal, begun.disk_size, lang)?;
     let plan = UploadPlan {
         upload_id: begun.upload_id,
         transfer_url: transfer_url.clone(),

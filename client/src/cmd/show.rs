@@ -25,10 +25,7 @@ fn show_image(ctx: &Context) {
     let Ok(terminal) = ctx.state.terminal() else {
         return;
     };
-    let format = hotate_engine::Format::parse(&terminal.format);
-    match format
-        .and_then(|f| hotate_engine::source::open(&terminal.image, f, terminal.parent.as_deref()))
-    {
+    match terminal.open_image() {
         Ok(image) => {
             let layers = image.layers();
             let mut layers = layers.iter();

@@ -67,10 +67,8 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
 /// The identities of the images below the terminal's overlay, for the finish to check;
 /// none when the image is raw, or not there yet (it may appear at the next boot).
 fn layers_below(terminal: &Terminal) -> Vec<String> {
-    let opened = hotate_engine::Format::parse(&terminal.format).and_then(|format| {
-        hotate_engine::source::open(&terminal.image, format, terminal.parent.as_deref())
-    });
-    opened
+    terminal
+        .open_image()
         .and_then(|image| hotate_engine::source::layers_below(image.as_ref()))
         .map(|layers| layers.iter().map(ToString::to_string).collect())
         .unwrap_or_default()
