@@ -372,18 +372,28 @@ async fn a_stuck_sink_stops_the_reading_within_the_offers_in_flight() {
     );
 }
 
-#[tokio::test]
-async fn needed_blocks_that_let_their_content_go_are_read_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = pattern(TEST_BLOCK * 64, 3);
+/// A 64-block base imported into a store, and an update with one byte of every block
+/// changed.
+async fn every_block_changed(
+    dir: &tempfile::TempDir,
+    seed: u64,
+) -> (Arc<MemoryStore>, Manifest, Vec<u8>) {
+    let base = pattern(TEST_BLOCK * 64, seed);
     let store = Arc::new(MemoryStore::new());
-    let parent = import(write_image(&dir, "base", &base), &store)
+    let parent = import(write_image(dir, "base", &base), &store)
         .await
         .manifest;
-    let mut updated = base.clone();
+    let mut updated = base;
     for block in 0..64 {
         updated[block * TEST_BLOCK + 7] ^= 0x5a;
     }
+    (store, parent, updated)
+}
+
+#[tokio::test]
+async fn needed_blocks_that_let_their_content_go_are_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, parent, updated) = every_block_changed(&dir, 3).await;
     // A window of 4 blocks holds 2 while offers are in flight: the rest are read again.
     let config = PipelineConfig {
         window: TEST_BLOCK * 4,
@@ -409,15 +419,7 @@ async fn needed_blocks_that_let_their_content_go_are_read_again() {
 #[tokio::test]
 async fn an_image_that_changes_before_a_block_is_read_again_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let base = pattern(TEST_BLOCK * 64, 4);
-    let store = Arc::new(MemoryStore::new());
-    let parent = import(write_image(&dir, "base", &base), &store)
-        .await
-        .manifest;
-    let mut updated = base.clone();
-    for block in 0..64 {
-        updated[block * TEST_BLOCK + 9] ^= 0x33;
-    }
+    let (store, parent, updated) = every_block_changed(&dir, 4).await;
     let path = dir.path().join("updated");
     std::fs::write(&path, &updated).unwrap();
     let source: Arc<dyn ImageSource> = Arc::new(RawImage::open(&path).unwrap());
