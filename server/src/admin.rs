@@ -2,23 +2,19 @@
 
 use std::io::{IsTerminal, Read};
 use std::path::Path;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hotate_engine::{BlockSize, Progress};
 use serde_json::json;
 
+use crate::app::App;
 use crate::auth;
 use crate::data::DataDir;
 use crate::error::ServerError;
 use crate::meta::{Role, UpdateState};
 use crate::text;
 use crate::upkeep::{self, VerifyReport};
-
-fn time_text(secs: i64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
-        .to_string()
-}
 
 /// Opens the data dir of a command that reads it: refused when there is none, rather
 /// than creating an empty one at a mistyped path.
@@ -37,7 +33,7 @@ fn open(data: &Path) -> anyhow::Result<std::sync::Arc<DataDir>> {
     DataDir::open(data).with_context(|| format!("opening data dir {}", data.display()))
 }
 
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -104,22 +100,12 @@ pub fn user_delete(data: &Path, name: &str) -> anyhow::Result<()> {
 
 /// `user list`.
 pub fn user_list(data: &Path, json: bool) -> anyhow::Result<()> {
-    let dir = open_existing(data)?;
-    let users = dir.meta.users()?;
+    let users = App::offline(open_existing(data)?).users()?;
     if json {
-        let list: Vec<_> = users
-            .iter()
-            .map(|u| json!({"name": u.name, "role": u.role.as_str(), "created_at": time_text(u.created_at)}))
-            .collect();
-        return print_json(&json!(list));
+        return print_json(&users);
     }
     for u in users {
-        println!(
-            "{}  {}  {}",
-            text::printable(&u.name),
-            u.role.as_str(),
-            time_text(u.created_at)
-        );
+        println!("{}  {}  {}", text::printable(&u.name), u.role, u.created_at);
     }
     Ok(())
 }
@@ -160,35 +146,21 @@ pub async fn disk_import(
 
 /// `disk list`.
 pub fn disk_list(data: &Path, json: bool) -> anyhow::Result<()> {
-    let dir = open_existing(data)?;
-    let mut rows = Vec::new();
-    for disk in dir.meta.disks()? {
-        let latest = dir.meta.latest_version(&disk.id)?;
-        rows.push((disk, latest));
-    }
+    let disks = App::offline(open_existing(data)?).disks()?;
     if json {
-        let stored = upkeep::stored_bytes_per_disk(&dir)?;
-        let list: Vec<_> = rows
-            .iter()
-            .map(|(d, v)| {
-                json!({"id": d.id, "name": d.name, "size": d.size, "block_size": d.block_size,
-                       "latest_version": v.id,
-                       "stored_bytes": stored.get(&d.id).copied().unwrap_or(0)})
-            })
-            .collect();
-        return print_json(&json!(list));
+        return print_json(&disks);
     }
-    if rows.is_empty() {
+    if disks.is_empty() {
         println!("No disks. Import one with `hotate-server disk import NAME IMAGE`.");
     }
-    for (d, v) in rows {
+    for d in disks {
         println!(
             "{}  {}  size={}  block_size={}  latest={}",
             d.id,
             text::printable(&d.name),
             d.size,
             d.block_size,
-            v.id
+            d.latest_version
         );
     }
     Ok(())
@@ -196,27 +168,16 @@ pub fn disk_list(data: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `disk versions DISK`, oldest first.
 pub fn disk_versions(data: &Path, disk: &str, json: bool) -> anyhow::Result<()> {
-    let dir = open_existing(data)?;
-    let disk = dir.meta.disk(disk)?;
-    let versions = dir.meta.versions(&disk.id)?;
+    let versions = App::offline(open_existing(data)?).versions(disk)?;
     if json {
-        let list: Vec<_> = versions
-            .iter()
-            .map(|v| {
-                json!({"id": v.id, "parent": v.parent, "comment": v.comment,
-                       "created_at": time_text(v.created_at), "terminal": v.terminal,
-                       "user": v.user, "root": v.root.to_string(),
-                       "blocks_changed": v.blocks_changed, "bytes_stored": v.bytes_stored})
-            })
-            .collect();
-        return print_json(&json!(list));
+        return print_json(&versions);
     }
     for v in versions {
         println!(
             "{}  parent={}  {}  terminal={}  {}",
             v.id,
             v.parent.as_deref().unwrap_or("-"),
-            time_text(v.created_at),
+            v.created_at,
             if v.terminal.is_empty() {
                 "-".into()
             } else {
@@ -292,26 +253,17 @@ pub fn disk_export(
 
 /// `update list`.
 pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
-    let dir = open_existing(data)?;
-    let updates = dir.meta.updates()?;
+    let updates = App::offline(open_existing(data)?).updates()?;
     if json {
-        let list: Vec<_> = updates
-            .iter()
-            .map(|u| {
-                json!({"data_write_guid": u.guid, "disk_id": u.disk_id, "terminal": u.terminal,
-                       "state": u.state.as_str(), "user": u.user, "base_version": u.base_version,
-                       "new_version": u.new_version, "bytes_received": u.bytes_received})
-            })
-            .collect();
-        return print_json(&json!(list));
+        return print_json(&updates);
     }
     for u in updates {
         println!(
             "{}  disk={}  terminal={}  state={}  base={}{}",
-            u.guid,
+            u.data_write_guid,
             u.disk_id,
             text::printable(&u.terminal),
-            u.state.as_str(),
+            u.state,
             u.base_version,
             u.new_version
                 .map(|v| format!("  new={v}"))

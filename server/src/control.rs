@@ -1,73 +1,32 @@
 //! The control service: login, disks, and the life of an update up to its upload.
+//!
+//! Every call but `Login` arrives authenticated ([`crate::gate`]); the work is the
+//! application layer's ([`crate::app`]).
 
 use std::sync::Arc;
 
 use hotate_proto::pb::{self, control_server::Control};
 use tonic::{Request, Response, Status};
 
-use crate::auth;
-use crate::data::DataDir;
-use crate::error::ServerError;
-use crate::meta::{Role, Session, UpdateRow, UpdateState};
-use crate::text;
-use crate::throttle::LoginThrottle;
+use crate::app::{App, blocking};
+use crate::gate::caller;
+use crate::meta::{UpdateRow, UpdateState};
 
 /// Serves `hotate.v1.Control`.
 #[derive(Debug, Clone)]
 pub struct ControlService {
-    data: Arc<DataDir>,
+    app: Arc<App>,
     transfer_port: u16,
     advertise_transfer: Option<String>,
-    throttle: Arc<LoginThrottle>,
 }
 
 impl ControlService {
-    pub fn new(
-        data: Arc<DataDir>,
-        transfer_port: u16,
-        advertise_transfer: Option<String>,
-        throttle: Arc<LoginThrottle>,
-    ) -> Self {
+    pub fn new(app: Arc<App>, transfer_port: u16, advertise_transfer: Option<String>) -> Self {
         Self {
-            data,
+            app,
             transfer_port,
             advertise_transfer,
-            throttle,
         }
-    }
-}
-
-/// Runs blocking metadata work off the executor.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
-) -> Result<T, Status> {
-    Ok(tokio::task::spawn_blocking(work)
-        .await
-        .map_err(ServerError::from)??)
-}
-
-/// The caller's session, from the request's bearer token.
-pub(crate) async fn authenticate<T>(
-    data: &Arc<DataDir>,
-    request: &Request<T>,
-) -> Result<Session, Status> {
-    let token = auth::bearer(request);
-    let data = data.clone();
-    blocking(move || auth::session(&data.meta, token.as_deref())).await
-}
-
-/// Refuses a caller that is neither the user and terminal that started the update nor
-/// an admin.
-pub(crate) fn check_owner(update: &UpdateRow, session: &Session) -> Result<(), ServerError> {
-    let owner = update.user == session.user && update.terminal == session.terminal;
-    if owner || session.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(ServerError::NotYourUpdate {
-            guid: update.guid.clone(),
-            owner: format!("user {} on terminal {}", update.user, update.terminal),
-            caller: format!("user {} on terminal {}", session.user, session.terminal),
-        })
     }
 }
 
@@ -99,47 +58,25 @@ impl Control for ControlService {
     ) -> Result<Response<pb::LoginReply>, Status> {
         let addr = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
-        text::check_name("terminal name", &req.terminal)?;
-        text::check_name("user name", &req.user)?;
-        let user = req.user.clone();
-        let data = self.data.clone();
-        let checked = self
-            .throttle
-            .check(&user, addr, move || {
-                auth::login(&data.meta, &req.user, &req.password, &req.terminal)
-            })
-            .await
-            .inspect_err(|e| {
-                tracing::warn!(user = %text::printable(&user), addr = ?addr, cause = %e, "login refused");
-            })?;
-        match checked {
-            Ok((token, expires_at)) => {
-                self.throttle.succeeded(&user, addr);
-                Ok(Response::new(pb::LoginReply {
-                    token,
-                    expires_at: expires_at as u64,
-                }))
-            }
-            Err(ServerError::BadLogin) => {
-                let delay = self.throttle.failed(&user, addr);
-                tracing::warn!(user = %text::printable(&user), addr = ?addr, "login failed: wrong user name or password");
-                tokio::time::sleep(delay).await;
-                Err(ServerError::BadLogin.into())
-            }
-            Err(e) => Err(e.into()),
-        }
+        let login = self
+            .app
+            .login(&req.user, &req.password, &req.terminal, addr)
+            .await?;
+        Ok(Response::new(pb::LoginReply {
+            token: login.token,
+            expires_at: login.expires_at as u64,
+        }))
     }
 
     async fn get_disk(
         &self,
         request: Request<pb::GetDiskRequest>,
     ) -> Result<Response<pb::Disk>, Status> {
-        authenticate(&self.data, &request).await?;
-        let data = self.data.clone();
+        let app = self.app.clone();
         let disk = request.into_inner().disk;
         let (disk, latest) = blocking(move || {
-            let disk = data.meta.disk(&disk)?;
-            let latest = data.meta.latest_version(&disk.id)?;
+            let disk = app.disk(&disk)?;
+            let latest = app.data().meta.latest_version(&disk.id)?;
             Ok((disk, latest))
         })
         .await?;
@@ -157,17 +94,11 @@ impl Control for ControlService {
         &self,
         request: Request<pb::StartUpdateRequest>,
     ) -> Result<Response<pb::Update>, Status> {
-        let session = authenticate(&self.data, &request).await?;
+        let session = caller(&request)?;
         let req = request.into_inner();
-        let data = self.data.clone();
-        let (row, adopted) = blocking(move || {
-            let disk = data.meta.disk(&req.disk_id)?;
-            let guid = uuid::Uuid::new_v4().to_string();
-            data.meta
-                .start_update(&disk.id, &req.booted_version, &session, &guid)
-        })
-        .await?;
-        tracing::info!(update = %row.guid, disk = %row.disk_id, terminal = %row.terminal, adopted, "update started");
+        let app = self.app.clone();
+        let (row, adopted) =
+            blocking(move || app.start_update(&session, &req.disk_id, &req.booted_version)).await?;
         Ok(Response::new(pb::Update {
             adopted,
             ..update_reply(row)
@@ -178,15 +109,10 @@ impl Control for ControlService {
         &self,
         request: Request<pb::UpdateRef>,
     ) -> Result<Response<pb::Update>, Status> {
-        let session = authenticate(&self.data, &request).await?;
+        let session = caller(&request)?;
         let guid = request.into_inner().data_write_guid;
-        let data = self.data.clone();
-        let row = blocking(move || {
-            let row = data.meta.update(&guid)?;
-            check_owner(&row, &session)?;
-            Ok(row)
-        })
-        .await?;
+        let app = self.app.clone();
+        let row = blocking(move || app.update(&session, &guid)).await?;
         Ok(Response::new(update_reply(row)))
     }
 
@@ -194,39 +120,24 @@ impl Control for ControlService {
         &self,
         request: Request<pb::UpdateRef>,
     ) -> Result<Response<pb::Update>, Status> {
-        self.transition(request, UpdateState::Cancelled).await
+        self.end(request, UpdateState::Cancelled).await
     }
 
     async fn abort_update(
         &self,
         request: Request<pb::UpdateRef>,
     ) -> Result<Response<pb::Update>, Status> {
-        self.transition(request, UpdateState::Aborted).await
+        self.end(request, UpdateState::Aborted).await
     }
 
     async fn begin_upload(
         &self,
         request: Request<pb::UpdateRef>,
     ) -> Result<Response<pb::BeginUploadReply>, Status> {
-        let session = authenticate(&self.data, &request).await?;
+        let session = caller(&request)?;
         let guid = request.into_inner().data_write_guid;
-        let data = self.data.clone();
-        let (row, disk, base) = blocking(move || {
-            let mut row = data.meta.update(&guid)?;
-            check_owner(&row, &session)?;
-            if row.state == UpdateState::Reserved {
-                row = data.meta.set_state(&guid, UpdateState::Uploading)?;
-            } else if row.state != UpdateState::Uploading {
-                return Err(ServerError::UpdateNotLive {
-                    guid,
-                    state: row.state,
-                });
-            }
-            let disk = data.meta.disk(&row.disk_id)?;
-            let base = data.meta.version(&disk.id, &row.base_version)?;
-            Ok((row, disk, base))
-        })
-        .await?;
+        let app = self.app.clone();
+        let (row, disk, base) = blocking(move || app.begin_upload(&session, &guid)).await?;
         tracing::info!(update = %row.guid, "upload opened");
         Ok(Response::new(pb::BeginUploadReply {
             upload_id: row.guid,
@@ -241,27 +152,15 @@ impl Control for ControlService {
 }
 
 impl ControlService {
-    async fn transition(
+    async fn end(
         &self,
         request: Request<pb::UpdateRef>,
         to: UpdateState,
     ) -> Result<Response<pb::Update>, Status> {
-        let session = authenticate(&self.data, &request).await?;
-        if to == UpdateState::Aborted && session.role != Role::Admin {
-            return Err(ServerError::Forbidden(
-                "only an admin may abort an update; its owner may cancel it".into(),
-            )
-            .into());
-        }
+        let session = caller(&request)?;
         let guid = request.into_inner().data_write_guid;
-        let data = self.data.clone();
-        let row = blocking(move || {
-            let row = data.meta.update(&guid)?;
-            check_owner(&row, &session)?;
-            data.meta.set_state(&guid, to)
-        })
-        .await?;
-        tracing::info!(update = %row.guid, state = row.state.as_str(), "update ended");
+        let app = self.app.clone();
+        let row = blocking(move || app.end_update(&session, &guid, to)).await?;
         Ok(Response::new(update_reply(row)))
     }
 }

@@ -102,45 +102,46 @@ impl From<tokio::task::JoinError> for ServerError {
     }
 }
 
-impl From<ServerError> for Status {
-    fn from(err: ServerError) -> Self {
-        let code = match &err {
-            ServerError::BadLogin | ServerError::Unauthenticated => Code::Unauthenticated,
-            ServerError::UnknownDisk(_)
-            | ServerError::UnknownUser(_)
-            | ServerError::UnknownVersion(_)
-            | ServerError::UnknownUpdate(_) => Code::NotFound,
-            ServerError::DiskExists(_) | ServerError::UserExists(_) => Code::AlreadyExists,
-            ServerError::NotLatest { .. }
-            | ServerError::UpdateNotLive { .. }
-            | ServerError::Incomplete(_)
-            | ServerError::RootMismatch(_)
-            | ServerError::VersionInUse(_) => Code::FailedPrecondition,
-            ServerError::DiskBusy { .. } | ServerError::TakenOver | ServerError::StoreBusy => {
-                Code::Aborted
-            }
-            ServerError::UpdateEnded(_) => Code::FailedPrecondition,
-            ServerError::NotYourUpdate { .. } | ServerError::Forbidden(_) => Code::PermissionDenied,
-            ServerError::BadRequest(_) | ServerError::BadChunk(_) | ServerError::BadImage(_) => {
-                Code::InvalidArgument
-            }
-            ServerError::LoginLocked { .. } | ServerError::Busy(_) | ServerError::OverBudget(_) => {
+impl ServerError {
+    /// The gRPC code of this error (the console maps it to an HTTP status).
+    pub fn code(&self) -> Code {
+        match self {
+            Self::BadLogin | Self::Unauthenticated => Code::Unauthenticated,
+            Self::UnknownDisk(_)
+            | Self::UnknownUser(_)
+            | Self::UnknownVersion(_)
+            | Self::UnknownUpdate(_) => Code::NotFound,
+            Self::DiskExists(_) | Self::UserExists(_) => Code::AlreadyExists,
+            Self::NotLatest { .. }
+            | Self::UpdateNotLive { .. }
+            | Self::Incomplete(_)
+            | Self::RootMismatch(_)
+            | Self::VersionInUse(_)
+            | Self::UpdateEnded(_) => Code::FailedPrecondition,
+            Self::DiskBusy { .. } | Self::TakenOver | Self::StoreBusy => Code::Aborted,
+            Self::NotYourUpdate { .. } | Self::Forbidden(_) => Code::PermissionDenied,
+            Self::BadRequest(_) | Self::BadChunk(_) | Self::BadImage(_) => Code::InvalidArgument,
+            Self::LoginLocked { .. } | Self::Busy(_) | Self::OverBudget(_) => {
                 Code::ResourceExhausted
             }
-            ServerError::Store(StoreError::Io { source, .. }) | ServerError::Io(source)
+            Self::Store(StoreError::Io { source, .. }) | Self::Io(source)
                 if source.kind() == std::io::ErrorKind::StorageFull =>
             {
                 Code::ResourceExhausted
             }
-            ServerError::Store(_)
-            | ServerError::Manifest(_)
-            | ServerError::Sql(_)
-            | ServerError::Io(_)
-            | ServerError::Internal(_) => {
-                tracing::error!(cause = %err, "request failed");
+            Self::Store(_) | Self::Manifest(_) | Self::Sql(_) | Self::Io(_) | Self::Internal(_) => {
                 Code::Internal
             }
-        };
+        }
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(err: ServerError) -> Self {
+        let code = err.code();
+        if code == Code::Internal {
+            tracing::error!(cause = %err, "request failed");
+        }
         let mut status = Status::new(code, err.to_string());
         // Machine-readable details for the client's localized messages.
         if let ServerError::NotLatest { latest, booted } = &err

@@ -1,16 +1,21 @@
 //! The Hotate management server: holds disks and their versions, knows which terminal is
 //! updating which disk, receives uploads and turns them into versions.
 //!
-//! [`serve`] runs the gRPC services; [`admin`] holds the commands that work on a data dir.
+//! [`serve`] runs the gRPC services and the console; [`app`] is the one application
+//! layer they and the [`admin`] commands share.
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod cert;
+pub mod console;
 pub mod control;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod gate;
 pub mod limits;
+pub mod live;
 pub mod meta;
 pub mod serve;
 pub mod text;

@@ -57,6 +57,9 @@ enum Command {
         /// Password checks (argon2, ~19 MiB each) at once [default: the cores].
         #[arg(long)]
         login_concurrency: Option<usize>,
+        /// Serve /metrics to anyone (by default only to loopback and logged-in callers).
+        #[arg(long)]
+        public_metrics: bool,
     },
     /// Manage users.
     #[command(subcommand)]
@@ -223,6 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             handshake_timeout,
             idle_timeout,
             login_concurrency,
+            public_metrics,
         } => {
             let limits = Limits {
                 max_connections,
@@ -238,6 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise_transfer,
                 tls: tls_cert.zip(tls_key),
                 limits,
+                public_metrics,
             };
             serve(options, shutdown_signal()).await
         }

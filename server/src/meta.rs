@@ -373,6 +373,15 @@ impl Meta {
         Ok(())
     }
 
+    /// Ends a token's session (a logout).
+    pub fn remove_token(&self, token_hash: &Hash) -> Result<(), ServerError> {
+        self.conn().execute(
+            "DELETE FROM tokens WHERE token_hash = ?1",
+            params![&token_hash.as_bytes()[..]],
+        )?;
+        Ok(())
+    }
+
     /// The session of an unexpired token, with its user's role now.
     pub fn session(&self, token_hash: &Hash) -> Result<Option<Session>, ServerError> {
         Ok(self

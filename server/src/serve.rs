@@ -1,4 +1,5 @@
-//! `hotate-server serve`: the control and transfer services on their own listeners.
+//! `hotate-server serve`: the control service and the console on one listener, the
+//! transfer service on its own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,11 +9,16 @@ use std::time::Duration;
 use anyhow::Context;
 use hotate_proto::pb::{control_server::ControlServer, transfer_server::TransferServer};
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use crate::app::App;
+use crate::console::{self, ConsoleOptions};
 use crate::control::ControlService;
 use crate::data::DataDir;
+use crate::gate::Authenticated;
 use crate::limits::{self, Limits};
+use crate::live::Live;
 use crate::throttle::LoginThrottle;
 use crate::transfer::TransferService;
 
@@ -39,6 +45,8 @@ pub struct ServeOptions {
     pub advertise_transfer: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub limits: Limits,
+    /// `/metrics` answers callers that are neither on loopback nor logged in.
+    pub public_metrics: bool,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -85,16 +93,27 @@ pub async fn serve(
     };
 
     let limits = options.limits;
-    let control = ControlServer::new(ControlService::new(
+    let live = Arc::new(Live::default());
+    let app = Arc::new(App::new(
         data.clone(),
-        transfer_addr.port(),
-        options.advertise_transfer.clone(),
+        live.clone(),
         Arc::new(LoginThrottle::new(limits.login_concurrency)),
-    ))
-    .max_decoding_message_size(CONTROL_MESSAGE);
-    let transfer = TransferServer::new(TransferService::new(Arc::clone(&data), limits))
-        .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
-        .max_encoding_message_size(hotate_proto::MAX_MESSAGE);
+    ));
+    let control = Authenticated::new(
+        ControlServer::new(ControlService::new(
+            app.clone(),
+            transfer_addr.port(),
+            options.advertise_transfer.clone(),
+        ))
+        .max_decoding_message_size(CONTROL_MESSAGE),
+        app.clone(),
+    );
+    let transfer = Authenticated::new(
+        TransferServer::new(TransferService::new(Arc::clone(&data), live, limits))
+            .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
+            .max_encoding_message_size(hotate_proto::MAX_MESSAGE),
+        app.clone(),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let deadline_rx = stop_rx.clone();
@@ -106,10 +125,27 @@ pub async fn serve(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    // The control port serves gRPC and the console (HTTP/1.1 and HTTP/2), by path.
+    let console = console::router(
+        app,
+        ConsoleOptions {
+            tls: tls.is_some(),
+            public_metrics: options.public_metrics,
+        },
+        stop_rx.clone(),
+    );
+    let control_routes = Routes::from(
+        Routes::new(control)
+            .into_axum_router()
+            .merge(console)
+            .fallback(console::not_found),
+    );
+
     println!("listening control={control_addr} transfer={transfer_addr}");
     tracing::info!(%control_addr, %transfer_addr, data = %options.data.display(), "serving");
     let control_server = builder()?
-        .add_service(control)
+        .accept_http1(true)
+        .add_routes(control_routes)
         .serve_with_incoming_shutdown(
             limits::incoming(control_listener, limits),
             stopped(stop_rx.clone()),

@@ -38,10 +38,12 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::control::{authenticate, blocking, check_owner};
+use crate::app::{blocking, check_owner};
 use crate::data::DataDir;
 use crate::error::ServerError;
+use crate::gate::caller;
 use crate::limits::Limits;
+use crate::live::{Counters, Live};
 use crate::meta::{Session, UpdateRow, UpdateState, VersionRow, now};
 
 /// Chunks verified concurrently per upload, at most...
@@ -82,6 +84,7 @@ const MANIFEST_PART: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct TransferService {
     data: Arc<DataDir>,
+    live: Arc<Live>,
     streams: Arc<Mutex<HashMap<String, LiveStream>>>,
     /// One permit per upload stream, up to `Limits::max_uploads`.
     uploads: Arc<tokio::sync::Semaphore>,
@@ -99,6 +102,7 @@ struct LiveStream {
 /// Marks a stream ended (and forgets it, unless a newer one replaced it) when dropped.
 struct StreamGuard {
     streams: Arc<Mutex<HashMap<String, LiveStream>>>,
+    live: Arc<Live>,
     guid: String,
     session: u64,
     ended: watch::Sender<bool>,
@@ -107,6 +111,7 @@ struct StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let _ = self.ended.send(true);
+        self.live.closed(&self.guid, self.session);
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         if streams
             .get(&self.guid)
@@ -118,9 +123,10 @@ impl Drop for StreamGuard {
 }
 
 impl TransferService {
-    pub fn new(data: Arc<DataDir>, limits: Limits) -> Self {
+    pub fn new(data: Arc<DataDir>, live: Arc<Live>, limits: Limits) -> Self {
         Self {
             data,
+            live,
             streams: Arc::default(),
             uploads: Arc::new(tokio::sync::Semaphore::new(limits.max_uploads.max(1))),
             limits,
@@ -155,7 +161,7 @@ impl Transfer for TransferService {
         &self,
         request: Request<pb::GetManifestRequest>,
     ) -> Result<Response<Self::GetManifestStream>, Status> {
-        authenticate(&self.data, &request).await?;
+        caller(&request)?;
         let req = request.into_inner();
         let data = self.data.clone();
         let bytes = blocking(move || {
@@ -184,7 +190,7 @@ impl Transfer for TransferService {
         &self,
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<Self::UploadStream>, Status> {
-        let session = authenticate(&self.data, &request).await?;
+        let session = caller(&request)?;
         let Ok(permit) = self.uploads.clone().try_acquire_owned() else {
             return Err(ServerError::Busy(format!(
                 "{} uploads are running, the server's limit",
@@ -242,8 +248,10 @@ impl Transfer for TransferService {
                     ended: ended_rx,
                 },
             );
+        self.live.opened(&update.guid, update.session);
         let guard = StreamGuard {
             streams: self.streams.clone(),
+            live: self.live.clone(),
             guid: update.guid.clone(),
             session: update.session,
             ended: ended_tx,
@@ -256,6 +264,7 @@ impl Transfer for TransferService {
         let _ = tx.send(Ok(reply(upload_reply::Kind::Opened(opened)))).await;
         let upload = Upload {
             data: self.data.clone(),
+            live: self.live.clone(),
             session,
             offered: vec![0; parent.len().div_ceil(64)],
             update,
@@ -333,6 +342,8 @@ fn reply(kind: upload_reply::Kind) -> pb::UploadReply {
 /// One session of an upload.
 struct Upload {
     data: Arc<DataDir>,
+    /// Where the console reads the upload's progress.
+    live: Arc<Live>,
     /// Who opened the stream: the version records this user.
     session: Session,
     update: UpdateRow,
@@ -581,6 +592,9 @@ impl Upload {
             batch: answer.batch,
             ..pb::Need::default()
         };
+        let needed: usize = answer.needs.iter().map(|(_, len, _)| len).sum();
+        self.live
+            .needed(&self.update.guid, self.update.session, needed as u64);
         for (hash, len, base) in answer.needs {
             need.hashes.push(hotate_proto::hash_bytes(&hash));
             let base = base.map(|(base, content)| {
@@ -598,10 +612,15 @@ impl Upload {
     async fn chunk(&mut self, chunk: pb::Chunk) -> Result<(), Status> {
         let chunk =
             Incoming::try_from(chunk).map_err(|e| ServerError::BadRequest(e.to_string()))?;
-        let (hash, base) = match &chunk {
-            Incoming::Whole(whole) => (whole.hash, None),
-            Incoming::Delta(delta) => (delta.hash, Some(delta.delta.base)),
+        let (hash, base, received) = match &chunk {
+            Incoming::Whole(whole) => (whole.hash, None, whole.frame.payload.len()),
+            Incoming::Delta(delta) => (
+                delta.hash,
+                Some(delta.delta.base),
+                delta.delta.encoded_len(),
+            ),
         };
+        Counters::add(&self.live.counters.bytes_received, received as u64);
         let Some(&pending) = self.pending.get(&hash) else {
             return Err(ServerError::BadRequest(format!(
                 "chunk {} was not asked for",
@@ -652,7 +671,8 @@ impl Upload {
         &mut self,
         done: Result<Result<(VerifiedChunk, u64), ServerError>, tokio::task::JoinError>,
     ) -> Result<(), Status> {
-        self.verified.push(done.map_err(ServerError::from)??);
+        let chunk = self.checked(done)?;
+        self.verified.push(chunk);
         let bytes: u64 = self.verified.iter().map(|(_, received)| received).sum();
         let full = self.verified.len() >= GROUP_COMMIT || bytes >= GROUP_COMMIT_BYTES;
         if full {
@@ -664,6 +684,18 @@ impl Upload {
             self.start_commit();
         }
         Ok(())
+    }
+
+    /// A verify job's outcome; chunks that failed verification are counted.
+    fn checked(
+        &self,
+        done: Result<Result<(VerifiedChunk, u64), ServerError>, tokio::task::JoinError>,
+    ) -> Result<(VerifiedChunk, u64), ServerError> {
+        let outcome = done.map_err(ServerError::from)?;
+        if let Err(ServerError::BadChunk(_)) = &outcome {
+            Counters::add(&self.live.counters.verification_failures, 1);
+        }
+        outcome
     }
 
     /// Stores the verified chunks durably in one group and counts them, in the
@@ -692,11 +724,21 @@ impl Upload {
     ) -> Result<(), Status> {
         let group = done.map_err(ServerError::from)??;
         let mut stored = pb::Stored::default();
+        let mut content = 0;
         for (chunk, bytes) in &group {
-            self.pending.remove(&chunk.hash());
+            if let Some(pending) = self.pending.remove(&chunk.hash()) {
+                content += pending.len as u64;
+            }
             stored.hashes.push(hotate_proto::hash_bytes(&chunk.hash()));
             stored.bytes += bytes;
         }
+        self.live.stored(
+            &self.update.guid,
+            self.update.session,
+            group.len() as u64,
+            content,
+            stored.bytes,
+        );
         self.start_commit();
         self.send(upload_reply::Kind::Stored(stored)).await
     }
@@ -707,7 +749,8 @@ impl Upload {
             done.map_err(ServerError::from)??;
         }
         while let Some(done) = self.verifying.join_next().await {
-            self.verified.push(done.map_err(ServerError::from)??);
+            let chunk = self.checked(done)?;
+            self.verified.push(chunk);
         }
         self.commit_all().await
     }
@@ -816,6 +859,7 @@ impl Upload {
             Ok(version)
         })
         .await?;
+        Counters::add(&self.live.counters.versions_committed, 1);
         tracing::info!(update = %self.update.guid, version = %version.id, "update committed");
         self.send(upload_reply::Kind::Committed(pb::Committed {
             version: version.id,

@@ -10,6 +10,8 @@ use hotate_engine::{Frame, Hash};
 use hotate_tests::harness::{Server, Site, Terminal, admin, admin_ok, text};
 use hotate_tests::images::{self, ImagePair};
 
+#[path = "e2e/console.rs"]
+mod console;
 #[path = "e2e/formats.rs"]
 mod formats;
 #[path = "e2e/hardening.rs"]

@@ -1,0 +1,491 @@
+//! The application layer: every operation the server's front ends offer (the gRPC
+//! services, the admin commands, the console and its JSON API), with typed results that
+//! serialize to the JSON the commands print and the API returns.
+//!
+//! Operations that touch the database or the store block: async callers run them with
+//! [`blocking`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::auth;
+use crate::data::DataDir;
+use crate::error::ServerError;
+use crate::live::{Live, UploadProgress};
+use crate::meta::{DiskRow, Role, Session, UpdateRow, UpdateState, UserRow, VersionRow};
+use crate::text;
+use crate::throttle::LoginThrottle;
+use crate::upkeep;
+
+/// How long a walk of the store (stored bytes per disk, store size) is reused.
+const STORE_SUMMARY_AGE: Duration = Duration::from_secs(60);
+
+/// Runs blocking work off the executor.
+///
+/// # Errors
+/// The work's error, or `Internal` when it panicked.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(work).await?
+}
+
+/// A time as RFC 3339 text, in UTC.
+pub fn time_text(secs: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+        .to_string()
+}
+
+/// A disk as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskView {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub block_size: u32,
+    pub latest_version: String,
+    /// Bytes of the distinct chunks its versions name (as of the last walk of the store).
+    pub stored_bytes: u64,
+    pub versions: usize,
+    pub created_at: String,
+}
+
+/// A version as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionView {
+    pub id: String,
+    pub parent: Option<String>,
+    pub comment: String,
+    pub created_at: String,
+    pub terminal: String,
+    pub user: String,
+    pub root: String,
+    pub blocks_changed: u64,
+    pub bytes_stored: u64,
+}
+
+impl From<VersionRow> for VersionView {
+    fn from(v: VersionRow) -> Self {
+        Self {
+            id: v.id,
+            parent: v.parent,
+            comment: v.comment,
+            created_at: time_text(v.created_at),
+            terminal: v.terminal,
+            user: v.user,
+            root: v.root.to_string(),
+            blocks_changed: v.blocks_changed,
+            bytes_stored: v.bytes_stored,
+        }
+    }
+}
+
+/// An update as listed, with its upload's live progress while a stream is open.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UpdateView {
+    pub data_write_guid: String,
+    pub disk_id: String,
+    pub disk_name: String,
+    pub terminal: String,
+    pub user: String,
+    pub state: &'static str,
+    pub base_version: String,
+    pub new_version: Option<String>,
+    /// Wire bytes stored over all sessions of the upload.
+    pub bytes_received: u64,
+    /// Whether an upload stream is open now.
+    pub uploading_now: bool,
+    pub bytes_needed: Option<u64>,
+    pub bytes_stored: Option<u64>,
+    pub rate: Option<u64>,
+    pub eta_secs: Option<u64>,
+}
+
+impl UpdateView {
+    fn new(row: UpdateRow, disk_name: String, progress: Option<UploadProgress>) -> Self {
+        Self {
+            data_write_guid: row.guid,
+            disk_id: row.disk_id,
+            disk_name,
+            terminal: row.terminal,
+            user: row.user,
+            state: row.state.as_str(),
+            base_version: row.base_version,
+            new_version: row.new_version,
+            bytes_received: row.bytes_received,
+            uploading_now: progress.is_some(),
+            bytes_needed: progress.map(|p| p.bytes_needed),
+            bytes_stored: progress.map(|p| p.bytes_stored),
+            rate: progress.map(|p| p.rate),
+            eta_secs: progress.and_then(|p| p.eta_secs),
+        }
+    }
+}
+
+/// A user as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserView {
+    pub name: String,
+    pub role: &'static str,
+    pub created_at: String,
+}
+
+impl From<UserRow> for UserView {
+    fn from(u: UserRow) -> Self {
+        Self {
+            name: u.name,
+            role: u.role.as_str(),
+            created_at: time_text(u.created_at),
+        }
+    }
+}
+
+/// A login's token.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginView {
+    pub token: String,
+    /// Seconds since the Unix epoch.
+    pub expires_at: i64,
+}
+
+/// The store at its last walk.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreView {
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Seconds since that walk.
+    pub age_secs: u64,
+    pub disks: usize,
+    pub versions: usize,
+    pub live_updates: usize,
+    pub uploading_now: usize,
+}
+
+#[derive(Debug, Default)]
+struct StoreSummary {
+    chunks: u64,
+    bytes: u64,
+    per_disk: HashMap<String, u64>,
+}
+
+/// The operations of one data dir.
+#[derive(Debug)]
+pub struct App {
+    data: Arc<DataDir>,
+    live: Arc<Live>,
+    throttle: Arc<LoginThrottle>,
+    summary: Mutex<Option<(Instant, Arc<StoreSummary>)>>,
+}
+
+impl App {
+    pub fn new(data: Arc<DataDir>, live: Arc<Live>, throttle: Arc<LoginThrottle>) -> Self {
+        Self {
+            data,
+            live,
+            throttle,
+            summary: Mutex::new(None),
+        }
+    }
+
+    /// For the admin commands: no uploads run in this process, logins are not throttled.
+    pub fn offline(data: Arc<DataDir>) -> Self {
+        Self::new(data, Arc::default(), Arc::new(LoginThrottle::new(1)))
+    }
+
+    pub fn data(&self) -> &Arc<DataDir> {
+        &self.data
+    }
+
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Checks a password (throttled against guessing) and issues a token bound to the
+    /// user and `terminal`.
+    ///
+    /// # Errors
+    /// `BadLogin`, `LoginLocked`, `Busy`, or a bad name.
+    pub async fn login(
+        self: &Arc<Self>,
+        user: &str,
+        password: &str,
+        terminal: &str,
+        addr: Option<IpAddr>,
+    ) -> Result<LoginView, ServerError> {
+        text::check_name("terminal name", terminal)?;
+        text::check_name("user name", user)?;
+        let app = self.clone();
+        let (name, password_owned, terminal) =
+            (user.to_owned(), password.to_owned(), terminal.to_owned());
+        let checked = self
+            .throttle
+            .check(user, addr, move || {
+                auth::login(&app.data.meta, &name, &password_owned, &terminal)
+            })
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(user = %text::printable(user), addr = ?addr, cause = %e, "login refused");
+            })?;
+        match checked {
+            Ok((token, expires_at)) => {
+                self.throttle.succeeded(user, addr);
+                Ok(LoginView { token, expires_at })
+            }
+            Err(ServerError::BadLogin) => {
+                crate::live::Counters::add(&self.live.counters.login_failures, 1);
+                let delay = self.throttle.failed(user, addr);
+                tracing::warn!(user = %text::printable(user), addr = ?addr, "login failed: wrong user name or password");
+                tokio::time::sleep(delay).await;
+                Err(ServerError::BadLogin)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The session of a bearer token.
+    ///
+    /// # Errors
+    /// `Unauthenticated` for a missing, unknown or expired token.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        token: Option<String>,
+    ) -> Result<Session, ServerError> {
+        let app = self.clone();
+        blocking(move || auth::session(&app.data.meta, token.as_deref())).await
+    }
+
+    /// Ends the session of a token (logout).
+    ///
+    /// # Errors
+    /// When the metadata cannot be written.
+    pub fn logout(&self, token: &str) -> Result<(), ServerError> {
+        self.data
+            .meta
+            .remove_token(&hotate_engine::Hash::of(token.as_bytes()))
+    }
+
+    pub fn disk(&self, disk: &str) -> Result<DiskRow, ServerError> {
+        self.data.meta.disk(disk)
+    }
+
+    /// Every disk with its latest version.
+    ///
+    /// # Errors
+    /// When the metadata or the store cannot be read.
+    pub fn disks(&self) -> Result<Vec<DiskView>, ServerError> {
+        let summary = self.store_summary()?;
+        let mut list = Vec::new();
+        for disk in self.data.meta.disks()? {
+            let versions = self.data.meta.versions(&disk.id)?;
+            let latest = versions
+                .last()
+                .map(|v| v.id.clone())
+                .ok_or_else(|| ServerError::Internal(format!("disk {} has no version", disk.id)))?;
+            list.push(DiskView {
+                stored_bytes: summary.per_disk.get(&disk.id).copied().unwrap_or(0),
+                latest_version: latest,
+                versions: versions.len(),
+                created_at: time_text(disk.created_at),
+                id: disk.id,
+                name: disk.name,
+                size: disk.size,
+                block_size: disk.block_size,
+            });
+        }
+        Ok(list)
+    }
+
+    /// A disk's versions, oldest first.
+    ///
+    /// # Errors
+    /// `UnknownDisk`, or when the metadata cannot be read.
+    pub fn versions(&self, disk: &str) -> Result<Vec<VersionView>, ServerError> {
+        let disk = self.data.meta.disk(disk)?;
+        Ok(self
+            .data
+            .meta
+            .versions(&disk.id)?
+            .into_iter()
+            .map(VersionView::from)
+            .collect())
+    }
+
+    /// Every update the database keeps, oldest first, with live progress.
+    ///
+    /// # Errors
+    /// When the metadata cannot be read.
+    pub fn updates(&self) -> Result<Vec<UpdateView>, ServerError> {
+        let names: HashMap<String, String> = self
+            .data
+            .meta
+            .disks()?
+            .into_iter()
+            .map(|d| (d.id, d.name))
+            .collect();
+        Ok(self
+            .data
+            .meta
+            .updates()?
+            .into_iter()
+            .map(|row| {
+                let name = names.get(&row.disk_id).cloned().unwrap_or_default();
+                let progress = self.live.progress(&row.guid);
+                UpdateView::new(row, name, progress)
+            })
+            .collect())
+    }
+
+    /// One update, for its owner or an admin.
+    ///
+    /// # Errors
+    /// `UnknownUpdate`, `NotYourUpdate`.
+    pub fn update(&self, caller: &Session, guid: &str) -> Result<UpdateRow, ServerError> {
+        let row = self.data.meta.update(guid)?;
+        check_owner(&row, caller)?;
+        Ok(row)
+    }
+
+    /// Reserves a disk for the caller's terminal (or gives back its own live update).
+    ///
+    /// # Errors
+    /// `UnknownDisk`, `NotLatest`, `DiskBusy`.
+    pub fn start_update(
+        &self,
+        caller: &Session,
+        disk: &str,
+        booted: &str,
+    ) -> Result<(UpdateRow, bool), ServerError> {
+        let disk = self.data.meta.disk(disk)?;
+        let guid = uuid::Uuid::new_v4().to_string();
+        let started = self
+            .data
+            .meta
+            .start_update(&disk.id, booted, caller, &guid)?;
+        tracing::info!(update = %started.0.guid, disk = %disk.id, terminal = %caller.terminal, adopted = started.1, "update started");
+        Ok(started)
+    }
+
+    /// Ends a live update: `Cancelled` by its owner, `Aborted` (discarded) by an admin.
+    ///
+    /// # Errors
+    /// `Forbidden` for an abort by a non-admin, `UnknownUpdate`, `NotYourUpdate`.
+    pub fn end_update(
+        &self,
+        caller: &Session,
+        guid: &str,
+        to: UpdateState,
+    ) -> Result<UpdateRow, ServerError> {
+        if to == UpdateState::Aborted && caller.role != Role::Admin {
+            return Err(ServerError::Forbidden(
+                "only an admin may abort an update; its owner may cancel it".into(),
+            ));
+        }
+        self.update(caller, guid)?;
+        let row = self.data.meta.set_state(guid, to)?;
+        tracing::info!(update = %row.guid, state = row.state.as_str(), by = %caller.user, "update ended");
+        Ok(row)
+    }
+
+    /// Opens (or reopens) the upload of a reserved update.
+    ///
+    /// # Errors
+    /// `UpdateNotLive` when it was cancelled, aborted or committed.
+    pub fn begin_upload(
+        &self,
+        caller: &Session,
+        guid: &str,
+    ) -> Result<(UpdateRow, DiskRow, VersionRow), ServerError> {
+        let mut row = self.update(caller, guid)?;
+        if row.state == UpdateState::Reserved {
+            row = self.data.meta.set_state(guid, UpdateState::Uploading)?;
+        } else if row.state != UpdateState::Uploading {
+            return Err(ServerError::UpdateNotLive {
+                guid: guid.to_owned(),
+                state: row.state,
+            });
+        }
+        let disk = self.data.meta.disk(&row.disk_id)?;
+        let base = self.data.meta.version(&disk.id, &row.base_version)?;
+        Ok((row, disk, base))
+    }
+
+    /// The users.
+    ///
+    /// # Errors
+    /// When the metadata cannot be read.
+    pub fn users(&self) -> Result<Vec<UserView>, ServerError> {
+        Ok(self
+            .data
+            .meta
+            .users()?
+            .into_iter()
+            .map(UserView::from)
+            .collect())
+    }
+
+    /// The store's size and what it holds.
+    ///
+    /// # Errors
+    /// When the metadata or the store cannot be read.
+    pub fn store(&self) -> Result<StoreView, ServerError> {
+        let summary = self.store_summary()?;
+        let age = self
+            .summary
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |(at, _)| at.elapsed().as_secs());
+        let updates = self.data.meta.updates()?;
+        Ok(StoreView {
+            chunks: summary.chunks,
+            bytes: summary.bytes,
+            age_secs: age,
+            disks: self.data.meta.disks()?.len(),
+            versions: self.data.meta.versions_since(0)?.len(),
+            live_updates: updates.iter().filter(|u| u.state.is_live()).count(),
+            uploading_now: self.live.uploads(),
+        })
+    }
+
+    /// The store's size, counted at most once a minute: a walk of a large store takes a
+    /// while.
+    fn store_summary(&self) -> Result<Arc<StoreSummary>, ServerError> {
+        let mut cached = self.summary.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, summary)) = cached.as_ref()
+            && at.elapsed() < STORE_SUMMARY_AGE
+        {
+            return Ok(summary.clone());
+        }
+        let mut summary = StoreSummary::default();
+        self.data.store.list(|_, len| {
+            summary.chunks += 1;
+            summary.bytes += len;
+        })?;
+        summary.per_disk = upkeep::stored_bytes_per_disk(&self.data)?;
+        let summary = Arc::new(summary);
+        *cached = Some((Instant::now(), summary.clone()));
+        Ok(summary)
+    }
+}
+
+/// Refuses a caller that is neither the user and terminal that started the update nor
+/// an admin.
+///
+/// # Errors
+/// `NotYourUpdate`.
+pub fn check_owner(update: &UpdateRow, session: &Session) -> Result<(), ServerError> {
+    let owner = update.user == session.user && update.terminal == session.terminal;
+    if owner || session.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ServerError::NotYourUpdate {
+            guid: update.guid.clone(),
+            owner: format!("user {} on terminal {}", update.user, update.terminal),
+            caller: format!("user {} on terminal {}", session.user, session.terminal),
+        })
+    }
+}

@@ -1,0 +1,264 @@
+//! The JSON API (`/api/v1/...`), the live event stream and `/metrics`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use serde::Deserialize;
+
+use super::{
+    ApiError, CONSOLE_TERMINAL, Caller, Peer, SESSION_COOKIE, Shared, bearer, cookie,
+    session_cookie,
+};
+use crate::app::{LoginView, StoreView, UpdateView, blocking};
+use crate::auth::TOKEN_LIFETIME_SECS;
+use crate::error::ServerError;
+use crate::live::Counters;
+use crate::meta::UpdateState;
+
+/// How often an event stream looks for changes the database alone knows (an admin
+/// command's abort, a new update): the live uploads wake it at once.
+const EVENT_POLL: Duration = Duration::from_secs(1);
+/// Least time between two events of one stream.
+const EVENT_SPACING: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LoginRequest {
+    user: String,
+    password: String,
+    /// Recorded with the session; `console` when absent.
+    #[serde(default)]
+    terminal: Option<String>,
+}
+
+/// `POST /api/v1/login` `{"user","password"}` → `{"token","expires_at"}`; also sets the
+/// session cookie.
+pub(super) async fn login(
+    State(web): State<Shared>,
+    Peer(addr): Peer,
+    headers: HeaderMap,
+    Json(request): Json<LoginRequest>,
+) -> Result<Response, ApiError> {
+    super::check_origin(&headers)?;
+    let terminal = request.terminal.as_deref().unwrap_or(CONSOLE_TERMINAL);
+    let login: LoginView = web
+        .app
+        .login(&request.user, &request.password, terminal, addr)
+        .await?;
+    let cookie = session_cookie(&login.token, TOKEN_LIFETIME_SECS, web.options.tls);
+    Ok(([(header::SET_COOKIE, cookie)], Json(login)).into_response())
+}
+
+/// `POST /api/v1/logout`: ends the session.
+pub(super) async fn logout(
+    State(web): State<Shared>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let app = web.app.clone();
+    blocking(move || app.logout(&caller.token)).await?;
+    let cookie = session_cookie("", 0, web.options.tls);
+    Ok(([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response())
+}
+
+/// `GET /api/v1/disks`.
+pub(super) async fn disks(State(web): State<Shared>, _: Caller) -> Result<Response, ApiError> {
+    let app = web.app.clone();
+    Ok(Json(blocking(move || app.disks()).await?).into_response())
+}
+
+/// `GET /api/v1/disks/{disk}/versions`, oldest first.
+pub(super) async fn versions(
+    State(web): State<Shared>,
+    _: Caller,
+    Path(disk): Path<String>,
+) -> Result<Response, ApiError> {
+    let app = web.app.clone();
+    Ok(Json(blocking(move || app.versions(&disk)).await?).into_response())
+}
+
+/// `GET /api/v1/updates`, with live progress while uploading.
+pub(super) async fn updates(State(web): State<Shared>, _: Caller) -> Result<Response, ApiError> {
+    let app = web.app.clone();
+    Ok(Json(blocking(move || app.updates()).await?).into_response())
+}
+
+/// `POST /api/v1/updates/{guid}/abort`: the console's 「更新中断」, for admins.
+pub(super) async fn abort(
+    State(web): State<Shared>,
+    caller: Caller,
+    Path(guid): Path<String>,
+) -> Result<Response, ApiError> {
+    let app = web.app.clone();
+    let view = blocking(move || {
+        app.end_update(&caller.session, &guid, UpdateState::Aborted)?;
+        app.updates()?
+            .into_iter()
+            .find(|u| u.data_write_guid == guid)
+            .ok_or(ServerError::UnknownUpdate(guid))
+    })
+    .await?;
+    Ok(Json(view).into_response())
+}
+
+/// `GET /api/v1/store`.
+pub(super) async fn store(State(web): State<Shared>, _: Caller) -> Result<Response, ApiError> {
+    let app = web.app.clone();
+    let view: StoreView = blocking(move || app.store()).await?;
+    Ok(Json(view).into_response())
+}
+
+/// `GET /api/v1/events`: Server-Sent Events, an `updates` event (the list of
+/// `/api/v1/updates`) whenever it changes.
+pub(super) async fn events(
+    State(web): State<Shared>,
+    _: Caller,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let permit = web
+        .event_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ServerError::Busy("too many consoles are watching".into()))?;
+    let state = EventState {
+        web: web.clone(),
+        changes: web.app.live().watch(),
+        stop: web.stop.clone(),
+        last: None,
+        _permit: permit,
+    };
+    let stream = futures::stream::unfold(state, |mut state| async move {
+        let event = state.next().await?;
+        Some((Ok(event), state))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+struct EventState {
+    web: Shared,
+    changes: tokio::sync::watch::Receiver<u64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// The last list sent, to send only news.
+    last: Option<String>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl EventState {
+    /// The next event; `None` when the server stops.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.last.is_some() {
+                tokio::time::sleep(EVENT_SPACING).await;
+            }
+            if *self.stop.borrow() {
+                return None;
+            }
+            let app = self.web.app.clone();
+            let list: Vec<UpdateView> = blocking(move || app.updates()).await.ok()?;
+            let json = serde_json::to_string(&list).ok()?;
+            if self.last.as_deref() != Some(json.as_str()) {
+                self.last = Some(json.clone());
+                return Some(Event::default().event("updates").data(json));
+            }
+            tokio::select! {
+                _ = self.changes.changed() => {}
+                _ = self.stop.changed() => return None,
+                () = tokio::time::sleep(EVENT_POLL) => {}
+            }
+        }
+    }
+}
+
+/// `GET /metrics` in Prometheus' text format: for loopback callers, logged-in ones, or
+/// anyone with `serve --public-metrics`.
+pub(super) async fn metrics(
+    State(web): State<Shared>,
+    Peer(addr): Peer,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let open = web.options.public_metrics || addr.is_some_and(|a| a.is_loopback());
+    if !open {
+        let token = bearer(&headers).or_else(|| cookie(&headers, SESSION_COOKIE));
+        web.app.authenticate(token).await?;
+    }
+    let app = web.app.clone();
+    let store = blocking(move || app.store()).await?;
+    let c = &web.app.live().counters;
+    let mut text = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    metric(
+        "hotate_uploads_in_progress",
+        "gauge",
+        "Upload streams open now.",
+        store.uploading_now as u64,
+    );
+    metric(
+        "hotate_updates_live",
+        "gauge",
+        "Updates reserved or uploading.",
+        store.live_updates as u64,
+    );
+    metric(
+        "hotate_bytes_received_total",
+        "counter",
+        "Chunk bytes received on the wire, before verification.",
+        Counters::get(&c.bytes_received),
+    );
+    metric(
+        "hotate_bytes_stored_total",
+        "counter",
+        "Block content bytes of chunks verified and stored.",
+        Counters::get(&c.bytes_stored),
+    );
+    metric(
+        "hotate_chunks_stored_total",
+        "counter",
+        "Chunks verified and stored.",
+        Counters::get(&c.chunks_stored),
+    );
+    metric(
+        "hotate_verification_failures_total",
+        "counter",
+        "Chunks refused because they failed verification.",
+        Counters::get(&c.verification_failures),
+    );
+    metric(
+        "hotate_login_failures_total",
+        "counter",
+        "Logins refused for a wrong user name or password.",
+        Counters::get(&c.login_failures),
+    );
+    metric(
+        "hotate_versions_committed_total",
+        "counter",
+        "Versions committed by uploads.",
+        Counters::get(&c.versions_committed),
+    );
+    metric(
+        "hotate_store_bytes",
+        "gauge",
+        "Bytes in the chunk store (counted at most once a minute).",
+        store.bytes,
+    );
+    metric(
+        "hotate_store_chunks",
+        "gauge",
+        "Chunks in the chunk store (counted at most once a minute).",
+        store.chunks,
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

@@ -1,0 +1,125 @@
+// Hotate Console: follows /api/v1/events on the updates page and asks before an abort.
+"use strict";
+
+(function () {
+  const words = JSON.parse(document.getElementById("words").textContent);
+  const csrf = document.querySelector('meta[name="csrf"]').content;
+  const table = document.getElementById("updates");
+  if (!table) return;
+  const body = table.querySelector("tbody");
+  const template = document.getElementById("update-row");
+  const dialog = document.getElementById("abort-dialog");
+  const message = document.getElementById("message");
+  const liveStatus = document.getElementById("live-status");
+  let pending = null;
+
+  function bytes(n) {
+    const units = ["B", "kB", "MB", "GB", "TB"];
+    let value = n, unit = 0;
+    while (value >= 1000 && unit + 1 < units.length) { value /= 1000; unit++; }
+    return unit === 0 ? n + " B" : value.toFixed(1) + " " + units[unit];
+  }
+
+  function duration(secs) {
+    const h = Math.floor(secs / 3600), m = Math.floor(secs / 60) % 60, s = secs % 60;
+    if (h > 0) return h + " " + words.hours + " " + m + " " + words.minutes;
+    if (m > 0) return m + " " + words.minutes + " " + s + " " + words.seconds;
+    return s + " " + words.seconds;
+  }
+
+  function stateText(u) {
+    if (u.state === "uploading") return u.uploading_now ? words.uploading : words.waiting;
+    return words[u.state] || u.state;
+  }
+
+  function isLive(u) { return u.state === "reserved" || u.state === "uploading"; }
+
+  function fill(row, u) {
+    const cell = (name) => row.querySelector("." + name);
+    row.dataset.guid = u.data_write_guid;
+    row.dataset.state = u.state;
+    cell("disk").textContent = u.disk_name;
+    cell("terminal").textContent = u.terminal;
+    cell("user").textContent = u.user;
+    cell("state").textContent = stateText(u);
+    const bar = row.querySelector("progress");
+    const amount = row.querySelector(".amount");
+    if (u.bytes_needed !== null && u.bytes_stored !== null) {
+      bar.hidden = false;
+      bar.value = u.bytes_needed === 0 ? 0 : Math.floor(u.bytes_stored * 100 / u.bytes_needed);
+      amount.textContent = bytes(u.bytes_stored) + " " + words.of + " " + bytes(u.bytes_needed);
+    } else {
+      bar.hidden = true;
+      amount.textContent = "";
+    }
+    cell("rate").textContent = u.rate !== null ? bytes(u.rate) + "/s" : "";
+    cell("eta").textContent = u.eta_secs !== null ? duration(u.eta_secs) : "";
+    cell("base").textContent = u.base_version;
+    cell("new").textContent = u.new_version || "";
+    const button = row.querySelector("button.abort");
+    if (button) button.hidden = !isLive(u);
+  }
+
+  function apply(list) {
+    const rows = new Map();
+    for (const row of body.querySelectorAll("tr[data-guid]")) rows.set(row.dataset.guid, row);
+    const ordered = list.slice().reverse();
+    ordered.sort((a, b) => Number(isLive(b)) - Number(isLive(a)));
+    for (const u of ordered) {
+      let row = rows.get(u.data_write_guid);
+      if (!row) row = template.content.firstElementChild.cloneNode(true);
+      fill(row, u);
+      body.appendChild(row);
+      rows.delete(u.data_write_guid);
+    }
+    for (const row of rows.values()) row.remove();
+    document.getElementById("no-updates").hidden = list.length > 0;
+  }
+
+  function say(text, isError) {
+    message.textContent = text;
+    message.className = isError ? "error" : "notice";
+    message.hidden = false;
+  }
+
+  body.addEventListener("click", (event) => {
+    const button = event.target.closest("button.abort");
+    if (!button) return;
+    const row = button.closest("tr");
+    pending = row.dataset.guid;
+    document.getElementById("abort-question").textContent = words.abort_confirm
+      .replace("{disk}", row.querySelector(".disk").textContent)
+      .replace("{terminal}", row.querySelector(".terminal").textContent);
+    dialog.showModal();
+  });
+
+  dialog.addEventListener("close", async () => {
+    const guid = pending;
+    pending = null;
+    if (dialog.returnValue !== "abort" || !guid) return;
+    try {
+      const response = await fetch("/api/v1/updates/" + encodeURIComponent(guid) + "/abort", {
+        method: "POST",
+        headers: { "X-CSRF-Token": csrf },
+        credentials: "same-origin",
+      });
+      const reply = await response.json();
+      if (response.ok) {
+        say(words.abort_done, false);
+        const row = body.querySelector('tr[data-guid="' + CSS.escape(guid) + '"]');
+        if (row) fill(row, reply);
+      } else {
+        say(response.status === 403 && reply.error.startsWith("permission") ? words.admins_only : reply.error, true);
+      }
+    } catch (e) {
+      say(String(e), true);
+    }
+  });
+
+  const events = new EventSource("/api/v1/events");
+  events.addEventListener("updates", (event) => {
+    liveStatus.hidden = true;
+    apply(JSON.parse(event.data));
+  });
+  events.addEventListener("error", () => { liveStatus.hidden = false; });
+})();

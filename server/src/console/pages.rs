@@ -1,0 +1,575 @@
+//! The console's pages: server-rendered HTML in the caller's language, with one small
+//! script (embedded, like the style sheet) that follows the live updates.
+
+use std::fmt::Write as _;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::words::{Lang, Words};
+use super::{
+    ApiError, CONSOLE_TERMINAL, Caller, LANG_COOKIE, Language, Peer, Shared, session_cookie,
+};
+use crate::app::{UpdateView, blocking};
+use crate::auth::TOKEN_LIFETIME_SECS;
+use crate::error::ServerError;
+use crate::meta::Role;
+
+const SCRIPT: &str = include_str!("console.js");
+const STYLE: &str = include_str!("console.css");
+
+/// Escapes text for HTML content and attribute values.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Bytes as people read them (decimal units, like the client's progress).
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The state of an update in the console's words.
+fn state_text(words: &Words, update: &UpdateView) -> &'static str {
+    match update.state {
+        "reserved" => words.reserved,
+        "uploading" if update.uploading_now => words.uploading,
+        "uploading" => words.waiting,
+        "committed" => words.committed,
+        "cancelled" => words.cancelled,
+        _ => words.aborted,
+    }
+}
+
+/// A page's frame: head, navigation, and `body`.
+fn layout(lang: Lang, caller: Option<&Caller>, active: &str, title: &str, body: &str) -> Response {
+    let w = lang.words();
+    let mut nav = String::new();
+    if let Some(caller) = caller {
+        for (href, key, label) in [
+            ("/", "updates", w.updates),
+            ("/disks", "disks", w.disks),
+            ("/store", "store", w.store),
+        ] {
+            let current = if key == active {
+                " aria-current=\"page\""
+            } else {
+                ""
+            };
+            let _ = write!(nav, "<a href=\"{href}\"{current}>{label}</a>");
+        }
+        let _ = write!(
+            nav,
+            "<span class=\"who\">{} ({})</span>\
+             <form method=\"post\" action=\"/logout\" class=\"inline\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">{}</button></form>",
+            esc(&caller.session.user),
+            caller.session.role.as_str(),
+            caller.csrf(),
+            w.logout
+        );
+    }
+    let other = match lang {
+        Lang::En => "<a href=\"/lang/ja\" lang=\"ja\">日本語</a>",
+        Lang::Ja => "<a href=\"/lang/en\" lang=\"en\">English</a>",
+    };
+    let csrf = caller.map(Caller::csrf).unwrap_or_default();
+    let role = caller.map_or("", |c| c.session.role.as_str());
+    let words = serde_json::to_string(w).unwrap_or_default();
+    let html = format!(
+        "<!doctype html>\n<html lang=\"{code}\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta name=\"csrf\" content=\"{csrf}\"><meta name=\"role\" content=\"{role}\">\
+         <title>{title} - {console}</title>\
+         <link rel=\"stylesheet\" href=\"/assets/console.css\">\
+         <script type=\"application/json\" id=\"words\">{words}</script>\
+         <script src=\"/assets/console.js\" defer></script></head>\
+         <body><header><strong>{console}</strong><nav>{nav}</nav><span class=\"lang\">{other}</span></header>\
+         <main><h1>{title}</h1>{body}</main></body></html>",
+        code = lang.code(),
+        console = w.console,
+        title = esc(title),
+        words = words.replace("</", "<\\/"),
+    );
+    page(html)
+}
+
+/// An HTML response with the console's security headers.
+fn page(html: String) -> Response {
+    (
+        [
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'; form-action 'self'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "same-origin"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(html),
+    )
+        .into_response()
+}
+
+/// A page's logged-in caller; anyone else is sent to the login page, and back after.
+pub(super) struct Viewer(Caller);
+
+impl axum::extract::FromRequestParts<Shared> for Viewer {
+    type Rejection = Redirect;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        web: &Shared,
+    ) -> Result<Self, Redirect> {
+        match Caller::from_request_parts(parts, web).await {
+            Ok(caller) => Ok(Self(caller)),
+            Err(_) => Err(Redirect::to(&format!(
+                "/login?next={}",
+                url_escape(parts.uri.path())
+            ))),
+        }
+    }
+}
+
+fn url_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An error shown as a page.
+fn error_page(lang: Lang, caller: &Caller, err: &ServerError) -> Response {
+    let mut response = layout(
+        lang,
+        Some(caller),
+        "",
+        lang.words().console,
+        &format!(
+            "<p class=\"error\" role=\"alert\">{}</p>",
+            esc(&err.to_string())
+        ),
+    );
+    *response.status_mut() = super::http_status(err);
+    response
+}
+
+/// `GET /`: the updates, live.
+pub(super) async fn updates(
+    State(web): State<Shared>,
+    Language(lang): Language,
+    Viewer(caller): Viewer,
+) -> Response {
+    let app = web.app.clone();
+    let list = match blocking(move || app.updates()).await {
+        Ok(list) => list,
+        Err(e) => return error_page(lang, &caller, &e),
+    };
+    let w = lang.words();
+    let admin = caller.session.role == Role::Admin;
+    let mut rows = String::new();
+    // Live updates first, then the ended ones, newest first.
+    let (live, ended): (Vec<_>, Vec<_>) = list
+        .iter()
+        .rev()
+        .partition(|u| matches!(u.state, "reserved" | "uploading"));
+    for u in live.iter().chain(ended.iter()) {
+        rows.push_str(&update_row(w, u, admin));
+    }
+    let body = format!(
+        "<p id=\"live-status\" class=\"notice\" hidden>{lost}</p>\
+         <p id=\"message\" class=\"notice\" role=\"status\" hidden></p>\
+         <table id=\"updates\"><thead><tr><th>{disk}</th><th>{terminal}</th><th>{user}</th>\
+         <th>{state}</th><th>{progress}</th><th>{rate}</th><th>{eta}</th><th>{base}</th><th>{new}</th><th></th></tr></thead>\
+         <tbody>{rows}</tbody></table>\
+         <p id=\"no-updates\"{empty}>{none}</p>\
+         <template id=\"update-row\">{template}</template>\
+         <dialog id=\"abort-dialog\"><form method=\"dialog\">\
+         <p id=\"abort-question\"></p><p>{note}</p>\
+         <button value=\"cancel\" id=\"abort-cancel\">{back}</button> \
+         <button value=\"abort\" id=\"abort-confirm\" class=\"danger\">{abort}</button></form></dialog>",
+        lost = w.live_link_lost,
+        disk = w.disk,
+        terminal = w.terminal,
+        user = w.user,
+        state = w.state,
+        progress = w.progress,
+        rate = w.rate,
+        eta = w.eta,
+        base = w.base_version,
+        new = w.new_version,
+        empty = if list.is_empty() { "" } else { " hidden" },
+        none = w.no_updates,
+        template = update_row(w, &UpdateView::default(), admin),
+        note = w.abort_note,
+        back = w.back,
+        abort = w.abort,
+    );
+    layout(lang, Some(&caller), "updates", w.updates, &body)
+}
+
+/// One row of the updates table; the script fills the same cells live.
+fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
+    let live = matches!(u.state, "reserved" | "uploading");
+    let (progress, percent) = match (u.bytes_stored, u.bytes_needed) {
+        (Some(stored), Some(needed)) => (
+            format!("{} {} {}", bytes_text(stored), w.of, bytes_text(needed)),
+            (stored * 100).checked_div(needed).unwrap_or(0),
+        ),
+        _ => (String::new(), 0),
+    };
+    let rate = u
+        .rate
+        .map(|r| format!("{}/s", bytes_text(r)))
+        .unwrap_or_default();
+    let eta = u.eta_secs.map(|s| duration_text(w, s)).unwrap_or_default();
+    let button = if admin {
+        format!(
+            "<button class=\"abort danger\"{}>{}</button>",
+            if live { "" } else { " hidden" },
+            w.abort
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "<tr data-guid=\"{guid}\" data-state=\"{state}\">\
+         <td class=\"disk\">{disk}</td><td class=\"terminal\">{terminal}</td><td class=\"user\">{user}</td>\
+         <td class=\"state\">{state_text}</td>\
+         <td class=\"progress\"><progress max=\"100\" value=\"{percent}\"{bar}></progress> <span class=\"amount\">{progress}</span></td>\
+         <td class=\"rate\">{rate}</td><td class=\"eta\">{eta}</td>\
+         <td class=\"base\">{base}</td><td class=\"new\">{new}</td><td>{button}</td></tr>",
+        guid = esc(&u.data_write_guid),
+        state = u.state,
+        disk = esc(&u.disk_name),
+        terminal = esc(&u.terminal),
+        user = esc(&u.user),
+        state_text = state_text(w, u),
+        bar = if u.uploading_now { "" } else { " hidden" },
+        base = esc(&u.base_version),
+        new = esc(u.new_version.as_deref().unwrap_or_default()),
+    )
+}
+
+/// Seconds as `1 h 2 min`, `3 min 4 s` or `5 s`.
+fn duration_text(w: &Words, secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h} {} {m} {}", w.hours, w.minutes)
+    } else if m > 0 {
+        format!("{m} {} {s} {}", w.minutes, w.seconds)
+    } else {
+        format!("{s} {}", w.seconds)
+    }
+}
+
+/// `GET /disks`.
+pub(super) async fn disks(
+    State(web): State<Shared>,
+    Language(lang): Language,
+    Viewer(caller): Viewer,
+) -> Response {
+    let app = web.app.clone();
+    let list = match blocking(move || app.disks()).await {
+        Ok(list) => list,
+        Err(e) => return error_page(lang, &caller, &e),
+    };
+    let w = lang.words();
+    let mut body = format!(
+        "<table id=\"disks\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+        w.name, w.size, w.block_size, w.latest_version, w.version_count, w.stored_bytes
+    );
+    for d in &list {
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/disks/{id}\">{name}</a></td><td>{size}</td><td>{block}</td>\
+             <td>{latest}</td><td>{count}</td><td>{stored}</td></tr>",
+            id = esc(&d.id),
+            name = esc(&d.name),
+            size = bytes_text(d.size),
+            block = bytes_text(u64::from(d.block_size)),
+            latest = esc(&d.latest_version),
+            count = d.versions,
+            stored = bytes_text(d.stored_bytes),
+        );
+    }
+    body.push_str("</tbody></table>");
+    if list.is_empty() {
+        let _ = write!(body, "<p>{}</p>", esc(w.no_disks));
+    }
+    layout(lang, Some(&caller), "disks", w.disks, &body)
+}
+
+/// `GET /disks/{disk}`: a disk's versions, newest first.
+pub(super) async fn disk(
+    State(web): State<Shared>,
+    Language(lang): Language,
+    Viewer(caller): Viewer,
+    Path(disk): Path<String>,
+) -> Response {
+    let app = web.app.clone();
+    let found = blocking(move || Ok((app.disk(&disk)?, app.versions(&disk)?))).await;
+    let (disk, versions) = match found {
+        Ok(found) => found,
+        Err(e) => return error_page(lang, &caller, &e),
+    };
+    let w = lang.words();
+    let mut body = format!(
+        "<p>{} {} · {} {}</p><table id=\"versions\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+        w.size,
+        bytes_text(disk.size),
+        w.block_size,
+        bytes_text(u64::from(disk.block_size)),
+        w.version,
+        w.parent,
+        w.comment,
+        w.user,
+        w.terminal,
+        w.created_at,
+        w.blocks_changed,
+        w.stored_bytes,
+    );
+    for v in versions.iter().rev() {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&v.id),
+            esc(v.parent.as_deref().unwrap_or("-")),
+            esc(&v.comment),
+            esc(&v.user),
+            esc(&v.terminal),
+            esc(&v.created_at),
+            v.blocks_changed,
+            bytes_text(v.bytes_stored),
+        );
+    }
+    let _ = write!(
+        body,
+        "</tbody></table><p><a href=\"/disks\">{}</a></p>",
+        w.back
+    );
+    layout(
+        lang,
+        Some(&caller),
+        "disks",
+        &format!("{} {}", w.disk, disk.name),
+        &body,
+    )
+}
+
+/// `GET /store`.
+pub(super) async fn store(
+    State(web): State<Shared>,
+    Language(lang): Language,
+    Viewer(caller): Viewer,
+) -> Response {
+    let app = web.app.clone();
+    let store = match blocking(move || app.store()).await {
+        Ok(store) => store,
+        Err(e) => return error_page(lang, &caller, &e),
+    };
+    let w = lang.words();
+    let body = format!(
+        "<table id=\"store\"><tbody>\
+         <tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr>\
+         <tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr>\
+         <tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr>\
+         </tbody></table><p>{}</p>",
+        w.store_bytes,
+        bytes_text(store.bytes),
+        w.chunks,
+        store.chunks,
+        w.disks,
+        store.disks,
+        w.versions,
+        store.versions,
+        w.live_updates,
+        store.live_updates,
+        w.uploading_now,
+        store.uploading_now,
+        w.counted_ago.replace("{secs}", &store.age_secs.to_string()),
+    );
+    layout(lang, Some(&caller), "store", w.store, &body)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Next {
+    next: Option<String>,
+}
+
+/// Only a path on this site: never another origin.
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') => {
+            next
+        }
+        _ => "/",
+    }
+}
+
+/// `GET /login`.
+pub(super) async fn login_form(Language(lang): Language, Query(next): Query<Next>) -> Response {
+    login_page(lang, safe_next(next.next.as_deref()), None)
+}
+
+fn login_page(lang: Lang, next: &str, error: Option<&str>) -> Response {
+    let w = lang.words();
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "{error}<form method=\"post\" action=\"/login\" class=\"login\">\
+         <input type=\"hidden\" name=\"next\" value=\"{next}\">\
+         <label>{user} <input name=\"user\" id=\"user\" autocomplete=\"username\" required autofocus></label>\
+         <label>{password} <input name=\"password\" id=\"password\" type=\"password\" autocomplete=\"current-password\" required></label>\
+         <button type=\"submit\" id=\"login\">{login}</button></form>",
+        next = esc(next),
+        user = w.user,
+        password = w.password,
+        login = w.login,
+    );
+    layout(lang, None, "", w.login, &body)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LoginForm {
+    user: String,
+    password: String,
+    next: Option<String>,
+}
+
+/// `POST /login`: sets the session cookie and goes on to `next`.
+pub(super) async fn login(
+    State(web): State<Shared>,
+    Language(lang): Language,
+    Peer(addr): Peer,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let next = safe_next(form.next.as_deref()).to_owned();
+    let w = lang.words();
+    if let Err(e) = super::check_origin(&headers) {
+        return ApiError(e).into_response();
+    }
+    match web
+        .app
+        .login(&form.user, &form.password, CONSOLE_TERMINAL, addr)
+        .await
+    {
+        Ok(login) => {
+            let cookie = session_cookie(&login.token, TOKEN_LIFETIME_SECS, web.options.tls);
+            ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
+        }
+        Err(e) => {
+            let text = match e {
+                ServerError::BadLogin => w.bad_login.to_owned(),
+                ServerError::LoginLocked { .. } => w.login_locked.to_owned(),
+                other => other.to_string(),
+            };
+            let mut response = login_page(lang, &next, Some(&text));
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            response
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LogoutForm {
+    csrf: String,
+}
+
+/// `POST /logout` (a form: its CSRF token is a field).
+pub(super) async fn logout(
+    State(web): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<LogoutForm>,
+) -> Response {
+    let token = super::cookie(&headers, super::SESSION_COOKIE);
+    if let Some(token) = token
+        && form.csrf == super::csrf_of(&token)
+    {
+        let app = web.app.clone();
+        let _ = blocking(move || app.logout(&token)).await;
+    }
+    let cookie = session_cookie("", 0, web.options.tls);
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}
+
+/// `GET /lang/{en|ja}`: remembers the language and goes back.
+pub(super) async fn set_lang(Path(code): Path<String>, headers: HeaderMap) -> Response {
+    let lang = Lang::parse(&code).unwrap_or(Lang::En);
+    // Back to the page the link was on, when it is this site's.
+    let back = headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.split_once("://"))
+        .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()));
+    let back = safe_next(back.as_deref()).to_owned();
+    let cookie = format!(
+        "{LANG_COOKIE}={}; Path=/; Max-Age=31536000; SameSite=Strict",
+        lang.code()
+    );
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&back)).into_response()
+}
+
+pub(super) async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+pub(super) async fn style() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_helpers() {
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(bytes_text(999), "999 B");
+        assert_eq!(bytes_text(1_500_000), "1.5 MB");
+        assert_eq!(duration_text(&super::super::words::EN, 3725), "1 h 2 min");
+        assert_eq!(duration_text(&super::super::words::JA, 65), "1 分 5 秒");
+        assert_eq!(safe_next(Some("//evil.example")), "/");
+        assert_eq!(safe_next(Some("https://evil.example")), "/");
+        assert_eq!(safe_next(Some("/disks")), "/disks");
+        assert_eq!(url_escape("/disks/a b"), "/disks/a%20b");
+    }
+}

@@ -1,0 +1,254 @@
+//! The console's words in English and Japanese (the seed's: 更新中, 更新中断, バージョン,
+//! コメント …), and how a request picks its language.
+
+use serde::Serialize;
+
+/// A console language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Ja,
+}
+
+impl Lang {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::En => "en",
+            Self::Ja => "ja",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Self> {
+        match code.trim() {
+            "en" => Some(Self::En),
+            "ja" => Some(Self::Ja),
+            _ => None,
+        }
+    }
+
+    /// The first of `ja` or `en` in an `Accept-Language` header, by weight; English when
+    /// neither is there.
+    pub fn from_accept(header: &str) -> Self {
+        let mut best = (Self::En, -1.0_f32);
+        for part in header.split(',') {
+            let mut pieces = part.split(';');
+            let tag = pieces
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            let weight = pieces
+                .find_map(|p| p.trim().strip_prefix("q=").map(str::to_owned))
+                .and_then(|q| q.parse().ok())
+                .unwrap_or(1.0);
+            let lang = if tag == "ja" || tag.starts_with("ja-") {
+                Self::Ja
+            } else if tag == "en" || tag.starts_with("en-") {
+                Self::En
+            } else {
+                continue;
+            };
+            if weight > best.1 {
+                best = (lang, weight);
+            }
+        }
+        best.0
+    }
+
+    pub fn words(self) -> &'static Words {
+        match self {
+            Self::En => &EN,
+            Self::Ja => &JA,
+        }
+    }
+}
+
+/// Every text the console shows. The page scripts get the same set as JSON.
+#[derive(Debug, Serialize)]
+pub struct Words {
+    pub console: &'static str,
+    pub updates: &'static str,
+    pub disks: &'static str,
+    pub store: &'static str,
+    pub login: &'static str,
+    pub logout: &'static str,
+    pub user: &'static str,
+    pub password: &'static str,
+    pub bad_login: &'static str,
+    pub login_locked: &'static str,
+    pub disk: &'static str,
+    pub terminal: &'static str,
+    pub state: &'static str,
+    pub progress: &'static str,
+    pub rate: &'static str,
+    pub eta: &'static str,
+    pub base_version: &'static str,
+    pub new_version: &'static str,
+    pub abort: &'static str,
+    pub abort_confirm: &'static str,
+    pub abort_note: &'static str,
+    pub abort_done: &'static str,
+    pub back: &'static str,
+    pub no_updates: &'static str,
+    pub no_disks: &'static str,
+    pub reserved: &'static str,
+    pub uploading: &'static str,
+    pub waiting: &'static str,
+    pub committed: &'static str,
+    pub cancelled: &'static str,
+    pub aborted: &'static str,
+    pub name: &'static str,
+    pub size: &'static str,
+    pub block_size: &'static str,
+    pub latest_version: &'static str,
+    pub version_count: &'static str,
+    pub stored_bytes: &'static str,
+    pub versions: &'static str,
+    pub version: &'static str,
+    pub parent: &'static str,
+    pub comment: &'static str,
+    pub created_at: &'static str,
+    pub blocks_changed: &'static str,
+    pub chunks: &'static str,
+    pub store_bytes: &'static str,
+    pub live_updates: &'static str,
+    pub uploading_now: &'static str,
+    pub counted_ago: &'static str,
+    pub admins_only: &'static str,
+    pub live_link_lost: &'static str,
+    pub seconds: &'static str,
+    pub minutes: &'static str,
+    pub hours: &'static str,
+    pub of: &'static str,
+    pub not_found: &'static str,
+}
+
+pub static EN: Words = Words {
+    console: "Hotate Console",
+    updates: "Updates",
+    disks: "Disks",
+    store: "Store",
+    login: "Log in",
+    logout: "Log out",
+    user: "User name",
+    password: "Password",
+    bad_login: "Wrong user name or password.",
+    login_locked: "Too many failed logins: try again later.",
+    disk: "Disk",
+    terminal: "Terminal",
+    state: "State",
+    progress: "Progress",
+    rate: "Rate",
+    eta: "Time left",
+    base_version: "Base version",
+    new_version: "New version",
+    abort: "Abort update",
+    abort_confirm: "Abort the update of {disk} from terminal {terminal}?",
+    abort_note: "What it uploaded is discarded. The terminal must cancel and start again.",
+    abort_done: "The update was aborted.",
+    back: "Back",
+    no_updates: "No updates.",
+    no_disks: "No disks. Import one with `hotate-server disk import NAME IMAGE`.",
+    reserved: "Updating on the terminal",
+    uploading: "Uploading",
+    waiting: "Uploading (no stream open)",
+    committed: "Committed",
+    cancelled: "Cancelled",
+    aborted: "Aborted",
+    name: "Name",
+    size: "Size",
+    block_size: "Block size",
+    latest_version: "Latest version",
+    version_count: "Versions",
+    stored_bytes: "Stored",
+    versions: "Versions",
+    version: "Version",
+    parent: "Parent",
+    comment: "Comment",
+    created_at: "Created",
+    blocks_changed: "Changed blocks",
+    chunks: "Chunks",
+    store_bytes: "Store size",
+    live_updates: "Updates in progress",
+    uploading_now: "Uploads running now",
+    counted_ago: "Counted {secs} s ago.",
+    admins_only: "Only an admin may abort an update.",
+    live_link_lost: "Live updates paused: reconnecting…",
+    seconds: "s",
+    minutes: "min",
+    hours: "h",
+    of: "of",
+    not_found: "Not found.",
+};
+
+pub static JA: Words = Words {
+    console: "ほたてコンソール",
+    updates: "更新状況",
+    disks: "ディスク",
+    store: "ストア",
+    login: "ログイン",
+    logout: "ログアウト",
+    user: "ユーザー名",
+    password: "パスワード",
+    bad_login: "ユーザー名またはパスワードが違います。",
+    login_locked: "ログインの失敗が多すぎます。しばらくしてから再度お試しください。",
+    disk: "ディスク",
+    terminal: "端末",
+    state: "状態",
+    progress: "進捗",
+    rate: "速度",
+    eta: "残り時間",
+    base_version: "元のバージョン",
+    new_version: "新しいバージョン",
+    abort: "更新中断",
+    abort_confirm: "端末 {terminal} によるディスク {disk} の更新を中断しますか?",
+    abort_note: "アップロード済みのデータは破棄されます。端末側で更新をキャンセルしてから、再度開始してください。",
+    abort_done: "更新中断しました。",
+    back: "戻る",
+    no_updates: "更新はありません。",
+    no_disks: "ディスクがありません。`hotate-server disk import NAME IMAGE` でインポートしてください。",
+    reserved: "端末側で更新中",
+    uploading: "アップロード中",
+    waiting: "アップロード中 (接続待ち)",
+    committed: "バージョン作成済み",
+    cancelled: "キャンセル済み",
+    aborted: "更新中断済み",
+    name: "名前",
+    size: "サイズ",
+    block_size: "ブロックサイズ",
+    latest_version: "最新バージョン",
+    version_count: "バージョン数",
+    stored_bytes: "保存量",
+    versions: "バージョン",
+    version: "バージョン",
+    parent: "親バージョン",
+    comment: "コメント",
+    created_at: "作成日時",
+    blocks_changed: "変更ブロック数",
+    chunks: "チャンク数",
+    store_bytes: "ストアのサイズ",
+    live_updates: "更新中のディスク",
+    uploading_now: "実行中のアップロード",
+    counted_ago: "{secs} 秒前の集計です。",
+    admins_only: "更新中断は管理者のみ行えます。",
+    live_link_lost: "自動更新が途切れました。再接続しています…",
+    seconds: "秒",
+    minutes: "分",
+    hours: "時間",
+    of: "/",
+    not_found: "見つかりません。",
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_language_picks_by_weight() {
+        assert_eq!(Lang::from_accept("ja,en-US;q=0.9"), Lang::Ja);
+        assert_eq!(Lang::from_accept("en-US,en;q=0.9,ja;q=0.8"), Lang::En);
+        assert_eq!(Lang::from_accept("fr, ja-JP;q=0.5"), Lang::Ja);
+        assert_eq!(Lang::from_accept("de"), Lang::En);
+        assert_eq!(Lang::from_accept(""), Lang::En);
+    }
+}

@@ -1,0 +1,371 @@
+//! The console and its JSON API on the control port, against the real server: the API's
+//! contract and its guards (login, roles, CSRF, other origins), live progress over
+//! Server-Sent Events, `/metrics`, and a real headless Chromium that watches an upload
+//! and aborts it.
+
+use std::process::Child;
+
+use hotate_tests::harness::{PASSWORD, USER, admin_json};
+use hotate_tests::http::{self, Events, Reply};
+use hotate_tests::webdriver::Browser;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// Logs in through the API; the token.
+fn login(addr: &str, user: &str, password: &str) -> String {
+    let reply = http::json(
+        addr,
+        "POST",
+        "/api/v1/login",
+        &[],
+        &json!({"user": user, "password": password}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    assert!(body["expires_at"].as_i64().expect("expires_at") > 0);
+    body["token"].as_str().expect("token").to_owned()
+}
+
+fn get(addr: &str, path: &str, token: &str) -> Reply {
+    let bearer = format!("Bearer {token}");
+    http::request(addr, "GET", path, &[("Authorization", &bearer)], None)
+}
+
+/// A finish that uploads slowly enough to be watched, once it has stored something.
+fn slow_finish(s: &Setup, rate: &str) -> Child {
+    let child = s
+        .terminal
+        .client(&["update", "finish", "--limit-rate", rate])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn finish");
+    super::wait_for_received(&s.site, 1, Duration::from_secs(30));
+    child
+}
+
+fn assert_aborted(finish: Child) {
+    let started = Instant::now();
+    let out = finish.wait_with_output().expect("finish output");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the client kept going"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("aborted on the server by an administrator"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_api_keeps_its_contract_and_its_guards() {
+    let s = setup(8 << 20, 71);
+    let addr = s.server.control.clone();
+
+    // Nothing without a login: 401 with a JSON error, not a page.
+    for path in ["/api/v1/disks", "/api/v1/updates", "/api/v1/events"] {
+        let reply = http::request(&addr, "GET", path, &[], None);
+        assert_eq!(reply.status, 401, "{path}");
+        assert!(reply.json()["error"].as_str().is_some(), "{path}");
+    }
+    let forged = get(&addr, "/api/v1/disks", "not-a-token");
+    assert_eq!(forged.status, 401);
+    let wrong = http::json(
+        &addr,
+        "POST",
+        "/api/v1/login",
+        &[],
+        &json!({"user": USER, "password": "wrong"}),
+    );
+    assert_eq!(wrong.status, 401);
+    // A page sends the browser to the login page instead.
+    let page = http::request(&addr, "GET", "/disks", &[], None);
+    assert_eq!(page.status, 303);
+    assert_eq!(page.header("location"), Some("/login?next=/disks"));
+
+    let token = login(&addr, USER, PASSWORD);
+    // The same shapes as the admin commands' --json.
+    let disks = get(&addr, "/api/v1/disks", &token).json();
+    let listed = admin_json(&s.site.data, &["disk", "list"]);
+    for key in [
+        "id",
+        "name",
+        "size",
+        "block_size",
+        "latest_version",
+        "stored_bytes",
+    ] {
+        assert_eq!(disks[0][key], listed[0][key], "{key}");
+    }
+    assert_eq!(disks[0]["name"], "win10");
+    let versions = get(&addr, "/api/v1/disks/win10/versions", &token).json();
+    assert_eq!(
+        versions,
+        admin_json(&s.site.data, &["disk", "versions", "win10"])
+    );
+    assert_eq!(versions[0]["id"], s.site.first_version.as_str());
+    assert_eq!(
+        get(&addr, "/api/v1/disks/nope/versions", &token).status,
+        404
+    );
+
+    s.start_update();
+    let updates = get(&addr, "/api/v1/updates", &token).json();
+    let update = &updates[0];
+    assert_eq!(update["terminal"], "PC-001");
+    assert_eq!(update["user"], USER);
+    assert_eq!(update["state"], "reserved");
+    assert_eq!(update["disk_id"], s.site.disk_id.as_str());
+    let guid = update["data_write_guid"].as_str().expect("guid").to_owned();
+    assert_eq!(updates, admin_json(&s.site.data, &["update", "list"]));
+
+    // Metrics answer loopback callers without a login.
+    let metrics = http::request(&addr, "GET", "/metrics", &[], None);
+    assert_eq!(metrics.status, 200);
+    for name in [
+        "hotate_uploads_in_progress 0",
+        "hotate_updates_live 1",
+        "hotate_login_failures_total 1",
+        "hotate_verification_failures_total 0",
+        "hotate_store_bytes ",
+    ] {
+        assert!(
+            metrics.text().contains(name),
+            "{name} in\n{}",
+            metrics.text()
+        );
+    }
+
+    // An operator may read but not abort.
+    admin_ok(&s.site.data, &["user", "add", "op", "--role", "operator"]);
+    let operator = login(&addr, "op", PASSWORD);
+    let abort_path = format!("/api/v1/updates/{guid}/abort");
+    let bearer = |t: &str| format!("Bearer {t}");
+    let refused = http::request(
+        &addr,
+        "POST",
+        &abort_path,
+        &[("Authorization", &bearer(&operator))],
+        None,
+    );
+    assert_eq!(refused.status, 403, "{}", refused.text());
+
+    // With the session cookie, a state change needs the page's CSRF token, and a
+    // request from another site is refused whatever it carries.
+    let cookie = format!("hotate_session={token}");
+    let page = http::request(&addr, "GET", "/", &[("Cookie", &cookie)], None);
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains(&guid) && html.contains("PC-001"), "{html}");
+    let csrf = html
+        .split("<meta name=\"csrf\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("csrf meta")
+        .to_owned();
+    let no_csrf = http::request(&addr, "POST", &abort_path, &[("Cookie", &cookie)], None);
+    assert_eq!(no_csrf.status, 403, "{}", no_csrf.text());
+    let elsewhere = http::request(
+        &addr,
+        "POST",
+        &abort_path,
+        &[
+            ("Cookie", &cookie),
+            ("X-CSRF-Token", &csrf),
+            ("Origin", "http://evil.example"),
+        ],
+        None,
+    );
+    assert_eq!(elsewhere.status, 403, "{}", elsewhere.text());
+    assert_eq!(
+        s.site.updates()[0]["state"],
+        "reserved",
+        "nothing changed yet"
+    );
+
+    let aborted = http::request(
+        &addr,
+        "POST",
+        &abort_path,
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+        None,
+    );
+    assert_eq!(aborted.status, 200, "{}", aborted.text());
+    assert_eq!(aborted.json()["state"], "aborted");
+    assert_eq!(s.site.updates()[0]["state"], "aborted");
+    let finish = s.terminal.run(&["update", "finish"]);
+    assert_eq!(finish.status.code(), Some(1), "{}", text(&finish));
+
+    // Logging out ends the token.
+    let out = http::request(
+        &addr,
+        "POST",
+        "/api/v1/logout",
+        &[("Authorization", &bearer(&token))],
+        None,
+    );
+    assert_eq!(out.status, 204);
+    assert_eq!(get(&addr, "/api/v1/disks", &token).status, 401);
+}
+
+#[test]
+fn events_carry_live_progress_and_an_abort_stops_the_upload() {
+    let s = setup_changing(48 << 20, 60, 72);
+    let addr = s.server.control.clone();
+    let token = login(&addr, USER, PASSWORD);
+    s.start_update();
+    let finish = slow_finish(&s, "2m");
+
+    let bearer = format!("Bearer {token}");
+    let mut events = Events::open(&addr, "/api/v1/events", &[("Authorization", &bearer)]);
+    let stored_now = |events: &mut Events| -> (u64, Value) {
+        loop {
+            let list: Value = serde_json::from_str(&events.next("updates")).expect("json");
+            let update = list[0].clone();
+            if update["uploading_now"] == true {
+                return (
+                    update["bytes_stored"].as_u64().expect("bytes_stored"),
+                    update,
+                );
+            }
+        }
+    };
+    let (first, update) = stored_now(&mut events);
+    assert_eq!(update["state"], "uploading");
+    assert!(update["bytes_needed"].as_u64().expect("bytes_needed") >= first);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let later = loop {
+        let (stored, update) = stored_now(&mut events);
+        if stored > first {
+            assert!(update["rate"].as_u64().is_some());
+            break stored;
+        }
+        assert!(Instant::now() < deadline, "progress did not advance");
+    };
+    assert!(later > first);
+    let metrics = http::request(&addr, "GET", "/metrics", &[], None).text();
+    assert!(
+        metrics.contains("hotate_uploads_in_progress 1"),
+        "{metrics}"
+    );
+
+    let guid = update["data_write_guid"].as_str().expect("guid");
+    let aborted = http::request(
+        &addr,
+        "POST",
+        &format!("/api/v1/updates/{guid}/abort"),
+        &[("Authorization", &bearer)],
+        None,
+    );
+    assert_eq!(aborted.status, 200, "{}", aborted.text());
+    assert_aborted(finish);
+    // The stream says so too.
+    loop {
+        let list: Value = serde_json::from_str(&events.next("updates")).expect("json");
+        if list[0]["state"] == "aborted" && list[0]["uploading_now"] == false {
+            break;
+        }
+    }
+}
+
+/// Where the browser test leaves its screenshots.
+fn screenshot_dir() -> std::path::PathBuf {
+    let dir = hotate_tests::harness::bin("hotate-server")
+        .parent()
+        .expect("target dir")
+        .join("console-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+#[test]
+fn a_browser_watches_an_upload_advance_and_aborts_it() {
+    let s = setup_changing(48 << 20, 60, 73);
+    let base = s.server.url();
+    s.start_update();
+    let finish = slow_finish(&s, "2m");
+
+    let browser = Browser::start();
+    browser.goto(&format!("{base}/"));
+    // Sent to the login page, then back.
+    browser.wait_for(Duration::from_secs(10), "the login form", || {
+        browser.text("#login").filter(|t| t == "Log in")
+    });
+    browser.type_into("#user", USER);
+    browser.type_into("#password", PASSWORD);
+    browser.click("#login");
+    let row = "#updates tbody tr[data-state=\"uploading\"]";
+    browser.wait_for(Duration::from_secs(10), "the upload's row", || {
+        browser
+            .text(&format!("{row} .state"))
+            .filter(|t| t == "Uploading")
+    });
+    // A mark that a reload would wipe.
+    browser.execute("window.hotateMark = 1; return null;");
+    let amount = |browser: &Browser| browser.text(&format!("{row} .amount")).unwrap_or_default();
+    let first = browser.wait_for(Duration::from_secs(10), "progress", || {
+        Some(amount(&browser)).filter(|a| !a.is_empty())
+    });
+    browser.wait_for(Duration::from_secs(20), "progress to advance", || {
+        Some(amount(&browser)).filter(|a| *a != first)
+    });
+    assert_eq!(
+        browser.execute("return window.hotateMark;"),
+        json!(1),
+        "the page reloaded"
+    );
+    std::fs::write(
+        screenshot_dir().join("console-en.png"),
+        browser.screenshot(),
+    )
+    .expect("save");
+
+    // The same page in Japanese, in the seed's words.
+    browser.click("header .lang a");
+    browser.wait_for(Duration::from_secs(10), "the Japanese page", || {
+        browser
+            .text(&format!("{row} .state"))
+            .filter(|t| t == "アップロード中")
+    });
+    assert_eq!(browser.text("h1").as_deref(), Some("更新状況"));
+    assert_eq!(
+        browser.text(&format!("{row} button.abort")).as_deref(),
+        Some("更新中断")
+    );
+    std::fs::write(
+        screenshot_dir().join("console-ja.png"),
+        browser.screenshot(),
+    )
+    .expect("save");
+    browser.click("header .lang a");
+    browser.wait_for(Duration::from_secs(10), "the English page", || {
+        browser.text("h1").filter(|t| t == "Updates")
+    });
+
+    // Abort asks first; "Back" changes nothing.
+    browser.click(&format!("{row} button.abort"));
+    let question = browser.text("#abort-question").unwrap_or_default();
+    assert!(
+        question.contains("win10") && question.contains("PC-001"),
+        "{question}"
+    );
+    browser.click("#abort-cancel");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.site.updates()[0]["state"], "uploading");
+    browser.click(&format!("{row} button.abort"));
+    browser.click("#abort-confirm");
+    browser.wait_for(Duration::from_secs(10), "the aborted state", || {
+        browser
+            .text("#updates tbody tr[data-state=\"aborted\"] .state")
+            .filter(|t| t == "Aborted")
+    });
+    assert_eq!(
+        browser.text("#message").as_deref(),
+        Some("The update was aborted.")
+    );
+    assert_aborted(finish);
+    assert_eq!(s.site.updates()[0]["state"], "aborted");
+}
