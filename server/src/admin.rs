@@ -348,6 +348,20 @@ pub fn store_verify(data: &Path, all: bool, json: bool) -> anyhow::Result<()> {
         }
     };
     let report = upkeep::verify(&dir, all, &progress)?;
+    let outcome = if report.is_clean() {
+        format!("all well: {} chunks checked", report.chunks_checked)
+    } else {
+        format!(
+            "{} damaged, {} missing chunks, {} unreadable manifests",
+            report.damaged.len(),
+            report.missing.len(),
+            report.unreadable_manifests.len()
+        )
+    };
+    dir.meta.record_upkeep(
+        "verify",
+        &format!("{outcome}{}", if all { " (--all)" } else { "" }),
+    )?;
     if json {
         print_json(&json!({
             "chunks_checked": report.chunks_checked,
@@ -412,6 +426,15 @@ fn print_verify(report: &VerifyReport) {
 pub fn store_gc(data: &Path, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
     let report = upkeep::gc(&dir, dry_run)?;
+    if !dry_run {
+        dir.meta.record_upkeep(
+            "gc",
+            &format!(
+                "{} chunks deleted, {} bytes freed",
+                report.chunks_deleted, report.bytes_freed
+            ),
+        )?;
+    }
     if json {
         return print_json(&serde_json::to_value(&report)?);
     }

@@ -152,6 +152,13 @@ pub struct LoginView {
     pub expires_at: i64,
 }
 
+/// The last run of a store upkeep command.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpkeepView {
+    pub at: String,
+    pub outcome: String,
+}
+
 /// The store at its last walk.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StoreView {
@@ -163,6 +170,9 @@ pub struct StoreView {
     pub versions: usize,
     pub live_updates: usize,
     pub uploading_now: usize,
+    /// The last `store verify` and `store gc`, if they ran.
+    pub last_verify: Option<UpkeepView>,
+    pub last_gc: Option<UpkeepView>,
 }
 
 #[derive(Debug, Default)]
@@ -448,7 +458,20 @@ impl App {
             versions: self.data.meta.versions_since(0)?.len(),
             live_updates: updates.iter().filter(|u| u.state.is_live()).count(),
             uploading_now: self.live.uploads(),
+            last_verify: self.last_upkeep("verify")?,
+            last_gc: self.last_upkeep("gc")?,
         })
+    }
+
+    fn last_upkeep(&self, kind: &str) -> Result<Option<UpkeepView>, ServerError> {
+        Ok(self
+            .data
+            .meta
+            .last_upkeep(kind)?
+            .map(|(at, outcome)| UpkeepView {
+                at: time_text(at),
+                outcome,
+            }))
     }
 
     /// The store's size, counted at most once a minute: a walk of a large store takes a

@@ -86,6 +86,14 @@ ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'admin';
 -- Tokens go with their user.
 CREATE INDEX tokens_by_user ON tokens(user);
 ",
+    r"
+-- The last run of each store upkeep command (verify, gc), for the console.
+CREATE TABLE upkeep_runs (
+    kind TEXT PRIMARY KEY,
+    at INTEGER NOT NULL,
+    outcome TEXT NOT NULL
+);
+",
 ];
 
 /// Seconds since the Unix epoch.
@@ -670,6 +678,28 @@ impl Meta {
     }
 
     // --- store upkeep ---
+
+    /// Records that an upkeep command (`verify`, `gc`) ran, and what it found.
+    pub fn record_upkeep(&self, kind: &str, outcome: &str) -> Result<(), ServerError> {
+        self.conn().execute(
+            "INSERT INTO upkeep_runs (kind, at, outcome) VALUES (?1, ?2, ?3)
+             ON CONFLICT (kind) DO UPDATE SET at = excluded.at, outcome = excluded.outcome",
+            params![kind, now(), outcome],
+        )?;
+        Ok(())
+    }
+
+    /// The last run of an upkeep command: when, and what it found.
+    pub fn last_upkeep(&self, kind: &str) -> Result<Option<(i64, String)>, ServerError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT at, outcome FROM upkeep_runs WHERE kind = ?1",
+                [kind],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
 
     /// Versions committed after `seq` (0: all), each with its sequence number, oldest
     /// first.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
 use hotate_engine::{Frame, Hash};
-use hotate_tests::harness::{Server, Site, Terminal, admin, admin_ok, text};
+use hotate_tests::harness::{PASSWORD, Server, Site, Terminal, USER, admin, admin_ok, text};
 use hotate_tests::images::{self, ImagePair};
 
 #[path = "e2e/console.rs"]
@@ -659,6 +659,29 @@ fn tls_with_a_generated_certificate() {
     let finish = terminal.run(&["--ca", ca, "update", "finish"]);
     assert_ok(&finish);
     assert_latest_is(&site, dir.path(), &pair.updated);
+    // The console shares the port and its TLS (HTTP/2 by ALPN); its cookie is Secure.
+    let login = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "--cacert",
+            ca,
+            "-H",
+            "content-type: application/json",
+        ])
+        .args([
+            "-d",
+            &format!(r#"{{"user":"{USER}","password":"{PASSWORD}"}}"#),
+        ])
+        .arg(format!("{url}/api/v1/login"))
+        .output()
+        .expect("run curl");
+    let reply = String::from_utf8_lossy(&login.stdout);
+    assert!(reply.starts_with("HTTP/2 200"), "{reply}");
+    assert!(
+        reply.contains("HttpOnly; SameSite=Strict; Secure"),
+        "{reply}"
+    );
 }
 
 #[test]

@@ -26,6 +26,12 @@ use crate::meta::UpdateState;
 const EVENT_POLL: Duration = Duration::from_secs(1);
 /// Least time between two events of one stream.
 const EVENT_SPACING: Duration = Duration::from_millis(500);
+/// How often an event stream checks that its session is still valid (a logout or an
+/// expiry ends it).
+const EVENT_REAUTH: Duration = Duration::from_secs(60);
+/// How soon a browser reconnects a dropped stream (an idle HTTP/1.1 connection is
+/// closed after `serve --idle-timeout`).
+const EVENT_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Deserialize)]
 pub(super) struct LoginRequest {
@@ -116,7 +122,7 @@ pub(super) async fn store(State(web): State<Shared>, _: Caller) -> Result<Respon
 /// `/api/v1/updates`) whenever it changes.
 pub(super) async fn events(
     State(web): State<Shared>,
-    _: Caller,
+    caller: Caller,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let permit = web
         .event_streams
@@ -128,6 +134,8 @@ pub(super) async fn events(
         changes: web.app.live().watch(),
         stop: web.stop.clone(),
         last: None,
+        token: caller.token,
+        checked: tokio::time::Instant::now(),
         _permit: permit,
     };
     let stream = futures::stream::unfold(state, |mut state| async move {
@@ -143,6 +151,9 @@ struct EventState {
     stop: tokio::sync::watch::Receiver<bool>,
     /// The last list sent, to send only news.
     last: Option<String>,
+    token: String,
+    /// When the session was last found valid.
+    checked: tokio::time::Instant,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -156,12 +167,26 @@ impl EventState {
             if *self.stop.borrow() {
                 return None;
             }
+            if self.checked.elapsed() > EVENT_REAUTH {
+                self.web
+                    .app
+                    .authenticate(Some(self.token.clone()))
+                    .await
+                    .ok()?;
+                self.checked = tokio::time::Instant::now();
+            }
             let app = self.web.app.clone();
             let list: Vec<UpdateView> = blocking(move || app.updates()).await.ok()?;
             let json = serde_json::to_string(&list).ok()?;
             if self.last.as_deref() != Some(json.as_str()) {
+                let event = Event::default().event("updates");
+                let event = if self.last.is_none() {
+                    event.retry(EVENT_RETRY)
+                } else {
+                    event
+                };
                 self.last = Some(json.clone());
-                return Some(Event::default().event("updates").data(json));
+                return Some(event.data(json));
             }
             tokio::select! {
                 _ = self.changes.changed() => {}

@@ -116,10 +116,16 @@
     }
   });
 
+  // A dropped stream reconnects by itself; say so only when that takes a while.
+  let lost = null;
   const events = new EventSource("/api/v1/events");
   events.addEventListener("updates", (event) => {
+    clearTimeout(lost);
+    lost = null;
     liveStatus.hidden = true;
     apply(JSON.parse(event.data));
   });
-  events.addEventListener("error", () => { liveStatus.hidden = false; });
+  events.addEventListener("error", () => {
+    if (lost === null) lost = setTimeout(() => { liveStatus.hidden = false; }, 3000);
+  });
 })();

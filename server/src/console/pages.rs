@@ -361,7 +361,7 @@ pub(super) async fn disk(
     for v in versions.iter().rev() {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"comment\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&v.id),
             esc(v.parent.as_deref().unwrap_or("-")),
             esc(&v.comment),
@@ -403,6 +403,7 @@ pub(super) async fn store(
          <tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr>\
          <tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr>\
          <tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr>\
+         <tr><th>{}</th><td>{}</td></tr><tr><th>{}</th><td>{}</td></tr>\
          </tbody></table><p>{}</p>",
         w.store_bytes,
         bytes_text(store.bytes),
@@ -416,9 +417,20 @@ pub(super) async fn store(
         store.live_updates,
         w.uploading_now,
         store.uploading_now,
+        w.last_verify,
+        upkeep_text(w, store.last_verify.as_ref()),
+        w.last_gc,
+        upkeep_text(w, store.last_gc.as_ref()),
         w.counted_ago.replace("{secs}", &store.age_secs.to_string()),
     );
     layout(lang, Some(&caller), "store", w.store, &body)
+}
+
+fn upkeep_text(w: &Words, run: Option<&crate::app::UpkeepView>) -> String {
+    match run {
+        Some(run) => format!("{} — {}", esc(&run.at), esc(&run.outcome)),
+        None => esc(w.never_run),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,7 @@
 
 use std::process::Child;
 
-use hotate_tests::harness::{PASSWORD, USER, admin_json};
+use hotate_tests::harness::admin_json;
 use hotate_tests::http::{self, Events, Reply};
 use hotate_tests::webdriver::Browser;
 use serde_json::{Value, json};
@@ -198,6 +198,39 @@ fn the_api_keeps_its_contract_and_its_guards() {
     assert_eq!(s.site.updates()[0]["state"], "aborted");
     let finish = s.terminal.run(&["update", "finish"]);
     assert_eq!(finish.status.code(), Some(1), "{}", text(&finish));
+
+    // The other pages, in the caller's language.
+    let page = |path: &str, lang: &str| {
+        let reply = http::request(
+            &addr,
+            "GET",
+            path,
+            &[("Cookie", &cookie), ("Accept-Language", lang)],
+            None,
+        );
+        assert_eq!(reply.status, 200, "{path}");
+        reply.text()
+    };
+    let disks = page("/disks", "en-US,en;q=0.9");
+    assert!(disks.contains("win10") && disks.contains("Latest version"), "{disks}");
+    let versions = page(&format!("/disks/{}", s.site.disk_id), "ja,en;q=0.5");
+    assert!(
+        versions.contains(&s.site.first_version) && versions.contains("コメント"),
+        "{versions}"
+    );
+    admin_ok(&s.site.data, &["store", "verify"]);
+    let store = get(&addr, "/api/v1/store", &token).json();
+    assert!(store["chunks"].as_u64().expect("chunks") > 0);
+    assert!(
+        store["last_verify"]["outcome"]
+            .as_str()
+            .expect("last verify")
+            .starts_with("all well"),
+        "{store}"
+    );
+    assert!(store["last_gc"].is_null());
+    let store_page = page("/store", "ja");
+    assert!(store_page.contains("最後の検証") && store_page.contains("all well"), "{store_page}");
 
     // Logging out ends the token.
     let out = http::request(
