@@ -407,6 +407,66 @@ impl Lang {
             format!("新しいバージョン: {version}"),
         )
     }
+    pub fn bench_started(self, url: &str) -> String {
+        self.pick(
+            format!("Measuring the link to {url}, the disk and this machine (nothing changes on the server)..."),
+            format!("{url} への回線、ディスク、この端末の性能を測定しています (サーバー側は何も変更しません)..."),
+        )
+    }
+    pub fn bench_rtt(self, ms: &str) -> String {
+        self.pick(
+            format!("Round trip to the server: {ms} ms"),
+            format!("サーバーとの往復時間: {ms} ミリ秒"),
+        )
+    }
+    pub fn bench_link(self, rate: &str, measured: &str) -> String {
+        self.pick(
+            format!("Upload to the server: {rate} MB/s ({measured} MB sent)"),
+            format!("サーバーへのアップロード速度: {rate} MB/s ({measured} MB 送信)"),
+        )
+    }
+    pub fn bench_disk(self, rate: &str) -> String {
+        self.pick(
+            format!("Disk read (unbuffered): {rate} MB/s"),
+            format!("ディスク読み込み (バッファなし): {rate} MB/s"),
+        )
+    }
+    pub fn bench_cpu(self, hash: &str, compress: &str, level: i32, cores: usize) -> String {
+        self.pick(
+            format!("Hashing: {hash} MB/s, compression (zstd {level}): {compress} MB/s, on {cores} cores"),
+            format!("ハッシュ計算: {hash} MB/s、圧縮 (zstd {level}): {compress} MB/s ({cores} コア)"),
+        )
+    }
+    pub fn bench_bytes(self, read: &str, changed: &str, send: &str, secs: &str) -> String {
+        self.pick(
+            format!("A finish would read {read} MB, find {changed} MB changed and send {send} MB (dry run: {secs} s)."),
+            format!("更新終了では {read} MB を読み込み、変更 {changed} MB のうち {send} MB を送信します (試行: {secs} 秒)。"),
+        )
+    }
+    pub fn bench_bound(self, stage: &str, secs: &str) -> String {
+        let (en, ja) = match stage {
+            "disk" => ("the disk read", "ディスクの読み込み"),
+            "hashing" => ("hashing", "ハッシュ計算"),
+            "compression" => ("compression", "圧縮"),
+            _ => ("the link", "回線"),
+        };
+        self.pick(
+            format!("Bound by: {en} ({secs} s alone)"),
+            format!("律速段階: {ja} (単独で {secs} 秒)"),
+        )
+    }
+    pub fn bench_predicted(self, secs: &str) -> String {
+        self.pick(
+            format!("Predicted `update finish`: {secs} s"),
+            format!("`update finish` の予測所要時間: {secs} 秒"),
+        )
+    }
+    pub fn bench_no_link(self) -> String {
+        self.pick(
+            "The server acknowledged nothing during the link measurement: check the network, or measure longer with --link-seconds.",
+            "回線の測定中にサーバーから応答がありませんでした。ネットワークを確認するか、--link-seconds で測定時間を延ばしてください。",
+        )
+    }
     pub fn summary(self, image: &str, changed: &str, sent: &str, secs: &str, rate: &str) -> String {
         self.pick(
             format!("Image {image} MB, changed {changed} MB, sent {sent} MB in {secs} s ({rate} MB/s of image)."),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hotate_client::cmd::{self, Context, FinishOptions};
+use hotate_client::cmd::{self, BenchOptions, Context, FinishOptions};
 use hotate_client::error::{UsageError, exit_code};
 use hotate_client::i18n::Lang;
 use hotate_client::inputs::Inputs;
@@ -44,6 +44,19 @@ enum Top {
     /// Terminal-side update.
     #[command(subcommand)]
     Update(Update),
+    /// Measure the link, the disk and this machine, and predict how long `update
+    /// finish` would take and what bounds it. Changes nothing on the server.
+    Bench {
+        /// Print the measurements as JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long to measure the upload rate, in seconds.
+        #[arg(long, default_value_t = 5.0)]
+        link_seconds: f64,
+        /// Predict a finish run with `--limit-rate` (bytes per second; k, m, g).
+        #[arg(long, value_parser = parse_rate)]
+        limit_rate: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -135,8 +148,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Top::Update(command) = cli.command;
     let result = runtime.block_on(async {
+        let command = match cli.command {
+            Top::Update(command) => command,
+            Top::Bench {
+                json,
+                link_seconds,
+                limit_rate,
+            } => {
+                let options = BenchOptions {
+                    json,
+                    link_seconds,
+                    limit_rate,
+                };
+                return cmd::bench::run(&ctx, &options).await;
+            }
+        };
         match command {
             Update::Start => cmd::start::run(&ctx).await,
             Update::Finish {

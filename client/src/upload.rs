@@ -113,11 +113,40 @@ pub async fn base_manifest(
     transfer: &mut pb::transfer_client::TransferClient<tonic::transport::Channel>,
     plan: &UploadPlan<'_>,
 ) -> anyhow::Result<Manifest> {
-    let url = &plan.transfer_url;
+    let manifest = fetch_manifest(
+        session,
+        transfer,
+        &plan.transfer_url,
+        &plan.disk_id,
+        &plan.base_version,
+    )
+    .await?;
+    if manifest.root() != plan.base_root || manifest.disk_size() != plan.disk_size {
+        return Err(Failed(
+            session
+                .lang
+                .bad_base_manifest("it does not match the base version's root"),
+        )
+        .into());
+    }
+    Ok(manifest)
+}
+
+/// Downloads and decodes a version's manifest.
+///
+/// # Errors
+/// When the download fails or the manifest is malformed.
+pub async fn fetch_manifest(
+    session: &Session,
+    transfer: &mut pb::transfer_client::TransferClient<tonic::transport::Channel>,
+    url: &str,
+    disk_id: &str,
+    version: &str,
+) -> anyhow::Result<Manifest> {
     let mut parts = transfer
         .get_manifest(session.request(pb::GetManifestRequest {
-            disk_id: plan.disk_id.clone(),
-            version: plan.base_version.clone(),
+            disk_id: disk_id.to_owned(),
+            version: version.to_owned(),
         }))
         .await
         .map_err(|s| explain(&s, session.lang, url))?
@@ -130,17 +159,8 @@ pub async fn base_manifest(
     {
         bytes.extend_from_slice(&part.data);
     }
-    let manifest = Manifest::decode(&bytes)
-        .map_err(|e| Failed(session.lang.bad_base_manifest(&e.to_string())))?;
-    if manifest.root() != plan.base_root || manifest.disk_size() != plan.disk_size {
-        return Err(Failed(
-            session
-                .lang
-                .bad_base_manifest("it does not match the base version's root"),
-        )
-        .into());
-    }
-    Ok(manifest)
+    Manifest::decode(&bytes)
+        .map_err(|e| Failed(session.lang.bad_base_manifest(&e.to_string())).into())
 }
 
 /// Blocks of the layers below an overlay compared with the base version before its top

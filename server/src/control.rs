@@ -87,6 +87,8 @@ impl Control for ControlService {
             block_size: disk.block_size,
             latest_version: latest.id,
             latest_root: hotate_proto::hash_bytes(&latest.root),
+            transfer_url: self.advertise_transfer.clone().unwrap_or_default(),
+            transfer_port: u32::from(self.transfer_port),
         }))
     }
 

@@ -79,6 +79,15 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
 const REPLY_QUEUE: usize = 256;
 /// Size of the parts a manifest is sent in.
 const MANIFEST_PART: usize = 1 << 20;
+/// Probes answered at once, server-wide (each may read `BASE_ANSWER_READ` of bases);
+/// more wait.
+const PROBE_JOBS: usize = 4;
+/// Most entries in one probe, as in one offer batch of the client.
+const PROBE_ENTRIES: usize = 1024;
+/// A discard stream ends after this many bytes...
+const DISCARD_BYTES: u64 = 4 << 30;
+/// ...or this long.
+const DISCARD_TIME: Duration = Duration::from_secs(30);
 
 /// Serves `hotate.v1.Transfer`.
 #[derive(Debug, Clone)]
@@ -89,7 +98,14 @@ pub struct TransferService {
     /// One permit per upload stream, up to `Limits::max_uploads`.
     uploads: Arc<tokio::sync::Semaphore>,
     limits: Limits,
+    /// Probes answered at once.
+    probes: Arc<tokio::sync::Semaphore>,
+    /// The manifest probes last read: a bench probes one base many times.
+    probed: Arc<Mutex<Option<Probed>>>,
 }
+
+/// A version's manifest, by disk and version id.
+type Probed = (String, String, Arc<Manifest>);
 
 /// The stream that holds an update now.
 #[derive(Debug)]
@@ -130,6 +146,8 @@ impl TransferService {
             streams: Arc::default(),
             uploads: Arc::new(tokio::sync::Semaphore::new(limits.max_uploads.max(1))),
             limits,
+            probes: Arc::new(tokio::sync::Semaphore::new(PROBE_JOBS)),
+            probed: Arc::default(),
         }
     }
 
@@ -156,6 +174,116 @@ type ReplyStream<T> = ReceiverStream<Result<T, Status>>;
 impl Transfer for TransferService {
     type GetManifestStream = ReplyStream<pb::ManifestPart>;
     type UploadStream = ReplyStream<pb::UploadReply>;
+    type DiscardStream = ReplyStream<pb::DiscardReply>;
+
+    async fn probe(
+        &self,
+        request: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::Need>, Status> {
+        caller(&request)?;
+        let req = request.into_inner();
+        if req.entries.len() > PROBE_ENTRIES {
+            return Err(ServerError::BadRequest(format!(
+                "a probe of {} entries; at most {PROBE_ENTRIES}",
+                req.entries.len()
+            ))
+            .into());
+        }
+        let _permit = self
+            .probes
+            .acquire()
+            .await
+            .map_err(|_| ServerError::Internal("probes closed".into()))?;
+        let data = self.data.clone();
+        let probed = self.probed.clone();
+        let need = blocking(move || {
+            let disk = data.meta.disk(&req.disk_id)?;
+            let version = data.meta.version(&disk.id, &req.version)?;
+            let parent = {
+                let mut probed = probed.lock().unwrap_or_else(|e| e.into_inner());
+                match probed.as_ref() {
+                    Some((d, v, manifest)) if *d == disk.id && *v == version.id => manifest.clone(),
+                    _ => {
+                        let manifest = Arc::new(data.manifest(&version)?);
+                        *probed = Some((disk.id.clone(), version.id.clone(), manifest.clone()));
+                        manifest
+                    }
+                }
+            };
+            let count = parent.len() as u64;
+            let mut lengths: HashMap<Hash, usize> = HashMap::new();
+            let mut replaced = HashMap::new();
+            for entry in req.entries {
+                let offer =
+                    Offer::try_from(entry).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+                if offer.index >= count {
+                    return Err(ServerError::BadRequest(format!(
+                        "block {} is beyond the disk's {count} blocks",
+                        offer.index
+                    )));
+                }
+                let Some(hash) = offer.entry.hash() else {
+                    continue;
+                };
+                let range = parent.block_size().range(offer.index, parent.disk_size());
+                lengths.insert(hash, (range.end - range.start) as usize);
+                if let Some(Entry::Chunk(old)) = parent.get(offer.index) {
+                    replaced.entry(hash).or_insert(old);
+                }
+            }
+            let candidates: Vec<(Hash, usize)> = lengths.into_iter().collect();
+            let max_len = parent.block_size().bytes();
+            let needs = lacking(data.store.as_ref(), &candidates, &replaced, max_len)?;
+            let mut need = pb::Need::default();
+            for (hash, _, base) in needs {
+                need.hashes.push(hotate_proto::hash_bytes(&hash));
+                if let Some((base, _)) = base {
+                    need.bases.push(hotate_proto::delta_base(&hash, &base));
+                }
+            }
+            Ok(need)
+        })
+        .await?;
+        Ok(Response::new(need))
+    }
+
+    async fn discard(
+        &self,
+        request: Request<Streaming<pb::DiscardRequest>>,
+    ) -> Result<Response<Self::DiscardStream>, Status> {
+        caller(&request)?;
+        // A measurement takes a place among the uploads: it loads the link as one does.
+        let Ok(permit) = self.uploads.clone().try_acquire_owned() else {
+            return Err(ServerError::Busy(format!(
+                "{} uploads are running, the server's limit",
+                self.limits.max_uploads
+            ))
+            .into());
+        };
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let deadline = tokio::time::Instant::now() + DISCARD_TIME;
+            let mut received = 0u64;
+            loop {
+                let next = tokio::time::timeout_at(deadline, inbound.message()).await;
+                let done = match next {
+                    Ok(Ok(Some(message))) => {
+                        received += message.data.len() as u64;
+                        received >= DISCARD_BYTES
+                    }
+                    Ok(Ok(None) | Err(_)) => return,
+                    Err(_) => true,
+                };
+                let reply = pb::DiscardReply { received, done };
+                if tx.send(Ok(reply)).await.is_err() || done {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn get_manifest(
         &self,
@@ -333,6 +461,55 @@ impl BaseCache {
         self.bytes -= content.len();
         Some(content)
     }
+}
+
+/// Which of `candidates` (hash and block length) the store lacks, each with the base a
+/// delta may use: the block it replaces (`replaced`), read for its page digests while
+/// the answer has read less than `BASE_ANSWER_READ`, and its content kept for the
+/// first `BASE_ANSWER_KEEP` bytes. A held chunk is read and verified: dedup never
+/// trusts a damaged one.
+///
+/// # Errors
+/// When the store cannot be read, or a held chunk has another length than its block.
+fn lacking<S: ChunkStore>(
+    store: &S,
+    candidates: &[(Hash, usize)],
+    replaced: &HashMap<Hash, Hash>,
+    max_len: usize,
+) -> Result<Vec<(Hash, usize, Option<BaseBlock>)>, ServerError> {
+    let mut needs = Vec::new();
+    let mut bases: HashMap<Hash, Option<BaseBlock>> = HashMap::new();
+    let (mut read, mut kept) = (0, 0);
+    for &(hash, len) in candidates {
+        match store.holds(&hash, max_len)? {
+            Some(held) if held == len => continue,
+            Some(held) => {
+                return Err(ServerError::BadRequest(format!(
+                    "a block of {len} bytes is offered as chunk {}, which has {held} bytes",
+                    hash.short()
+                )));
+            }
+            None => {}
+        }
+        let base = match replaced.get(&hash) {
+            Some(old) if bases.contains_key(old) => bases[old].clone(),
+            Some(old) if read < BASE_ANSWER_READ => {
+                // Without a readable base the chunk simply travels whole.
+                let base = store.get(old, max_len).ok().map(|content| {
+                    read += content.len();
+                    let pages = PageDigests::of(&content);
+                    let keep = kept + content.len() <= BASE_ANSWER_KEEP;
+                    kept += if keep { content.len() } else { 0 };
+                    (Base { hash: *old, pages }, keep.then_some(content))
+                });
+                bases.insert(*old, base.clone());
+                base
+            }
+            _ => None,
+        };
+        needs.push((hash, len, base));
+    }
+    Ok(needs)
 }
 
 fn reply(kind: upload_reply::Kind) -> pb::UploadReply {
@@ -536,39 +713,7 @@ impl Upload {
         let batch = offer.batch;
         self.answering.spawn_blocking(move || {
             data.meta.record_offers(&guid, session, &offers)?;
-            let mut needs = Vec::new();
-            let mut bases: HashMap<Hash, Option<BaseBlock>> = HashMap::new();
-            let (mut read, mut kept) = (0, 0);
-            for &(hash, len) in &candidates {
-                // A held chunk is read and verified: dedup never trusts a damaged one.
-                match data.store.holds(&hash, max_len)? {
-                    Some(held) if held == len => continue,
-                    Some(held) => {
-                        return Err(ServerError::BadRequest(format!(
-                            "a block of {len} bytes is offered as chunk {}, which has {held} bytes",
-                            hash.short()
-                        )));
-                    }
-                    None => {}
-                }
-                let base = match replaced.get(&hash) {
-                    Some(old) if bases.contains_key(old) => bases[old].clone(),
-                    Some(old) if read < BASE_ANSWER_READ => {
-                        // Without a readable base the chunk simply travels whole.
-                        let base = data.store.get(old, max_len).ok().map(|content| {
-                            read += content.len();
-                            let pages = PageDigests::of(&content);
-                            let keep = kept + content.len() <= BASE_ANSWER_KEEP;
-                            kept += if keep { content.len() } else { 0 };
-                            (Base { hash: *old, pages }, keep.then_some(content))
-                        });
-                        bases.insert(*old, base.clone());
-                        base
-                    }
-                    _ => None,
-                };
-                needs.push((hash, len, base));
-            }
+            let needs = lacking(data.store.as_ref(), &candidates, &replaced, max_len)?;
             Ok(Answer {
                 batch,
                 candidates,

@@ -1453,3 +1453,113 @@ async fn hostile_names_and_comments_are_refused_before_they_are_stored() {
         .len();
     assert!(size < 1 << 20, "meta.sqlite is {size} bytes");
 }
+
+#[tokio::test]
+async fn a_probe_answers_as_an_offer_would_and_records_nothing() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let parent = parent_manifest(&f);
+    let updated = updated_image(&f.base, 7);
+    let (manifest, _) = manifest_of(&updated);
+    let changed: Vec<Offer> = manifest
+        .diff(&parent)
+        .expect("diff")
+        .map(|index| Offer {
+            index,
+            entry: manifest.get(index).expect("entry"),
+        })
+        .collect();
+    let entries: Vec<pb::Entry> = changed.iter().copied().map(pb::Entry::from).collect();
+    let probe = |token: Option<&str>, entries: Vec<pb::Entry>| {
+        let request = pb::ProbeRequest {
+            disk_id: f.disk_id.clone(),
+            version: f.first_version.clone(),
+            entries,
+        };
+        let request = match token {
+            Some(token) => authed(token, request),
+            None => Request::new(request),
+        };
+        let server = &server;
+        async move { server.transfer().await.probe(request).await }
+    };
+    let need = probe(Some(&token), entries.clone())
+        .await
+        .expect("probe")
+        .into_inner();
+    // Every changed block with content is lacking; those whose base block had content
+    // come with it as a delta base, as an upload's need would.
+    // (Equal content is asked for once.)
+    let wanted: std::collections::HashSet<Hash> =
+        changed.iter().filter_map(|o| o.entry.hash()).collect();
+    let needs = hotate_proto::needs(&need);
+    assert_eq!(needs.len(), wanted.len());
+    for need in &needs {
+        assert!(wanted.contains(&need.hash));
+        let index = changed
+            .iter()
+            .find(|o| o.entry.hash() == Some(need.hash))
+            .expect("offered")
+            .index;
+        assert_eq!(
+            need.base.as_ref().map(|b| b.hash),
+            parent.get(index).and_then(|e| e.hash()),
+            "block {index}"
+        );
+    }
+    // Held content is not asked for: the base's own blocks.
+    let held: Vec<pb::Entry> = (0..parent.len() as u64)
+        .filter_map(|index| {
+            let entry = parent.get(index)?;
+            entry.hash()?;
+            Some(pb::Entry::from(Offer { index, entry }))
+        })
+        .collect();
+    let none = probe(Some(&token), held).await.expect("probe").into_inner();
+    assert!(none.hashes.is_empty());
+
+    let status = probe(None, entries.clone()).await.expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let many = vec![entries[0].clone(); 1025];
+    let status = probe(Some(&token), many).await.expect_err("too many");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // The discard stream counts what it receives and acknowledges each message.
+    let (tx, rx) = mpsc::channel(4);
+    let mut replies = server
+        .transfer()
+        .await
+        .discard(authed(&token, ReceiverStream::new(rx)))
+        .await
+        .expect("discard")
+        .into_inner();
+    for n in 1..=3u64 {
+        tx.send(pb::DiscardRequest {
+            data: Bytes::from(vec![n as u8; 65536]),
+        })
+        .await
+        .expect("send");
+        let reply = replies.message().await.expect("reply").expect("a reply");
+        assert_eq!(reply.received, n * 65536);
+        assert!(!reply.done);
+    }
+    drop(tx);
+    assert!(replies.message().await.expect("end").is_none());
+    let (_tx, rx) = mpsc::channel::<pb::DiscardRequest>(1);
+    let status = server
+        .transfer()
+        .await
+        .discard(Request::new(ReceiverStream::new(rx)))
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // Nothing was recorded or stored.
+    let updates: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "update", "list"])).expect("json");
+    assert_eq!(updates, serde_json::json!([]));
+    let stats: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "store", "stats"])).expect("json");
+    assert_eq!(stats["unreferenced_chunks"], 0);
+}

@@ -10,6 +10,8 @@ use hotate_engine::{Frame, Hash};
 use hotate_tests::harness::{PASSWORD, Server, Site, Terminal, USER, admin, admin_ok, text};
 use hotate_tests::images::{self, ImagePair};
 
+#[path = "e2e/bench.rs"]
+mod bench;
 #[path = "e2e/console.rs"]
 mod console;
 #[path = "e2e/formats.rs"]

@@ -285,6 +285,15 @@ fn main() {
     } else {
         (server, None)
     };
+    // What `hotate-client bench` predicts for this finish, through the same link.
+    let predicted = terminal.run(&["bench", "--json"]);
+    assert!(
+        predicted.status.success(),
+        "bench failed:\n{}",
+        text(&predicted)
+    );
+    let predicted: serde_json::Value =
+        serde_json::from_slice(&predicted.stdout).expect("bench --json");
     if let Some(counters) = &link {
         counters.reset();
     }
@@ -396,6 +405,17 @@ fn main() {
             idle.as_secs_f64()
         );
     }
+    let predicted_secs = predicted["predicted_finish_secs"].as_f64().unwrap_or(0.0);
+    let predicted_bytes = predicted["bytes_to_send"].as_u64().unwrap_or(0);
+    println!(
+        "hotate-client bench predicted {predicted_secs:.2} s (bound by {}, link {:.1} MB/s, RTT {:.1} ms) and {:.1} MB: the finish took {:.0}% of the prediction and sent {:.0}% of its bytes",
+        predicted["bound_by"].as_str().unwrap_or("?"),
+        predicted["upload_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
+        predicted["rtt_ms"].as_f64().unwrap_or(0.0),
+        mb(predicted_bytes),
+        100.0 * client.wall.as_secs_f64() / predicted_secs.max(1e-9),
+        100.0 * wire as f64 / predicted_bytes.max(1) as f64,
+    );
     println!(
         "hotate wall time = {:.0}% of rsync-with-zstd's; bytes on the wire = {:.0}% of its; export verified: {verified}",
         100.0 * client.wall.as_secs_f64() / rsync_z_wall.as_secs_f64(),

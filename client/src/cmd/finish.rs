@@ -158,7 +158,7 @@ fn file_kind(kind: &std::fs::FileType) -> &'static str {
 }
 
 /// The transfer endpoint: the control URL's host with the transfer port.
-fn transfer_url_for(control_url: &str, port: u32) -> String {
+pub(crate) fn transfer_url_for(control_url: &str, port: u32) -> String {
     let (scheme, rest) = control_url
         .split_once("://")
         .unwrap_or(("http", control_url));

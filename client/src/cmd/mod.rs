@@ -1,10 +1,13 @@
-//! One file per `update` subcommand; each takes the run's [`Context`].
+//! One file per subcommand (`update ...` and `bench`); each takes the run's [`Context`].
 
+pub mod bench;
 pub mod cancel;
 pub mod clear_url;
 pub mod finish;
 pub mod show;
 pub mod start;
+
+pub use bench::BenchOptions;
 
 use crate::error::Failed;
 use crate::i18n::Lang;

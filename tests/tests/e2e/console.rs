@@ -212,7 +212,10 @@ fn the_api_keeps_its_contract_and_its_guards() {
         reply.text()
     };
     let disks = page("/disks", "en-US,en;q=0.9");
-    assert!(disks.contains("win10") && disks.contains("Latest version"), "{disks}");
+    assert!(
+        disks.contains("win10") && disks.contains("Latest version"),
+        "{disks}"
+    );
     let versions = page(&format!("/disks/{}", s.site.disk_id), "ja,en;q=0.5");
     assert!(
         versions.contains(&s.site.first_version) && versions.contains("コメント"),
@@ -230,7 +233,10 @@ fn the_api_keeps_its_contract_and_its_guards() {
     );
     assert!(store["last_gc"].is_null());
     let store_page = page("/store", "ja");
-    assert!(store_page.contains("最後の検証") && store_page.contains("all well"), "{store_page}");
+    assert!(
+        store_page.contains("最後の検証") && store_page.contains("all well"),
+        "{store_page}"
+    );
 
     // Logging out ends the token.
     let out = http::request(
