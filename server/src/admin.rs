@@ -11,8 +11,7 @@ use serde_json::json;
 use crate::app::App;
 use crate::auth;
 use crate::data::DataDir;
-use crate::error::ServerError;
-use crate::meta::{Role, UpdateState};
+use crate::meta::{MetaError, Role, UpdateState};
 use crate::text;
 use crate::upkeep::{self, VerifyReport};
 
@@ -71,7 +70,7 @@ pub fn user_add(data: &Path, name: &str, role: Option<&str>) -> anyhow::Result<(
     let password = read_password()?;
     let dir = open(data)?;
     let role = dir
-        .meta
+        .meta()
         .add_user(name, &auth::hash_password(&password)?, role)?;
     println!("User {name} added ({}).", role.as_str());
     Ok(())
@@ -80,11 +79,11 @@ pub fn user_add(data: &Path, name: &str, role: Option<&str>) -> anyhow::Result<(
 /// `user passwd NAME`: sets the password and ends the user's sessions.
 pub fn user_passwd(data: &Path, name: &str) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
-    dir.meta
+    dir.meta()
         .role(name)?
-        .ok_or_else(|| ServerError::UnknownUser(name.to_owned()))?;
+        .ok_or_else(|| MetaError::UnknownUser(name.to_owned()))?;
     let password = read_password()?;
-    dir.meta
+    dir.meta()
         .set_password(name, &auth::hash_password(&password)?)?;
     println!("Password of {name} changed; its sessions are ended.");
     Ok(())
@@ -93,7 +92,7 @@ pub fn user_passwd(data: &Path, name: &str) -> anyhow::Result<()> {
 /// `user delete NAME`.
 pub fn user_delete(data: &Path, name: &str) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
-    dir.meta.delete_user(name)?;
+    dir.meta().delete_user(name)?;
     println!("User {name} deleted; its sessions are ended.");
     Ok(())
 }
@@ -207,10 +206,10 @@ pub fn disk_export(
     how: &ExportFormat,
 ) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
-    let disk = dir.meta.disk(disk)?;
+    let disk = dir.meta().disk(disk)?;
     let version = match version {
-        Some(id) => dir.meta.version(&disk.id, id)?,
-        None => dir.meta.latest_version(&disk.id)?,
+        Some(id) => dir.meta().version(&disk.id, id)?,
+        None => dir.meta().latest_version(&disk.id)?,
     };
     let format = how.format.as_str();
     if !matches!(format, "raw" | "qcow2" | "vhdx" | "vhd") {
@@ -223,7 +222,7 @@ pub fn disk_export(
     let earlier = how
         .parent
         .as_deref()
-        .map(|p| dir.meta.version(&disk.id, p))
+        .map(|p| dir.meta().version(&disk.id, p))
         .transpose()?;
     let image = earlier.as_ref().map(|earlier| {
         how.parent_image.clone().unwrap_or_else(|| {
@@ -276,11 +275,11 @@ pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
 /// `update abort DISK`: discards the live update of a disk.
 pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
-    let disk = dir.meta.disk(disk)?;
-    let Some(live) = dir.meta.live_update(&disk.id)? else {
+    let disk = dir.meta().disk(disk)?;
+    let Some(live) = dir.meta().live_update(&disk.id)? else {
         bail!("disk {} has no update in progress", disk.name);
     };
-    dir.meta.set_state(&live.guid, UpdateState::Aborted)?;
+    dir.meta().set_state(&live.guid, UpdateState::Aborted)?;
     println!(
         "Aborted update {} of {} from terminal {}. The terminal can run `hotate-client update cancel`, then start again.",
         live.guid, disk.name, live.terminal
@@ -292,8 +291,8 @@ pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
 /// live update first. Chunks go with the next `store gc`.
 pub fn disk_delete(data: &Path, disk: &str, force: bool) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
-    let disk = dir.meta.disk(disk)?;
-    if let Some(live) = dir.meta.live_update(&disk.id)? {
+    let disk = dir.meta().disk(disk)?;
+    if let Some(live) = dir.meta().live_update(&disk.id)? {
         if !force {
             bail!(
                 "disk {} has an update in progress from terminal {}: finish or cancel it, or pass --force to abort it",
@@ -301,9 +300,9 @@ pub fn disk_delete(data: &Path, disk: &str, force: bool) -> anyhow::Result<()> {
                 live.terminal
             );
         }
-        dir.meta.set_state(&live.guid, UpdateState::Aborted)?;
+        dir.meta().set_state(&live.guid, UpdateState::Aborted)?;
     }
-    let versions = dir.meta.delete_disk(&disk.id)?;
+    let versions = dir.meta().delete_disk(&disk.id)?;
     let _ = std::fs::remove_dir_all(dir.manifest_dir(&disk.id));
     println!(
         "Deleted disk {} ({}) and its {versions} versions. `hotate-server store gc` frees the space.",
@@ -316,8 +315,8 @@ pub fn disk_delete(data: &Path, disk: &str, force: bool) -> anyhow::Result<()> {
 /// update. Chunks go with the next `store gc`.
 pub fn version_delete(data: &Path, disk: &str, version: &str) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
-    let disk = dir.meta.disk(disk)?;
-    dir.meta.delete_version(&disk.id, version)?;
+    let disk = dir.meta().disk(disk)?;
+    dir.meta().delete_version(&disk.id, version)?;
     let _ = std::fs::remove_file(
         dir.manifest_dir(&disk.id)
             .join(format!("{version}.manifest")),
@@ -358,7 +357,7 @@ pub fn store_verify(data: &Path, all: bool, json: bool) -> anyhow::Result<()> {
             report.unreadable_manifests.len()
         )
     };
-    dir.meta.record_upkeep(
+    dir.meta().record_upkeep(
         "verify",
         &format!("{outcome}{}", if all { " (--all)" } else { "" }),
     )?;
@@ -427,7 +426,7 @@ pub fn store_gc(data: &Path, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
     let report = upkeep::gc(&dir, dry_run)?;
     if !dry_run {
-        dir.meta.record_upkeep(
+        dir.meta().record_upkeep(
             "gc",
             &format!(
                 "{} chunks deleted, {} bytes freed",

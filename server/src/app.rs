@@ -16,7 +16,7 @@ use crate::auth;
 use crate::data::DataDir;
 use crate::error::ServerError;
 use crate::live::{Live, UploadProgress};
-use crate::meta::{DiskRow, Role, Session, UpdateRow, UpdateState, UserRow, VersionRow};
+use crate::meta::{DiskRow, MetaError, Role, Session, UpdateRow, UpdateState, UserRow, VersionRow};
 use crate::text;
 use crate::throttle::LoginThrottle;
 use crate::upkeep;
@@ -234,7 +234,7 @@ impl App {
         let checked = self
             .throttle
             .check(user, addr, move || {
-                auth::login(&app.data.meta, &name, &password_owned, &terminal)
+                auth::login(app.data.meta(), &name, &password_owned, &terminal)
             })
             .await
             .inspect_err(|e| {
@@ -265,7 +265,7 @@ impl App {
         token: Option<String>,
     ) -> Result<Session, ServerError> {
         let app = self.clone();
-        blocking(move || auth::session(&app.data.meta, token.as_deref())).await
+        blocking(move || auth::session(app.data.meta(), token.as_deref())).await
     }
 
     /// Ends the session of a token (logout).
@@ -273,13 +273,16 @@ impl App {
     /// # Errors
     /// When the metadata cannot be written.
     pub fn logout(&self, token: &str) -> Result<(), ServerError> {
-        self.data
-            .meta
-            .remove_token(&hotate_engine::Hash::of(token.as_bytes()))
+        let hash = hotate_engine::Hash::of(token.as_bytes());
+        Ok(self.data.meta().remove_token(&hash)?)
     }
 
+    /// A disk by UUID or name.
+    ///
+    /// # Errors
+    /// `UnknownDisk`.
     pub fn disk(&self, disk: &str) -> Result<DiskRow, ServerError> {
-        self.data.meta.disk(disk)
+        Ok(self.data.meta().disk(disk)?)
     }
 
     /// Every disk with its latest version.
@@ -289,8 +292,8 @@ impl App {
     pub fn disks(&self) -> Result<Vec<DiskView>, ServerError> {
         let summary = self.store_summary()?;
         let mut list = Vec::new();
-        for disk in self.data.meta.disks()? {
-            let versions = self.data.meta.versions(&disk.id)?;
+        for disk in self.data.meta().disks()? {
+            let versions = self.data.meta().versions(&disk.id)?;
             let latest = versions
                 .last()
                 .map(|v| v.id.clone())
@@ -314,10 +317,10 @@ impl App {
     /// # Errors
     /// `UnknownDisk`, or when the metadata cannot be read.
     pub fn versions(&self, disk: &str) -> Result<Vec<VersionView>, ServerError> {
-        let disk = self.data.meta.disk(disk)?;
+        let disk = self.data.meta().disk(disk)?;
         Ok(self
             .data
-            .meta
+            .meta()
             .versions(&disk.id)?
             .into_iter()
             .map(VersionView::from)
@@ -331,14 +334,14 @@ impl App {
     pub fn updates(&self) -> Result<Vec<UpdateView>, ServerError> {
         let names: HashMap<String, String> = self
             .data
-            .meta
+            .meta()
             .disks()?
             .into_iter()
             .map(|d| (d.id, d.name))
             .collect();
         Ok(self
             .data
-            .meta
+            .meta()
             .updates()?
             .into_iter()
             .map(|row| {
@@ -354,7 +357,7 @@ impl App {
     /// # Errors
     /// `UnknownUpdate`, `NotYourUpdate`.
     pub fn update(&self, caller: &Session, guid: &str) -> Result<UpdateRow, ServerError> {
-        let row = self.data.meta.update(guid)?;
+        let row = self.data.meta().update(guid)?;
         check_owner(&row, caller)?;
         Ok(row)
     }
@@ -369,11 +372,11 @@ impl App {
         disk: &str,
         booted: &str,
     ) -> Result<(UpdateRow, bool), ServerError> {
-        let disk = self.data.meta.disk(disk)?;
+        let disk = self.data.meta().disk(disk)?;
         let guid = uuid::Uuid::new_v4().to_string();
         let started = self
             .data
-            .meta
+            .meta()
             .start_update(&disk.id, booted, caller, &guid)?;
         tracing::info!(update = %started.0.guid, disk = %disk.id, terminal = %caller.terminal, adopted = started.1, "update started");
         Ok(started)
@@ -395,7 +398,7 @@ impl App {
             ));
         }
         self.update(caller, guid)?;
-        let row = self.data.meta.set_state(guid, to)?;
+        let row = self.data.meta().set_state(guid, to)?;
         tracing::info!(update = %row.guid, state = row.state.as_str(), by = %caller.user, "update ended");
         Ok(row)
     }
@@ -411,15 +414,16 @@ impl App {
     ) -> Result<(UpdateRow, DiskRow, VersionRow), ServerError> {
         let mut row = self.update(caller, guid)?;
         if row.state == UpdateState::Reserved {
-            row = self.data.meta.set_state(guid, UpdateState::Uploading)?;
+            row = self.data.meta().set_state(guid, UpdateState::Uploading)?;
         } else if row.state != UpdateState::Uploading {
-            return Err(ServerError::UpdateNotLive {
+            return Err(MetaError::UpdateNotLive {
                 guid: guid.to_owned(),
                 state: row.state,
-            });
+            }
+            .into());
         }
-        let disk = self.data.meta.disk(&row.disk_id)?;
-        let base = self.data.meta.version(&disk.id, &row.base_version)?;
+        let disk = self.data.meta().disk(&row.disk_id)?;
+        let base = self.data.meta().version(&disk.id, &row.base_version)?;
         Ok((row, disk, base))
     }
 
@@ -430,7 +434,7 @@ impl App {
     pub fn users(&self) -> Result<Vec<UserView>, ServerError> {
         Ok(self
             .data
-            .meta
+            .meta()
             .users()?
             .into_iter()
             .map(UserView::from)
@@ -449,13 +453,13 @@ impl App {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map_or(0, |(at, _)| at.elapsed().as_secs());
-        let updates = self.data.meta.updates()?;
+        let updates = self.data.meta().updates()?;
         Ok(StoreView {
             chunks: summary.chunks,
             bytes: summary.bytes,
             age_secs: age,
-            disks: self.data.meta.disks()?.len(),
-            versions: self.data.meta.versions_since(0)?.len(),
+            disks: self.data.meta().disks()?.len(),
+            versions: self.data.meta().versions_since(0)?.len(),
             live_updates: updates.iter().filter(|u| u.state.is_live()).count(),
             uploading_now: self.live.uploads(),
             last_verify: self.last_upkeep("verify")?,
@@ -466,7 +470,7 @@ impl App {
     fn last_upkeep(&self, kind: &str) -> Result<Option<UpkeepView>, ServerError> {
         Ok(self
             .data
-            .meta
+            .meta()
             .last_upkeep(kind)?
             .map(|(at, outcome)| UpkeepView {
                 at: time_text(at),
@@ -484,7 +488,7 @@ impl App {
             return Ok(summary.clone());
         }
         let mut summary = StoreSummary::default();
-        self.data.store.list(|_, len| {
+        self.data.store().list(&mut |_, len| {
             summary.chunks += 1;
             summary.bytes += len;
         })?;

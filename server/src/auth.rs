@@ -11,7 +11,7 @@ use hotate_engine::Hash;
 use tonic::Request;
 
 use crate::error::ServerError;
-use crate::meta::{Meta, Role, Session, now};
+use crate::meta::{Metadata, Role, Session, now};
 
 /// How long a token is accepted.
 pub const TOKEN_LIFETIME_SECS: i64 = 12 * 3600;
@@ -34,7 +34,7 @@ pub fn hash_password(password: &str) -> Result<String, ServerError> {
 /// # Errors
 /// `BadLogin` for an unknown user or a wrong password.
 pub fn login(
-    meta: &Meta,
+    meta: &dyn Metadata,
     user: &str,
     password: &str,
     terminal: &str,
@@ -130,7 +130,7 @@ pub fn bearer<T>(request: &Request<T>) -> Option<String> {
 ///
 /// # Errors
 /// `Unauthenticated` for a missing, unknown or expired token.
-pub fn session(meta: &Meta, token: Option<&str>) -> Result<Session, ServerError> {
+pub fn session(meta: &dyn Metadata, token: Option<&str>) -> Result<Session, ServerError> {
     let token = token.ok_or(ServerError::Unauthenticated)?;
     meta.session(&Hash::of(token.as_bytes()))?
         .ok_or(ServerError::Unauthenticated)
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn passwords_and_tokens() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Meta::open(&dir.path().join("m.sqlite")).unwrap();
+        let meta = crate::meta::SqliteMeta::open(&dir.path().join("m.sqlite")).unwrap();
         meta.add_user("coadmin", &hash_password("secret").unwrap(), None)
             .unwrap();
         assert!(matches!(
@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn expired_tokens_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Meta::open(&dir.path().join("m.sqlite")).unwrap();
+        let meta = crate::meta::SqliteMeta::open(&dir.path().join("m.sqlite")).unwrap();
         meta.add_user("coadmin", &hash_password("secret").unwrap(), None)
             .unwrap();
         let session_of = Session {

@@ -76,7 +76,7 @@ impl Control for ControlService {
         let disk = request.into_inner().disk;
         let (disk, latest) = blocking(move || {
             let disk = app.disk(&disk)?;
-            let latest = app.data().meta.latest_version(&disk.id)?;
+            let latest = app.data().meta().latest_version(&disk.id)?;
             Ok((disk, latest))
         })
         .await?;

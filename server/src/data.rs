@@ -11,18 +11,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hotate_engine::{
-    BlockSize, Format, FsStore, Manifest, PipelineConfig, Progress, StoreSink, pipeline,
+    BlockSize, ChunkStore, Format, FsStore, Manifest, PipelineConfig, Progress, StoreSink, pipeline,
 };
 
 use crate::error::ServerError;
-use crate::meta::{DiskRow, Meta, VersionRow, now};
+use crate::meta::{DiskRow, MetaError, Metadata, SqliteMeta, VersionRow, now};
 
 /// An open data dir.
 #[derive(Debug)]
 pub struct DataDir {
     root: PathBuf,
-    pub meta: Meta,
-    pub store: Arc<FsStore>,
+    meta: Box<dyn Metadata>,
+    store: Arc<dyn ChunkStore>,
 }
 
 impl DataDir {
@@ -42,18 +42,28 @@ impl DataDir {
         fs::create_dir_all(root.join("manifests"))?;
         let meta_path = root.join("meta.sqlite");
         let new_meta = !meta_path.exists();
-        let meta = Meta::open(&meta_path)?;
+        let meta = SqliteMeta::open(&meta_path)?;
         #[cfg(unix)]
         if new_meta {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&meta_path, fs::Permissions::from_mode(0o600))?;
         }
-        let store = Arc::new(FsStore::open(&root.join("store"))?);
+        let store: Arc<dyn ChunkStore> = Arc::new(FsStore::open(&root.join("store"))?);
         Ok(Arc::new(Self {
             root: root.to_owned(),
-            meta,
+            meta: Box::new(meta),
             store,
         }))
+    }
+
+    /// The metadata database.
+    pub fn meta(&self) -> &dyn Metadata {
+        self.meta.as_ref()
+    }
+
+    /// The chunk store.
+    pub fn store(&self) -> &Arc<dyn ChunkStore> {
+        &self.store
     }
 
     /// Locks the store against `store gc` while an import writes chunks that no version
@@ -161,7 +171,7 @@ impl DataDir {
         progress: &Progress,
     ) -> Result<(DiskRow, VersionRow), ServerError> {
         if self.meta.disk(name).is_ok() {
-            return Err(ServerError::DiskExists(name.to_owned()));
+            return Err(MetaError::DiskExists(name.to_owned()).into());
         }
         let _gc_lock = self.lock_store(false)?;
         let source = hotate_engine::source::open(image, Format::Auto, None).map_err(|e| {

@@ -6,7 +6,7 @@ use hotate_engine::{ChunkError, ManifestError, StoreError};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::meta::UpdateState;
+use crate::meta::MetaError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -14,38 +14,14 @@ pub enum ServerError {
     BadLogin,
     #[error("not logged in or the session expired: log in again")]
     Unauthenticated,
-    #[error("unknown user {0}: `hotate-server user list` shows the users")]
-    UnknownUser(String),
-    #[error("user {0} already exists: `hotate-server user passwd` sets a password")]
-    UserExists(String),
     #[error("permission denied: {0}")]
     Forbidden(String),
-    #[error("unknown disk {0}: `hotate-server disk list` shows the disks")]
-    UnknownDisk(String),
-    #[error("a disk named {0} already exists")]
-    DiskExists(String),
-    #[error("unknown version {0}")]
-    UnknownVersion(String),
-    #[error("cannot delete version {0}")]
-    VersionInUse(String),
-    #[error("unknown update {0}: it may have been aborted; start a new update")]
-    UnknownUpdate(String),
-    #[error("the terminal did not boot the latest version (latest={latest}, booted={booted})")]
-    NotLatest { latest: String, booted: String },
-    #[error("terminal {terminal} is already updating this disk; cancel that update first")]
-    DiskBusy { terminal: String },
-    #[error("update {guid} is {}: start a new update", state.as_str())]
-    UpdateNotLive { guid: String, state: UpdateState },
     #[error("update {guid} belongs to {owner}, not {caller}")]
     NotYourUpdate {
         guid: String,
         owner: String,
         caller: String,
     },
-    #[error("the update was {} on the server while this upload ran", .0.as_str())]
-    UpdateEnded(UpdateState),
-    #[error("another finish took over this upload")]
-    TakenOver,
     #[error("an import is writing to the store: run `store gc` again when it ends")]
     StoreBusy,
     #[error("too many failed logins: try again in {secs} s")]
@@ -56,6 +32,10 @@ pub enum ServerError {
     OverBudget(String),
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// What the metadata refused or failed at (unknown disk, not the latest version, a
+    /// busy disk, ...).
+    #[error(transparent)]
+    Meta(MetaError),
     #[error("rejected chunk: {0}")]
     BadChunk(ChunkError),
     #[error("{0}")]
@@ -68,8 +48,6 @@ pub enum ServerError {
     Store(StoreError),
     #[error("manifest failure: {0}")]
     Manifest(ManifestError),
-    #[error("metadata failure: {0}")]
-    Sql(rusqlite::Error),
     #[error("IO failure: {0}")]
     Io(std::io::Error),
     #[error("internal error: {0}")]
@@ -92,7 +70,7 @@ from_cause! {
     ChunkError => BadChunk,
     StoreError => Store,
     ManifestError => Manifest,
-    rusqlite::Error => Sql,
+    MetaError => Meta,
     std::io::Error => Io,
 }
 
@@ -107,18 +85,22 @@ impl ServerError {
     pub fn code(&self) -> Code {
         match self {
             Self::BadLogin | Self::Unauthenticated => Code::Unauthenticated,
-            Self::UnknownDisk(_)
-            | Self::UnknownUser(_)
-            | Self::UnknownVersion(_)
-            | Self::UnknownUpdate(_) => Code::NotFound,
-            Self::DiskExists(_) | Self::UserExists(_) => Code::AlreadyExists,
-            Self::NotLatest { .. }
-            | Self::UpdateNotLive { .. }
-            | Self::Incomplete(_)
-            | Self::RootMismatch(_)
-            | Self::VersionInUse(_)
-            | Self::UpdateEnded(_) => Code::FailedPrecondition,
-            Self::DiskBusy { .. } | Self::TakenOver | Self::StoreBusy => Code::Aborted,
+            Self::Meta(meta) => match meta {
+                MetaError::UnknownUser(_)
+                | MetaError::UnknownDisk(_)
+                | MetaError::UnknownVersion(_)
+                | MetaError::UnknownUpdate(_) => Code::NotFound,
+                MetaError::UserExists(_) | MetaError::DiskExists(_) => Code::AlreadyExists,
+                MetaError::NotLatest { .. }
+                | MetaError::UpdateNotLive { .. }
+                | MetaError::VersionInUse(_)
+                | MetaError::UpdateEnded(_) => Code::FailedPrecondition,
+                MetaError::DiskBusy { .. } | MetaError::TakenOver => Code::Aborted,
+                MetaError::BadRequest(_) => Code::InvalidArgument,
+                MetaError::Abandoned | MetaError::Damaged(_) | MetaError::Sql(_) => Code::Internal,
+            },
+            Self::Incomplete(_) | Self::RootMismatch(_) => Code::FailedPrecondition,
+            Self::StoreBusy => Code::Aborted,
             Self::NotYourUpdate { .. } | Self::Forbidden(_) => Code::PermissionDenied,
             Self::BadRequest(_) | Self::BadChunk(_) | Self::BadImage(_) => Code::InvalidArgument,
             Self::LoginLocked { .. } | Self::Busy(_) | Self::OverBudget(_) => {
@@ -129,9 +111,7 @@ impl ServerError {
             {
                 Code::ResourceExhausted
             }
-            Self::Store(_) | Self::Manifest(_) | Self::Sql(_) | Self::Io(_) | Self::Internal(_) => {
-                Code::Internal
-            }
+            Self::Store(_) | Self::Manifest(_) | Self::Io(_) | Self::Internal(_) => Code::Internal,
         }
     }
 }
@@ -144,13 +124,13 @@ impl From<ServerError> for Status {
         }
         let mut status = Status::new(code, err.to_string());
         // Machine-readable details for the client's localized messages.
-        if let ServerError::NotLatest { latest, booted } = &err
+        if let ServerError::Meta(MetaError::NotLatest { latest, booted }) = &err
             && let (Ok(l), Ok(b)) = (latest.parse(), booted.parse())
         {
             status.metadata_mut().insert("hotate-latest", l);
             status.metadata_mut().insert("hotate-booted", b);
         }
-        if let ServerError::UpdateEnded(state) = &err {
+        if let ServerError::Meta(MetaError::UpdateEnded(state)) = &err {
             status.metadata_mut().insert(
                 "hotate-update-state",
                 MetadataValue::from_static(state.as_str()),
@@ -166,12 +146,12 @@ impl From<ServerError> for Status {
                 .metadata_mut()
                 .insert("hotate-busy", MetadataValue::from_static("1"));
         }
-        if matches!(err, ServerError::TakenOver) {
+        if matches!(err, ServerError::Meta(MetaError::TakenOver)) {
             status
                 .metadata_mut()
                 .insert("hotate-taken-over", MetadataValue::from_static("1"));
         }
-        if let ServerError::DiskBusy { terminal } = &err
+        if let ServerError::Meta(MetaError::DiskBusy { terminal }) = &err
             && let Ok(t) = terminal.parse()
         {
             status.metadata_mut().insert("hotate-terminal", t);

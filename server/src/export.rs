@@ -12,7 +12,7 @@ use hotate_engine::source::{
     BlockContent, ParentRef, QCOW2_CLUSTER, Qcow2Backing, Qcow2Cluster, VHD_BLOCK, VhdParent,
     VhdWriter, VhdxWriter,
 };
-use hotate_engine::{ChunkStore, Entry, Format, ImageSource, Manifest, VhdImage, VhdxImage};
+use hotate_engine::{Entry, Format, ImageSource, Manifest, VhdImage, VhdxImage};
 
 use crate::data::DataDir;
 use crate::error::ServerError;
@@ -248,7 +248,7 @@ impl DataDir {
         let Some(Entry::Chunk(hash)) = manifest.get(index) else {
             return Err(ServerError::Internal(format!("block {index} has no chunk")));
         };
-        let chunk = self.store.get(&hash, block.bytes())?;
+        let chunk = self.store().get(&hash, block.bytes())?;
         let range = block.range(index, manifest.disk_size());
         if chunk.len() as u64 != range.end - range.start {
             return Err(ServerError::Internal(format!(

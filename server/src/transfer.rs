@@ -44,7 +44,7 @@ use crate::error::ServerError;
 use crate::gate::caller;
 use crate::limits::Limits;
 use crate::live::{Counters, Live};
-use crate::meta::{Session, UpdateRow, UpdateState, VersionRow, now};
+use crate::meta::{MetaError, Session, UpdateRow, UpdateState, VersionRow, now};
 
 /// Chunks verified concurrently per upload, at most...
 const VERIFY_JOBS: usize = 16;
@@ -197,8 +197,8 @@ impl Transfer for TransferService {
         let data = self.data.clone();
         let probed = self.probed.clone();
         let need = blocking(move || {
-            let disk = data.meta.disk(&req.disk_id)?;
-            let version = data.meta.version(&disk.id, &req.version)?;
+            let disk = data.meta().disk(&req.disk_id)?;
+            let version = data.meta().version(&disk.id, &req.version)?;
             let parent = {
                 let mut probed = probed.lock().unwrap_or_else(|e| e.into_inner());
                 match probed.as_ref() {
@@ -233,7 +233,7 @@ impl Transfer for TransferService {
             }
             let candidates: Vec<(Hash, usize)> = lengths.into_iter().collect();
             let max_len = parent.block_size().bytes();
-            let needs = lacking(data.store.as_ref(), &candidates, &replaced, max_len)?;
+            let needs = lacking(data.store().as_ref(), &candidates, &replaced, max_len)?;
             let mut need = pb::Need::default();
             for (hash, _, base) in needs {
                 need.hashes.push(hotate_proto::hash_bytes(&hash));
@@ -293,8 +293,8 @@ impl Transfer for TransferService {
         let req = request.into_inner();
         let data = self.data.clone();
         let bytes = blocking(move || {
-            let disk = data.meta.disk(&req.disk_id)?;
-            let version = data.meta.version(&disk.id, &req.version)?;
+            let disk = data.meta().disk(&req.disk_id)?;
+            let version = data.meta().version(&disk.id, &req.version)?;
             Ok(data.manifest(&version)?.encode())
         })
         .await?;
@@ -342,13 +342,14 @@ impl Transfer for TransferService {
         let guid = open.upload_id.clone();
         let caller = session.clone();
         blocking(move || {
-            let update = data.meta.update(&guid)?;
+            let update = data.meta().update(&guid)?;
             check_owner(&update, &caller)?;
             if update.state != UpdateState::Uploading {
-                return Err(ServerError::UpdateNotLive {
+                return Err(MetaError::UpdateNotLive {
                     guid: update.guid,
                     state: update.state,
-                });
+                }
+                .into());
             }
             Ok(())
         })
@@ -357,8 +358,8 @@ impl Transfer for TransferService {
         let data = self.data.clone();
         let (update, parent) = blocking(move || {
             // Offers are re-sent by every session; chunks already stored stay.
-            let update = data.meta.open_session(&open.upload_id)?;
-            let version = data.meta.version(&update.disk_id, &update.base_version)?;
+            let update = data.meta().open_session(&open.upload_id)?;
+            let version = data.meta().version(&update.disk_id, &update.base_version)?;
             let parent = data.manifest(&version)?;
             Ok((update, parent))
         })
@@ -471,7 +472,7 @@ impl BaseCache {
 ///
 /// # Errors
 /// When the store cannot be read, or a held chunk has another length than its block.
-fn lacking<S: ChunkStore>(
+fn lacking<S: ChunkStore + ?Sized>(
     store: &S,
     candidates: &[(Hash, usize)],
     replaced: &HashMap<Hash, Hash>,
@@ -563,7 +564,7 @@ impl Upload {
             let message = tokio::select! {
                 Ok(()) = self.stop.changed() => {
                     let _ = self.drain().await;
-                    return Err(ServerError::TakenOver.into());
+                    return Err(ServerError::from(MetaError::TakenOver).into());
                 }
                 _ = poll.tick() => {
                     self.check_still_ours().await?;
@@ -608,12 +609,12 @@ impl Upload {
     async fn check_still_ours(&self) -> Result<(), Status> {
         let data = self.data.clone();
         let guid = self.update.guid.clone();
-        let now = blocking(move || data.meta.update(&guid)).await?;
+        let now = blocking(move || Ok(data.meta().update(&guid)?)).await?;
         if now.state != UpdateState::Uploading {
-            return Err(ServerError::UpdateEnded(now.state).into());
+            return Err(ServerError::from(MetaError::UpdateEnded(now.state)).into());
         }
         if now.session != self.update.session {
-            return Err(ServerError::TakenOver.into());
+            return Err(ServerError::from(MetaError::TakenOver).into());
         }
         Ok(())
     }
@@ -712,8 +713,8 @@ impl Upload {
         let max_len = self.parent.block_size().bytes();
         let batch = offer.batch;
         self.answering.spawn_blocking(move || {
-            data.meta.record_offers(&guid, session, &offers)?;
-            let needs = lacking(data.store.as_ref(), &candidates, &replaced, max_len)?;
+            data.meta().record_offers(&guid, session, &offers)?;
+            let needs = lacking(data.store().as_ref(), &candidates, &replaced, max_len)?;
             Ok(Answer {
                 batch,
                 candidates,
@@ -790,7 +791,7 @@ impl Upload {
             }
         }
         let max_len = self.parent.block_size().bytes();
-        let store = self.data.store.clone();
+        let store = self.data.store().clone();
         self.verifying.spawn_blocking(move || match chunk {
             Incoming::Whole(whole) => {
                 let received = whole.frame.payload.len() as u64;
@@ -854,9 +855,9 @@ impl Upload {
         let guid = self.update.guid.clone();
         self.committing.spawn_blocking(move || {
             let chunks: Vec<VerifiedChunk> = group.iter().map(|(c, _)| c.clone()).collect();
-            data.store.put_many(&chunks)?;
+            data.store().put_many(&chunks)?;
             let bytes = group.iter().map(|(_, received)| received).sum();
-            data.meta.add_received(&guid, group.len() as u64, bytes)?;
+            data.meta().add_received(&guid, group.len() as u64, bytes)?;
             Ok(group)
         });
     }
@@ -942,7 +943,7 @@ impl Upload {
                     manifest.len()
                 )));
             }
-            let offers = data.meta.offers(&update.guid, update.session)?;
+            let offers = data.meta().offers(&update.guid, update.session)?;
             let mut changed = HashMap::new();
             for offer in &offers {
                 manifest.set(offer.index, offer.entry)?;
@@ -957,7 +958,7 @@ impl Upload {
             let max_len = manifest.block_size().bytes();
             let mut missing = Vec::new();
             for (hash, (index, len)) in changed {
-                match data.store.content_len(&hash, max_len)? {
+                match data.store().content_len(&hash, max_len)? {
                     None => missing.push(hash),
                     Some(held) if held != len => {
                         return Err(ServerError::BadRequest(format!(
@@ -984,7 +985,7 @@ impl Upload {
                 )));
             }
             let changed_blocks = manifest.diff(&parent)?.count() as u64;
-            let fresh = data.meta.update(&update.guid)?;
+            let fresh = data.meta().update(&update.guid)?;
             let version = VersionRow {
                 disk_id: update.disk_id.clone(),
                 id: data.new_version_id(&update.disk_id)?,
@@ -997,8 +998,8 @@ impl Upload {
                 blocks_changed: changed_blocks,
                 bytes_stored: fresh.bytes_received,
             };
-            data.meta
-                .commit_update(&update.guid, update.session, &version, || {
+            data.meta()
+                .commit(&update.guid, update.session, &version, || {
                     data.write_manifest(&version.disk_id, &version.id, &manifest)
                 })?;
             Ok(version)

@@ -25,7 +25,7 @@ use std::fs;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use hotate_engine::{BlockSize, ChunkStore, Entry, Hash, Manifest, StoreError};
+use hotate_engine::{BlockSize, Entry, Hash, Manifest, StoreError};
 use serde::Serialize;
 
 use crate::data::DataDir;
@@ -123,7 +123,7 @@ fn read_references(
     names: &mut DiskNames,
 ) -> Result<i64, ServerError> {
     let mut newest = seq;
-    for (seq, version) in data.meta.versions_since(seq)? {
+    for (seq, version) in data.meta().versions_since(seq)? {
         newest = newest.max(seq);
         match data.manifest(&version) {
             Ok(manifest) => refs.add(&manifest),
@@ -146,7 +146,7 @@ impl DiskNames {
             .0
             .entry(version.disk_id.clone())
             .or_insert_with(|| {
-                data.meta
+                data.meta()
                     .disk(&version.disk_id)
                     .map_or_else(|_| version.disk_id.clone(), |d| d.name)
             })
@@ -172,7 +172,7 @@ fn check_chunk(
     expected: Option<usize>,
 ) -> Result<Checked, ServerError> {
     let max_len = expected.unwrap_or(BlockSize::MAX as usize);
-    match data.store.get(hash, max_len) {
+    match data.store().get(hash, max_len) {
         Ok(content) => match expected {
             Some(len) if content.len() != len => Ok(Checked::Damaged(format!(
                 "has {} bytes, its blocks {len}",
@@ -183,10 +183,10 @@ fn check_chunk(
         Err(StoreError::NotFound(_)) => Ok(Checked::Missing),
         Err(StoreError::Corrupt { cause, .. }) => {
             // An upload may have stored it anew since: quarantine only what is still bad.
-            if data.store.get(hash, max_len).is_ok() {
+            if data.store().get(hash, max_len).is_ok() {
                 return Ok(Checked::Good(0));
             }
-            data.store.quarantine(hash)?;
+            data.store().quarantine(hash)?;
             Ok(Checked::Damaged(cause.to_string()))
         }
         Err(e) => Err(e.into()),
@@ -214,7 +214,7 @@ pub fn verify(
         .map(|(h, len)| (*h, Some(*len)))
         .collect();
     if all {
-        data.store.list(|hash, _| {
+        data.store().list(&mut |hash, _| {
             if !refs.chunks.contains_key(&hash) {
                 work.push((hash, None));
             }
@@ -293,7 +293,7 @@ fn versions_using(
     if hashes.is_empty() {
         return Ok(out);
     }
-    for (_, version) in data.meta.versions_since(0)? {
+    for (_, version) in data.meta().versions_since(0)? {
         let Ok(manifest) = data.manifest(&version) else {
             continue;
         };
@@ -328,9 +328,9 @@ pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
     let mut refs = References::default();
     let mut names = DiskNames::default();
     let mut seq = read_references(data, 0, &mut refs, &mut names)?;
-    let live: HashSet<Hash> = data.meta.live_hashes()?.into_iter().collect();
+    let live: HashSet<Hash> = data.meta().live_hashes()?.into_iter().collect();
     let mut candidates = Vec::new();
-    data.store.list(|hash, len| {
+    data.store().list(&mut |hash, len| {
         if !refs.chunks.contains_key(&hash) && !live.contains(&hash) {
             candidates.push((hash, len));
         }
@@ -340,7 +340,7 @@ pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
         report.bytes_freed = candidates.iter().map(|(_, len)| len).sum();
         return Ok(report);
     }
-    let (temps, temp_bytes) = data.store.remove_stale_temps()?;
+    let (temps, temp_bytes) = data.store().remove_stale_temps()?;
     report.temp_files_deleted = temps;
     report.bytes_freed += temp_bytes;
     for batch in candidates.chunks(GC_BATCH) {
@@ -348,7 +348,7 @@ pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
             // Versions committed meanwhile are read outside the lock, then confirmed
             // under it.
             seq = read_references(data, seq, &mut refs, &mut names)?;
-            let deleted = data.meta.exclusive(|db| {
+            let deleted = data.meta().exclusive(|db| -> Result<_, ServerError> {
                 if db.newest_seq()? != seq {
                     return Ok(None);
                 }
@@ -357,7 +357,7 @@ pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
                     if refs.chunks.contains_key(hash) || db.live_update_holds(hash)? {
                         continue;
                     }
-                    bytes += data.store.remove(hash)?;
+                    bytes += data.store().remove(hash)?;
                     chunks += 1;
                 }
                 Ok(Some((chunks, bytes)))
@@ -370,7 +370,7 @@ pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
         }
     }
     report.manifests_deleted = remove_orphan_manifests(data)?;
-    report.updates_pruned = data.meta.prune(now() - KEEP_ENDED_UPDATES_SECS)? as u64;
+    report.updates_pruned = data.meta().prune(now() - KEEP_ENDED_UPDATES_SECS)? as u64;
     Ok(report)
 }
 
@@ -388,7 +388,7 @@ fn remove_orphan_manifests(data: &DataDir) -> Result<u64, ServerError> {
             continue;
         };
         let files: Vec<_> = files.flatten().map(|f| f.path()).collect();
-        removed += data.meta.exclusive(|db| {
+        removed += data.meta().exclusive(|db| -> Result<_, ServerError> {
             let disk_known = db.disk_exists(&disk_id)?;
             let mut removed = 0;
             for path in &files {
@@ -417,9 +417,9 @@ fn remove_orphan_manifests(data: &DataDir) -> Result<u64, ServerError> {
 pub fn stats(data: &DataDir) -> Result<Stats, ServerError> {
     let mut refs = References::default();
     read_references(data, 0, &mut refs, &mut DiskNames::default())?;
-    let live: HashSet<Hash> = data.meta.live_hashes()?.into_iter().collect();
+    let live: HashSet<Hash> = data.meta().live_hashes()?.into_iter().collect();
     let mut stats = Stats::default();
-    data.store.list(|hash, len| {
+    data.store().list(&mut |hash, len| {
         stats.chunks += 1;
         stats.bytes += len;
         if !refs.chunks.contains_key(&hash) && !live.contains(&hash) {
@@ -437,11 +437,11 @@ pub fn stats(data: &DataDir) -> Result<Stats, ServerError> {
 /// When the metadata or the store cannot be read.
 pub fn stored_bytes_per_disk(data: &DataDir) -> Result<HashMap<String, u64>, ServerError> {
     let mut sizes = HashMap::new();
-    data.store.list(|hash, len| {
+    data.store().list(&mut |hash, len| {
         sizes.insert(hash, len);
     })?;
     let mut per_disk: HashMap<String, HashSet<Hash>> = HashMap::new();
-    for (_, version) in data.meta.versions_since(0)? {
+    for (_, version) in data.meta().versions_since(0)? {
         if let Ok(manifest) = data.manifest(&version) {
             per_disk
                 .entry(version.disk_id.clone())

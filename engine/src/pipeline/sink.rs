@@ -64,12 +64,12 @@ const STORE_GROUP_BYTES: usize = 8 << 20;
 /// in groups so that durability costs one commit per group. Held chunks are detached
 /// from the pipeline's read buffers, so the group never holds the pipeline's window.
 #[derive(Debug)]
-pub struct StoreSink<S> {
+pub struct StoreSink<S: ?Sized> {
     store: Arc<S>,
     group: std::sync::Mutex<Vec<VerifiedChunk>>,
 }
 
-impl<S: ChunkStore> StoreSink<S> {
+impl<S: ChunkStore + ?Sized> StoreSink<S> {
     pub fn new(store: Arc<S>) -> Self {
         Self {
             store,
@@ -89,7 +89,7 @@ impl<S: ChunkStore> StoreSink<S> {
     }
 }
 
-impl<S: ChunkStore> ChunkSink for StoreSink<S> {
+impl<S: ChunkStore + ?Sized> ChunkSink for StoreSink<S> {
     async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
         let mut seen = HashSet::new();
         let hashes: Vec<Hash> = offers

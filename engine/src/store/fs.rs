@@ -75,92 +75,6 @@ impl FsStore {
             .join(hex)
     }
 
-    /// Every chunk file in the store with its size on disk, in no particular order.
-    /// Files whose names are not hashes are skipped.
-    ///
-    /// # Errors
-    /// When a directory cannot be read.
-    pub fn list(&self, mut each: impl FnMut(Hash, u64)) -> Result<(), StoreError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io { path, source }
-        };
-        let chunks = self.root.join("chunks");
-        for top in fs::read_dir(&chunks).map_err(io(&chunks))? {
-            let top = top.map_err(io(&chunks))?.path();
-            let Ok(mids) = fs::read_dir(&top) else {
-                continue;
-            };
-            for mid in mids {
-                let mid = mid.map_err(io(&top))?.path();
-                let Ok(files) = fs::read_dir(&mid) else {
-                    continue;
-                };
-                for file in files {
-                    let file = file.map_err(io(&mid))?;
-                    let hash = file
-                        .file_name()
-                        .to_str()
-                        .and_then(|n| n.parse::<Hash>().ok());
-                    if let (Some(hash), Ok(meta)) = (hash, file.metadata()) {
-                        each(hash, meta.len());
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes a chunk; returns the bytes freed (0 when it was absent).
-    ///
-    /// # Errors
-    /// When the file cannot be removed.
-    pub fn remove(&self, hash: &Hash) -> Result<u64, StoreError> {
-        let path = self.path_of(hash);
-        let len = match fs::metadata(&path) {
-            Ok(meta) => meta.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(source) => return Err(StoreError::Io { path, source }),
-        };
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(len),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(source) => Err(StoreError::Io { path, source }),
-        }
-    }
-
-    /// Deletes temp files left by writers that are gone: their process no longer runs
-    /// (where that can be told) or they are older than a day. Returns files and bytes.
-    ///
-    /// # Errors
-    /// When the temp directory cannot be read.
-    pub fn remove_stale_temps(&self) -> Result<(u64, u64), StoreError> {
-        let entries = fs::read_dir(&self.temp_dir).map_err(|source| StoreError::Io {
-            path: self.temp_dir.clone(),
-            source,
-        })?;
-        let (mut files, mut bytes) = (0, 0);
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            let old = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_TEMP);
-            let writer_gone = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.split('.').next())
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| !process_runs(pid));
-            if (old || writer_gone) && fs::remove_file(entry.path()).is_ok() {
-                files += 1;
-                bytes += meta.len();
-            }
-        }
-        Ok((files, bytes))
-    }
-
     /// Writes a frame to a fresh temp file (not yet durable) and returns its path.
     fn write_temp(&self, frame: &Frame) -> io::Result<PathBuf> {
         let temp = self.temp_dir.join(format!(
@@ -367,6 +281,92 @@ impl ChunkStore for FsStore {
         }
         result.map(|()| staged.len())
     }
+
+    /// Every chunk file in the store with its size on disk, in no particular order.
+    /// Files whose names are not hashes are skipped.
+    ///
+    /// # Errors
+    /// When a directory cannot be read.
+    fn list(&self, each: &mut dyn FnMut(Hash, u64)) -> Result<(), StoreError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        let chunks = self.root.join("chunks");
+        for top in fs::read_dir(&chunks).map_err(io(&chunks))? {
+            let top = top.map_err(io(&chunks))?.path();
+            let Ok(mids) = fs::read_dir(&top) else {
+                continue;
+            };
+            for mid in mids {
+                let mid = mid.map_err(io(&top))?.path();
+                let Ok(files) = fs::read_dir(&mid) else {
+                    continue;
+                };
+                for file in files {
+                    let file = file.map_err(io(&mid))?;
+                    let hash = file
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| n.parse::<Hash>().ok());
+                    if let (Some(hash), Ok(meta)) = (hash, file.metadata()) {
+                        each(hash, meta.len());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a chunk; returns the bytes freed (0 when it was absent).
+    ///
+    /// # Errors
+    /// When the file cannot be removed.
+    fn remove(&self, hash: &Hash) -> Result<u64, StoreError> {
+        let path = self.path_of(hash);
+        let len = match fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(len),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    /// Deletes temp files left by writers that are gone: their process no longer runs
+    /// (where that can be told) or they are older than a day. Returns files and bytes.
+    ///
+    /// # Errors
+    /// When the temp directory cannot be read.
+    fn remove_stale_temps(&self) -> Result<(u64, u64), StoreError> {
+        let entries = fs::read_dir(&self.temp_dir).map_err(|source| StoreError::Io {
+            path: self.temp_dir.clone(),
+            source,
+        })?;
+        let (mut files, mut bytes) = (0, 0);
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP);
+            let writer_gone = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !process_runs(pid));
+            if (old || writer_gone) && fs::remove_file(entry.path()).is_ok() {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+        Ok((files, bytes))
+    }
 }
 
 #[cfg(test)]
@@ -453,7 +453,7 @@ mod tests {
         );
         assert_eq!(store.content_len(&raw.hash(), 1 << 20).unwrap(), Some(5000));
         let mut listed = Vec::new();
-        store.list(|hash, _| listed.push(hash)).unwrap();
+        store.list(&mut |hash, _| listed.push(hash)).unwrap();
         listed.sort_by_key(|h| h.to_string());
         let mut expected = vec![packed.hash(), raw.hash()];
         expected.sort_by_key(|h| h.to_string());

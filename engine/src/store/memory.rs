@@ -67,6 +67,20 @@ impl ChunkStore for MemoryStore {
         self.lock().remove(hash);
         Ok(())
     }
+
+    fn list(&self, each: &mut dyn FnMut(Hash, u64)) -> Result<(), StoreError> {
+        for (hash, frame) in self.lock().iter() {
+            each(*hash, frame.payload.len() as u64);
+        }
+        Ok(())
+    }
+
+    fn remove(&self, hash: &Hash) -> Result<u64, StoreError> {
+        Ok(self
+            .lock()
+            .remove(hash)
+            .map_or(0, |frame| frame.payload.len() as u64))
+    }
 }
 
 #[cfg(test)]

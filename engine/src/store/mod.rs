@@ -16,7 +16,7 @@ pub use fs::FsStore;
 pub use memory::MemoryStore;
 
 /// A content-addressed store of chunks. Calls block: async callers use `spawn_blocking`.
-pub trait ChunkStore: Send + Sync + 'static {
+pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the chunk is stored.
     ///
     /// # Errors
@@ -72,6 +72,26 @@ pub trait ChunkStore: Send + Sync + 'static {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Every chunk held with its stored size, in no particular order.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    fn list(&self, each: &mut dyn FnMut(Hash, u64)) -> Result<(), StoreError>;
+
+    /// Deletes a chunk; returns the bytes freed (0 when it was absent).
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    fn remove(&self, hash: &Hash) -> Result<u64, StoreError>;
+
+    /// Deletes what writers that are gone left half-written; returns files and bytes.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    fn remove_stale_temps(&self) -> Result<(u64, u64), StoreError> {
+        Ok((0, 0))
     }
 
     /// Stores several chunks; returns how many were new.

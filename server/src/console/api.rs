@@ -19,7 +19,7 @@ use crate::app::{LoginView, StoreView, UpdateView, blocking};
 use crate::auth::TOKEN_LIFETIME_SECS;
 use crate::error::ServerError;
 use crate::live::Counters;
-use crate::meta::UpdateState;
+use crate::meta::{MetaError, UpdateState};
 
 /// How often an event stream looks for changes the database alone knows (an admin
 /// command's abort, a new update): the live uploads wake it at once.
@@ -105,7 +105,7 @@ pub(super) async fn abort(
         app.updates()?
             .into_iter()
             .find(|u| u.data_write_guid == guid)
-            .ok_or(ServerError::UnknownUpdate(guid))
+            .ok_or(MetaError::UnknownUpdate(guid).into())
     })
     .await?;
     Ok(Json(view).into_response())

@@ -1,18 +1,17 @@
-//! Server metadata in SQLite: users, tokens, disks, versions, updates and the entries
-//! offered by uploads.
-//!
-//! One connection per process, in WAL mode with a busy timeout, so admin commands can run
-//! while `serve` holds the same data dir. Every change is one transaction; the schema is
-//! migrated by `PRAGMA user_version`. Calls block: async callers use `spawn_blocking`.
+//! The metadata in SQLite: one connection per process, in WAL mode with a busy timeout,
+//! so admin commands can run while `serve` holds the same data dir. Every change is one
+//! transaction; the schema is migrated by `PRAGMA user_version`.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hotate_engine::{Entry, Hash, Offer};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::error::ServerError;
+use super::{
+    DiskRow, LockedMeta, MetaError, Metadata, Role, Session, UpdateRow, UpdateState, UserRow,
+    VersionRow, now,
+};
 
 /// Schema migrations, applied in order; the index + 1 is the `user_version` after each.
 const MIGRATIONS: &[&str] = &[
@@ -96,147 +95,18 @@ CREATE TABLE upkeep_runs (
 ",
 ];
 
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskRow {
-    pub id: String,
-    pub name: String,
-    pub size: u64,
-    pub block_size: u32,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VersionRow {
-    pub disk_id: String,
-    pub id: String,
-    pub parent: Option<String>,
-    pub comment: String,
-    pub user: String,
-    pub terminal: String,
-    pub created_at: i64,
-    pub root: Hash,
-    pub blocks_changed: u64,
-    pub bytes_stored: u64,
-}
-
-/// The life of an update: `reserved → uploading → committed`, or `cancelled`/`aborted`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateState {
-    Reserved,
-    Uploading,
-    Committed,
-    Cancelled,
-    Aborted,
-}
-
-impl UpdateState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Reserved => "reserved",
-            Self::Uploading => "uploading",
-            Self::Committed => "committed",
-            Self::Cancelled => "cancelled",
-            Self::Aborted => "aborted",
-        }
-    }
-
-    fn parse(text: &str) -> Self {
-        match text {
-            "reserved" => Self::Reserved,
-            "uploading" => Self::Uploading,
-            "committed" => Self::Committed,
-            "cancelled" => Self::Cancelled,
-            _ => Self::Aborted,
-        }
-    }
-
-    pub fn is_live(self) -> bool {
-        matches!(self, Self::Reserved | Self::Uploading)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpdateRow {
-    pub guid: String,
-    pub disk_id: String,
-    pub base_version: String,
-    pub terminal: String,
-    pub user: String,
-    pub state: UpdateState,
-    pub new_version: Option<String>,
-    pub chunks_received: u64,
-    pub bytes_received: u64,
-    /// The upload stream session that holds the update now.
-    pub session: u64,
-}
-
-/// What a user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Starts, finishes and cancels its own updates; reads disks.
-    Operator,
-    /// Also aborts any update and manages.
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Operator => "operator",
-            Self::Admin => "admin",
-        }
-    }
-
-    /// Parses `admin` or `operator`.
-    ///
-    /// # Errors
-    /// `BadRequest` for anything else.
-    pub fn parse(text: &str) -> Result<Self, ServerError> {
-        match text {
-            "admin" => Ok(Self::Admin),
-            "operator" => Ok(Self::Operator),
-            other => Err(ServerError::BadRequest(format!(
-                "unknown role {other:?}: use admin or operator"
-            ))),
-        }
-    }
-}
-
-/// A user as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRow {
-    pub name: String,
-    pub role: Role,
-    pub created_at: i64,
-}
-
-/// A logged-in caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub user: String,
-    pub terminal: String,
-    pub role: Role,
-}
-
-/// The metadata database.
+/// The metadata database in SQLite.
 #[derive(Debug)]
-pub struct Meta {
+pub struct SqliteMeta {
     conn: Mutex<Connection>,
 }
 
-impl Meta {
+impl SqliteMeta {
     /// Opens (creating and migrating) the database at `path`.
     ///
     /// # Errors
     /// When the file cannot be opened or migrated.
-    pub fn open(path: &Path) -> Result<Self, ServerError> {
+    pub fn open(path: &Path) -> Result<Self, MetaError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -253,12 +123,12 @@ impl Meta {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn migrate(&self) -> Result<(), ServerError> {
+    fn migrate(&self) -> Result<(), MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let current: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if current > MIGRATIONS.len() {
-            return Err(ServerError::Internal(format!(
+            return Err(MetaError::Damaged(format!(
                 "the data dir was written by a newer Hotate (schema {current})"
             )));
         }
@@ -269,17 +139,15 @@ impl Meta {
         tx.commit()?;
         Ok(())
     }
+}
 
-    // --- users and tokens ---
-
-    /// Adds a user; without a role the first user is an admin, later ones operators.
-    /// Returns the role given.
-    pub fn add_user(
+impl Metadata for SqliteMeta {
+    fn add_user(
         &self,
         name: &str,
         password_hash: &str,
         role: Option<Role>,
-    ) -> Result<Role, ServerError> {
+    ) -> Result<Role, MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let users: i64 = tx.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
@@ -294,14 +162,13 @@ impl Meta {
             params![name, password_hash, now(), role.as_str()],
         )?;
         if added == 0 {
-            return Err(ServerError::UserExists(name.to_owned()));
+            return Err(MetaError::UserExists(name.to_owned()));
         }
         tx.commit()?;
         Ok(role)
     }
 
-    /// Sets a user's password and ends its sessions.
-    pub fn set_password(&self, name: &str, password_hash: &str) -> Result<(), ServerError> {
+    fn set_password(&self, name: &str, password_hash: &str) -> Result<(), MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let changed = tx.execute(
@@ -309,26 +176,25 @@ impl Meta {
             params![name, password_hash],
         )?;
         if changed == 0 {
-            return Err(ServerError::UnknownUser(name.to_owned()));
+            return Err(MetaError::UnknownUser(name.to_owned()));
         }
         tx.execute("DELETE FROM tokens WHERE user = ?1", [name])?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Deletes a user and its sessions; versions and updates keep its name.
-    pub fn delete_user(&self, name: &str) -> Result<(), ServerError> {
+    fn delete_user(&self, name: &str) -> Result<(), MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM tokens WHERE user = ?1", [name])?;
         if tx.execute("DELETE FROM users WHERE name = ?1", [name])? == 0 {
-            return Err(ServerError::UnknownUser(name.to_owned()));
+            return Err(MetaError::UnknownUser(name.to_owned()));
         }
         tx.commit()?;
         Ok(())
     }
 
-    pub fn users(&self) -> Result<Vec<UserRow>, ServerError> {
+    fn users(&self) -> Result<Vec<UserRow>, MetaError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT name, role, created_at FROM users ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
@@ -350,7 +216,7 @@ impl Meta {
         Ok(out)
     }
 
-    pub fn password_hash(&self, name: &str) -> Result<Option<String>, ServerError> {
+    fn password_hash(&self, name: &str) -> Result<Option<String>, MetaError> {
         Ok(self
             .conn()
             .query_row(
@@ -361,12 +227,12 @@ impl Meta {
             .optional()?)
     }
 
-    pub fn add_token(
+    fn add_token(
         &self,
         token_hash: &Hash,
         session: &Session,
         expires_at: i64,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), MetaError> {
         let conn = self.conn();
         conn.execute("DELETE FROM tokens WHERE expires_at < ?1", params![now()])?;
         conn.execute(
@@ -381,8 +247,7 @@ impl Meta {
         Ok(())
     }
 
-    /// Ends a token's session (a logout).
-    pub fn remove_token(&self, token_hash: &Hash) -> Result<(), ServerError> {
+    fn remove_token(&self, token_hash: &Hash) -> Result<(), MetaError> {
         self.conn().execute(
             "DELETE FROM tokens WHERE token_hash = ?1",
             params![&token_hash.as_bytes()[..]],
@@ -390,8 +255,7 @@ impl Meta {
         Ok(())
     }
 
-    /// The session of an unexpired token, with its user's role now.
-    pub fn session(&self, token_hash: &Hash) -> Result<Option<Session>, ServerError> {
+    fn session(&self, token_hash: &Hash) -> Result<Option<Session>, MetaError> {
         Ok(self
             .conn()
             .query_row(
@@ -409,8 +273,7 @@ impl Meta {
             .optional()?)
     }
 
-    /// A user's role, if the user exists.
-    pub fn role(&self, name: &str) -> Result<Option<Role>, ServerError> {
+    fn role(&self, name: &str) -> Result<Option<Role>, MetaError> {
         let role: Option<String> = self
             .conn()
             .query_row("SELECT role FROM users WHERE name = ?1", [name], |r| {
@@ -420,10 +283,7 @@ impl Meta {
         Ok(role.map(|r| Role::parse(&r).unwrap_or(Role::Operator)))
     }
 
-    // --- disks and versions ---
-
-    /// A disk by UUID or name.
-    pub fn disk(&self, id_or_name: &str) -> Result<DiskRow, ServerError> {
+    fn disk(&self, id_or_name: &str) -> Result<DiskRow, MetaError> {
         self.conn()
             .query_row(
                 "SELECT id, name, size, block_size, created_at FROM disks
@@ -432,10 +292,10 @@ impl Meta {
                 disk_row,
             )
             .optional()?
-            .ok_or_else(|| ServerError::UnknownDisk(id_or_name.to_owned()))
+            .ok_or_else(|| MetaError::UnknownDisk(id_or_name.to_owned()))
     }
 
-    pub fn disks(&self) -> Result<Vec<DiskRow>, ServerError> {
+    fn disks(&self) -> Result<Vec<DiskRow>, MetaError> {
         let conn = self.conn();
         let mut stmt =
             conn.prepare("SELECT id, name, size, block_size, created_at FROM disks ORDER BY name")?;
@@ -443,8 +303,7 @@ impl Meta {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Creates a disk and its first version in one transaction.
-    pub fn create_disk(&self, disk: &DiskRow, first: &VersionRow) -> Result<(), ServerError> {
+    fn create_disk(&self, disk: &DiskRow, first: &VersionRow) -> Result<(), MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let exists: bool = tx
@@ -454,7 +313,7 @@ impl Meta {
             .optional()?
             .unwrap_or(false);
         if exists {
-            return Err(ServerError::DiskExists(disk.name.clone()));
+            return Err(MetaError::DiskExists(disk.name.clone()));
         }
         tx.execute(
             "INSERT INTO disks (id, name, size, block_size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -465,8 +324,7 @@ impl Meta {
         Ok(())
     }
 
-    /// Versions of a disk, oldest first.
-    pub fn versions(&self, disk_id: &str) -> Result<Vec<VersionRow>, ServerError> {
+    fn versions(&self, disk_id: &str) -> Result<Vec<VersionRow>, MetaError> {
         let conn = self.conn();
         let mut stmt =
             conn.prepare(&format!("{VERSION_SELECT} WHERE disk_id = ?1 ORDER BY seq"))?;
@@ -474,7 +332,7 @@ impl Meta {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn latest_version(&self, disk_id: &str) -> Result<VersionRow, ServerError> {
+    fn latest_version(&self, disk_id: &str) -> Result<VersionRow, MetaError> {
         self.conn()
             .query_row(
                 &format!("{VERSION_SELECT} WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1"),
@@ -482,10 +340,10 @@ impl Meta {
                 version_row,
             )
             .optional()?
-            .ok_or_else(|| ServerError::Internal(format!("disk {disk_id} has no version")))
+            .ok_or_else(|| MetaError::Damaged(format!("disk {disk_id} has no version")))
     }
 
-    pub fn version(&self, disk_id: &str, id: &str) -> Result<VersionRow, ServerError> {
+    fn version(&self, disk_id: &str, id: &str) -> Result<VersionRow, MetaError> {
         self.conn()
             .query_row(
                 &format!("{VERSION_SELECT} WHERE disk_id = ?1 AND id = ?2"),
@@ -493,26 +351,21 @@ impl Meta {
                 version_row,
             )
             .optional()?
-            .ok_or_else(|| ServerError::UnknownVersion(id.to_owned()))
+            .ok_or_else(|| MetaError::UnknownVersion(id.to_owned()))
     }
 
-    // --- updates ---
-
-    /// Reserves a disk: refused unless `booted` is the latest version and no live update
-    /// of another terminal or user holds the disk. Returns the update and whether it is
-    /// the caller's own live update, adopted rather than created.
-    pub fn start_update(
+    fn start_update(
         &self,
         disk_id: &str,
         booted: &str,
         session: &Session,
         guid: &str,
-    ) -> Result<(UpdateRow, bool), ServerError> {
+    ) -> Result<(UpdateRow, bool), MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let latest = latest_id(&tx, disk_id)?;
         if latest != booted {
-            return Err(ServerError::NotLatest {
+            return Err(MetaError::NotLatest {
                 latest,
                 booted: booted.to_owned(),
             });
@@ -523,7 +376,7 @@ impl Meta {
             if live.terminal == session.terminal && live.user == session.user {
                 return Ok((live, true));
             }
-            return Err(ServerError::DiskBusy {
+            return Err(MetaError::DiskBusy {
                 terminal: live.terminal,
             });
         }
@@ -537,28 +390,27 @@ impl Meta {
         Ok((row, false))
     }
 
-    pub fn update(&self, guid: &str) -> Result<UpdateRow, ServerError> {
+    fn update(&self, guid: &str) -> Result<UpdateRow, MetaError> {
         update_by_guid(&self.conn(), guid)
     }
 
-    pub fn updates(&self) -> Result<Vec<UpdateRow>, ServerError> {
+    fn updates(&self) -> Result<Vec<UpdateRow>, MetaError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!("{UPDATE_SELECT} ORDER BY created_at, guid"))?;
         let rows = stmt.query_map([], update_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn live_update(&self, disk_id: &str) -> Result<Option<UpdateRow>, ServerError> {
+    fn live_update(&self, disk_id: &str) -> Result<Option<UpdateRow>, MetaError> {
         live_update(&self.conn(), disk_id)
     }
 
-    /// Moves a live update to `to`; refused when it is no longer live.
-    pub fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, ServerError> {
+    fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let row = update_by_guid(&tx, guid)?;
         if !row.state.is_live() {
-            return Err(ServerError::UpdateNotLive {
+            return Err(MetaError::UpdateNotLive {
                 guid: guid.to_owned(),
                 state: row.state,
             });
@@ -575,10 +427,7 @@ impl Meta {
         Ok(row)
     }
 
-    /// Opens a new session of an uploading update; returns it with the session number.
-    /// Entries offered by earlier sessions stay (their chunks stay referenced) but no
-    /// longer count towards the manifest.
-    pub fn open_session(&self, guid: &str) -> Result<UpdateRow, ServerError> {
+    fn open_session(&self, guid: &str) -> Result<UpdateRow, MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         uploading(&tx, guid)?;
@@ -591,16 +440,7 @@ impl Meta {
         Ok(row)
     }
 
-    /// Records entries offered by `session` in one transaction, refused when the update
-    /// ended or another session took it over. Offers are re-sent by every session, so
-    /// this commit skips the fsync (`synchronous = NORMAL`): after a power loss it may
-    /// roll back, never corrupt, and the next session offers again.
-    pub fn record_offers(
-        &self,
-        guid: &str,
-        session: u64,
-        offers: &[Offer],
-    ) -> Result<(), ServerError> {
+    fn record_offers(&self, guid: &str, session: u64, offers: &[Offer]) -> Result<(), MetaError> {
         let mut conn = self.conn();
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let result = record_offers(&mut conn, guid, session, offers);
@@ -608,8 +448,7 @@ impl Meta {
         result
     }
 
-    /// The entries offered by one session of an upload, by block index.
-    pub fn offers(&self, guid: &str, session: u64) -> Result<Vec<Offer>, ServerError> {
+    fn offers(&self, guid: &str, session: u64) -> Result<Vec<Offer>, MetaError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT block_index, hash FROM upload_entries WHERE guid = ?1 AND session = ?2
@@ -623,18 +462,19 @@ impl Meta {
         let mut out = Vec::new();
         for row in rows {
             let (index, hash) = row?;
-            let entry = match hash {
-                None => Entry::Zero,
-                Some(bytes) => Entry::Chunk(Hash::from_slice(&bytes).ok_or_else(|| {
-                    ServerError::Internal("a stored entry hash is damaged".into())
-                })?),
-            };
+            let entry =
+                match hash {
+                    None => Entry::Zero,
+                    Some(bytes) => Entry::Chunk(Hash::from_slice(&bytes).ok_or_else(|| {
+                        MetaError::Damaged("a stored entry hash is damaged".into())
+                    })?),
+                };
             out.push(Offer { index, entry });
         }
         Ok(out)
     }
 
-    pub fn add_received(&self, guid: &str, chunks: u64, bytes: u64) -> Result<(), ServerError> {
+    fn add_received(&self, guid: &str, chunks: u64, bytes: u64) -> Result<(), MetaError> {
         self.conn().execute(
             "UPDATE updates SET chunks_received = chunks_received + ?2,
                                 bytes_received = bytes_received + ?3 WHERE guid = ?1",
@@ -643,25 +483,22 @@ impl Meta {
         Ok(())
     }
 
-    /// Commits an uploading update as `version`, atomically. `write_manifest` runs inside
-    /// the transaction, so that `store gc` (which removes manifests no version names under
-    /// the same lock) never sees the manifest without its row, nor the row without it.
-    pub fn commit_update(
+    fn commit_update(
         &self,
         guid: &str,
         session: u64,
         version: &VersionRow,
-        write_manifest: impl FnOnce() -> Result<(), ServerError>,
-    ) -> Result<(), ServerError> {
+        write_manifest: &mut dyn FnMut() -> Result<(), MetaError>,
+    ) -> Result<(), MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let row = uploading(&tx, guid)?;
         if row.session != session {
-            return Err(ServerError::TakenOver);
+            return Err(MetaError::TakenOver);
         }
         let latest = latest_id(&tx, &row.disk_id)?;
         if latest != row.base_version {
-            return Err(ServerError::NotLatest {
+            return Err(MetaError::NotLatest {
                 latest,
                 booted: row.base_version,
             });
@@ -677,10 +514,7 @@ impl Meta {
         Ok(())
     }
 
-    // --- store upkeep ---
-
-    /// Records that an upkeep command (`verify`, `gc`) ran, and what it found.
-    pub fn record_upkeep(&self, kind: &str, outcome: &str) -> Result<(), ServerError> {
+    fn record_upkeep(&self, kind: &str, outcome: &str) -> Result<(), MetaError> {
         self.conn().execute(
             "INSERT INTO upkeep_runs (kind, at, outcome) VALUES (?1, ?2, ?3)
              ON CONFLICT (kind) DO UPDATE SET at = excluded.at, outcome = excluded.outcome",
@@ -689,8 +523,7 @@ impl Meta {
         Ok(())
     }
 
-    /// The last run of an upkeep command: when, and what it found.
-    pub fn last_upkeep(&self, kind: &str) -> Result<Option<(i64, String)>, ServerError> {
+    fn last_upkeep(&self, kind: &str) -> Result<Option<(i64, String)>, MetaError> {
         Ok(self
             .conn()
             .query_row(
@@ -701,9 +534,7 @@ impl Meta {
             .optional()?)
     }
 
-    /// Versions committed after `seq` (0: all), each with its sequence number, oldest
-    /// first.
-    pub fn versions_since(&self, seq: i64) -> Result<Vec<(i64, VersionRow)>, ServerError> {
+    fn versions_since(&self, seq: i64) -> Result<Vec<(i64, VersionRow)>, MetaError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT seq, {} WHERE seq > ?1 ORDER BY seq",
@@ -717,9 +548,7 @@ impl Meta {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Hashes offered by live updates, in any of their sessions: chunks that an upload
-    /// in progress has stored or counts on.
-    pub fn live_hashes(&self) -> Result<Vec<Hash>, ServerError> {
+    fn live_hashes(&self) -> Result<Vec<Hash>, MetaError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT DISTINCT e.hash FROM upload_entries e JOIN updates u ON u.guid = e.guid
@@ -735,26 +564,11 @@ impl Meta {
         Ok(out)
     }
 
-    /// Runs `work` holding the database's write lock (an immediate transaction that
-    /// changes nothing unless `work` does): uploads cannot record offers nor commit
-    /// versions meanwhile.
-    pub fn exclusive<T>(
-        &self,
-        work: impl FnOnce(&Locked<'_>) -> Result<T, ServerError>,
-    ) -> Result<T, ServerError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let out = work(&Locked(&tx))?;
-        tx.commit()?;
-        Ok(out)
-    }
-
-    /// Deletes a disk with its versions and updates; refused while an update is live.
-    pub fn delete_disk(&self, disk_id: &str) -> Result<usize, ServerError> {
+    fn delete_disk(&self, disk_id: &str) -> Result<usize, MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if let Some(live) = live_update(&tx, disk_id)? {
-            return Err(ServerError::DiskBusy {
+            return Err(MetaError::DiskBusy {
                 terminal: live.terminal,
             });
         }
@@ -769,20 +583,19 @@ impl Meta {
         Ok(versions)
     }
 
-    /// Deletes one version; refused for the latest and for the base of a live update.
-    pub fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), ServerError> {
+    fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let latest = latest_id(&tx, disk_id)?;
         if latest == id {
-            return Err(ServerError::VersionInUse(format!(
+            return Err(MetaError::VersionInUse(format!(
                 "{id} is the disk's latest version; terminals boot it"
             )));
         }
         if let Some(live) = live_update(&tx, disk_id)?
             && live.base_version == id
         {
-            return Err(ServerError::VersionInUse(format!(
+            return Err(MetaError::VersionInUse(format!(
                 "{id} is the base of the update in progress from terminal {}",
                 live.terminal
             )));
@@ -792,15 +605,13 @@ impl Meta {
             [disk_id, id],
         )?;
         if deleted == 0 {
-            return Err(ServerError::UnknownVersion(id.to_owned()));
+            return Err(MetaError::UnknownVersion(id.to_owned()));
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// Deletes expired tokens and updates that ended before `before`; returns how many
-    /// updates went.
-    pub fn prune(&self, before: i64) -> Result<usize, ServerError> {
+    fn prune(&self, before: i64) -> Result<usize, MetaError> {
         let conn = self.conn();
         conn.execute("DELETE FROM tokens WHERE expires_at < ?1", [now()])?;
         conn.execute(
@@ -814,8 +625,19 @@ impl Meta {
         )?)
     }
 
-    pub fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, ServerError> {
+    fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, MetaError> {
         version_exists(&self.conn(), disk_id, id)
+    }
+
+    fn exclusive_dyn(
+        &self,
+        work: &mut dyn FnMut(&dyn LockedMeta) -> Result<(), MetaError>,
+    ) -> Result<(), MetaError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        work(&Locked(&tx))?;
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -855,13 +677,13 @@ fn version_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<VersionR
     })
 }
 
-/// The database under its write lock, for [`Meta::exclusive`].
+/// The database under its write lock, for `exclusive`.
 #[derive(Debug)]
-pub struct Locked<'a>(&'a rusqlite::Transaction<'a>);
+struct Locked<'a>(&'a rusqlite::Transaction<'a>);
 
-impl Locked<'_> {
+impl LockedMeta for Locked<'_> {
     /// Whether a live update has offered this hash (in any session).
-    pub fn live_update_holds(&self, hash: &Hash) -> Result<bool, ServerError> {
+    fn live_update_holds(&self, hash: &Hash) -> Result<bool, MetaError> {
         Ok(self
             .0
             .query_row(
@@ -875,7 +697,7 @@ impl Locked<'_> {
     }
 
     /// The sequence number of the newest version of any disk (0 when none).
-    pub fn newest_seq(&self) -> Result<i64, ServerError> {
+    fn newest_seq(&self) -> Result<i64, MetaError> {
         Ok(self
             .0
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM versions", [], |r| {
@@ -883,11 +705,11 @@ impl Locked<'_> {
             })?)
     }
 
-    pub fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, ServerError> {
+    fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, MetaError> {
         version_exists(self.0, disk_id, id)
     }
 
-    pub fn disk_exists(&self, disk_id: &str) -> Result<bool, ServerError> {
+    fn disk_exists(&self, disk_id: &str) -> Result<bool, MetaError> {
         Ok(self
             .0
             .query_row("SELECT 1 FROM disks WHERE id = ?1", [disk_id], |_| Ok(true))
@@ -911,7 +733,7 @@ fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
     })
 }
 
-fn insert_version(conn: &Connection, v: &VersionRow) -> Result<(), ServerError> {
+fn insert_version(conn: &Connection, v: &VersionRow) -> Result<(), MetaError> {
     conn.execute(
         "INSERT INTO versions (disk_id, id, parent, comment, user, terminal, created_at, root,
                                blocks_changed, bytes_stored)
@@ -933,10 +755,10 @@ fn insert_version(conn: &Connection, v: &VersionRow) -> Result<(), ServerError> 
 }
 
 /// An update that must be uploading.
-fn uploading(conn: &Connection, guid: &str) -> Result<UpdateRow, ServerError> {
+fn uploading(conn: &Connection, guid: &str) -> Result<UpdateRow, MetaError> {
     let row = update_by_guid(conn, guid)?;
     if row.state != UpdateState::Uploading {
-        return Err(ServerError::UpdateNotLive {
+        return Err(MetaError::UpdateNotLive {
             guid: guid.to_owned(),
             state: row.state,
         });
@@ -944,18 +766,18 @@ fn uploading(conn: &Connection, guid: &str) -> Result<UpdateRow, ServerError> {
     Ok(row)
 }
 
-fn update_by_guid(conn: &Connection, guid: &str) -> Result<UpdateRow, ServerError> {
+fn update_by_guid(conn: &Connection, guid: &str) -> Result<UpdateRow, MetaError> {
     conn.query_row(
         &format!("{UPDATE_SELECT} WHERE guid = ?1"),
         [guid],
         update_row,
     )
     .optional()?
-    .ok_or_else(|| ServerError::UnknownUpdate(guid.to_owned()))
+    .ok_or_else(|| MetaError::UnknownUpdate(guid.to_owned()))
 }
 
 /// The id of a disk's latest version.
-fn latest_id(conn: &Connection, disk_id: &str) -> Result<String, ServerError> {
+fn latest_id(conn: &Connection, disk_id: &str) -> Result<String, MetaError> {
     Ok(conn.query_row(
         "SELECT id FROM versions WHERE disk_id = ?1 ORDER BY seq DESC LIMIT 1",
         [disk_id],
@@ -963,7 +785,7 @@ fn latest_id(conn: &Connection, disk_id: &str) -> Result<String, ServerError> {
     )?)
 }
 
-fn version_exists(conn: &Connection, disk_id: &str, id: &str) -> Result<bool, ServerError> {
+fn version_exists(conn: &Connection, disk_id: &str, id: &str) -> Result<bool, MetaError> {
     Ok(conn
         .query_row(
             "SELECT 1 FROM versions WHERE disk_id = ?1 AND id = ?2",
@@ -974,7 +796,7 @@ fn version_exists(conn: &Connection, disk_id: &str, id: &str) -> Result<bool, Se
         .unwrap_or(false))
 }
 
-fn live_update(conn: &Connection, disk_id: &str) -> Result<Option<UpdateRow>, ServerError> {
+fn live_update(conn: &Connection, disk_id: &str) -> Result<Option<UpdateRow>, MetaError> {
     Ok(conn
         .query_row(
             &format!("{UPDATE_SELECT} WHERE disk_id = ?1 AND state IN ('reserved', 'uploading')"),
@@ -989,14 +811,14 @@ fn record_offers(
     guid: &str,
     session: u64,
     offers: &[Offer],
-) -> Result<(), ServerError> {
+) -> Result<(), MetaError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let row = update_by_guid(&tx, guid)?;
     if row.state != UpdateState::Uploading {
-        return Err(ServerError::UpdateEnded(row.state));
+        return Err(MetaError::UpdateEnded(row.state));
     }
     if row.session != session {
-        return Err(ServerError::TakenOver);
+        return Err(MetaError::TakenOver);
     }
     {
         let mut stmt = tx.prepare_cached(
@@ -1033,19 +855,19 @@ mod tests {
             )
             .unwrap();
         }
-        let meta = Meta::open(&path).unwrap();
+        let meta = SqliteMeta::open(&path).unwrap();
         assert_eq!(meta.role("old").unwrap(), Some(Role::Admin));
         assert_eq!(meta.add_user("next", "x", None).unwrap(), Role::Operator);
         assert!(matches!(
             meta.add_user("next", "y", None),
-            Err(ServerError::UserExists(_))
+            Err(MetaError::UserExists(_))
         ));
         assert_eq!(
             meta.add_user("boss", "x", Some(Role::Admin)).unwrap(),
             Role::Admin
         );
 
-        let fresh = Meta::open(&dir.path().join("fresh.sqlite")).unwrap();
+        let fresh = SqliteMeta::open(&dir.path().join("fresh.sqlite")).unwrap();
         assert_eq!(fresh.add_user("first", "x", None).unwrap(), Role::Admin);
         assert_eq!(fresh.add_user("second", "x", None).unwrap(), Role::Operator);
         let session = Session {
@@ -1066,7 +888,7 @@ mod tests {
         fresh.delete_user("second").unwrap();
         assert!(matches!(
             fresh.delete_user("second"),
-            Err(ServerError::UnknownUser(_))
+            Err(MetaError::UnknownUser(_))
         ));
         let names: Vec<String> = fresh.users().unwrap().into_iter().map(|u| u.name).collect();
         assert_eq!(names, ["first"]);
@@ -1075,7 +897,7 @@ mod tests {
     #[test]
     fn prune_deletes_long_ended_updates_and_expired_tokens_only() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Meta::open(&dir.path().join("meta.sqlite")).unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.sqlite")).unwrap();
         meta.add_user("u", "x", None).unwrap();
         let session = Session {
             user: "u".into(),
@@ -1124,5 +946,70 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0))
             .unwrap();
         assert_eq!(tokens, 1, "the expired token is gone");
+    }
+
+    /// An error of the caller's own, for the typed transaction helpers.
+    #[derive(Debug)]
+    enum Failure {
+        Meta(MetaError),
+        Own,
+    }
+
+    impl From<MetaError> for Failure {
+        fn from(e: MetaError) -> Self {
+            Self::Meta(e)
+        }
+    }
+
+    #[test]
+    fn failing_work_changes_nothing_and_its_error_comes_back_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Box<dyn Metadata> =
+            Box::new(SqliteMeta::open(&dir.path().join("meta.sqlite")).unwrap());
+        meta.add_user("u", "x", None).unwrap();
+        let session = Session {
+            user: "u".into(),
+            terminal: "PC-1".into(),
+            role: Role::Admin,
+        };
+        let version = |id: &str, parent: Option<&str>| VersionRow {
+            disk_id: "d".into(),
+            id: id.into(),
+            parent: parent.map(str::to_owned),
+            comment: String::new(),
+            user: "u".into(),
+            terminal: String::new(),
+            created_at: 0,
+            root: Hash::of(id.as_bytes()),
+            blocks_changed: 0,
+            bytes_stored: 0,
+        };
+        let disk = DiskRow {
+            id: "d".into(),
+            name: "disk".into(),
+            size: 1,
+            block_size: 1 << 16,
+            created_at: 0,
+        };
+        meta.create_disk(&disk, &version("v1", None)).unwrap();
+        meta.start_update("d", "v1", &session, "g").unwrap();
+        meta.set_state("g", UpdateState::Uploading).unwrap();
+        let open = meta.open_session("g").unwrap();
+
+        let locked: Result<i64, Failure> = meta.exclusive(|db| Ok(db.newest_seq()?));
+        assert!(matches!(locked, Ok(1)));
+        let failed: Result<(), Failure> = meta.exclusive(|_| Err(Failure::Own));
+        assert!(matches!(failed, Err(Failure::Own)));
+
+        let v2 = version("v2", Some("v1"));
+        let failed = meta.commit("g", open.session, &v2, || Err(Failure::Own));
+        assert!(matches!(failed, Err(Failure::Own)));
+        assert_eq!(meta.update("g").unwrap().state, UpdateState::Uploading);
+        assert_eq!(meta.versions("d").unwrap().len(), 1, "nothing committed");
+        let stale = meta.commit("g", open.session + 1, &v2, || Ok::<_, Failure>(()));
+        assert!(matches!(stale, Err(Failure::Meta(MetaError::TakenOver))));
+        meta.commit("g", open.session, &v2, || Ok::<_, Failure>(()))
+            .unwrap();
+        assert_eq!(meta.latest_version("d").unwrap().id, "v2");
     }
 }

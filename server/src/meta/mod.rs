@@ -1,0 +1,385 @@
+//! Server metadata: users, tokens, disks, versions, updates and the entries offered by
+//! uploads, behind the [`Metadata`] trait with its own [`MetaError`]. [`SqliteMeta`] is
+//! the implementation; another database (PostgreSQL, for a site that outgrows one
+//! machine) can join behind the same trait. Calls block: async callers use
+//! `spawn_blocking`.
+
+mod sqlite;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hotate_engine::{Hash, Offer};
+
+pub use sqlite::SqliteMeta;
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRow {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub block_size: u32,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    pub disk_id: String,
+    pub id: String,
+    pub parent: Option<String>,
+    pub comment: String,
+    pub user: String,
+    pub terminal: String,
+    pub created_at: i64,
+    pub root: Hash,
+    pub blocks_changed: u64,
+    pub bytes_stored: u64,
+}
+
+/// The life of an update: `reserved → uploading → committed`, or `cancelled`/`aborted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateState {
+    Reserved,
+    Uploading,
+    Committed,
+    Cancelled,
+    Aborted,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Uploading => "uploading",
+            Self::Committed => "committed",
+            Self::Cancelled => "cancelled",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "reserved" => Self::Reserved,
+            "uploading" => Self::Uploading,
+            "committed" => Self::Committed,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Aborted,
+        }
+    }
+
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Reserved | Self::Uploading)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateRow {
+    pub guid: String,
+    pub disk_id: String,
+    pub base_version: String,
+    pub terminal: String,
+    pub user: String,
+    pub state: UpdateState,
+    pub new_version: Option<String>,
+    pub chunks_received: u64,
+    pub bytes_received: u64,
+    /// The upload stream session that holds the update now.
+    pub session: u64,
+}
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Starts, finishes and cancels its own updates; reads disks.
+    Operator,
+    /// Also aborts any update and manages.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Parses `admin` or `operator`.
+    ///
+    /// # Errors
+    /// `BadRequest` for anything else.
+    pub fn parse(text: &str) -> Result<Self, MetaError> {
+        match text {
+            "admin" => Ok(Self::Admin),
+            "operator" => Ok(Self::Operator),
+            other => Err(MetaError::BadRequest(format!(
+                "unknown role {other:?}: use admin or operator"
+            ))),
+        }
+    }
+}
+
+/// A user as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub name: String,
+    pub role: Role,
+    pub created_at: i64,
+}
+
+/// A logged-in caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: String,
+    pub terminal: String,
+    pub role: Role,
+}
+
+/// What the metadata refuses, or fails at.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("unknown user {0}: `hotate-server user list` shows the users")]
+    UnknownUser(String),
+    #[error("user {0} already exists: `hotate-server user passwd` sets a password")]
+    UserExists(String),
+    #[error("unknown disk {0}: `hotate-server disk list` shows the disks")]
+    UnknownDisk(String),
+    #[error("a disk named {0} already exists")]
+    DiskExists(String),
+    #[error("unknown version {0}")]
+    UnknownVersion(String),
+    #[error("cannot delete version {0}")]
+    VersionInUse(String),
+    #[error("unknown update {0}: it may have been aborted; start a new update")]
+    UnknownUpdate(String),
+    #[error("the terminal did not boot the latest version (latest={latest}, booted={booted})")]
+    NotLatest { latest: String, booted: String },
+    #[error("terminal {terminal} is already updating this disk; cancel that update first")]
+    DiskBusy { terminal: String },
+    #[error("update {guid} is {}: start a new update", state.as_str())]
+    UpdateNotLive { guid: String, state: UpdateState },
+    #[error("the update was {} on the server while this upload ran", .0.as_str())]
+    UpdateEnded(UpdateState),
+    #[error("another finish took over this upload")]
+    TakenOver,
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    /// The work given to `exclusive` or `commit` failed:
+    /// nothing was changed, and the caller has the work's own error.
+    #[error("the transaction was abandoned")]
+    Abandoned,
+    #[error("metadata failure: {0}")]
+    Damaged(String),
+    #[error("metadata failure: {0}")]
+    Sql(rusqlite::Error),
+}
+
+// The cause is part of the message, so it is not also reported as a source: `{:#}`
+// would print it twice.
+impl From<rusqlite::Error> for MetaError {
+    fn from(cause: rusqlite::Error) -> Self {
+        Self::Sql(cause)
+    }
+}
+
+/// The metadata database.
+pub trait Metadata: Send + Sync + std::fmt::Debug {
+    // --- users and tokens ---
+    /// Adds a user; without a role the first user is an admin, later ones operators.
+    /// Returns the role given.
+    fn add_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        role: Option<Role>,
+    ) -> Result<Role, MetaError>;
+    /// Sets a user's password and ends its sessions.
+    fn set_password(&self, name: &str, password_hash: &str) -> Result<(), MetaError>;
+    /// Deletes a user and its sessions; versions and updates keep its name.
+    fn delete_user(&self, name: &str) -> Result<(), MetaError>;
+    /// Every user, by name.
+    fn users(&self) -> Result<Vec<UserRow>, MetaError>;
+    /// A user's stored password hash (argon2, PHC string), if the user exists.
+    fn password_hash(&self, name: &str) -> Result<Option<String>, MetaError>;
+    /// Records a token's hash for a session, until `expires_at` (Unix seconds); expired
+    /// tokens go.
+    fn add_token(
+        &self,
+        token_hash: &Hash,
+        session: &Session,
+        expires_at: i64,
+    ) -> Result<(), MetaError>;
+    /// Ends a token's session (a logout).
+    fn remove_token(&self, token_hash: &Hash) -> Result<(), MetaError>;
+    /// The session of an unexpired token, with its user's role now.
+    fn session(&self, token_hash: &Hash) -> Result<Option<Session>, MetaError>;
+    /// A user's role, if the user exists.
+    fn role(&self, name: &str) -> Result<Option<Role>, MetaError>;
+
+    // --- disks and versions ---
+    /// A disk by UUID or name.
+    fn disk(&self, id_or_name: &str) -> Result<DiskRow, MetaError>;
+    /// Every disk, by name.
+    fn disks(&self) -> Result<Vec<DiskRow>, MetaError>;
+    /// Creates a disk and its first version in one transaction.
+    fn create_disk(&self, disk: &DiskRow, first: &VersionRow) -> Result<(), MetaError>;
+    /// Versions of a disk, oldest first.
+    fn versions(&self, disk_id: &str) -> Result<Vec<VersionRow>, MetaError>;
+    /// A disk's newest version.
+    fn latest_version(&self, disk_id: &str) -> Result<VersionRow, MetaError>;
+    /// One version of a disk.
+    fn version(&self, disk_id: &str, id: &str) -> Result<VersionRow, MetaError>;
+
+    // --- updates ---
+    /// Reserves a disk: refused unless `booted` is the latest version and no live update
+    /// of another terminal or user holds the disk. Returns the update and whether it is
+    /// the caller's own live update, adopted rather than created.
+    fn start_update(
+        &self,
+        disk_id: &str,
+        booted: &str,
+        session: &Session,
+        guid: &str,
+    ) -> Result<(UpdateRow, bool), MetaError>;
+    /// One update, by its DataWriteGuid.
+    fn update(&self, guid: &str) -> Result<UpdateRow, MetaError>;
+    /// Every update kept, oldest first.
+    fn updates(&self) -> Result<Vec<UpdateRow>, MetaError>;
+    /// The reserved or uploading update of a disk, if any.
+    fn live_update(&self, disk_id: &str) -> Result<Option<UpdateRow>, MetaError>;
+    /// Moves a live update to `to`; refused when it is no longer live.
+    fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, MetaError>;
+    /// Opens a new session of an uploading update; returns it with the session number.
+    /// Entries offered by earlier sessions stay (their chunks stay referenced) but no
+    /// longer count towards the manifest.
+    fn open_session(&self, guid: &str) -> Result<UpdateRow, MetaError>;
+    /// Records entries offered by `session` in one transaction, refused when the update
+    /// ended or another session took it over. Offers are re-sent by every session, so
+    /// this commit skips the fsync (`synchronous = NORMAL`): after a power loss it may
+    /// roll back, never corrupt, and the next session offers again.
+    fn record_offers(&self, guid: &str, session: u64, offers: &[Offer]) -> Result<(), MetaError>;
+    /// The entries offered by one session of an upload, by block index.
+    fn offers(&self, guid: &str, session: u64) -> Result<Vec<Offer>, MetaError>;
+    /// Counts chunks and wire bytes an upload stored.
+    fn add_received(&self, guid: &str, chunks: u64, bytes: u64) -> Result<(), MetaError>;
+    /// Commits an uploading update as `version`, atomically. `write_manifest` runs inside
+    /// the transaction, so that `store gc` (which removes manifests no version names under
+    /// the same lock) never sees the manifest without its row, nor the row without it.
+    fn commit_update(
+        &self,
+        guid: &str,
+        session: u64,
+        version: &VersionRow,
+        write_manifest: &mut dyn FnMut() -> Result<(), MetaError>,
+    ) -> Result<(), MetaError>;
+
+    // --- store upkeep ---
+    /// Records that an upkeep command (`verify`, `gc`) ran, and what it found.
+    fn record_upkeep(&self, kind: &str, outcome: &str) -> Result<(), MetaError>;
+    /// The last run of an upkeep command: when, and what it found.
+    fn last_upkeep(&self, kind: &str) -> Result<Option<(i64, String)>, MetaError>;
+    /// Versions committed after `seq` (0: all), each with its sequence number, oldest
+    /// first.
+    fn versions_since(&self, seq: i64) -> Result<Vec<(i64, VersionRow)>, MetaError>;
+    /// Hashes offered by live updates, in any of their sessions: chunks that an upload
+    /// in progress has stored or counts on.
+    fn live_hashes(&self) -> Result<Vec<Hash>, MetaError>;
+    /// Deletes a disk with its versions and updates; refused while an update is live.
+    fn delete_disk(&self, disk_id: &str) -> Result<usize, MetaError>;
+    /// Deletes one version; refused for the latest and for the base of a live update.
+    fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), MetaError>;
+    /// Deletes expired tokens and updates that ended before `before`; returns how many
+    /// updates went.
+    fn prune(&self, before: i64) -> Result<usize, MetaError>;
+    /// Whether a disk has this version.
+    fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, MetaError>;
+
+    /// Runs `work` holding the database's write lock (an immediate transaction that
+    /// changes nothing unless `work` does): uploads cannot record offers nor commit
+    /// versions meanwhile. `exclusive` on `dyn Metadata` is the typed form.
+    fn exclusive_dyn(
+        &self,
+        work: &mut dyn FnMut(&dyn LockedMeta) -> Result<(), MetaError>,
+    ) -> Result<(), MetaError>;
+}
+
+/// The database under its write lock, for `exclusive`.
+pub trait LockedMeta {
+    /// Whether a live update has offered this hash (in any session).
+    fn live_update_holds(&self, hash: &Hash) -> Result<bool, MetaError>;
+    /// The sequence number of the newest version of any disk (0 when none).
+    fn newest_seq(&self) -> Result<i64, MetaError>;
+    /// Whether a disk has this version.
+    fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, MetaError>;
+    /// Whether the disk exists.
+    fn disk_exists(&self, disk_id: &str) -> Result<bool, MetaError>;
+}
+
+impl dyn Metadata + '_ {
+    /// Runs `work` holding the database's write lock; its error, if any, is returned as
+    /// it was and nothing is changed.
+    ///
+    /// # Errors
+    /// The work's error, or the database's.
+    pub fn exclusive<T, E: From<MetaError>>(
+        &self,
+        work: impl FnOnce(&dyn LockedMeta) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut work = Some(work);
+        let mut outcome = None;
+        let locked = self.exclusive_dyn(&mut |db| {
+            let Some(work) = work.take() else {
+                return Err(MetaError::Abandoned);
+            };
+            let done = work(db);
+            let failed = done.is_err();
+            outcome = Some(done);
+            if failed {
+                Err(MetaError::Abandoned)
+            } else {
+                Ok(())
+            }
+        });
+        match (locked, outcome) {
+            (_, Some(Err(e))) => Err(e),
+            (Ok(()), Some(Ok(out))) => Ok(out),
+            (Err(e), _) => Err(e.into()),
+            (Ok(()), None) => Err(MetaError::Abandoned.into()),
+        }
+    }
+
+    /// Commits an uploading update as `version`, atomically; `write_manifest` runs inside
+    /// the transaction (see [`Metadata::commit_update`]), and its error is returned as it
+    /// was.
+    ///
+    /// # Errors
+    /// The work's error, or the database's.
+    pub fn commit<E: From<MetaError>>(
+        &self,
+        guid: &str,
+        session: u64,
+        version: &VersionRow,
+        write_manifest: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut write = Some(write_manifest);
+        let mut failure = None;
+        let committed = self.commit_update(guid, session, version, &mut || {
+            let write = write.take().ok_or(MetaError::Abandoned)?;
+            write().map_err(|e| {
+                failure = Some(e);
+                MetaError::Abandoned
+            })
+        });
+        match (committed, failure) {
+            (_, Some(e)) => Err(e),
+            (Ok(()), None) => Ok(()),
+            (Err(e), None) => Err(e.into()),
+        }
+    }
+}
