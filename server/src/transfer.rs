@@ -11,8 +11,8 @@
 //! - chunks (whole, or deltas rebuilt against their base) are verified, up to
 //!   `VERIFY_BYTES` of blocks (and `VERIFY_JOBS`) at a time;
 //! - verified chunks are stored durably in groups (one group commit for up to
-//!   `GROUP_COMMIT` chunks, one group in flight while the next fills) and acknowledged
-//!   once on disk.
+//!   `GROUP_COMMIT` chunks, or what verified within `GROUP_WAIT` of a group's first
+//!   chunk; one group in flight while the next fills) and acknowledged once on disk.
 //!
 //! `finish` rebuilds the manifest (base overlaid with the offers), checks it is complete,
 //! every chunk exactly its block's length, and the root the client's, then commits the
@@ -58,6 +58,9 @@ const GROUP_COMMIT: usize = 64;
 /// ...or fewer when they reach this many received bytes. While one group commits the
 /// next fills, and a full group waits for it: at most two groups per upload in memory.
 const GROUP_COMMIT_BYTES: u64 = 8 << 20;
+/// A group that does not fill commits this long after its first chunk verified: on a
+/// slow link chunks arrive one by one, and each would otherwise cost a durable commit.
+const GROUP_WAIT: Duration = Duration::from_millis(50);
 /// Bytes of base blocks kept from an offer's answer until their delta arrives (beyond
 /// it, a delta's base is read again from the store).
 const BASE_CACHE_BYTES: usize = 32 << 20;
@@ -405,6 +408,7 @@ impl Transfer for TransferService {
             base_cache: BaseCache::default(),
             verifying: JoinSet::new(),
             verified: Vec::new(),
+            group_since: None,
             committing: JoinSet::new(),
             replies: tx.clone(),
         };
@@ -419,6 +423,14 @@ impl Transfer for TransferService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Sleeps until `due`, or forever without one.
+async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -541,8 +553,10 @@ struct Upload {
     base_cache: BaseCache,
     /// Verify jobs in flight; each yields the chunk and its bytes as received.
     verifying: JoinSet<Result<(VerifiedChunk, u64), ServerError>>,
-    /// Verified chunks waiting for the next group commit.
+    /// Verified chunks waiting for the next group commit...
     verified: Vec<(VerifiedChunk, u64)>,
+    /// ...since the first of them verified.
+    group_since: Option<tokio::time::Instant>,
     /// The group commit in flight (at most one), off the stream's loop; it yields the
     /// group once durable and counted.
     committing: JoinSet<Result<Vec<(VerifiedChunk, u64)>, ServerError>>,
@@ -561,6 +575,7 @@ impl Upload {
         let mut poll = tokio::time::interval(STATE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let group_due = self.group_since.map(|since| since + GROUP_WAIT);
             let message = tokio::select! {
                 Ok(()) = self.stop.changed() => {
                     let _ = self.drain().await;
@@ -580,6 +595,10 @@ impl Upload {
                 }
                 Some(done) = self.committing.join_next(), if !self.committing.is_empty() => {
                     self.committed(done).await?;
+                    continue;
+                }
+                () = sleep_until_or_never(group_due), if self.committing.is_empty() => {
+                    self.start_commit();
                     continue;
                 }
                 message = inbound.message() => message,
@@ -810,26 +829,30 @@ impl Upload {
         Ok(())
     }
 
-    /// Takes a finished verification; commits the group when it is full or nothing else
-    /// is being verified, unless a commit is in flight (its end starts the next one). A
-    /// full group waits for the commit in flight.
+    /// Takes a finished verification; commits the group when it is full, waiting for the
+    /// commit in flight. A group that does not fill commits `GROUP_WAIT` after its first
+    /// chunk (the stream's loop keeps that time).
     async fn verified(
         &mut self,
         done: Result<Result<(VerifiedChunk, u64), ServerError>, tokio::task::JoinError>,
     ) -> Result<(), Status> {
         let chunk = self.checked(done)?;
+        if self.verified.is_empty() {
+            self.group_since = Some(tokio::time::Instant::now());
+        }
         self.verified.push(chunk);
-        let bytes: u64 = self.verified.iter().map(|(_, received)| received).sum();
-        let full = self.verified.len() >= GROUP_COMMIT || bytes >= GROUP_COMMIT_BYTES;
-        if full {
+        if self.group_full() {
             while let Some(done) = self.committing.join_next().await {
                 self.committed(done).await?;
             }
-        }
-        if (full || self.verifying.is_empty()) && self.committing.is_empty() {
             self.start_commit();
         }
         Ok(())
+    }
+
+    fn group_full(&self) -> bool {
+        let bytes: u64 = self.verified.iter().map(|(_, received)| received).sum();
+        self.verified.len() >= GROUP_COMMIT || bytes >= GROUP_COMMIT_BYTES
     }
 
     /// A verify job's outcome; chunks that failed verification are counted.
@@ -851,6 +874,7 @@ impl Upload {
             return;
         }
         let group = std::mem::take(&mut self.verified);
+        self.group_since = None;
         let data = self.data.clone();
         let guid = self.update.guid.clone();
         self.committing.spawn_blocking(move || {
@@ -885,7 +909,10 @@ impl Upload {
             content,
             stored.bytes,
         );
-        self.start_commit();
+        // What verified meanwhile commits now if it filled a group, else when it is due.
+        if self.group_full() {
+            self.start_commit();
+        }
         self.send(upload_reply::Kind::Stored(stored)).await
     }
 

@@ -1563,3 +1563,74 @@ async fn a_probe_answers_as_an_offer_would_and_records_nothing() {
         serde_json::from_str(&admin_ok(&f.data, &["--json", "store", "stats"])).expect("json");
     assert_eq!(stats["unreferenced_chunks"], 0);
 }
+
+#[tokio::test]
+async fn chunks_arriving_one_by_one_share_group_commits() {
+    // A slow link: each chunk arrives alone, 5 ms after the last. Each used to get its
+    // own durable commit (and its own acknowledgement); now a group waits a little to
+    // fill.
+    let f = fixture();
+    let (server, token, guid) = started(&f).await;
+    let parent = parent_manifest(&f);
+    let updated = updated_image(&f.base, 9);
+    let (manifest, chunks) = manifest_of(&updated);
+    let (tx, mut replies) = open_stream(&server, &token, &guid).await;
+    let entries = manifest
+        .diff(&parent)
+        .expect("diff")
+        .map(|index| {
+            pb::Entry::from(Offer {
+                index,
+                entry: manifest.get(index).expect("entry"),
+            })
+        })
+        .collect();
+    send(
+        &tx,
+        upload_request::Kind::Offer(pb::Offer { batch: 1, entries }),
+    )
+    .await;
+    let need = loop {
+        match replies
+            .message()
+            .await
+            .expect("reply")
+            .expect("a reply")
+            .kind
+        {
+            Some(upload_reply::Kind::Need(need)) => break need,
+            _ => continue,
+        }
+    };
+    let needed = hotate_proto::needs(&need);
+    assert!(needed.len() >= 16, "{} chunks", needed.len());
+    for need in &needed {
+        let chunk = Outgoing::Whole(VerifiedChunk::seal(chunks[&need.hash].clone(), 1));
+        send(&tx, upload_request::Kind::Chunk(pb::Chunk::from(&chunk))).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (mut acks, mut stored) = (0, 0);
+    while stored < needed.len() {
+        match replies
+            .message()
+            .await
+            .expect("reply")
+            .expect("a reply")
+            .kind
+        {
+            Some(upload_reply::Kind::Stored(group)) => {
+                acks += 1;
+                stored += group.hashes.len();
+            }
+            _ => continue,
+        }
+    }
+    assert!(
+        acks * 3 <= needed.len(),
+        "{acks} group commits for {} chunks",
+        needed.len()
+    );
+    send_finish(&tx, &manifest).await;
+    let version = outcome(&mut replies).await.expect("committed");
+    assert_eq!(export(&f, &version), updated);
+}
