@@ -88,6 +88,10 @@ pub struct UpdateRecord {
     /// parents changed since.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers_below: Vec<String>,
+    /// The transfer service as the server named it at `update start`: the finish
+    /// connects to it and fetches the base manifest while it logs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_url: Option<String>,
 }
 
 /// The client's state dir.
@@ -266,6 +270,7 @@ mod tests {
             write_cache_before: WriteCache::Restore,
             upload_id: None,
             layers_below: vec!["/images/v1.vhdx (4096 bytes, ends 00ff)".into()],
+            transfer_url: Some("https://srv:30811".into()),
         };
         state.save_update(&record).unwrap();
         assert_eq!(state.update().unwrap(), Some(record));

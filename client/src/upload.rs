@@ -62,6 +62,38 @@ pub struct UploadPlan<'a> {
     pub limit_rate: Option<u64>,
     /// The images below the overlay as `update start` recorded them (empty: unknown).
     pub layers_at_start: Vec<String>,
+    /// The transfer connection and base manifest, if fetched while logging in.
+    pub prefetched: Option<Prefetched>,
+}
+
+/// A transfer connection opened, and the base manifest fetched, before the upload began:
+/// a round trip or two off the finish's start on a long link.
+#[derive(Debug, Clone)]
+pub struct Prefetched {
+    pub url: String,
+    pub transfer: pb::transfer_client::TransferClient<tonic::transport::Channel>,
+    pub manifest: Manifest,
+}
+
+/// Connects to the transfer service `update start` recorded and fetches the base
+/// manifest; `None` on any failure (the upload then connects as usual).
+pub async fn prefetch(
+    session: &Session,
+    url: &str,
+    ca: Option<&Path>,
+    disk_id: &str,
+    version: &str,
+) -> Option<Prefetched> {
+    let mut transfer = session.transfer(url, ca).await.ok()?;
+    let manifest = fetch_manifest(session, &mut transfer, url, disk_id, version)
+        .await
+        .inspect_err(|e| tracing::debug!(cause = %e, "no prefetched manifest"))
+        .ok()?;
+    Some(Prefetched {
+        url: url.to_owned(),
+        transfer,
+        manifest,
+    })
 }
 
 /// What a finished upload produced.
@@ -478,13 +510,27 @@ pub async fn upload(
     let started = Instant::now();
     let lang = session.lang;
     let url = &plan.transfer_url;
-    let mut transfer = session.transfer(url, plan.ca).await?;
-    // The base manifest downloads while the upload stream opens: one round trip less.
-    let mut manifest_client = transfer.clone();
-    let (parent, (requests, stream, already)) = tokio::try_join!(
-        base_manifest(session, &mut manifest_client, plan),
-        open_stream(session, &mut transfer, plan),
-    )?;
+    // Fetched while logging in, when the server is where `update start` found it...
+    let prefetched = plan.prefetched.clone().filter(|p| {
+        p.url == *url
+            && p.manifest.root() == plan.base_root
+            && p.manifest.disk_size() == plan.disk_size
+    });
+    let (parent, (requests, stream, already)) = if let Some(mut p) = prefetched {
+        tracing::debug!("using the transfer connection and base manifest prefetched at login");
+        (
+            p.manifest,
+            open_stream(session, &mut p.transfer, plan).await?,
+        )
+    } else {
+        // ...else the base manifest downloads while the upload stream opens.
+        let mut transfer = session.transfer(url, plan.ca).await?;
+        let mut manifest_client = transfer.clone();
+        tokio::try_join!(
+            base_manifest(session, &mut manifest_client, plan),
+            open_stream(session, &mut transfer, plan),
+        )?
+    };
     tracing::debug!(elapsed = ?started.elapsed(), blocks = parent.len(), "base manifest fetched, stream open");
     on_open(already);
     let replies = Arc::new(Replies::new(progress.clone()));

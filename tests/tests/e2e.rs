@@ -849,3 +849,58 @@ fn prompts_are_answered_on_a_terminal_and_the_password_is_hidden() {
     let versions = hotate_tests::harness::admin_json(&s.site.data, &["disk", "versions", "win10"]);
     assert_eq!(versions[1]["comment"], "Installed a typed comment");
 }
+
+#[test]
+fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
+    let s = setup(4 << 20, 31);
+    s.start_update();
+    let record = s.terminal.state.join("update.toml");
+    let recorded = std::fs::read_to_string(&record).expect("update.toml");
+    let line = format!("transfer_url = \"http://{}\"", s.server.transfer);
+    assert!(recorded.contains(&line), "{recorded}");
+    // Where start found it: the connection and the base manifest come while logging in.
+    let finish = s
+        .terminal
+        .client(&["update", "finish"])
+        .env("HOTATE_LOG", "hotate_client=debug")
+        .output()
+        .expect("finish");
+    assert_ok(&finish);
+    assert!(
+        text(&finish).contains("prefetched at login"),
+        "{}",
+        text(&finish)
+    );
+
+    // A record naming a dead endpoint, then one naming none (written by an older
+    // client): the finish asks the server and goes on.
+    for replace in ["transfer_url = \"http://127.0.0.1:1\"", ""] {
+        let updates = s.site.updates();
+        let booted = updates
+            .last()
+            .and_then(|u| u["new_version"].as_str())
+            .expect("the last version");
+        s.terminal.write_config(&s.site.disk_id, booted, "restore");
+        s.start_update();
+        let recorded = std::fs::read_to_string(&record).expect("update.toml");
+        let old = recorded
+            .lines()
+            .find(|l| l.starts_with("transfer_url"))
+            .expect("transfer_url")
+            .to_owned();
+        std::fs::write(&record, recorded.replace(&old, replace)).expect("rewrite");
+        let finish = s
+            .terminal
+            .client(&["update", "finish"])
+            .env("HOTATE_LOG", "hotate_client=debug")
+            .output()
+            .expect("finish");
+        assert_ok(&finish);
+        assert!(
+            !text(&finish).contains("prefetched at login"),
+            "{}",
+            text(&finish)
+        );
+    }
+    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
+}

@@ -68,7 +68,12 @@ fn main() {
             with_base.compress(pages).expect("zstd").len()
         })
         .sum();
-    row("3, base block as dictionary", w, d, started.elapsed().as_secs_f64());
+    row(
+        "3, base block as dictionary",
+        w,
+        d,
+        started.elapsed().as_secs_f64(),
+    );
 }
 
 fn zstd_len(data: &[u8], level: i32) -> usize {

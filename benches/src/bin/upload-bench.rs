@@ -275,12 +275,22 @@ fn main() {
                 &advertise,
             ],
         );
-        // The URL `update start` cached, now through the link.
+        // The URL `update start` cached, and the transfer service it recorded, now
+        // through the link.
         std::fs::write(
             terminal.state.join("server-url"),
             format!("http://{}\n", relays[0]),
         )
         .expect("server-url");
+        let record = terminal.state.join("update.toml");
+        let recorded = std::fs::read_to_string(&record).expect("update.toml");
+        let direct = format!("transfer_url = \"http://{transfer}\"");
+        assert!(recorded.contains(&direct), "{recorded}");
+        std::fs::write(
+            &record,
+            recorded.replace(&direct, &format!("transfer_url = \"{advertise}\"")),
+        )
+        .expect("update.toml");
         (server, Some(counters))
     } else {
         (server, None)

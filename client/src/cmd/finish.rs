@@ -29,14 +29,23 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     let url = session.url.clone();
     let guid = record.data_write_guid.clone();
 
-    let update = session
-        .control
-        .show_update(session.request(pb::UpdateRef {
-            data_write_guid: guid.clone(),
-        }))
-        .await
-        .map_err(|s| explain(&s, lang, &url))?
-        .into_inner();
+    // While the update's state is asked for, the transfer connection opens and the base
+    // manifest downloads, where `update start` recorded the transfer service.
+    let mut control = session.control.clone();
+    let show = control.show_update(session.request(pb::UpdateRef {
+        data_write_guid: guid.clone(),
+    }));
+    let prefetch = async {
+        match &record.transfer_url {
+            Some(transfer) => {
+                let (disk, base) = (&record.disk_id, &record.base_version);
+                upload::prefetch(&session, transfer, ctx.ca(), disk, base).await
+            }
+            None => None,
+        }
+    };
+    let (update, prefetched) = tokio::join!(show, prefetch);
+    let update = update.map_err(|s| explain(&s, lang, &url))?.into_inner();
     match pb::UpdateState::try_from(update.state) {
         // A previous finish committed but stopped before cleaning up: only that is left.
         Ok(pb::UpdateState::Committed) => return complete(ctx, &record, &update.new_version, None),
@@ -93,6 +102,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         comment,
         limit_rate: options.limit_rate,
         layers_at_start: record.layers_below.clone(),
+        prefetched,
     };
 
     let endpoint = host_port(&transfer_url);

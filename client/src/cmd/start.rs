@@ -50,6 +50,14 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         println!("{}", lang.layers_recorded(layers_below.len()));
     }
     // Record first: if switching the write cache fails, `cancel` can still undo it.
+    // Servers before the transfer endpoint was part of `Disk` say port 0.
+    let transfer_url = if !disk.transfer_url.is_empty() {
+        Some(disk.transfer_url.clone())
+    } else if disk.transfer_port != 0 {
+        Some(super::finish::transfer_url_for(&url, disk.transfer_port))
+    } else {
+        None
+    };
     ctx.state.save_update(&UpdateRecord {
         disk_id: disk.id,
         data_write_guid: update.data_write_guid,
@@ -57,6 +65,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         write_cache_before: terminal.write_cache,
         upload_id: None,
         layers_below,
+        transfer_url,
     })?;
     println!("{}", lang.disabling_restore());
     ctx.state.set_write_cache(WriteCache::NonRestore)?;
