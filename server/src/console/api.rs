@@ -197,6 +197,11 @@ impl EventState {
     }
 }
 
+/// Whether `/metrics` answers without a login: with `--public-metrics`, or on loopback.
+fn metrics_open(public: bool, caller: Option<std::net::IpAddr>) -> bool {
+    public || caller.is_some_and(|a| a.is_loopback())
+}
+
 /// `GET /metrics` in Prometheus' text format: for loopback callers, logged-in ones, or
 /// anyone with `serve --public-metrics`.
 pub(super) async fn metrics(
@@ -204,8 +209,7 @@ pub(super) async fn metrics(
     Peer(addr): Peer,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let open = web.options.public_metrics || addr.is_some_and(|a| a.is_loopback());
-    if !open {
+    if !metrics_open(web.options.public_metrics, addr) {
         let token = bearer(&headers).or_else(|| cookie(&headers, SESSION_COOKIE));
         web.app.authenticate(token).await?;
     }
@@ -286,4 +290,19 @@ pub(super) async fn metrics(
         text,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metrics_open;
+
+    #[test]
+    fn metrics_need_a_login_off_loopback_unless_public() {
+        let lan = "192.168.10.20".parse().ok();
+        assert!(metrics_open(false, "127.0.0.1".parse().ok()));
+        assert!(metrics_open(false, "::1".parse().ok()));
+        assert!(!metrics_open(false, lan));
+        assert!(!metrics_open(false, None));
+        assert!(metrics_open(true, lan));
+    }
 }
