@@ -154,6 +154,17 @@ impl TransferService {
         }
     }
 
+    /// A place among the `--max-uploads` streams, or `Busy` (the client waits and
+    /// retries).
+    fn upload_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ServerError> {
+        self.uploads.clone().try_acquire_owned().map_err(|_| {
+            ServerError::Busy(format!(
+                "{} uploads are running, the server's limit",
+                self.limits.max_uploads
+            ))
+        })
+    }
+
     /// Stops the stream holding `guid`, if any, and waits until it has stored what it
     /// verified.
     async fn take_over(&self, guid: &str) {
@@ -256,13 +267,7 @@ impl Transfer for TransferService {
     ) -> Result<Response<Self::DiscardStream>, Status> {
         caller(&request)?;
         // A measurement takes a place among the uploads: it loads the link as one does.
-        let Ok(permit) = self.uploads.clone().try_acquire_owned() else {
-            return Err(ServerError::Busy(format!(
-                "{} uploads are running, the server's limit",
-                self.limits.max_uploads
-            ))
-            .into());
-        };
+        let permit = self.upload_permit()?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -322,13 +327,7 @@ impl Transfer for TransferService {
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<Self::UploadStream>, Status> {
         let session = caller(&request)?;
-        let Ok(permit) = self.uploads.clone().try_acquire_owned() else {
-            return Err(ServerError::Busy(format!(
-                "{} uploads are running, the server's limit",
-                self.limits.max_uploads
-            ))
-            .into());
-        };
+        let permit = self.upload_permit()?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.limits.handshake_timeout, inbound.message())
             .await

@@ -858,18 +858,20 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
     let recorded = std::fs::read_to_string(&record).expect("update.toml");
     let line = format!("transfer_url = \"http://{}\"", s.server.transfer);
     assert!(recorded.contains(&line), "{recorded}");
+    let finish = || {
+        s.terminal
+            .client(&["update", "finish"])
+            .env("HOTATE_LOG", "hotate_client=debug")
+            .output()
+            .expect("finish")
+    };
     // Where start found it: the connection and the base manifest come while logging in.
-    let finish = s
-        .terminal
-        .client(&["update", "finish"])
-        .env("HOTATE_LOG", "hotate_client=debug")
-        .output()
-        .expect("finish");
-    assert_ok(&finish);
+    let first = finish();
+    assert_ok(&first);
     assert!(
-        text(&finish).contains("prefetched at login"),
+        text(&first).contains("prefetched at login"),
         "{}",
-        text(&finish)
+        text(&first)
     );
 
     // A record naming a dead endpoint, then one naming none (written by an older
@@ -889,12 +891,7 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
             .expect("transfer_url")
             .to_owned();
         std::fs::write(&record, recorded.replace(&old, replace)).expect("rewrite");
-        let finish = s
-            .terminal
-            .client(&["update", "finish"])
-            .env("HOTATE_LOG", "hotate_client=debug")
-            .output()
-            .expect("finish");
+        let finish = finish();
         assert_ok(&finish);
         assert!(
             !text(&finish).contains("prefetched at login"),
