@@ -179,7 +179,8 @@ pub struct StoreView {
 struct StoreSummary {
     chunks: u64,
     bytes: u64,
-    per_disk: HashMap<String, u64>,
+    /// Counted only when a listing of disks asks: it reads every version's manifest.
+    per_disk: Option<HashMap<String, u64>>,
 }
 
 /// The operations of one data dir.
@@ -290,7 +291,7 @@ impl App {
     /// # Errors
     /// When the metadata or the store cannot be read.
     pub fn disks(&self) -> Result<Vec<DiskView>, ServerError> {
-        let summary = self.store_summary()?;
+        let summary = self.store_summary(true)?;
         let mut list = Vec::new();
         for disk in self.data.meta().disks()? {
             let versions = self.data.meta().versions(&disk.id)?;
@@ -299,7 +300,11 @@ impl App {
                 .map(|v| v.id.clone())
                 .ok_or_else(|| ServerError::Internal(format!("disk {} has no version", disk.id)))?;
             list.push(DiskView {
-                stored_bytes: summary.per_disk.get(&disk.id).copied().unwrap_or(0),
+                stored_bytes: summary
+                    .per_disk
+                    .as_ref()
+                    .and_then(|bytes| bytes.get(&disk.id).copied())
+                    .unwrap_or(0),
                 latest_version: latest,
                 versions: versions.len(),
                 created_at: time_text(disk.created_at),
@@ -446,7 +451,7 @@ impl App {
     /// # Errors
     /// When the metadata or the store cannot be read.
     pub fn store(&self) -> Result<StoreView, ServerError> {
-        let summary = self.store_summary()?;
+        let summary = self.store_summary(false)?;
         let age = self
             .summary
             .lock()
@@ -478,12 +483,13 @@ impl App {
             }))
     }
 
-    /// The store's size, counted at most once a minute: a walk of a large store takes a
-    /// while.
-    fn store_summary(&self) -> Result<Arc<StoreSummary>, ServerError> {
+    /// The store's size (and with `per_disk` each disk's share), counted at most once a
+    /// minute: a walk of a large store takes a while, and `/metrics` is asked often.
+    fn store_summary(&self, per_disk: bool) -> Result<Arc<StoreSummary>, ServerError> {
         let mut cached = self.summary.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, summary)) = cached.as_ref()
             && at.elapsed() < STORE_SUMMARY_AGE
+            && (!per_disk || summary.per_disk.is_some())
         {
             return Ok(summary.clone());
         }
@@ -492,7 +498,9 @@ impl App {
             summary.chunks += 1;
             summary.bytes += len;
         })?;
-        summary.per_disk = upkeep::stored_bytes_per_disk(&self.data)?;
+        if per_disk {
+            summary.per_disk = Some(upkeep::stored_bytes_per_disk(&self.data)?);
+        }
         let summary = Arc::new(summary);
         *cached = Some((Instant::now(), summary.clone()));
         Ok(summary)
