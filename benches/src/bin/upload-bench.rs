@@ -1,6 +1,10 @@
 //! The whole upload on loopback against rsync, for a realistic image pair.
 //!
-//! `upload-bench [--size-mib N] [--change PERCENT] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--dir DIR]`
+//! `upload-bench [--size-mib N] [--change PERCENT] [--scattered] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--dir DIR]`
+//!
+//! `--scattered` replaces the install with the worst case for block-level transfer: one
+//! random 4 KiB page rewritten in every MiB of the base that holds data; the report then
+//! adds how much the server's data dir grew for the bytes it received.
 //!
 //! Builds an ext4 image pair (see `hotate_tests::images`), imports the base, and times
 //! `hotate-client update finish` of the updated disk, reporting image size, changed
@@ -30,6 +34,7 @@ struct Args {
     rtt_ms: u64,
     block_size: u32,
     dir: PathBuf,
+    scattered: bool,
 }
 
 fn parse_args() -> Args {
@@ -40,9 +45,14 @@ fn parse_args() -> Args {
         rtt_ms: 0,
         block_size: 1 << 20,
         dir: std::env::temp_dir(),
+        scattered: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--scattered" {
+            args.scattered = true;
+            continue;
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--size-mib" => args.size_mib = value.parse().expect("--size-mib N"),
@@ -234,6 +244,9 @@ fn main() {
         dir.path().display()
     );
     let pair = images::pair(dir.path(), size, args.change, 2026);
+    if args.scattered {
+        scatter_pages(&pair.base, &pair.updated);
+    }
     let changed = changed_bytes(&pair.base, &pair.updated, args.block_size as usize);
 
     let site = Site::new(dir.path(), "bench", &pair.base, args.block_size);
@@ -309,6 +322,7 @@ fn main() {
     }
     let server_pid = server.pid();
     let _ = Command::new("sync").status();
+    let data_before = dir_bytes(&site.data);
     let (cpu_before, _) = proc_usage(server_pid);
     let log = std::env::var("HOTATE_LOG").unwrap_or_else(|_| "warn".into());
     let client = run_measured(
@@ -318,6 +332,7 @@ fn main() {
     );
     let (cpu_after, server_rss) = proc_usage(server_pid);
     assert!(client.success, "finish failed:\n{}", client.stdout);
+    let data_growth = dir_bytes(&site.data).saturating_sub(data_before);
     let wire = site
         .updates()
         .last()
@@ -427,10 +442,67 @@ fn main() {
         100.0 * wire as f64 / predicted_bytes.max(1) as f64,
     );
     println!(
+        "server data dir grew {:.1} MB for {:.1} MB received ({:.1}x)",
+        mb(data_growth),
+        mb(wire),
+        data_growth as f64 / wire.max(1) as f64
+    );
+    println!(
         "hotate wall time = {:.0}% of rsync-with-zstd's; bytes on the wire = {:.0}% of its; export verified: {verified}",
         100.0 * client.wall.as_secs_f64() / rsync_z_wall.as_secs_f64(),
         100.0 * wire as f64 / rsync_z_sent.max(1) as f64
     );
+}
+
+/// Rewrites `updated` as `base` with one random 4 KiB page changed in every MiB that
+/// holds data. A MiB at a time: the peak memory of this process would otherwise show in
+/// the peak RSS `wait4` reports for the client it spawns.
+fn scatter_pages(base: &Path, updated: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+
+    use rand::{Rng, SeedableRng};
+    const MIB: usize = 1 << 20;
+    const PAGE: usize = 4096;
+    std::fs::copy(base, updated).expect("copy the base");
+    let mut source = std::fs::File::open(base).expect("base image");
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .open(updated)
+        .expect("updated image");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4096);
+    let mut mib = vec![0u8; MIB];
+    let mut offset = 0u64;
+    loop {
+        let got = source.read(&mut mib).expect("read base");
+        if got == 0 {
+            break;
+        }
+        let held = &mib[..got];
+        if held.iter().any(|&b| b != 0) && got >= PAGE {
+            let mut page = [0u8; PAGE];
+            rng.fill(&mut page[..]);
+            let at = rng.random_range(0..got / PAGE) * PAGE;
+            target
+                .seek(SeekFrom::Start(offset + at as u64))
+                .expect("seek");
+            target.write_all(&page).expect("write page");
+        }
+        offset += got as u64;
+    }
+}
+
+/// Bytes of the files under `dir` (their apparent sizes).
+fn dir_bytes(dir: &Path) -> u64 {
+    let out = Command::new("du")
+        .args(["-sb", "--apparent-size"])
+        .arg(dir)
+        .output()
+        .expect("du");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Bytes in blocks that differ between two images.
