@@ -147,11 +147,11 @@ pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
     let shown = terminal.image.display().to_string();
     let unreadable =
         |e: &dyn std::fmt::Display| Failed(lang.image_unreadable(&shown, &e.to_string()));
-    let top_layer_only = trust_top_layer(&image, &parent)
+    let layers = layers_of(&image, &parent)
         .await
         .map_err(|e| unreadable(&e))?;
-    if top_layer_only == Some(false) {
-        return Err(UsageError(lang.overlay_not_on_base(&shown, &base_version, 0)).into());
+    if let Layers::OverOther(index) = layers {
+        return Err(UsageError(lang.overlay_not_on_base(&shown, &base_version, index)).into());
     }
     let local = {
         let image = image.clone();
@@ -168,7 +168,7 @@ pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
         version: base_version.clone(),
     };
     let config = PipelineConfig {
-        top_layer_only: top_layer_only.is_some(),
+        top_layer_only: layers == Layers::OverBase,
         ..PipelineConfig::default()
     };
     let progress = Progress::default();
@@ -395,21 +395,30 @@ fn incompressible(len: usize) -> Bytes {
     Bytes::from(out)
 }
 
-/// For an overlay: `Some(true)` when its layers below hold the base (a finish reads its
-/// top layer only), `Some(false)` when they do not (a finish refuses it); `None` for a
-/// whole image.
-async fn trust_top_layer(
+/// What a finish would make of the image's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layers {
+    /// One whole image: every block is read.
+    Whole,
+    /// An overlay over the base: its top layer alone is read.
+    OverBase,
+    /// An overlay whose layers below differ from the base at this block: refused.
+    OverOther(u64),
+}
+
+/// Checks an overlay's layers below against the base, as a finish does.
+async fn layers_of(
     image: &Arc<dyn ImageSource>,
     parent: &Manifest,
-) -> Result<Option<bool>, hotate_engine::PipelineError> {
+) -> Result<Layers, hotate_engine::PipelineError> {
     let touched = match image.top_layer_extents() {
-        None => return Ok(None),
+        None => return Ok(Layers::Whole),
         Some(extents) => extents.map_err(hotate_engine::PipelineError::Extents)?,
     };
     let (image, parent) = (image.clone(), parent.clone());
     tokio::task::spawn_blocking(move || {
         pipeline::check_layers_below(image.as_ref(), &parent, &touched, 16)
-            .map(|differs| Some(differs.is_none()))
+            .map(|differs| differs.map_or(Layers::OverBase, Layers::OverOther))
     })
     .await?
 }
