@@ -479,15 +479,30 @@ async fn a_store_sink_never_starves_a_small_window_of_incompressible_blocks() {
     assert_eq!(export(&outcome.manifest, &*store), data);
 }
 
-/// Records the blocks of each offer batch, answering each after a pause (a round trip).
-#[derive(Default)]
-struct SlowOfferSink {
+/// Records the blocks of each offer batch, and answers none until reading has gone as
+/// far as it can (the whole image read, or no progress for 200 ms): the changed blocks
+/// read meanwhile queue up behind the offers in flight, as they would behind a long
+/// round trip, however fast this machine reads or slowly it schedules.
+struct GatedOfferSink {
     batches: Mutex<Vec<Vec<u64>>>,
+    progress: Arc<Progress>,
+    image_len: u64,
+    open: std::sync::atomic::AtomicBool,
 }
 
-impl ChunkSink for SlowOfferSink {
+impl ChunkSink for GatedOfferSink {
     async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let step = std::time::Duration::from_millis(200);
+        let mut seen = u64::MAX;
+        while !self.open.load(Relaxed) {
+            let read = self.progress.snapshot().bytes_read;
+            if read >= self.image_len || read == seen {
+                self.open.store(true, Relaxed);
+                break;
+            }
+            seen = read;
+            tokio::time::sleep(step).await;
+        }
         self.batches
             .lock()
             .unwrap()
@@ -503,31 +518,42 @@ impl ChunkSink for SlowOfferSink {
 #[tokio::test]
 async fn a_batch_holds_changed_blocks_however_far_apart() {
     let dir = tempfile::tempdir().unwrap();
-    let base = pattern(TEST_BLOCK * 64, 9);
+    const BLOCKS: usize = 256;
+    let base = pattern(TEST_BLOCK * BLOCKS, 9);
     let store = Arc::new(MemoryStore::new());
     let parent = import(write_image(&dir, "base", &base), &store)
         .await
         .manifest;
-    // Every eighth block changed; a window of 16 blocks makes batches of 2.
+    // Every eighth block changed: more than the offers in flight hold one by one.
     let mut updated = base.clone();
-    for block in (0..64).step_by(8) {
+    for block in (0..BLOCKS).step_by(8) {
         updated[block * TEST_BLOCK] ^= 0xff;
     }
     let config = PipelineConfig {
         window: TEST_BLOCK * 16,
         ..PipelineConfig::default()
     };
-    let sink = SlowOfferSink::default();
+    let progress = Arc::new(Progress::default());
+    let sink = GatedOfferSink {
+        batches: Mutex::default(),
+        progress: progress.clone(),
+        image_len: updated.len() as u64,
+        open: std::sync::atomic::AtomicBool::new(false),
+    };
     let source = write_image(&dir, "updated", &updated);
-    run(source, &parent, &sink, &config, &Progress::default())
+    run(source, &parent, &sink, &config, &progress)
         .await
         .unwrap();
     let batches = sink.batches.into_inner().unwrap();
-    let offered: Vec<u64> = batches.iter().flatten().copied().collect();
-    assert_eq!(offered, (0..64).step_by(8).collect::<Vec<u64>>());
-    // Unchanged blocks between do not take a batch's places: a batch spans 8 blocks.
+    let mut offered: Vec<u64> = batches.iter().flatten().copied().collect();
+    offered.sort_unstable();
+    assert_eq!(offered, (0..BLOCKS as u64).step_by(8).collect::<Vec<u64>>());
+    // Unchanged blocks between do not take a batch's places: the blocks that queued up
+    // share batches, each spanning 8 blocks per changed one.
     assert!(
-        batches.iter().any(|b| b.len() == 2 && b[1] - b[0] == 8),
+        batches
+            .iter()
+            .any(|b| b.len() >= 2 && b.windows(2).all(|w| w[1] - w[0] == 8)),
         "{batches:?}"
     );
 }
