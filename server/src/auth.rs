@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use hotate_engine::Hash;
-use tonic::Request;
 
 use crate::error::ServerError;
 use crate::meta::{Metadata, Role, Session, now};
@@ -113,17 +112,6 @@ fn dummy_hash() -> Result<String, ServerError> {
     }
     let hash = hash_password("hotate-dummy")?;
     Ok(DUMMY.get_or_init(|| hash).clone())
-}
-
-/// The bearer token of a request, if any.
-pub fn bearer<T>(request: &Request<T>) -> Option<String> {
-    request
-        .metadata()
-        .get(hotate_proto::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::to_owned)
 }
 
 /// The session of a token.
