@@ -224,27 +224,16 @@ impl Transfer for TransferService {
                     }
                 }
             };
-            let count = parent.len() as u64;
-            let mut lengths: HashMap<Hash, usize> = HashMap::new();
-            let mut replaced = HashMap::new();
-            for entry in req.entries {
-                let offer =
-                    Offer::try_from(entry).map_err(|e| ServerError::BadRequest(e.to_string()))?;
-                if offer.index >= count {
-                    return Err(ServerError::BadRequest(format!(
-                        "block {} is beyond the disk's {count} blocks",
-                        offer.index
-                    )));
-                }
-                let Some(hash) = offer.entry.hash() else {
-                    continue;
-                };
-                let range = parent.block_size().range(offer.index, parent.disk_size());
-                lengths.insert(hash, (range.end - range.start) as usize);
-                if let Some(Entry::Chunk(old)) = parent.get(offer.index) {
-                    replaced.entry(hash).or_insert(old);
-                }
-            }
+            let offers = req
+                .entries
+                .into_iter()
+                .map(|entry| offered(entry, &parent))
+                .collect::<Result<Vec<_>, _>>()?;
+            let lengths: HashMap<Hash, usize> = offers
+                .iter()
+                .filter_map(|o| Some((o.entry.hash()?, block_len(&parent, o.index))))
+                .collect();
+            let replaced = replaced_blocks(&parent, &offers);
             let candidates: Vec<(Hash, usize)> = lengths.into_iter().collect();
             let max_len = parent.block_size().bytes();
             let needs = lacking(data.store().as_ref(), &candidates, &replaced, max_len)?;
@@ -475,6 +464,37 @@ impl BaseCache {
     }
 }
 
+/// An offered entry, refused unless it names a block of `parent`'s disk.
+fn offered(entry: pb::Entry, parent: &Manifest) -> Result<Offer, ServerError> {
+    let offer = Offer::try_from(entry).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+    let count = parent.len() as u64;
+    if offer.index >= count {
+        return Err(ServerError::BadRequest(format!(
+            "block {} is beyond the disk's {count} blocks",
+            offer.index
+        )));
+    }
+    Ok(offer)
+}
+
+/// The length of block `index` of `manifest`'s disk: the length its chunk must have.
+fn block_len(manifest: &Manifest, index: u64) -> usize {
+    let range = manifest.block_size().range(index, manifest.disk_size());
+    (range.end - range.start) as usize
+}
+
+/// The block each offered hash replaces where it had content: the base of its delta.
+fn replaced_blocks(parent: &Manifest, offers: &[Offer]) -> HashMap<Hash, Hash> {
+    let mut replaced = HashMap::new();
+    for offer in offers {
+        if let (Some(hash), Some(Entry::Chunk(old))) = (offer.entry.hash(), parent.get(offer.index))
+        {
+            replaced.entry(hash).or_insert(old);
+        }
+    }
+    replaced
+}
+
 /// Which of `candidates` (hash and block length) the store lacks, each with the base a
 /// delta may use: the block it replaces (`replaced`), read for its page digests while
 /// the answer has read less than `BASE_ANSWER_READ`, and its content kept for the
@@ -637,15 +657,6 @@ impl Upload {
         Ok(())
     }
 
-    /// The length of block `index`: the length its chunk must have.
-    fn block_len(&self, index: u64) -> usize {
-        let range = self
-            .parent
-            .block_size()
-            .range(index, self.parent.disk_size());
-        (range.end - range.start) as usize
-    }
-
     async fn offer(&mut self, offer: pb::Offer) -> Result<(), Status> {
         let count = self.parent.len() as u64;
         if offer.entries.len() as u64 > count {
@@ -657,15 +668,7 @@ impl Upload {
         }
         let mut offers = Vec::with_capacity(offer.entries.len());
         for entry in offer.entries {
-            let offer =
-                Offer::try_from(entry).map_err(|e| ServerError::BadRequest(e.to_string()))?;
-            if offer.index >= count {
-                return Err(ServerError::BadRequest(format!(
-                    "block {} is beyond the disk's {count} blocks",
-                    offer.index
-                ))
-                .into());
-            }
+            let offer = offered(entry, &self.parent)?;
             let (word, bit) = ((offer.index / 64) as usize, 1u64 << (offer.index % 64));
             let seen = self.offered[word] & bit != 0;
             self.offered[word] |= bit;
@@ -683,7 +686,7 @@ impl Upload {
         let mut lengths: HashMap<Hash, usize> = HashMap::new();
         for offer in &offers {
             if let Some(hash) = offer.entry.hash() {
-                let len = self.block_len(offer.index);
+                let len = block_len(&self.parent, offer.index);
                 let known = lengths
                     .get(&hash)
                     .copied()
@@ -711,15 +714,7 @@ impl Upload {
             .into());
         }
         self.asking.extend(candidates.iter().copied());
-        // The block each hash replaces, where it had content: the base of a delta.
-        let mut replaced = HashMap::new();
-        for offer in &offers {
-            if let (Some(hash), Some(Entry::Chunk(old))) =
-                (offer.entry.hash(), self.parent.get(offer.index))
-            {
-                replaced.entry(hash).or_insert(old);
-            }
-        }
+        let replaced = replaced_blocks(&self.parent, &offers);
         while self.answering.len() >= OFFER_JOBS {
             if let Some(done) = self.answering.join_next().await {
                 self.answered(done).await?;
@@ -974,10 +969,7 @@ impl Upload {
             for offer in &offers {
                 manifest.set(offer.index, offer.entry)?;
                 if let Entry::Chunk(hash) = offer.entry {
-                    let range = manifest
-                        .block_size()
-                        .range(offer.index, manifest.disk_size());
-                    changed.insert(hash, (offer.index, (range.end - range.start) as usize));
+                    changed.insert(hash, (offer.index, block_len(&manifest, offer.index)));
                 }
             }
             // Every chunk is present and exactly its block's length, or nothing commits.
