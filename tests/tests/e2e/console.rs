@@ -32,19 +32,6 @@ fn get(addr: &str, path: &str, token: &str) -> Reply {
     http::request(addr, "GET", path, &[("Authorization", &bearer)], None)
 }
 
-/// A finish that uploads slowly enough to be watched, once it has stored something.
-fn slow_finish(s: &Setup, rate: &str) -> Child {
-    let child = s
-        .terminal
-        .client(&["update", "finish", "--limit-rate", rate])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn finish");
-    super::wait_for_received(&s.site, 1, Duration::from_secs(30));
-    child
-}
-
 fn assert_aborted(finish: Child) {
     let started = Instant::now();
     let out = finish.wait_with_output().expect("finish output");
@@ -256,7 +243,7 @@ fn events_carry_live_progress_and_an_abort_stops_the_upload() {
     let addr = s.server.control.clone();
     let token = login(&addr, USER, PASSWORD);
     s.start_update();
-    let finish = slow_finish(&s, "2m");
+    let finish = finish_in_background(&s.terminal, &s.site, "2m");
 
     let bearer = format!("Bearer {token}");
     let mut events = Events::open(&addr, "/api/v1/events", &[("Authorization", &bearer)]);
@@ -325,7 +312,7 @@ fn a_browser_watches_an_upload_advance_and_aborts_it() {
     let s = setup_changing(48 << 20, 60, 73);
     let base = s.server.url();
     s.start_update();
-    let finish = slow_finish(&s, "2m");
+    let finish = finish_in_background(&s.terminal, &s.site, "2m");
 
     let browser = Browser::start();
     browser.goto(&format!("{base}/"));
