@@ -493,13 +493,18 @@ impl App {
         {
             return Ok(summary.clone());
         }
+        // One walk of the store; each chunk's size is kept only for the disks' shares.
         let mut summary = StoreSummary::default();
-        self.data.store().list(&mut |_, len| {
+        let mut sizes = HashMap::new();
+        self.data.store().list(&mut |hash, len| {
             summary.chunks += 1;
             summary.bytes += len;
+            if per_disk {
+                sizes.insert(hash, len);
+            }
         })?;
         if per_disk {
-            summary.per_disk = Some(upkeep::stored_bytes_per_disk(&self.data)?);
+            summary.per_disk = Some(upkeep::stored_bytes_per_disk(&self.data, &sizes)?);
         }
         let summary = Arc::new(summary);
         *cached = Some((Instant::now(), summary.clone()));

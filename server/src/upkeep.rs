@@ -431,15 +431,14 @@ pub fn stats(data: &DataDir) -> Result<Stats, ServerError> {
 }
 
 /// Bytes of the distinct chunks each disk's versions name (a chunk shared by two disks
-/// counts for both).
+/// counts for both), given the stored size of each chunk.
 ///
 /// # Errors
-/// When the metadata or the store cannot be read.
-pub fn stored_bytes_per_disk(data: &DataDir) -> Result<HashMap<String, u64>, ServerError> {
-    let mut sizes = HashMap::new();
-    data.store().list(&mut |hash, len| {
-        sizes.insert(hash, len);
-    })?;
+/// When the metadata cannot be read.
+pub fn stored_bytes_per_disk(
+    data: &DataDir,
+    sizes: &HashMap<Hash, u64>,
+) -> Result<HashMap<String, u64>, ServerError> {
     let mut per_disk: HashMap<String, HashSet<Hash>> = HashMap::new();
     for (_, version) in data.meta().versions_since(0)? {
         if let Ok(manifest) = data.manifest(&version) {
