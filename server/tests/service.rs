@@ -341,19 +341,9 @@ async fn upload(
             return session;
         }
     };
-    let offers: Vec<pb::Entry> = manifest
-        .diff(parent)
-        .expect("geometry")
-        .map(|i| {
-            pb::Entry::from(Offer {
-                index: i,
-                entry: manifest.get(i).expect("entry"),
-            })
-        })
-        .collect();
     let offer = upload_request::Kind::Offer(pb::Offer {
         batch: 1,
-        entries: offers,
+        entries: entries_of(&changed_offers(&manifest, parent)),
     });
     tx.send(pb::UploadRequest { kind: Some(offer) })
         .await
@@ -432,6 +422,22 @@ async fn upload(
         }
     }
     session
+}
+
+/// The blocks of `manifest` that differ from `parent`, as an upload offers them.
+fn changed_offers(manifest: &Manifest, parent: &Manifest) -> Vec<Offer> {
+    manifest
+        .diff(parent)
+        .expect("geometry")
+        .map(|index| Offer {
+            index,
+            entry: manifest.get(index).expect("entry"),
+        })
+        .collect()
+}
+
+fn entries_of(offers: &[Offer]) -> Vec<pb::Entry> {
+    offers.iter().copied().map(pb::Entry::from).collect()
 }
 
 async fn send_finish(tx: &mpsc::Sender<pb::UploadRequest>, manifest: &Manifest) {
@@ -1462,15 +1468,8 @@ async fn a_probe_answers_as_an_offer_would_and_records_nothing() {
     let parent = parent_manifest(&f);
     let updated = updated_image(&f.base, 7);
     let (manifest, _) = manifest_of(&updated);
-    let changed: Vec<Offer> = manifest
-        .diff(&parent)
-        .expect("diff")
-        .map(|index| Offer {
-            index,
-            entry: manifest.get(index).expect("entry"),
-        })
-        .collect();
-    let entries: Vec<pb::Entry> = changed.iter().copied().map(pb::Entry::from).collect();
+    let changed = changed_offers(&manifest, &parent);
+    let entries = entries_of(&changed);
     let probe = |token: Option<&str>, entries: Vec<pb::Entry>| {
         let request = pb::ProbeRequest {
             disk_id: f.disk_id.clone(),
@@ -1575,16 +1574,7 @@ async fn chunks_arriving_one_by_one_share_group_commits() {
     let updated = updated_image(&f.base, 9);
     let (manifest, chunks) = manifest_of(&updated);
     let (tx, mut replies) = open_stream(&server, &token, &guid).await;
-    let entries = manifest
-        .diff(&parent)
-        .expect("diff")
-        .map(|index| {
-            pb::Entry::from(Offer {
-                index,
-                entry: manifest.get(index).expect("entry"),
-            })
-        })
-        .collect();
+    let entries = entries_of(&changed_offers(&manifest, &parent));
     send(
         &tx,
         upload_request::Kind::Offer(pb::Offer { batch: 1, entries }),
