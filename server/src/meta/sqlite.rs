@@ -894,20 +894,26 @@ mod tests {
         assert_eq!(names, ["first"]);
     }
 
-    #[test]
-    fn prune_deletes_long_ended_updates_and_expired_tokens_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SqliteMeta::open(&dir.path().join("meta.sqlite")).unwrap();
-        meta.add_user("u", "x", None).unwrap();
-        let session = Session {
+    /// Version `id` of disk `d` by user `u`.
+    fn version(id: &str, parent: Option<&str>) -> VersionRow {
+        VersionRow {
+            disk_id: "d".into(),
+            id: id.into(),
+            parent: parent.map(str::to_owned),
+            comment: String::new(),
             user: "u".into(),
-            terminal: "PC-1".into(),
-            role: Role::Admin,
-        };
-        meta.add_token(&Hash::of(b"old"), &session, now() - 1)
-            .unwrap();
-        meta.add_token(&Hash::of(b"new"), &session, now() + 60)
-            .unwrap();
+            terminal: String::new(),
+            created_at: 0,
+            root: Hash::of(id.as_bytes()),
+            blocks_changed: 0,
+            bytes_stored: 0,
+        }
+    }
+
+    /// User `u` (an admin) and disk `d` with its first version `v1`; the session of `u`
+    /// on terminal PC-1.
+    fn user_and_disk(meta: &dyn Metadata) -> Session {
+        meta.add_user("u", "x", None).unwrap();
         let disk = DiskRow {
             id: "d".into(),
             name: "disk".into(),
@@ -915,19 +921,23 @@ mod tests {
             block_size: 1 << 16,
             created_at: 0,
         };
-        let version = VersionRow {
-            disk_id: "d".into(),
-            id: "v1".into(),
-            parent: None,
-            comment: String::new(),
+        meta.create_disk(&disk, &version("v1", None)).unwrap();
+        Session {
             user: "u".into(),
-            terminal: String::new(),
-            created_at: 0,
-            root: Hash::of(b"root"),
-            blocks_changed: 0,
-            bytes_stored: 0,
-        };
-        meta.create_disk(&disk, &version).unwrap();
+            terminal: "PC-1".into(),
+            role: Role::Admin,
+        }
+    }
+
+    #[test]
+    fn prune_deletes_long_ended_updates_and_expired_tokens_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.sqlite")).unwrap();
+        let session = user_and_disk(&meta);
+        meta.add_token(&Hash::of(b"old"), &session, now() - 1)
+            .unwrap();
+        meta.add_token(&Hash::of(b"new"), &session, now() + 60)
+            .unwrap();
         meta.start_update("d", "v1", &session, "ended").unwrap();
         meta.set_state("ended", UpdateState::Cancelled).unwrap();
         meta.start_update("d", "v1", &session, "live").unwrap();
@@ -966,32 +976,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta: Box<dyn Metadata> =
             Box::new(SqliteMeta::open(&dir.path().join("meta.sqlite")).unwrap());
-        meta.add_user("u", "x", None).unwrap();
-        let session = Session {
-            user: "u".into(),
-            terminal: "PC-1".into(),
-            role: Role::Admin,
-        };
-        let version = |id: &str, parent: Option<&str>| VersionRow {
-            disk_id: "d".into(),
-            id: id.into(),
-            parent: parent.map(str::to_owned),
-            comment: String::new(),
-            user: "u".into(),
-            terminal: String::new(),
-            created_at: 0,
-            root: Hash::of(id.as_bytes()),
-            blocks_changed: 0,
-            bytes_stored: 0,
-        };
-        let disk = DiskRow {
-            id: "d".into(),
-            name: "disk".into(),
-            size: 1,
-            block_size: 1 << 16,
-            created_at: 0,
-        };
-        meta.create_disk(&disk, &version("v1", None)).unwrap();
+        let session = user_and_disk(meta.as_ref());
         meta.start_update("d", "v1", &session, "g").unwrap();
         meta.set_state("g", UpdateState::Uploading).unwrap();
         let open = meta.open_session("g").unwrap();
