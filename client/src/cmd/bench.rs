@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::Context;
-use crate::cmd::finish::transfer_url_for;
+use crate::cmd::finish::transfer_endpoint;
 use crate::error::{Failed, UsageError};
 use crate::server::{Session, explain};
 use crate::upload;
@@ -115,11 +115,7 @@ pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
     }
 
     let (disk, rtt) = round_trips(&session, &terminal.disk_id).await?;
-    let transfer_url = if disk.transfer_url.is_empty() {
-        transfer_url_for(&url, disk.transfer_port)
-    } else {
-        disk.transfer_url.clone()
-    };
+    let transfer_url = transfer_endpoint(&url, &disk.transfer_url, disk.transfer_port);
     // The link is measured on a connection of its own, closed before the dry run.
     let (measured, rate) = {
         let mut link = session.transfer(&transfer_url, ctx.ca()).await?;

@@ -81,11 +81,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         record.upload_id = Some(begun.upload_id.clone());
         ctx.state.save_update(&record)?;
     }
-    let transfer_url = if begun.transfer_url.is_empty() {
-        transfer_url_for(&url, begun.transfer_port)
-    } else {
-        begun.transfer_url.clone()
-    };
+    let transfer_url = transfer_endpoint(&url, &begun.transfer_url, begun.transfer_port);
     let base_root = hotate_proto::parse_hash(&begun.base_root)
         .map_err(|e| Failed(format!("the server sent a bad base root: {e}")))?;
     let image = upload::open_image(&terminal, begun.disk_size, lang)?;
@@ -167,8 +163,18 @@ fn file_kind(kind: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// The transfer endpoint the server names: the URL it advertises, else the control URL's
+/// host with the transfer port.
+pub(crate) fn transfer_endpoint(control_url: &str, advertised: &str, port: u32) -> String {
+    if advertised.is_empty() {
+        transfer_url_for(control_url, port)
+    } else {
+        advertised.to_owned()
+    }
+}
+
 /// The transfer endpoint: the control URL's host with the transfer port.
-pub(crate) fn transfer_url_for(control_url: &str, port: u32) -> String {
+fn transfer_url_for(control_url: &str, port: u32) -> String {
     let (scheme, rest) = control_url
         .split_once("://")
         .unwrap_or(("http", control_url));

@@ -51,13 +51,8 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
     }
     // Record first: if switching the write cache fails, `cancel` can still undo it.
     // Servers before the transfer endpoint was part of `Disk` say port 0.
-    let transfer_url = if !disk.transfer_url.is_empty() {
-        Some(disk.transfer_url.clone())
-    } else if disk.transfer_port != 0 {
-        Some(super::finish::transfer_url_for(&url, disk.transfer_port))
-    } else {
-        None
-    };
+    let transfer_url = (!disk.transfer_url.is_empty() || disk.transfer_port != 0)
+        .then(|| super::finish::transfer_endpoint(&url, &disk.transfer_url, disk.transfer_port));
     ctx.state.save_update(&UpdateRecord {
         disk_id: disk.id,
         data_write_guid: update.data_write_guid,
