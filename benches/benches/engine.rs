@@ -10,7 +10,7 @@ use hotate_benches::{Mix, image};
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
 use hotate_engine::{
     BlockSize, ChunkStore, Frame, FsStore, Hash, Manifest, MemoryStore, PipelineConfig, Progress,
-    RawImage, StoreSink, UnverifiedChunk, VerifiedChunk, pipeline,
+    RawImage, StoreSink, Stored, UnverifiedChunk, VerifiedChunk, pipeline,
 };
 
 const BLOCK: usize = 1 << 20;
@@ -123,13 +123,13 @@ fn verify_and_store(c: &mut Criterion) {
             round += 1;
             let store = FsStore::open(&base.join(round.to_string())).expect("store");
             let per_thread = wire.len().div_ceil(16);
-            let verified: Vec<VerifiedChunk> = std::thread::scope(|scope| {
+            let verified: Vec<Stored> = std::thread::scope(|scope| {
                 let jobs: Vec<_> = wire
                     .chunks(per_thread)
                     .map(|part| {
                         scope.spawn(move || {
                             part.iter()
-                                .map(|c| c.clone().verify(BLOCK).expect("verify"))
+                                .map(|c| Stored::from(c.clone().verify(BLOCK).expect("verify")))
                                 .collect::<Vec<_>>()
                         })
                     })

@@ -14,51 +14,70 @@ use bytes::{Bytes, BytesMut};
 
 use crate::block::{ChunkError, Frame, VerifiedChunk};
 use crate::hash::Hash;
+use crate::store::Stored;
 
 /// Bytes per page: the cluster size of the filesystems terminals use (NTFS, ext4).
 pub const PAGE: usize = 4096;
-/// Bytes of one page digest (truncated BLAKE3).
-const DIGEST: usize = 16;
+/// Bytes of one page digest (truncated BLAKE3) as this side makes them: a false match
+/// is one in 2^64 per page, and it only fails a chunk (its hash is checked).
+pub const DIGEST_LEN: usize = 8;
+/// Digest widths a receiver accepts: shorter would fail chunks too often.
+const DIGEST_WIDTHS: std::ops::RangeInclusive<usize> = 8..=32;
 
 /// A digest of every page of a block, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageDigests(Bytes);
+pub struct PageDigests {
+    width: usize,
+    digests: Bytes,
+}
 
 impl PageDigests {
     /// Digests the pages of `block` (the last may be short).
     pub fn of(block: &[u8]) -> Self {
-        let mut out = BytesMut::with_capacity(block.len().div_ceil(PAGE) * DIGEST);
+        let mut out = BytesMut::with_capacity(block.len().div_ceil(PAGE) * DIGEST_LEN);
         for page in block.chunks(PAGE) {
-            out.extend_from_slice(&blake3::hash(page).as_bytes()[..DIGEST]);
+            out.extend_from_slice(&blake3::hash(page).as_bytes()[..DIGEST_LEN]);
         }
-        Self(out.freeze())
+        Self {
+            width: DIGEST_LEN,
+            digests: out.freeze(),
+        }
     }
 
-    /// Digests as they travel: `DIGEST` bytes per page.
+    /// Digests as they travel: `width` bytes per page.
     ///
     /// # Errors
-    /// When the length is not a whole number of digests.
-    pub fn from_bytes(bytes: Bytes) -> Result<Self, ChunkError> {
-        if bytes.len().is_multiple_of(DIGEST) {
-            Ok(Self(bytes))
+    /// When the width is outside 8..=32 bytes or the length is not a whole number of
+    /// digests.
+    pub fn from_bytes(digests: Bytes, width: usize) -> Result<Self, ChunkError> {
+        if DIGEST_WIDTHS.contains(&width) && digests.len().is_multiple_of(width) {
+            Ok(Self { width, digests })
         } else {
-            Err(ChunkError::Corrupt(
-                "page digests of a partial length".into(),
-            ))
+            Err(ChunkError::Corrupt(format!(
+                "{} bytes of page digests are not a whole number of {width}-byte digests",
+                digests.len()
+            )))
         }
     }
 
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        &self.digests
+    }
+
+    /// Bytes per digest.
+    pub fn width(&self) -> usize {
+        self.width
     }
 
     /// How many pages the block has.
     pub fn pages(&self) -> usize {
-        self.0.len() / DIGEST
+        self.digests.len() / self.width
     }
 
-    fn get(&self, page: usize) -> &[u8] {
-        &self.0[page * DIGEST..(page + 1) * DIGEST]
+    /// Whether `page` (page number `index`) has the digest the base's page has.
+    fn matches(&self, index: usize, page: &[u8]) -> bool {
+        let (start, width) = (index * self.width, self.width);
+        blake3::hash(page).as_bytes()[..width] == self.digests[start..start + width]
     }
 }
 
@@ -91,7 +110,7 @@ impl Delta {
         let mut changed = vec![0u8; count.div_ceil(8)];
         let mut pages = BytesMut::new();
         for (i, page) in block.chunks(PAGE).enumerate() {
-            if blake3::hash(page).as_bytes()[..DIGEST] != *base.pages.get(i) {
+            if !base.pages.matches(i, page) {
                 changed[i / 8] |= 1 << (i % 8);
                 pages.extend_from_slice(page);
             }
@@ -155,17 +174,21 @@ pub struct UnverifiedDelta {
 }
 
 impl UnverifiedDelta {
-    /// Rebuilds the block from `base` (the content of `delta.base`), checks its hash,
-    /// and compresses it at `level` into a chunk that stands alone.
+    /// Rebuilds the block from `base` (the content of `delta.base`, itself `base_depth`
+    /// patches deep) and checks its hash. The block is kept as a patch of the base when
+    /// at most half its pages changed and the chain stays within [`MAX_PATCH_DEPTH`]:
+    /// a few changed pages then cost their own bytes in the store and no compression.
+    /// Otherwise it is compressed at `level` into a chunk that stands alone.
     ///
     /// # Errors
     /// As [`Delta::apply`], or when the rebuilt block does not hash to the claimed hash.
     pub fn verify(
         self,
         base: &[u8],
+        base_depth: u8,
         max_len: usize,
         level: i32,
-    ) -> Result<VerifiedChunk, ChunkError> {
+    ) -> Result<Stored, ChunkError> {
         let block = self.delta.apply(base, max_len)?;
         let actual = Hash::of(&block);
         if actual != self.hash {
@@ -174,7 +197,90 @@ impl UnverifiedDelta {
                 actual,
             });
         }
-        Ok(VerifiedChunk::from_hashed(self.hash, block, level))
+        let changed: u32 = self.delta.changed.iter().map(|b| b.count_ones()).sum();
+        let pages = block.len().div_ceil(PAGE);
+        if base_depth < MAX_PATCH_DEPTH && changed as usize * 2 <= pages {
+            Ok(Stored::Patch(VerifiedPatch {
+                hash: self.hash,
+                len: block.len(),
+                depth: base_depth + 1,
+                delta: self.delta,
+            }))
+        } else {
+            Ok(Stored::Whole(VerifiedChunk::from_hashed(
+                self.hash, block, level,
+            )))
+        }
+    }
+}
+
+/// Patches on patches go at most this deep, so reading a chunk reads at most this many
+/// bases; a block that would go deeper is stored whole.
+pub const MAX_PATCH_DEPTH: u8 = 4;
+
+/// A block known to be its base's content with these pages changed, to hash to `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPatch {
+    hash: Hash,
+    len: usize,
+    depth: u8,
+    delta: Delta,
+}
+
+impl VerifiedPatch {
+    /// A patch read back from a store: trusted only once its content is rebuilt and
+    /// its hash checked, which [`VerifiedPatch::content`] does.
+    pub(crate) fn stored(hash: Hash, len: usize, depth: u8, delta: Delta) -> Self {
+        Self {
+            hash,
+            len,
+            depth,
+            delta,
+        }
+    }
+
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    /// Length of the block.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many patches deep: 1 on a whole chunk.
+    pub fn depth(&self) -> u8 {
+        self.depth
+    }
+
+    pub fn delta(&self) -> &Delta {
+        &self.delta
+    }
+
+    /// The block rebuilt from its base's content, its length and hash checked.
+    ///
+    /// # Errors
+    /// When the pages do not fit the base or the block is not the one named.
+    pub fn content(&self, base: &[u8], max_len: usize) -> Result<Bytes, ChunkError> {
+        let block = self.delta.apply(base, max_len)?;
+        if block.len() != self.len {
+            return Err(ChunkError::WrongLength {
+                expected: self.len,
+                actual: block.len(),
+            });
+        }
+        let actual = Hash::of(&block);
+        if actual != self.hash {
+            return Err(ChunkError::HashMismatch {
+                claimed: self.hash,
+                actual,
+            });
+        }
+        Ok(block)
     }
 }
 
@@ -275,11 +381,11 @@ mod tests {
             hash: Hash::of(&new),
             delta,
         };
-        assert!(claim(delta.clone()).verify(&old, old.len(), 3).is_ok());
+        assert!(claim(delta.clone()).verify(&old, 0, old.len(), 3).is_ok());
         // Applied to another base, the block does not hash right.
         let other = pattern(8 * PAGE, 9);
         assert!(matches!(
-            claim(delta.clone()).verify(&other, old.len(), 3),
+            claim(delta.clone()).verify(&other, 0, old.len(), 3),
             Err(ChunkError::HashMismatch { .. })
         ));
         // A page map naming more pages than were sent, or pages beyond the block.
@@ -291,7 +397,9 @@ mod tests {
         assert!(beyond.apply(&old, old.len()).is_err());
         // Pages decoding larger than the bound.
         assert!(delta.apply(&old, 100).is_err());
-        assert!(PageDigests::from_bytes(Bytes::from_static(&[0; 17])).is_err());
+        assert!(PageDigests::from_bytes(Bytes::from_static(&[0; 17]), 8).is_err());
+        assert!(PageDigests::from_bytes(Bytes::from_static(&[0; 16]), 4).is_err());
+        assert!(PageDigests::from_bytes(Bytes::from_static(&[0; 32]), 16).is_ok());
     }
 
     proptest! {

@@ -19,7 +19,9 @@ pub mod store;
 mod testdata;
 
 pub use block::{BlockSize, ChunkError, Codec, Frame, UnverifiedChunk, VerifiedChunk};
-pub use delta::{Base, Delta, Incoming, Outgoing, PageDigests, UnverifiedDelta};
+pub use delta::{
+    Base, Delta, Incoming, MAX_PATCH_DEPTH, Outgoing, PageDigests, UnverifiedDelta, VerifiedPatch,
+};
 pub use hash::Hash;
 pub use manifest::{Entry, Manifest, ManifestError};
 pub use pipeline::{
@@ -27,4 +29,4 @@ pub use pipeline::{
     SinkError, StoreSink,
 };
 pub use source::{Format, ImageSource, Qcow2Image, RawImage, VhdImage, VhdxImage};
-pub use store::{ChunkStore, FsStore, MemoryStore, StoreError};
+pub use store::{ChunkStore, FsStore, Layout, MemoryStore, StoreError, Stored};

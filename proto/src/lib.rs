@@ -143,7 +143,7 @@ pub fn needs(need: &pb::Need) -> Vec<Need> {
         .filter_map(|b| {
             let base = Base {
                 hash: parse_hash(&b.base).ok()?,
-                pages: PageDigests::from_bytes(b.page_digests.clone()).ok()?,
+                pages: PageDigests::from_bytes(b.page_digests.clone(), digest_len(b)).ok()?,
             };
             Some((parse_hash(&b.hash).ok()?, base))
         })
@@ -158,19 +158,28 @@ pub fn needs(need: &pb::Need) -> Vec<Need> {
         .collect()
 }
 
+/// Bytes per page digest of a base; servers that did not say sent 16.
+fn digest_len(base: &pb::DeltaBase) -> usize {
+    match base.page_digest_len {
+        0 => 16,
+        len => len as usize,
+    }
+}
+
 /// The base the server offers for the needed hash `needed`.
 pub fn delta_base(needed: &Hash, base: &Base) -> pb::DeltaBase {
     pb::DeltaBase {
         hash: hash_bytes(needed),
         base: hash_bytes(&base.hash),
         page_digests: base.pages.as_bytes().clone(),
+        page_digest_len: base.pages.width() as u32,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hotate_engine::VerifiedChunk;
+    use hotate_engine::{Stored, VerifiedChunk};
     use proptest::prelude::*;
 
     proptest! {
@@ -212,9 +221,36 @@ mod tests {
             let Ok(Incoming::Delta(back)) = Incoming::try_from(pb::Chunk::from(&sent)) else {
                 panic!("a delta arrives as a delta");
             };
-            let chunk = back.verify(&old, old.len(), 1).unwrap();
-            prop_assert_eq!(chunk.frame().decode(old.len()).unwrap(), new);
+            let Stored::Patch(patch) = back.verify(&old, 0, old.len(), 1).unwrap() else {
+                panic!("one changed page of several is kept as a patch");
+            };
+            prop_assert_eq!(patch.content(&old, old.len()).unwrap(), new);
         }
+    }
+
+    #[test]
+    fn digests_of_servers_that_do_not_say_their_width_are_16_bytes() {
+        let old: Vec<u8> = (0..4 * 4096).map(|i| (i % 253) as u8).collect();
+        let digests: Vec<u8> = old
+            .chunks(4096)
+            .flat_map(|page| Hash::of(page).as_bytes()[..16].to_vec())
+            .collect();
+        let mut new = old.clone();
+        new[5000] ^= 1;
+        let reply = pb::Need {
+            batch: 1,
+            hashes: vec![hash_bytes(&Hash::of(&new))],
+            bases: vec![pb::DeltaBase {
+                hash: hash_bytes(&Hash::of(&new)),
+                base: hash_bytes(&Hash::of(&old)),
+                page_digests: Bytes::from(digests),
+                page_digest_len: 0,
+            }],
+        };
+        let base = needs(&reply)[0].base.clone().expect("the base parses");
+        assert_eq!((base.pages.width(), base.pages.pages()), (16, 4));
+        let delta = Delta::encode(&Bytes::from(new), &base, 3).expect("three pages match");
+        assert_eq!(delta.changed, Bytes::from_static(&[0b10]));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
 use hotate_engine::{
-    Base, ChunkStore, Entry, Hash, Incoming, Manifest, Offer, PageDigests, VerifiedChunk,
+    Base, ChunkStore, Entry, Hash, Incoming, MAX_PATCH_DEPTH, Manifest, Offer, PageDigests, Stored,
 };
 use hotate_proto::pb::{self, transfer_server::Transfer, upload_reply, upload_request};
 use tokio::sync::{mpsc, watch};
@@ -571,14 +571,14 @@ struct Upload {
     /// The bases named in answers, until their chunks arrive.
     base_cache: BaseCache,
     /// Verify jobs in flight; each yields the chunk and its bytes as received.
-    verifying: JoinSet<Result<(VerifiedChunk, u64), ServerError>>,
+    verifying: JoinSet<Result<(Stored, u64), ServerError>>,
     /// Verified chunks waiting for the next group commit...
-    verified: Vec<(VerifiedChunk, u64)>,
+    verified: Vec<(Stored, u64)>,
     /// ...since the first of them verified.
     group_since: Option<tokio::time::Instant>,
     /// The group commit in flight (at most one), off the stream's loop; it yields the
     /// group once durable and counted.
-    committing: JoinSet<Result<Vec<(VerifiedChunk, u64)>, ServerError>>,
+    committing: JoinSet<Result<Vec<(Stored, u64)>, ServerError>>,
     replies: mpsc::Sender<Result<pb::UploadReply, Status>>,
 }
 
@@ -808,7 +808,8 @@ impl Upload {
         self.verifying.spawn_blocking(move || match chunk {
             Incoming::Whole(whole) => {
                 let received = whole.frame.payload.len() as u64;
-                Ok((whole.verify(max_len)?.check_len(len)?, received))
+                let chunk = Stored::from(whole.verify(max_len)?);
+                Ok((chunk.check_len(len)?, received))
             }
             Incoming::Delta(delta) => {
                 let received = delta.delta.encoded_len() as u64;
@@ -816,7 +817,11 @@ impl Upload {
                     Some(base) => base,
                     None => store.get(&delta.delta.base, max_len)?,
                 };
-                let chunk = delta.verify(&base, max_len, DEFAULT_ZSTD_LEVEL)?;
+                // A base whose layout cannot be read is not patched: the block stands alone.
+                let base_depth = store
+                    .layout(&delta.delta.base)
+                    .map_or(MAX_PATCH_DEPTH, |layout| layout.depth());
+                let chunk = delta.verify(&base, base_depth, max_len, DEFAULT_ZSTD_LEVEL)?;
                 Ok((chunk.check_len(len)?, received))
             }
         });
@@ -828,7 +833,7 @@ impl Upload {
     /// chunk (the stream's loop keeps that time).
     async fn verified(
         &mut self,
-        done: Result<Result<(VerifiedChunk, u64), ServerError>, tokio::task::JoinError>,
+        done: Result<Result<(Stored, u64), ServerError>, tokio::task::JoinError>,
     ) -> Result<(), Status> {
         let chunk = self.checked(done)?;
         if self.verified.is_empty() {
@@ -852,8 +857,8 @@ impl Upload {
     /// A verify job's outcome; chunks that failed verification are counted.
     fn checked(
         &self,
-        done: Result<Result<(VerifiedChunk, u64), ServerError>, tokio::task::JoinError>,
-    ) -> Result<(VerifiedChunk, u64), ServerError> {
+        done: Result<Result<(Stored, u64), ServerError>, tokio::task::JoinError>,
+    ) -> Result<(Stored, u64), ServerError> {
         let outcome = done.map_err(ServerError::from)?;
         if let Err(ServerError::BadChunk(_)) = &outcome {
             Counters::add(&self.live.counters.verification_failures, 1);
@@ -872,7 +877,7 @@ impl Upload {
         let data = self.data.clone();
         let guid = self.update.guid.clone();
         self.committing.spawn_blocking(move || {
-            let chunks: Vec<VerifiedChunk> = group.iter().map(|(c, _)| c.clone()).collect();
+            let chunks: Vec<Stored> = group.iter().map(|(c, _)| c.clone()).collect();
             data.store().put_many(&chunks)?;
             let bytes = group.iter().map(|(_, received)| received).sum();
             data.meta().add_received(&guid, group.len() as u64, bytes)?;
@@ -884,7 +889,7 @@ impl Upload {
     /// meanwhile, and acknowledges the group.
     async fn committed(
         &mut self,
-        done: Result<Result<Vec<(VerifiedChunk, u64)>, ServerError>, tokio::task::JoinError>,
+        done: Result<Result<Vec<(Stored, u64)>, ServerError>, tokio::task::JoinError>,
     ) -> Result<(), Status> {
         let group = done.map_err(ServerError::from)??;
         let mut stored = pb::Stored::default();

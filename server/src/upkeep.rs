@@ -16,6 +16,11 @@
 //! 3. `disk import` writes chunks that no row names until it ends, so it holds a shared
 //!    file lock on the store that gc needs alone; a killed import releases it.
 //!
+//! 4. A chunk stored as a patch needs its base: a base stays while any patch on it stays
+//!    (for a version, a live update, or another patch), checked again under the lock.
+//!    A patch whose base went before it was offered reads as damaged, so the upload
+//!    asks for it again.
+//!
 //! A kill at any point leaves only unreferenced chunks deleted, or none: versions are
 //! never touched. Manifests that no version names (a commit killed between file and
 //! row) are removed under the same write lock, so a commit in flight is never robbed.
@@ -25,7 +30,7 @@ use std::fs;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use hotate_engine::{BlockSize, Entry, Hash, Manifest, StoreError};
+use hotate_engine::{BlockSize, Entry, Hash, Layout, MAX_PATCH_DEPTH, Manifest, StoreError};
 use serde::Serialize;
 
 use crate::data::DataDir;
@@ -329,12 +334,7 @@ pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
     let mut names = DiskNames::default();
     let mut seq = read_references(data, 0, &mut refs, &mut names)?;
     let live: HashSet<Hash> = data.meta().live_hashes()?.into_iter().collect();
-    let mut candidates = Vec::new();
-    data.store().list(&mut |hash, len| {
-        if !refs.chunks.contains_key(&hash) && !live.contains(&hash) {
-            candidates.push((hash, len));
-        }
-    })?;
+    let (candidates, patches) = unreferenced(data, &refs, &live)?;
     if dry_run {
         report.chunks_deleted = candidates.len() as u64;
         report.bytes_freed = candidates.iter().map(|(_, len)| len).sum();
@@ -353,8 +353,10 @@ pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
                     return Ok(None);
                 }
                 let (mut chunks, mut bytes) = (0, 0);
+                let mut needed =
+                    |hash: &Hash| Ok(refs.chunks.contains_key(hash) || db.live_update_holds(hash)?);
                 for (hash, _) in batch {
-                    if refs.chunks.contains_key(hash) || db.live_update_holds(hash)? {
+                    if patches.keeps(hash, &mut needed)? {
                         continue;
                     }
                     bytes += data.store().remove(hash)?;
@@ -372,6 +374,77 @@ pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
     report.manifests_deleted = remove_orphan_manifests(data)?;
     report.updates_pruned = data.meta().prune(now() - KEEP_ENDED_UPDATES_SECS)? as u64;
     Ok(report)
+}
+
+/// The stored chunks (with their sizes) that no version, live update or patch needs,
+/// and the patches stored, by base.
+fn unreferenced(
+    data: &DataDir,
+    refs: &References,
+    live: &HashSet<Hash>,
+) -> Result<(Vec<(Hash, u64)>, Patches), ServerError> {
+    let mut stored = Vec::new();
+    data.store()
+        .list(&mut |hash, len| stored.push((hash, len)))?;
+    let patches = Patches::read(data, stored.iter().map(|(hash, _)| hash))?;
+    let mut needed = |hash: &Hash| Ok(refs.chunks.contains_key(hash) || live.contains(hash));
+    let mut unreferenced = Vec::new();
+    for (hash, len) in stored {
+        if !patches.keeps(&hash, &mut needed)? {
+            unreferenced.push((hash, len));
+        }
+    }
+    Ok((unreferenced, patches))
+}
+
+/// The chunks stored as patches, by the base each names.
+#[derive(Debug, Default)]
+struct Patches(HashMap<Hash, Vec<Hash>>);
+
+impl Patches {
+    /// Reads the layout of each of `hashes`; a chunk whose head cannot be read, or that
+    /// went meanwhile, names no base.
+    fn read<'a>(
+        data: &DataDir,
+        hashes: impl Iterator<Item = &'a Hash>,
+    ) -> Result<Self, ServerError> {
+        let mut on = HashMap::<Hash, Vec<Hash>>::new();
+        for hash in hashes {
+            match data.store().layout(hash) {
+                Ok(Layout::Patch { base, .. }) => on.entry(base).or_default().push(*hash),
+                Ok(Layout::Whole) | Err(StoreError::NotFound(_) | StoreError::Corrupt { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Self(on))
+    }
+
+    /// Whether `hash` must stay: `needed` for itself, or the base of a patch that must.
+    fn keeps(
+        &self,
+        hash: &Hash,
+        needed: &mut dyn FnMut(&Hash) -> Result<bool, ServerError>,
+    ) -> Result<bool, ServerError> {
+        self.keeps_within(hash, needed, MAX_PATCH_DEPTH)
+    }
+
+    fn keeps_within(
+        &self,
+        hash: &Hash,
+        needed: &mut dyn FnMut(&Hash) -> Result<bool, ServerError>,
+        depth: u8,
+    ) -> Result<bool, ServerError> {
+        if needed(hash)? {
+            return Ok(true);
+        }
+        for patch in self.0.get(hash).into_iter().flatten() {
+            // Deeper than a store writes: a damaged chain; keep rather than guess.
+            if depth == 0 || self.keeps_within(patch, needed, depth - 1)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }
 
 /// Removes manifest files (and temp files) that no version names, under the database's
@@ -419,14 +492,13 @@ pub fn stats(data: &DataDir) -> Result<Stats, ServerError> {
     read_references(data, 0, &mut refs, &mut DiskNames::default())?;
     let live: HashSet<Hash> = data.meta().live_hashes()?.into_iter().collect();
     let mut stats = Stats::default();
-    data.store().list(&mut |hash, len| {
+    data.store().list(&mut |_, len| {
         stats.chunks += 1;
         stats.bytes += len;
-        if !refs.chunks.contains_key(&hash) && !live.contains(&hash) {
-            stats.unreferenced_chunks += 1;
-            stats.unreferenced_bytes += len;
-        }
     })?;
+    let (unreferenced, _) = unreferenced(data, &refs, &live)?;
+    stats.unreferenced_chunks = unreferenced.len() as u64;
+    stats.unreferenced_bytes = unreferenced.iter().map(|(_, len)| len).sum();
     Ok(stats)
 }
 

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
-use hotate_engine::{BlockSize, Delta, Entry, Hash, Manifest, Offer, Outgoing, VerifiedChunk};
+use hotate_engine::{
+    BlockSize, ChunkStore, Delta, Entry, FsStore, Hash, Manifest, Offer, Outgoing, VerifiedChunk,
+};
 use hotate_proto::pb::{
     self, control_client::ControlClient, transfer_client::TransferClient, upload_reply,
     upload_request,
@@ -651,6 +653,66 @@ async fn two_blocks_changed_from_one_shared_base_both_travel_as_deltas() {
     assert!(session.error.is_none(), "{:?}", session.error);
     assert_eq!(session.deltas, 2);
     assert_eq!(export(&f, &session.version.expect("committed")), updated);
+}
+
+#[tokio::test]
+async fn few_changed_pages_are_stored_as_patches_that_outlive_their_versions() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let store = FsStore::open(&f.data.join("store")).expect("store");
+    let stored_size = |hash: &Hash| std::fs::metadata(store.path_of(hash)).map_or(0, |m| m.len());
+    // Two versions in a row, each changing one page of every odd block.
+    let mut parent = parent_manifest(&f);
+    let mut booted = f.first_version.clone();
+    let mut image = f.base.clone();
+    let mut versions = Vec::new();
+    for (depth, salt) in [(1u8, 0x5a), (2, 0x33)] {
+        let guid = start(&server, &token, &f.disk_id, &booted)
+            .await
+            .expect("start");
+        let updated = updated_image(&image, salt);
+        let session = upload_all(&server, &token, &guid, &parent, &updated).await;
+        assert!(session.error.is_none(), "{:?}", session.error);
+        let version = session.version.expect("committed");
+        let (manifest, _) = manifest_of(&updated);
+        for i in (1..BLOCKS).step_by(2).filter(|&i| i % 5 != 0 && i != 3) {
+            let hash = manifest
+                .get(i as u64)
+                .and_then(|e| e.hash())
+                .expect("content");
+            assert_eq!(
+                store.layout(&hash).expect("stored").depth(),
+                depth,
+                "block {i}"
+            );
+            // A page's bytes and a small head, not a whole block's.
+            assert!(
+                stored_size(&hash) < 2 * 4096,
+                "block {i}: {}",
+                stored_size(&hash)
+            );
+        }
+        assert_eq!(export(&f, &version), updated);
+        (parent, booted, image) = (manifest, version.clone(), updated);
+        versions.push(version);
+    }
+    // The versions the patches were made against go; gc keeps the chunks the patches
+    // are made of, and collects the rest.
+    for version in [&f.first_version, &versions[0]] {
+        admin_ok(&f.data, &["version", "delete", "win10", version]);
+    }
+    let gc: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "store", "gc"])).expect("json");
+    assert!(gc["chunks_deleted"].as_u64().expect("count") >= 2, "{gc}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "store", "stats"])).expect("json");
+    assert_eq!(stats["unreferenced_chunks"], 0, "{stats}");
+    assert_eq!(export(&f, &versions[1]), image);
+    let verify: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "store", "verify"])).expect("json");
+    assert_eq!(verify["damaged"], serde_json::json!([]), "{verify}");
+    assert_eq!(verify["missing"], serde_json::json!([]), "{verify}");
 }
 
 #[tokio::test]

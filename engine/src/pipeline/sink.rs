@@ -4,11 +4,10 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::block::VerifiedChunk;
 use crate::delta::{Base, Outgoing};
 use crate::hash::Hash;
 use crate::manifest::Entry;
-use crate::store::ChunkStore;
+use crate::store::{ChunkStore, Stored};
 
 /// A block whose entry differs from the parent's, offered to the sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +65,7 @@ const STORE_GROUP_BYTES: usize = 8 << 20;
 #[derive(Debug)]
 pub struct StoreSink<S: ?Sized> {
     store: Arc<S>,
-    group: std::sync::Mutex<Vec<VerifiedChunk>>,
+    group: std::sync::Mutex<Vec<Stored>>,
 }
 
 impl<S: ChunkStore + ?Sized> StoreSink<S> {
@@ -120,8 +119,8 @@ impl<S: ChunkStore + ?Sized> ChunkSink for StoreSink<S> {
         let chunk = chunk.detach();
         let full = {
             let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
-            group.push(chunk);
-            let bytes: usize = group.iter().map(VerifiedChunk::encoded_len).sum();
+            group.push(chunk.into());
+            let bytes: usize = group.iter().map(Stored::encoded_len).sum();
             group.len() >= STORE_GROUP || bytes >= STORE_GROUP_BYTES
         };
         if full {

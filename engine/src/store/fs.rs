@@ -4,7 +4,7 @@
 //! place and makes the directories durable, so a crash leaves each chunk whole or absent.
 //! `put_many` does this for a whole group with one `syncfs` per step (a group commit):
 //! on a spinning disk an fsync per 64 KiB chunk would cap an upload at a few MB/s. Each file is
-//! one codec byte followed by the frame's payload. Damaged chunks are moved to
+//! laid out as [`super::layout`] says. Damaged chunks are moved to
 //! `quarantine/`, where nothing reads them, and kept for an administrator to inspect.
 
 use std::fs::{self, File};
@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use super::{ChunkStore, StoreError};
-use crate::block::{Codec, Frame, UnverifiedChunk, VerifiedChunk};
+use super::layout::{self, Layout, PATCH_HEAD};
+use super::{ChunkStore, StoreError, Stored};
 use crate::direct_io::sync_filesystem;
 use crate::hash::Hash;
 
@@ -24,6 +24,12 @@ const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600
 
 /// The largest zstd frame header (`ZSTD_FRAMEHEADERSIZE_MAX`).
 const ZSTD_HEADER_MAX: usize = 18;
+/// Bytes read from a chunk file's start to learn its layout and length.
+const HEAD: usize = if PATCH_HEAD > 1 + ZSTD_HEADER_MAX {
+    PATCH_HEAD
+} else {
+    1 + ZSTD_HEADER_MAX
+};
 
 /// Chunks stored as files in a directory tree.
 #[derive(Debug)]
@@ -75,16 +81,17 @@ impl FsStore {
             .join(hex)
     }
 
-    /// Writes a frame to a fresh temp file (not yet durable) and returns its path.
-    fn write_temp(&self, frame: &Frame) -> io::Result<PathBuf> {
+    /// Writes a chunk to a fresh temp file (not yet durable) and returns its path.
+    fn write_temp(&self, chunk: &Stored) -> io::Result<PathBuf> {
         let temp = self.temp_dir.join(format!(
             "{}.{}",
             std::process::id(),
             self.next_temp.fetch_add(1, Ordering::Relaxed)
         ));
+        let (head, payload) = layout::encode(chunk);
         let written = File::create(&temp).and_then(|mut file| {
-            file.write_all(&[codec_byte(frame.codec)])?;
-            file.write_all(&frame.payload)
+            file.write_all(&head)?;
+            file.write_all(&payload)
         });
         match written {
             Ok(()) => Ok(temp),
@@ -93,6 +100,25 @@ impl FsStore {
                 Err(e)
             }
         }
+    }
+
+    /// A chunk file's first bytes (enough for a zstd frame header or a patch head), how
+    /// many were read, and the file's length; `None` when absent.
+    fn head(&self, hash: &Hash) -> Result<Option<([u8; HEAD], usize, u64)>, StoreError> {
+        let path = self.path_of(hash);
+        let io_error = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(io_error(source)),
+        };
+        let mut head = [0u8; HEAD];
+        let read = read_head(&mut file, &mut head).map_err(io_error)?;
+        let file_len = file.metadata().map_err(io_error)?.len();
+        Ok(Some((head, read, file_len)))
     }
 
     /// Makes `paths` (files, then the directories naming them) durable: one `syncfs` for
@@ -161,13 +187,6 @@ fn sync_path(path: &Path) -> io::Result<()> {
     fs::OpenOptions::new().write(true).open(path)?.sync_all()
 }
 
-fn codec_byte(codec: Codec) -> u8 {
-    match codec {
-        Codec::Raw => 0,
-        Codec::Zstd => 1,
-    }
-}
-
 impl ChunkStore for FsStore {
     fn has(&self, hash: &Hash) -> Result<bool, StoreError> {
         let path = self.path_of(hash);
@@ -176,61 +195,41 @@ impl ChunkStore for FsStore {
     }
 
     fn get(&self, hash: &Hash, max_len: usize) -> Result<Bytes, StoreError> {
-        let path = self.path_of(hash);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(*hash));
+        layout::content(hash, max_len, |hash| {
+            let path = self.path_of(hash);
+            match fs::read(&path) {
+                Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(StoreError::Io { path, source }),
             }
-            Err(source) => return Err(StoreError::Io { path, source }),
-        };
-        let corrupt = |cause| StoreError::Corrupt { hash: *hash, cause };
-        let mut bytes = Bytes::from(bytes);
-        let codec = match bytes.first() {
-            Some(0) => Codec::Raw,
-            Some(1) => Codec::Zstd,
-            _ => {
-                return Err(corrupt(crate::block::ChunkError::Corrupt(
-                    "unknown codec byte".into(),
-                )));
-            }
-        };
-        let payload = bytes.split_off(1);
-        UnverifiedChunk {
-            hash: *hash,
-            frame: Frame { codec, payload },
-        }
-        .content(max_len)
-        .map_err(corrupt)
+        })
     }
 
-    fn put(&self, chunk: &VerifiedChunk) -> Result<bool, StoreError> {
-        Ok(self.put_many(std::slice::from_ref(chunk))? == 1)
+    fn layout(&self, hash: &Hash) -> Result<Layout, StoreError> {
+        let Some((head, read, _)) = self.head(hash)? else {
+            return Err(StoreError::NotFound(*hash));
+        };
+        layout::layout(&head[..read]).map_err(|cause| StoreError::Corrupt { hash: *hash, cause })
     }
 
     /// Reads the length from the file: its size for a raw chunk, the zstd frame header
-    /// for a compressed one (decoding only when the header does not say).
+    /// for a compressed one, the head of a patch (decoding only when none says).
     fn content_len(&self, hash: &Hash, max_len: usize) -> Result<Option<usize>, StoreError> {
-        let path = self.path_of(hash);
-        let io_error = |source| StoreError::Io {
-            path: path.clone(),
-            source,
+        let Some((head, read, file_len)) = self.head(hash)? else {
+            return Ok(None);
         };
-        let mut file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(io_error(source)),
+        let told = match (head[0], layout::layout(&head[..read])) {
+            (_, Ok(Layout::Patch { len, .. })) => Some(len),
+            (0, Ok(Layout::Whole)) => Some(file_len as usize - 1),
+            (_, Ok(Layout::Whole)) => zstd::zstd_safe::get_frame_content_size(&head[1..read])
+                .ok()
+                .flatten()
+                .map(|len| len as usize),
+            (_, Err(_)) => None,
         };
-        let mut head = [0u8; 1 + ZSTD_HEADER_MAX];
-        let read = read_head(&mut file, &mut head).map_err(io_error)?;
-        let file_len = file.metadata().map_err(io_error)?.len();
-        match head.first() {
-            Some(0) if read > 0 => Ok(Some(file_len as usize - 1)),
-            Some(1) => match zstd::zstd_safe::get_frame_content_size(&head[1..read]) {
-                Ok(Some(len)) => Ok(Some(len as usize)),
-                _ => self.get(hash, max_len).map(|content| Some(content.len())),
-            },
-            _ => self.get(hash, max_len).map(|content| Some(content.len())),
+        match told {
+            Some(len) => Ok(Some(len)),
+            None => self.get(hash, max_len).map(|content| Some(content.len())),
         }
     }
 
@@ -252,7 +251,7 @@ impl ChunkStore for FsStore {
 
     /// Stores the chunks with one group commit: all temp files are written, made durable
     /// together, then renamed into place and their directories made durable.
-    fn put_many(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+    fn put_many(&self, chunks: &[Stored]) -> Result<usize, StoreError> {
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
         let mut result = Ok(());
         for chunk in chunks {
@@ -260,7 +259,7 @@ impl ChunkStore for FsStore {
             if self.has(&chunk.hash())? || staged.iter().any(|(_, p)| *p == path) {
                 continue;
             }
-            match self.write_temp(chunk.frame()) {
+            match self.write_temp(chunk) {
                 Ok(temp) => staged.push((temp, path)),
                 Err(source) => {
                     result = Err(StoreError::Io { path, source });
@@ -372,12 +371,18 @@ impl ChunkStore for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::{Codec, VerifiedChunk};
+
+    fn whole(chunks: &[VerifiedChunk]) -> Vec<Stored> {
+        chunks.iter().cloned().map(Stored::from).collect()
+    }
 
     #[test]
     fn passes_the_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).unwrap();
         super::super::contract::round_trips_interesting_sizes(&store);
+        super::super::contract::keeps_patches_over_their_bases(&store);
         // Survives reopening.
         let chunk = VerifiedChunk::seal(Bytes::from_static(b"persisted"), 1);
         store.put(&chunk).unwrap();
@@ -397,8 +402,12 @@ mod tests {
             .collect();
         let mut group = chunks.clone();
         group.push(chunks[3].clone()); // a duplicate within the group
-        assert_eq!(store.put_many(&group).unwrap(), 10);
-        assert_eq!(store.put_many(&chunks).unwrap(), 0, "all already stored");
+        assert_eq!(store.put_many(&whole(&group)).unwrap(), 10);
+        assert_eq!(
+            store.put_many(&whole(&chunks)).unwrap(),
+            0,
+            "all already stored"
+        );
         let again = FsStore::open(dir.path()).unwrap();
         for (i, chunk) in chunks.iter().enumerate() {
             assert_eq!(
@@ -446,7 +455,9 @@ mod tests {
         blake3::Hasher::new().finalize_xof().fill(&mut noise);
         let raw = VerifiedChunk::seal(Bytes::from(noise), 1);
         assert_eq!(raw.frame().codec, Codec::Raw);
-        store.put_many(&[packed.clone(), raw.clone()]).unwrap();
+        store
+            .put_many(&whole(&[packed.clone(), raw.clone()]))
+            .unwrap();
         assert_eq!(
             store.content_len(&packed.hash(), 1 << 20).unwrap(),
             Some(100_000)

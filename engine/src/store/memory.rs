@@ -5,14 +5,14 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::{ChunkStore, StoreError};
-use crate::block::{Frame, UnverifiedChunk, VerifiedChunk};
+use super::layout::{self, Layout};
+use super::{ChunkStore, StoreError, Stored};
 use crate::hash::Hash;
 
-/// Chunks kept in a map, encoded as they would be on disk.
+/// Chunks kept in a map, laid out as they would be on disk.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    chunks: Mutex<HashMap<Hash, Frame>>,
+    chunks: Mutex<HashMap<Hash, Bytes>>,
 }
 
 impl MemoryStore {
@@ -29,12 +29,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Replaces a chunk's stored frame, bypassing verification: tests damage chunks so.
-    pub fn tamper(&self, hash: &Hash, frame: Frame) {
-        self.lock().insert(*hash, frame);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Frame>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Bytes>> {
         // A panic while holding this lock cannot leave the map half-updated.
         self.chunks.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -46,21 +41,29 @@ impl ChunkStore for MemoryStore {
     }
 
     fn get(&self, hash: &Hash, max_len: usize) -> Result<Bytes, StoreError> {
-        let frame = self
+        layout::content(hash, max_len, |hash| Ok(self.lock().get(hash).cloned()))
+    }
+
+    fn layout(&self, hash: &Hash) -> Result<Layout, StoreError> {
+        let bytes = self
             .lock()
             .get(hash)
             .cloned()
             .ok_or(StoreError::NotFound(*hash))?;
-        UnverifiedChunk { hash: *hash, frame }
-            .content(max_len)
-            .map_err(|cause| StoreError::Corrupt { hash: *hash, cause })
+        layout::layout(&bytes).map_err(|cause| StoreError::Corrupt { hash: *hash, cause })
     }
 
-    fn put(&self, chunk: &VerifiedChunk) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .insert(chunk.hash(), chunk.frame().clone())
-            .is_none())
+    fn put_many(&self, chunks: &[Stored]) -> Result<usize, StoreError> {
+        let mut map = self.lock();
+        let mut new = 0;
+        for chunk in chunks {
+            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(chunk.hash()) {
+                let (head, payload) = layout::encode(chunk);
+                slot.insert(Bytes::from([head.as_slice(), &payload].concat()));
+                new += 1;
+            }
+        }
+        Ok(new)
     }
 
     fn quarantine(&self, hash: &Hash) -> Result<(), StoreError> {
@@ -69,8 +72,8 @@ impl ChunkStore for MemoryStore {
     }
 
     fn list(&self, each: &mut dyn FnMut(Hash, u64)) -> Result<(), StoreError> {
-        for (hash, frame) in self.lock().iter() {
-            each(*hash, frame.payload.len() as u64);
+        for (hash, bytes) in self.lock().iter() {
+            each(*hash, bytes.len() as u64);
         }
         Ok(())
     }
@@ -79,7 +82,7 @@ impl ChunkStore for MemoryStore {
         Ok(self
             .lock()
             .remove(hash)
-            .map_or(0, |frame| frame.payload.len() as u64))
+            .map_or(0, |bytes| bytes.len() as u64))
     }
 }
 
@@ -90,5 +93,6 @@ mod tests {
     #[test]
     fn passes_the_store_contract() {
         super::super::contract::round_trips_interesting_sizes(&MemoryStore::new());
+        super::super::contract::keeps_patches_over_their_bases(&MemoryStore::new());
     }
 }

@@ -1,19 +1,83 @@
 //! The chunk store: content-addressed, verified chunks.
 //!
-//! Only a [`VerifiedChunk`] can be put, and `get` checks the hash of what it read, so a
-//! store never hands out content that does not match its name. The trait is the seam
-//! where an object store can replace the local filesystem one.
+//! Only a verified chunk can be put ([`Stored`]: whole, or as a patch of a chunk the
+//! store holds), and `get` checks the hash of what it read, so a store never hands out
+//! content that does not match its name. The trait is the seam where an object store
+//! can replace the local filesystem one.
 
 mod fs;
+mod layout;
 mod memory;
 
 use bytes::Bytes;
 
 use crate::block::{ChunkError, VerifiedChunk};
+use crate::delta::VerifiedPatch;
 use crate::hash::Hash;
 
 pub use fs::FsStore;
+pub use layout::Layout;
 pub use memory::MemoryStore;
+
+/// A verified chunk as a store keeps it.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// Its whole content in one frame.
+    Whole(VerifiedChunk),
+    /// The pages that differ from a chunk the store holds (its base): a few changed
+    /// pages cost their own bytes, not a whole block's. The base must outlive it.
+    Patch(VerifiedPatch),
+}
+
+impl Stored {
+    pub fn hash(&self) -> Hash {
+        match self {
+            Self::Whole(chunk) => chunk.hash(),
+            Self::Patch(patch) => patch.hash(),
+        }
+    }
+
+    /// Length of the block's content.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Whole(chunk) => chunk.len(),
+            Self::Patch(patch) => patch.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of its payload: a whole chunk's frame, a patch's page map and pages.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::Whole(chunk) => chunk.encoded_len(),
+            Self::Patch(patch) => patch.delta().encoded_len(),
+        }
+    }
+
+    /// Refuses a chunk whose content is not exactly its block's length.
+    ///
+    /// # Errors
+    /// `WrongLength` when it differs.
+    pub fn check_len(self, expected: usize) -> Result<Self, ChunkError> {
+        if self.len() == expected {
+            Ok(self)
+        } else {
+            Err(ChunkError::WrongLength {
+                expected,
+                actual: self.len(),
+            })
+        }
+    }
+}
+
+impl From<VerifiedChunk> for Stored {
+    fn from(chunk: VerifiedChunk) -> Self {
+        Self::Whole(chunk)
+    }
+}
 
 /// A content-addressed store of chunks. Calls block: async callers use `spawn_blocking`.
 pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
@@ -33,7 +97,16 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// # Errors
     /// When the store cannot be written (a full disk among others).
-    fn put(&self, chunk: &VerifiedChunk) -> Result<bool, StoreError>;
+    fn put(&self, chunk: &VerifiedChunk) -> Result<bool, StoreError> {
+        Ok(self.put_many(&[Stored::Whole(chunk.clone())])? == 1)
+    }
+
+    /// How a stored chunk is laid out: whole, or a patch naming its base (read from its
+    /// head, not verified).
+    ///
+    /// # Errors
+    /// `NotFound` when absent, `Corrupt` when its head is unreadable.
+    fn layout(&self, hash: &Hash) -> Result<Layout, StoreError>;
 
     /// The decoded length of a stored chunk, without verifying its content (cheap where
     /// the store can read it from a header); `None` when absent.
@@ -94,17 +167,12 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
         Ok((0, 0))
     }
 
-    /// Stores several chunks; returns how many were new.
+    /// Stores several chunks durably; returns how many were new. A patch's base must be
+    /// stored already (or earlier in `chunks`).
     ///
     /// # Errors
-    /// As [`ChunkStore::put`].
-    fn put_many(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
-        let mut new = 0;
-        for chunk in chunks {
-            new += usize::from(self.put(chunk)?);
-        }
-        Ok(new)
-    }
+    /// When the store cannot be written (a full disk among others).
+    fn put_many(&self, chunks: &[Stored]) -> Result<usize, StoreError>;
 }
 
 /// Why a store operation failed.
@@ -144,8 +212,95 @@ pub(crate) mod contract {
         }
         let a = VerifiedChunk::seal(Bytes::from_static(b"a"), 1);
         let b = VerifiedChunk::seal(Bytes::from_static(b"b"), 1);
-        assert_eq!(store.put_many(std::slice::from_ref(&a)).unwrap(), 1);
+        assert_eq!(store.put_many(&[a.clone().into()]).unwrap(), 1);
         assert_eq!(store.holds(&a.hash(), 16).unwrap(), Some(1));
         assert_eq!(store.holds(&b.hash(), 16).unwrap(), None);
+    }
+
+    /// A chain of patches, each one page off its base: read back through every base,
+    /// stored whole past `MAX_PATCH_DEPTH`, and damaged when a base is gone or the chain
+    /// loops.
+    pub fn keeps_patches_over_their_bases(store: &dyn ChunkStore) {
+        use crate::delta::{Base, Delta, MAX_PATCH_DEPTH, PAGE, PageDigests, UnverifiedDelta};
+        let max = 8 * PAGE;
+        let first = pattern(max, 5);
+        let root = VerifiedChunk::seal(Bytes::from(first.clone()), 3);
+        store.put(&root).unwrap();
+        assert_eq!(store.layout(&root.hash()).unwrap(), Layout::Whole);
+        let mut blocks = vec![first];
+        for depth in 1..=MAX_PATCH_DEPTH + 1 {
+            let old = blocks.last().unwrap().clone();
+            let mut new = old.clone();
+            new[usize::from(depth) * 17] ^= 0x55;
+            let base = Base {
+                hash: Hash::of(&old),
+                pages: PageDigests::of(&old),
+            };
+            let delta = Delta::encode(&Bytes::from(new.clone()), &base, 3).unwrap();
+            let base_depth = store.layout(&base.hash).unwrap().depth();
+            let stored = UnverifiedDelta {
+                hash: Hash::of(&new),
+                delta,
+            }
+            .verify(&old, base_depth, max, 3)
+            .unwrap();
+            assert_eq!(
+                matches!(stored, Stored::Patch(_)),
+                depth <= MAX_PATCH_DEPTH,
+                "depth {depth}"
+            );
+            assert_eq!(store.put_many(std::slice::from_ref(&stored)).unwrap(), 1);
+            let hash = stored.hash();
+            assert_eq!(store.get(&hash, max).unwrap(), new);
+            assert_eq!(store.content_len(&hash, max).unwrap(), Some(max));
+            let expected = if depth <= MAX_PATCH_DEPTH { depth } else { 0 };
+            assert_eq!(store.layout(&hash).unwrap().depth(), expected);
+            blocks.push(new);
+        }
+        // A block with most pages changed stands alone.
+        let old = blocks.last().unwrap();
+        let mut new = pattern(max, 6);
+        new[..PAGE].copy_from_slice(&old[..PAGE]);
+        let base = Base {
+            hash: Hash::of(old),
+            pages: PageDigests::of(old),
+        };
+        let delta = Delta::encode(&Bytes::from(new.clone()), &base, 3).unwrap();
+        let stored = UnverifiedDelta {
+            hash: Hash::of(&new),
+            delta,
+        }
+        .verify(old, 0, max, 3)
+        .unwrap();
+        assert!(matches!(stored, Stored::Whole(_)));
+        // Without its root, every patch above it is damaged and no longer held.
+        let second = Hash::of(&blocks[1]);
+        store.remove(&root.hash()).unwrap();
+        match store.get(&second, max) {
+            Err(StoreError::Corrupt { hash, cause }) => {
+                assert_eq!(hash, second);
+                assert!(cause.to_string().contains("missing"), "{cause}");
+            }
+            other => panic!("a patch without its base reads as {other:?}"),
+        }
+        assert_eq!(store.holds(&second, max).unwrap(), None);
+        assert!(!store.has(&second).unwrap(), "quarantined");
+        assert!(matches!(
+            store.get(&Hash::of(&blocks[2]), max),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // A patch naming itself as its base loops: refused, not followed forever.
+        let looped = Hash::of(b"loop");
+        let delta = Delta {
+            base: looped,
+            changed: Bytes::from_static(&[1]),
+            pages: crate::block::Frame::raw(Bytes::from(vec![0u8; PAGE])),
+        };
+        let patch = VerifiedPatch::stored(looped, 8 * PAGE, 1, delta);
+        store.put_many(&[Stored::Patch(patch)]).unwrap();
+        assert!(matches!(
+            store.get(&looped, max),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }
