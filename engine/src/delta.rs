@@ -34,12 +34,18 @@ pub struct PageDigests {
 impl PageDigests {
     /// Digests the pages of `block` (the last may be short).
     pub fn of(block: &[u8]) -> Self {
-        let mut out = BytesMut::with_capacity(block.len().div_ceil(PAGE) * DIGEST_LEN);
+        Self::of_width(block, DIGEST_LEN)
+    }
+
+    /// Digests the pages of `block`, `width` bytes each (at most 32).
+    pub fn of_width(block: &[u8], width: usize) -> Self {
+        let width = width.min(32);
+        let mut out = BytesMut::with_capacity(block.len().div_ceil(PAGE) * width);
         for page in block.chunks(PAGE) {
-            out.extend_from_slice(&blake3::hash(page).as_bytes()[..DIGEST_LEN]);
+            out.extend_from_slice(&blake3::hash(page).as_bytes()[..width]);
         }
         Self {
-            width: DIGEST_LEN,
+            width,
             digests: out.freeze(),
         }
     }
@@ -74,10 +80,18 @@ impl PageDigests {
         self.digests.len() / self.width
     }
 
-    /// Whether `page` (page number `index`) has the digest the base's page has.
-    fn matches(&self, index: usize, page: &[u8]) -> bool {
+    /// Whether `page` (page number `index`) has the digest this page has.
+    pub fn matches(&self, index: usize, page: &[u8]) -> bool {
         let (start, width) = (index * self.width, self.width);
         blake3::hash(page).as_bytes()[..width] == self.digests[start..start + width]
+    }
+
+    /// Whether page `index` has the same digest here and in `other`, as far as the
+    /// narrower of the two goes (at least 8 bytes).
+    pub fn same_page(&self, other: &Self, index: usize) -> bool {
+        let width = self.width.min(other.width);
+        let (mine, theirs) = (index * self.width, index * other.width);
+        self.digests[mine..mine + width] == other.digests[theirs..theirs + width]
     }
 }
 

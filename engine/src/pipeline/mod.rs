@@ -10,8 +10,10 @@
 //! lease from a pool of `window / span` buffers, so memory stays within the window
 //! (plus a block per compress job) whatever the image size. Changed blocks awaiting
 //! their answer keep their content within half the window; past it they let it go and
-//! are read again if needed, so the offers in flight are not bounded by memory.
-//! No CPU work runs on the async executor.
+//! are read again if needed, so the offers in flight are not bounded by memory. One
+//! that replaces a block of the parent keeps its page digests instead (a few KiB), so
+//! when the sink offers that block as a delta base only the changed pages are read
+//! again. No CPU work runs on the async executor.
 
 mod buffers;
 mod progress;
@@ -21,13 +23,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::block::{BlockSize, DEFAULT_ZSTD_LEVEL, VerifiedChunk, is_zero};
-use crate::delta::{Base, Delta, Outgoing};
+use crate::block::{BlockSize, DEFAULT_ZSTD_LEVEL, Frame, VerifiedChunk, is_zero};
+use crate::delta::{Base, Delta, Outgoing, PAGE, PageDigests};
 use crate::hash::Hash;
 use crate::manifest::{Entry, Manifest, ManifestError};
 use crate::source::ImageSource;
@@ -48,6 +50,14 @@ const OFFERS_IN_FLIGHT: usize = 16;
 
 /// Most changed blocks in one offer batch.
 const OFFER_BATCH: usize = 64;
+
+/// Bytes of page digests changed blocks may keep instead of their content: 4 KiB per
+/// MiB block, so 2,048 such blocks in flight.
+const PAGE_DIGEST_BUDGET: usize = 8 << 20;
+
+/// Bytes per page digest a block keeps: as wide as any server's, so it can be compared
+/// with whatever width the base comes in.
+const KEPT_DIGEST_LEN: usize = 16;
 
 /// Settings of one pipeline run.
 #[derive(Debug, Clone)]
@@ -121,8 +131,63 @@ struct Hashed {
     entry: Entry,
     /// The content, kept only for non-zero blocks; it holds its place in the window.
     data: Option<Bytes>,
+    /// Digests of its pages, kept by a changed block that let its content go.
+    pages: Option<PageDigests>,
     /// The block the sink offered to take this one against as a delta.
     base: Option<Base>,
+}
+
+impl Hashed {
+    fn without_data(index: u64, len: u64, entry: Entry) -> Self {
+        Self {
+            index,
+            len,
+            entry,
+            data: None,
+            pages: None,
+            base: None,
+        }
+    }
+}
+
+/// What changed blocks awaiting their answer hold: content within half the window, then
+/// page digests within `PAGE_DIGEST_BUDGET`, then nothing.
+#[derive(Debug)]
+struct Holding {
+    blocks: AtomicUsize,
+    block_budget: usize,
+    digest_bytes: AtomicUsize,
+}
+
+impl Holding {
+    /// Whether a changed block may keep its content; it must be released once answered.
+    fn take_block(&self) -> bool {
+        Self::take(&self.blocks, 1, self.block_budget)
+    }
+
+    /// Whether a changed block may keep `bytes` of page digests.
+    fn take_digests(&self, bytes: usize) -> bool {
+        Self::take(&self.digest_bytes, bytes, PAGE_DIGEST_BUDGET)
+    }
+
+    fn take(counter: &AtomicUsize, amount: usize, budget: usize) -> bool {
+        if counter.fetch_add(amount, Relaxed) + amount <= budget {
+            true
+        } else {
+            counter.fetch_sub(amount, Relaxed);
+            false
+        }
+    }
+
+    /// Gives back what an answered block held.
+    fn release(&self, block: &Hashed) {
+        if block.data.is_some() {
+            self.blocks.fetch_sub(1, Relaxed);
+        }
+        if let Some(pages) = &block.pages {
+            self.digest_bytes.fetch_sub(pages.as_bytes().len(), Relaxed);
+        }
+    }
 }
 
 /// Reads `source`, diffs it against `parent` and feeds the changes to `sink`.
@@ -158,20 +223,25 @@ pub async fn run<S: ChunkSink>(
     };
     let (hashed_tx, hashed_rx) = mpsc::channel(window_blocks);
     let (needed_tx, needed_rx) = mpsc::channel(window_blocks);
+    // Changed blocks awaiting their answer keep their content within half the window (the
+    // other half reads ahead meanwhile).
+    let holding = Arc::new(Holding {
+        blocks: AtomicUsize::new(0),
+        block_budget: window_blocks / 2,
+        digest_bytes: AtomicUsize::new(0),
+    });
 
     let source_for_compress = source.clone();
     let read = read_stage(
-        source, parent, geometry, config, buffers, progress, hashed_tx,
-    );
-    let offer = offer_stage(
+        source,
         parent,
-        sink,
+        geometry,
         config,
-        window_blocks,
+        (buffers, holding.clone()),
         progress,
-        hashed_rx,
-        needed_tx,
+        hashed_tx,
     );
+    let offer = offer_stage(parent, sink, config, &holding, progress, hashed_rx, needed_tx);
     let compress = compress_stage(
         source_for_compress,
         geometry,
@@ -196,7 +266,7 @@ async fn read_stage(
     parent: &Manifest,
     geometry: Geometry,
     config: &PipelineConfig,
-    buffers: Arc<BlockBuffers>,
+    (buffers, holding): (Arc<BlockBuffers>, Arc<Holding>),
     progress: &Progress,
     out: mpsc::Sender<Hashed>,
 ) -> Result<(), PipelineError> {
@@ -236,33 +306,32 @@ async fn read_stage(
         .map(|(blocks, has_data, untouched)| {
             let source = source.clone();
             let buffers = buffers.clone();
+            let holding = holding.clone();
             async move {
                 if untouched {
-                    let same = blocks.map(|index| Hashed {
-                        index,
-                        len: geometry.len(index),
-                        entry: parent.get(index).unwrap_or(Entry::Zero),
-                        data: None,
-                        base: None,
+                    let same = blocks.map(|index| {
+                        let entry = parent.get(index).unwrap_or(Entry::Zero);
+                        Hashed::without_data(index, geometry.len(index), entry)
                     });
                     return Ok((same.collect(), 0));
                 }
                 if !has_data {
-                    let zeros = blocks.map(|index| Hashed {
-                        index,
-                        len: geometry.len(index),
-                        entry: Entry::Zero,
-                        data: None,
-                        base: None,
-                    });
+                    let zeros = blocks
+                        .map(|index| Hashed::without_data(index, geometry.len(index), Entry::Zero));
                     return Ok((zeros.collect(), 0));
                 }
                 let lease = buffers
                     .lease()
                     .await
                     .map_err(|e| PipelineError::Sink(e.into()))?;
-                tokio::task::spawn_blocking(move || read_span(&*source, geometry, blocks, lease))
-                    .await?
+                let parents = blocks
+                    .clone()
+                    .map(|index| parent.get(index).unwrap_or(Entry::Zero))
+                    .collect();
+                tokio::task::spawn_blocking(move || {
+                    read_span(&*source, geometry, (blocks, parents), lease, &holding)
+                })
+                .await?
             }
         })
         .buffered(config.read_ahead.max(1));
@@ -359,12 +428,14 @@ impl Geometry {
 
 /// Reads the blocks of one span with a single read (or takes them in place where the
 /// image lives in memory), then zero-checks and hashes each; returns them with the bytes
-/// read.
+/// read. `parents` are the parent's entries of the blocks: a changed block keeps its
+/// content while `holding` allows, else its page digests where it replaces content.
 fn read_span(
     source: &dyn ImageSource,
     geometry: Geometry,
-    blocks: std::ops::Range<u64>,
+    (blocks, parents): (std::ops::Range<u64>, Vec<Entry>),
     mut lease: Lease,
+    holding: &Holding,
 ) -> Result<(Vec<Hashed>, u64), PipelineError> {
     let start = geometry.range(blocks.start).start;
     let len = (geometry.range(blocks.end - 1).end - start) as usize;
@@ -388,27 +459,24 @@ fn read_span(
         }
     };
     let hashed = blocks
-        .map(|index| {
+        .zip(parents)
+        .map(|(index, parent)| {
             let range = geometry.range(index);
             let data = span.slice((range.start - start) as usize..(range.end - start) as usize);
             let len = data.len() as u64;
             if is_zero(&data) {
-                Hashed {
-                    index,
-                    len,
-                    entry: Entry::Zero,
-                    data: None,
-                    base: None,
-                }
-            } else {
-                Hashed {
-                    index,
-                    len,
-                    entry: Entry::Chunk(Hash::of(&data)),
-                    data: Some(data),
-                    base: None,
-                }
+                return Hashed::without_data(index, len, Entry::Zero);
             }
+            let entry = Entry::Chunk(Hash::of(&data));
+            let mut block = Hashed::without_data(index, len, entry);
+            if entry == parent || holding.take_block() {
+                block.data = Some(data);
+            } else if matches!(parent, Entry::Chunk(_))
+                && holding.take_digests(data.len().div_ceil(PAGE) * KEPT_DIGEST_LEN)
+            {
+                block.pages = Some(PageDigests::of_width(&data, KEPT_DIGEST_LEN));
+            }
+            block
         })
         .collect();
     Ok((hashed, len as u64))
@@ -420,18 +488,16 @@ async fn offer_stage<S: ChunkSink>(
     parent: &Manifest,
     sink: &S,
     config: &PipelineConfig,
-    window_blocks: usize,
+    holding: &Holding,
     progress: &Progress,
     input: mpsc::Receiver<Hashed>,
     out: mpsc::Sender<Hashed>,
 ) -> Result<Manifest, PipelineError> {
     let mut manifest = parent.clone();
     let batch_cap = config.max_batch.clamp(1, OFFER_BATCH);
-    // Changed blocks awaiting their answer keep their content within half the window (the
-    // other half reads ahead meanwhile); beyond it they let it go, and a needed one is
-    // read again. So the offers in flight are bounded by count, not by memory.
-    let budget = window_blocks / 2;
-    let held = AtomicUsize::new(0);
+    // Changed blocks past the holding budget have let their content go (the read stage
+    // decided), and a needed one is read again. So the offers in flight are bounded by
+    // count, not by memory.
     let mut bad_index = None;
     {
         // Blocks equal to the parent leave at once (and free their place in the window),
@@ -448,14 +514,6 @@ async fn offer_stage<S: ChunkSink>(
                     }
                     Progress::add(&progress.blocks_changed, 1);
                     Progress::add(&progress.bytes_changed, block.len);
-                    let mut block = block;
-                    if block.data.is_some() {
-                        if held.load(Relaxed) < budget {
-                            held.fetch_add(1, Relaxed);
-                        } else {
-                            block.data = None;
-                        }
-                    }
                     Some(block)
                 };
                 std::future::ready(changed)
@@ -480,9 +538,8 @@ async fn offer_stage<S: ChunkSink>(
             .buffered(OFFERS_IN_FLIGHT);
         futures::pin_mut!(changed_batches);
         while let Some((changed, mut needed)) = changed_batches.try_next().await? {
-            let holding = changed.iter().filter(|b| b.data.is_some()).count();
-            held.fetch_sub(holding, Relaxed);
             for mut block in changed {
+                holding.release(&block);
                 // Each needed hash is sent once, by its first block.
                 let need = match block.entry {
                     Entry::Chunk(hash) => needed.remove(&hash),
@@ -508,7 +565,8 @@ async fn offer_stage<S: ChunkSink>(
 
 /// Compresses the needed blocks (as page deltas where the sink offered a base) on the
 /// blocking pool and hands them to the sink in order; a block that let its content go
-/// while its offer was in flight is read again (and must hash as offered).
+/// while its offer was in flight is read again (and must hash as offered): only its
+/// changed pages where it kept their digests and the sink offered a base.
 async fn compress_stage<S: ChunkSink>(
     source: Arc<dyn ImageSource>,
     geometry: Geometry,
@@ -523,35 +581,17 @@ async fn compress_stage<S: ChunkSink>(
             let Entry::Chunk(hash) = block.entry else {
                 return None;
             };
-            Some((hash, block.index, block.data, block.base, block.len))
+            Some((hash, block))
         })
-        .map(|(hash, index, data, base, len)| {
+        .map(|(hash, block)| {
             let source = source.clone();
             async move {
-                let reread = data.is_none();
-                let (chunk, held) = tokio::task::spawn_blocking(move || {
-                    let data = match data {
-                        Some(data) => data,
-                        None => read_again(source.as_ref(), geometry, index, hash)?,
-                    };
-                    // The raw block keeps its place in the window until the sink has it.
-                    let held = data.clone();
-                    let chunk = base
-                        .and_then(|base| Delta::encode(&data, &base, level))
-                        .map_or_else(
-                            || Outgoing::Whole(VerifiedChunk::from_hashed(hash, data, level)),
-                            |delta| Outgoing::Delta {
-                                hash,
-                                len: len as usize,
-                                delta,
-                            },
-                        );
-                    Ok::<_, PipelineError>((chunk, held))
+                let len = block.len;
+                let (chunk, held, reread) = tokio::task::spawn_blocking(move || {
+                    encode(source.as_ref(), geometry, hash, block, level)
                 })
                 .await??;
-                if reread {
-                    Progress::add(&progress.bytes_read, len);
-                }
+                Progress::add(&progress.bytes_read, reread);
                 Ok::<_, PipelineError>((chunk, held, len))
             }
         })
@@ -566,6 +606,97 @@ async fn compress_stage<S: ChunkSink>(
             Ok(())
         })
         .await
+}
+
+/// A needed block as it leaves (a delta against its offered base where that is smaller),
+/// the raw content it holds until the sink has it, and the bytes read again for it.
+fn encode(
+    source: &dyn ImageSource,
+    geometry: Geometry,
+    hash: Hash,
+    block: Hashed,
+    level: i32,
+) -> Result<(Outgoing, Option<Bytes>, u64), PipelineError> {
+    let len = block.len as usize;
+    if let (None, Some(pages), Some(base)) = (&block.data, &block.pages, &block.base)
+        && let Some((delta, read)) = read_changed_pages(source, geometry, block.index, pages, base, level)?
+    {
+        return Ok((Outgoing::Delta { hash, len, delta }, None, read));
+    }
+    let (data, reread) = match block.data {
+        Some(data) => (data, 0),
+        None => (read_again(source, geometry, block.index, hash)?, block.len),
+    };
+    // The raw block keeps its place in the window until the sink has it.
+    let held = data.clone();
+    let chunk = block
+        .base
+        .and_then(|base| Delta::encode(&data, &base, level))
+        .map_or_else(
+            || Outgoing::Whole(VerifiedChunk::from_hashed(hash, data, level)),
+            |delta| Outgoing::Delta { hash, len, delta },
+        );
+    Ok((chunk, Some(held), reread))
+}
+
+/// The delta of block `index` against `base`, reading again only the pages whose digest
+/// (`pages`, taken when the block was first read) differs from the base's; `None` when
+/// no page or every page differs (the whole block then travels). Each page read must
+/// still have its digest. Returns the delta and the bytes read.
+fn read_changed_pages(
+    source: &dyn ImageSource,
+    geometry: Geometry,
+    index: u64,
+    pages: &PageDigests,
+    base: &Base,
+    level: i32,
+) -> Result<Option<(Delta, u64)>, PipelineError> {
+    let count = pages.pages();
+    if count != base.pages.pages() {
+        return Ok(None);
+    }
+    let changed: Vec<usize> = (0..count).filter(|&i| !pages.same_page(&base.pages, i)).collect();
+    if changed.is_empty() || changed.len() == count {
+        return Ok(None);
+    }
+    let range = geometry.range(index);
+    let mut map = vec![0u8; count.div_ceil(8)];
+    let mut content = BytesMut::with_capacity(changed.len() * PAGE);
+    let mut buf = crate::direct_io::AlignedBuf::zeroed(PAGE);
+    // Runs of adjacent changed pages are read at once.
+    let mut at = 0;
+    while at < changed.len() {
+        let first = changed[at];
+        let mut last = first;
+        while changed.get(at + 1) == Some(&(last + 1)) {
+            at += 1;
+            last += 1;
+        }
+        at += 1;
+        let start = range.start + (first * PAGE) as u64;
+        let end = (range.start + ((last + 1) * PAGE) as u64).min(range.end);
+        let len = (end - start) as usize;
+        source
+            .read_at(start, len, &mut buf)
+            .map_err(|source| PipelineError::Read {
+                offset: start,
+                source,
+            })?;
+        for (page, bytes) in (first..=last).zip(buf[..len].chunks(PAGE)) {
+            if !pages.matches(page, bytes) {
+                return Err(PipelineError::Changed { offset: start });
+            }
+            map[page / 8] |= 1 << (page % 8);
+        }
+        content.extend_from_slice(&buf[..len]);
+    }
+    let read = content.len() as u64;
+    let delta = Delta {
+        base: base.hash,
+        changed: Bytes::from(map),
+        pages: Frame::encode(content.freeze(), level),
+    };
+    Ok(Some((delta, read)))
 }
 
 /// Reads block `index` again, for a needed block that let its content go while its

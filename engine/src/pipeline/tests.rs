@@ -416,19 +416,67 @@ async fn needed_blocks_that_let_their_content_go_are_read_again() {
     assert!(read <= 2 * updated.len() as u64, "{read}");
 }
 
+/// The parent's block of every block of `base`, offered as its delta base.
+fn every_block_a_base(base: &[u8], updated: &[u8]) -> HashMap<Hash, Base> {
+    base.chunks(TEST_BLOCK)
+        .zip(updated.chunks(TEST_BLOCK))
+        .map(|(old, new)| {
+            let base = Base {
+                hash: Hash::of(old),
+                pages: crate::delta::PageDigests::of(old),
+            };
+            (Hash::of(new), base)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn blocks_that_let_their_content_go_read_again_only_their_changed_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, parent, updated) = every_block_changed(&dir, 5).await;
+    let base = pattern(TEST_BLOCK * 64, 5);
+    let sink = RecordingSink {
+        bases: every_block_a_base(&base, &updated),
+        ..Default::default()
+    };
+    let config = PipelineConfig {
+        window: TEST_BLOCK * 4,
+        ..PipelineConfig::default()
+    };
+    let outcome = run(
+        write_image(&dir, "updated", &updated),
+        &parent,
+        &sink,
+        &config,
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
+    let sent = sink.sent.lock().unwrap();
+    assert_eq!(sent.len(), 64);
+    for (i, chunk) in sent.iter().enumerate() {
+        let Outgoing::Delta { delta, .. } = chunk else {
+            panic!("block {i} changed one page: a delta");
+        };
+        let old = &base[i * TEST_BLOCK..(i + 1) * TEST_BLOCK];
+        let new = &updated[i * TEST_BLOCK..(i + 1) * TEST_BLOCK];
+        assert_eq!(delta.apply(old, TEST_BLOCK).unwrap(), new, "block {i}");
+    }
+    // Blocks past the window read again one page each, not their whole content.
+    let read = outcome.progress.bytes_read;
+    let image = updated.len() as u64;
+    assert!(read > image, "{read}");
+    assert!(read <= image + 64 * crate::delta::PAGE as u64, "{read}");
+}
+
 #[tokio::test]
 async fn an_image_that_changes_before_a_block_is_read_again_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, parent, updated) = every_block_changed(&dir, 4).await;
-    let path = dir.path().join("updated");
-    std::fs::write(&path, &updated).unwrap();
-    let source: Arc<dyn ImageSource> = Arc::new(RawImage::open(&path).unwrap());
     /// Answers every offer after the image changed under the pipeline.
-    struct ChangingSink {
+    struct ChangingSink<S> {
         path: std::path::PathBuf,
-        inner: StoreSink<MemoryStore>,
+        inner: S,
     }
-    impl ChunkSink for ChangingSink {
+    impl<S: ChunkSink> ChunkSink for ChangingSink<S> {
         async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -441,18 +489,33 @@ async fn an_image_that_changes_before_a_block_is_read_again_is_an_error() {
             self.inner.put(chunk).await
         }
     }
-    let sink = ChangingSink {
-        path: path.clone(),
-        inner: StoreSink::new(store.clone()),
-    };
     let config = PipelineConfig {
         window: TEST_BLOCK * 4,
         ..PipelineConfig::default()
     };
-    let err = run(source, &parent, &sink, &config, &Progress::default())
-        .await
+    // Read again whole, or only the changed pages where a base is offered.
+    for with_bases in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, parent, updated) = every_block_changed(&dir, 4).await;
+        let path = dir.path().join("updated");
+        std::fs::write(&path, &updated).unwrap();
+        let source: Arc<dyn ImageSource> = Arc::new(RawImage::open(&path).unwrap());
+        let err = if with_bases {
+            let base = pattern(TEST_BLOCK * 64, 4);
+            let inner = RecordingSink {
+                bases: every_block_a_base(&base, &updated),
+                ..Default::default()
+            };
+            let sink = ChangingSink { path, inner };
+            run(source, &parent, &sink, &config, &Progress::default()).await
+        } else {
+            let inner = StoreSink::new(store.clone());
+            let sink = ChangingSink { path, inner };
+            run(source, &parent, &sink, &config, &Progress::default()).await
+        }
         .unwrap_err();
-    assert!(matches!(err, PipelineError::Changed { .. }), "{err}");
+        assert!(matches!(err, PipelineError::Changed { .. }), "{err}");
+    }
 }
 
 #[tokio::test]
