@@ -14,12 +14,14 @@ use bytes::{Bytes, BytesMut};
 
 use crate::block::{ChunkError, Frame, VerifiedChunk};
 use crate::hash::Hash;
+use crate::page_tree::{PageTree, page_value, root_of};
 use crate::store::Stored;
 
-/// Bytes per page: the cluster size of the filesystems terminals use (NTFS, ext4).
-pub const PAGE: usize = 4096;
-/// Bytes of one page digest (truncated BLAKE3) as this side makes them: a false match
-/// is one in 2^64 per page, and it only fails a chunk (its hash is checked).
+pub use crate::page_tree::PAGE;
+
+/// Bytes of one page digest (the page's BLAKE3 chaining value in its block, cut short) as
+/// this side makes them: a false match is one in 2^64 per page, and it only fails a chunk
+/// (its hash is checked).
 pub const DIGEST_LEN: usize = 8;
 /// Digest widths a receiver accepts: shorter would fail chunks too often.
 const DIGEST_WIDTHS: std::ops::RangeInclusive<usize> = 8..=32;
@@ -41,8 +43,21 @@ impl PageDigests {
     pub fn of_width(block: &[u8], width: usize) -> Self {
         let width = width.min(32);
         let mut out = BytesMut::with_capacity(block.len().div_ceil(PAGE) * width);
-        for page in block.chunks(PAGE) {
-            out.extend_from_slice(&blake3::hash(page).as_bytes()[..width]);
+        for (i, page) in block.chunks(PAGE).enumerate() {
+            out.extend_from_slice(&page_value(i, page)[..width]);
+        }
+        Self {
+            width,
+            digests: out.freeze(),
+        }
+    }
+
+    /// The digests of a block whose page values are known, `width` bytes each.
+    pub fn of_tree(tree: &PageTree, width: usize) -> Self {
+        let width = width.min(32);
+        let mut out = BytesMut::with_capacity(tree.pages() * width);
+        for i in 0..tree.pages() {
+            out.extend_from_slice(&tree.value(i)[..width]);
         }
         Self {
             width,
@@ -83,7 +98,7 @@ impl PageDigests {
     /// Whether `page` (page number `index`) has the digest this page has.
     pub fn matches(&self, index: usize, page: &[u8]) -> bool {
         let (start, width) = (index * self.width, self.width);
-        blake3::hash(page).as_bytes()[..width] == self.digests[start..start + width]
+        page_value(index, page)[..width] == self.digests[start..start + width]
     }
 
     /// Whether page `index` has the same digest here and in `other`, as far as the
@@ -144,21 +159,35 @@ impl Delta {
         self.changed.len() + self.pages.payload.len()
     }
 
+    fn is_changed(&self, page: usize) -> bool {
+        self.changed[page / 8] & (1 << (page % 8)) != 0
+    }
+
+    /// Refuses a page map that does not fit a block of `count` pages.
+    fn check_map(&self, count: usize) -> Result<(), ChunkError> {
+        if self.changed.len() != count.div_ceil(8)
+            || (count..self.changed.len() * 8).any(|i| self.is_changed(i))
+        {
+            return Err(ChunkError::Corrupt(
+                "the page map does not fit the base block".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many pages it changes.
+    pub fn changed_pages(&self) -> usize {
+        self.changed.iter().map(|b| b.count_ones() as usize).sum()
+    }
+
     /// Rebuilds the block from the base block's content.
     ///
     /// # Errors
     /// When the page map does not fit the base, or the pages are corrupt or are not
     /// exactly the changed pages.
     pub fn apply(&self, base: &[u8], max_len: usize) -> Result<Bytes, ChunkError> {
-        let count = base.len().div_ceil(PAGE);
-        let is_changed = |i: usize| self.changed[i / 8] & (1 << (i % 8)) != 0;
-        if self.changed.len() != count.div_ceil(8)
-            || (count..self.changed.len() * 8).any(is_changed)
-        {
-            return Err(ChunkError::Corrupt(
-                "the page map does not fit the base block".into(),
-            ));
-        }
+        self.check_map(base.len().div_ceil(PAGE))?;
+        let is_changed = |i: usize| self.is_changed(i);
         let pages = self.pages.decode(max_len)?;
         let mut block = BytesMut::with_capacity(base.len());
         let mut taken = 0;
@@ -211,9 +240,7 @@ impl UnverifiedDelta {
                 actual,
             });
         }
-        let changed: u32 = self.delta.changed.iter().map(|b| b.count_ones()).sum();
-        let pages = block.len().div_ceil(PAGE);
-        if base_depth < MAX_PATCH_DEPTH && changed as usize * 2 <= pages {
+        if patchable(self.delta.changed_pages(), block.len(), base_depth) {
             Ok(Stored::Patch(VerifiedPatch {
                 hash: self.hash,
                 len: block.len(),
@@ -226,6 +253,62 @@ impl UnverifiedDelta {
             )))
         }
     }
+
+    /// Checks the delta against its base's page values (`base`, of the base named),
+    /// hashing only the changed pages, and keeps it as a patch of the base (`base_depth`
+    /// patches deep). `None` when it would not be kept as a patch: then
+    /// [`UnverifiedDelta::verify`] rebuilds it from the base's content.
+    ///
+    /// # Errors
+    /// When the page map does not fit the base, the pages are corrupt or are not exactly
+    /// the changed pages, or the block does not hash to the claimed hash.
+    pub fn verify_by_pages(
+        &self,
+        base: &PageTree,
+        base_depth: u8,
+        max_len: usize,
+    ) -> Result<Option<Stored>, ChunkError> {
+        let (len, count) = (base.len(), base.pages());
+        self.delta.check_map(count)?;
+        if !patchable(self.delta.changed_pages(), len, base_depth) || count < 2 {
+            return Ok(None);
+        }
+        let pages = self.delta.pages.decode(max_len)?;
+        let mut changed = std::collections::HashMap::new();
+        let mut taken = 0;
+        for i in (0..count).filter(|&i| self.delta.is_changed(i)) {
+            let page_len = (len - i * PAGE).min(PAGE);
+            let page = pages
+                .get(taken..taken + page_len)
+                .ok_or_else(|| ChunkError::Corrupt("fewer pages than the page map".into()))?;
+            changed.insert(i, page_value(i, page));
+            taken += page_len;
+        }
+        if taken != pages.len() {
+            return Err(ChunkError::Corrupt("more pages than the page map".into()));
+        }
+        let value = |i: usize| changed.get(&i).copied().unwrap_or(*base.value(i));
+        let actual = root_of(len, &value).ok_or_else(|| ChunkError::Corrupt("one page".into()))?;
+        if actual != self.hash {
+            return Err(ChunkError::HashMismatch {
+                claimed: self.hash,
+                actual,
+            });
+        }
+        Ok(Some(Stored::Patch(VerifiedPatch {
+            hash: self.hash,
+            len,
+            depth: base_depth + 1,
+            delta: self.delta.clone(),
+        })))
+    }
+}
+
+/// Whether a block of `len` bytes with `changed` pages changed is kept as a patch of a
+/// base `base_depth` patches deep: at most half its pages changed, and the chain stays
+/// within [`MAX_PATCH_DEPTH`].
+fn patchable(changed: usize, len: usize, base_depth: u8) -> bool {
+    base_depth < MAX_PATCH_DEPTH && changed * 2 <= len.div_ceil(PAGE)
 }
 
 /// Patches on patches go at most this deep, so reading a chunk reads at most this many
@@ -347,6 +430,7 @@ impl Outgoing {
 mod tests {
     use super::*;
     use crate::block::Codec;
+    use crate::page_tree::PageTree;
     use crate::testdata::{SIZES, pattern};
     use proptest::prelude::*;
 
@@ -416,6 +500,51 @@ mod tests {
         assert!(PageDigests::from_bytes(Bytes::from_static(&[0; 32]), 16).is_ok());
     }
 
+    #[test]
+    fn a_delta_is_checked_by_its_changed_pages_alone() {
+        let old = pattern(16 * PAGE + 100, 1);
+        let mut new = old.clone();
+        new[3 * PAGE + 5] ^= 1;
+        new[16 * PAGE + 99] ^= 1; // the short last page
+        let (delta, _) = rebuild(&new, &old).unwrap();
+        let tree = PageTree::of(&old);
+        let claim = |hash: Hash, delta: Delta| UnverifiedDelta { hash, delta };
+        let by_pages = claim(Hash::of(&new), delta.clone())
+            .verify_by_pages(&tree, 0, old.len())
+            .unwrap();
+        let Some(Stored::Patch(patch)) = by_pages else {
+            panic!("two changed pages of seventeen: a patch");
+        };
+        assert_eq!(patch.content(&old, old.len()).unwrap(), new);
+        assert_eq!(patch.depth(), 1);
+        // Another claimed hash, a map naming a page not sent, pages of another base.
+        assert!(matches!(
+            claim(Hash::of(&old), delta.clone()).verify_by_pages(&tree, 0, old.len()),
+            Err(ChunkError::HashMismatch { .. })
+        ));
+        let mut more = delta.clone();
+        more.changed = Bytes::from_static(&[0b1001, 0, 0b1]);
+        assert!(
+            claim(Hash::of(&new), more)
+                .verify_by_pages(&tree, 0, old.len())
+                .is_err()
+        );
+        let other = PageTree::of(&pattern(16 * PAGE + 100, 2));
+        assert!(matches!(
+            claim(Hash::of(&new), delta.clone()).verify_by_pages(&other, 0, old.len()),
+            Err(ChunkError::HashMismatch { .. })
+        ));
+        // Too deep a chain, or most pages changed: left to the rebuild.
+        let deep = claim(Hash::of(&new), delta).verify_by_pages(&tree, MAX_PATCH_DEPTH, old.len());
+        assert!(deep.unwrap().is_none());
+        let most = pattern(16 * PAGE + 100, 3);
+        let mut mostly = most.clone();
+        mostly[..PAGE].copy_from_slice(&old[..PAGE]);
+        let (delta, _) = rebuild(&mostly, &old).unwrap();
+        let by_pages = claim(Hash::of(&mostly), delta).verify_by_pages(&tree, 0, old.len());
+        assert!(by_pages.unwrap().is_none());
+    }
+
     proptest! {
         #[test]
         fn hostile_deltas_are_refused_without_panic(
@@ -451,7 +580,14 @@ mod tests {
                 new[flip.index(size)] ^= 0x5a;
             }
             match rebuild(&new, &old) {
-                Some((_, back)) => prop_assert_eq!(back, Bytes::from(new)),
+                Some((delta, back)) => {
+                    prop_assert_eq!(&back, &Bytes::from(new.clone()));
+                    let claim = UnverifiedDelta { hash: Hash::of(&new), delta };
+                    let by_pages = claim.verify_by_pages(&PageTree::of(&old), 0, size);
+                    if let Some(Stored::Patch(patch)) = by_pages.unwrap() {
+                        prop_assert_eq!(patch.content(&old, size).unwrap(), back);
+                    }
+                }
                 // Only when every page changed.
                 None => prop_assert!(new
                     .chunks(PAGE)

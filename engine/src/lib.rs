@@ -11,6 +11,7 @@ pub mod delta;
 pub mod direct_io;
 pub mod hash;
 pub mod manifest;
+pub mod page_tree;
 pub mod pipeline;
 pub mod source;
 pub mod store;
@@ -24,6 +25,7 @@ pub use delta::{
 };
 pub use hash::Hash;
 pub use manifest::{Entry, Manifest, ManifestError};
+pub use page_tree::PageTree;
 pub use pipeline::{
     ChunkSink, Need, Offer, Outcome, PipelineConfig, PipelineError, Progress, ProgressSnapshot,
     SinkError, StoreSink,

@@ -135,7 +135,8 @@ impl TryFrom<pb::Chunk> for Incoming {
 }
 
 /// The needs of one `Need` reply; bases that do not parse are dropped (the chunk then
-/// travels whole).
+/// travels whole), among them those of servers that digested pages another way and did
+/// not say the digests' length.
 pub fn needs(need: &pb::Need) -> Vec<Need> {
     let mut bases: std::collections::HashMap<Hash, Base> = need
         .bases
@@ -143,7 +144,8 @@ pub fn needs(need: &pb::Need) -> Vec<Need> {
         .filter_map(|b| {
             let base = Base {
                 hash: parse_hash(&b.base).ok()?,
-                pages: PageDigests::from_bytes(b.page_digests.clone(), digest_len(b)).ok()?,
+                pages: PageDigests::from_bytes(b.page_digests.clone(), b.page_digest_len as usize)
+                    .ok()?,
             };
             Some((parse_hash(&b.hash).ok()?, base))
         })
@@ -156,14 +158,6 @@ pub fn needs(need: &pb::Need) -> Vec<Need> {
             base: bases.remove(&hash),
         })
         .collect()
-}
-
-/// Bytes per page digest of a base; servers that did not say sent 16.
-fn digest_len(base: &pb::DeltaBase) -> usize {
-    match base.page_digest_len {
-        0 => 16,
-        len => len as usize,
-    }
 }
 
 /// The base the server offers for the needed hash `needed`.
@@ -229,28 +223,23 @@ mod tests {
     }
 
     #[test]
-    fn digests_of_servers_that_do_not_say_their_width_are_16_bytes() {
-        let old: Vec<u8> = (0..4 * 4096).map(|i| (i % 253) as u8).collect();
-        let digests: Vec<u8> = old
-            .chunks(4096)
-            .flat_map(|page| Hash::of(page).as_bytes()[..16].to_vec())
-            .collect();
-        let mut new = old.clone();
-        new[5000] ^= 1;
-        let reply = pb::Need {
+    fn bases_whose_digests_do_not_say_their_length_are_not_used() {
+        let new = Hash::of(b"new");
+        let reply = |page_digest_len| pb::Need {
             batch: 1,
-            hashes: vec![hash_bytes(&Hash::of(&new))],
+            hashes: vec![hash_bytes(&new)],
             bases: vec![pb::DeltaBase {
-                hash: hash_bytes(&Hash::of(&new)),
-                base: hash_bytes(&Hash::of(&old)),
-                page_digests: Bytes::from(digests),
-                page_digest_len: 0,
+                hash: hash_bytes(&new),
+                base: hash_bytes(&Hash::of(b"old")),
+                page_digests: Bytes::from(vec![7u8; 64]),
+                page_digest_len,
             }],
         };
-        let base = needs(&reply)[0].base.clone().expect("the base parses");
-        assert_eq!((base.pages.width(), base.pages.pages()), (16, 4));
-        let delta = Delta::encode(&Bytes::from(new), &base, 3).expect("three pages match");
-        assert_eq!(delta.changed, Bytes::from_static(&[0b10]));
+        let base = needs(&reply(8))[0].base.clone().expect("the base parses");
+        assert_eq!((base.pages.width(), base.pages.pages()), (8, 8));
+        let whole = needs(&reply(0));
+        assert_eq!(whole.len(), 1);
+        assert!(whole[0].base.is_none(), "travels whole");
     }
 
     #[test]

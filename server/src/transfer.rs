@@ -6,10 +6,11 @@
 //! - offers are persisted and answered (`OFFER_JOBS` at a time) with the hashes the store
 //!   lacks and this session has not already asked for, each with the page digests of
 //!   the base version's block at its index where that block had content, so the client
-//!   may send only the changed pages (the base blocks read for that are kept, within
-//!   `BASE_CACHE_BYTES`, until their chunks arrive);
-//! - chunks (whole, or deltas rebuilt against their base) are verified, up to
-//!   `VERIFY_BYTES` of blocks (and `VERIFY_JOBS`) at a time;
+//!   may send only the changed pages (the page values of the base blocks read for that
+//!   are kept, within `BASE_CACHE_BYTES`, until their chunks arrive);
+//! - chunks are verified, up to `VERIFY_BYTES` of blocks (and `VERIFY_JOBS`) at a time:
+//!   a delta that changes few pages by hashing those pages into its base's kept page
+//!   values, and stored as a patch of its base; others rebuilt against their base;
 //! - verified chunks are stored durably in groups (one group commit for up to
 //!   `GROUP_COMMIT` chunks, or what verified within `GROUP_WAIT` of a group's first
 //!   chunk; one group in flight while the next fills) and acknowledged once on disk.
@@ -27,10 +28,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
+use hotate_engine::delta::DIGEST_LEN;
 use hotate_engine::{
-    Base, ChunkStore, Entry, Hash, Incoming, MAX_PATCH_DEPTH, Manifest, Offer, PageDigests, Stored,
+    Base, ChunkStore, Entry, Hash, Incoming, MAX_PATCH_DEPTH, Manifest, Offer, PageDigests,
+    PageTree, Stored,
 };
 use hotate_proto::pb::{self, transfer_server::Transfer, upload_reply, upload_request};
 use tokio::sync::{mpsc, watch};
@@ -61,15 +63,17 @@ const GROUP_COMMIT_BYTES: u64 = 8 << 20;
 /// A group that does not fill commits this long after its first chunk verified: on a
 /// slow link chunks arrive one by one, and each would otherwise cost a durable commit.
 const GROUP_WAIT: Duration = Duration::from_millis(50);
-/// Bytes of base blocks kept from an offer's answer until their delta arrives (beyond
-/// it, a delta's base is read again from the store).
-const BASE_CACHE_BYTES: usize = 32 << 20;
+/// Bytes of base blocks' page values (32 bytes per 4 KiB page) kept from an offer's
+/// answer until their delta arrives (beyond it, a delta's base is read again from the
+/// store).
+const BASE_CACHE_BYTES: usize = 16 << 20;
 /// Bytes of base blocks one answer reads for page digests (each distinct base once, one
 /// at a time); needed chunks beyond it are asked for whole...
 const BASE_ANSWER_READ: usize = 64 << 20;
-/// ...and of those, the bytes it keeps for the base cache. With `OFFER_JOBS` answers at
-/// once this bounds what offers can make the server read and hold, whatever they name.
-const BASE_ANSWER_KEEP: usize = 8 << 20;
+/// ...and of those, the bytes of page values it keeps for the base cache. With
+/// `OFFER_JOBS` answers at once this bounds what offers can make the server read and
+/// hold, whatever they name.
+const BASE_ANSWER_KEEP: usize = 4 << 20;
 /// Hashes one upload session may have asked for and not yet received: an honest client
 /// has at most its window's worth outstanding; the bound keeps an offer flood from
 /// growing the server.
@@ -430,8 +434,8 @@ struct Answer {
     needs: Vec<(Hash, usize, Option<BaseBlock>)>,
 }
 
-/// A base named for a delta, with the block's content when the answer kept it.
-type BaseBlock = (Base, Option<Bytes>);
+/// A base named for a delta, with the block's page values when the answer kept them.
+type BaseBlock = (Base, Option<Arc<PageTree>>);
 
 /// A hash asked for in this session and not yet stored.
 #[derive(Debug, Clone, Copy)]
@@ -442,25 +446,27 @@ struct Pending {
     len: usize,
 }
 
-/// Base blocks read to answer offers, kept for the deltas that will use them.
+/// Page values of base blocks read to answer offers, kept for the deltas that will use
+/// them.
 #[derive(Default)]
 struct BaseCache {
-    blocks: HashMap<Hash, Bytes>,
+    blocks: HashMap<Hash, Arc<PageTree>>,
     bytes: usize,
 }
 
 impl BaseCache {
-    fn keep(&mut self, hash: Hash, content: Bytes) {
-        if self.bytes + content.len() <= BASE_CACHE_BYTES && !self.blocks.contains_key(&hash) {
-            self.bytes += content.len();
-            self.blocks.insert(hash, content);
+    fn keep(&mut self, hash: Hash, tree: Arc<PageTree>) {
+        let bytes = tree.held_bytes();
+        if self.bytes + bytes <= BASE_CACHE_BYTES && !self.blocks.contains_key(&hash) {
+            self.bytes += bytes;
+            self.blocks.insert(hash, tree);
         }
     }
 
-    fn take(&mut self, hash: &Hash) -> Option<Bytes> {
-        let content = self.blocks.remove(hash)?;
-        self.bytes -= content.len();
-        Some(content)
+    fn take(&mut self, hash: &Hash) -> Option<Arc<PageTree>> {
+        let tree = self.blocks.remove(hash)?;
+        self.bytes -= tree.held_bytes();
+        Some(tree)
     }
 }
 
@@ -496,10 +502,10 @@ fn replaced_blocks(parent: &Manifest, offers: &[Offer]) -> HashMap<Hash, Hash> {
 }
 
 /// Which of `candidates` (hash and block length) the store lacks, each with the base a
-/// delta may use: the block it replaces (`replaced`), read for its page digests while
-/// the answer has read less than `BASE_ANSWER_READ`, and its content kept for the
-/// first `BASE_ANSWER_KEEP` bytes. A held chunk is read and verified: dedup never
-/// trusts a damaged one.
+/// delta may use: the block it replaces (`replaced`), read (and verified) for its page
+/// digests while the answer has read less than `BASE_ANSWER_READ`, its page values kept
+/// for the first `BASE_ANSWER_KEEP` bytes. A held chunk is read and verified: dedup
+/// never trusts a damaged one.
 ///
 /// # Errors
 /// When the store cannot be read, or a held chunk has another length than its block.
@@ -529,10 +535,11 @@ fn lacking<S: ChunkStore + ?Sized>(
                 // Without a readable base the chunk simply travels whole.
                 let base = store.get(old, max_len).ok().map(|content| {
                     read += content.len();
-                    let pages = PageDigests::of(&content);
-                    let keep = kept + content.len() <= BASE_ANSWER_KEEP;
-                    kept += if keep { content.len() } else { 0 };
-                    (Base { hash: *old, pages }, keep.then_some(content))
+                    let tree = PageTree::of(&content);
+                    let pages = PageDigests::of_tree(&tree, DIGEST_LEN);
+                    let keep = kept + tree.held_bytes() <= BASE_ANSWER_KEEP;
+                    kept += if keep { tree.held_bytes() } else { 0 };
+                    (Base { hash: *old, pages }, keep.then(|| Arc::new(tree)))
                 });
                 bases.insert(*old, base.clone());
                 base
@@ -758,8 +765,8 @@ impl Upload {
             need.hashes.push(hotate_proto::hash_bytes(&hash));
             let base = base.map(|(base, content)| {
                 need.bases.push(hotate_proto::delta_base(&hash, &base));
-                if let Some(content) = content {
-                    self.base_cache.keep(base.hash, content);
+                if let Some(tree) = content {
+                    self.base_cache.keep(base.hash, tree);
                 }
                 base.hash
             });
@@ -813,14 +820,16 @@ impl Upload {
             }
             Incoming::Delta(delta) => {
                 let received = delta.delta.encoded_len() as u64;
-                let base = match cached {
-                    Some(base) => base,
-                    None => store.get(&delta.delta.base, max_len)?,
-                };
                 // A base whose layout cannot be read is not patched: the block stands alone.
                 let base_depth = store
                     .layout(&delta.delta.base)
                     .map_or(MAX_PATCH_DEPTH, |layout| layout.depth());
+                if let Some(tree) = cached
+                    && let Some(chunk) = delta.verify_by_pages(&tree, base_depth, max_len)?
+                {
+                    return Ok((chunk.check_len(len)?, received));
+                }
+                let base = store.get(&delta.delta.base, max_len)?;
                 let chunk = delta.verify(&base, base_depth, max_len, DEFAULT_ZSTD_LEVEL)?;
                 Ok((chunk.check_len(len)?, received))
             }

@@ -241,7 +241,9 @@ pub async fn run<S: ChunkSink>(
         progress,
         hashed_tx,
     );
-    let offer = offer_stage(parent, sink, config, &holding, progress, hashed_rx, needed_tx);
+    let offer = offer_stage(
+        parent, sink, config, &holding, progress, hashed_rx, needed_tx,
+    );
     let compress = compress_stage(
         source_for_compress,
         geometry,
@@ -619,7 +621,8 @@ fn encode(
 ) -> Result<(Outgoing, Option<Bytes>, u64), PipelineError> {
     let len = block.len as usize;
     if let (None, Some(pages), Some(base)) = (&block.data, &block.pages, &block.base)
-        && let Some((delta, read)) = read_changed_pages(source, geometry, block.index, pages, base, level)?
+        && let Some((delta, read)) =
+            read_changed_pages(source, geometry, block.index, pages, base, level)?
     {
         return Ok((Outgoing::Delta { hash, len, delta }, None, read));
     }
@@ -655,7 +658,9 @@ fn read_changed_pages(
     if count != base.pages.pages() {
         return Ok(None);
     }
-    let changed: Vec<usize> = (0..count).filter(|&i| !pages.same_page(&base.pages, i)).collect();
+    let changed: Vec<usize> = (0..count)
+        .filter(|&i| !pages.same_page(&base.pages, i))
+        .collect();
     if changed.is_empty() || changed.len() == count {
         return Ok(None);
     }
