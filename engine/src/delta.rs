@@ -363,18 +363,27 @@ impl VerifiedPatch {
     /// # Errors
     /// When the pages do not fit the base or the block is not the one named.
     pub fn content(&self, base: &[u8], max_len: usize) -> Result<Bytes, ChunkError> {
-        let block = self.delta.apply(base, max_len)?;
-        if block.len() != self.len {
-            return Err(ChunkError::WrongLength {
-                expected: self.len,
-                actual: block.len(),
-            });
-        }
+        let block = self.rebuild(base, max_len)?;
         let actual = Hash::of(&block);
         if actual != self.hash {
             return Err(ChunkError::HashMismatch {
                 claimed: self.hash,
                 actual,
+            });
+        }
+        Ok(block)
+    }
+
+    /// The block rebuilt from its base's content, its length checked but not its hash.
+    ///
+    /// # Errors
+    /// When the pages do not fit the base or the block has another length.
+    pub(crate) fn rebuild(&self, base: &[u8], max_len: usize) -> Result<Bytes, ChunkError> {
+        let block = self.delta.apply(base, max_len)?;
+        if block.len() != self.len {
+            return Err(ChunkError::WrongLength {
+                expected: self.len,
+                actual: block.len(),
             });
         }
         Ok(block)

@@ -533,14 +533,16 @@ fn lacking<S: ChunkStore + ?Sized>(
             Some(old) if bases.contains_key(old) => bases[old].clone(),
             Some(old) if read < BASE_ANSWER_READ => {
                 // Without a readable base the chunk simply travels whole.
-                let base = store.get(old, max_len).ok().map(|content| {
-                    read += content.len();
-                    let tree = PageTree::of(&content);
-                    let pages = PageDigests::of_tree(&tree, DIGEST_LEN);
-                    let keep = kept + tree.held_bytes() <= BASE_ANSWER_KEEP;
-                    kept += if keep { tree.held_bytes() } else { 0 };
-                    (Base { hash: *old, pages }, keep.then(|| Arc::new(tree)))
-                });
+                let base = store
+                    .get_with_pages(old, max_len)
+                    .ok()
+                    .map(|(content, tree)| {
+                        read += content.len();
+                        let pages = PageDigests::of_tree(&tree, DIGEST_LEN);
+                        let keep = kept + tree.held_bytes() <= BASE_ANSWER_KEEP;
+                        kept += if keep { tree.held_bytes() } else { 0 };
+                        (Base { hash: *old, pages }, keep.then(|| Arc::new(tree)))
+                    });
                 bases.insert(*old, base.clone());
                 base
             }

@@ -18,6 +18,7 @@ use super::layout::{self, Layout, PATCH_HEAD};
 use super::{ChunkStore, StoreError, Stored};
 use crate::direct_io::sync_filesystem;
 use crate::hash::Hash;
+use crate::page_tree::PageTree;
 
 /// Age after which a temp file is a crash's leftover, not a write in progress.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -102,6 +103,16 @@ impl FsStore {
         }
     }
 
+    /// A chunk file's bytes; `None` when absent.
+    fn read_file(&self, hash: &Hash) -> Result<Option<Bytes>, StoreError> {
+        let path = self.path_of(hash);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
     /// A chunk file's first bytes (enough for a zstd frame header or a patch head), how
     /// many were read, and the file's length; `None` when absent.
     fn head(&self, hash: &Hash) -> Result<Option<([u8; HEAD], usize, u64)>, StoreError> {
@@ -142,8 +153,14 @@ impl FsStore {
         let mut dirs = Vec::new();
         for (temp, path) in staged {
             let dir = path.parent().unwrap_or(&self.root);
-            fs::create_dir_all(dir)?;
-            fs::rename(temp, path)?;
+            // Most directories exist: make one only when the rename says it is missing.
+            if let Err(e) = fs::rename(temp, path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(e);
+                }
+                fs::create_dir_all(dir)?;
+                fs::rename(temp, path)?;
+            }
             if !dirs.contains(&dir) {
                 dirs.push(dir);
             }
@@ -195,14 +212,11 @@ impl ChunkStore for FsStore {
     }
 
     fn get(&self, hash: &Hash, max_len: usize) -> Result<Bytes, StoreError> {
-        layout::content(hash, max_len, |hash| {
-            let path = self.path_of(hash);
-            match fs::read(&path) {
-                Ok(bytes) => Ok(Some(Bytes::from(bytes))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(source) => Err(StoreError::Io { path, source }),
-            }
-        })
+        layout::content(hash, max_len, |hash| self.read_file(hash))
+    }
+
+    fn get_with_pages(&self, hash: &Hash, max_len: usize) -> Result<(Bytes, PageTree), StoreError> {
+        layout::content_with_pages(hash, max_len, |hash| self.read_file(hash))
     }
 
     fn layout(&self, hash: &Hash) -> Result<Layout, StoreError> {
@@ -503,6 +517,10 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         assert!(matches!(
             store.get(&chunk.hash(), 1 << 20),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.get_with_pages(&chunk.hash(), 1 << 20),
             Err(StoreError::Corrupt { .. })
         ));
         fs::write(&path, b"\x09junk").unwrap();

@@ -11,6 +11,7 @@ use super::{StoreError, Stored};
 use crate::block::{ChunkError, Codec, Frame, UnverifiedChunk};
 use crate::delta::{Delta, MAX_PATCH_DEPTH, VerifiedPatch};
 use crate::hash::Hash;
+use crate::page_tree::PageTree;
 
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
@@ -137,14 +138,58 @@ pub(crate) fn decode(hash: Hash, mut bytes: Bytes) -> Result<Kept, ChunkError> {
     }
 }
 
-/// The content of chunk `hash`, at most `max_len` bytes: its stored bytes come from
-/// `read` (`None` when absent), a patch's base first. A base that is missing or damaged
-/// makes the chunk itself damaged: it cannot be read.
+/// The content of chunk `hash`, at most `max_len` bytes, its hash checked: its stored
+/// bytes come from `read` (`None` when absent), a patch's base first. A base that is
+/// missing or damaged makes the chunk itself damaged: it cannot be read.
 pub(crate) fn content(
     hash: &Hash,
     max_len: usize,
     read: impl Fn(&Hash) -> Result<Option<Bytes>, StoreError>,
 ) -> Result<Bytes, StoreError> {
+    content_with(hash, max_len, read, |data| checked(hash, data))
+}
+
+/// As [`content`], with the content's page values, the hash checked through them: one
+/// pass over the content.
+pub(crate) fn content_with_pages(
+    hash: &Hash,
+    max_len: usize,
+    read: impl Fn(&Hash) -> Result<Option<Bytes>, StoreError>,
+) -> Result<(Bytes, PageTree), StoreError> {
+    content_with(hash, max_len, read, |data| {
+        let tree = PageTree::of(&data);
+        match tree.root() {
+            Some(root) if root == *hash => Ok((data, tree)),
+            Some(actual) => Err(ChunkError::HashMismatch {
+                claimed: *hash,
+                actual,
+            }),
+            None => Ok((checked(hash, data)?, tree)),
+        }
+    })
+}
+
+/// Content that hashes to `hash`, refused otherwise.
+fn checked(hash: &Hash, data: Bytes) -> Result<Bytes, ChunkError> {
+    let actual = Hash::of(&data);
+    if actual == *hash {
+        Ok(data)
+    } else {
+        Err(ChunkError::HashMismatch {
+            claimed: *hash,
+            actual,
+        })
+    }
+}
+
+/// Reads chunk `hash` through its patches, every base checked, and hands the chunk's own
+/// content, not yet checked, to `seal`, which checks it against `hash`.
+fn content_with<T>(
+    hash: &Hash,
+    max_len: usize,
+    read: impl Fn(&Hash) -> Result<Option<Bytes>, StoreError>,
+    seal: impl FnOnce(Bytes) -> Result<T, ChunkError>,
+) -> Result<T, StoreError> {
     let damaged = |at: Hash, cause: ChunkError| StoreError::Corrupt {
         hash: *hash,
         cause: if at == *hash {
@@ -180,13 +225,27 @@ pub(crate) fn content(
             }
         }
     };
+    let nonempty = |data: Bytes| {
+        if data.is_empty() {
+            Err(corrupt("empty chunk"))
+        } else {
+            Ok(data)
+        }
+    };
+    // `patches` runs from the chunk itself down to the one on the whole frame.
+    let Some((own, below)) = patches.split_first() else {
+        let data = frame.decode(max_len).and_then(nonempty);
+        return data.and_then(seal).map_err(|cause| damaged(*hash, cause));
+    };
     let mut block = UnverifiedChunk { hash: at, frame }
         .content(max_len)
         .map_err(|cause| damaged(at, cause))?;
-    for patch in patches.iter().rev() {
+    for patch in below.iter().rev() {
         block = patch
             .content(&block, max_len)
             .map_err(|cause| damaged(patch.hash(), cause))?;
     }
-    Ok(block)
+    own.rebuild(&block, max_len)
+        .and_then(seal)
+        .map_err(|cause| damaged(*hash, cause))
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::layout::{self, Layout};
 use super::{ChunkStore, StoreError, Stored};
 use crate::hash::Hash;
+use crate::page_tree::PageTree;
 
 /// Chunks kept in a map, laid out as they would be on disk.
 #[derive(Debug, Default)]
@@ -42,6 +43,10 @@ impl ChunkStore for MemoryStore {
 
     fn get(&self, hash: &Hash, max_len: usize) -> Result<Bytes, StoreError> {
         layout::content(hash, max_len, |hash| Ok(self.lock().get(hash).cloned()))
+    }
+
+    fn get_with_pages(&self, hash: &Hash, max_len: usize) -> Result<(Bytes, PageTree), StoreError> {
+        layout::content_with_pages(hash, max_len, |hash| Ok(self.lock().get(hash).cloned()))
     }
 
     fn layout(&self, hash: &Hash) -> Result<Layout, StoreError> {

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use crate::block::{ChunkError, VerifiedChunk};
 use crate::delta::VerifiedPatch;
 use crate::hash::Hash;
+use crate::page_tree::PageTree;
 
 pub use fs::FsStore;
 pub use layout::Layout;
@@ -92,6 +93,17 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// `NotFound` when absent, `Corrupt` when the stored bytes do not match the hash.
     fn get(&self, hash: &Hash, max_len: usize) -> Result<Bytes, StoreError>;
+
+    /// The chunk's content with its page values, its hash checked through them: one pass
+    /// over the content where the store can.
+    ///
+    /// # Errors
+    /// As [`ChunkStore::get`].
+    fn get_with_pages(&self, hash: &Hash, max_len: usize) -> Result<(Bytes, PageTree), StoreError> {
+        let content = self.get(hash, max_len)?;
+        let tree = PageTree::of(&content);
+        Ok((content, tree))
+    }
 
     /// Stores a chunk durably; returns false when it was already there.
     ///
@@ -209,6 +221,8 @@ pub(crate) mod contract {
             assert!(!store.put(&chunk).unwrap(), "second put is not new");
             assert!(store.has(&chunk.hash()).unwrap());
             assert_eq!(store.get(&chunk.hash(), max).unwrap(), data);
+            let (content, tree) = store.get_with_pages(&chunk.hash(), max).unwrap();
+            assert_eq!((content, tree.pages()), (data, size.div_ceil(4096)));
         }
         let a = VerifiedChunk::seal(Bytes::from_static(b"a"), 1);
         let b = VerifiedChunk::seal(Bytes::from_static(b"b"), 1);
@@ -252,6 +266,11 @@ pub(crate) mod contract {
             assert_eq!(store.put_many(std::slice::from_ref(&stored)).unwrap(), 1);
             let hash = stored.hash();
             assert_eq!(store.get(&hash, max).unwrap(), new);
+            let (content, tree) = store.get_with_pages(&hash, max).unwrap();
+            assert_eq!(
+                (content, tree.root()),
+                (Bytes::from(new.clone()), Some(hash))
+            );
             assert_eq!(store.content_len(&hash, max).unwrap(), Some(max));
             let expected = if depth <= MAX_PATCH_DEPTH { depth } else { 0 };
             assert_eq!(store.layout(&hash).unwrap().depth(), expected);
