@@ -445,6 +445,18 @@ impl ChunkSink for NetworkSink {
     }
 }
 
+/// Moves the pipeline's requests onto the open stream, in order.
+async fn forward(
+    mut pending: mpsc::Receiver<pb::UploadRequest>,
+    stream: mpsc::Sender<pb::UploadRequest>,
+) {
+    while let Some(request) = pending.recv().await {
+        if stream.send(request).await.is_err() {
+            return; // The stream ended; the router says why.
+        }
+    }
+}
+
 /// Opens the upload stream (waiting while the server is at its upload limit); returns
 /// its request queue, its replies after `Opened`, and the bytes the server already holds.
 async fn open_stream(
@@ -461,7 +473,8 @@ async fn open_stream(
     let mut wait = BUSY_FIRST_WAIT;
     let busy_until = Instant::now() + BUSY_GIVE_UP;
     let (requests, mut stream) = loop {
-        let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
+        // The open request, then what the forwarder moves on, one at a time.
+        let (requests, queue) = mpsc::channel(1);
         let open = upload_request::Kind::Open(pb::Open {
             upload_id: plan.upload_id.clone(),
         });
@@ -497,7 +510,8 @@ async fn open_stream(
 }
 
 /// Uploads the image and commits the new version; `progress` is live for display, and
-/// `already` receives the bytes the server held when the stream opened.
+/// `on_open` receives the bytes the server held when the stream opened. The image is
+/// read while the stream opens.
 ///
 /// # Errors
 /// When the image cannot be read, the connection fails, or the server refuses.
@@ -510,34 +524,25 @@ pub async fn upload(
     let started = Instant::now();
     let lang = session.lang;
     let url = &plan.transfer_url;
-    // Fetched while logging in, when the server is where `update start` found it...
+    // Fetched while logging in, when the server is where `update start` found it.
     let prefetched = plan.prefetched.clone().filter(|p| {
         p.url == *url
             && p.manifest.root() == plan.base_root
             && p.manifest.disk_size() == plan.disk_size
     });
-    let (parent, (requests, stream, already)) = if let Some(mut p) = prefetched {
-        tracing::debug!("using the transfer connection and base manifest prefetched at login");
-        (
-            p.manifest,
-            open_stream(session, &mut p.transfer, plan).await?,
-        )
-    } else {
-        // ...else the base manifest downloads while the upload stream opens.
-        let mut transfer = session.transfer(url, plan.ca).await?;
-        let mut manifest_client = transfer.clone();
-        tokio::try_join!(
-            base_manifest(session, &mut manifest_client, plan),
-            open_stream(session, &mut transfer, plan),
-        )?
+    let (mut transfer, prefetched_manifest) = match prefetched {
+        Some(p) => {
+            tracing::debug!("using the transfer connection and base manifest prefetched at login");
+            (p.transfer, Some(p.manifest))
+        }
+        None => (session.transfer(url, plan.ca).await?, None),
     };
-    tracing::debug!(elapsed = ?started.elapsed(), blocks = parent.len(), "base manifest fetched, stream open");
-    on_open(already);
     let replies = Arc::new(Replies::new(progress.clone()));
     let (committed_tx, committed_rx) = oneshot::channel();
     *replies.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed_tx);
-    let router = tokio::spawn(replies.clone().route(stream));
-
+    // The pipeline's requests queue here until the stream is open: reading, hashing and
+    // the first offers do not wait for the round trips that open it.
+    let (requests, pending) = mpsc::channel(REQUEST_QUEUE);
     let sink = NetworkSink {
         requests: requests.clone(),
         replies: replies.clone(),
@@ -548,20 +553,38 @@ pub async fn upload(
             sent: Mutex::new(0),
         }),
     };
-    let config = PipelineConfig {
-        top_layer_only: trust_top_layer(plan, &parent, lang).await?,
-        ..PipelineConfig::default()
+    let mut manifest_client = transfer.clone();
+    let opening = async {
+        let (stream_requests, stream, already) = open_stream(session, &mut transfer, plan).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "stream open");
+        on_open(already);
+        let router = tokio::spawn(replies.clone().route(stream));
+        tokio::spawn(forward(pending, stream_requests));
+        Ok::<_, anyhow::Error>(router)
     };
-    tracing::debug!(elapsed = ?started.elapsed(), top_layer_only = config.top_layer_only, "image checked");
-    let outcome = pipeline::run(plan.image.clone(), &parent, &sink, &config, progress)
-        .await
-        .map_err(|e| match e {
-            hotate_engine::PipelineError::Sink(inner) => match inner.downcast::<StreamFailed>() {
-                Ok(failed) => explain_stream(&failed.0, lang, url),
-                Err(other) => anyhow::anyhow!(other),
-            },
-            other => unreadable(plan, lang, other).into(),
-        })?;
+    let reading = async {
+        let parent = match prefetched_manifest {
+            Some(manifest) => manifest,
+            None => base_manifest(session, &mut manifest_client, plan).await?,
+        };
+        let config = PipelineConfig {
+            top_layer_only: trust_top_layer(plan, &parent, lang).await?,
+            ..PipelineConfig::default()
+        };
+        tracing::debug!(elapsed = ?started.elapsed(), top_layer_only = config.top_layer_only, "image checked");
+        pipeline::run(plan.image.clone(), &parent, &sink, &config, progress)
+            .await
+            .map_err(|e| match e {
+                hotate_engine::PipelineError::Sink(inner) => {
+                    match inner.downcast::<StreamFailed>() {
+                        Ok(failed) => explain_stream(&failed.0, lang, url),
+                        Err(other) => anyhow::anyhow!(other),
+                    }
+                }
+                other => unreadable(plan, lang, other).into(),
+            })
+    };
+    let (router, outcome) = tokio::try_join!(opening, reading)?;
     tracing::debug!(elapsed = ?started.elapsed(), progress = ?outcome.progress, "pipeline done");
     let finish = upload_request::Kind::Finish(pb::Finish {
         block_count: outcome.manifest.len() as u64,

@@ -25,16 +25,12 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     hotate_engine::direct_io::on_mapped_file_shrunk(
         &lang.image_shrunk(&terminal.image.display().to_string()),
     );
-    let mut session = ctx.login(&terminal).await?;
+    let session = ctx.login(&terminal).await?;
     let url = session.url.clone();
     let guid = record.data_write_guid.clone();
 
-    // While the update's state is asked for, the transfer connection opens and the base
-    // manifest downloads, where `update start` recorded the transfer service.
-    let mut control = session.control.clone();
-    let show = control.show_update(session.request(pb::UpdateRef {
-        data_write_guid: guid.clone(),
-    }));
+    // While the upload begins, the transfer connection opens and the base manifest
+    // downloads, where `update start` recorded the transfer service.
     let prefetch = async {
         match &record.transfer_url {
             Some(transfer) => {
@@ -44,39 +40,56 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
             None => None,
         }
     };
-    let (update, prefetched) = tokio::join!(show, prefetch);
-    let update = update.map_err(|s| explain(&s, lang, &url))?.into_inner();
-    match pb::UpdateState::try_from(update.state) {
-        // A previous finish committed but stopped before cleaning up: only that is left.
-        Ok(pb::UpdateState::Committed) => return complete(ctx, &record, &update.new_version, None),
-        Ok(pb::UpdateState::Reserved | pb::UpdateState::Uploading) => {}
-        Ok(pb::UpdateState::Cancelled) => return Err(Failed(lang.update_ended("cancelled")).into()),
-        _ => return Err(Failed(lang.update_ended("aborted")).into()),
-    }
-
-    let comment = match &options.comment {
-        Some(comment) => comment.clone(),
-        None if inputs::interactive() => {
-            let default = lang.default_comment(&terminal.name);
-            let typed = inputs::ask(&lang.comment_prompt(&default), "")?;
-            if typed.trim().is_empty() {
-                default
-            } else {
-                typed
+    let mut control = session.control.clone();
+    let update_ref = || {
+        session.request(pb::UpdateRef {
+            data_write_guid: guid.clone(),
+        })
+    };
+    // A comment to be typed is asked for once the update is known to be open; otherwise
+    // the upload begins at once, and the update's state is asked for only if it is refused.
+    let ask_comment = options.comment.is_none() && inputs::interactive();
+    let (begun, comment, prefetched) = if ask_comment {
+        let (update, prefetched) = tokio::join!(control.show_update(update_ref()), prefetch);
+        let update = update.map_err(|s| explain(&s, lang, &url))?.into_inner();
+        if let Some(version) = committed_or_ended(&update, lang)? {
+            return complete(ctx, &record, &version, None);
+        }
+        let default = lang.default_comment(&terminal.name);
+        let typed = inputs::ask(&lang.comment_prompt(&default), "")?;
+        let comment = if typed.trim().is_empty() {
+            default
+        } else {
+            typed
+        };
+        inputs::check_comment(&comment)?;
+        let begun = control.begin_upload(update_ref()).await;
+        (
+            begun.map_err(|s| explain(&s, lang, &url))?,
+            comment,
+            prefetched,
+        )
+    } else {
+        let comment = options
+            .comment
+            .clone()
+            .unwrap_or_else(|| lang.default_comment(&terminal.name));
+        inputs::check_comment(&comment)?;
+        let mut begin_control = control.clone();
+        let (begun, prefetched) = tokio::join!(begin_control.begin_upload(update_ref()), prefetch);
+        match begun {
+            Ok(begun) => (begun, comment, prefetched),
+            Err(refused) => {
+                let update = control.show_update(update_ref()).await;
+                let update = update.map_err(|s| explain(&s, lang, &url))?.into_inner();
+                if let Some(version) = committed_or_ended(&update, lang)? {
+                    return complete(ctx, &record, &version, None);
+                }
+                return Err(explain(&refused, lang, &url));
             }
         }
-        None => lang.default_comment(&terminal.name),
     };
-    inputs::check_comment(&comment)?;
-
-    let begun = session
-        .control
-        .begin_upload(session.request(pb::UpdateRef {
-            data_write_guid: guid.clone(),
-        }))
-        .await
-        .map_err(|s| explain(&s, lang, &url))?
-        .into_inner();
+    let begun = begun.into_inner();
     if record.upload_id.as_deref() != Some(&begun.upload_id) {
         record.upload_id = Some(begun.upload_id.clone());
         ctx.state.save_update(&record)?;
@@ -123,6 +136,23 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         reporter.finish(plan.disk_size, lang);
     }
     complete(ctx, &record, &uploaded.version, Some(&uploaded))
+}
+
+/// `Some(version)` when a previous finish committed the update but stopped before
+/// cleaning up (only that is left); `None` while it is open.
+///
+/// # Errors
+/// When it was cancelled or aborted.
+fn committed_or_ended(
+    update: &pb::Update,
+    lang: crate::i18n::Lang,
+) -> anyhow::Result<Option<String>> {
+    match pb::UpdateState::try_from(update.state) {
+        Ok(pb::UpdateState::Committed) => Ok(Some(update.new_version.clone())),
+        Ok(pb::UpdateState::Reserved | pb::UpdateState::Uploading) => Ok(None),
+        Ok(pb::UpdateState::Cancelled) => Err(Failed(lang.update_ended("cancelled")).into()),
+        _ => Err(Failed(lang.update_ended("aborted")).into()),
+    }
 }
 
 /// Refuses an image path that does not exist or is not a regular file, saying what it is.
