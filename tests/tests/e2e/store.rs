@@ -189,6 +189,29 @@ fn cancel_after_the_server_committed_names_the_version_and_restores_the_terminal
 }
 
 #[test]
+fn a_finish_after_the_server_committed_completes_with_that_version() {
+    let s = setup(4 << 20, 25);
+    s.start_update();
+    // A finish that committed but died before clearing the terminal's state.
+    let record = std::fs::read(s.terminal.state.join("update.toml")).expect("record");
+    let finished = s.terminal.run(&["update", "finish"]);
+    assert_ok(&finished);
+    let version = new_version(&finished);
+    std::fs::write(s.terminal.state.join("update.toml"), record).expect("restore record");
+    s.terminal
+        .write_config(&s.site.disk_id, &s.site.first_version, "non-restore");
+
+    // The upload cannot begin again: the finish asks the update's state and completes.
+    let again = s.terminal.run(&["update", "finish"]);
+    assert_ok(&again);
+    assert_eq!(new_version(&again), version);
+    assert_eq!(s.terminal.write_cache(), "restore");
+    let versions = admin_ok(&s.site.data, &["--json", "disk", "versions", "win10"]);
+    let versions: serde_json::Value = serde_json::from_str(&versions).expect("json");
+    assert_eq!(versions.as_array().map(Vec::len), Some(2), "{versions}");
+}
+
+#[test]
 fn a_start_killed_before_it_recorded_the_update_is_taken_back() {
     let s = setup(4 << 20, 24);
     s.start_update();
