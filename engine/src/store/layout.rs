@@ -249,3 +249,34 @@ fn content_with<T>(
         .and_then(seal)
         .map_err(|cause| damaged(*hash, cause))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A damaged chunk file (any bytes, a patch head among them) reads as damaged or
+        /// as content that hashes right, never as a panic or a loop.
+        #[test]
+        fn damaged_files_are_refused_without_panic(
+            kind in 0u8..4,
+            rest in prop::collection::vec(any::<u8>(), 0..200),
+            self_based in any::<bool>(),
+        ) {
+            let hash = Hash::of(b"named");
+            let mut bytes = vec![kind];
+            bytes.extend_from_slice(&rest);
+            if self_based && bytes.len() >= PATCH_HEAD {
+                bytes[6..6 + Hash::LEN].copy_from_slice(hash.as_bytes());
+            }
+            let bytes = Bytes::from(bytes);
+            let read = |h: &Hash| Ok((*h == hash).then(|| bytes.clone()));
+            match content(&hash, 1 << 16, read) {
+                Ok(data) => prop_assert_eq!(Hash::of(&data), hash),
+                Err(e) => prop_assert!(matches!(e, StoreError::Corrupt { .. }), "{e}"),
+            }
+            let _ = layout(&bytes);
+        }
+    }
+}
