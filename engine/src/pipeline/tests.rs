@@ -394,26 +394,36 @@ async fn every_block_changed(
 async fn needed_blocks_that_let_their_content_go_are_read_again() {
     let dir = tempfile::tempdir().unwrap();
     let (store, parent, updated) = every_block_changed(&dir, 3).await;
-    // A window of 4 blocks holds 2 while offers are in flight: the rest are read again.
-    let config = PipelineConfig {
-        window: TEST_BLOCK * 4,
-        ..PipelineConfig::default()
-    };
     let sink = StoreSink::new(store.clone());
-    let outcome = run(
-        write_image(&dir, "updated", &updated),
-        &parent,
-        &sink,
-        &config,
-        &Progress::default(),
-    )
-    .await
-    .unwrap();
+    let outcome = run_in_a_small_window(&dir, &parent, &sink, &updated).await;
     assert_eq!(export(&outcome.manifest, store.as_ref()), updated);
     // Some blocks were read again, none more than twice.
     let read = outcome.progress.bytes_read;
     assert!(read > updated.len() as u64, "{read}");
     assert!(read <= 2 * updated.len() as u64, "{read}");
+}
+
+/// Runs `updated` in a window of 4 blocks, which holds 2 while offers are in flight: the
+/// rest let their content go and are read again.
+async fn run_in_a_small_window<S: ChunkSink>(
+    dir: &tempfile::TempDir,
+    parent: &Manifest,
+    sink: &S,
+    updated: &[u8],
+) -> Outcome {
+    let config = PipelineConfig {
+        window: TEST_BLOCK * 4,
+        ..PipelineConfig::default()
+    };
+    run(
+        write_image(dir, "updated", updated),
+        parent,
+        sink,
+        &config,
+        &Progress::default(),
+    )
+    .await
+    .unwrap()
 }
 
 /// The parent's block of every block of `base`, offered as its delta base.
@@ -439,19 +449,7 @@ async fn blocks_that_let_their_content_go_read_again_only_their_changed_pages() 
         bases: every_block_a_base(&base, &updated),
         ..Default::default()
     };
-    let config = PipelineConfig {
-        window: TEST_BLOCK * 4,
-        ..PipelineConfig::default()
-    };
-    let outcome = run(
-        write_image(&dir, "updated", &updated),
-        &parent,
-        &sink,
-        &config,
-        &Progress::default(),
-    )
-    .await
-    .unwrap();
+    let outcome = run_in_a_small_window(&dir, &parent, &sink, &updated).await;
     let sent = sink.sent.lock().unwrap();
     assert_eq!(sent.len(), 64);
     for (i, chunk) in sent.iter().enumerate() {

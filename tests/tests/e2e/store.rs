@@ -158,11 +158,11 @@ fn store_verify_names_the_broken_versions_and_new_content_heals_them() {
     assert!(healed.status.success(), "{}", text(&healed));
 }
 
-#[test]
-fn cancel_after_the_server_committed_names_the_version_and_restores_the_terminal() {
-    let s = setup(4 << 20, 23);
+/// A finish that committed but died before clearing the terminal's state: the terminal
+/// still holds the update, the server the new version (returned).
+fn committed_and_not_cleared(seed: u64) -> (Setup, String) {
+    let s = setup(4 << 20, seed);
     s.start_update();
-    // A finish that committed but died before clearing the terminal's state.
     let record = std::fs::read(s.terminal.state.join("update.toml")).expect("record");
     let finished = s.terminal.run(&["update", "finish"]);
     assert_ok(&finished);
@@ -170,7 +170,12 @@ fn cancel_after_the_server_committed_names_the_version_and_restores_the_terminal
     std::fs::write(s.terminal.state.join("update.toml"), record).expect("restore record");
     s.terminal
         .write_config(&s.site.disk_id, &s.site.first_version, "non-restore");
+    (s, version)
+}
 
+#[test]
+fn cancel_after_the_server_committed_names_the_version_and_restores_the_terminal() {
+    let (s, version) = committed_and_not_cleared(23);
     let cancel = s.terminal.run(&["update", "cancel"]);
     assert_eq!(cancel.status.code(), Some(1), "{}", text(&cancel));
     assert!(
@@ -190,17 +195,7 @@ fn cancel_after_the_server_committed_names_the_version_and_restores_the_terminal
 
 #[test]
 fn a_finish_after_the_server_committed_completes_with_that_version() {
-    let s = setup(4 << 20, 25);
-    s.start_update();
-    // A finish that committed but died before clearing the terminal's state.
-    let record = std::fs::read(s.terminal.state.join("update.toml")).expect("record");
-    let finished = s.terminal.run(&["update", "finish"]);
-    assert_ok(&finished);
-    let version = new_version(&finished);
-    std::fs::write(s.terminal.state.join("update.toml"), record).expect("restore record");
-    s.terminal
-        .write_config(&s.site.disk_id, &s.site.first_version, "non-restore");
-
+    let (s, version) = committed_and_not_cleared(25);
     // The upload cannot begin again: the finish asks the update's state and completes.
     let again = s.terminal.run(&["update", "finish"]);
     assert_ok(&again);
