@@ -312,6 +312,23 @@ impl Replies {
         }
     }
 
+    /// Registers the waiter of an offer's answer; refused once the stream has failed,
+    /// whose waiters are all woken (checked under the same lock, so none is missed).
+    fn await_need(&self, batch: u64, waiter: oneshot::Sender<Vec<Need>>) -> Result<(), SinkError> {
+        let mut needs = self.needs.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(status) = failed {
+            return Err(StreamFailed(status).into());
+        }
+        needs.insert(batch, waiter);
+        Ok(())
+    }
+
+    /// Records why the stream failed, then wakes every waiter.
     fn fail(&self, status: Status) {
         self.failure
             .lock()
@@ -423,11 +440,7 @@ impl ChunkSink for NetworkSink {
     async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
         let batch = self.next_batch.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.replies
-            .needs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(batch, tx);
+        self.replies.await_need(batch, tx)?;
         let entries = offers.into_iter().map(pb::Entry::from).collect();
         self.send(upload_request::Kind::Offer(pb::Offer { batch, entries }))
             .await?;
@@ -612,6 +625,41 @@ pub async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_offer_made_after_the_stream_failed_is_refused_not_left_waiting() {
+        let replies = Arc::new(Replies::new(Arc::new(Progress::default())));
+        // The queue still takes requests (as one towards a stream that just ended does).
+        let (requests, _queue) = mpsc::channel(4);
+        let sink = NetworkSink {
+            requests,
+            replies: replies.clone(),
+            next_batch: AtomicU64::new(1),
+            pacer: None,
+        };
+        let offer = || {
+            vec![Offer {
+                index: 0,
+                entry: hotate_engine::Entry::Chunk(Hash::of(b"a")),
+            }]
+        };
+        // An offer in flight when the stream fails is woken with the failure...
+        let waiting = tokio::spawn({
+            let sink_replies = replies.clone();
+            async move {
+                let (tx, rx) = oneshot::channel();
+                sink_replies.await_need(9, tx).expect("registered");
+                rx.await.is_err()
+            }
+        });
+        tokio::task::yield_now().await;
+        replies.fail(Status::unavailable("the server closed the upload"));
+        assert!(waiting.await.expect("task"), "woken by the failure");
+        // ...and one made after it fails at once.
+        let after = tokio::time::timeout(Duration::from_secs(5), sink.offer(offer())).await;
+        let refused = after.expect("answered at once, not left waiting");
+        assert!(refused.is_err());
+    }
 
     #[test]
     fn progress_counts_a_sent_chunk_once_the_server_stored_it() {
