@@ -171,14 +171,20 @@ impl UnverifiedChunk {
         if data.is_empty() {
             return Err(ChunkError::Corrupt("empty chunk".into()));
         }
-        let actual = Hash::of(&data);
-        if actual != self.hash {
-            return Err(ChunkError::HashMismatch {
-                claimed: self.hash,
-                actual,
-            });
-        }
+        same_hash(self.hash, Hash::of(&data))?;
         Ok(data)
+    }
+}
+
+/// Refuses content whose hash (`actual`) is not the one claimed for it.
+///
+/// # Errors
+/// `HashMismatch` when they differ.
+pub(crate) fn same_hash(claimed: Hash, actual: Hash) -> Result<(), ChunkError> {
+    if actual == claimed {
+        Ok(())
+    } else {
+        Err(ChunkError::HashMismatch { claimed, actual })
     }
 }
 

@@ -12,7 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::block::{ChunkError, Frame, VerifiedChunk};
+use crate::block::{ChunkError, Frame, VerifiedChunk, same_hash};
 use crate::hash::Hash;
 use crate::page_tree::{PageTree, page_value, root_of};
 use crate::store::Stored;
@@ -41,15 +41,7 @@ impl PageDigests {
 
     /// Digests the pages of `block`, `width` bytes each (at most 32).
     pub fn of_width(block: &[u8], width: usize) -> Self {
-        let width = width.min(32);
-        let mut out = BytesMut::with_capacity(block.len().div_ceil(PAGE) * width);
-        for (i, page) in block.chunks(PAGE).enumerate() {
-            out.extend_from_slice(&page_value(i, page)[..width]);
-        }
-        Self {
-            width,
-            digests: out.freeze(),
-        }
+        Self::of_tree(&PageTree::of(block), width)
     }
 
     /// The digests of a block whose page values are known, `width` bytes each.
@@ -186,26 +178,48 @@ impl Delta {
     /// When the page map does not fit the base, or the pages are corrupt or are not
     /// exactly the changed pages.
     pub fn apply(&self, base: &[u8], max_len: usize) -> Result<Bytes, ChunkError> {
-        self.check_map(base.len().div_ceil(PAGE))?;
-        let is_changed = |i: usize| self.is_changed(i);
         let pages = self.pages.decode(max_len)?;
+        let mut changed = self
+            .changed_slices(base.len(), &pages)?
+            .into_iter()
+            .peekable();
         let mut block = BytesMut::with_capacity(base.len());
-        let mut taken = 0;
         for (i, old) in base.chunks(PAGE).enumerate() {
-            if is_changed(i) {
-                let new = pages
-                    .get(taken..taken + old.len())
-                    .ok_or_else(|| ChunkError::Corrupt("fewer pages than the page map".into()))?;
-                block.extend_from_slice(new);
-                taken += old.len();
-            } else {
-                block.extend_from_slice(old);
+            match changed.next_if(|(page, _)| *page == i) {
+                Some((_, new)) => block.extend_from_slice(new),
+                None => block.extend_from_slice(old),
             }
+        }
+        Ok(block.freeze())
+    }
+
+    /// Each changed page of a block of `len` bytes, by number, cut from `pages` (the
+    /// decoded changed pages).
+    ///
+    /// # Errors
+    /// When the page map does not fit the block, or `pages` are not exactly the changed
+    /// pages.
+    fn changed_slices<'a>(
+        &self,
+        len: usize,
+        pages: &'a [u8],
+    ) -> Result<Vec<(usize, &'a [u8])>, ChunkError> {
+        let count = len.div_ceil(PAGE);
+        self.check_map(count)?;
+        let mut slices = Vec::new();
+        let mut taken = 0;
+        for i in (0..count).filter(|&i| self.is_changed(i)) {
+            let page_len = (len - i * PAGE).min(PAGE);
+            let page = pages
+                .get(taken..taken + page_len)
+                .ok_or_else(|| ChunkError::Corrupt("fewer pages than the page map".into()))?;
+            slices.push((i, page));
+            taken += page_len;
         }
         if taken != pages.len() {
             return Err(ChunkError::Corrupt("more pages than the page map".into()));
         }
-        Ok(block.freeze())
+        Ok(slices)
     }
 }
 
@@ -233,13 +247,7 @@ impl UnverifiedDelta {
         level: i32,
     ) -> Result<Stored, ChunkError> {
         let block = self.delta.apply(base, max_len)?;
-        let actual = Hash::of(&block);
-        if actual != self.hash {
-            return Err(ChunkError::HashMismatch {
-                claimed: self.hash,
-                actual,
-            });
-        }
+        same_hash(self.hash, Hash::of(&block))?;
         if patchable(self.delta.changed_pages(), block.len(), base_depth) {
             Ok(Stored::Patch(VerifiedPatch {
                 hash: self.hash,
@@ -274,27 +282,13 @@ impl UnverifiedDelta {
             return Ok(None);
         }
         let pages = self.delta.pages.decode(max_len)?;
-        let mut changed = std::collections::HashMap::new();
-        let mut taken = 0;
-        for i in (0..count).filter(|&i| self.delta.is_changed(i)) {
-            let page_len = (len - i * PAGE).min(PAGE);
-            let page = pages
-                .get(taken..taken + page_len)
-                .ok_or_else(|| ChunkError::Corrupt("fewer pages than the page map".into()))?;
-            changed.insert(i, page_value(i, page));
-            taken += page_len;
+        let mut values: Vec<_> = (0..count).map(|i| *base.value(i)).collect();
+        for (i, page) in self.delta.changed_slices(len, &pages)? {
+            values[i] = page_value(i, page);
         }
-        if taken != pages.len() {
-            return Err(ChunkError::Corrupt("more pages than the page map".into()));
-        }
-        let value = |i: usize| changed.get(&i).copied().unwrap_or(*base.value(i));
-        let actual = root_of(len, &value).ok_or_else(|| ChunkError::Corrupt("one page".into()))?;
-        if actual != self.hash {
-            return Err(ChunkError::HashMismatch {
-                claimed: self.hash,
-                actual,
-            });
-        }
+        let actual =
+            root_of(len, &|i| values[i]).ok_or_else(|| ChunkError::Corrupt("one page".into()))?;
+        same_hash(self.hash, actual)?;
         Ok(Some(Stored::Patch(VerifiedPatch {
             hash: self.hash,
             len,
@@ -364,13 +358,7 @@ impl VerifiedPatch {
     /// When the pages do not fit the base or the block is not the one named.
     pub fn content(&self, base: &[u8], max_len: usize) -> Result<Bytes, ChunkError> {
         let block = self.rebuild(base, max_len)?;
-        let actual = Hash::of(&block);
-        if actual != self.hash {
-            return Err(ChunkError::HashMismatch {
-                claimed: self.hash,
-                actual,
-            });
-        }
+        same_hash(self.hash, Hash::of(&block))?;
         Ok(block)
     }
 

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use super::{StoreError, Stored};
-use crate::block::{ChunkError, Codec, Frame, UnverifiedChunk};
+use crate::block::{ChunkError, Codec, Frame, UnverifiedChunk, same_hash};
 use crate::delta::{Delta, MAX_PATCH_DEPTH, VerifiedPatch};
 use crate::hash::Hash;
 use crate::page_tree::PageTree;
@@ -146,7 +146,10 @@ pub(crate) fn content(
     max_len: usize,
     read: impl Fn(&Hash) -> Result<Option<Bytes>, StoreError>,
 ) -> Result<Bytes, StoreError> {
-    content_with(hash, max_len, read, |data| checked(hash, data))
+    content_with(hash, max_len, read, |data| {
+        same_hash(*hash, Hash::of(&data))?;
+        Ok(data)
+    })
 }
 
 /// As [`content`], with the content's page values, the hash checked through them: one
@@ -158,28 +161,9 @@ pub(crate) fn content_with_pages(
 ) -> Result<(Bytes, PageTree), StoreError> {
     content_with(hash, max_len, read, |data| {
         let tree = PageTree::of(&data);
-        match tree.root() {
-            Some(root) if root == *hash => Ok((data, tree)),
-            Some(actual) => Err(ChunkError::HashMismatch {
-                claimed: *hash,
-                actual,
-            }),
-            None => Ok((checked(hash, data)?, tree)),
-        }
+        same_hash(*hash, tree.root().unwrap_or_else(|| Hash::of(&data)))?;
+        Ok((data, tree))
     })
-}
-
-/// Content that hashes to `hash`, refused otherwise.
-fn checked(hash: &Hash, data: Bytes) -> Result<Bytes, ChunkError> {
-    let actual = Hash::of(&data);
-    if actual == *hash {
-        Ok(data)
-    } else {
-        Err(ChunkError::HashMismatch {
-            claimed: *hash,
-            actual,
-        })
-    }
 }
 
 /// Reads chunk `hash` through its patches, every base checked, and hands the chunk's own
