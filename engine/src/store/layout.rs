@@ -28,6 +28,14 @@ fn codec_byte(codec: Codec) -> u8 {
     }
 }
 
+fn codec_of(byte: u8) -> Result<Codec, ChunkError> {
+    match byte {
+        RAW => Ok(Codec::Raw),
+        ZSTD => Ok(Codec::Zstd),
+        _ => Err(corrupt("unknown codec byte")),
+    }
+}
+
 /// The bytes a store keeps for `chunk`: a head, then the payload it shares with the
 /// chunk.
 pub(crate) fn encode(chunk: &Stored) -> (Vec<u8>, Bytes) {
@@ -104,14 +112,7 @@ pub(crate) fn layout(head: &[u8]) -> Result<Layout, ChunkError> {
 pub(crate) fn decode(hash: Hash, mut bytes: Bytes) -> Result<Kept, ChunkError> {
     let frame = |codec, payload| Frame { codec, payload };
     match layout(&bytes)? {
-        Layout::Whole => {
-            let codec = if bytes[0] == RAW {
-                Codec::Raw
-            } else {
-                Codec::Zstd
-            };
-            Ok(Kept::Whole(frame(codec, bytes.split_off(1))))
-        }
+        Layout::Whole => Ok(Kept::Whole(frame(codec_of(bytes[0])?, bytes.split_off(1)))),
         Layout::Patch { base, depth, len } => {
             let map_len = usize::from(u16::from_le_bytes([
                 bytes[PATCH_HEAD - 2],
@@ -122,12 +123,7 @@ pub(crate) fn decode(hash: Hash, mut bytes: Bytes) -> Result<Kept, ChunkError> {
                 return Err(corrupt("truncated patch"));
             }
             let changed = rest.split_to(map_len);
-            let codec = match rest[0] {
-                RAW => Codec::Raw,
-                ZSTD => Codec::Zstd,
-                _ => return Err(corrupt("unknown codec byte of a patch's pages")),
-            };
-            let pages = frame(codec, rest.split_off(1));
+            let pages = frame(codec_of(rest[0])?, rest.split_off(1));
             let delta = Delta {
                 base,
                 changed,
