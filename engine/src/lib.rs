@@ -31,4 +31,4 @@ pub use pipeline::{
     SinkError, StoreSink,
 };
 pub use source::{Format, ImageSource, Qcow2Image, RawImage, VhdImage, VhdxImage};
-pub use store::{ChunkStore, FsStore, Layout, MemoryStore, StoreError, Stored};
+pub use store::{ChunkStore, FsStore, Layout, MemoryStore, Paged, StoreError, Stored};

@@ -32,7 +32,7 @@ use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
 use hotate_engine::delta::DIGEST_LEN;
 use hotate_engine::{
     Base, ChunkStore, Entry, Hash, Incoming, MAX_PATCH_DEPTH, Manifest, Offer, PageDigests,
-    PageTree, Stored,
+    PageTree, Paged, Stored,
 };
 use hotate_proto::pb::{self, transfer_server::Transfer, upload_reply, upload_request};
 use tokio::sync::{mpsc, watch};
@@ -435,7 +435,14 @@ struct Answer {
 }
 
 /// A base named for a delta, with the block's page values when the answer kept them.
-type BaseBlock = (Base, Option<Arc<PageTree>>);
+type BaseBlock = (Base, Option<Arc<KeptBase>>);
+
+/// What a delta against a base needs of it: its page values, and how many patches deep
+/// it is stored (a patch on it goes one deeper).
+struct KeptBase {
+    tree: PageTree,
+    depth: u8,
+}
 
 /// A hash asked for in this session and not yet stored.
 #[derive(Debug, Clone, Copy)]
@@ -450,23 +457,23 @@ struct Pending {
 /// them.
 #[derive(Default)]
 struct BaseCache {
-    blocks: HashMap<Hash, Arc<PageTree>>,
+    blocks: HashMap<Hash, Arc<KeptBase>>,
     bytes: usize,
 }
 
 impl BaseCache {
-    fn keep(&mut self, hash: Hash, tree: Arc<PageTree>) {
-        let bytes = tree.held_bytes();
+    fn keep(&mut self, hash: Hash, base: Arc<KeptBase>) {
+        let bytes = base.tree.held_bytes();
         if self.bytes + bytes <= BASE_CACHE_BYTES && !self.blocks.contains_key(&hash) {
             self.bytes += bytes;
-            self.blocks.insert(hash, tree);
+            self.blocks.insert(hash, base);
         }
     }
 
-    fn take(&mut self, hash: &Hash) -> Option<Arc<PageTree>> {
-        let tree = self.blocks.remove(hash)?;
-        self.bytes -= tree.held_bytes();
-        Some(tree)
+    fn take(&mut self, hash: &Hash) -> Option<Arc<KeptBase>> {
+        let base = self.blocks.remove(hash)?;
+        self.bytes -= base.tree.held_bytes();
+        Some(base)
     }
 }
 
@@ -533,16 +540,20 @@ fn lacking<S: ChunkStore + ?Sized>(
             Some(old) if bases.contains_key(old) => bases[old].clone(),
             Some(old) if read < BASE_ANSWER_READ => {
                 // Without a readable base the chunk simply travels whole.
-                let base = store
-                    .get_with_pages(old, max_len)
-                    .ok()
-                    .map(|(content, tree)| {
+                let base = store.get_with_pages(old, max_len).ok().map(
+                    |Paged {
+                         content,
+                         tree,
+                         depth,
+                     }| {
                         read += content.len();
                         let pages = PageDigests::of_tree(&tree, DIGEST_LEN);
                         let keep = kept + tree.held_bytes() <= BASE_ANSWER_KEEP;
                         kept += if keep { tree.held_bytes() } else { 0 };
-                        (Base { hash: *old, pages }, keep.then(|| Arc::new(tree)))
-                    });
+                        let kept_base = keep.then(|| Arc::new(KeptBase { tree, depth }));
+                        (Base { hash: *old, pages }, kept_base)
+                    },
+                );
                 bases.insert(*old, base.clone());
                 base
             }
@@ -767,8 +778,8 @@ impl Upload {
             need.hashes.push(hotate_proto::hash_bytes(&hash));
             let base = base.map(|(base, content)| {
                 need.bases.push(hotate_proto::delta_base(&hash, &base));
-                if let Some(tree) = content {
-                    self.base_cache.keep(base.hash, tree);
+                if let Some(kept) = content {
+                    self.base_cache.keep(base.hash, kept);
                 }
                 base.hash
             });
@@ -822,15 +833,15 @@ impl Upload {
             }
             Incoming::Delta(delta) => {
                 let received = delta.delta.encoded_len() as u64;
+                if let Some(kept) = cached
+                    && let Some(chunk) = delta.verify_by_pages(&kept.tree, kept.depth, max_len)?
+                {
+                    return Ok((chunk.check_len(len)?, received));
+                }
                 // A base whose layout cannot be read is not patched: the block stands alone.
                 let base_depth = store
                     .layout(&delta.delta.base)
                     .map_or(MAX_PATCH_DEPTH, |layout| layout.depth());
-                if let Some(tree) = cached
-                    && let Some(chunk) = delta.verify_by_pages(&tree, base_depth, max_len)?
-                {
-                    return Ok((chunk.check_len(len)?, received));
-                }
                 let base = store.get(&delta.delta.base, max_len)?;
                 let chunk = delta.verify(&base, base_depth, max_len, DEFAULT_ZSTD_LEVEL)?;
                 Ok((chunk.check_len(len)?, received))

@@ -15,10 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use super::layout::{self, Layout, PATCH_HEAD};
-use super::{ChunkStore, StoreError, Stored};
+use super::{ChunkStore, Paged, StoreError, Stored};
 use crate::direct_io::sync_filesystem;
 use crate::hash::Hash;
-use crate::page_tree::PageTree;
 
 /// Age after which a temp file is a crash's leftover, not a write in progress.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -215,7 +214,7 @@ impl ChunkStore for FsStore {
         layout::content(hash, max_len, |hash| self.read_file(hash))
     }
 
-    fn get_with_pages(&self, hash: &Hash, max_len: usize) -> Result<(Bytes, PageTree), StoreError> {
+    fn get_with_pages(&self, hash: &Hash, max_len: usize) -> Result<Paged, StoreError> {
         layout::content_with_pages(hash, max_len, |hash| self.read_file(hash))
     }
 

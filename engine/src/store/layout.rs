@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 
-use super::{StoreError, Stored};
+use super::{Paged, StoreError, Stored};
 use crate::block::{ChunkError, Codec, Frame, UnverifiedChunk, same_hash};
 use crate::delta::{Delta, MAX_PATCH_DEPTH, VerifiedPatch};
 use crate::hash::Hash;
@@ -142,33 +142,38 @@ pub(crate) fn content(
     max_len: usize,
     read: impl Fn(&Hash) -> Result<Option<Bytes>, StoreError>,
 ) -> Result<Bytes, StoreError> {
-    content_with(hash, max_len, read, |data| {
+    content_with(hash, max_len, read, |data, _| {
         same_hash(*hash, Hash::of(&data))?;
         Ok(data)
     })
 }
 
-/// As [`content`], with the content's page values, the hash checked through them: one
-/// pass over the content.
+/// As [`content`], with the content's page values, the hash checked through them (one
+/// pass over the content), and how many patches deep it is stored.
 pub(crate) fn content_with_pages(
     hash: &Hash,
     max_len: usize,
     read: impl Fn(&Hash) -> Result<Option<Bytes>, StoreError>,
-) -> Result<(Bytes, PageTree), StoreError> {
-    content_with(hash, max_len, read, |data| {
-        let tree = PageTree::of(&data);
-        same_hash(*hash, tree.root().unwrap_or_else(|| Hash::of(&data)))?;
-        Ok((data, tree))
+) -> Result<Paged, StoreError> {
+    content_with(hash, max_len, read, |content, depth| {
+        let tree = PageTree::of(&content);
+        same_hash(*hash, tree.root().unwrap_or_else(|| Hash::of(&content)))?;
+        Ok(Paged {
+            content,
+            tree,
+            depth,
+        })
     })
 }
 
 /// Reads chunk `hash` through its patches, every base checked, and hands the chunk's own
-/// content, not yet checked, to `seal`, which checks it against `hash`.
+/// content, not yet checked, to `seal`, which checks it against `hash`, with how many
+/// patches deep it is stored.
 fn content_with<T>(
     hash: &Hash,
     max_len: usize,
     read: impl Fn(&Hash) -> Result<Option<Bytes>, StoreError>,
-    seal: impl FnOnce(Bytes) -> Result<T, ChunkError>,
+    seal: impl FnOnce(Bytes, u8) -> Result<T, ChunkError>,
 ) -> Result<T, StoreError> {
     let damaged = |at: Hash, cause: ChunkError| StoreError::Corrupt {
         hash: *hash,
@@ -213,9 +218,13 @@ fn content_with<T>(
         }
     };
     // `patches` runs from the chunk itself down to the one on the whole frame.
+    // At most `MAX_PATCH_DEPTH`, checked above.
+    let depth = patches.len() as u8;
     let Some((own, below)) = patches.split_first() else {
         let data = frame.decode(max_len).and_then(nonempty);
-        return data.and_then(seal).map_err(|cause| damaged(*hash, cause));
+        return data
+            .and_then(|data| seal(data, depth))
+            .map_err(|cause| damaged(*hash, cause));
     };
     let mut block = UnverifiedChunk { hash: at, frame }
         .content(max_len)
@@ -226,7 +235,7 @@ fn content_with<T>(
             .map_err(|cause| damaged(patch.hash(), cause))?;
     }
     own.rebuild(&block, max_len)
-        .and_then(seal)
+        .and_then(|data| seal(data, depth))
         .map_err(|cause| damaged(*hash, cause))
 }
 

@@ -6,9 +6,8 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::layout::{self, Layout};
-use super::{ChunkStore, StoreError, Stored};
+use super::{ChunkStore, Paged, StoreError, Stored};
 use crate::hash::Hash;
-use crate::page_tree::PageTree;
 
 /// Chunks kept in a map, laid out as they would be on disk.
 #[derive(Debug, Default)]
@@ -45,7 +44,7 @@ impl ChunkStore for MemoryStore {
         layout::content(hash, max_len, |hash| Ok(self.lock().get(hash).cloned()))
     }
 
-    fn get_with_pages(&self, hash: &Hash, max_len: usize) -> Result<(Bytes, PageTree), StoreError> {
+    fn get_with_pages(&self, hash: &Hash, max_len: usize) -> Result<Paged, StoreError> {
         layout::content_with_pages(hash, max_len, |hash| Ok(self.lock().get(hash).cloned()))
     }
 

@@ -74,6 +74,15 @@ impl Stored {
     }
 }
 
+/// A chunk read with its page values ([`ChunkStore::get_with_pages`]).
+#[derive(Debug, Clone)]
+pub struct Paged {
+    pub content: Bytes,
+    pub tree: PageTree,
+    /// How many patches deep it is stored: 0 when whole.
+    pub depth: u8,
+}
+
 impl From<VerifiedChunk> for Stored {
     fn from(chunk: VerifiedChunk) -> Self {
         Self::Whole(chunk)
@@ -94,15 +103,20 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
     /// `NotFound` when absent, `Corrupt` when the stored bytes do not match the hash.
     fn get(&self, hash: &Hash, max_len: usize) -> Result<Bytes, StoreError>;
 
-    /// The chunk's content with its page values, its hash checked through them: one pass
-    /// over the content where the store can.
+    /// The chunk's content with its page values, its hash checked through them (one pass
+    /// over the content where the store can), and how many patches deep it is stored.
     ///
     /// # Errors
     /// As [`ChunkStore::get`].
-    fn get_with_pages(&self, hash: &Hash, max_len: usize) -> Result<(Bytes, PageTree), StoreError> {
+    fn get_with_pages(&self, hash: &Hash, max_len: usize) -> Result<Paged, StoreError> {
         let content = self.get(hash, max_len)?;
         let tree = PageTree::of(&content);
-        Ok((content, tree))
+        let depth = self.layout(hash)?.depth();
+        Ok(Paged {
+            content,
+            tree,
+            depth,
+        })
     }
 
     /// Stores a chunk durably; returns false when it was already there.
@@ -221,8 +235,11 @@ pub(crate) mod contract {
             assert!(!store.put(&chunk).unwrap(), "second put is not new");
             assert!(store.has(&chunk.hash()).unwrap());
             assert_eq!(store.get(&chunk.hash(), max).unwrap(), data);
-            let (content, tree) = store.get_with_pages(&chunk.hash(), max).unwrap();
-            assert_eq!((content, tree.pages()), (data, size.div_ceil(4096)));
+            let paged = store.get_with_pages(&chunk.hash(), max).unwrap();
+            assert_eq!(
+                (paged.content, paged.tree.pages(), paged.depth),
+                (data, size.div_ceil(4096), 0)
+            );
         }
         let a = VerifiedChunk::seal(Bytes::from_static(b"a"), 1);
         let b = VerifiedChunk::seal(Bytes::from_static(b"b"), 1);
@@ -266,14 +283,14 @@ pub(crate) mod contract {
             assert_eq!(store.put_many(std::slice::from_ref(&stored)).unwrap(), 1);
             let hash = stored.hash();
             assert_eq!(store.get(&hash, max).unwrap(), new);
-            let (content, tree) = store.get_with_pages(&hash, max).unwrap();
-            assert_eq!(
-                (content, tree.root()),
-                (Bytes::from(new.clone()), Some(hash))
-            );
             assert_eq!(store.content_len(&hash, max).unwrap(), Some(max));
             let expected = if depth <= MAX_PATCH_DEPTH { depth } else { 0 };
             assert_eq!(store.layout(&hash).unwrap().depth(), expected);
+            let paged = store.get_with_pages(&hash, max).unwrap();
+            assert_eq!(
+                (paged.content, paged.tree.root(), paged.depth),
+                (Bytes::from(new.clone()), Some(hash), expected)
+            );
             blocks.push(new);
         }
         // A block with most pages changed stands alone.
