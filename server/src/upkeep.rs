@@ -334,7 +334,7 @@ pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
     let mut names = DiskNames::default();
     let mut seq = read_references(data, 0, &mut refs, &mut names)?;
     let live: HashSet<Hash> = data.meta().live_hashes()?.into_iter().collect();
-    let (candidates, patches) = unreferenced(data, &refs, &live)?;
+    let (candidates, patches) = unreferenced(data, stored_chunks(data)?, &refs, &live)?;
     if dry_run {
         report.chunks_deleted = candidates.len() as u64;
         report.bytes_freed = candidates.iter().map(|(_, len)| len).sum();
@@ -376,16 +376,22 @@ pub fn gc(data: &DataDir, dry_run: bool) -> Result<GcReport, ServerError> {
     Ok(report)
 }
 
-/// The stored chunks (with their sizes) that no version, live update or patch needs,
-/// and the patches stored, by base.
-fn unreferenced(
-    data: &DataDir,
-    refs: &References,
-    live: &HashSet<Hash>,
-) -> Result<(Vec<(Hash, u64)>, Patches), ServerError> {
+/// Every stored chunk with its stored size.
+fn stored_chunks(data: &DataDir) -> Result<Vec<(Hash, u64)>, ServerError> {
     let mut stored = Vec::new();
     data.store()
         .list(&mut |hash, len| stored.push((hash, len)))?;
+    Ok(stored)
+}
+
+/// Which of the `stored` chunks (with their sizes) no version, live update or patch
+/// needs, and the patches among them, by base.
+fn unreferenced(
+    data: &DataDir,
+    stored: Vec<(Hash, u64)>,
+    refs: &References,
+    live: &HashSet<Hash>,
+) -> Result<(Vec<(Hash, u64)>, Patches), ServerError> {
     let patches = Patches::read(data, stored.iter().map(|(hash, _)| hash))?;
     let mut needed = |hash: &Hash| Ok(refs.chunks.contains_key(hash) || live.contains(hash));
     let mut unreferenced = Vec::new();
@@ -491,15 +497,15 @@ pub fn stats(data: &DataDir) -> Result<Stats, ServerError> {
     let mut refs = References::default();
     read_references(data, 0, &mut refs, &mut DiskNames::default())?;
     let live: HashSet<Hash> = data.meta().live_hashes()?.into_iter().collect();
-    let mut stats = Stats::default();
-    data.store().list(&mut |_, len| {
-        stats.chunks += 1;
-        stats.bytes += len;
-    })?;
-    let (unreferenced, _) = unreferenced(data, &refs, &live)?;
-    stats.unreferenced_chunks = unreferenced.len() as u64;
-    stats.unreferenced_bytes = unreferenced.iter().map(|(_, len)| len).sum();
-    Ok(stats)
+    let stored = stored_chunks(data)?;
+    let (chunks, bytes) = (stored.len() as u64, stored.iter().map(|(_, len)| len).sum());
+    let (unreferenced, _) = unreferenced(data, stored, &refs, &live)?;
+    Ok(Stats {
+        chunks,
+        bytes,
+        unreferenced_chunks: unreferenced.len() as u64,
+        unreferenced_bytes: unreferenced.iter().map(|(_, len)| len).sum(),
+    })
 }
 
 /// Bytes of the distinct chunks each disk's versions name (a chunk shared by two disks
