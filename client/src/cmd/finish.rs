@@ -10,7 +10,7 @@ use super::{Context, FinishOptions};
 use crate::error::{Failed, UsageError};
 use crate::inputs;
 use crate::progress::{Reporter, mb};
-use crate::server::{explain, host_port};
+use crate::server::{Session, explain, host_port};
 use crate::upload::{self, UploadPlan};
 
 /// # Errors
@@ -50,9 +50,8 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     // the upload begins at once, and the update's state is asked for only if it is refused.
     let ask_comment = options.comment.is_none() && inputs::interactive();
     let (begun, comment, prefetched) = if ask_comment {
-        let (update, prefetched) = tokio::join!(control.show_update(update_ref()), prefetch);
-        let update = update.map_err(|s| explain(&s, lang, &url))?.into_inner();
-        if let Some(version) = committed_or_ended(&update, lang)? {
+        let (committed, prefetched) = tokio::join!(committed_or_ended(&session, &guid), prefetch);
+        if let Some(version) = committed? {
             return complete(ctx, &record, &version, None);
         }
         let default = lang.default_comment(&terminal.name);
@@ -75,14 +74,11 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| lang.default_comment(&terminal.name));
         inputs::check_comment(&comment)?;
-        let mut begin_control = control.clone();
-        let (begun, prefetched) = tokio::join!(begin_control.begin_upload(update_ref()), prefetch);
+        let (begun, prefetched) = tokio::join!(control.begin_upload(update_ref()), prefetch);
         match begun {
             Ok(begun) => (begun, comment, prefetched),
             Err(refused) => {
-                let update = control.show_update(update_ref()).await;
-                let update = update.map_err(|s| explain(&s, lang, &url))?.into_inner();
-                if let Some(version) = committed_or_ended(&update, lang)? {
+                if let Some(version) = committed_or_ended(&session, &guid).await? {
                     return complete(ctx, &record, &version, None);
                 }
                 return Err(explain(&refused, lang, &url));
@@ -138,17 +134,24 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     complete(ctx, &record, &uploaded.version, Some(&uploaded))
 }
 
-/// `Some(version)` when a previous finish committed the update but stopped before
-/// cleaning up (only that is left); `None` while it is open.
+/// Asks the update's state: `Some(version)` when a previous finish committed it but
+/// stopped before cleaning up (only that is left); `None` while it is open.
 ///
 /// # Errors
-/// When it was cancelled or aborted.
-fn committed_or_ended(
-    update: &pb::Update,
-    lang: crate::i18n::Lang,
-) -> anyhow::Result<Option<String>> {
+/// When the server cannot be asked, or the update was cancelled or aborted.
+async fn committed_or_ended(session: &Session, guid: &str) -> anyhow::Result<Option<String>> {
+    let lang = session.lang;
+    let update = session
+        .control
+        .clone()
+        .show_update(session.request(pb::UpdateRef {
+            data_write_guid: guid.to_owned(),
+        }))
+        .await
+        .map_err(|s| explain(&s, lang, &session.url))?
+        .into_inner();
     match pb::UpdateState::try_from(update.state) {
-        Ok(pb::UpdateState::Committed) => Ok(Some(update.new_version.clone())),
+        Ok(pb::UpdateState::Committed) => Ok(Some(update.new_version)),
         Ok(pb::UpdateState::Reserved | pb::UpdateState::Uploading) => Ok(None),
         Ok(pb::UpdateState::Cancelled) => Err(Failed(lang.update_ended("cancelled")).into()),
         _ => Err(Failed(lang.update_ended("aborted")).into()),
