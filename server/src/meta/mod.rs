@@ -257,7 +257,8 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
     fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, MetaError>;
     /// Opens a new session of an uploading update; returns it with the session number.
     /// Entries offered by earlier sessions stay (their chunks stay referenced) but no
-    /// longer count towards the manifest.
+    /// longer count towards the manifest. Without an fsync, like the offers: after a power
+    /// loss it may roll back with them, and the terminal opens a session again.
     fn open_session(&self, guid: &str) -> Result<UpdateRow, MetaError>;
     /// Records entries offered by `session` in one transaction, refused when the update
     /// ended or another session took it over. Offers are re-sent by every session, so
@@ -266,7 +267,8 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
     fn record_offers(&self, guid: &str, session: u64, offers: &[Offer]) -> Result<(), MetaError>;
     /// The entries offered by one session of an upload, by block index.
     fn offers(&self, guid: &str, session: u64) -> Result<Vec<Offer>, MetaError>;
-    /// Counts chunks and wire bytes an upload stored.
+    /// Counts chunks and wire bytes an upload stored (for display; without an fsync,
+    /// so it may lag the chunks after a power loss).
     fn add_received(&self, guid: &str, chunks: u64, bytes: u64) -> Result<(), MetaError>;
     /// Commits an uploading update as `version`, atomically. `write_manifest` runs inside
     /// the transaction, so that `store gc` (which removes manifests no version names under

@@ -123,6 +123,22 @@ impl SqliteMeta {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `write` with a commit that skips the fsync (`synchronous = NORMAL`), for what
+    /// an upload records while it streams: an fsync holds the connection for tens of
+    /// milliseconds when the disk is busy, and every offer's answer waits for it. Such a
+    /// commit may roll back after a power loss, never corrupt, and the WAL keeps commits
+    /// in order: a later durable commit (or a group commit's `syncfs`) makes it durable.
+    fn without_fsync<T>(
+        &self,
+        write: impl FnOnce(&mut Connection) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let mut conn = self.conn();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = write(&mut conn);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        result
+    }
+
     fn migrate(&self) -> Result<(), MetaError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -396,7 +412,8 @@ impl Metadata for SqliteMeta {
 
     fn updates(&self) -> Result<Vec<UpdateRow>, MetaError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("{UPDATE_SELECT} ORDER BY created_at, guid"))?;
+        // Updates started within one second keep the order they were started in.
+        let mut stmt = conn.prepare(&format!("{UPDATE_SELECT} ORDER BY created_at, rowid"))?;
         let rows = stmt.query_map([], update_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -428,24 +445,21 @@ impl Metadata for SqliteMeta {
     }
 
     fn open_session(&self, guid: &str) -> Result<UpdateRow, MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        uploading(&tx, guid)?;
-        tx.execute(
-            "UPDATE updates SET session = session + 1, updated_at = ?2 WHERE guid = ?1",
-            params![guid, now()],
-        )?;
-        let row = update_by_guid(&tx, guid)?;
-        tx.commit()?;
-        Ok(row)
+        self.without_fsync(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            uploading(&tx, guid)?;
+            tx.execute(
+                "UPDATE updates SET session = session + 1, updated_at = ?2 WHERE guid = ?1",
+                params![guid, now()],
+            )?;
+            let row = update_by_guid(&tx, guid)?;
+            tx.commit()?;
+            Ok(row)
+        })
     }
 
     fn record_offers(&self, guid: &str, session: u64, offers: &[Offer]) -> Result<(), MetaError> {
-        let mut conn = self.conn();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = record_offers(&mut conn, guid, session, offers);
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        result
+        self.without_fsync(|conn| record_offers(conn, guid, session, offers))
     }
 
     fn offers(&self, guid: &str, session: u64) -> Result<Vec<Offer>, MetaError> {
@@ -475,12 +489,14 @@ impl Metadata for SqliteMeta {
     }
 
     fn add_received(&self, guid: &str, chunks: u64, bytes: u64) -> Result<(), MetaError> {
-        self.conn().execute(
-            "UPDATE updates SET chunks_received = chunks_received + ?2,
-                                bytes_received = bytes_received + ?3 WHERE guid = ?1",
-            params![guid, chunks as i64, bytes as i64],
-        )?;
-        Ok(())
+        self.without_fsync(|conn| {
+            conn.execute(
+                "UPDATE updates SET chunks_received = chunks_received + ?2,
+                                    bytes_received = bytes_received + ?3 WHERE guid = ?1",
+                params![guid, chunks as i64, bytes as i64],
+            )?;
+            Ok(())
+        })
     }
 
     fn commit_update(
@@ -927,6 +943,28 @@ mod tests {
             terminal: "PC-1".into(),
             role: Role::Admin,
         }
+    }
+
+    #[test]
+    fn updates_started_in_the_same_second_are_listed_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(&dir.path().join("meta.sqlite")).unwrap();
+        let session = user_and_disk(&meta);
+        // Identifiers that sort against the order of starting.
+        for guid in ["zz", "mm", "aa"] {
+            meta.start_update("d", "v1", &session, guid).unwrap();
+            meta.set_state(guid, UpdateState::Cancelled).unwrap();
+        }
+        meta.conn()
+            .execute("UPDATE updates SET created_at = 1", [])
+            .unwrap();
+        let listed: Vec<String> = meta
+            .updates()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.guid)
+            .collect();
+        assert_eq!(listed, ["zz", "mm", "aa"]);
     }
 
     #[test]
