@@ -38,8 +38,10 @@ fn explain_stream(status: &Status, lang: crate::i18n::Lang, url: &str) -> anyhow
     }
 }
 
-/// Requests queued towards the server; a few chunks keep the link busy.
+/// Chunks queued towards the server; a few keep the link busy.
 const REQUEST_QUEUE: usize = 8;
+/// Offers queued towards the server; they pass the queued chunks.
+const OFFER_QUEUE: usize = 32;
 /// Waits between tries while the server is at its upload limit, and when to give up.
 const BUSY_FIRST_WAIT: Duration = Duration::from_secs(2);
 const BUSY_MAX_WAIT: Duration = Duration::from_secs(60);
@@ -409,7 +411,7 @@ impl Pacer {
 
 /// The pipeline's sink on an upload stream.
 struct NetworkSink {
-    requests: mpsc::Sender<pb::UploadRequest>,
+    requests: Outbox,
     replies: Arc<Replies>,
     next_batch: AtomicU64,
     pacer: Option<Pacer>,
@@ -430,9 +432,45 @@ impl std::error::Error for StreamFailed {}
 impl NetworkSink {
     async fn send(&self, kind: upload_request::Kind) -> Result<(), SinkError> {
         self.requests
-            .send(pb::UploadRequest { kind: Some(kind) })
+            .send(kind)
             .await
             .map_err(|_| StreamFailed(self.replies.failure()).into())
+    }
+}
+
+/// The pipeline's requests on their way to the stream: offers, then chunks and the rest.
+#[derive(Debug, Clone)]
+struct Outbox {
+    offers: mpsc::Sender<pb::UploadRequest>,
+    others: mpsc::Sender<pb::UploadRequest>,
+}
+
+/// What the forwarder takes from an [`Outbox`].
+struct Inbox {
+    offers: mpsc::Receiver<pb::UploadRequest>,
+    others: mpsc::Receiver<pb::UploadRequest>,
+}
+
+impl Outbox {
+    fn new() -> (Self, Inbox) {
+        let (offers, offers_rx) = mpsc::channel(OFFER_QUEUE);
+        let (others, others_rx) = mpsc::channel(REQUEST_QUEUE);
+        let inbox = Inbox {
+            offers: offers_rx,
+            others: others_rx,
+        };
+        (Self { offers, others }, inbox)
+    }
+
+    async fn send(&self, kind: upload_request::Kind) -> Result<(), ()> {
+        let queue = match kind {
+            upload_request::Kind::Offer(_) => &self.offers,
+            _ => &self.others,
+        };
+        queue
+            .send(pb::UploadRequest { kind: Some(kind) })
+            .await
+            .map_err(|_| ())
     }
 }
 
@@ -458,12 +496,17 @@ impl ChunkSink for NetworkSink {
     }
 }
 
-/// Moves the pipeline's requests onto the open stream, in order.
-async fn forward(
-    mut pending: mpsc::Receiver<pb::UploadRequest>,
-    stream: mpsc::Sender<pb::UploadRequest>,
-) {
-    while let Some(request) = pending.recv().await {
+/// Moves the pipeline's requests onto the open stream; an offer passes the chunks queued
+/// before it, since its answer is a round trip away and theirs is not awaited. Chunks
+/// keep their order, and a chunk is only ever sent once its offer was answered.
+async fn forward(mut inbox: Inbox, stream: mpsc::Sender<pb::UploadRequest>) {
+    loop {
+        let request = tokio::select! {
+            biased;
+            Some(offer) = inbox.offers.recv() => offer,
+            Some(other) = inbox.others.recv() => other,
+            else => return,
+        };
         if stream.send(request).await.is_err() {
             return; // The stream ended; the router says why.
         }
@@ -555,7 +598,7 @@ pub async fn upload(
     *replies.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed_tx);
     // The pipeline's requests queue here until the stream is open: reading, hashing and
     // the first offers do not wait for the round trips that open it.
-    let (requests, pending) = mpsc::channel(REQUEST_QUEUE);
+    let (requests, pending) = Outbox::new();
     let sink = NetworkSink {
         requests: requests.clone(),
         replies: replies.clone(),
@@ -630,7 +673,7 @@ mod tests {
     async fn an_offer_made_after_the_stream_failed_is_refused_not_left_waiting() {
         let replies = Arc::new(Replies::new(Arc::new(Progress::default())));
         // The queue still takes requests (as one towards a stream that just ended does).
-        let (requests, _queue) = mpsc::channel(4);
+        let (requests, _queue) = Outbox::new();
         let sink = NetworkSink {
             requests,
             replies: replies.clone(),
@@ -682,5 +725,41 @@ mod tests {
         assert_eq!(progress.settled(), 2 << 20);
         stored(&[a]);
         assert_eq!(progress.settled(), 3 << 20);
+    }
+
+    #[tokio::test]
+    async fn an_offer_passes_the_chunks_queued_before_it() {
+        let (outbox, inbox) = Outbox::new();
+        let chunk = |n: u8| {
+            upload_request::Kind::Chunk(pb::Chunk {
+                hash: vec![n].into(),
+                ..pb::Chunk::default()
+            })
+        };
+        for n in 0..3 {
+            outbox.send(chunk(n)).await.unwrap();
+        }
+        let offer = pb::Offer {
+            batch: 7,
+            entries: Vec::new(),
+        };
+        outbox
+            .send(upload_request::Kind::Offer(offer.clone()))
+            .await
+            .unwrap();
+        drop(outbox);
+        let (stream, mut sent) = mpsc::channel(8);
+        forward(inbox, stream).await;
+        let mut order = Vec::new();
+        while let Some(request) = sent.recv().await {
+            order.push(request.kind.unwrap());
+        }
+        let expected = vec![
+            upload_request::Kind::Offer(offer),
+            chunk(0),
+            chunk(1),
+            chunk(2),
+        ];
+        assert_eq!(order, expected);
     }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use bytes::{Bytes, BytesMut};
+use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,7 +47,15 @@ const READ_SPAN: usize = 1 << 20;
 
 /// Offer batches awaiting the sink's answer at once, so a network round trip does not
 /// stall the pipeline.
-const OFFERS_IN_FLIGHT: usize = 16;
+const OFFERS_IN_FLIGHT: usize = 32;
+
+/// While fewer batches than this await their answer, a batch leaves without waiting to
+/// fill: the first changes go out at once.
+const EAGER_OFFERS: usize = 4;
+
+/// Otherwise a batch leaves when full or this long after its first block: long enough to
+/// gather the blocks read meanwhile, short against a round trip.
+const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Most changed blocks in one offer batch.
 const OFFER_BATCH: usize = 64;
@@ -486,83 +495,121 @@ fn read_span(
 
 /// Skips blocks equal to the parent, offers the rest in batches and forwards the needed
 /// ones; builds the new manifest.
+///
+/// Up to `OFFERS_IN_FLIGHT` batches await their answers at once, each taken as it comes
+/// (a slow answer holds up no other). A batch leaves when it is full, at the end of the
+/// image, at once while fewer than `EAGER_OFFERS` are out, else `BATCH_LINGER` after its
+/// first block. So a region of sparse or slightly changed blocks puts whatever the reader
+/// finds in flight within milliseconds, not one block per batch in flight.
 async fn offer_stage<S: ChunkSink>(
     parent: &Manifest,
     sink: &S,
     config: &PipelineConfig,
     holding: &Holding,
     progress: &Progress,
-    input: mpsc::Receiver<Hashed>,
+    mut input: mpsc::Receiver<Hashed>,
     out: mpsc::Sender<Hashed>,
 ) -> Result<Manifest, PipelineError> {
     let mut manifest = parent.clone();
     let batch_cap = config.max_batch.clamp(1, OFFER_BATCH);
-    // Changed blocks past the holding budget have let their content go (the read stage
-    // decided), and a needed one is read again. So the offers in flight are bounded by
-    // count, not by memory.
-    let mut bad_index = None;
-    {
-        // Blocks equal to the parent leave at once (and free their place in the window),
-        // so a batch holds `batch_cap` changed blocks however much disk lies between.
-        let changed_batches = ReceiverStream::new(input)
-            .filter_map(|block| {
-                let changed = if parent.get(block.index) == Some(block.entry) {
-                    Progress::add(&progress.blocks_skipped, 1);
-                    Progress::add(&progress.bytes_done, block.len);
-                    None
-                } else {
-                    if let Err(e) = manifest.set(block.index, block.entry) {
-                        bad_index.get_or_insert(e);
-                    }
-                    Progress::add(&progress.blocks_changed, 1);
-                    Progress::add(&progress.bytes_changed, block.len);
-                    Some(block)
-                };
-                std::future::ready(changed)
+    let offer = |changed: Vec<Hashed>| async move {
+        let offers = changed
+            .iter()
+            .map(|b| Offer {
+                index: b.index,
+                entry: b.entry,
             })
-            .ready_chunks(batch_cap)
-            // Several batches wait for their answers at once, hiding the round trip.
-            .map(|changed| async move {
-                let offers = changed
-                    .iter()
-                    .map(|b| Offer {
-                        index: b.index,
-                        entry: b.entry,
-                    })
-                    .collect();
-                let needed = sink.offer(offers).await.map_err(PipelineError::Sink)?;
-                let needed: HashMap<Hash, Option<Base>> = needed
-                    .into_iter()
-                    .map(|need| (need.hash, need.base))
-                    .collect();
-                Ok::<_, PipelineError>((changed, needed))
-            })
-            .buffered(OFFERS_IN_FLIGHT);
-        futures::pin_mut!(changed_batches);
-        while let Some((changed, mut needed)) = changed_batches.try_next().await? {
-            for mut block in changed {
-                holding.release(&block);
-                // Each needed hash is sent once, by its first block.
-                let need = match block.entry {
-                    Entry::Chunk(hash) => needed.remove(&hash),
-                    Entry::Zero => None,
-                };
-                match need {
-                    Some(base) => {
-                        block.base = base;
-                        if out.send(block).await.is_err() {
-                            break; // The compress stage stopped with an error.
-                        }
-                    }
-                    None => Progress::add(&progress.bytes_done, block.len),
+            .collect();
+        let needed = sink.offer(offers).await.map_err(PipelineError::Sink)?;
+        let needed: HashMap<Hash, Option<Base>> = needed
+            .into_iter()
+            .map(|need| (need.hash, need.base))
+            .collect();
+        Ok::<_, PipelineError>((changed, needed))
+    };
+    let mut in_flight = FuturesUnordered::new();
+    let mut batch = Vec::with_capacity(batch_cap);
+    // When the batch's first block came, and whether it has waited long enough.
+    let mut batch_since = tokio::time::Instant::now();
+    let mut lingered = false;
+    let mut read_all = false;
+    loop {
+        let ready =
+            batch.len() >= batch_cap || read_all || lingered || in_flight.len() < EAGER_OFFERS;
+        if !batch.is_empty() && ready && in_flight.len() < OFFERS_IN_FLIGHT {
+            in_flight.push(offer(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(batch_cap),
+            )));
+            lingered = false;
+            continue;
+        }
+        if read_all && batch.is_empty() && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            // Answers first: they free what their blocks hold.
+            biased;
+            answered = in_flight.next(), if !in_flight.is_empty() => {
+                let Some(answered) = answered else { continue };
+                let (changed, mut needed) = answered?;
+                if !forward_needed(changed, &mut needed, holding, progress, &out).await {
+                    break; // The compress stage stopped with an error.
                 }
             }
+            block = input.recv(), if !read_all && batch.len() < batch_cap => {
+                let Some(block) = block else {
+                    read_all = true;
+                    continue;
+                };
+                // Blocks equal to the parent leave at once (and free their place in the
+                // window), so a batch holds changed blocks however much disk lies between.
+                if parent.get(block.index) == Some(block.entry) {
+                    Progress::add(&progress.blocks_skipped, 1);
+                    Progress::add(&progress.bytes_done, block.len);
+                    continue;
+                }
+                manifest.set(block.index, block.entry)?;
+                Progress::add(&progress.blocks_changed, 1);
+                Progress::add(&progress.bytes_changed, block.len);
+                if batch.is_empty() {
+                    batch_since = tokio::time::Instant::now();
+                }
+                batch.push(block);
+            }
+            () = tokio::time::sleep_until(batch_since + BATCH_LINGER),
+                if !batch.is_empty() && !lingered => lingered = true,
         }
     }
-    match bad_index {
-        Some(e) => Err(e.into()),
-        None => Ok(manifest),
+    Ok(manifest)
+}
+
+/// Hands an answered batch's needed blocks to the compress stage (each needed hash once,
+/// by its first block) and counts the rest done; false when the compress stage stopped.
+async fn forward_needed(
+    changed: Vec<Hashed>,
+    needed: &mut HashMap<Hash, Option<Base>>,
+    holding: &Holding,
+    progress: &Progress,
+    out: &mpsc::Sender<Hashed>,
+) -> bool {
+    for mut block in changed {
+        holding.release(&block);
+        let need = match block.entry {
+            Entry::Chunk(hash) => needed.remove(&hash),
+            Entry::Zero => None,
+        };
+        match need {
+            Some(base) => {
+                block.base = base;
+                if out.send(block).await.is_err() {
+                    return false;
+                }
+            }
+            None => Progress::add(&progress.bytes_done, block.len),
+        }
     }
+    true
 }
 
 /// Compresses the needed blocks (as page deltas where the sink offered a base) on the

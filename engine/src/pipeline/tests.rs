@@ -579,21 +579,20 @@ impl ChunkSink for GatedOfferSink {
 #[tokio::test]
 async fn a_batch_holds_changed_blocks_however_far_apart() {
     let dir = tempfile::tempdir().unwrap();
-    const BLOCKS: usize = 256;
+    const BLOCKS: usize = 512;
     let base = pattern(TEST_BLOCK * BLOCKS, 9);
     let store = Arc::new(MemoryStore::new());
     let parent = import(write_image(&dir, "base", &base), &store)
         .await
         .manifest;
-    // Every eighth block changed: more than the offers in flight hold one by one.
+    // Every eighth block changed: more than the offers in flight hold one by one, so
+    // the last batch waits to fill.
     let mut updated = base.clone();
     for block in (0..BLOCKS).step_by(8) {
         updated[block * TEST_BLOCK] ^= 0xff;
     }
-    let config = PipelineConfig {
-        window: TEST_BLOCK * 16,
-        ..PipelineConfig::default()
-    };
+    // The window holds the whole image: nothing but the batching limits the offers.
+    let config = PipelineConfig::default();
     let progress = Arc::new(Progress::default());
     let sink = GatedOfferSink {
         batches: Mutex::default(),
@@ -616,5 +615,85 @@ async fn a_batch_holds_changed_blocks_however_far_apart() {
             .iter()
             .any(|b| b.len() >= 2 && b.windows(2).all(|w| w[1] - w[0] == 8)),
         "{batches:?}"
+    );
+}
+
+/// An image that yields one block every 2 ms, as a slow disk or a busy client does.
+#[derive(Debug)]
+struct Trickle(Arc<dyn ImageSource>);
+
+impl ImageSource for Trickle {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn data_extents(&self) -> std::io::Result<Vec<std::ops::Range<u64>>> {
+        self.0.data_extents()
+    }
+
+    fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> std::io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        self.0.read_at(offset, len, buf)
+    }
+}
+
+/// Holds every answer until `target` blocks were offered (or 3 s passed), like a long
+/// round trip, then needs every block whole.
+struct HeldAnswers {
+    offered: AtomicUsize,
+    target: usize,
+    at_first_answer: std::sync::OnceLock<usize>,
+}
+
+impl ChunkSink for HeldAnswers {
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
+        self.offered.fetch_add(offers.len(), Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while self.offered.load(Ordering::SeqCst) < self.target
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        self.at_first_answer
+            .get_or_init(|| self.offered.load(Ordering::SeqCst));
+        Ok(offers
+            .iter()
+            .filter_map(|o| o.entry.hash())
+            .map(Need::whole)
+            .collect())
+    }
+
+    async fn put(&self, _chunk: Outgoing) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn changed_blocks_read_one_at_a_time_are_offered_many_per_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(TEST_BLOCK * 200, 9);
+    let source: Arc<dyn ImageSource> = Arc::new(Trickle(write_image(&dir, "slow", &data)));
+    let parent = Manifest::zeroed(source.size(), block_size()).unwrap();
+    // One block per read, one read at a time.
+    let config = PipelineConfig {
+        window: TEST_BLOCK * 4,
+        read_ahead: 1,
+        ..PipelineConfig::default()
+    };
+    let sink = HeldAnswers {
+        offered: AtomicUsize::new(0),
+        target: 64,
+        at_first_answer: std::sync::OnceLock::new(),
+    };
+    let outcome = run(source, &parent, &sink, &config, &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome.progress.blocks_changed, 200);
+    // Blocks that come one at a time gather into batches while earlier ones await their
+    // answer: a round trip covers what was read meanwhile, not one block per batch.
+    let offered = *sink.at_first_answer.get().unwrap();
+    assert!(
+        offered >= 64,
+        "only {offered} blocks were offered before the first answer"
     );
 }
