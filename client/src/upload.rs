@@ -513,12 +513,41 @@ async fn forward(mut inbox: Inbox, stream: mpsc::Sender<pb::UploadRequest>) {
     }
 }
 
+/// Sends the pipeline's offers behind `open` while the stream opens: first those sent on
+/// an earlier try (`early[..replayed]` is what this try has sent again), then new ones,
+/// each kept in `early` for the next try. Cancel-safe: an offer leaves the inbox only
+/// once the queue has room for it. Never returns: it ends when dropped.
+async fn send_early_offers(
+    requests: &mpsc::Sender<pb::UploadRequest>,
+    offers: &mut mpsc::Receiver<pb::UploadRequest>,
+    early: &mut Vec<pb::UploadRequest>,
+    replayed: &mut usize,
+) -> std::convert::Infallible {
+    while let Ok(permit) = requests.reserve().await {
+        if let Some(offer) = early.get(*replayed) {
+            permit.send(offer.clone());
+            *replayed += 1;
+            continue;
+        }
+        let Some(offer) = offers.recv().await else {
+            break;
+        };
+        early.push(offer.clone());
+        *replayed += 1;
+        permit.send(offer);
+    }
+    std::future::pending().await
+}
+
 /// Opens the upload stream (waiting while the server is at its upload limit); returns
 /// its request queue, its replies after `Opened`, and the bytes the server already holds.
+/// Offers from `inbox` follow `open` at once, without waiting a round trip for `Opened`;
+/// a try the busy server refused loses none of them.
 async fn open_stream(
     session: &Session,
     transfer: &mut pb::transfer_client::TransferClient<tonic::transport::Channel>,
     plan: &UploadPlan<'_>,
+    inbox: &mut Inbox,
 ) -> anyhow::Result<(
     mpsc::Sender<pb::UploadRequest>,
     tonic::Streaming<pb::UploadReply>,
@@ -528,8 +557,9 @@ async fn open_stream(
     // A server at its upload limit says so; wait and retry, growing the wait.
     let mut wait = BUSY_FIRST_WAIT;
     let busy_until = Instant::now() + BUSY_GIVE_UP;
-    let (requests, mut stream) = loop {
-        // The open request, then what the forwarder moves on, one at a time.
+    let mut early = Vec::new();
+    loop {
+        // The open request, then offers, then what the forwarder moves on.
         let (requests, queue) = mpsc::channel(1);
         let open = upload_request::Kind::Open(pb::Open {
             upload_id: plan.upload_id.clone(),
@@ -538,11 +568,34 @@ async fn open_stream(
             .send(pb::UploadRequest { kind: Some(open) })
             .await
             .map_err(|_| Failed("the upload stream closed".into()))?;
-        match transfer
-            .upload(session.request(ReceiverStream::new(queue)))
-            .await
-        {
-            Ok(stream) => break (requests, stream.into_inner()),
+        let mut replayed = 0;
+        let called = {
+            let call = transfer.upload(session.request(ReceiverStream::new(queue)));
+            let feed = send_early_offers(&requests, &mut inbox.offers, &mut early, &mut replayed);
+            tokio::select! {
+                called = call => called,
+                never = feed => match never {},
+            }
+        };
+        match called {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                let first = {
+                    let feed =
+                        send_early_offers(&requests, &mut inbox.offers, &mut early, &mut replayed);
+                    tokio::select! {
+                        first = stream.next() => first,
+                        never = feed => match never {},
+                    }
+                };
+                return match first {
+                    Some(Ok(pb::UploadReply {
+                        kind: Some(upload_reply::Kind::Opened(opened)),
+                    })) => Ok((requests, stream, opened.bytes_stored)),
+                    Some(Err(status)) => Err(explain(&status, lang, url)),
+                    _ => Err(Failed(lang.upload_not_opened()).into()),
+                };
+            }
             Err(s)
                 if s.code() == tonic::Code::ResourceExhausted
                     && s.metadata().get("hotate-busy").is_some()
@@ -555,13 +608,6 @@ async fn open_stream(
             }
             Err(s) => return Err(explain(&s, lang, url)),
         }
-    };
-    match stream.next().await {
-        Some(Ok(pb::UploadReply {
-            kind: Some(upload_reply::Kind::Opened(opened)),
-        })) => Ok((requests, stream, opened.bytes_stored)),
-        Some(Err(status)) => Err(explain(&status, lang, url)),
-        _ => Err(Failed(lang.upload_not_opened()).into()),
     }
 }
 
@@ -611,7 +657,9 @@ pub async fn upload(
     };
     let mut manifest_client = transfer.clone();
     let opening = async {
-        let (stream_requests, stream, already) = open_stream(session, &mut transfer, plan).await?;
+        let mut pending = pending;
+        let (stream_requests, stream, already) =
+            open_stream(session, &mut transfer, plan, &mut pending).await?;
         tracing::debug!(elapsed = ?started.elapsed(), "stream open");
         on_open(already);
         let router = tokio::spawn(replies.clone().route(stream));
@@ -761,5 +809,51 @@ mod tests {
             chunk(2),
         ];
         assert_eq!(order, expected);
+    }
+
+    fn offer_request(batch: u64) -> pb::UploadRequest {
+        pb::UploadRequest {
+            kind: Some(upload_request::Kind::Offer(pb::Offer {
+                batch,
+                entries: Vec::new(),
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_open_sends_the_earlier_offers_again_then_new_ones() {
+        let (outbox, mut inbox) = Outbox::new();
+        outbox.send(offer_request(3).kind.unwrap()).await.unwrap();
+        // Offers 1 and 2 went out on a try the server refused.
+        let mut early = vec![offer_request(1), offer_request(2)];
+        let mut replayed = 0;
+        let (requests, mut queue) = mpsc::channel(8);
+        let feed = send_early_offers(&requests, &mut inbox.offers, &mut early, &mut replayed);
+        let fed = tokio::time::timeout(std::time::Duration::from_millis(200), feed).await;
+        assert!(fed.is_err(), "feeding goes on until dropped");
+        let mut sent = Vec::new();
+        while let Ok(request) = queue.try_recv() {
+            sent.push(request);
+        }
+        assert_eq!(sent, [offer_request(1), offer_request(2), offer_request(3)]);
+        // All three are kept for another try.
+        assert_eq!(early, sent);
+        assert_eq!(replayed, 3);
+    }
+
+    #[tokio::test]
+    async fn an_offer_waiting_for_room_while_the_stream_opens_is_not_lost() {
+        let (outbox, mut inbox) = Outbox::new();
+        outbox.send(offer_request(1).kind.unwrap()).await.unwrap();
+        // The stream's queue is full (of `open`): the offer cannot go yet.
+        let (requests, _queue) = mpsc::channel(1);
+        requests.send(offer_request(0)).await.unwrap();
+        let (mut early, mut replayed) = (Vec::new(), 0);
+        let feed = send_early_offers(&requests, &mut inbox.offers, &mut early, &mut replayed);
+        let fed = tokio::time::timeout(std::time::Duration::from_millis(100), feed).await;
+        assert!(fed.is_err());
+        // Dropped meanwhile (the stream opened): the offer is still there to forward.
+        assert!(early.is_empty());
+        assert_eq!(inbox.offers.try_recv().unwrap(), offer_request(1));
     }
 }
