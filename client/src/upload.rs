@@ -685,6 +685,13 @@ pub async fn upload(
                         Err(other) => anyhow::anyhow!(other),
                     }
                 }
+                // Its size was checked before reading: an image that ends early now was
+                // cut short meanwhile (as a mapped one that shrinks is reported).
+                hotate_engine::PipelineError::Read { source, .. }
+                    if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    Failed(lang.image_shrunk(&plan.image_path.display().to_string())).into()
+                }
                 other => unreadable(plan, lang, other).into(),
             })
     };
