@@ -33,6 +33,7 @@ use crate::block::{BlockSize, DEFAULT_ZSTD_LEVEL, Frame, VerifiedChunk, is_zero}
 use crate::delta::{Base, Delta, Outgoing, PAGE, PageDigests};
 use crate::hash::Hash;
 use crate::manifest::{Entry, Manifest, ManifestError};
+use crate::page_tree::PageTree;
 use crate::source::ImageSource;
 use buffers::{BlockBuffers, Lease};
 
@@ -169,6 +170,11 @@ struct Holding {
 }
 
 impl Holding {
+    /// Whether changed blocks hold all the content they may.
+    fn blocks_full(&self) -> bool {
+        self.blocks.load(Relaxed) >= self.block_budget
+    }
+
     /// Whether a changed block may keep its content; it must be released once answered.
     fn take_block(&self) -> bool {
         Self::take(&self.blocks, 1, self.block_budget)
@@ -478,14 +484,23 @@ fn read_span(
             if is_zero(&data) {
                 return Hashed::without_data(index, len, Entry::Zero);
             }
-            let entry = Entry::Chunk(Hash::of(&data));
+            // Past the content budget, a block that replaces content keeps its page
+            // digests if it changed: one pass over its pages then gives its hash too.
+            let tree = (matches!(parent, Entry::Chunk(_)) && holding.blocks_full())
+                .then(|| PageTree::of(&data));
+            let hash = tree
+                .as_ref()
+                .and_then(PageTree::root)
+                .unwrap_or_else(|| Hash::of(&data));
+            let entry = Entry::Chunk(hash);
             let mut block = Hashed::without_data(index, len, entry);
             if entry == parent || holding.take_block() {
                 block.data = Some(data);
             } else if matches!(parent, Entry::Chunk(_))
                 && holding.take_digests(data.len().div_ceil(PAGE) * KEPT_DIGEST_LEN)
             {
-                block.pages = Some(PageDigests::of_width(&data, KEPT_DIGEST_LEN));
+                let tree = tree.unwrap_or_else(|| PageTree::of(&data));
+                block.pages = Some(PageDigests::of_tree(&tree, KEPT_DIGEST_LEN));
             }
             block
         })
