@@ -567,69 +567,6 @@ fn a_server_restart_during_the_upload_resumes() {
 }
 
 #[test]
-fn a_finish_the_busy_server_refused_waits_and_completes_with_every_block() {
-    // One upload at a time: PC-001 uploads slowly while PC-002 finishes another disk.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pair = images::synthetic_pair(dir.path(), 8 << 20, 50, 41);
-    let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
-    let other_dir = dir.path().join("other");
-    std::fs::create_dir_all(&other_dir).expect("dir");
-    let other_pair = images::synthetic_pair(&other_dir, 8 << 20, 50, 42);
-    let imported = hotate_tests::harness::admin_json(
-        &site.data,
-        &[
-            "disk",
-            "import",
-            "win11",
-            other_pair.base.to_str().expect("path"),
-            "--block-size",
-            &BLOCK.to_string(),
-        ],
-    );
-    let server = Server::start_with(
-        &site.data,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--transfer-listen",
-            "127.0.0.1:0",
-            "--max-uploads",
-            "1",
-        ],
-    );
-    let first = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
-    let second = Terminal::new(
-        dir.path(),
-        "PC-002",
-        imported["disk_id"].as_str().expect("disk_id"),
-        imported["version"].as_str().expect("version"),
-        &other_pair.updated,
-    );
-    for terminal in [&first, &second] {
-        assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
-    }
-    let slow = finish_in_background(&first, &site, "1m");
-    // Refused while the first holds the only place: it waits, retries and completes.
-    let waited = second.run(&["update", "finish"]);
-    assert_ok(&waited);
-    assert!(
-        text(&waited).contains("busy with other uploads"),
-        "{}",
-        text(&waited)
-    );
-    assert_ok(&slow.wait_with_output().expect("wait"));
-    assert_latest_is(&site, dir.path(), &pair.updated);
-    let exported = site.export("win11", None, &dir.path().join("win11.img"));
-    same_file(&exported, &other_pair.updated);
-}
-
-#[test]
 fn an_aborted_upload_is_discarded_and_the_terminal_can_start_again() {
     let s = setup(8 << 20, 11);
     s.start_update();

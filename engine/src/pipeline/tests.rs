@@ -70,9 +70,10 @@ async fn import_then_export_gives_the_image_back_for_every_size() {
     }
 }
 
-/// Reads an image through `read_at` only, hiding that it lives in memory.
+/// Reads an image through `read_at` only, hiding that it lives in memory; each read
+/// waits `pace` first, as on a slow disk or a busy terminal.
 #[derive(Debug)]
-struct ReadOnly(Arc<dyn ImageSource>);
+struct ReadOnly(Arc<dyn ImageSource>, std::time::Duration);
 
 impl ImageSource for ReadOnly {
     fn size(&self) -> u64 {
@@ -82,6 +83,7 @@ impl ImageSource for ReadOnly {
         self.0.data_extents()
     }
     fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> std::io::Result<()> {
+        std::thread::sleep(self.1);
         self.0.read_at(offset, len, buf)
     }
 }
@@ -99,7 +101,11 @@ async fn an_image_in_memory_is_used_in_place_with_the_same_result() {
         let in_place_store = Arc::new(MemoryStore::new());
         let in_place = import(mapped.clone(), &in_place_store).await;
         let read_store = Arc::new(MemoryStore::new());
-        let read = import(Arc::new(ReadOnly(mapped)), &read_store).await;
+        let read = import(
+            Arc::new(ReadOnly(mapped, std::time::Duration::ZERO)),
+            &read_store,
+        )
+        .await;
         assert_eq!(in_place.manifest, read.manifest, "size {size}");
         assert_eq!(export(&in_place.manifest, &*in_place_store), data);
         assert_eq!(in_place.progress.bytes_read, read.progress.bytes_read);
@@ -618,25 +624,6 @@ async fn a_batch_holds_changed_blocks_however_far_apart() {
     );
 }
 
-/// An image that yields one block every 2 ms, as a slow disk or a busy client does.
-#[derive(Debug)]
-struct Trickle(Arc<dyn ImageSource>);
-
-impl ImageSource for Trickle {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-
-    fn data_extents(&self) -> std::io::Result<Vec<std::ops::Range<u64>>> {
-        self.0.data_extents()
-    }
-
-    fn read_at(&self, offset: u64, len: usize, buf: &mut AlignedBuf) -> std::io::Result<()> {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        self.0.read_at(offset, len, buf)
-    }
-}
-
 /// Holds every answer until `target` blocks were offered (or 3 s passed), like a long
 /// round trip, then needs every block whole.
 struct HeldAnswers {
@@ -672,7 +659,11 @@ impl ChunkSink for HeldAnswers {
 async fn changed_blocks_read_one_at_a_time_are_offered_many_per_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(TEST_BLOCK * 200, 9);
-    let source: Arc<dyn ImageSource> = Arc::new(Trickle(write_image(&dir, "slow", &data)));
+    // One block every 2 ms.
+    let source: Arc<dyn ImageSource> = Arc::new(ReadOnly(
+        write_image(&dir, "slow", &data),
+        std::time::Duration::from_millis(2),
+    ));
     let parent = Manifest::zeroed(source.size(), block_size()).unwrap();
     // One block per read, one read at a time.
     let config = PipelineConfig {
