@@ -9,7 +9,8 @@
 //! (`compress_jobs` on the blocking pool) into the sink. Every span held in memory is a
 //! lease from a pool of `window / span` buffers, so memory stays within the window
 //! (plus a block per compress job) whatever the image size. Changed blocks awaiting
-//! their answer keep their content within half the window; past it they let it go and
+//! their answer keep their content within half the window (a copy where a span holds
+//! several blocks, so that the span's lease goes back); past it they let it go and
 //! are read again if needed, so the offers in flight are not bounded by memory. One
 //! that replaces a block of the parent keeps its page digests instead (a few KiB), so
 //! when the sink offers that block as a delta base only the changed pages are read
@@ -494,8 +495,18 @@ fn read_span(
                 .unwrap_or_else(|| Hash::of(&data));
             let entry = Entry::Chunk(hash);
             let mut block = Hashed::without_data(index, len, entry);
-            if entry == parent || holding.take_block() {
+            if entry == parent {
+                // Dropped as soon as it is compared, with the span's lease.
                 block.data = Some(data);
+            } else if holding.take_block() {
+                // Awaiting its answer for a round trip or more: a block that shares its
+                // read span keeps a copy, so that the span's lease goes back to the reader
+                // (the holding budget bounds these copies to half the window).
+                block.data = Some(if geometry.blocks_per_span > 1 {
+                    Bytes::copy_from_slice(&data)
+                } else {
+                    data
+                });
             } else if matches!(parent, Entry::Chunk(_))
                 && holding.take_digests(data.len().div_ceil(PAGE) * KEPT_DIGEST_LEN)
             {

@@ -688,3 +688,40 @@ async fn changed_blocks_read_one_at_a_time_are_offered_many_per_round_trip() {
         "only {offered} blocks were offered before the first answer"
     );
 }
+
+#[tokio::test]
+async fn a_changed_block_awaiting_its_answer_does_not_hold_its_whole_read_span() {
+    let dir = tempfile::tempdir().unwrap();
+    const BLOCKS: usize = 512;
+    let base = pattern(TEST_BLOCK * BLOCKS, 13);
+    let store = Arc::new(MemoryStore::new());
+    let parent = import(write_image(&dir, "base", &base), &store)
+        .await
+        .manifest;
+    // One changed block in every read span of 16 blocks, in a window of 4 spans.
+    let mut updated = base;
+    for block in (0..BLOCKS).step_by(16) {
+        updated[block * TEST_BLOCK + 3] ^= 0x77;
+    }
+    let config = PipelineConfig {
+        window: TEST_BLOCK * 64,
+        ..PipelineConfig::default()
+    };
+    let sink = HeldAnswers {
+        offered: AtomicUsize::new(0),
+        target: 24,
+        at_first_answer: std::sync::OnceLock::new(),
+    };
+    let source = write_image(&dir, "updated", &updated);
+    let outcome = run(source, &parent, &sink, &config, &Progress::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome.progress.blocks_changed, 32);
+    // Held for their answers, the changed blocks keep copies and the reader reads on:
+    // holding the spans themselves stopped it after four.
+    let offered = *sink.at_first_answer.get().unwrap();
+    assert!(
+        offered >= 24,
+        "only {offered} blocks were offered before the first answer"
+    );
+}
