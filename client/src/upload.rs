@@ -513,30 +513,52 @@ async fn forward(mut inbox: Inbox, stream: mpsc::Sender<pb::UploadRequest>) {
     }
 }
 
-/// Sends the pipeline's offers behind `open` while the stream opens: first those sent on
-/// an earlier try (`early[..replayed]` is what this try has sent again), then new ones,
-/// each kept in `early` for the next try. Cancel-safe: an offer leaves the inbox only
-/// once the queue has room for it. Never returns: it ends when dropped.
-async fn send_early_offers(
-    requests: &mpsc::Sender<pb::UploadRequest>,
-    offers: &mut mpsc::Receiver<pb::UploadRequest>,
-    early: &mut Vec<pb::UploadRequest>,
-    replayed: &mut usize,
-) -> std::convert::Infallible {
-    while let Ok(permit) = requests.reserve().await {
-        if let Some(offer) = early.get(*replayed) {
-            permit.send(offer.clone());
-            *replayed += 1;
-            continue;
+/// The offers sent behind `open` while the stream opens, kept for the next try if the
+/// busy server refuses this one.
+#[derive(Debug, Default)]
+struct EarlyOffers {
+    sent: Vec<pb::UploadRequest>,
+    /// How many of `sent` this try has sent again.
+    replayed: usize,
+}
+
+impl EarlyOffers {
+    /// Sends those sent on an earlier try again, then new ones from `offers`, each kept.
+    /// Cancel-safe: an offer leaves `offers` only once `requests` has room for it.
+    /// Never returns: it ends when dropped.
+    async fn feed(
+        &mut self,
+        requests: &mpsc::Sender<pb::UploadRequest>,
+        offers: &mut mpsc::Receiver<pb::UploadRequest>,
+    ) -> std::convert::Infallible {
+        while let Ok(permit) = requests.reserve().await {
+            if let Some(offer) = self.sent.get(self.replayed) {
+                permit.send(offer.clone());
+                self.replayed += 1;
+                continue;
+            }
+            let Some(offer) = offers.recv().await else {
+                break;
+            };
+            self.sent.push(offer.clone());
+            self.replayed += 1;
+            permit.send(offer);
         }
-        let Some(offer) = offers.recv().await else {
-            break;
-        };
-        early.push(offer.clone());
-        *replayed += 1;
-        permit.send(offer);
+        std::future::pending().await
     }
-    std::future::pending().await
+
+    /// Awaits `step` of opening the stream while feeding it offers.
+    async fn during<T>(
+        &mut self,
+        step: impl std::future::Future<Output = T>,
+        requests: &mpsc::Sender<pb::UploadRequest>,
+        offers: &mut mpsc::Receiver<pb::UploadRequest>,
+    ) -> T {
+        tokio::select! {
+            done = step => done,
+            never = self.feed(requests, offers) => match never {},
+        }
+    }
 }
 
 /// Opens the upload stream (waiting while the server is at its upload limit); returns
@@ -557,7 +579,7 @@ async fn open_stream(
     // A server at its upload limit says so; wait and retry, growing the wait.
     let mut wait = BUSY_FIRST_WAIT;
     let busy_until = Instant::now() + BUSY_GIVE_UP;
-    let mut early = Vec::new();
+    let mut early = EarlyOffers::default();
     loop {
         // The open request, then offers, then what the forwarder moves on.
         let (requests, queue) = mpsc::channel(1);
@@ -568,26 +590,14 @@ async fn open_stream(
             .send(pb::UploadRequest { kind: Some(open) })
             .await
             .map_err(|_| Failed("the upload stream closed".into()))?;
-        let mut replayed = 0;
-        let called = {
-            let call = transfer.upload(session.request(ReceiverStream::new(queue)));
-            let feed = send_early_offers(&requests, &mut inbox.offers, &mut early, &mut replayed);
-            tokio::select! {
-                called = call => called,
-                never = feed => match never {},
-            }
-        };
-        match called {
+        early.replayed = 0;
+        let call = transfer.upload(session.request(ReceiverStream::new(queue)));
+        match early.during(call, &requests, &mut inbox.offers).await {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
-                let first = {
-                    let feed =
-                        send_early_offers(&requests, &mut inbox.offers, &mut early, &mut replayed);
-                    tokio::select! {
-                        first = stream.next() => first,
-                        never = feed => match never {},
-                    }
-                };
+                let first = early
+                    .during(stream.next(), &requests, &mut inbox.offers)
+                    .await;
                 return match first {
                     Some(Ok(pb::UploadReply {
                         kind: Some(upload_reply::Kind::Opened(opened)),
@@ -832,10 +842,12 @@ mod tests {
         let (outbox, mut inbox) = Outbox::new();
         outbox.send(offer_request(3).kind.unwrap()).await.unwrap();
         // Offers 1 and 2 went out on a try the server refused.
-        let mut early = vec![offer_request(1), offer_request(2)];
-        let mut replayed = 0;
+        let mut early = EarlyOffers {
+            sent: vec![offer_request(1), offer_request(2)],
+            replayed: 0,
+        };
         let (requests, mut queue) = mpsc::channel(8);
-        let feed = send_early_offers(&requests, &mut inbox.offers, &mut early, &mut replayed);
+        let feed = early.feed(&requests, &mut inbox.offers);
         let fed = tokio::time::timeout(std::time::Duration::from_millis(200), feed).await;
         assert!(fed.is_err(), "feeding goes on until dropped");
         let mut sent = Vec::new();
@@ -844,8 +856,8 @@ mod tests {
         }
         assert_eq!(sent, [offer_request(1), offer_request(2), offer_request(3)]);
         // All three are kept for another try.
-        assert_eq!(early, sent);
-        assert_eq!(replayed, 3);
+        assert_eq!(early.sent, sent);
+        assert_eq!(early.replayed, 3);
     }
 
     #[tokio::test]
@@ -855,12 +867,12 @@ mod tests {
         // The stream's queue is full (of `open`): the offer cannot go yet.
         let (requests, _queue) = mpsc::channel(1);
         requests.send(offer_request(0)).await.unwrap();
-        let (mut early, mut replayed) = (Vec::new(), 0);
-        let feed = send_early_offers(&requests, &mut inbox.offers, &mut early, &mut replayed);
+        let mut early = EarlyOffers::default();
+        let feed = early.feed(&requests, &mut inbox.offers);
         let fed = tokio::time::timeout(std::time::Duration::from_millis(100), feed).await;
         assert!(fed.is_err());
         // Dropped meanwhile (the stream opened): the offer is still there to forward.
-        assert!(early.is_empty());
+        assert!(early.sent.is_empty());
         assert_eq!(inbox.offers.try_recv().unwrap(), offer_request(1));
     }
 }
