@@ -487,8 +487,8 @@ fn read_span(
             }
             // Past the content budget, a block that replaces content keeps its page
             // digests if it changed: one pass over its pages then gives its hash too.
-            let tree = (matches!(parent, Entry::Chunk(_)) && holding.blocks_full())
-                .then(|| PageTree::of(&data));
+            let replaces_content = matches!(parent, Entry::Chunk(_));
+            let tree = (replaces_content && holding.blocks_full()).then(|| PageTree::of(&data));
             let hash = tree
                 .as_ref()
                 .and_then(PageTree::root)
@@ -507,7 +507,7 @@ fn read_span(
                 } else {
                     data
                 });
-            } else if matches!(parent, Entry::Chunk(_))
+            } else if replaces_content
                 && holding.take_digests(data.len().div_ceil(PAGE) * KEPT_DIGEST_LEN)
             {
                 let tree = tree.unwrap_or_else(|| PageTree::of(&data));

@@ -329,16 +329,21 @@ async fn refuses_an_image_of_the_wrong_size() {
     ));
 }
 
+/// Needs every offered hash whole.
+fn all_needed(offers: &[Offer]) -> Vec<Need> {
+    offers
+        .iter()
+        .filter_map(|o| o.entry.hash())
+        .map(Need::whole)
+        .collect()
+}
+
 /// Never finishes a put: the pipeline must stop reading once the window is full.
 struct StuckSink(AtomicUsize);
 
 impl ChunkSink for StuckSink {
     async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
-        Ok(offers
-            .iter()
-            .filter_map(|o| o.entry.hash())
-            .map(Need::whole)
-            .collect())
+        Ok(all_needed(&offers))
     }
 
     async fn put(&self, _chunk: Outgoing) -> Result<(), SinkError> {
@@ -643,16 +648,31 @@ impl ChunkSink for HeldAnswers {
         }
         self.at_first_answer
             .get_or_init(|| self.offered.load(Ordering::SeqCst));
-        Ok(offers
-            .iter()
-            .filter_map(|o| o.entry.hash())
-            .map(Need::whole)
-            .collect())
+        Ok(all_needed(&offers))
     }
 
     async fn put(&self, _chunk: Outgoing) -> Result<(), SinkError> {
         Ok(())
     }
+}
+
+/// Runs `source` against answers held until `target` blocks were offered; returns the
+/// run's progress and how many blocks were offered before the first answer.
+async fn offered_before_first_answer(
+    source: Arc<dyn ImageSource>,
+    parent: &Manifest,
+    config: &PipelineConfig,
+    target: usize,
+) -> (ProgressSnapshot, usize) {
+    let sink = HeldAnswers {
+        offered: AtomicUsize::new(0),
+        target,
+        at_first_answer: std::sync::OnceLock::new(),
+    };
+    let outcome = run(source, parent, &sink, config, &Progress::default())
+        .await
+        .unwrap();
+    (outcome.progress, *sink.at_first_answer.get().unwrap())
 }
 
 #[tokio::test]
@@ -671,18 +691,10 @@ async fn changed_blocks_read_one_at_a_time_are_offered_many_per_round_trip() {
         read_ahead: 1,
         ..PipelineConfig::default()
     };
-    let sink = HeldAnswers {
-        offered: AtomicUsize::new(0),
-        target: 64,
-        at_first_answer: std::sync::OnceLock::new(),
-    };
-    let outcome = run(source, &parent, &sink, &config, &Progress::default())
-        .await
-        .unwrap();
-    assert_eq!(outcome.progress.blocks_changed, 200);
+    let (progress, offered) = offered_before_first_answer(source, &parent, &config, 64).await;
+    assert_eq!(progress.blocks_changed, 200);
     // Blocks that come one at a time gather into batches while earlier ones await their
     // answer: a round trip covers what was read meanwhile, not one block per batch.
-    let offered = *sink.at_first_answer.get().unwrap();
     assert!(
         offered >= 64,
         "only {offered} blocks were offered before the first answer"
@@ -707,19 +719,11 @@ async fn a_changed_block_awaiting_its_answer_does_not_hold_its_whole_read_span()
         window: TEST_BLOCK * 64,
         ..PipelineConfig::default()
     };
-    let sink = HeldAnswers {
-        offered: AtomicUsize::new(0),
-        target: 24,
-        at_first_answer: std::sync::OnceLock::new(),
-    };
     let source = write_image(&dir, "updated", &updated);
-    let outcome = run(source, &parent, &sink, &config, &Progress::default())
-        .await
-        .unwrap();
-    assert_eq!(outcome.progress.blocks_changed, 32);
+    let (progress, offered) = offered_before_first_answer(source, &parent, &config, 24).await;
+    assert_eq!(progress.blocks_changed, 32);
     // Held for their answers, the changed blocks keep copies and the reader reads on:
     // holding the spans themselves stopped it after four.
-    let offered = *sink.at_first_answer.get().unwrap();
     assert!(
         offered >= 24,
         "only {offered} blocks were offered before the first answer"
