@@ -288,6 +288,12 @@ impl Lang {
             format!("サーバーから受け取った元のバージョンのマニフェストが壊れています: {cause}。再度 `update finish` を実行してください。"),
         )
     }
+    pub fn kept_manifest_stale(self) -> String {
+        self.pick(
+            "The base version's manifest kept since `update start` does not match the server's. It has been discarded; run `update finish` again.",
+            "`update start` 以降保持していた元のバージョンのマニフェストがサーバーのものと一致しません。破棄しました。再度 `update finish` を実行してください。",
+        )
+    }
     pub fn upload_not_opened(self) -> String {
         self.pick(
             "The server did not open the upload. Run `update finish` again.",

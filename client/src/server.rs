@@ -210,12 +210,24 @@ impl Session {
         url: &str,
         ca: Option<&Path>,
     ) -> anyhow::Result<TransferClient<Channel>> {
-        Ok(
-            TransferClient::new(channel(url, ca, self.insecure, self.lang).await?)
-                .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
-                .max_encoding_message_size(hotate_proto::MAX_MESSAGE),
-        )
+        transfer_client(url, ca, self.insecure, self.lang).await
     }
+}
+
+/// A transfer client for `url`, with message limits sized to the largest block; it
+/// needs no login, so it can connect while the login goes on.
+///
+/// # Errors
+/// When the transfer endpoint is unreachable.
+pub async fn transfer_client(
+    url: &str,
+    ca: Option<&Path>,
+    insecure: bool,
+    lang: Lang,
+) -> anyhow::Result<TransferClient<Channel>> {
+    Ok(TransferClient::new(channel(url, ca, insecure, lang).await?)
+        .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
+        .max_encoding_message_size(hotate_proto::MAX_MESSAGE))
 }
 
 /// A server status as a message in the user's language.

@@ -1,11 +1,13 @@
 //! The state dir: `terminal.toml` (what the boot environment knows), the cached server
-//! URL and the current update's record. Every write is atomic (temp file, fsync, rename).
+//! URL, the current update's record and its base version's manifest. Every write is
+//! atomic (temp file, fsync, rename).
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use hotate_engine::{Hash, Manifest};
 use serde::{Deserialize, Serialize};
 
 use crate::error::UsageError;
@@ -14,6 +16,7 @@ use crate::i18n::{Lang, WriteCacheWord};
 const TERMINAL: &str = "terminal.toml";
 const URL: &str = "server-url";
 const UPDATE: &str = "update.toml";
+const BASE_MANIFEST: &str = "base.manifest";
 
 /// The terminal's write-cache mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +95,10 @@ pub struct UpdateRecord {
     /// connects to it and fetches the base manifest while it logs in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer_url: Option<String>,
+    /// The base version's manifest root as the server named it at `update start`: the
+    /// manifest kept beside this record is used only if it has this root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_root: Option<String>,
 }
 
 /// The client's state dir.
@@ -194,10 +201,40 @@ impl StateDir {
         write_atomic(&self.file(UPDATE), toml::to_string(record)?.as_bytes())
     }
 
+    /// Clears the update's record and its base manifest.
+    ///
     /// # Errors
-    /// When the record exists but cannot be removed.
+    /// When they exist but cannot be removed.
     pub fn clear_update(&self) -> anyhow::Result<()> {
+        self.forget_base_manifest()?;
         remove_if_exists(&self.file(UPDATE)).map(|_| ())
+    }
+
+    /// Keeps the base version's manifest for the finish, which can then read the image
+    /// before it logs in.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save_base_manifest(&self, manifest: &Manifest) -> anyhow::Result<()> {
+        write_atomic(&self.file(BASE_MANIFEST), &manifest.encode())
+    }
+
+    /// The kept base manifest, if there is one with the root `record` names; anything
+    /// else (none kept, unreadable, damaged, another root) is `None`: the finish then
+    /// downloads it.
+    pub fn base_manifest(&self, record: &UpdateRecord) -> Option<Manifest> {
+        let root: Hash = record.base_root.as_deref()?.parse().ok()?;
+        let bytes = fs::read(self.file(BASE_MANIFEST)).ok()?;
+        Manifest::decode(&bytes)
+            .inspect_err(|e| tracing::debug!(cause = %e, "the kept base manifest is damaged"))
+            .ok()
+            .filter(|manifest| manifest.root() == root)
+    }
+
+    /// # Errors
+    /// When the kept base manifest exists but cannot be removed.
+    pub fn forget_base_manifest(&self) -> anyhow::Result<()> {
+        remove_if_exists(&self.file(BASE_MANIFEST)).map(|_| ())
     }
 }
 
@@ -271,6 +308,7 @@ mod tests {
             upload_id: None,
             layers_below: vec!["/images/v1.vhdx (4096 bytes, ends 00ff)".into()],
             transfer_url: Some("https://srv:30811".into()),
+            base_root: None,
         };
         state.save_update(&record).unwrap();
         assert_eq!(state.update().unwrap(), Some(record));
@@ -282,5 +320,51 @@ mod tests {
         assert_eq!(state.url().as_deref(), Some("http://127.0.0.1:1"));
         assert!(state.clear_url().unwrap());
         assert!(!state.clear_url().unwrap());
+    }
+
+    #[test]
+    fn the_kept_base_manifest_is_used_only_with_the_recorded_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::locate(Some(dir.path().to_owned()), Lang::En);
+        let block = hotate_engine::BlockSize::new(1 << 20).unwrap();
+        let mut manifest = Manifest::zeroed(8 << 20, block).unwrap();
+        manifest
+            .set(3, hotate_engine::Entry::Chunk(Hash::of(b"block 3")))
+            .unwrap();
+        let mut record = UpdateRecord {
+            disk_id: "d".into(),
+            data_write_guid: "g".into(),
+            base_version: "c3066470".into(),
+            write_cache_before: WriteCache::Restore,
+            upload_id: None,
+            layers_below: Vec::new(),
+            transfer_url: None,
+            base_root: Some(manifest.root().to_string()),
+        };
+        assert_eq!(state.base_manifest(&record), None, "none kept yet");
+        state.save_base_manifest(&manifest).unwrap();
+        state.save_update(&record).unwrap();
+        assert_eq!(state.update().unwrap(), Some(record.clone()));
+        assert_eq!(state.base_manifest(&record), Some(manifest.clone()));
+
+        // Another root, no root, or a damaged file: not used.
+        let other = Manifest::zeroed(8 << 20, block).unwrap();
+        record.base_root = Some(other.root().to_string());
+        assert_eq!(state.base_manifest(&record), None);
+        record.base_root = None;
+        assert_eq!(state.base_manifest(&record), None);
+        record.base_root = Some(manifest.root().to_string());
+        let path = dir.path().join(BASE_MANIFEST);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 40;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(state.base_manifest(&record), None);
+
+        // Clearing the update forgets it.
+        state.save_base_manifest(&manifest).unwrap();
+        state.clear_update().unwrap();
+        assert!(!path.exists());
+        assert_eq!(state.update().unwrap(), None);
     }
 }

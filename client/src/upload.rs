@@ -47,56 +47,34 @@ const BUSY_FIRST_WAIT: Duration = Duration::from_secs(2);
 const BUSY_MAX_WAIT: Duration = Duration::from_secs(60);
 const BUSY_GIVE_UP: Duration = Duration::from_secs(30 * 60);
 
-/// What the upload needs to know.
+/// What reading the image needs: known before login when `update start` kept the base
+/// manifest, else once the upload has begun.
 #[derive(Debug)]
-pub struct UploadPlan<'a> {
-    pub upload_id: String,
-    pub transfer_url: String,
-    pub ca: Option<&'a Path>,
-    pub disk_id: String,
-    pub base_version: String,
-    pub base_root: Hash,
-    pub disk_size: u64,
+pub struct ImagePlan {
     /// The differential disk, opened and checked by [`open_image`].
     pub image: Arc<dyn ImageSource>,
     pub image_path: std::path::PathBuf,
-    pub comment: String,
-    pub limit_rate: Option<u64>,
+    pub base_version: String,
     /// The images below the overlay as `update start` recorded them (empty: unknown).
     pub layers_at_start: Vec<String>,
-    /// The transfer connection and base manifest, if fetched while logging in.
-    pub prefetched: Option<Prefetched>,
+    /// The base version's manifest, checked against its root.
+    pub parent: Manifest,
 }
 
-/// A transfer connection opened, and the base manifest fetched, before the upload began:
-/// a round trip or two off the finish's start on a long link.
-#[derive(Debug, Clone)]
-pub struct Prefetched {
-    pub url: String,
-    pub transfer: pb::transfer_client::TransferClient<tonic::transport::Channel>,
-    pub manifest: Manifest,
+/// What the upload stream needs, known once the upload has begun.
+#[derive(Debug)]
+pub struct StreamPlan<'a> {
+    pub upload_id: String,
+    pub transfer_url: String,
+    pub disk_size: u64,
+    pub ca: Option<&'a Path>,
+    /// A connection to `transfer_url` opened while logging in, if any.
+    pub transfer: Option<TransferClient>,
+    pub comment: String,
 }
 
-/// Connects to the transfer service `update start` recorded and fetches the base
-/// manifest; `None` on any failure (the upload then connects as usual).
-pub async fn prefetch(
-    session: &Session,
-    url: &str,
-    ca: Option<&Path>,
-    disk_id: &str,
-    version: &str,
-) -> Option<Prefetched> {
-    let mut transfer = session.transfer(url, ca).await.ok()?;
-    let manifest = fetch_manifest(session, &mut transfer, url, disk_id, version)
-        .await
-        .inspect_err(|e| tracing::debug!(cause = %e, "no prefetched manifest"))
-        .ok()?;
-    Some(Prefetched {
-        url: url.to_owned(),
-        transfer,
-        manifest,
-    })
-}
+/// A client of the transfer service.
+pub type TransferClient = pb::transfer_client::TransferClient<tonic::transport::Channel>;
 
 /// What a finished upload produced.
 #[derive(Debug)]
@@ -130,32 +108,23 @@ pub fn open_image(
 }
 
 /// A failure reading the image, in the user's language.
-fn unreadable(
-    plan: &UploadPlan<'_>,
-    lang: crate::i18n::Lang,
-    cause: impl std::fmt::Display,
-) -> Failed {
+fn unreadable(plan: &ImagePlan, lang: crate::i18n::Lang, cause: impl std::fmt::Display) -> Failed {
     Failed(lang.image_unreadable(&plan.image_path.display().to_string(), &cause.to_string()))
 }
 
-/// Downloads the base version's manifest and checks it against its root.
+/// Downloads the base version's manifest and checks it against its root and size.
 ///
 /// # Errors
-/// When the download fails or the manifest does not match the root.
+/// When the download fails or the manifest does not match.
 pub async fn base_manifest(
     session: &Session,
-    transfer: &mut pb::transfer_client::TransferClient<tonic::transport::Channel>,
-    plan: &UploadPlan<'_>,
+    transfer: &mut TransferClient,
+    url: &str,
+    (disk_id, version): (&str, &str),
+    (root, disk_size): (Hash, u64),
 ) -> anyhow::Result<Manifest> {
-    let manifest = fetch_manifest(
-        session,
-        transfer,
-        &plan.transfer_url,
-        &plan.disk_id,
-        &plan.base_version,
-    )
-    .await?;
-    if manifest.root() != plan.base_root || manifest.disk_size() != plan.disk_size {
+    let manifest = fetch_manifest(session, transfer, url, disk_id, version).await?;
+    if manifest.root() != root || manifest.disk_size() != disk_size {
         return Err(Failed(
             session
                 .lang
@@ -172,7 +141,7 @@ pub async fn base_manifest(
 /// When the download fails or the manifest is malformed.
 pub async fn fetch_manifest(
     session: &Session,
-    transfer: &mut pb::transfer_client::TransferClient<tonic::transport::Channel>,
+    transfer: &mut TransferClient,
     url: &str,
     disk_id: &str,
     version: &str,
@@ -204,11 +173,7 @@ const BASE_SAMPLES: usize = 16;
 /// Whether to read only an overlay's top layer: yes when the image is an overlay whose
 /// layers below hold the base version (checked on sample blocks); an overlay over
 /// anything else is refused, since its unchanged blocks would not be the base's.
-async fn trust_top_layer(
-    plan: &UploadPlan<'_>,
-    parent: &Manifest,
-    lang: crate::i18n::Lang,
-) -> anyhow::Result<bool> {
+async fn trust_top_layer(plan: &ImagePlan, lang: crate::i18n::Lang) -> anyhow::Result<bool> {
     let touched = match plan.image.top_layer_extents() {
         None => return Ok(false),
         Some(extents) => extents.map_err(|e| unreadable(plan, lang, e))?,
@@ -216,7 +181,7 @@ async fn trust_top_layer(
     let top: u64 = touched.iter().map(|r| r.end - r.start).sum();
     check_layers_unchanged(plan, lang)?;
     let image = plan.image.clone();
-    let base = parent.clone();
+    let base = plan.parent.clone();
     let differs = tokio::task::spawn_blocking(move || {
         pipeline::check_layers_below(image.as_ref(), &base, &touched, BASE_SAMPLES)
     })
@@ -234,14 +199,14 @@ async fn trust_top_layer(
         "{}",
         lang.top_layer_only(
             &format!("{:.1}", top as f64 / 1e6),
-            &format!("{:.1}", plan.disk_size as f64 / 1e6)
+            &format!("{:.1}", plan.parent.disk_size() as f64 / 1e6)
         )
     );
     Ok(true)
 }
 
 /// Refuses an overlay whose images below changed since `update start` recorded them.
-fn check_layers_unchanged(plan: &UploadPlan<'_>, lang: crate::i18n::Lang) -> anyhow::Result<()> {
+fn check_layers_unchanged(plan: &ImagePlan, lang: crate::i18n::Lang) -> anyhow::Result<()> {
     if plan.layers_at_start.is_empty() {
         return Ok(());
     }
@@ -567,8 +532,8 @@ impl EarlyOffers {
 /// a try the busy server refused loses none of them.
 async fn open_stream(
     session: &Session,
-    transfer: &mut pb::transfer_client::TransferClient<tonic::transport::Channel>,
-    plan: &UploadPlan<'_>,
+    transfer: &mut TransferClient,
+    plan: &StreamPlan<'_>,
     inbox: &mut Inbox,
 ) -> anyhow::Result<(
     mpsc::Sender<pb::UploadRequest>,
@@ -621,91 +586,78 @@ async fn open_stream(
     }
 }
 
-/// Uploads the image and commits the new version; `progress` is live for display, and
-/// `on_open` receives the bytes the server held when the stream opened. The image is
-/// read while the stream opens.
+/// Uploads the image and commits the new version. `reading` yields what reading the
+/// image needs and `connecting` what the stream needs: the image is read, hashed and
+/// offered as soon as the first is there, while the second logs in, begins the upload
+/// and opens the stream (the requests queue until it is open). `progress` is live for
+/// display, and `on_open` receives the bytes the server held when the stream opened.
 ///
 /// # Errors
-/// When the image cannot be read, the connection fails, or the server refuses.
-pub async fn upload(
-    session: &Session,
-    plan: &UploadPlan<'_>,
+/// When either input fails, the image cannot be read, the connection fails, or the
+/// server refuses.
+pub async fn upload<'a>(
+    lang: crate::i18n::Lang,
+    reading: impl Future<Output = anyhow::Result<ImagePlan>>,
+    connecting: impl Future<Output = anyhow::Result<(Session, StreamPlan<'a>)>>,
+    limit_rate: Option<u64>,
     progress: &Arc<Progress>,
-    on_open: impl FnOnce(u64),
+    on_open: impl FnOnce(&StreamPlan<'a>, u64),
 ) -> anyhow::Result<Uploaded> {
     let started = Instant::now();
-    let lang = session.lang;
-    let url = &plan.transfer_url;
-    // Fetched while logging in, when the server is where `update start` found it.
-    let prefetched = plan.prefetched.clone().filter(|p| {
-        p.url == *url
-            && p.manifest.root() == plan.base_root
-            && p.manifest.disk_size() == plan.disk_size
-    });
-    let (mut transfer, prefetched_manifest) = match prefetched {
-        Some(p) => {
-            tracing::debug!("using the transfer connection and base manifest prefetched at login");
-            (p.transfer, Some(p.manifest))
-        }
-        None => (session.transfer(url, plan.ca).await?, None),
-    };
     let replies = Arc::new(Replies::new(progress.clone()));
     let (committed_tx, committed_rx) = oneshot::channel();
     *replies.committed.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed_tx);
-    // The pipeline's requests queue here until the stream is open: reading, hashing and
-    // the first offers do not wait for the round trips that open it.
     let (requests, pending) = Outbox::new();
     let sink = NetworkSink {
         requests: requests.clone(),
         replies: replies.clone(),
         next_batch: AtomicU64::new(1),
-        pacer: plan.limit_rate.map(|rate| Pacer {
+        pacer: limit_rate.map(|rate| Pacer {
             rate: rate.max(1),
             start: Instant::now(),
             sent: Mutex::new(0),
         }),
     };
-    let mut manifest_client = transfer.clone();
+    // Where the stream goes, once known: a failure of the stream names it.
+    let stream_url = std::sync::OnceLock::new();
     let opening = async {
+        let (session, plan) = connecting.await?;
+        let _ = stream_url.set(plan.transfer_url.clone());
+        let mut transfer = match plan.transfer.clone() {
+            Some(transfer) => {
+                tracing::debug!("using the transfer connection opened while logging in");
+                transfer
+            }
+            None => session.transfer(&plan.transfer_url, plan.ca).await?,
+        };
         let mut pending = pending;
         let (stream_requests, stream, already) =
-            open_stream(session, &mut transfer, plan, &mut pending).await?;
+            open_stream(&session, &mut transfer, &plan, &mut pending).await?;
         tracing::debug!(elapsed = ?started.elapsed(), "stream open");
-        on_open(already);
+        on_open(&plan, already);
         let router = tokio::spawn(replies.clone().route(stream));
         tokio::spawn(forward(pending, stream_requests));
-        Ok::<_, anyhow::Error>(router)
+        Ok::<_, anyhow::Error>((router, plan))
     };
     let reading = async {
-        let parent = match prefetched_manifest {
-            Some(manifest) => manifest,
-            None => base_manifest(session, &mut manifest_client, plan).await?,
-        };
+        let plan = reading.await?;
         let config = PipelineConfig {
-            top_layer_only: trust_top_layer(plan, &parent, lang).await?,
+            top_layer_only: trust_top_layer(&plan, lang).await?,
             ..PipelineConfig::default()
         };
         tracing::debug!(elapsed = ?started.elapsed(), top_layer_only = config.top_layer_only, "image checked");
-        pipeline::run(plan.image.clone(), &parent, &sink, &config, progress)
+        let outcome = pipeline::run(plan.image.clone(), &plan.parent, &sink, &config, progress)
             .await
-            .map_err(|e| match e {
-                hotate_engine::PipelineError::Sink(inner) => {
-                    match inner.downcast::<StreamFailed>() {
-                        Ok(failed) => explain_stream(&failed.0, lang, url),
-                        Err(other) => anyhow::anyhow!(other),
-                    }
-                }
-                // Its size was checked before reading: an image that ends early now was
-                // cut short meanwhile (as a mapped one that shrinks is reported).
-                hotate_engine::PipelineError::Read { source, .. }
-                    if source.kind() == std::io::ErrorKind::UnexpectedEof =>
-                {
-                    Failed(lang.image_shrunk(&plan.image_path.display().to_string())).into()
-                }
-                other => unreadable(plan, lang, other).into(),
-            })
+            .map_err(|e| read_failure(e, &plan, lang))?;
+        Ok((outcome, plan.parent.disk_size()))
     };
-    let (router, outcome) = tokio::try_join!(opening, reading)?;
+    let failed_stream = |e: anyhow::Error| match e.downcast::<StreamFailed>() {
+        Ok(failed) => explain_stream(&failed.0, lang, stream_url.get().map_or("", String::as_str)),
+        Err(other) => other,
+    };
+    let ((router, plan), (outcome, disk_size)) =
+        tokio::try_join!(opening, reading).map_err(failed_stream)?;
+    let url = &plan.transfer_url;
     tracing::debug!(elapsed = ?started.elapsed(), progress = ?outcome.progress, "pipeline done");
     let finish = upload_request::Kind::Finish(pb::Finish {
         block_count: outcome.manifest.len() as u64,
@@ -723,11 +675,34 @@ pub async fn upload(
     router.abort();
     Ok(Uploaded {
         version,
-        image_size: plan.disk_size,
+        image_size: disk_size,
         bytes_changed: outcome.progress.bytes_changed,
         bytes_sent: outcome.progress.bytes_sent,
         elapsed: started.elapsed(),
     })
+}
+
+/// A failed read of the image in the user's words; a failed stream stays a
+/// [`StreamFailed`] for the caller, who knows where the stream went.
+fn read_failure(
+    e: hotate_engine::PipelineError,
+    plan: &ImagePlan,
+    lang: crate::i18n::Lang,
+) -> anyhow::Error {
+    match e {
+        hotate_engine::PipelineError::Sink(inner) => match inner.downcast::<StreamFailed>() {
+            Ok(failed) => (*failed).into(),
+            Err(other) => anyhow::anyhow!(other),
+        },
+        // Its size was checked before reading: an image that ends early now was cut
+        // short meanwhile (as a mapped one that shrinks is reported).
+        hotate_engine::PipelineError::Read { source, .. }
+            if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Failed(lang.image_shrunk(&plan.image_path.display().to_string())).into()
+        }
+        other => unreadable(plan, lang, other).into(),
+    }
 }
 
 #[cfg(test)]

@@ -855,6 +855,7 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
     let s = setup(4 << 20, 31);
     s.start_update();
     let record = s.terminal.state.join("update.toml");
+    let kept = s.terminal.state.join("base.manifest");
     let recorded = std::fs::read_to_string(&record).expect("update.toml");
     let line = format!("transfer_url = \"http://{}\"", s.server.transfer);
     assert!(recorded.contains(&line), "{recorded}");
@@ -865,18 +866,21 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
             .output()
             .expect("finish")
     };
-    // Where start found it: the connection and the base manifest come while logging in.
+    // Start kept the base manifest: the image is read while logging in, and the
+    // transfer connection opens meanwhile.
+    let manifest =
+        hotate_engine::Manifest::decode(&std::fs::read(&kept).expect("base.manifest kept"))
+            .expect("a manifest");
+    let root = format!("base_root = \"{}\"", manifest.root());
+    assert!(recorded.contains(&root), "{recorded}");
     let first = finish();
     assert_ok(&first);
-    assert!(
-        text(&first).contains("prefetched at login"),
-        "{}",
-        text(&first)
-    );
+    for said in ["kept at `update start`", "opened while logging in"] {
+        assert!(text(&first).contains(said), "{said}: {}", text(&first));
+    }
+    assert!(!kept.exists(), "cleared with the update");
 
-    // A record naming a dead endpoint, then one naming none (written by an older
-    // client): the finish asks the server and goes on.
-    for replace in ["transfer_url = \"http://127.0.0.1:1\"", ""] {
+    let start_again = || {
         let updates = s.site.updates();
         let booted = updates
             .last()
@@ -884,7 +888,13 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
             .expect("the last version");
         s.terminal.write_config(&s.site.disk_id, booted, "restore");
         s.start_update();
-        let recorded = std::fs::read_to_string(&record).expect("update.toml");
+        assert!(kept.exists());
+        std::fs::read_to_string(&record).expect("update.toml")
+    };
+    // A record naming a dead endpoint, then one naming none (written by an older
+    // client): the finish asks the server and goes on.
+    for replace in ["transfer_url = \"http://127.0.0.1:1\"", ""] {
+        let recorded = start_again();
         let old = recorded
             .lines()
             .find(|l| l.starts_with("transfer_url"))
@@ -894,10 +904,49 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
         let finish = finish();
         assert_ok(&finish);
         assert!(
-            !text(&finish).contains("prefetched at login"),
+            !text(&finish).contains("opened while logging in"),
             "{}",
             text(&finish)
         );
     }
+
+    // No manifest kept: it is fetched while the upload begins.
+    start_again();
+    std::fs::remove_file(&kept).expect("remove base.manifest");
+    let fetched = finish();
+    assert_ok(&fetched);
+    assert!(
+        text(&fetched).contains("fetched while the upload began"),
+        "{}",
+        text(&fetched)
+    );
+
+    // A kept manifest that is whole but not the server's (its root recorded with it)
+    // is refused and discarded, losing nothing; the next finish fetches the real one.
+    let recorded = start_again();
+    let mut wrong =
+        hotate_engine::Manifest::decode(&std::fs::read(&kept).expect("kept")).expect("a manifest");
+    let real_root = wrong.root();
+    wrong
+        .set(0, hotate_engine::Entry::Chunk(Hash::of(b"not the base")))
+        .expect("block 0");
+    std::fs::write(&kept, wrong.encode()).expect("write base.manifest");
+    let recorded = recorded.replace(&real_root.to_string(), &wrong.root().to_string());
+    std::fs::write(&record, recorded).expect("rewrite");
+    for lang in ["en", "ja"] {
+        let refused = s.terminal.run(&["--lang", lang, "update", "finish"]);
+        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+        let expected = if lang == "en" {
+            "does not match the server's. It has been discarded; run `update finish` again."
+        } else {
+            "サーバーのものと一致しません。破棄しました。"
+        };
+        assert!(text(&refused).contains(expected), "{}", text(&refused));
+        assert!(!kept.exists(), "discarded");
+        assert_eq!(s.terminal.write_cache(), "non-restore", "still updating");
+        std::fs::write(&kept, wrong.encode()).expect("write base.manifest");
+    }
+    std::fs::remove_file(&kept).expect("remove base.manifest");
+    assert_ok(&finish());
     assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }

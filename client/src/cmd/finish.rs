@@ -10,51 +10,249 @@ use super::{Context, FinishOptions};
 use crate::error::{Failed, UsageError};
 use crate::inputs;
 use crate::progress::{Reporter, mb};
-use crate::server::{Session, explain, host_port};
-use crate::upload::{self, UploadPlan};
+use crate::server::{self, Session, explain, host_port};
+use crate::state::UpdateRecord;
+use crate::upload;
 
 /// # Errors
 /// When nothing is in progress, an input is missing, the image is unusable, the upload
 /// fails or is interrupted, or the server refuses the commit.
 pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     let lang = ctx.lang;
-    let mut record = ctx.current_update()?;
+    let record = ctx.current_update()?;
     let terminal = ctx.state.terminal()?;
     // Refuse a missing image, or something that is not one, before asking anything.
     check_image(&terminal.image, lang)?;
     hotate_engine::direct_io::on_mapped_file_shrunk(
         &lang.image_shrunk(&terminal.image.display().to_string()),
     );
-    let session = ctx.login(&terminal).await?;
-    let url = session.url.clone();
-    let guid = record.data_write_guid.clone();
+    // A comment to be typed is asked for once the update is known to be open; otherwise
+    // the upload begins at once, and the update's state is asked for only if it is refused.
+    let ask_comment = options.comment.is_none() && inputs::interactive();
+    // With the base manifest `update start` kept, the image is read while logging in
+    // (not while a comment is typed: the reading's messages would cut into the prompt).
+    let kept = (!ask_comment)
+        .then(|| ctx.state.base_manifest(&record))
+        .flatten();
+    let image_plan = |image, parent| upload::ImagePlan {
+        image,
+        image_path: terminal.image.clone(),
+        base_version: record.base_version.clone(),
+        layers_at_start: record.layers_below.clone(),
+        parent,
+    };
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+    let read_tx = match kept.clone() {
+        Some(parent) => {
+            tracing::debug!("reading with the base manifest kept at `update start`");
+            let image = upload::open_image(&terminal, parent.disk_size(), lang)?;
+            let _ = read_tx.send(image_plan(image, parent));
+            None
+        }
+        None => Some(read_tx),
+    };
+    let reading = async {
+        read_rx
+            .await
+            .map_err(|_| Failed(lang.upload_not_opened()).into())
+    };
+    let connecting = async {
+        // The transfer service `update start` recorded is connected to meanwhile.
+        let connect_transfer = async {
+            let url = record.transfer_url.as_deref()?;
+            let insecure = ctx.inputs.insecure;
+            let connected = server::transfer_client(url, ctx.ca(), insecure, lang).await;
+            connected
+                .inspect_err(|e| tracing::debug!(cause = %e, "no early transfer connection"))
+                .ok()
+        };
+        let (session, transfer) = tokio::join!(ctx.login(&terminal), connect_transfer);
+        let session = session?;
+        let comment = Comment {
+            given: options.comment.as_deref(),
+            terminal: &terminal.name,
+            ask: ask_comment,
+        };
+        let prefetch = prefetch(&session, &record, transfer, kept.is_some());
+        let begun = begin(ctx, &session, &record, &comment, prefetch).await?;
+        let Begun {
+            reply,
+            comment,
+            prefetched,
+        } = begun;
+        if record.upload_id.as_deref() != Some(&reply.upload_id) {
+            let mut opened = record.clone();
+            opened.upload_id = Some(reply.upload_id.clone());
+            ctx.state.save_update(&opened)?;
+        }
+        let url = &session.url;
+        let transfer_url = transfer_endpoint(url, &reply.transfer_url, reply.transfer_port);
+        let base_root = hotate_proto::parse_hash(&reply.base_root)
+            .map_err(|e| Failed(format!("the server sent a bad base root: {e}")))?;
+        let base = (base_root, reply.disk_size);
+        let prefetched = prefetched.filter(|p| p.url == transfer_url);
+        if let Some(parent) = &kept
+            && ((parent.root(), parent.disk_size()) != base
+                || reply.base_version != record.base_version)
+        {
+            ctx.state.forget_base_manifest()?;
+            return Err(Failed(lang.kept_manifest_stale()).into());
+        }
+        if let Some(read_tx) = read_tx {
+            let image = upload::open_image(&terminal, reply.disk_size, lang)?;
+            let parent = match prefetched.as_ref().and_then(|p| p.manifest.clone()) {
+                Some(manifest) if (manifest.root(), manifest.disk_size()) == base => {
+                    tracing::debug!("using the base manifest fetched while the upload began");
+                    manifest
+                }
+                _ => {
+                    let mut transfer = match prefetched.as_ref() {
+                        Some(p) => p.transfer.clone(),
+                        None => session.transfer(&transfer_url, ctx.ca()).await?,
+                    };
+                    let version = (record.disk_id.as_str(), reply.base_version.as_str());
+                    upload::base_manifest(&session, &mut transfer, &transfer_url, version, base)
+                        .await?
+                }
+            };
+            let _ = read_tx.send(image_plan(image, parent));
+        }
+        println!("{}", lang.establishing(&host_port(&transfer_url)));
+        let plan = upload::StreamPlan {
+            upload_id: reply.upload_id,
+            transfer_url,
+            disk_size: reply.disk_size,
+            ca: ctx.ca(),
+            transfer: prefetched.map(|p| p.transfer),
+            comment,
+        };
+        Ok((session, plan))
+    };
 
-    // While the upload begins, the transfer connection opens and the base manifest
-    // downloads, where `update start` recorded the transfer service.
-    let prefetch = async {
-        match &record.transfer_url {
-            Some(transfer) => {
-                let (disk, base) = (&record.disk_id, &record.base_version);
-                upload::prefetch(&session, transfer, ctx.ca(), disk, base).await
-            }
-            None => None,
+    let progress = Arc::new(Progress::default());
+    let mut reporter = None;
+    let on_open = |plan: &upload::StreamPlan<'_>, already: u64| {
+        println!("{}", lang.established(&host_port(&plan.transfer_url)));
+        if already > 0 {
+            println!("{}", lang.resuming(&mb(already)));
+        }
+        reporter = Some(Reporter::start(progress.clone(), plan.disk_size, lang));
+    };
+    let uploading = upload::upload(
+        lang,
+        reading,
+        connecting,
+        options.limit_rate,
+        &progress,
+        on_open,
+    );
+    let uploaded = tokio::select! {
+        result = uploading => match result {
+            Ok(uploaded) => uploaded,
+            Err(e) => match e.downcast::<AlreadyCommitted>() {
+                Ok(AlreadyCommitted(version)) => return complete(ctx, &record, &version, None),
+                Err(e) => return Err(e),
+            },
+        },
+        _ = tokio::signal::ctrl_c() => {
+            drop(reporter);
+            return Err(Failed(lang.interrupted()).into());
         }
     };
+    if let Some(reporter) = reporter {
+        reporter.finish(uploaded.image_size, lang);
+    }
+    complete(ctx, &record, &uploaded.version, Some(&uploaded))
+}
+
+/// A previous finish committed the update but stopped before cleaning up: only that is
+/// left to do.
+#[derive(Debug)]
+struct AlreadyCommitted(String);
+
+impl std::fmt::Display for AlreadyCommitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "already committed as {}", self.0)
+    }
+}
+
+impl std::error::Error for AlreadyCommitted {}
+
+/// The version's comment: the one given, else typed when asked for, else the default
+/// for the terminal.
+struct Comment<'a> {
+    given: Option<&'a str>,
+    terminal: &'a str,
+    ask: bool,
+}
+
+/// The upload begun, with its comment and what was fetched meanwhile.
+struct Begun {
+    reply: pb::BeginUploadReply,
+    comment: String,
+    prefetched: Option<Prefetched>,
+}
+
+/// A transfer connection opened, and the base manifest fetched (unless kept), while
+/// the upload began: a round trip or two off the finish's start on a long link.
+struct Prefetched {
+    url: String,
+    transfer: upload::TransferClient,
+    manifest: Option<hotate_engine::Manifest>,
+}
+
+/// On the transfer connection opened while logging in, fetches the base manifest unless
+/// it is kept; `None` on any failure (the upload then connects as usual).
+async fn prefetch(
+    session: &Session,
+    record: &UpdateRecord,
+    transfer: Option<upload::TransferClient>,
+    manifest_kept: bool,
+) -> Option<Prefetched> {
+    let url = record.transfer_url.as_deref()?;
+    let mut transfer = transfer?;
+    let manifest = if manifest_kept {
+        None
+    } else {
+        let (disk, version) = (&record.disk_id, &record.base_version);
+        let fetched = upload::fetch_manifest(session, &mut transfer, url, disk, version).await;
+        Some(
+            fetched
+                .inspect_err(|e| tracing::debug!(cause = %e, "no prefetched manifest"))
+                .ok()?,
+        )
+    };
+    Some(Prefetched {
+        url: url.to_owned(),
+        transfer,
+        manifest,
+    })
+}
+
+/// Begins (or reopens) the upload, asking for the comment first if it is to be typed;
+/// meanwhile `prefetch` runs. An update a previous finish committed is
+/// [`AlreadyCommitted`].
+async fn begin(
+    ctx: &Context,
+    session: &Session,
+    record: &UpdateRecord,
+    comment: &Comment<'_>,
+    prefetch: impl Future<Output = Option<Prefetched>>,
+) -> anyhow::Result<Begun> {
+    let lang = ctx.lang;
+    let guid = &record.data_write_guid;
     let mut control = session.control.clone();
     let update_ref = || {
         session.request(pb::UpdateRef {
             data_write_guid: guid.clone(),
         })
     };
-    // A comment to be typed is asked for once the update is known to be open; otherwise
-    // the upload begins at once, and the update's state is asked for only if it is refused.
-    let ask_comment = options.comment.is_none() && inputs::interactive();
-    let (begun, comment, prefetched) = if ask_comment {
-        let (committed, prefetched) = tokio::join!(committed_or_ended(&session, &guid), prefetch);
+    if comment.ask {
+        let (committed, prefetched) = tokio::join!(committed_or_ended(session, guid), prefetch);
         if let Some(version) = committed? {
-            return complete(ctx, &record, &version, None);
+            return Err(AlreadyCommitted(version).into());
         }
-        let default = lang.default_comment(&terminal.name);
+        let default = lang.default_comment(comment.terminal);
         let typed = inputs::ask(&lang.comment_prompt(&default), "")?;
         let comment = if typed.trim().is_empty() {
             default
@@ -62,76 +260,34 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
             typed
         };
         inputs::check_comment(&comment)?;
-        let begun = control.begin_upload(update_ref()).await;
-        (
-            begun.map_err(|s| explain(&s, lang, &url))?,
+        let reply = control
+            .begin_upload(update_ref())
+            .await
+            .map_err(|s| explain(&s, lang, &session.url))?;
+        return Ok(Begun {
+            reply: reply.into_inner(),
             comment,
             prefetched,
-        )
-    } else {
-        let comment = options
-            .comment
-            .clone()
-            .unwrap_or_else(|| lang.default_comment(&terminal.name));
-        inputs::check_comment(&comment)?;
-        let (begun, prefetched) = tokio::join!(control.begin_upload(update_ref()), prefetch);
-        match begun {
-            Ok(begun) => (begun, comment, prefetched),
-            Err(refused) => {
-                if let Some(version) = committed_or_ended(&session, &guid).await? {
-                    return complete(ctx, &record, &version, None);
-                }
-                return Err(explain(&refused, lang, &url));
+        });
+    }
+    let comment = comment
+        .given
+        .map_or_else(|| lang.default_comment(comment.terminal), ToOwned::to_owned);
+    inputs::check_comment(&comment)?;
+    let (begun, prefetched) = tokio::join!(control.begin_upload(update_ref()), prefetch);
+    match begun {
+        Ok(reply) => Ok(Begun {
+            reply: reply.into_inner(),
+            comment,
+            prefetched,
+        }),
+        Err(refused) => {
+            if let Some(version) = committed_or_ended(session, guid).await? {
+                return Err(AlreadyCommitted(version).into());
             }
+            Err(explain(&refused, lang, &session.url))
         }
-    };
-    let begun = begun.into_inner();
-    if record.upload_id.as_deref() != Some(&begun.upload_id) {
-        record.upload_id = Some(begun.upload_id.clone());
-        ctx.state.save_update(&record)?;
     }
-    let transfer_url = transfer_endpoint(&url, &begun.transfer_url, begun.transfer_port);
-    let base_root = hotate_proto::parse_hash(&begun.base_root)
-        .map_err(|e| Failed(format!("the server sent a bad base root: {e}")))?;
-    let image = upload::open_image(&terminal, begun.disk_size, lang)?;
-    let plan = UploadPlan {
-        upload_id: begun.upload_id,
-        transfer_url: transfer_url.clone(),
-        ca: ctx.ca(),
-        disk_id: record.disk_id.clone(),
-        base_version: begun.base_version,
-        base_root,
-        disk_size: begun.disk_size,
-        image,
-        image_path: terminal.image.clone(),
-        comment,
-        limit_rate: options.limit_rate,
-        layers_at_start: record.layers_below.clone(),
-        prefetched,
-    };
-
-    let endpoint = host_port(&transfer_url);
-    println!("{}", lang.establishing(&endpoint));
-    let progress = Arc::new(Progress::default());
-    let mut reporter = None;
-    let on_open = |already: u64| {
-        println!("{}", lang.established(&endpoint));
-        if already > 0 {
-            println!("{}", lang.resuming(&mb(already)));
-        }
-        reporter = Some(Reporter::start(progress.clone(), plan.disk_size, lang));
-    };
-    let uploaded = tokio::select! {
-        result = upload::upload(&session, &plan, &progress, on_open) => result?,
-        _ = tokio::signal::ctrl_c() => {
-            drop(reporter);
-            return Err(Failed(lang.interrupted()).into());
-        }
-    };
-    if let Some(reporter) = reporter {
-        reporter.finish(plan.disk_size, lang);
-    }
-    complete(ctx, &record, &uploaded.version, Some(&uploaded))
 }
 
 /// Asks the update's state: `Some(version)` when a previous finish committed it but

@@ -1,12 +1,16 @@
-//! `update start`: reserve the disk for this terminal and switch the write cache to
-//! non-restore mode.
+//! `update start`: reserve the disk for this terminal, switch the write cache to
+//! non-restore mode, and keep the base version's manifest for the finish.
 
+use std::time::Duration;
+
+use hotate_engine::Hash;
 use hotate_proto::pb;
 
 use super::Context;
 use crate::error::Failed;
-use crate::server::explain;
+use crate::server::{Session, explain};
 use crate::state::{Terminal, UpdateRecord, WriteCache};
+use crate::upload;
 
 /// # Errors
 /// When an update is already in progress, the terminal did not boot the latest version,
@@ -53,7 +57,8 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
     // Servers before the transfer endpoint was part of `Disk` say port 0.
     let transfer_url = (!disk.transfer_url.is_empty() || disk.transfer_port != 0)
         .then(|| super::finish::transfer_endpoint(&url, &disk.transfer_url, disk.transfer_port));
-    ctx.state.save_update(&UpdateRecord {
+    let base_root = hotate_proto::parse_hash(&disk.latest_root).ok();
+    let record = UpdateRecord {
         disk_id: disk.id,
         data_write_guid: update.data_write_guid,
         base_version: update.base_version,
@@ -61,11 +66,47 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         upload_id: None,
         layers_below,
         transfer_url,
-    })?;
+        base_root: base_root.map(|root| root.to_string()),
+    };
+    ctx.state.save_update(&record)?;
     println!("{}", lang.disabling_restore());
     ctx.state.set_write_cache(WriteCache::NonRestore)?;
+    if let (Some(root), Some(transfer)) = (base_root, &record.transfer_url) {
+        keep_base_manifest(ctx, &session, transfer, &record, root).await;
+    }
     println!("{}", lang.started());
     Ok(())
+}
+
+/// How long `update start` spends on keeping the base manifest at most.
+const KEEP_MANIFEST_WITHIN: Duration = Duration::from_secs(60);
+
+/// Downloads the base version's manifest and keeps it in the state dir, so that the
+/// finish reads the image while it logs in. Best effort: without it the finish
+/// downloads the manifest itself.
+async fn keep_base_manifest(
+    ctx: &Context,
+    session: &Session,
+    transfer_url: &str,
+    record: &UpdateRecord,
+    root: Hash,
+) {
+    let fetch = async {
+        let mut transfer = session.transfer(transfer_url, ctx.ca()).await?;
+        let (disk, version) = (&record.disk_id, &record.base_version);
+        upload::fetch_manifest(session, &mut transfer, transfer_url, disk, version).await
+    };
+    let kept = match tokio::time::timeout(KEEP_MANIFEST_WITHIN, fetch).await {
+        Ok(Ok(manifest)) if manifest.root() == root => ctx.state.save_base_manifest(&manifest),
+        Ok(Ok(_)) => Err(anyhow::anyhow!("it does not match the base version's root")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(anyhow::anyhow!(
+            "it took longer than {KEEP_MANIFEST_WITHIN:?}"
+        )),
+    };
+    if let Err(e) = kept {
+        tracing::debug!(cause = %e, "the base manifest is not kept; the finish downloads it");
+    }
 }
 
 /// The identities of the images below the terminal's overlay, for the finish to check;
