@@ -3,7 +3,8 @@
 //! An upload stream is one session of an update's upload. The stream's loop only routes
 //! messages; the work runs beside it on the blocking pool, so that a slow disk never
 //! stalls the stream:
-//! - offers are persisted and answered (`OFFER_JOBS` at a time) with the hashes the store
+//! - offers are persisted and answered (`OFFER_JOBS` at a time, `OFFERS_QUEUED` more
+//!   waiting while chunks keep flowing) with the hashes the store
 //!   lacks and this session has not already asked for, each with the page digests of
 //!   the base version's block at its index where that block had content, so the client
 //!   may send only the changed pages (the page values of the base blocks read for that
@@ -24,7 +25,7 @@
 //! stream also ends within `STATE_POLL` when the update is aborted or cancelled, from
 //! this process or an admin command.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,8 +54,12 @@ const VERIFY_JOBS: usize = 16;
 /// ...and at most this many bytes of blocks (each job holds about three: the decoded
 /// block, a rebuilt one, its compressed frame), but two jobs whatever the block size.
 const VERIFY_BYTES: usize = 32 << 20;
-/// Offers answered concurrently per upload (the client keeps a few in flight).
+/// Offers answered concurrently per upload...
 const OFFER_JOBS: usize = 4;
+/// ...and offers waiting for one of them. Past this the stream reads nothing until an
+/// answer is done; below it, chunks keep flowing while offers wait (the client keeps up
+/// to 32 in flight).
+const OFFERS_QUEUED: usize = 64;
 /// Verified chunks stored with one group commit (fewer when the stream pauses)...
 const GROUP_COMMIT: usize = 64;
 /// ...or fewer when they reach this many received bytes. While one group commits the
@@ -396,6 +401,7 @@ impl Transfer for TransferService {
             stop,
             pending: HashMap::new(),
             answering: JoinSet::new(),
+            queued: VecDeque::new(),
             asking: HashMap::new(),
             base_cache: BaseCache::default(),
             verifying: JoinSet::new(),
@@ -424,6 +430,16 @@ async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }
+}
+
+/// An offer checked and waiting to be answered.
+struct OfferJob {
+    batch: u64,
+    offers: Vec<Offer>,
+    /// The hashes (with their block length) it asks about.
+    candidates: Vec<(Hash, usize)>,
+    /// The base each replaces, for deltas.
+    replaced: HashMap<Hash, Hash>,
 }
 
 /// One offer's answer: the hashes it asked about, and those the store lacks with the
@@ -583,8 +599,10 @@ struct Upload {
     stop: watch::Receiver<bool>,
     /// Hashes asked for in this session and not yet stored.
     pending: HashMap<Hash, Pending>,
-    /// Offers being answered, off the stream's loop so that chunks keep flowing.
+    /// Offers being answered, off the stream's loop so that chunks keep flowing...
     answering: JoinSet<Result<Answer, ServerError>>,
+    /// ...and those waiting for a place among them.
+    queued: VecDeque<OfferJob>,
     /// Hashes (with their block length) in offers still being answered: a later offer
     /// does not ask for them again.
     asking: HashMap<Hash, usize>,
@@ -626,6 +644,7 @@ impl Upload {
                 }
                 Some(done) = self.answering.join_next(), if !self.answering.is_empty() => {
                     self.answered(done).await?;
+                    self.start_answers();
                     continue;
                 }
                 Some(done) = self.verifying.join_next(), if !self.verifying.is_empty() => {
@@ -735,26 +754,43 @@ impl Upload {
         }
         self.asking.extend(candidates.iter().copied());
         let replaced = replaced_blocks(&self.parent, &offers);
-        while self.answering.len() >= OFFER_JOBS {
+        self.queued.push_back(OfferJob {
+            batch: offer.batch,
+            offers,
+            candidates,
+            replaced,
+        });
+        self.start_answers();
+        while self.queued.len() > OFFERS_QUEUED {
             if let Some(done) = self.answering.join_next().await {
                 self.answered(done).await?;
+                self.start_answers();
             }
         }
-        let data = self.data.clone();
-        let guid = self.update.guid.clone();
-        let session = self.update.session;
-        let max_len = self.parent.block_size().bytes();
-        let batch = offer.batch;
-        self.answering.spawn_blocking(move || {
-            data.meta().record_offers(&guid, session, &offers)?;
-            let needs = lacking(data.store().as_ref(), &candidates, &replaced, max_len)?;
-            Ok(Answer {
-                batch,
-                candidates,
-                needs,
-            })
-        });
         Ok(())
+    }
+
+    /// Starts answering queued offers while fewer than `OFFER_JOBS` are.
+    fn start_answers(&mut self) {
+        while self.answering.len() < OFFER_JOBS {
+            let Some(job) = self.queued.pop_front() else {
+                return;
+            };
+            let data = self.data.clone();
+            let guid = self.update.guid.clone();
+            let session = self.update.session;
+            let max_len = self.parent.block_size().bytes();
+            self.answering.spawn_blocking(move || {
+                data.meta().record_offers(&guid, session, &job.offers)?;
+                let store = data.store();
+                let needs = lacking(store.as_ref(), &job.candidates, &job.replaced, max_len)?;
+                Ok(Answer {
+                    batch: job.batch,
+                    candidates: job.candidates,
+                    needs,
+                })
+            });
+        }
     }
 
     /// Takes a finished offer: its missing hashes become pending, then the client hears

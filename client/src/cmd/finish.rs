@@ -18,6 +18,7 @@ use crate::upload;
 /// When nothing is in progress, an input is missing, the image is unusable, the upload
 /// fails or is interrupted, or the server refuses the commit.
 pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let lang = ctx.lang;
     let record = ctx.current_update()?;
     let terminal = ctx.state.terminal()?;
@@ -68,6 +69,8 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         };
         let (session, transfer) = tokio::join!(ctx.login(&terminal), connect_transfer);
         let session = session?;
+        tracing::debug!(elapsed = ?started.elapsed(), "logged in");
+
         let comment = Comment {
             given: options.comment.as_deref(),
             terminal: &terminal.name,
@@ -75,6 +78,8 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         };
         let prefetch = prefetch(&session, &record, transfer, kept.is_some());
         let begun = begin(ctx, &session, &record, &comment, prefetch).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "upload begun");
+
         let Begun {
             reply,
             comment,
