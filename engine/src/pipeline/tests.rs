@@ -480,13 +480,22 @@ async fn blocks_that_let_their_content_go_read_again_only_their_changed_pages() 
 
 #[tokio::test]
 async fn an_image_that_changes_before_a_block_is_read_again_is_an_error() {
-    /// Answers every offer after the image changed under the pipeline.
+    /// Answers every offer after the image changed under the pipeline, once at least 8
+    /// blocks were offered (or 3 s passed): with a window of 4, at most 2 of them keep
+    /// their content, and the others are read again after the change.
     struct ChangingSink<S> {
         path: std::path::PathBuf,
         inner: S,
+        offered: AtomicUsize,
     }
     impl<S: ChunkSink> ChunkSink for ChangingSink<S> {
         async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
+            self.offered.fetch_add(offers.len(), Ordering::SeqCst);
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            while self.offered.load(Ordering::SeqCst) < 8 && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&self.path)
@@ -515,11 +524,19 @@ async fn an_image_that_changes_before_a_block_is_read_again_is_an_error() {
                 bases: every_block_a_base(&base, &updated),
                 ..Default::default()
             };
-            let sink = ChangingSink { path, inner };
+            let sink = ChangingSink {
+                path,
+                inner,
+                offered: AtomicUsize::new(0),
+            };
             run(source, &parent, &sink, &config, &Progress::default()).await
         } else {
             let inner = StoreSink::new(store.clone());
-            let sink = ChangingSink { path, inner };
+            let sink = ChangingSink {
+                path,
+                inner,
+                offered: AtomicUsize::new(0),
+            };
             run(source, &parent, &sink, &config, &Progress::default()).await
         }
         .unwrap_err();
