@@ -134,6 +134,15 @@ pub fn host_port(url: &str) -> String {
         .to_owned()
 }
 
+/// Who logs in, as which terminal, and the update whose upload to begin with it (empty:
+/// none).
+#[derive(Debug)]
+pub struct Login<'a> {
+    pub credentials: &'a Credentials,
+    pub terminal: &'a str,
+    pub begin_update: &'a str,
+}
+
 /// A logged-in connection to the control service.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -146,7 +155,7 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects and logs in as `terminal`.
+    /// Connects and logs in; with the upload the login began, if it asked to begin one.
     ///
     /// # Errors
     /// When the server is unreachable or refuses the login.
@@ -154,17 +163,18 @@ impl Session {
         url: &str,
         ca: Option<&Path>,
         insecure: bool,
-        credentials: &Credentials,
-        terminal: &str,
+        login: &Login<'_>,
         lang: Lang,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, Option<pb::BeginUploadReply>)> {
+        let credentials = login.credentials;
         let channel = channel(url, ca, insecure, lang).await?;
         let mut control = ControlClient::new(channel);
         let reply = match control
             .login(pb::LoginRequest {
                 user: credentials.user.clone(),
                 password: credentials.password.clone(),
-                terminal: terminal.to_owned(),
+                terminal: login.terminal.to_owned(),
+                begin_update: login.begin_update.to_owned(),
             })
             .await
         {
@@ -181,13 +191,15 @@ impl Session {
             }
             Err(status) => return Err(explain(&status, lang, url)),
         };
-        Ok(Self {
+        let reply = reply.into_inner();
+        let session = Self {
             url: url.to_owned(),
             control,
-            token: reply.into_inner().token,
+            token: reply.token,
             lang,
             insecure,
-        })
+        };
+        Ok((session, reply.begun))
     }
 
     /// A request carrying the bearer token.

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::{App, blocking};
 use crate::gate::caller;
-use crate::meta::{UpdateRow, UpdateState};
+use crate::meta::{Session, UpdateRow, UpdateState};
 
 /// Serves `hotate.v1.Control`.
 #[derive(Debug, Clone)]
@@ -62,9 +62,19 @@ impl Control for ControlService {
             .app
             .login(&req.user, &req.password, &req.terminal, addr)
             .await?;
+        let begun = if req.begin_update.is_empty() {
+            None
+        } else {
+            // As `BeginUpload` with the new token; a refusal is left for it to explain.
+            self.begin(Some(login.token.clone()), req.begin_update)
+                .await
+                .inspect_err(|e| tracing::debug!(cause = %e.message(), "no upload begun at login"))
+                .ok()
+        };
         Ok(Response::new(pb::LoginReply {
             token: login.token,
             expires_at: login.expires_at as u64,
+            begun,
         }))
     }
 
@@ -138,10 +148,26 @@ impl Control for ControlService {
     ) -> Result<Response<pb::BeginUploadReply>, Status> {
         let session = caller(&request)?;
         let guid = request.into_inner().data_write_guid;
+        Ok(Response::new(self.begun(session, guid).await?))
+    }
+}
+
+impl ControlService {
+    /// Begins (or reopens) the upload of update `guid` for the session of `token`.
+    async fn begin(
+        &self,
+        token: Option<String>,
+        guid: String,
+    ) -> Result<pb::BeginUploadReply, Status> {
+        let session = self.app.authenticate(token).await?;
+        self.begun(session, guid).await
+    }
+
+    async fn begun(&self, session: Session, guid: String) -> Result<pb::BeginUploadReply, Status> {
         let app = self.app.clone();
         let (row, disk, base) = blocking(move || app.begin_upload(&session, &guid)).await?;
         tracing::info!(update = %row.guid, "upload opened");
-        Ok(Response::new(pb::BeginUploadReply {
+        Ok(pb::BeginUploadReply {
             upload_id: row.guid,
             transfer_url: self.advertise_transfer.clone().unwrap_or_default(),
             transfer_port: u32::from(self.transfer_port),
@@ -149,11 +175,9 @@ impl Control for ControlService {
             base_root: hotate_proto::hash_bytes(&base.root),
             disk_size: disk.size,
             block_size: disk.block_size,
-        }))
+        })
     }
-}
 
-impl ControlService {
     async fn end(
         &self,
         request: Request<pb::UpdateRef>,

@@ -241,6 +241,7 @@ async fn try_login(
             user: user.into(),
             password: password.into(),
             terminal: terminal.into(),
+            ..pb::LoginRequest::default()
         })
         .await?
         .into_inner()
@@ -536,6 +537,7 @@ async fn login_good_and_bad() {
             user: "coadmin".into(),
             password: "nope".into(),
             terminal: "PC-001".into(),
+            ..pb::LoginRequest::default()
         })
         .await
         .unwrap_err();
@@ -922,6 +924,79 @@ async fn only_the_user_and_terminal_that_started_an_update_or_an_admin_may_touch
 }
 
 #[tokio::test]
+async fn a_login_begins_only_an_upload_its_user_and_terminal_may_begin() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let owner = login_as(&server, "alice", "PC-001").await;
+    let guid = start(&server, &owner, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let login = |user: &str, password: &str, terminal: &str, guid: &str| {
+        let request = pb::LoginRequest {
+            user: user.into(),
+            password: password.into(),
+            terminal: terminal.into(),
+            begin_update: guid.into(),
+        };
+        let server = &server;
+        async move { server.control().await.login(request).await }
+    };
+    // Another user or terminal logs in, but begins nothing.
+    for (user, terminal) in [("bob", "PC-002"), ("bob", "PC-001"), ("alice", "PC-002")] {
+        let reply = login(user, "secret", terminal, &guid)
+            .await
+            .expect("the login itself succeeds")
+            .into_inner();
+        assert!(!reply.token.is_empty());
+        assert_eq!(reply.begun, None, "{user} on {terminal}");
+    }
+    let unknown = login("alice", "secret", "PC-001", "no-such-update").await;
+    assert_eq!(unknown.expect("login").into_inner().begun, None);
+    let refused = login("alice", "wrong", "PC-001", &guid).await;
+    assert_eq!(
+        refused.expect_err("bad password").code(),
+        Code::Unauthenticated
+    );
+
+    // The owner's login begins it, as `BeginUpload` would.
+    let reply = login("alice", "secret", "PC-001", &guid)
+        .await
+        .expect("login")
+        .into_inner();
+    let begun = reply.begun.expect("begun with the login");
+    assert_eq!(begun.upload_id, guid);
+    assert_eq!(begun.base_version, f.first_version);
+    let by_call = server
+        .control()
+        .await
+        .begin_upload(authed(
+            &reply.token,
+            pb::UpdateRef {
+                data_write_guid: guid.clone(),
+            },
+        ))
+        .await
+        .expect("begin")
+        .into_inner();
+    assert_eq!(begun, by_call);
+
+    // A cancelled update is not begun again.
+    server
+        .control()
+        .await
+        .cancel_update(authed(
+            &owner,
+            pb::UpdateRef {
+                data_write_guid: guid.clone(),
+            },
+        ))
+        .await
+        .expect("cancel");
+    let after = login("alice", "secret", "PC-001", &guid).await;
+    assert_eq!(after.expect("login").into_inner().begun, None);
+}
+
+#[tokio::test]
 async fn admin_commands_work_while_serving_and_abort_discards_a_half_done_upload() {
     let f = fixture();
     let (server, token, guid) = started(&f).await;
@@ -1215,6 +1290,7 @@ async fn a_login_flood_is_bounded_in_memory_and_repeated_failures_lock_out() {
                     user: format!("nobody-{i}"),
                     password: "guess".into(),
                     terminal: "PC-666".into(),
+                    ..pb::LoginRequest::default()
                 })
                 .await
         }));
@@ -1487,6 +1563,7 @@ async fn hostile_names_and_comments_are_refused_before_they_are_stored() {
                 user: "coadmin".into(),
                 password: "secret".into(),
                 terminal,
+                ..pb::LoginRequest::default()
             })
             .await
             .expect_err("refused");

@@ -866,8 +866,8 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
             .output()
             .expect("finish")
     };
-    // Start kept the base manifest: the image is read while logging in, and the
-    // transfer connection opens meanwhile.
+    // Start kept the base manifest: the image is read while logging in, the transfer
+    // connection opens meanwhile, and the login begins the upload.
     let manifest =
         hotate_engine::Manifest::decode(&std::fs::read(&kept).expect("base.manifest kept"))
             .expect("a manifest");
@@ -875,7 +875,11 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
     assert!(recorded.contains(&root), "{recorded}");
     let first = finish();
     assert_ok(&first);
-    for said in ["kept at `update start`", "opened while logging in"] {
+    for said in [
+        "kept at `update start`",
+        "opened while logging in",
+        "began with the login",
+    ] {
         assert!(text(&first).contains(said), "{said}: {}", text(&first));
     }
     assert!(!kept.exists(), "cleared with the update");

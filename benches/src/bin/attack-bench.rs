@@ -66,6 +66,7 @@ async fn login(
             user: user.into(),
             password: password.into(),
             terminal: terminal.into(),
+            ..pb::LoginRequest::default()
         })
         .await?
         .into_inner()

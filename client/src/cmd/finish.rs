@@ -67,9 +67,16 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
                 .inspect_err(|e| tracing::debug!(cause = %e, "no early transfer connection"))
                 .ok()
         };
-        let (session, transfer) = tokio::join!(ctx.login(&terminal), connect_transfer);
-        let session = session?;
-        tracing::debug!(elapsed = ?started.elapsed(), "logged in");
+        // Unless a comment is to be typed first, the login begins the upload too.
+        let guid = if ask_comment {
+            ""
+        } else {
+            &record.data_write_guid
+        };
+        let login = ctx.login_and_begin(&terminal, guid);
+        let (session, transfer) = tokio::join!(login, connect_transfer);
+        let (session, begun_at_login) = session?;
+        tracing::debug!(elapsed = ?started.elapsed(), begun = begun_at_login.is_some(), "logged in");
 
         let comment = Comment {
             given: options.comment.as_deref(),
@@ -77,7 +84,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
             ask: ask_comment,
         };
         let prefetch = prefetch(&session, &record, transfer, kept.is_some());
-        let begun = begin(ctx, &session, &record, &comment, prefetch).await?;
+        let begun = begin(ctx, &session, &record, &comment, (begun_at_login, prefetch)).await?;
         tracing::debug!(elapsed = ?started.elapsed(), "upload begun");
 
         let Begun {
@@ -235,14 +242,17 @@ async fn prefetch(
 }
 
 /// Begins (or reopens) the upload, asking for the comment first if it is to be typed;
-/// meanwhile `prefetch` runs. An update a previous finish committed is
-/// [`AlreadyCommitted`].
+/// meanwhile `prefetch` runs. An upload the login began is taken as it is. An update a
+/// previous finish committed is [`AlreadyCommitted`].
 async fn begin(
     ctx: &Context,
     session: &Session,
     record: &UpdateRecord,
     comment: &Comment<'_>,
-    prefetch: impl Future<Output = Option<Prefetched>>,
+    (begun_at_login, prefetch): (
+        Option<pb::BeginUploadReply>,
+        impl Future<Output = Option<Prefetched>>,
+    ),
 ) -> anyhow::Result<Begun> {
     let lang = ctx.lang;
     let guid = &record.data_write_guid;
@@ -279,6 +289,14 @@ async fn begin(
         .given
         .map_or_else(|| lang.default_comment(comment.terminal), ToOwned::to_owned);
     inputs::check_comment(&comment)?;
+    if let Some(reply) = begun_at_login {
+        tracing::debug!("the upload began with the login");
+        return Ok(Begun {
+            reply,
+            comment,
+            prefetched: prefetch.await,
+        });
+    }
     let (begun, prefetched) = tokio::join!(control.begin_upload(update_ref()), prefetch);
     match begun {
         Ok(reply) => Ok(Begun {

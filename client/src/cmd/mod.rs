@@ -9,6 +9,8 @@ pub mod start;
 
 pub use bench::BenchOptions;
 
+use hotate_proto::pb;
+
 use crate::error::Failed;
 use crate::i18n::Lang;
 use crate::inputs::{self, Inputs};
@@ -29,17 +31,27 @@ impl Context {
     /// # Errors
     /// On a missing input, an unreachable server or a refused login.
     pub async fn login(&self, terminal: &Terminal) -> anyhow::Result<Session> {
+        Ok(self.login_and_begin(terminal, "").await?.0)
+    }
+
+    /// As [`Context::login`], beginning the upload of update `guid` with it (unless
+    /// empty): the server's reply if it began.
+    ///
+    /// # Errors
+    /// On a missing input, an unreachable server or a refused login.
+    pub async fn login_and_begin(
+        &self,
+        terminal: &Terminal,
+        guid: &str,
+    ) -> anyhow::Result<(Session, Option<pb::BeginUploadReply>)> {
         let url = inputs::server_url(&self.state, &self.inputs, self.lang)?;
         let credentials = inputs::credentials(&self.inputs, self.lang)?;
-        Session::login(
-            &url,
-            self.ca(),
-            self.inputs.insecure,
-            &credentials,
-            &terminal.name,
-            self.lang,
-        )
-        .await
+        let login = crate::server::Login {
+            credentials: &credentials,
+            terminal: &terminal.name,
+            begin_update: guid,
+        };
+        Session::login(&url, self.ca(), self.inputs.insecure, &login, self.lang).await
     }
 
     pub fn ca(&self) -> Option<&std::path::Path> {
