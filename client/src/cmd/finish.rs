@@ -30,8 +30,9 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     // A comment to be typed is asked for once the update is known to be open; otherwise
     // the upload begins at once, and the update's state is asked for only if it is refused.
     let ask_comment = options.comment.is_none() && inputs::interactive();
-    // With the base manifest `update start` kept, the image is read while logging in
-    // (not while a comment is typed: the reading's messages would cut into the prompt).
+    // With the base manifest `update start` kept, the image is read from the moment the
+    // login returns, while the upload stream opens (not while a comment is typed: the
+    // reading's messages would cut into the prompt).
     let kept = (!ask_comment)
         .then(|| ctx.state.base_manifest(&record))
         .flatten();
@@ -42,16 +43,15 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         layers_at_start: record.layers_below.clone(),
         parent,
     };
-    let (read_tx, read_rx) = tokio::sync::oneshot::channel();
-    let read_tx = match kept.clone() {
+    let early = match kept.clone() {
         Some(parent) => {
-            tracing::debug!("reading with the base manifest kept at `update start`");
             let image = upload::open_image(&terminal, parent.disk_size(), lang)?;
-            let _ = read_tx.send(image_plan(image, parent));
-            None
+            Some(image_plan(image, parent))
         }
-        None => Some(read_tx),
+        None => None,
     };
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+    let mut read_tx = Some(read_tx);
     let reading = async {
         read_rx
             .await
@@ -77,6 +77,14 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         let (session, transfer) = tokio::join!(login, connect_transfer);
         let (session, begun_at_login) = session?;
         tracing::debug!(elapsed = ?started.elapsed(), begun = begun_at_login.is_some(), "logged in");
+        // Not before: on two cores it shares with the server, reading made the login's
+        // password check two to three times slower.
+        if let Some(plan) = early
+            && let Some(read_tx) = read_tx.take()
+        {
+            tracing::debug!("reading with the base manifest kept at `update start`");
+            let _ = read_tx.send(plan);
+        }
 
         let comment = Comment {
             given: options.comment.as_deref(),
@@ -110,7 +118,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
             ctx.state.forget_base_manifest()?;
             return Err(Failed(lang.kept_manifest_stale()).into());
         }
-        if let Some(read_tx) = read_tx {
+        if let Some(read_tx) = read_tx.take() {
             let image = upload::open_image(&terminal, reply.disk_size, lang)?;
             let parent = match prefetched.as_ref().and_then(|p| p.manifest.clone()) {
                 Some(manifest) if (manifest.root(), manifest.disk_size()) == base => {
