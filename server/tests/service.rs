@@ -251,8 +251,13 @@ async fn try_login(
 /// A server for `f`'s site with an update of its disk started by PC-001:
 /// (server, token, update GUID).
 async fn started(f: &Fixture) -> (Server, String, String) {
+    started_as(f, "coadmin", "PC-001").await
+}
+
+/// As [`started`], by `user` on `terminal`.
+async fn started_as(f: &Fixture, user: &str, terminal: &str) -> (Server, String, String) {
     let server = Server::start(&f.data);
-    let token = login(&server, "PC-001").await;
+    let token = login_as(&server, user, terminal).await;
     let guid = start(&server, &token, &f.disk_id, &f.first_version)
         .await
         .expect("start");
@@ -837,11 +842,7 @@ async fn corrupt_and_oversized_chunks_are_rejected_and_nothing_is_damaged() {
 #[tokio::test]
 async fn only_the_user_and_terminal_that_started_an_update_or_an_admin_may_touch_it() {
     let f = fixture();
-    let server = Server::start(&f.data);
-    let owner = login_as(&server, "alice", "PC-001").await;
-    let guid = start(&server, &owner, &f.disk_id, &f.first_version)
-        .await
-        .expect("start");
+    let (server, owner, guid) = started_as(&f, "alice", "PC-001").await;
     let update_ref = || pb::UpdateRef {
         data_write_guid: guid.clone(),
     };
@@ -926,11 +927,7 @@ async fn only_the_user_and_terminal_that_started_an_update_or_an_admin_may_touch
 #[tokio::test]
 async fn a_login_begins_only_an_upload_its_user_and_terminal_may_begin() {
     let f = fixture();
-    let server = Server::start(&f.data);
-    let owner = login_as(&server, "alice", "PC-001").await;
-    let guid = start(&server, &owner, &f.disk_id, &f.first_version)
-        .await
-        .expect("start");
+    let (server, owner, guid) = started_as(&f, "alice", "PC-001").await;
     let login = |user: &str, password: &str, terminal: &str, guid: &str| {
         let request = pb::LoginRequest {
             user: user.into(),
