@@ -18,7 +18,6 @@ use crate::upload;
 /// When nothing is in progress, an input is missing, the image is unusable, the upload
 /// fails or is interrupted, or the server refuses the commit.
 pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
     let lang = ctx.lang;
     let record = ctx.current_update()?;
     let terminal = ctx.state.terminal()?;
@@ -36,118 +35,30 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     let kept = (!ask_comment)
         .then(|| ctx.state.base_manifest(&record))
         .flatten();
-    let image_plan = |image, parent| upload::ImagePlan {
-        image,
-        image_path: terminal.image.clone(),
-        base_version: record.base_version.clone(),
-        layers_at_start: record.layers_below.clone(),
-        parent,
+    let finish = Finish {
+        ctx,
+        options,
+        record,
+        terminal,
+        ask_comment,
+        kept,
+        started: std::time::Instant::now(),
     };
-    let early = match kept.clone() {
+    let early = match finish.kept.clone() {
         Some(parent) => {
-            let image = upload::open_image(&terminal, parent.disk_size(), lang)?;
-            Some(image_plan(image, parent))
+            let image = upload::open_image(&finish.terminal, parent.disk_size(), lang)?;
+            Some(finish.image_plan(image, parent))
         }
         None => None,
     };
     let (read_tx, read_rx) = tokio::sync::oneshot::channel();
-    let mut read_tx = Some(read_tx);
     let reading = async {
         read_rx
             .await
             .map_err(|_| Failed(lang.upload_not_opened()).into())
     };
-    let connecting = async {
-        // The transfer service `update start` recorded is connected to meanwhile.
-        let connect_transfer = async {
-            let url = record.transfer_url.as_deref()?;
-            let insecure = ctx.inputs.insecure;
-            let connected = server::transfer_client(url, ctx.ca(), insecure, lang).await;
-            connected
-                .inspect_err(|e| tracing::debug!(cause = %e, "no early transfer connection"))
-                .ok()
-        };
-        // Unless a comment is to be typed first, the login begins the upload too.
-        let guid = if ask_comment {
-            ""
-        } else {
-            &record.data_write_guid
-        };
-        let login = ctx.login_and_begin(&terminal, guid);
-        let (session, transfer) = tokio::join!(login, connect_transfer);
-        let (session, begun_at_login) = session?;
-        tracing::debug!(elapsed = ?started.elapsed(), begun = begun_at_login.is_some(), "logged in");
-        // Not before: on two cores it shares with the server, reading made the login's
-        // password check two to three times slower.
-        if let Some(plan) = early
-            && let Some(read_tx) = read_tx.take()
-        {
-            tracing::debug!("reading with the base manifest kept at `update start`");
-            let _ = read_tx.send(plan);
-        }
-
-        let comment = Comment {
-            given: options.comment.as_deref(),
-            terminal: &terminal.name,
-            ask: ask_comment,
-        };
-        let prefetch = prefetch(&session, &record, transfer, kept.is_some());
-        let begun = begin(ctx, &session, &record, &comment, (begun_at_login, prefetch)).await?;
-        tracing::debug!(elapsed = ?started.elapsed(), "upload begun");
-
-        let Begun {
-            reply,
-            comment,
-            prefetched,
-        } = begun;
-        if record.upload_id.as_deref() != Some(&reply.upload_id) {
-            let mut opened = record.clone();
-            opened.upload_id = Some(reply.upload_id.clone());
-            ctx.state.save_update(&opened)?;
-        }
-        let url = &session.url;
-        let transfer_url = transfer_endpoint(url, &reply.transfer_url, reply.transfer_port);
-        let base_root = hotate_proto::parse_hash(&reply.base_root)
-            .map_err(|e| Failed(format!("the server sent a bad base root: {e}")))?;
-        let base = (base_root, reply.disk_size);
-        let prefetched = prefetched.filter(|p| p.url == transfer_url);
-        if let Some(parent) = &kept
-            && ((parent.root(), parent.disk_size()) != base
-                || reply.base_version != record.base_version)
-        {
-            ctx.state.forget_base_manifest()?;
-            return Err(Failed(lang.kept_manifest_stale()).into());
-        }
-        if let Some(read_tx) = read_tx.take() {
-            let image = upload::open_image(&terminal, reply.disk_size, lang)?;
-            let parent = match prefetched.as_ref().and_then(|p| p.manifest.clone()) {
-                Some(manifest) if (manifest.root(), manifest.disk_size()) == base => {
-                    tracing::debug!("using the base manifest fetched while the upload began");
-                    manifest
-                }
-                _ => {
-                    let mut transfer = match prefetched.as_ref() {
-                        Some(p) => p.transfer.clone(),
-                        None => session.transfer(&transfer_url, ctx.ca()).await?,
-                    };
-                    let version = (record.disk_id.as_str(), reply.base_version.as_str());
-                    upload::base_manifest(&session, &mut transfer, &transfer_url, version, base)
-                        .await?
-                }
-            };
-            let _ = read_tx.send(image_plan(image, parent));
-        }
-        println!("{}", lang.establishing(&host_port(&transfer_url)));
-        let plan = upload::StreamPlan {
-            upload_id: reply.upload_id,
-            transfer_url,
-            disk_size: reply.disk_size,
-            ca: ctx.ca(),
-            transfer: prefetched.map(|p| p.transfer),
-            comment,
-        };
-        Ok((session, plan))
-    };
+    let connecting = finish.connect(early, read_tx);
+    let record = &finish.record;
 
     let progress = Arc::new(Progress::default());
     let mut reporter = None;
@@ -170,7 +81,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         result = uploading => match result {
             Ok(uploaded) => uploaded,
             Err(e) => match e.downcast::<AlreadyCommitted>() {
-                Ok(AlreadyCommitted(version)) => return complete(ctx, &record, &version, None),
+                Ok(AlreadyCommitted(version)) => return complete(ctx, record, &version, None),
                 Err(e) => return Err(e),
             },
         },
@@ -182,7 +93,138 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     if let Some(reporter) = reporter {
         reporter.finish(uploaded.image_size, lang);
     }
-    complete(ctx, &record, &uploaded.version, Some(&uploaded))
+    complete(ctx, record, &uploaded.version, Some(&uploaded))
+}
+
+/// One finish's inputs, shared by reading the image and connecting the upload.
+struct Finish<'a> {
+    ctx: &'a Context,
+    options: &'a FinishOptions,
+    record: UpdateRecord,
+    terminal: crate::state::Terminal,
+    ask_comment: bool,
+    /// The base manifest `update start` kept, if it is to be used.
+    kept: Option<hotate_engine::Manifest>,
+    started: std::time::Instant,
+}
+
+impl<'a> Finish<'a> {
+    fn image_plan(
+        &self,
+        image: Arc<dyn hotate_engine::ImageSource>,
+        parent: hotate_engine::Manifest,
+    ) -> upload::ImagePlan {
+        upload::ImagePlan {
+            image,
+            image_path: self.terminal.image.clone(),
+            base_version: self.record.base_version.clone(),
+            layers_at_start: self.record.layers_below.clone(),
+            parent,
+        }
+    }
+
+    /// Logs in (connecting to the transfer service meanwhile) and begins the upload;
+    /// sends what reading the image needs to `read_tx` as soon as it is there: `early`
+    /// once logged in, else once the base manifest has come.
+    async fn connect(
+        &self,
+        early: Option<upload::ImagePlan>,
+        read_tx: tokio::sync::oneshot::Sender<upload::ImagePlan>,
+    ) -> anyhow::Result<(Session, upload::StreamPlan<'a>)> {
+        let (ctx, record, terminal) = (self.ctx, &self.record, &self.terminal);
+        let lang = ctx.lang;
+        let mut read_tx = Some(read_tx);
+        // The transfer service `update start` recorded is connected to meanwhile.
+        let connect_transfer = async {
+            let url = record.transfer_url.as_deref()?;
+            let insecure = ctx.inputs.insecure;
+            let connected = server::transfer_client(url, ctx.ca(), insecure, lang).await;
+            connected
+                .inspect_err(|e| tracing::debug!(cause = %e, "no early transfer connection"))
+                .ok()
+        };
+        // Unless a comment is to be typed first, the login begins the upload too.
+        let guid = if self.ask_comment {
+            ""
+        } else {
+            &record.data_write_guid
+        };
+        let login = ctx.login_and_begin(terminal, guid);
+        let (session, transfer) = tokio::join!(login, connect_transfer);
+        let (session, begun_at_login) = session?;
+        let elapsed = self.started.elapsed();
+        tracing::debug!(?elapsed, begun = begun_at_login.is_some(), "logged in");
+        // Not before: on two cores it shares with the server, reading made the login's
+        // password check two to three times slower.
+        if let Some(plan) = early
+            && let Some(read_tx) = read_tx.take()
+        {
+            tracing::debug!("reading with the base manifest kept at `update start`");
+            let _ = read_tx.send(plan);
+        }
+
+        let comment = Comment {
+            given: self.options.comment.as_deref(),
+            terminal: &terminal.name,
+            ask: self.ask_comment,
+        };
+        let prefetch = prefetch(&session, record, transfer, self.kept.is_some());
+        let begun = begin(ctx, &session, record, &comment, (begun_at_login, prefetch)).await?;
+        tracing::debug!(elapsed = ?self.started.elapsed(), "upload begun");
+
+        let Begun {
+            reply,
+            comment,
+            prefetched,
+        } = begun;
+        if record.upload_id.as_deref() != Some(&reply.upload_id) {
+            let mut opened = record.clone();
+            opened.upload_id = Some(reply.upload_id.clone());
+            ctx.state.save_update(&opened)?;
+        }
+        let url = &session.url;
+        let transfer_url = transfer_endpoint(url, &reply.transfer_url, reply.transfer_port);
+        let base_root = hotate_proto::parse_hash(&reply.base_root)
+            .map_err(|e| Failed(format!("the server sent a bad base root: {e}")))?;
+        let base = (base_root, reply.disk_size);
+        let prefetched = prefetched.filter(|p| p.url == transfer_url);
+        if let Some(parent) = &self.kept
+            && ((parent.root(), parent.disk_size()) != base
+                || reply.base_version != record.base_version)
+        {
+            ctx.state.forget_base_manifest()?;
+            return Err(Failed(lang.kept_manifest_stale()).into());
+        }
+        if let Some(read_tx) = read_tx.take() {
+            let image = upload::open_image(terminal, reply.disk_size, lang)?;
+            let parent = match prefetched.as_ref().and_then(|p| p.manifest.clone()) {
+                Some(manifest) if (manifest.root(), manifest.disk_size()) == base => {
+                    tracing::debug!("using the base manifest fetched while the upload began");
+                    manifest
+                }
+                _ => {
+                    let mut transfer = match prefetched.as_ref() {
+                        Some(p) => p.transfer.clone(),
+                        None => session.transfer(&transfer_url, ctx.ca()).await?,
+                    };
+                    let version = (record.disk_id.as_str(), reply.base_version.as_str());
+                    upload::base_manifest(&session, &mut transfer, &transfer_url, version, base)
+                        .await?
+                }
+            };
+            let _ = read_tx.send(self.image_plan(image, parent));
+        }
+        println!("{}", lang.establishing(&host_port(&transfer_url)));
+        let plan = upload::StreamPlan {
+            upload_id: reply.upload_id,
+            transfer_url,
+            disk_size: reply.disk_size,
+            ca: ctx.ca(),
+            transfer: prefetched.map(|p| p.transfer),
+            comment,
+        };
+        Ok((session, plan))
+    }
 }
 
 /// A previous finish committed the update but stopped before cleaning up: only that is
