@@ -72,7 +72,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
     println!("{}", lang.disabling_restore());
     ctx.state.set_write_cache(WriteCache::NonRestore)?;
     if let (Some(root), Some(transfer)) = (base_root, &record.transfer_url) {
-        keep_base_manifest(ctx, &session, transfer, &record, root).await;
+        keep_base_manifest(ctx, &session, transfer, &record, (root, disk.size)).await;
     }
     println!("{}", lang.started());
     Ok(())
@@ -89,16 +89,15 @@ async fn keep_base_manifest(
     session: &Session,
     transfer_url: &str,
     record: &UpdateRecord,
-    root: Hash,
+    base: (Hash, u64),
 ) {
     let fetch = async {
         let mut transfer = session.transfer(transfer_url, ctx.ca()).await?;
-        let (disk, version) = (&record.disk_id, &record.base_version);
-        upload::fetch_manifest(session, &mut transfer, transfer_url, disk, version).await
+        let version = (record.disk_id.as_str(), record.base_version.as_str());
+        upload::base_manifest(session, &mut transfer, transfer_url, version, base).await
     };
     let kept = match tokio::time::timeout(KEEP_MANIFEST_WITHIN, fetch).await {
-        Ok(Ok(manifest)) if manifest.root() == root => ctx.state.save_base_manifest(&manifest),
-        Ok(Ok(_)) => Err(anyhow::anyhow!("it does not match the base version's root")),
+        Ok(Ok(manifest)) => ctx.state.save_base_manifest(&manifest),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(anyhow::anyhow!(
             "it took longer than {KEEP_MANIFEST_WITHIN:?}"
