@@ -646,17 +646,15 @@ pub async fn upload<'a>(
             ..PipelineConfig::default()
         };
         tracing::debug!(elapsed = ?started.elapsed(), top_layer_only = config.top_layer_only, "image checked");
-        let outcome = pipeline::run(plan.image.clone(), &plan.parent, &sink, &config, progress)
+        pipeline::run(plan.image.clone(), &plan.parent, &sink, &config, progress)
             .await
-            .map_err(|e| read_failure(e, &plan, lang))?;
-        Ok((outcome, plan.parent.disk_size()))
+            .map_err(|e| read_failure(e, &plan, lang))
     };
     let failed_stream = |e: anyhow::Error| match e.downcast::<StreamFailed>() {
         Ok(failed) => explain_stream(&failed.0, lang, stream_url.get().map_or("", String::as_str)),
         Err(other) => other,
     };
-    let ((router, plan), (outcome, disk_size)) =
-        tokio::try_join!(opening, reading).map_err(failed_stream)?;
+    let ((router, plan), outcome) = tokio::try_join!(opening, reading).map_err(failed_stream)?;
     let url = &plan.transfer_url;
     tracing::debug!(elapsed = ?started.elapsed(), progress = ?outcome.progress, "pipeline done");
     let finish = upload_request::Kind::Finish(pb::Finish {
@@ -675,7 +673,7 @@ pub async fn upload<'a>(
     router.abort();
     Ok(Uploaded {
         version,
-        image_size: disk_size,
+        image_size: plan.disk_size,
         bytes_changed: outcome.progress.bytes_changed,
         bytes_sent: outcome.progress.bytes_sent,
         elapsed: started.elapsed(),
