@@ -490,12 +490,7 @@ async fn an_image_that_changes_before_a_block_is_read_again_is_an_error() {
     }
     impl<S: ChunkSink> ChunkSink for ChangingSink<S> {
         async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
-            self.offered.fetch_add(offers.len(), Ordering::SeqCst);
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-            while self.offered.load(Ordering::SeqCst) < 8 && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
+            offered_until(&self.offered, offers.len(), 8).await;
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&self.path)
@@ -646,6 +641,16 @@ async fn a_batch_holds_changed_blocks_however_far_apart() {
     );
 }
 
+/// Counts `count` more blocks offered into `offered`, then waits until `target` were
+/// offered in all (or 3 s passed): an answer held back like one a long round trip away.
+async fn offered_until(offered: &AtomicUsize, count: usize, target: usize) {
+    offered.fetch_add(count, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while offered.load(Ordering::SeqCst) < target && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Holds every answer until `target` blocks were offered (or 3 s passed), like a long
 /// round trip, then needs every block whole.
 struct HeldAnswers {
@@ -656,13 +661,7 @@ struct HeldAnswers {
 
 impl ChunkSink for HeldAnswers {
     async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
-        self.offered.fetch_add(offers.len(), Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-        while self.offered.load(Ordering::SeqCst) < self.target
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        offered_until(&self.offered, offers.len(), self.target).await;
         self.at_first_answer
             .get_or_init(|| self.offered.load(Ordering::SeqCst));
         Ok(all_needed(&offers))
