@@ -380,6 +380,8 @@ struct NetworkSink {
     replies: Arc<Replies>,
     next_batch: AtomicU64,
     pacer: Option<Pacer>,
+    /// When the finish's upload began: trace events say how long after.
+    started: Instant,
 }
 
 /// The upload stream failed; carries the server's status.
@@ -444,11 +446,21 @@ impl ChunkSink for NetworkSink {
         let batch = self.next_batch.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.replies.await_need(batch, tx)?;
+        let first_block = offers.first().map(|offer| offer.index);
+        let blocks = offers.len();
         let entries = offers.into_iter().map(pb::Entry::from).collect();
         self.send(upload_request::Kind::Offer(pb::Offer { batch, entries }))
             .await?;
-        rx.await
-            .map_err(|_| StreamFailed(self.replies.failure()).into())
+        tracing::trace!(elapsed = ?self.started.elapsed(), batch, blocks, first_block, "offered");
+        let needs: Vec<Need> = rx.await.map_err(|_| StreamFailed(self.replies.failure()))?;
+        tracing::trace!(
+            elapsed = ?self.started.elapsed(),
+            batch,
+            needs = needs.len(),
+            deltas = needs.iter().filter(|need| need.base.is_some()).count(),
+            "answered"
+        );
+        Ok(needs)
     }
 
     async fn put(&self, chunk: Outgoing) -> Result<(), SinkError> {
@@ -457,7 +469,9 @@ impl ChunkSink for NetworkSink {
         }
         self.replies.sent(chunk.hash(), chunk.block_len() as u64);
         self.send(upload_request::Kind::Chunk(pb::Chunk::from(&chunk)))
-            .await
+            .await?;
+        tracing::trace!(elapsed = ?self.started.elapsed(), bytes = chunk.encoded_len(), "chunk queued");
+        Ok(())
     }
 }
 
@@ -617,6 +631,7 @@ pub async fn upload<'a>(
             start: Instant::now(),
             sent: Mutex::new(0),
         }),
+        started,
     };
     // Where the stream goes, once known: a failure of the stream names it.
     let stream_url = std::sync::OnceLock::new();
@@ -717,6 +732,7 @@ mod tests {
             replies: replies.clone(),
             next_batch: AtomicU64::new(1),
             pacer: None,
+            started: Instant::now(),
         };
         let offer = || {
             vec![Offer {
