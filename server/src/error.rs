@@ -16,6 +16,12 @@ pub enum ServerError {
     Unauthenticated,
     #[error("permission denied: {0}")]
     Forbidden(String),
+    /// A console form or script sent without the page's CSRF token.
+    #[error("the request lacks the console's CSRF token: reload the page")]
+    NoCsrfToken,
+    /// A state change sent from a page of another site (its `Origin`).
+    #[error("a request from {0} may not change this server")]
+    CrossSite(String),
     #[error("update {guid} belongs to {owner}, not {caller}")]
     NotYourUpdate {
         guid: String,
@@ -101,7 +107,10 @@ impl ServerError {
             },
             Self::Incomplete(_) | Self::RootMismatch(_) => Code::FailedPrecondition,
             Self::StoreBusy => Code::Aborted,
-            Self::NotYourUpdate { .. } | Self::Forbidden(_) => Code::PermissionDenied,
+            Self::NotYourUpdate { .. }
+            | Self::Forbidden(_)
+            | Self::NoCsrfToken
+            | Self::CrossSite(_) => Code::PermissionDenied,
             Self::BadRequest(_) | Self::BadChunk(_) | Self::BadImage(_) => Code::InvalidArgument,
             Self::LoginLocked { .. } | Self::Busy(_) | Self::OverBudget(_) => {
                 Code::ResourceExhausted

@@ -109,7 +109,10 @@
         const row = body.querySelector('tr[data-guid="' + CSS.escape(guid) + '"]');
         if (row) fill(row, reply);
       } else {
-        say(response.status === 403 && reply.error.startsWith("permission") ? words.admins_only : reply.error, true);
+        // The server's message in the page's language (`messages`), its own words else.
+        const lang = document.documentElement.lang;
+        const said = reply.messages && reply.messages[lang] ? reply.messages[lang] : reply.error;
+        say(said, true);
       }
     } catch (e) {
       say(String(e), true);

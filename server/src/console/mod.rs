@@ -107,13 +107,56 @@ pub async fn not_found(headers: HeaderMap) -> Response {
     (StatusCode::NOT_FOUND, text).into_response()
 }
 
-/// An API error: its HTTP status and `{"error": MESSAGE}`.
+/// An API error: its HTTP status and `{"error": MESSAGE, "messages": {"en": …, "ja": …}}`
+/// (`error` as the server states it, for scripts; `messages` for people, in the
+/// console's words).
 #[derive(Debug)]
 struct ApiError(ServerError);
 
 impl From<ServerError> for ApiError {
     fn from(err: ServerError) -> Self {
         Self(err)
+    }
+}
+
+/// What went wrong, in `lang`: the errors a console user meets in its words, any other
+/// with the server's own (English) account after them.
+fn error_text(lang: Lang, err: &ServerError) -> String {
+    use crate::meta::{MetaError, UpdateState};
+    let w = lang.words();
+    let state_word = |state: UpdateState| match state {
+        UpdateState::Reserved => w.reserved,
+        UpdateState::Uploading => w.uploading,
+        UpdateState::Committed => w.committed,
+        UpdateState::Cancelled => w.cancelled,
+        UpdateState::Aborted => w.aborted,
+    };
+    match err {
+        ServerError::BadLogin => w.bad_login.into(),
+        ServerError::LoginLocked { .. } => w.login_locked.into(),
+        ServerError::Unauthenticated => w.session_expired.into(),
+        // The one refusal by role the console can meet: an abort by an operator.
+        ServerError::Forbidden(_) => w.admins_only.into(),
+        ServerError::NotYourUpdate { .. } => w.permission_denied.into(),
+        ServerError::NoCsrfToken => w.stale_page.into(),
+        ServerError::CrossSite(origin) => w.cross_site.replace("{origin}", origin),
+        ServerError::Busy(_) | ServerError::StoreBusy | ServerError::OverBudget(_) => {
+            w.server_busy.into()
+        }
+        ServerError::BadRequest(detail) | ServerError::Meta(MetaError::BadRequest(detail)) => {
+            w.bad_request.replace("{detail}", detail)
+        }
+        ServerError::Meta(MetaError::UnknownUpdate(_)) => w.unknown_update.into(),
+        ServerError::Meta(
+            MetaError::UpdateNotLive { state, .. } | MetaError::UpdateEnded(state),
+        ) => w.update_ended.replace("{state}", state_word(*state)),
+        ServerError::Meta(MetaError::UnknownDisk(name)) => w.unknown_disk.replace("{name}", name),
+        ServerError::Meta(MetaError::UnknownVersion(name)) => {
+            w.unknown_version.replace("{name}", name)
+        }
+        other => w
+            .server_failed
+            .replace("{detail}", other.to_string().trim_end_matches('.')),
     }
 }
 
@@ -140,7 +183,13 @@ impl IntoResponse for ApiError {
         }
         let mut response = (
             status,
-            axum::Json(serde_json::json!({"error": self.0.to_string()})),
+            axum::Json(serde_json::json!({
+                "error": self.0.to_string(),
+                "messages": {
+                    "en": error_text(Lang::En, &self.0),
+                    "ja": error_text(Lang::Ja, &self.0),
+                },
+            })),
         )
             .into_response();
         if let ServerError::LoginLocked { secs } = self.0 {
@@ -200,10 +249,7 @@ impl FromRequestParts<Shared> for Caller {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
                 if sent != caller.csrf() {
-                    return Err(ServerError::Forbidden(
-                        "the request lacks the console's CSRF token: reload the page".into(),
-                    )
-                    .into());
+                    return Err(ServerError::NoCsrfToken.into());
                 }
             }
         }
@@ -228,9 +274,7 @@ fn check_origin(headers: &HeaderMap) -> Result<(), ServerError> {
     if host.is_empty() || origin_host.eq_ignore_ascii_case(host) {
         Ok(())
     } else {
-        Err(ServerError::Forbidden(format!(
-            "a request from {origin} may not change this server"
-        )))
+        Err(ServerError::CrossSite(origin.to_owned()))
     }
 }
 

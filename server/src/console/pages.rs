@@ -176,7 +176,7 @@ fn error_page(lang: Lang, caller: &Caller, err: &ServerError) -> Response {
         lang.words().console,
         &format!(
             "<p class=\"error\" role=\"alert\">{}</p>",
-            esc(&err.to_string())
+            esc(&super::error_text(lang, err))
         ),
     );
     *response.status_mut() = super::http_status(err);

@@ -124,6 +124,23 @@ pub struct Words {
     pub hours: &'static str,
     pub of: &'static str,
     pub not_found: &'static str,
+    pub session_expired: &'static str,
+    pub permission_denied: &'static str,
+    pub unknown_update: &'static str,
+    /// `{state}`: the update's state in these words.
+    pub update_ended: &'static str,
+    /// `{name}`: the disk asked for.
+    pub unknown_disk: &'static str,
+    /// `{name}`: the version asked for.
+    pub unknown_version: &'static str,
+    pub server_busy: &'static str,
+    pub stale_page: &'static str,
+    /// `{origin}`: the site the request came from.
+    pub cross_site: &'static str,
+    /// `{detail}`: what the request got wrong (in English).
+    pub bad_request: &'static str,
+    /// `{detail}`: the server's own account (in English).
+    pub server_failed: &'static str,
 }
 
 pub static EN: Words = Words {
@@ -185,6 +202,17 @@ pub static EN: Words = Words {
     hours: "h",
     of: "of",
     not_found: "Not found.",
+    session_expired: "Not logged in, or the session expired: log in again.",
+    permission_denied: "This update belongs to another user.",
+    unknown_update: "There is no such update: it may have ended. Reload the page.",
+    update_ended: "This update has already ended ({state}): there is nothing to abort.",
+    unknown_disk: "There is no disk {name}.",
+    unknown_version: "There is no version {name}.",
+    server_busy: "The server is busy: try again shortly.",
+    stale_page: "The page is out of date: reload it and try again.",
+    cross_site: "A page of {origin} may not change this server.",
+    bad_request: "The request is invalid: {detail}",
+    server_failed: "The server failed: {detail}. Its log says more.",
 };
 
 pub static JA: Words = Words {
@@ -246,6 +274,17 @@ pub static JA: Words = Words {
     hours: "時間",
     of: "/",
     not_found: "見つかりません。",
+    session_expired: "ログインしていないか、セッションの有効期限が切れました。再度ログインしてください。",
+    permission_denied: "この更新は別のユーザーのものです。",
+    unknown_update: "その更新はありません。終了した可能性があります。ページを再読み込みしてください。",
+    update_ended: "この更新はすでに「{state}」です。更新中断するものはありません。",
+    unknown_disk: "ディスク {name} はありません。",
+    unknown_version: "バージョン {name} はありません。",
+    server_busy: "サーバーが混み合っています。しばらくしてから再度お試しください。",
+    stale_page: "ページが古くなっています。再読み込みしてから再度お試しください。",
+    cross_site: "{origin} のページからはこのサーバーを変更できません。",
+    bad_request: "要求が正しくありません: {detail}",
+    server_failed: "サーバーでエラーが発生しました: {detail}。詳しくはサーバーのログを確認してください。",
 };
 
 #[cfg(test)]

@@ -139,6 +139,17 @@ fn the_api_keeps_its_contract_and_its_guards() {
         None,
     );
     assert_eq!(refused.status, 403, "{}", refused.text());
+    // Errors carry the server's account for scripts and the console's words for people.
+    let messages = |reply: &http::Reply| reply.json()["messages"].clone();
+    let refused_says = messages(&refused);
+    assert_eq!(refused_says["en"], "Only an admin may abort an update.");
+    assert_eq!(refused_says["ja"], "更新中断は管理者のみ行えます。");
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .expect("error")
+            .contains("admin")
+    );
 
     // With the session cookie, a state change needs the page's CSRF token, and a
     // request from another site is refused whatever it carries.
@@ -155,6 +166,10 @@ fn the_api_keeps_its_contract_and_its_guards() {
         .to_owned();
     let no_csrf = http::request(&addr, "POST", &abort_path, &[("Cookie", &cookie)], None);
     assert_eq!(no_csrf.status, 403, "{}", no_csrf.text());
+    assert_eq!(
+        messages(&no_csrf)["ja"],
+        "ページが古くなっています。再読み込みしてから再度お試しください。"
+    );
     let elsewhere = http::request(
         &addr,
         "POST",
@@ -167,6 +182,10 @@ fn the_api_keeps_its_contract_and_its_guards() {
         None,
     );
     assert_eq!(elsewhere.status, 403, "{}", elsewhere.text());
+    assert_eq!(
+        messages(&elsewhere)["ja"],
+        "http://evil.example のページからはこのサーバーを変更できません。"
+    );
     assert_eq!(
         s.site.updates()[0]["state"],
         "reserved",
@@ -183,6 +202,22 @@ fn the_api_keeps_its_contract_and_its_guards() {
     assert_eq!(aborted.status, 200, "{}", aborted.text());
     assert_eq!(aborted.json()["state"], "aborted");
     assert_eq!(s.site.updates()[0]["state"], "aborted");
+    let again = http::request(
+        &addr,
+        "POST",
+        &abort_path,
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+        None,
+    );
+    assert_eq!(again.status, 409, "{}", again.text());
+    assert_eq!(
+        messages(&again)["en"],
+        "This update has already ended (Aborted): there is nothing to abort."
+    );
+    assert_eq!(
+        messages(&again)["ja"],
+        "この更新はすでに「更新中断済み」です。更新中断するものはありません。"
+    );
     let finish = s.terminal.run(&["update", "finish"]);
     assert_eq!(finish.status.code(), Some(1), "{}", text(&finish));
 
@@ -207,6 +242,22 @@ fn the_api_keeps_its_contract_and_its_guards() {
     assert!(
         versions.contains(&s.site.first_version) && versions.contains("コメント"),
         "{versions}"
+    );
+    // An error page speaks the caller's language too.
+    let missing = http::request(
+        &addr,
+        "GET",
+        "/disks/no-such-disk",
+        &[("Cookie", &cookie), ("Accept-Language", "ja")],
+        None,
+    );
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert!(
+        missing
+            .text()
+            .contains("ディスク no-such-disk はありません。"),
+        "{}",
+        missing.text()
     );
     admin_ok(&s.site.data, &["store", "verify"]);
     let store = get(&addr, "/api/v1/store", &token).json();
