@@ -1,6 +1,6 @@
 //! The whole upload on loopback against rsync, for a realistic image pair.
 //!
-//! `upload-bench [--size-mib N] [--change PERCENT] [--scattered] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--dir DIR]`
+//! `upload-bench [--size-mib N] [--change PERCENT] [--scattered] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--cold] [--dir DIR]`
 //!
 //! `--scattered` replaces the install with the worst case for block-level transfer: one
 //! random 4 KiB page rewritten in every MiB of the base that holds data; the report then
@@ -15,7 +15,9 @@
 //! half the RTT of delay in each direction) in front of both of Hotate's ports and rsync's,
 //! and report each time against the ideal bytes / rate, with Hotate's time to its first
 //! data byte and the time its upload left the link idle mid-stream (`HOTATE_TRACE=1`
-//! prints the upload per 100 ms).
+//! prints the upload per 100 ms). `--cold` (root) empties the page cache before Hotate's
+//! finish and before each rsync run: rsync otherwise reads the images the bench has just
+//! written from memory, while Hotate reads the disk unbuffered.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -35,6 +37,8 @@ struct Args {
     block_size: u32,
     dir: PathBuf,
     scattered: bool,
+    /// Drop the page cache before each tool runs, as after a terminal's fresh boot.
+    cold: bool,
 }
 
 fn parse_args() -> Args {
@@ -46,11 +50,16 @@ fn parse_args() -> Args {
         block_size: 1 << 20,
         dir: std::env::temp_dir(),
         scattered: false,
+        cold: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--scattered" {
             args.scattered = true;
+            continue;
+        }
+        if flag == "--cold" {
+            args.cold = true;
             continue;
         }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -191,8 +200,16 @@ impl Rsync {
         }
     }
 
-    /// Sends `updated` over the base copy in the module; returns (wall, bytes sent).
-    fn run(&self, base: &Path, updated: &Path, port: u16, compress: bool) -> (Duration, u64) {
+    /// Sends `updated` over the base copy in the module (the page cache dropped first when
+    /// `cold`); returns (wall, bytes sent).
+    fn run(
+        &self,
+        base: &Path,
+        updated: &Path,
+        port: u16,
+        compress: bool,
+        cold: bool,
+    ) -> (Duration, u64) {
         let target = self.module_dir.join("disk.img");
         let _ = Command::new("cp")
             .arg("--sparse=always")
@@ -200,6 +217,9 @@ impl Rsync {
             .arg(&target)
             .status();
         let _ = Command::new("sync").status();
+        if cold {
+            drop_caches();
+        }
         let mut cmd = Command::new("rsync");
         cmd.args(["--inplace", "--no-whole-file", "--stats"]);
         if compress {
@@ -322,6 +342,9 @@ fn main() {
     }
     let server_pid = server.pid();
     let _ = Command::new("sync").status();
+    if args.cold {
+        drop_caches();
+    }
     let data_before = dir_bytes(&site.data);
     let (cpu_before, _) = proc_usage(server_pid);
     let log = std::env::var("HOTATE_LOG").unwrap_or_else(|_| "warn".into());
@@ -382,13 +405,15 @@ fn main() {
     } else {
         rsync.port
     };
-    let (rsync_z_wall, rsync_z_sent) = rsync.run(&pair.base, &pair.updated, rsync_port, true);
-    let (rsync_wall, rsync_sent) = rsync.run(&pair.base, &pair.updated, rsync_port, false);
+    let (rsync_z_wall, rsync_z_sent) =
+        rsync.run(&pair.base, &pair.updated, rsync_port, true, args.cold);
+    let (rsync_wall, rsync_sent) =
+        rsync.run(&pair.base, &pair.updated, rsync_port, false, args.cold);
 
     let mb = |b: u64| b as f64 / 1e6;
     let ideal = |bytes: u64| args.link_mbit.map(|mbit| bytes as f64 * 8.0 / (mbit * 1e6));
     println!(
-        "image: {} MiB {} pair, block size {} KiB, {:.0} MB in changed blocks (install rewrote ~{}% of data), link: {}",
+        "image: {} MiB {} pair, block size {} KiB, {:.0} MB in changed blocks (install rewrote ~{}% of data), link: {}, page cache: {}",
         args.size_mib,
         pair.kind,
         args.block_size >> 10,
@@ -398,6 +423,11 @@ fn main() {
             format!("emulated, {}", spec.describe())
         } else {
             "loopback".to_owned()
+        },
+        if args.cold {
+            "dropped before each run"
+        } else {
+            "as the bench left it (rsync reads the images from memory)"
         }
     );
     println!(
@@ -489,6 +519,13 @@ fn scatter_pages(base: &Path, updated: &Path) {
         }
         offset += got as u64;
     }
+}
+
+/// Empties the page cache (`--cold`): every tool then reads the images from the disk, as
+/// Hotate's unbuffered reads always do. Needs root.
+fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .expect("--cold drops the page cache: run as root (/proc/sys/vm/drop_caches)");
 }
 
 /// Bytes of the files under `dir` (their apparent sizes).
