@@ -192,23 +192,21 @@ fn the_api_keeps_its_contract_and_its_guards() {
         "nothing changed yet"
     );
 
-    let aborted = http::request(
-        &addr,
-        "POST",
-        &abort_path,
-        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
-        None,
-    );
+    // The page's abort, as its script sends it.
+    let abort_from_page = || {
+        http::request(
+            &addr,
+            "POST",
+            &abort_path,
+            &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+            None,
+        )
+    };
+    let aborted = abort_from_page();
     assert_eq!(aborted.status, 200, "{}", aborted.text());
     assert_eq!(aborted.json()["state"], "aborted");
     assert_eq!(s.site.updates()[0]["state"], "aborted");
-    let again = http::request(
-        &addr,
-        "POST",
-        &abort_path,
-        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
-        None,
-    );
+    let again = abort_from_page();
     assert_eq!(again.status, 409, "{}", again.text());
     assert_eq!(
         messages(&again)["en"],
