@@ -122,15 +122,8 @@ impl From<ServerError> for ApiError {
 /// What went wrong, in `lang`: the errors a console user meets in its words, any other
 /// with the server's own (English) account after them.
 fn error_text(lang: Lang, err: &ServerError) -> String {
-    use crate::meta::{MetaError, UpdateState};
+    use crate::meta::MetaError;
     let w = lang.words();
-    let state_word = |state: UpdateState| match state {
-        UpdateState::Reserved => w.reserved,
-        UpdateState::Uploading => w.uploading,
-        UpdateState::Committed => w.committed,
-        UpdateState::Cancelled => w.cancelled,
-        UpdateState::Aborted => w.aborted,
-    };
     match err {
         ServerError::BadLogin => w.bad_login.into(),
         ServerError::LoginLocked { .. } => w.login_locked.into(),
@@ -149,7 +142,9 @@ fn error_text(lang: Lang, err: &ServerError) -> String {
         ServerError::Meta(MetaError::UnknownUpdate(_)) => w.unknown_update.into(),
         ServerError::Meta(
             MetaError::UpdateNotLive { state, .. } | MetaError::UpdateEnded(state),
-        ) => w.update_ended.replace("{state}", state_word(*state)),
+        ) => w
+            .update_ended
+            .replace("{state}", w.state(state.as_str(), false)),
         ServerError::Meta(MetaError::UnknownDisk(name)) => w.unknown_disk.replace("{name}", name),
         ServerError::Meta(MetaError::UnknownVersion(name)) => {
             w.unknown_version.replace("{name}", name)

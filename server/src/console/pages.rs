@@ -53,18 +53,6 @@ pub fn bytes_text(bytes: u64) -> String {
     }
 }
 
-/// The state of an update in the console's words.
-fn state_text(words: &Words, update: &UpdateView) -> &'static str {
-    match update.state {
-        "reserved" => words.reserved,
-        "uploading" if update.uploading_now => words.uploading,
-        "uploading" => words.waiting,
-        "committed" => words.committed,
-        "cancelled" => words.cancelled,
-        _ => words.aborted,
-    }
-}
-
 /// A page's frame: head, navigation, and `body`.
 fn layout(lang: Lang, caller: Option<&Caller>, active: &str, title: &str, body: &str) -> Response {
     let w = lang.words();
@@ -273,7 +261,7 @@ fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
         disk = esc(&u.disk_name),
         terminal = esc(&u.terminal),
         user = esc(&u.user),
-        state_text = state_text(w, u),
+        state_text = w.state(u.state, u.uploading_now),
         bar = if u.uploading_now { "" } else { " hidden" },
         base = esc(&u.base_version),
         new = esc(u.new_version.as_deref().unwrap_or_default()),

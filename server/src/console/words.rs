@@ -143,6 +143,21 @@ pub struct Words {
     pub server_failed: &'static str,
 }
 
+impl Words {
+    /// An update's state (`reserved`, `uploading`, ... as the API names it) in these
+    /// words; an upload without an open stream is waiting.
+    pub fn state(&self, state: &str, uploading_now: bool) -> &'static str {
+        match state {
+            "reserved" => self.reserved,
+            "uploading" if uploading_now => self.uploading,
+            "uploading" => self.waiting,
+            "committed" => self.committed,
+            "cancelled" => self.cancelled,
+            _ => self.aborted,
+        }
+    }
+}
+
 pub static EN: Words = Words {
     console: "Hotate Console",
     updates: "Updates",
