@@ -216,10 +216,7 @@ impl Rsync {
             .arg(base)
             .arg(&target)
             .status();
-        let _ = Command::new("sync").status();
-        if cold {
-            drop_caches();
-        }
+        settle_disk(cold);
         let mut cmd = Command::new("rsync");
         cmd.args(["--inplace", "--no-whole-file", "--stats"]);
         if compress {
@@ -341,10 +338,7 @@ fn main() {
         counters.reset();
     }
     let server_pid = server.pid();
-    let _ = Command::new("sync").status();
-    if args.cold {
-        drop_caches();
-    }
+    settle_disk(args.cold);
     let data_before = dir_bytes(&site.data);
     let (cpu_before, _) = proc_usage(server_pid);
     let log = std::env::var("HOTATE_LOG").unwrap_or_else(|_| "warn".into());
@@ -521,11 +515,15 @@ fn scatter_pages(base: &Path, updated: &Path) {
     }
 }
 
-/// Empties the page cache (`--cold`): every tool then reads the images from the disk, as
-/// Hotate's unbuffered reads always do. Needs root.
-fn drop_caches() {
-    std::fs::write("/proc/sys/vm/drop_caches", "3")
-        .expect("--cold drops the page cache: run as root (/proc/sys/vm/drop_caches)");
+/// Before a tool runs: writes what the bench wrote (so the tool does not pay for it), and
+/// with `cold` (`--cold`) empties the page cache, so that every tool reads the images from
+/// the disk, as Hotate's unbuffered reads always do. Dropping needs root.
+fn settle_disk(cold: bool) {
+    let _ = Command::new("sync").status();
+    if cold {
+        std::fs::write("/proc/sys/vm/drop_caches", "3")
+            .expect("--cold drops the page cache: run as root (/proc/sys/vm/drop_caches)");
+    }
 }
 
 /// Bytes of the files under `dir` (their apparent sizes).
