@@ -644,7 +644,6 @@ impl Upload {
                 }
                 Some(done) = self.answering.join_next(), if !self.answering.is_empty() => {
                     self.answered(done).await?;
-                    self.start_answers();
                     continue;
                 }
                 Some(done) = self.verifying.join_next(), if !self.verifying.is_empty() => {
@@ -764,7 +763,6 @@ impl Upload {
         while self.queued.len() > OFFERS_QUEUED {
             if let Some(done) = self.answering.join_next().await {
                 self.answered(done).await?;
-                self.start_answers();
             }
         }
         Ok(())
@@ -793,13 +791,14 @@ impl Upload {
         }
     }
 
-    /// Takes a finished offer: its missing hashes become pending, then the client hears
-    /// which to send.
+    /// Takes a finished offer, and starts the next queued one in its place: its missing
+    /// hashes become pending, then the client hears which to send.
     async fn answered(
         &mut self,
         done: Result<Result<Answer, ServerError>, tokio::task::JoinError>,
     ) -> Result<(), Status> {
         let answer = done.map_err(ServerError::from)??;
+        self.start_answers();
         for (hash, _) in &answer.candidates {
             self.asking.remove(hash);
         }
