@@ -620,32 +620,66 @@ fn data_extents(_file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
     })
 }
 
-/// Makes every write to the filesystem holding `path` (a file or directory) durable with
-/// one call (`syncfs`): a group commit for many files at the price of one journal flush.
-/// Where the system has no such call, `Unsupported` (and `path` is not opened: Windows
-/// opens no directory as a file): sync the files one by one instead.
-///
-/// # Errors
-/// On an IO error, or `Unsupported`.
-#[cfg(target_os = "linux")]
-pub fn sync_filesystem(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let file = File::open(path)?;
-    // SAFETY: the descriptor is valid for the life of `file`; syncfs has no memory effects.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+/// A watch over the filesystem holding a path, for group commits: [`sync`](Self::sync)
+/// makes every write to that filesystem durable with one call (`syncfs`), and fails if any
+/// writeback on it failed since the watch began, even when another process or another
+/// watch was told first. (Linux reports a failed writeback to each open descriptor once,
+/// from the moment it was opened, and marks the lost pages clean: a descriptor opened
+/// after the failure, or one that already reported it, would see nothing.) So a group
+/// begins its watch before it writes anything.
+#[derive(Debug)]
+pub struct FilesystemSync {
+    #[cfg(target_os = "linux")]
+    watched: File,
 }
 
-/// See the Linux version.
-///
-/// # Errors
-/// Always `Unsupported`.
-#[cfg(not(target_os = "linux"))]
-pub fn sync_filesystem(_path: &Path) -> io::Result<()> {
-    Err(io::ErrorKind::Unsupported.into())
+impl FilesystemSync {
+    /// Begins watching the filesystem holding `path` (a file or directory). Where the
+    /// system has no such call, `None` (and `path` is not opened: Windows opens no
+    /// directory as a file): sync the files one by one instead.
+    ///
+    /// # Errors
+    /// When `path` cannot be opened.
+    #[cfg(target_os = "linux")]
+    pub fn watch(path: &Path) -> io::Result<Option<Self>> {
+        Ok(Some(Self {
+            watched: File::open(path)?,
+        }))
+    }
+
+    /// See the Linux version.
+    ///
+    /// # Errors
+    /// Never.
+    #[cfg(not(target_os = "linux"))]
+    pub fn watch(_path: &Path) -> io::Result<Option<Self>> {
+        Ok(None)
+    }
+
+    /// Makes every write to the filesystem durable.
+    ///
+    /// # Errors
+    /// On an IO error, or when a writeback failed since the watch began.
+    #[cfg(target_os = "linux")]
+    pub fn sync(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is valid for the life of `watched`; syncfs has no memory
+        // effects.
+        if unsafe { libc::syncfs(self.watched.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// See the Linux version.
+    ///
+    /// # Errors
+    /// Never: no watch is made here.
+    #[cfg(not(target_os = "linux"))]
+    pub fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

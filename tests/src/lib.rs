@@ -2,6 +2,7 @@
 //! binaries as processes ([`harness`]), realistic disk images ([`images`]), and an HTTP
 //! client ([`http`]) and a browser ([`webdriver`]) for the console.
 
+pub mod faultdisk;
 pub mod harness;
 pub mod http;
 pub mod images;

@@ -14,6 +14,8 @@ use hotate_tests::images::{self, ImagePair};
 mod bench;
 #[path = "e2e/console.rs"]
 mod console;
+#[path = "e2e/durability.rs"]
+mod durability;
 #[path = "e2e/formats.rs"]
 mod formats;
 #[path = "e2e/hardening.rs"]

@@ -6,17 +6,24 @@
 //! on a spinning disk an fsync per 64 KiB chunk would cap an upload at a few MB/s. Each file is
 //! laid out as [`super::layout`] says. Damaged chunks are moved to
 //! `quarantine/`, where nothing reads them, and kept for an administrator to inspect.
+//!
+//! A failed sync fails the whole group, and its chunks are written again by the next put,
+//! never trusted from the page cache: the group's watch on the filesystem begins before its
+//! first write, so every failed writeback since then fails it, and a chunk renamed into
+//! place before a failed sync counts as absent until a put has proven it durable.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
 use super::layout::{self, Layout, PATCH_HEAD};
 use super::{ChunkStore, Paged, StoreError, Stored};
-use crate::direct_io::sync_filesystem;
+use crate::direct_io::FilesystemSync;
 use crate::hash::Hash;
 
 /// Age after which a temp file is a crash's leftover, not a write in progress.
@@ -37,6 +44,9 @@ pub struct FsStore {
     root: PathBuf,
     temp_dir: PathBuf,
     next_temp: AtomicU64,
+    /// Chunks renamed into place by a group whose last sync failed: absent to `has` until
+    /// a put writes them again and proves them durable.
+    unproven: Mutex<HashSet<Hash>>,
 }
 
 impl FsStore {
@@ -68,6 +78,7 @@ impl FsStore {
             root: root.to_owned(),
             temp_dir,
             next_temp: AtomicU64::new(0),
+            unproven: Mutex::default(),
         })
     }
 
@@ -131,26 +142,22 @@ impl FsStore {
         Ok(Some((head, read, file_len)))
     }
 
-    /// Makes `paths` (files, then the directories naming them) durable: one `syncfs` for
-    /// them all where the system has it, else an fsync each.
-    fn sync_all(&self, paths: &[&Path]) -> io::Result<()> {
-        match sync_filesystem(&self.root) {
-            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                for path in paths {
-                    sync_path(path)?;
-                }
-                Ok(())
-            }
-            other => other,
-        }
+    fn unproven(&self) -> std::sync::MutexGuard<'_, HashSet<Hash>> {
+        self.unproven.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stages, syncs, then publishes: a crash leaves each chunk whole or absent.
-    fn publish(&self, staged: &[(PathBuf, PathBuf)]) -> io::Result<()> {
-        let temps: Vec<&Path> = staged.iter().map(|(temp, _)| temp.as_path()).collect();
-        self.sync_all(&temps)?;
+    /// Stages, syncs, then publishes: a crash leaves each chunk whole or absent. Returns
+    /// the chunks renamed into place, also when a later step failed.
+    fn publish(
+        &self,
+        watch: Option<&FilesystemSync>,
+        staged: &[(PathBuf, PathBuf, Hash)],
+        renamed: &mut Vec<Hash>,
+    ) -> io::Result<()> {
+        let temps: Vec<&Path> = staged.iter().map(|(temp, ..)| temp.as_path()).collect();
+        sync_all(watch, &temps)?;
         let mut dirs = Vec::new();
-        for (temp, path) in staged {
+        for (temp, path, hash) in staged {
             let dir = path.parent().unwrap_or(&self.root);
             // Most directories exist: make one only when the rename says it is missing.
             if let Err(e) = fs::rename(temp, path) {
@@ -160,11 +167,21 @@ impl FsStore {
                 fs::create_dir_all(dir)?;
                 fs::rename(temp, path)?;
             }
+            renamed.push(*hash);
             if !dirs.contains(&dir) {
                 dirs.push(dir);
             }
         }
-        self.sync_all(&dirs)
+        sync_all(watch, &dirs)
+    }
+}
+
+/// Makes `paths` (files, then the directories naming them) durable: one `syncfs` for them
+/// all through the group's watch where the system has it, else an fsync each.
+fn sync_all(watch: Option<&FilesystemSync>, paths: &[&Path]) -> io::Result<()> {
+    match watch {
+        Some(watch) => watch.sync(),
+        None => paths.iter().try_for_each(|path| sync_path(path)),
     }
 }
 
@@ -205,6 +222,9 @@ fn sync_path(path: &Path) -> io::Result<()> {
 
 impl ChunkStore for FsStore {
     fn has(&self, hash: &Hash) -> Result<bool, StoreError> {
+        if self.unproven().contains(hash) {
+            return Ok(false);
+        }
         let path = self.path_of(hash);
         path.try_exists()
             .map_err(|source| StoreError::Io { path, source })
@@ -265,29 +285,42 @@ impl ChunkStore for FsStore {
     /// Stores the chunks with one group commit: all temp files are written, made durable
     /// together, then renamed into place and their directories made durable.
     fn put_many(&self, chunks: &[Stored]) -> Result<usize, StoreError> {
-        let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let io_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        // Before the first write, so that every failed writeback of this group fails it.
+        let watch = FilesystemSync::watch(&self.root).map_err(io_error(&self.root))?;
+        let mut staged: Vec<(PathBuf, PathBuf, Hash)> = Vec::new();
         let mut result = Ok(());
         for chunk in chunks {
-            let path = self.path_of(&chunk.hash());
-            if self.has(&chunk.hash())? || staged.iter().any(|(_, p)| *p == path) {
+            let hash = chunk.hash();
+            let path = self.path_of(&hash);
+            if self.has(&hash)? || staged.iter().any(|(_, p, _)| *p == path) {
                 continue;
             }
             match self.write_temp(chunk) {
-                Ok(temp) => staged.push((temp, path)),
+                Ok(temp) => staged.push((temp, path, hash)),
                 Err(source) => {
                     result = Err(StoreError::Io { path, source });
                     break;
                 }
             }
         }
+        let mut renamed = Vec::new();
         if result.is_ok() && !staged.is_empty() {
-            result = self.publish(&staged).map_err(|source| StoreError::Io {
-                path: self.root.clone(),
-                source,
-            });
+            result = self
+                .publish(watch.as_ref(), &staged, &mut renamed)
+                .map_err(io_error(&self.root));
         }
-        if result.is_err() {
-            for (temp, _) in &staged {
+        let mut unproven = self.unproven();
+        if result.is_ok() {
+            for (.., hash) in &staged {
+                unproven.remove(hash);
+            }
+        } else {
+            unproven.extend(renamed);
+            for (temp, ..) in &staged {
                 let _ = fs::remove_file(temp);
             }
         }

@@ -3,6 +3,11 @@
 //! the implementation; another database (PostgreSQL, for a site that outgrows one
 //! machine) can join behind the same trait. Calls block: async callers use
 //! `spawn_blocking`.
+//!
+//! Every implementation keeps two rules: a change that returns `Ok` is durable (never
+//! acknowledged from a cache that a power cut empties), and after a failed write nothing
+//! more is acknowledged until the store has proven what it holds durable again
+//! ([`MetaError::Unproven`] meanwhile).
 
 mod sqlite;
 
@@ -176,6 +181,12 @@ pub enum MetaError {
     Abandoned,
     #[error("metadata failure: {0}")]
     Damaged(String),
+    /// A write failed with an I/O error and durability is not proven again yet.
+    #[error(
+        "the metadata disk failed a write and nothing more is recorded until it is proven \
+         durable again ({0}); check the server's disk, then retry"
+    )]
+    Unproven(String),
     #[error("metadata failure: {0}")]
     Sql(rusqlite::Error),
 }
@@ -257,18 +268,14 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
     fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, MetaError>;
     /// Opens a new session of an uploading update; returns it with the session number.
     /// Entries offered by earlier sessions stay (their chunks stay referenced) but no
-    /// longer count towards the manifest. Without an fsync, like the offers: after a power
-    /// loss it may roll back with them, and the terminal opens a session again.
+    /// longer count towards the manifest.
     fn open_session(&self, guid: &str) -> Result<UpdateRow, MetaError>;
     /// Records entries offered by `session` in one transaction, refused when the update
-    /// ended or another session took it over. Offers are re-sent by every session, so
-    /// this commit skips the fsync (`synchronous = NORMAL`): after a power loss it may
-    /// roll back, never corrupt, and the next session offers again.
+    /// ended or another session took it over.
     fn record_offers(&self, guid: &str, session: u64, offers: &[Offer]) -> Result<(), MetaError>;
     /// The entries offered by one session of an upload, by block index.
     fn offers(&self, guid: &str, session: u64) -> Result<Vec<Offer>, MetaError>;
-    /// Counts chunks and wire bytes an upload stored (for display; without an fsync,
-    /// so it may lag the chunks after a power loss).
+    /// Counts chunks and wire bytes an upload stored (for display).
     fn add_received(&self, guid: &str, chunks: u64, bytes: u64) -> Result<(), MetaError>;
     /// Commits an uploading update as `version`, atomically. `write_manifest` runs inside
     /// the transaction, so that `store gc` (which removes manifests no version names under

@@ -1,12 +1,27 @@
 //! The metadata in SQLite: one connection per process, in WAL mode with a busy timeout,
-//! so admin commands can run while `serve` holds the same data dir. Every change is one
-//! transaction; the schema is migrated by `PRAGMA user_version`.
+//! so admin commands can run while `serve` holds the same data dir. The schema is
+//! migrated by `PRAGMA user_version`.
+//!
+//! Every change is one transaction through [`SqliteMeta::write`], and two rules hold for
+//! all of them:
+//! - **It begins IMMEDIATE**: it takes the write lock before it reads, so the busy
+//!   timeout can wait out another process's commit. A deferred transaction that read
+//!   first fails at once with "database is locked" (`SQLITE_BUSY_SNAPSHOT`) when another
+//!   connection committed in between.
+//! - **It is durable when it returns** (`synchronous = FULL`: the WAL is fsynced at each
+//!   commit, never left to the page cache). Linux reports a failed writeback once, to the
+//!   next fsync, and marks the lost pages clean; a commit that skipped its fsync could
+//!   therefore be lost behind a hole in the WAL while a later commit's fsync succeeds.
+//!   After any I/O error, no further change is made until a `wal_checkpoint(TRUNCATE)`
+//!   has copied every committed frame into the database file, fsynced it and emptied the
+//!   WAL: durability proven again, with a fresh WAL behind the next commit.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use hotate_engine::{Entry, Hash, Offer};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
 use super::{
     DiskRow, LockedMeta, MetaError, Metadata, Role, Session, UpdateRow, UpdateState, UserRow,
@@ -99,6 +114,9 @@ CREATE TABLE upkeep_runs (
 #[derive(Debug)]
 pub struct SqliteMeta {
     conn: Mutex<Connection>,
+    /// A write failed with an I/O error: what the database holds is not proven durable
+    /// until a checkpoint succeeds.
+    unproven: AtomicBool,
 }
 
 impl SqliteMeta {
@@ -114,6 +132,7 @@ impl SqliteMeta {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let meta = Self {
             conn: Mutex::new(conn),
+            unproven: AtomicBool::new(false),
         };
         meta.migrate()?;
         Ok(meta)
@@ -123,38 +142,87 @@ impl SqliteMeta {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `write` with a commit that skips the fsync (`synchronous = NORMAL`), for what
-    /// an upload records while it streams: an fsync holds the connection for tens of
-    /// milliseconds when the disk is busy, and every offer's answer waits for it. Such a
-    /// commit may roll back after a power loss, never corrupt, and the WAL keeps commits
-    /// in order: a later durable commit (or a group commit's `syncfs`) makes it durable.
-    fn without_fsync<T>(
+    /// Runs `work` in one IMMEDIATE transaction and commits it durably (see the module's
+    /// rules). Nothing is changed when `work` fails.
+    fn write<T>(
         &self,
-        write: impl FnOnce(&mut Connection) -> Result<T, MetaError>,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
         let mut conn = self.conn();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = write(&mut conn);
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        result
+        self.prove_durable(&conn)?;
+        let done = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(MetaError::from)
+            .and_then(|tx| {
+                let out = work(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            });
+        if let Err(MetaError::Sql(e)) = &done
+            && is_io_failure(e)
+        {
+            tracing::error!(
+                "a metadata write failed ({e}); nothing more is recorded until a checkpoint \
+                 proves the database durable"
+            );
+            self.unproven.store(true, Ordering::SeqCst);
+        }
+        done
+    }
+
+    /// After an I/O error (or at opening), copies every committed WAL frame into the
+    /// database file, fsyncs it and empties the WAL; refuses to go on until that works.
+    fn prove_durable(&self, conn: &Connection) -> Result<(), MetaError> {
+        if !self.unproven.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // (busy, WAL frames, frames checkpointed): busy is 1 when readers or another
+        // writer kept the checkpoint from finishing within the busy timeout.
+        let (busy, _, _): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(|e| MetaError::Unproven(e.to_string()))?;
+        if busy != 0 {
+            return Err(MetaError::Unproven(
+                "the checkpoint was kept waiting by other connections".into(),
+            ));
+        }
+        if self.unproven.swap(false, Ordering::SeqCst) {
+            tracing::debug!("metadata checkpointed: every committed change is durable");
+        }
+        Ok(())
     }
 
     fn migrate(&self) -> Result<(), MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let current: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if current > MIGRATIONS.len() {
-            return Err(MetaError::Damaged(format!(
-                "the data dir was written by a newer Hotate (schema {current})"
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            let current: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if current > MIGRATIONS.len() {
+                return Err(MetaError::Damaged(format!(
+                    "the data dir was written by a newer Hotate (schema {current})"
+                )));
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", i + 1)?;
+            }
+            Ok(())
+        })
     }
+}
+
+/// Whether an error says the disk failed (as opposed to a refusal or a busy lock).
+fn is_io_failure(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::CannotOpen
+                | ErrorCode::NotADatabase
+        )
+    )
 }
 
 impl Metadata for SqliteMeta {
@@ -164,50 +232,47 @@ impl Metadata for SqliteMeta {
         password_hash: &str,
         role: Option<Role>,
     ) -> Result<Role, MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let users: i64 = tx.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
-        let role = role.unwrap_or(if users == 0 {
-            Role::Admin
-        } else {
-            Role::Operator
-        });
-        let added = tx.execute(
-            "INSERT INTO users (name, password_hash, created_at, role) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name) DO NOTHING",
-            params![name, password_hash, now(), role.as_str()],
-        )?;
-        if added == 0 {
-            return Err(MetaError::UserExists(name.to_owned()));
-        }
-        tx.commit()?;
-        Ok(role)
+        self.write(|tx| {
+            let users: i64 = tx.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
+            let role = role.unwrap_or(if users == 0 {
+                Role::Admin
+            } else {
+                Role::Operator
+            });
+            let added = tx.execute(
+                "INSERT INTO users (name, password_hash, created_at, role) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO NOTHING",
+                params![name, password_hash, now(), role.as_str()],
+            )?;
+            if added == 0 {
+                return Err(MetaError::UserExists(name.to_owned()));
+            }
+            Ok(role)
+        })
     }
 
     fn set_password(&self, name: &str, password_hash: &str) -> Result<(), MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let changed = tx.execute(
-            "UPDATE users SET password_hash = ?2 WHERE name = ?1",
-            params![name, password_hash],
-        )?;
-        if changed == 0 {
-            return Err(MetaError::UnknownUser(name.to_owned()));
-        }
-        tx.execute("DELETE FROM tokens WHERE user = ?1", [name])?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+                params![name, password_hash],
+            )?;
+            if changed == 0 {
+                return Err(MetaError::UnknownUser(name.to_owned()));
+            }
+            tx.execute("DELETE FROM tokens WHERE user = ?1", [name])?;
+            Ok(())
+        })
     }
 
     fn delete_user(&self, name: &str) -> Result<(), MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute("DELETE FROM tokens WHERE user = ?1", [name])?;
-        if tx.execute("DELETE FROM users WHERE name = ?1", [name])? == 0 {
-            return Err(MetaError::UnknownUser(name.to_owned()));
-        }
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute("DELETE FROM tokens WHERE user = ?1", [name])?;
+            if tx.execute("DELETE FROM users WHERE name = ?1", [name])? == 0 {
+                return Err(MetaError::UnknownUser(name.to_owned()));
+            }
+            Ok(())
+        })
     }
 
     fn users(&self) -> Result<Vec<UserRow>, MetaError> {
@@ -249,26 +314,29 @@ impl Metadata for SqliteMeta {
         session: &Session,
         expires_at: i64,
     ) -> Result<(), MetaError> {
-        let conn = self.conn();
-        conn.execute("DELETE FROM tokens WHERE expires_at < ?1", params![now()])?;
-        conn.execute(
-            "INSERT INTO tokens (token_hash, user, terminal, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                &token_hash.as_bytes()[..],
-                session.user,
-                session.terminal,
-                expires_at
-            ],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute("DELETE FROM tokens WHERE expires_at < ?1", params![now()])?;
+            tx.execute(
+                "INSERT INTO tokens (token_hash, user, terminal, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    &token_hash.as_bytes()[..],
+                    session.user,
+                    session.terminal,
+                    expires_at
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     fn remove_token(&self, token_hash: &Hash) -> Result<(), MetaError> {
-        self.conn().execute(
-            "DELETE FROM tokens WHERE token_hash = ?1",
-            params![&token_hash.as_bytes()[..]],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM tokens WHERE token_hash = ?1",
+                params![&token_hash.as_bytes()[..]],
+            )?;
+            Ok(())
+        })
     }
 
     fn session(&self, token_hash: &Hash) -> Result<Option<Session>, MetaError> {
@@ -320,24 +388,22 @@ impl Metadata for SqliteMeta {
     }
 
     fn create_disk(&self, disk: &DiskRow, first: &VersionRow) -> Result<(), MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM disks WHERE name = ?1", [&disk.name], |_| {
-                Ok(true)
-            })
-            .optional()?
-            .unwrap_or(false);
-        if exists {
-            return Err(MetaError::DiskExists(disk.name.clone()));
-        }
-        tx.execute(
-            "INSERT INTO disks (id, name, size, block_size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![disk.id, disk.name, disk.size as i64, disk.block_size, disk.created_at],
-        )?;
-        insert_version(&tx, first)?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            let exists: bool = tx
+                .query_row("SELECT 1 FROM disks WHERE name = ?1", [&disk.name], |_| {
+                    Ok(true)
+                })
+                .optional()?
+                .unwrap_or(false);
+            if exists {
+                return Err(MetaError::DiskExists(disk.name.clone()));
+            }
+            tx.execute(
+                "INSERT INTO disks (id, name, size, block_size, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![disk.id, disk.name, disk.size as i64, disk.block_size, disk.created_at],
+            )?;
+            insert_version(tx, first)
+        })
     }
 
     fn versions(&self, disk_id: &str) -> Result<Vec<VersionRow>, MetaError> {
@@ -377,33 +443,31 @@ impl Metadata for SqliteMeta {
         session: &Session,
         guid: &str,
     ) -> Result<(UpdateRow, bool), MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let latest = latest_id(&tx, disk_id)?;
-        if latest != booted {
-            return Err(MetaError::NotLatest {
-                latest,
-                booted: booted.to_owned(),
-            });
-        }
-        if let Some(live) = live_update(&tx, disk_id)? {
-            // The same terminal and user starting again (a start killed before it
-            // recorded the update locally) take their own update back.
-            if live.terminal == session.terminal && live.user == session.user {
-                return Ok((live, true));
+        self.write(|tx| {
+            let latest = latest_id(tx, disk_id)?;
+            if latest != booted {
+                return Err(MetaError::NotLatest {
+                    latest,
+                    booted: booted.to_owned(),
+                });
             }
-            return Err(MetaError::DiskBusy {
-                terminal: live.terminal,
-            });
-        }
-        tx.execute(
-            "INSERT INTO updates (guid, disk_id, base_version, terminal, user, state, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6, ?6)",
-            params![guid, disk_id, booted, session.terminal, session.user, now()],
-        )?;
-        let row = update_by_guid(&tx, guid)?;
-        tx.commit()?;
-        Ok((row, false))
+            if let Some(live) = live_update(tx, disk_id)? {
+                // The same terminal and user starting again (a start killed before it
+                // recorded the update locally) take their own update back.
+                if live.terminal == session.terminal && live.user == session.user {
+                    return Ok((live, true));
+                }
+                return Err(MetaError::DiskBusy {
+                    terminal: live.terminal,
+                });
+            }
+            tx.execute(
+                "INSERT INTO updates (guid, disk_id, base_version, terminal, user, state, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6, ?6)",
+                params![guid, disk_id, booted, session.terminal, session.user, now()],
+            )?;
+            Ok((update_by_guid(tx, guid)?, false))
+        })
     }
 
     fn update(&self, guid: &str) -> Result<UpdateRow, MetaError> {
@@ -423,43 +487,38 @@ impl Metadata for SqliteMeta {
     }
 
     fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row = update_by_guid(&tx, guid)?;
-        if !row.state.is_live() {
-            return Err(MetaError::UpdateNotLive {
-                guid: guid.to_owned(),
-                state: row.state,
-            });
-        }
-        tx.execute(
-            "UPDATE updates SET state = ?2, updated_at = ?3 WHERE guid = ?1",
-            params![guid, to.as_str(), now()],
-        )?;
-        if !to.is_live() {
-            tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
-        }
-        let row = update_by_guid(&tx, guid)?;
-        tx.commit()?;
-        Ok(row)
+        self.write(|tx| {
+            let row = update_by_guid(tx, guid)?;
+            if !row.state.is_live() {
+                return Err(MetaError::UpdateNotLive {
+                    guid: guid.to_owned(),
+                    state: row.state,
+                });
+            }
+            tx.execute(
+                "UPDATE updates SET state = ?2, updated_at = ?3 WHERE guid = ?1",
+                params![guid, to.as_str(), now()],
+            )?;
+            if !to.is_live() {
+                tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
+            }
+            update_by_guid(tx, guid)
+        })
     }
 
     fn open_session(&self, guid: &str) -> Result<UpdateRow, MetaError> {
-        self.without_fsync(|conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            uploading(&tx, guid)?;
+        self.write(|tx| {
+            uploading(tx, guid)?;
             tx.execute(
                 "UPDATE updates SET session = session + 1, updated_at = ?2 WHERE guid = ?1",
                 params![guid, now()],
             )?;
-            let row = update_by_guid(&tx, guid)?;
-            tx.commit()?;
-            Ok(row)
+            update_by_guid(tx, guid)
         })
     }
 
     fn record_offers(&self, guid: &str, session: u64, offers: &[Offer]) -> Result<(), MetaError> {
-        self.without_fsync(|conn| record_offers(conn, guid, session, offers))
+        self.write(|tx| record_offers(tx, guid, session, offers))
     }
 
     fn offers(&self, guid: &str, session: u64) -> Result<Vec<Offer>, MetaError> {
@@ -489,8 +548,8 @@ impl Metadata for SqliteMeta {
     }
 
     fn add_received(&self, guid: &str, chunks: u64, bytes: u64) -> Result<(), MetaError> {
-        self.without_fsync(|conn| {
-            conn.execute(
+        self.write(|tx| {
+            tx.execute(
                 "UPDATE updates SET chunks_received = chunks_received + ?2,
                                     bytes_received = bytes_received + ?3 WHERE guid = ?1",
                 params![guid, chunks as i64, bytes as i64],
@@ -506,37 +565,38 @@ impl Metadata for SqliteMeta {
         version: &VersionRow,
         write_manifest: &mut dyn FnMut() -> Result<(), MetaError>,
     ) -> Result<(), MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row = uploading(&tx, guid)?;
-        if row.session != session {
-            return Err(MetaError::TakenOver);
-        }
-        let latest = latest_id(&tx, &row.disk_id)?;
-        if latest != row.base_version {
-            return Err(MetaError::NotLatest {
-                latest,
-                booted: row.base_version,
-            });
-        }
-        write_manifest()?;
-        insert_version(&tx, version)?;
-        tx.execute(
-            "UPDATE updates SET state = 'committed', new_version = ?2, updated_at = ?3 WHERE guid = ?1",
-            params![guid, version.id, now()],
-        )?;
-        tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            let row = uploading(tx, guid)?;
+            if row.session != session {
+                return Err(MetaError::TakenOver);
+            }
+            let latest = latest_id(tx, &row.disk_id)?;
+            if latest != row.base_version {
+                return Err(MetaError::NotLatest {
+                    latest,
+                    booted: row.base_version,
+                });
+            }
+            write_manifest()?;
+            insert_version(tx, version)?;
+            tx.execute(
+                "UPDATE updates SET state = 'committed', new_version = ?2, updated_at = ?3 WHERE guid = ?1",
+                params![guid, version.id, now()],
+            )?;
+            tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
+            Ok(())
+        })
     }
 
     fn record_upkeep(&self, kind: &str, outcome: &str) -> Result<(), MetaError> {
-        self.conn().execute(
-            "INSERT INTO upkeep_runs (kind, at, outcome) VALUES (?1, ?2, ?3)
-             ON CONFLICT (kind) DO UPDATE SET at = excluded.at, outcome = excluded.outcome",
-            params![kind, now(), outcome],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO upkeep_runs (kind, at, outcome) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind) DO UPDATE SET at = excluded.at, outcome = excluded.outcome",
+                params![kind, now(), outcome],
+            )?;
+            Ok(())
+        })
     }
 
     fn last_upkeep(&self, kind: &str) -> Result<Option<(i64, String)>, MetaError> {
@@ -581,64 +641,63 @@ impl Metadata for SqliteMeta {
     }
 
     fn delete_disk(&self, disk_id: &str) -> Result<usize, MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        if let Some(live) = live_update(&tx, disk_id)? {
-            return Err(MetaError::DiskBusy {
-                terminal: live.terminal,
-            });
-        }
-        tx.execute(
-            "DELETE FROM upload_entries WHERE guid IN (SELECT guid FROM updates WHERE disk_id = ?1)",
-            [disk_id],
-        )?;
-        tx.execute("DELETE FROM updates WHERE disk_id = ?1", [disk_id])?;
-        let versions = tx.execute("DELETE FROM versions WHERE disk_id = ?1", [disk_id])?;
-        tx.execute("DELETE FROM disks WHERE id = ?1", [disk_id])?;
-        tx.commit()?;
-        Ok(versions)
+        self.write(|tx| {
+            if let Some(live) = live_update(tx, disk_id)? {
+                return Err(MetaError::DiskBusy {
+                    terminal: live.terminal,
+                });
+            }
+            tx.execute(
+                "DELETE FROM upload_entries WHERE guid IN (SELECT guid FROM updates WHERE disk_id = ?1)",
+                [disk_id],
+            )?;
+            tx.execute("DELETE FROM updates WHERE disk_id = ?1", [disk_id])?;
+            let versions = tx.execute("DELETE FROM versions WHERE disk_id = ?1", [disk_id])?;
+            tx.execute("DELETE FROM disks WHERE id = ?1", [disk_id])?;
+            Ok(versions)
+        })
     }
 
     fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let latest = latest_id(&tx, disk_id)?;
-        if latest == id {
-            return Err(MetaError::VersionInUse(format!(
-                "{id} is the disk's latest version; terminals boot it"
-            )));
-        }
-        if let Some(live) = live_update(&tx, disk_id)?
-            && live.base_version == id
-        {
-            return Err(MetaError::VersionInUse(format!(
-                "{id} is the base of the update in progress from terminal {}",
-                live.terminal
-            )));
-        }
-        let deleted = tx.execute(
-            "DELETE FROM versions WHERE disk_id = ?1 AND id = ?2",
-            [disk_id, id],
-        )?;
-        if deleted == 0 {
-            return Err(MetaError::UnknownVersion(id.to_owned()));
-        }
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            let latest = latest_id(tx, disk_id)?;
+            if latest == id {
+                return Err(MetaError::VersionInUse(format!(
+                    "{id} is the disk's latest version; terminals boot it"
+                )));
+            }
+            if let Some(live) = live_update(tx, disk_id)?
+                && live.base_version == id
+            {
+                return Err(MetaError::VersionInUse(format!(
+                    "{id} is the base of the update in progress from terminal {}",
+                    live.terminal
+                )));
+            }
+            let deleted = tx.execute(
+                "DELETE FROM versions WHERE disk_id = ?1 AND id = ?2",
+                [disk_id, id],
+            )?;
+            if deleted == 0 {
+                return Err(MetaError::UnknownVersion(id.to_owned()));
+            }
+            Ok(())
+        })
     }
 
     fn prune(&self, before: i64) -> Result<usize, MetaError> {
-        let conn = self.conn();
-        conn.execute("DELETE FROM tokens WHERE expires_at < ?1", [now()])?;
-        conn.execute(
-            "DELETE FROM upload_entries WHERE guid IN (SELECT guid FROM updates
-             WHERE state NOT IN ('reserved', 'uploading') AND updated_at < ?1)",
-            [before],
-        )?;
-        Ok(conn.execute(
-            "DELETE FROM updates WHERE state NOT IN ('reserved', 'uploading') AND updated_at < ?1",
-            [before],
-        )?)
+        self.write(|tx| {
+            tx.execute("DELETE FROM tokens WHERE expires_at < ?1", [now()])?;
+            tx.execute(
+                "DELETE FROM upload_entries WHERE guid IN (SELECT guid FROM updates
+                 WHERE state NOT IN ('reserved', 'uploading') AND updated_at < ?1)",
+                [before],
+            )?;
+            Ok(tx.execute(
+                "DELETE FROM updates WHERE state NOT IN ('reserved', 'uploading') AND updated_at < ?1",
+                [before],
+            )?)
+        })
     }
 
     fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, MetaError> {
@@ -649,11 +708,7 @@ impl Metadata for SqliteMeta {
         &self,
         work: &mut dyn FnMut(&dyn LockedMeta) -> Result<(), MetaError>,
     ) -> Result<(), MetaError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        work(&Locked(&tx))?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| work(&Locked(tx)))
     }
 }
 
@@ -823,13 +878,12 @@ fn live_update(conn: &Connection, disk_id: &str) -> Result<Option<UpdateRow>, Me
 }
 
 fn record_offers(
-    conn: &mut Connection,
+    tx: &Transaction<'_>,
     guid: &str,
     session: u64,
     offers: &[Offer],
 ) -> Result<(), MetaError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let row = update_by_guid(&tx, guid)?;
+    let row = update_by_guid(tx, guid)?;
     if row.state != UpdateState::Uploading {
         return Err(MetaError::UpdateEnded(row.state));
     }
@@ -846,7 +900,6 @@ fn record_offers(
             stmt.execute(params![guid, offer.index as i64, hash, session as i64])?;
         }
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -1033,6 +1086,111 @@ mod tests {
         assert!(matches!(stale, Err(Failure::Meta(MetaError::TakenOver))));
         meta.commit("g", open.session, &v2, || Ok::<_, Failure>(()))
             .unwrap();
+        assert_eq!(meta.latest_version("d").unwrap().id, "v2");
+    }
+    /// Runs `change` while another connection holds the write lock and commits a change of
+    /// its own 300 ms later, as `serve` does while an admin command runs.
+    fn while_another_commits<T>(path: &Path, change: impl FnOnce() -> T) -> T {
+        let other = Connection::open(path).unwrap();
+        other
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 INSERT INTO upkeep_runs (kind, at, outcome) VALUES ('other', 0, '')
+                 ON CONFLICT (kind) DO UPDATE SET at = at + 1;",
+            )
+            .unwrap();
+        let committer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        let out = change();
+        committer.join().unwrap();
+        out
+    }
+
+    #[test]
+    fn changes_wait_for_another_connections_commit_instead_of_failing_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.sqlite");
+        let meta = SqliteMeta::open(&path).unwrap();
+        let session = user_and_disk(&meta);
+        let second = DiskRow {
+            id: "d2".into(),
+            name: "second".into(),
+            size: 1,
+            block_size: 1 << 16,
+            created_at: 0,
+        };
+        let mut first_of_second = version("w1", None);
+        first_of_second.disk_id = "d2".into();
+        // Each admin command's change, and each of an upload's, once.
+        type Change = Box<dyn FnOnce(&SqliteMeta) -> Result<(), MetaError>>;
+        let changes: Vec<(&str, Change)> = vec![
+            (
+                "disk import",
+                Box::new(move |m| m.create_disk(&second, &first_of_second)),
+            ),
+            (
+                "user add",
+                Box::new(|m| m.add_user("v", "x", None).map(drop)),
+            ),
+            ("user passwd", Box::new(|m| m.set_password("v", "y"))),
+            (
+                "login",
+                Box::new(move |m| m.add_token(&Hash::of(b"t"), &session, now() + 60)),
+            ),
+            ("logout", Box::new(|m| m.remove_token(&Hash::of(b"t")))),
+            (
+                "update start",
+                Box::new(|m| {
+                    let session = Session {
+                        user: "u".into(),
+                        terminal: "PC-1".into(),
+                        role: Role::Admin,
+                    };
+                    m.start_update("d", "v1", &session, "g").map(drop)
+                }),
+            ),
+            (
+                "upload",
+                Box::new(|m| m.set_state("g", UpdateState::Uploading).map(drop)),
+            ),
+            ("open", Box::new(|m| m.open_session("g").map(drop))),
+            (
+                "offers",
+                Box::new(|m| {
+                    m.record_offers(
+                        "g",
+                        1,
+                        &[Offer {
+                            index: 0,
+                            entry: Entry::Zero,
+                        }],
+                    )
+                }),
+            ),
+            ("received", Box::new(|m| m.add_received("g", 1, 1))),
+            (
+                "finish",
+                Box::new(|m| m.commit_update("g", 1, &version("v2", Some("v1")), &mut || Ok(()))),
+            ),
+            ("version delete", Box::new(|m| m.delete_version("d", "v1"))),
+            (
+                "store gc",
+                Box::new(|m| m.exclusive_dyn(&mut |db| db.newest_seq().map(drop))),
+            ),
+            (
+                "store verify",
+                Box::new(|m| m.record_upkeep("verify", "clean")),
+            ),
+            ("prune", Box::new(|m| m.prune(0).map(drop))),
+            ("user delete", Box::new(|m| m.delete_user("v"))),
+            ("disk delete", Box::new(|m| m.delete_disk("d2").map(drop))),
+        ];
+        for (name, change) in changes {
+            let done = while_another_commits(&path, || change(&meta));
+            assert!(done.is_ok(), "{name}: {done:?}");
+        }
         assert_eq!(meta.latest_version("d").unwrap().id, "v2");
     }
 }
