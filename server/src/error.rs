@@ -103,8 +103,11 @@ impl ServerError {
                 | MetaError::UpdateEnded(_) => Code::FailedPrecondition,
                 MetaError::DiskBusy { .. } | MetaError::TakenOver => Code::Aborted,
                 MetaError::BadRequest(_) => Code::InvalidArgument,
-                MetaError::Unproven(_) => Code::Unavailable,
-                MetaError::Abandoned | MetaError::Damaged(_) | MetaError::Sql(_) => Code::Internal,
+                MetaError::Abandoned
+                | MetaError::Damaged(_)
+                | MetaError::DiskFailed(_)
+                | MetaError::Unproven(_)
+                | MetaError::Sql(_) => Code::Internal,
             },
             Self::Incomplete(_) | Self::RootMismatch(_) => Code::FailedPrecondition,
             Self::StoreBusy => Code::Aborted,

@@ -149,17 +149,19 @@ impl FaultyDisk {
     }
 
     /// A power cut, then the restart: what the disk's cache held is lost (but for a random
-    /// half of it with `survivors_seed`), the file system is unmounted (the processes
-    /// using it must be stopped first), checked with `e2fsck -p` (which replays the
-    /// journal) and mounted again. Returns how long the check and mount took.
+    /// half of it with `survivors_seed`) and the disk fails every access; `stop` then
+    /// kills the processes that used it; the file system is unmounted, checked with
+    /// `e2fsck -p` (which replays the journal) and mounted again. Returns how long the
+    /// check and mount took.
     ///
     /// # Panics
     /// When the file system cannot be mounted again.
-    pub fn power_cut(&mut self, survivors_seed: Option<u64>) -> Duration {
+    pub fn power_cut(&mut self, survivors_seed: Option<u64>, stop: impl FnOnce()) -> Duration {
         match survivors_seed {
             Some(seed) => self.control(&format!("cut-half {seed}")),
             None => self.control("cut"),
         }
+        stop();
         self.detach();
         self.control("revive");
         let started = Instant::now();

@@ -181,10 +181,16 @@ pub enum MetaError {
     Abandoned,
     #[error("metadata failure: {0}")]
     Damaged(String),
-    /// A write failed with an I/O error and durability is not proven again yet.
+    /// A write failed because the disk did: nothing of it was recorded.
     #[error(
-        "the metadata disk failed a write and nothing more is recorded until it is proven \
-         durable again ({0}); check the server's disk, then retry"
+        "the server's disk failed a write ({0}); nothing of it was recorded and what was \
+         recorded before is kept: try again once the server's disk is healthy"
+    )]
+    DiskFailed(String),
+    /// After a failed write, durability could not be proven again yet.
+    #[error(
+        "the server's disk failed a write earlier and nothing more is recorded until the \
+         metadata is proven durable again ({0}): try again once the server's disk is healthy"
     )]
     Unproven(String),
     #[error("metadata failure: {0}")]

@@ -158,16 +158,17 @@ impl SqliteMeta {
                 tx.commit()?;
                 Ok(out)
             });
-        if let Err(MetaError::Sql(e)) = &done
-            && is_io_failure(e)
-        {
-            tracing::error!(
-                "a metadata write failed ({e}); nothing more is recorded until a checkpoint \
-                 proves the database durable"
-            );
-            self.unproven.store(true, Ordering::SeqCst);
+        match done {
+            Err(MetaError::Sql(e)) if is_io_failure(&e) => {
+                tracing::error!(
+                    "a metadata write failed ({e}); nothing more is recorded until a \
+                     checkpoint proves the database durable"
+                );
+                self.unproven.store(true, Ordering::SeqCst);
+                Err(MetaError::DiskFailed(e.to_string()))
+            }
+            done => done,
         }
-        done
     }
 
     /// After an I/O error (or at opening), copies every committed WAL frame into the
