@@ -12,6 +12,8 @@ use hotate_tests::images::{self, ImagePair};
 
 #[path = "e2e/bench.rs"]
 mod bench;
+#[path = "e2e/concurrency.rs"]
+mod concurrency;
 #[path = "e2e/console.rs"]
 mod console;
 #[path = "e2e/durability.rs"]
