@@ -351,9 +351,10 @@ pub fn store_verify(data: &Path, all: bool, json: bool) -> anyhow::Result<()> {
         format!("all well: {} chunks checked", report.chunks_checked)
     } else {
         format!(
-            "{} damaged, {} missing chunks, {} unreadable manifests",
+            "{} damaged, {} missing, {} unreadable chunks, {} unreadable manifests",
             report.damaged.len(),
             report.missing.len(),
+            report.unreadable.len(),
             report.unreadable_manifests.len()
         )
     };
@@ -367,6 +368,7 @@ pub fn store_verify(data: &Path, all: bool, json: bool) -> anyhow::Result<()> {
             "bytes_checked": report.bytes_checked,
             "damaged": report.damaged,
             "missing": report.missing,
+            "unreadable": report.unreadable,
             "unreadable_manifests": report.unreadable_manifests,
         }))?;
     } else {
@@ -382,7 +384,7 @@ pub fn store_verify(data: &Path, all: bool, json: bool) -> anyhow::Result<()> {
 /// `store verify` found damage; its report is already printed.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the store has damaged or missing chunks (damaged ones are quarantined: upload or import that content again to heal the versions named)"
+    "the store has damaged, missing or unreadable chunks (damaged ones are quarantined; unreadable ones are left in place: check the disk; upload or import that content again to heal the versions named)"
 )]
 pub struct VerifyFailed;
 
@@ -391,7 +393,11 @@ fn print_verify(report: &VerifyReport) {
         "Checked {} chunks ({} bytes of content).",
         report.chunks_checked, report.bytes_checked
     );
-    for (what, list) in [("Damaged", &report.damaged), ("Missing", &report.missing)] {
+    for (what, list) in [
+        ("Damaged", &report.damaged),
+        ("Missing", &report.missing),
+        ("Unreadable", &report.unreadable),
+    ] {
         for broken in list {
             let versions: Vec<String> = broken
                 .versions
@@ -408,6 +414,12 @@ fn print_verify(report: &VerifyReport) {
                     versions.join(", ")
                 }
             );
+            if !broken.patches.is_empty() {
+                println!(
+                    "  {} intact patches on it, kept: they read again once it is restored",
+                    broken.patches.len()
+                );
+            }
         }
     }
     for v in &report.unreadable_manifests {

@@ -50,12 +50,16 @@ pub struct VersionRef {
     pub version: String,
 }
 
-/// A chunk that is damaged or missing, and the versions it breaks.
+/// A chunk that is damaged, missing or unreadable, and the versions it breaks: those
+/// naming it, and those naming a patch stored on it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Broken {
     pub hash: String,
     pub reason: String,
     pub versions: Vec<VersionRef>,
+    /// Patches stored on this chunk: intact themselves and left in place, they read
+    /// again once this chunk is restored (uploaded or imported again).
+    pub patches: Vec<String>,
 }
 
 /// What `store verify` found.
@@ -63,15 +67,21 @@ pub struct Broken {
 pub struct VerifyReport {
     pub chunks_checked: u64,
     pub bytes_checked: u64,
+    /// Proven damaged and quarantined.
     pub damaged: Vec<Broken>,
     pub missing: Vec<Broken>,
+    /// The disk would not read them (an I/O error): not proven damaged, so left in place.
+    pub unreadable: Vec<Broken>,
     /// Versions whose manifest cannot be read or does not match its root.
     pub unreadable_manifests: Vec<VersionRef>,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.damaged.is_empty() && self.missing.is_empty() && self.unreadable_manifests.is_empty()
+        self.damaged.is_empty()
+            && self.missing.is_empty()
+            && self.unreadable.is_empty()
+            && self.unreadable_manifests.is_empty()
     }
 }
 
@@ -168,40 +178,53 @@ impl DiskNames {
 enum Checked {
     Good(u64),
     Missing,
+    /// Its own bytes are damaged (quarantined).
     Damaged(String),
+    /// Intact itself, but stored as a patch on a base that is damaged or missing.
+    OnBrokenBase(Hash),
+    /// The disk failed to read it: nothing is proven, nothing moved.
+    Unreadable(String),
 }
 
-fn check_chunk(
-    data: &DataDir,
-    hash: &Hash,
-    expected: Option<usize>,
-) -> Result<Checked, ServerError> {
+/// How the broken chunks went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Damaged,
+    Missing,
+    Unreadable,
+}
+
+fn check_chunk(data: &DataDir, hash: &Hash, expected: Option<usize>) -> Checked {
     let max_len = expected.unwrap_or(BlockSize::MAX as usize);
     match data.store().get(hash, max_len) {
         Ok(content) => match expected {
-            Some(len) if content.len() != len => Ok(Checked::Damaged(format!(
-                "has {} bytes, its blocks {len}",
-                content.len()
-            ))),
-            _ => Ok(Checked::Good(content.len() as u64)),
+            Some(len) if content.len() != len => {
+                Checked::Damaged(format!("has {} bytes, its blocks {len}", content.len()))
+            }
+            _ => Checked::Good(content.len() as u64),
         },
-        Err(StoreError::NotFound(_)) => Ok(Checked::Missing),
+        Err(StoreError::NotFound(_)) => Checked::Missing,
+        Err(StoreError::Corrupt { at, .. }) if at != *hash => Checked::OnBrokenBase(at),
         Err(StoreError::Corrupt { cause, .. }) => {
             // An upload may have stored it anew since: quarantine only what is still bad.
             if data.store().get(hash, max_len).is_ok() {
-                return Ok(Checked::Good(0));
+                return Checked::Good(0);
             }
-            data.store().quarantine(hash)?;
-            Ok(Checked::Damaged(cause.to_string()))
+            match data.store().quarantine(hash) {
+                Ok(()) => Checked::Damaged(cause.to_string()),
+                Err(e) => Checked::Damaged(format!("{cause}; not quarantined: {e}")),
+            }
         }
-        Err(e) => Err(e.into()),
+        Err(e @ StoreError::Io { .. }) => Checked::Unreadable(e.to_string()),
     }
 }
 
 /// `store verify`: reads every chunk a version references (`all`: every chunk stored),
 /// checks its length and BLAKE3, quarantines the damaged, and names the versions each
-/// damaged or missing chunk breaks. Runs on all cores; memory holds one entry per
-/// distinct referenced chunk.
+/// damaged, missing or unreadable chunk breaks. A chunk the disk fails to read is
+/// reported and left in place, and the scan reads on. A patch on a broken base is not
+/// blamed: the base is reported with the versions of its patches too. Runs on all cores;
+/// memory holds one entry per distinct referenced chunk.
 ///
 /// # Errors
 /// When the metadata or the store cannot be read.
@@ -228,57 +251,86 @@ pub fn verify(
     let total = work.len() as u64;
     let next = AtomicUsize::new(0);
     let (done, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-    let broken: Mutex<Vec<(Hash, bool, String)>> = Mutex::new(Vec::new());
+    // Each broken chunk with its fault and reason; patches on broken bases by base.
+    let broken: Mutex<HashMap<Hash, (Fault, String)>> = Mutex::default();
+    let patches: Mutex<HashMap<Hash, Vec<Hash>>> = Mutex::default();
+    let note = |hash: Hash, checked: Checked| match checked {
+        Checked::Good(n) => {
+            bytes.fetch_add(n, Ordering::Relaxed);
+        }
+        Checked::Missing => {
+            lock(&broken).insert(hash, (Fault::Missing, "missing".into()));
+        }
+        Checked::Damaged(why) => {
+            lock(&broken).insert(hash, (Fault::Damaged, why));
+        }
+        Checked::Unreadable(why) => {
+            lock(&broken).insert(hash, (Fault::Unreadable, why));
+        }
+        Checked::OnBrokenBase(base) => lock(&patches).entry(base).or_default().push(hash),
+    };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let failure: Mutex<Option<ServerError>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
                 while let Some((hash, expected)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    match check_chunk(data, hash, *expected) {
-                        Ok(Checked::Good(n)) => {
-                            bytes.fetch_add(n, Ordering::Relaxed);
-                        }
-                        Ok(Checked::Missing) => {
-                            lock(&broken).push((*hash, false, "missing".into()))
-                        }
-                        Ok(Checked::Damaged(why)) => lock(&broken).push((*hash, true, why)),
-                        Err(e) => {
-                            lock(&failure).get_or_insert(e);
-                            return;
-                        }
-                    }
+                    note(*hash, check_chunk(data, hash, *expected));
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     progress(n, total, bytes.load(Ordering::Relaxed));
                 }
             });
         }
     });
-    if let Some(e) = lock(&failure).take() {
-        return Err(e);
+    // Bases of broken patches that no version names were not checked yet.
+    let unchecked: Vec<Hash> = lock(&patches)
+        .keys()
+        .filter(|base| !lock(&broken).contains_key(base))
+        .copied()
+        .collect();
+    for base in unchecked {
+        note(base, check_chunk(data, &base, None));
     }
     let broken = broken.into_inner().unwrap_or_else(|e| e.into_inner());
-    let users = versions_using(
-        data,
-        broken.iter().map(|(h, _, _)| *h).collect(),
-        &mut names,
-    )?;
+    let patches = patches.into_inner().unwrap_or_else(|e| e.into_inner());
+    let involved = broken
+        .keys()
+        .chain(patches.values().flatten())
+        .copied()
+        .collect();
+    let users = versions_using(data, involved, &mut names)?;
     let mut report = VerifyReport {
         chunks_checked: done.into_inner(),
         bytes_checked: bytes.into_inner(),
         unreadable_manifests: refs.unreadable,
         ..VerifyReport::default()
     };
-    for (hash, damaged, reason) in broken {
-        let entry = Broken {
-            hash: hash.to_string(),
-            reason,
-            versions: users.get(&hash).cloned().unwrap_or_default(),
-        };
-        if damaged {
-            report.damaged.push(entry);
-        } else {
-            report.missing.push(entry);
+    let mut entries: Vec<(Fault, Broken)> = broken
+        .into_iter()
+        .map(|(hash, (fault, reason))| {
+            let on_it = patches.get(&hash).cloned().unwrap_or_default();
+            let mut versions: Vec<VersionRef> = Vec::new();
+            for user in std::iter::once(&hash).chain(&on_it) {
+                for v in users.get(user).into_iter().flatten() {
+                    if !versions.contains(v) {
+                        versions.push(v.clone());
+                    }
+                }
+            }
+            let broken = Broken {
+                hash: hash.to_string(),
+                reason,
+                versions,
+                patches: on_it.iter().map(Hash::to_string).collect(),
+            };
+            (fault, broken)
+        })
+        .collect();
+    entries.sort_by(|a, b| a.1.hash.cmp(&b.1.hash));
+    for (fault, entry) in entries {
+        match fault {
+            Fault::Damaged => report.damaged.push(entry),
+            Fault::Missing => report.missing.push(entry),
+            Fault::Unreadable => report.unreadable.push(entry),
         }
     }
     Ok(report)

@@ -242,7 +242,11 @@ impl ChunkStore for FsStore {
         let Some((head, read, _)) = self.head(hash)? else {
             return Err(StoreError::NotFound(*hash));
         };
-        layout::layout(&head[..read]).map_err(|cause| StoreError::Corrupt { hash: *hash, cause })
+        layout::layout(&head[..read]).map_err(|cause| StoreError::Corrupt {
+            hash: *hash,
+            at: *hash,
+            cause: Box::new(cause),
+        })
     }
 
     /// Reads the length from the file: its size for a raw chunk, the zstd frame header

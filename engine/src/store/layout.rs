@@ -177,11 +177,12 @@ fn content_with<T>(
 ) -> Result<T, StoreError> {
     let damaged = |at: Hash, cause: ChunkError| StoreError::Corrupt {
         hash: *hash,
-        cause: if at == *hash {
+        at,
+        cause: Box::new(if at == *hash {
             cause
         } else {
             ChunkError::Corrupt(format!("its base chunk {at} is damaged: {cause}"))
-        },
+        }),
     };
     let mut patches = Vec::new();
     let mut at = *hash;
@@ -192,7 +193,10 @@ fn content_with<T>(
             None => {
                 return Err(StoreError::Corrupt {
                     hash: *hash,
-                    cause: ChunkError::Corrupt(format!("its base chunk {at} is missing")),
+                    at,
+                    cause: Box::new(ChunkError::Corrupt(format!(
+                        "its base chunk {at} is missing"
+                    ))),
                 });
             }
         };

@@ -54,7 +54,11 @@ impl ChunkStore for MemoryStore {
             .get(hash)
             .cloned()
             .ok_or(StoreError::NotFound(*hash))?;
-        layout::layout(&bytes).map_err(|cause| StoreError::Corrupt { hash: *hash, cause })
+        layout::layout(&bytes).map_err(|cause| StoreError::Corrupt {
+            hash: *hash,
+            at: *hash,
+            cause: Box::new(cause),
+        })
     }
 
     fn put_many(&self, chunks: &[Stored]) -> Result<usize, StoreError> {

@@ -206,8 +206,15 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug + 'static {
 pub enum StoreError {
     #[error("chunk {0} is not in the store")]
     NotFound(Hash),
+    /// Chunk `hash` cannot be read back whole: the stored bytes of `at` are damaged or
+    /// missing, where `at` is `hash` itself or, for a patch, a base below it (then the
+    /// patch's own bytes are intact, and restoring the base heals it).
     #[error("stored chunk {hash} is damaged: {cause}")]
-    Corrupt { hash: Hash, cause: ChunkError },
+    Corrupt {
+        hash: Hash,
+        at: Hash,
+        cause: Box<ChunkError>,
+    },
     #[error("chunk store IO error at {path}: {source}")]
     Io {
         path: std::path::PathBuf,
@@ -313,7 +320,7 @@ pub(crate) mod contract {
         let second = Hash::of(&blocks[1]);
         store.remove(&root.hash()).unwrap();
         match store.get(&second, max) {
-            Err(StoreError::Corrupt { hash, cause }) => {
+            Err(StoreError::Corrupt { hash, cause, .. }) => {
                 assert_eq!(hash, second);
                 assert!(cause.to_string().contains("missing"), "{cause}");
             }

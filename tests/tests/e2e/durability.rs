@@ -315,3 +315,77 @@ fn eio_windows_during_a_finish_lose_nothing() {
     eprintln!("fsck and mount after the cut: {recovery:?}");
     s.assert_kept(&told);
 }
+
+/// Drops the machine's page cache, so that reads reach the disk.
+fn drop_page_cache() {
+    let synced = Command::new("sync").status().expect("sync");
+    assert!(synced.success());
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").expect("drop the page cache");
+}
+
+/// `store verify` on a disk that fails to read one chunk: it reads on, reports that chunk
+/// as unreadable with the versions it breaks (leaving it in place), reports a damaged one
+/// beside it (quarantined), and `--json` says so; once the disk reads again, the
+/// unreadable chunk verifies and only the quarantined one is missing.
+#[test]
+fn store_verify_reads_on_past_a_failing_disk() {
+    if !FaultyDisk::available("store_verify_reads_on_past_a_failing_disk") {
+        return;
+    }
+    let s = FaultySite::new(283);
+    let store = hotate_engine::FsStore::open(&s.site.data.join("store")).expect("store");
+    let base = std::fs::read(&s.pair.base).expect("base");
+    let mut held = base
+        .chunks(BLOCK as usize)
+        .filter(|b| b.iter().any(|&x| x != 0))
+        .map(Hash::of);
+    let (unreadable, damaged) = (held.next().expect("a chunk"), held.next().expect("another"));
+    let damaged_path = store.path_of(&damaged);
+    let mut bytes = std::fs::read(&damaged_path).expect("chunk");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&damaged_path, bytes).expect("damage");
+    drop_page_cache();
+    for range in s.disk.extents(&store.path_of(&unreadable)) {
+        s.disk.control(&format!(
+            "fail-read {} {} 1000000",
+            range.start,
+            range.end - range.start
+        ));
+    }
+
+    let out = admin(&s.site.data, &["--json", "store", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let named = |list: &str| -> Vec<String> {
+        report[list]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|b| b["hash"].as_str().expect("hash").to_owned())
+            .collect()
+    };
+    assert_eq!(named("unreadable"), [unreadable.to_string()], "{report}");
+    assert_eq!(named("damaged"), [damaged.to_string()], "{report}");
+    assert_eq!(
+        report["unreadable"][0]["versions"][0]["version"],
+        s.site.first_version.as_str()
+    );
+    let referenced = held.count() as u64 + 2;
+    assert!(
+        report["chunks_checked"].as_u64().expect("count") >= referenced,
+        "it read on: {report}"
+    );
+    assert!(
+        store.path_of(&unreadable).exists(),
+        "not proven damaged: kept"
+    );
+    assert!(!damaged_path.exists(), "proven damaged: quarantined");
+
+    s.disk.control("clear");
+    drop_page_cache();
+    let again = admin(&s.site.data, &["--json", "store", "verify"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(again["unreadable"], serde_json::json!([]), "{again}");
+    assert_eq!(again["missing"][0]["hash"], damaged.to_string());
+}

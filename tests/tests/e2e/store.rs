@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::Child;
 
+use hotate_engine::ChunkStore;
 use hotate_tests::harness::admin_json;
 
 use super::*;
@@ -482,4 +483,89 @@ fn a_finish_is_told_when_the_update_is_aborted_or_another_finish_takes_over() {
         "{}",
         text(&ja)
     );
+}
+
+/// A patch whose base chunk is damaged is intact itself: verify blames the base, with
+/// the versions it breaks through its patches, quarantines only the base, and restoring
+/// the base (an import of the first image) heals every version at once.
+#[test]
+fn a_damaged_base_does_not_condemn_its_patches() {
+    let s = setup(4 << 20, 23);
+    // The update changes one page of some blocks: they travel and are kept as patches.
+    let mut updated = std::fs::read(&s.pair.base).expect("base");
+    let block = BLOCK as usize;
+    for (i, chunk) in updated.chunks_mut(block).enumerate().step_by(5) {
+        if chunk.iter().any(|&b| b != 0) {
+            chunk[4096..4096 + 64].fill(i as u8 ^ 0x5a);
+        }
+    }
+    std::fs::write(&s.pair.updated, &updated).expect("updated");
+    s.start_update();
+    let finished = s.terminal.run(&["update", "finish"]);
+    assert_ok(&finished);
+    let second = new_version(&finished);
+    let store = hotate_engine::FsStore::open(&s.site.data.join("store")).expect("store");
+    let mut patches: Vec<(Hash, Hash)> = Vec::new();
+    store
+        .list(&mut |hash, _| {
+            if let Ok(hotate_engine::Layout::Patch { base, .. }) = store.layout(&hash) {
+                patches.push((hash, base));
+            }
+        })
+        .expect("list");
+    let (patch, base) = *patches.first().expect("the update stored a patch");
+    let base_path = store.path_of(&base);
+    let mut bytes = std::fs::read(&base_path).expect("base chunk");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&base_path, bytes).expect("damage");
+
+    let out = admin(&s.site.data, &["--json", "store", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let damaged = report["damaged"].as_array().expect("damaged");
+    assert_eq!(damaged.len(), 1, "only the base is blamed: {report}");
+    assert_eq!(damaged[0]["hash"], base.to_string());
+    let on_it: Vec<&str> = damaged[0]["patches"]
+        .as_array()
+        .expect("patches")
+        .iter()
+        .map(|p| p.as_str().expect("hash"))
+        .collect();
+    assert!(on_it.contains(&patch.to_string().as_str()), "{report}");
+    let broken: Vec<&str> = damaged[0]["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v["version"].as_str().expect("version"))
+        .collect();
+    assert!(
+        broken.contains(&second.as_str()),
+        "broken through the patch: {report}"
+    );
+    assert!(store.path_of(&patch).exists(), "the intact patch stays");
+    assert!(!base_path.exists(), "the damaged base is quarantined");
+
+    // Restoring the base heals both versions.
+    admin_ok(
+        &s.site.data,
+        &[
+            "disk",
+            "import",
+            "again",
+            s.pair.base.to_str().expect("path"),
+            "--block-size",
+            &BLOCK.to_string(),
+        ],
+    );
+    export_is(
+        &s.site,
+        "win10",
+        &s.site.first_version,
+        s.dir.path(),
+        &s.pair.base,
+    );
+    export_is(&s.site, "win10", &second, s.dir.path(), &s.pair.updated);
+    let healed = admin(&s.site.data, &["store", "verify", "--all"]);
+    assert!(healed.status.success(), "{}", text(&healed));
 }
