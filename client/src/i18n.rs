@@ -505,11 +505,17 @@ impl Lang {
             ),
         )
     }
+    pub fn upload_aborted(self) -> String {
+        self.pick(
+            "An administrator interrupted the upload (Abort update, 更新中断). The update is kept: run `hotate-client update finish` again to upload from the start.",
+            "管理者によりアップロードが中断されました (更新中断)。更新は保持されています。再度 `hotate-client update finish` を実行すると、最初からアップロードします。",
+        )
+    }
     pub fn update_ended(self, state: &str) -> String {
         match state {
             "cancelled" => self.pick(
-                "The update was cancelled on the server. Run `hotate-client update cancel` to restore this terminal, then `hotate-client update start` again.",
-                "サーバー側で更新がキャンセルされました。`hotate-client update cancel` で端末を元に戻してから、再度 `hotate-client update start` を実行してください。",
+                "The update was cancelled on the server (Cancel update, 更新取消), so it cannot be finished. Run `hotate-client update cancel` to restore this terminal; to update the disk, run `hotate-client update start` again.",
+                "サーバー側で更新が取り消されました (更新取消)。この更新は完了できません。`hotate-client update cancel` で端末を元に戻してください。ディスクを更新するには、再度 `hotate-client update start` を実行してください。",
             ),
             _ => self.pick(
                 "The update was aborted on the server by an administrator. Run `hotate-client update cancel` to restore this terminal, then `hotate-client update start` again.",

@@ -264,6 +264,7 @@ pub fn explain(status: &Status, lang: Lang, url: &str) -> anyhow::Error {
             lang.update_ended(&meta("hotate-update-state").unwrap_or_default())
         }
         Code::Aborted if meta("hotate-taken-over").is_some() => lang.taken_over(),
+        Code::Aborted if meta("hotate-upload-aborted").is_some() => lang.upload_aborted(),
         Code::ResourceExhausted if meta("hotate-retry-after").is_some() => {
             lang.login_locked(&meta("hotate-retry-after").unwrap_or_default())
         }

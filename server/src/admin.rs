@@ -272,16 +272,37 @@ pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `update abort DISK`: discards the live update of a disk.
+/// `update abort DISK` (「更新中断」): stops and discards the upload of a disk's live
+/// update and puts it back to reserved; the terminal finishes again.
 pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
     let disk = dir.meta().disk(disk)?;
     let Some(live) = dir.meta().live_update(&disk.id)? else {
         bail!("disk {} has no update in progress", disk.name);
     };
-    dir.meta().set_state(&live.guid, UpdateState::Aborted)?;
+    dir.meta().abort_upload(&live.guid)?;
+    tracing::info!(update = %live.guid, "upload aborted by `update abort`; the update is reserved again");
     println!(
-        "Aborted update {} of {} from terminal {}. The terminal can run `hotate-client update cancel`, then start again.",
+        "Aborted the upload of update {} of {} from terminal {}: the update is kept (reserved). \
+         The terminal runs `hotate-client update finish` again to upload from the start.",
+        live.guid, disk.name, live.terminal
+    );
+    Ok(())
+}
+
+/// `update cancel DISK` (「更新取消」): ends a disk's live update for good, for a
+/// terminal that will not come back.
+pub fn update_cancel(data: &Path, disk: &str) -> anyhow::Result<()> {
+    let dir = open_existing(data)?;
+    let disk = dir.meta().disk(disk)?;
+    let Some(live) = dir.meta().live_update(&disk.id)? else {
+        bail!("disk {} has no update in progress", disk.name);
+    };
+    dir.meta().set_state(&live.guid, UpdateState::Cancelled)?;
+    tracing::info!(update = %live.guid, "update cancelled by `update cancel`");
+    println!(
+        "Cancelled update {} of {} from terminal {}. The disk is free; that terminal's \
+         `hotate-client update cancel` restores it.",
         live.guid, disk.name, live.terminal
     );
     Ok(())

@@ -387,24 +387,33 @@ impl App {
         Ok(started)
     }
 
-    /// Ends a live update: `Cancelled` by its owner, `Aborted` (discarded) by an admin.
+    /// Ends a live update for good (`Cancelled`): by its owner, or by an admin when its
+    /// terminal will not come back (「更新取消」).
     ///
     /// # Errors
-    /// `Forbidden` for an abort by a non-admin, `UnknownUpdate`, `NotYourUpdate`.
-    pub fn end_update(
-        &self,
-        caller: &Session,
-        guid: &str,
-        to: UpdateState,
-    ) -> Result<UpdateRow, ServerError> {
-        if to == UpdateState::Aborted && caller.role != Role::Admin {
+    /// `UnknownUpdate`, `NotYourUpdate`, `UpdateNotLive`.
+    pub fn cancel_update(&self, caller: &Session, guid: &str) -> Result<UpdateRow, ServerError> {
+        self.update(caller, guid)?;
+        let row = self.data.meta().set_state(guid, UpdateState::Cancelled)?;
+        tracing::info!(update = %row.guid, by = %caller.user, "update cancelled");
+        Ok(row)
+    }
+
+    /// An admin's abort (「更新中断」): stops the update's upload (a running stream ends
+    /// within a second), discards it and puts the update back to `reserved`, so that the
+    /// terminal's next `update finish` uploads again.
+    ///
+    /// # Errors
+    /// `Forbidden` for a non-admin, `UnknownUpdate`, `UpdateNotLive`.
+    pub fn abort_update(&self, caller: &Session, guid: &str) -> Result<UpdateRow, ServerError> {
+        if caller.role != Role::Admin {
             return Err(ServerError::Forbidden(
                 "only an admin may abort an update; its owner may cancel it".into(),
             ));
         }
-        self.update(caller, guid)?;
-        let row = self.data.meta().set_state(guid, to)?;
-        tracing::info!(update = %row.guid, state = row.state.as_str(), by = %caller.user, "update ended");
+        self.data.meta().update(guid)?;
+        let row = self.data.meta().abort_upload(guid)?;
+        tracing::info!(update = %row.guid, by = %caller.user, "upload aborted; the update is reserved again");
         Ok(row)
     }
 

@@ -132,14 +132,22 @@ impl Control for ControlService {
         &self,
         request: Request<pb::UpdateRef>,
     ) -> Result<Response<pb::Update>, Status> {
-        self.end(request, UpdateState::Cancelled).await
+        let session = caller(&request)?;
+        let guid = request.into_inner().data_write_guid;
+        let app = self.app.clone();
+        let row = blocking(move || app.cancel_update(&session, &guid)).await?;
+        Ok(Response::new(update_reply(row)))
     }
 
     async fn abort_update(
         &self,
         request: Request<pb::UpdateRef>,
     ) -> Result<Response<pb::Update>, Status> {
-        self.end(request, UpdateState::Aborted).await
+        let session = caller(&request)?;
+        let guid = request.into_inner().data_write_guid;
+        let app = self.app.clone();
+        let row = blocking(move || app.abort_update(&session, &guid)).await?;
+        Ok(Response::new(update_reply(row)))
     }
 
     async fn begin_upload(
@@ -176,17 +184,5 @@ impl ControlService {
             disk_size: disk.size,
             block_size: disk.block_size,
         })
-    }
-
-    async fn end(
-        &self,
-        request: Request<pb::UpdateRef>,
-        to: UpdateState,
-    ) -> Result<Response<pb::Update>, Status> {
-        let session = caller(&request)?;
-        let guid = request.into_inner().data_write_guid;
-        let app = self.app.clone();
-        let row = blocking(move || app.end_update(&session, &guid, to)).await?;
-        Ok(Response::new(update_reply(row)))
     }
 }

@@ -101,7 +101,9 @@ impl ServerError {
                 | MetaError::UpdateNotLive { .. }
                 | MetaError::VersionInUse(_)
                 | MetaError::UpdateEnded(_) => Code::FailedPrecondition,
-                MetaError::DiskBusy { .. } | MetaError::TakenOver => Code::Aborted,
+                MetaError::DiskBusy { .. } | MetaError::TakenOver | MetaError::UploadAborted => {
+                    Code::Aborted
+                }
                 MetaError::BadRequest(_) => Code::InvalidArgument,
                 MetaError::Abandoned
                 | MetaError::Damaged(_)
@@ -158,6 +160,11 @@ impl From<ServerError> for Status {
             status
                 .metadata_mut()
                 .insert("hotate-busy", MetadataValue::from_static("1"));
+        }
+        if matches!(err, ServerError::Meta(MetaError::UploadAborted)) {
+            status
+                .metadata_mut()
+                .insert("hotate-upload-aborted", MetadataValue::from_static("1"));
         }
         if matches!(err, ServerError::Meta(MetaError::TakenOver)) {
             status

@@ -169,8 +169,11 @@ enum DiskCommand {
 enum UpdateCommand {
     /// List updates.
     List,
-    /// Discard a disk's half-done update.
+    /// Stop and discard the upload of a disk's update; the update stays, and its terminal
+    /// runs `update finish` again (「更新中断」).
     Abort { disk: String },
+    /// End a disk's update for good, when its terminal will not come back (「更新取消」).
+    Cancel { disk: String },
 }
 
 #[derive(Subcommand)]
@@ -291,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(StoreCommand::Stats) => admin::store_stats(&data, cli.json),
         Command::Update(UpdateCommand::List) => admin::update_list(&data, cli.json),
         Command::Update(UpdateCommand::Abort { disk }) => admin::update_abort(&data, &disk),
+        Command::Update(UpdateCommand::Cancel { disk }) => admin::update_cancel(&data, &disk),
         Command::Cert(CertCommand::Generate { out, host, force }) => {
             cert::generate(&out, &host, force)
         }

@@ -47,7 +47,9 @@ use crate::error::ServerError;
 use crate::gate::caller;
 use crate::limits::Limits;
 use crate::live::{Counters, Live};
-use crate::meta::{MetaError, Session, UpdateRow, UpdateState, VersionRow, now};
+use crate::meta::{
+    MetaError, Session, UpdateRow, VersionRow, must_be_uploading, now, still_uploading,
+};
 
 /// Chunks verified concurrently per upload, at most...
 const VERIFY_JOBS: usize = 16;
@@ -344,14 +346,7 @@ impl Transfer for TransferService {
         blocking(move || {
             let update = data.meta().update(&guid)?;
             check_owner(&update, &caller)?;
-            if update.state != UpdateState::Uploading {
-                return Err(MetaError::UpdateNotLive {
-                    guid: update.guid,
-                    state: update.state,
-                }
-                .into());
-            }
-            Ok(())
+            Ok(must_be_uploading(&update)?)
         })
         .await?;
         self.take_over(&open.upload_id).await;
@@ -686,13 +681,7 @@ impl Upload {
         let data = self.data.clone();
         let guid = self.update.guid.clone();
         let now = blocking(move || Ok(data.meta().update(&guid)?)).await?;
-        if now.state != UpdateState::Uploading {
-            return Err(ServerError::from(MetaError::UpdateEnded(now.state)).into());
-        }
-        if now.session != self.update.session {
-            return Err(ServerError::from(MetaError::TakenOver).into());
-        }
-        Ok(())
+        Ok(still_uploading(&now, self.update.session).map_err(ServerError::from)?)
     }
 
     async fn offer(&mut self, offer: pb::Offer) -> Result<(), Status> {
@@ -1020,69 +1009,81 @@ impl Upload {
         let creator = self.session.user.clone();
         let block_count = finish.block_count;
         let version = blocking(move || {
-            if block_count != manifest.len() as u64 {
-                return Err(ServerError::BadRequest(format!(
-                    "the client counted {block_count} blocks, the disk has {}",
-                    manifest.len()
-                )));
-            }
-            let offers = data.meta().offers(&update.guid, update.session)?;
-            let mut changed = HashMap::new();
-            for offer in &offers {
-                manifest.set(offer.index, offer.entry)?;
-                if let Entry::Chunk(hash) = offer.entry {
-                    changed.insert(hash, (offer.index, block_len(&manifest, offer.index)));
+            let (checker, guid, session) = (data.clone(), update.guid.clone(), update.session);
+            let commit = move || {
+                if block_count != manifest.len() as u64 {
+                    return Err(ServerError::BadRequest(format!(
+                        "the client counted {block_count} blocks, the disk has {}",
+                        manifest.len()
+                    )));
                 }
-            }
-            // Every chunk is present and exactly its block's length, or nothing commits.
-            let max_len = manifest.block_size().bytes();
-            let mut missing = Vec::new();
-            for (hash, (index, len)) in changed {
-                match data.store().content_len(&hash, max_len)? {
-                    None => missing.push(hash),
-                    Some(held) if held != len => {
-                        return Err(ServerError::BadRequest(format!(
-                            "block {index} has {len} bytes but its chunk {} has {held}",
-                            hash.short()
-                        )));
+                let offers = data.meta().offers(&update.guid, update.session)?;
+                let mut changed = HashMap::new();
+                for offer in &offers {
+                    manifest.set(offer.index, offer.entry)?;
+                    if let Entry::Chunk(hash) = offer.entry {
+                        changed.insert(hash, (offer.index, block_len(&manifest, offer.index)));
                     }
-                    Some(_) => {}
                 }
-            }
-            if let Some(first) = missing.first() {
-                return Err(ServerError::Incomplete(format!(
-                    "{} chunks are missing (first {})",
-                    missing.len(),
-                    first.short()
-                )));
-            }
-            let root = manifest.root();
-            if root != client_root {
-                return Err(ServerError::RootMismatch(format!(
-                    "server root {} differs from the client's {}; run finish again",
-                    root.short(),
-                    client_root.short()
-                )));
-            }
-            let changed_blocks = manifest.diff(&parent)?.count() as u64;
-            let fresh = data.meta().update(&update.guid)?;
-            let version = VersionRow {
-                disk_id: update.disk_id.clone(),
-                id: data.new_version_id(&update.disk_id)?,
-                parent: Some(update.base_version.clone()),
-                comment,
-                user: creator,
-                terminal: update.terminal.clone(),
-                created_at: now(),
-                root,
-                blocks_changed: changed_blocks,
-                bytes_stored: fresh.bytes_received,
+                // Every chunk is present and exactly its block's length, or nothing commits.
+                let max_len = manifest.block_size().bytes();
+                let mut missing = Vec::new();
+                for (hash, (index, len)) in changed {
+                    match data.store().content_len(&hash, max_len)? {
+                        None => missing.push(hash),
+                        Some(held) if held != len => {
+                            return Err(ServerError::BadRequest(format!(
+                                "block {index} has {len} bytes but its chunk {} has {held}",
+                                hash.short()
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if let Some(first) = missing.first() {
+                    return Err(ServerError::Incomplete(format!(
+                        "{} chunks are missing (first {})",
+                        missing.len(),
+                        first.short()
+                    )));
+                }
+                let root = manifest.root();
+                if root != client_root {
+                    return Err(ServerError::RootMismatch(format!(
+                        "server root {} differs from the client's {}; run finish again",
+                        root.short(),
+                        client_root.short()
+                    )));
+                }
+                let changed_blocks = manifest.diff(&parent)?.count() as u64;
+                let fresh = data.meta().update(&update.guid)?;
+                let version = VersionRow {
+                    disk_id: update.disk_id.clone(),
+                    id: data.new_version_id(&update.disk_id)?,
+                    parent: Some(update.base_version.clone()),
+                    comment,
+                    user: creator,
+                    terminal: update.terminal.clone(),
+                    created_at: now(),
+                    root,
+                    blocks_changed: changed_blocks,
+                    bytes_stored: fresh.bytes_received,
+                };
+                data.meta()
+                    .commit(&update.guid, update.session, &version, || {
+                        data.write_manifest(&version.disk_id, &version.id, &manifest)
+                    })?;
+                Ok(version)
             };
-            data.meta()
-                .commit(&update.guid, update.session, &version, || {
-                    data.write_manifest(&version.disk_id, &version.id, &manifest)
-                })?;
-            Ok(version)
+            match commit() {
+                // An abort or a takeover may have dropped this session's offers while
+                // they were read: say that, not that the content differs.
+                Err(e @ (ServerError::Incomplete(_) | ServerError::RootMismatch(_))) => {
+                    still_uploading(&checker.meta().update(&guid)?, session)?;
+                    Err(e)
+                }
+                done => done,
+            }
         })
         .await?;
         Counters::add(&self.live.counters.versions_committed, 1);

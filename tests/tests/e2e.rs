@@ -570,22 +570,69 @@ fn a_server_restart_during_the_upload_resumes() {
     server.stop();
 }
 
+/// The manual's recovery path: an administrator's 「更新中断」 during a rate-limited
+/// finish stops it within seconds, the client says so and what to do, the update is back
+/// to `reserved`, and the terminal's next `update finish` uploads and commits.
 #[test]
-fn an_aborted_upload_is_discarded_and_the_terminal_can_start_again() {
+fn an_aborted_upload_is_reserved_again_and_the_next_finish_commits() {
     let s = setup(8 << 20, 11);
     s.start_update();
-    admin_ok(&s.site.data, &["update", "abort", "win10"]);
-    let finish = s.terminal.run(&["update", "finish"]);
-    assert_eq!(finish.status.code(), Some(1));
+    let finish = finish_in_background(&s.terminal, &s.site, "256k");
+    let aborted_at = Instant::now();
+    let said = admin_ok(&s.site.data, &["update", "abort", "win10"]);
+    assert!(said.contains("update finish"), "{said}");
+    let out = finish.wait_with_output().expect("finish");
     assert!(
-        text(&finish).contains("aborted on the server by an administrator"),
+        aborted_at.elapsed() < Duration::from_secs(10),
+        "the upload went on after the abort"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("An administrator interrupted the upload")
+            && text(&out).contains("update finish` again"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.site.updates()[0]["state"], "reserved");
+    assert_eq!(
+        s.terminal.write_cache(),
+        "non-restore",
+        "the install is kept"
+    );
+
+    let again = s.terminal.run(&["update", "finish"]);
+    assert_ok(&again);
+    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
+    assert_eq!(s.terminal.write_cache(), "restore");
+}
+
+/// An administrator's 「更新取消」 (`update cancel DISK`) ends the update for good: the
+/// terminal's finish says so and what to do, and its cancel still restores it.
+#[test]
+fn an_admin_cancel_ends_the_update_and_the_terminal_still_restores() {
+    let s = setup(4 << 20, 13);
+    s.start_update();
+    let said = admin_ok(&s.site.data, &["update", "cancel", "win10"]);
+    assert!(said.contains("Cancelled update"), "{said}");
+    assert_eq!(s.site.updates()[0]["state"], "cancelled");
+    let finish = s.terminal.run(&["update", "finish"]);
+    assert_eq!(finish.status.code(), Some(1), "{}", text(&finish));
+    assert!(
+        text(&finish).contains("cancelled on the server")
+            && text(&finish).contains("update cancel"),
         "{}",
         text(&finish)
     );
+    let ja = s.terminal.run(&["--lang", "ja", "update", "finish"]);
+    assert!(text(&ja).contains("更新取消"), "{}", text(&ja));
     assert_ok(&s.terminal.run(&["update", "cancel"]));
-    assert_ok(&s.terminal.run(&["update", "start"]));
-    assert_ok(&s.terminal.run(&["update", "finish"]));
-    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
+    assert_eq!(s.terminal.write_cache(), "restore");
+    let show = s.terminal.run(&["update", "show"]);
+    assert!(
+        text(&show).contains("No update in progress"),
+        "{}",
+        text(&show)
+    );
 }
 
 #[test]

@@ -15,11 +15,11 @@ use super::{
     ApiError, CONSOLE_TERMINAL, Caller, Peer, SESSION_COOKIE, Shared, bearer, cookie,
     session_cookie,
 };
-use crate::app::{LoginView, StoreView, UpdateView, blocking};
+use crate::app::{App, LoginView, StoreView, UpdateView, blocking};
 use crate::auth::TOKEN_LIFETIME_SECS;
 use crate::error::ServerError;
 use crate::live::Counters;
-use crate::meta::{MetaError, UpdateState};
+use crate::meta::{MetaError, Role};
 
 /// How often an event stream looks for changes the database alone knows (an admin
 /// command's abort, a new update): the live uploads wake it at once.
@@ -93,7 +93,8 @@ pub(super) async fn updates(State(web): State<Shared>, _: Caller) -> Result<Resp
     Ok(Json(blocking(move || app.updates()).await?).into_response())
 }
 
-/// `POST /api/v1/updates/{guid}/abort`: the console's 「更新中断」, for admins.
+/// `POST /api/v1/updates/{guid}/abort`: the console's 「更新中断」, for admins: the
+/// upload stops and the update is reserved again (the terminal finishes again).
 pub(super) async fn abort(
     State(web): State<Shared>,
     caller: Caller,
@@ -101,14 +102,40 @@ pub(super) async fn abort(
 ) -> Result<Response, ApiError> {
     let app = web.app.clone();
     let view = blocking(move || {
-        app.end_update(&caller.session, &guid, UpdateState::Aborted)?;
-        app.updates()?
-            .into_iter()
-            .find(|u| u.data_write_guid == guid)
-            .ok_or(MetaError::UnknownUpdate(guid).into())
+        app.abort_update(&caller.session, &guid)?;
+        update_view(&app, guid)
     })
     .await?;
     Ok(Json(view).into_response())
+}
+
+/// `POST /api/v1/updates/{guid}/cancel`: the console's 「更新取消」, for admins: the
+/// update ends for good (its terminal will not come back).
+pub(super) async fn cancel(
+    State(web): State<Shared>,
+    caller: Caller,
+    Path(guid): Path<String>,
+) -> Result<Response, ApiError> {
+    let app = web.app.clone();
+    let view = blocking(move || {
+        if caller.session.role != Role::Admin {
+            return Err(ServerError::Forbidden(
+                "only an admin may cancel another terminal's update from the console".into(),
+            ));
+        }
+        app.cancel_update(&caller.session, &guid)?;
+        update_view(&app, guid)
+    })
+    .await?;
+    Ok(Json(view).into_response())
+}
+
+/// One update as the updates table shows it.
+fn update_view(app: &App, guid: String) -> Result<UpdateView, ServerError> {
+    app.updates()?
+        .into_iter()
+        .find(|u| u.data_write_guid == guid)
+        .ok_or(MetaError::UnknownUpdate(guid).into())
 }
 
 /// `GET /api/v1/store`.

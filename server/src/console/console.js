@@ -1,4 +1,5 @@
-// Hotate Console: follows /api/v1/events on the updates page and asks before an abort.
+// Hotate Console: follows /api/v1/events on the updates page and asks before an abort
+// (「更新中断」: the terminal finishes again) or a cancel (「更新取消」: the update ends).
 "use strict";
 
 (function () {
@@ -8,7 +9,13 @@
   if (!table) return;
   const body = table.querySelector("tbody");
   const template = document.getElementById("update-row");
-  const dialog = document.getElementById("abort-dialog");
+  // What each button does: its dialog, the question, the API call and what it says after.
+  const actions = {
+    abort: { dialog: document.getElementById("abort-dialog"), confirm: "abort",
+             question: "abort-question", ask: words.abort_confirm, done: words.abort_done },
+    cancel: { dialog: document.getElementById("cancel-dialog"), confirm: "cancel",
+              question: "cancel-question", ask: words.cancel_confirm, done: words.cancel_done },
+  };
   const message = document.getElementById("message");
   const liveStatus = document.getElementById("live-status");
   let pending = null;
@@ -56,8 +63,9 @@
     cell("eta").textContent = u.eta_secs !== null ? duration(u.eta_secs) : "";
     cell("base").textContent = u.base_version;
     cell("new").textContent = u.new_version || "";
-    const button = row.querySelector("button.abort");
-    if (button) button.hidden = !isLive(u);
+    for (const button of row.querySelectorAll("button.abort, button.cancel")) {
+      button.hidden = !isLive(u);
+    }
   }
 
   function apply(list) {
@@ -83,29 +91,35 @@
   }
 
   body.addEventListener("click", (event) => {
-    const button = event.target.closest("button.abort");
+    const button = event.target.closest("button.abort, button.cancel");
     if (!button) return;
+    const name = button.classList.contains("abort") ? "abort" : "cancel";
+    const action = actions[name];
     const row = button.closest("tr");
     pending = row.dataset.guid;
-    document.getElementById("abort-question").textContent = words.abort_confirm
+    document.getElementById(action.question).textContent = action.ask
       .replace("{disk}", row.querySelector(".disk").textContent)
       .replace("{terminal}", row.querySelector(".terminal").textContent);
-    dialog.showModal();
+    action.dialog.showModal();
   });
 
-  dialog.addEventListener("close", async () => {
+  for (const [name, action] of Object.entries(actions)) {
+    action.dialog.addEventListener("close", () => act(name, action));
+  }
+
+  async function act(name, action) {
     const guid = pending;
     pending = null;
-    if (dialog.returnValue !== "abort" || !guid) return;
+    if (action.dialog.returnValue !== action.confirm || !guid) return;
     try {
-      const response = await fetch("/api/v1/updates/" + encodeURIComponent(guid) + "/abort", {
+      const response = await fetch("/api/v1/updates/" + encodeURIComponent(guid) + "/" + name, {
         method: "POST",
         headers: { "X-CSRF-Token": csrf },
         credentials: "same-origin",
       });
       const reply = await response.json();
       if (response.ok) {
-        say(words.abort_done, false);
+        say(action.done, false);
         const row = body.querySelector('tr[data-guid="' + CSS.escape(guid) + '"]');
         if (row) fill(row, reply);
       } else {
@@ -117,7 +131,7 @@
     } catch (e) {
       say(String(e), true);
     }
-  });
+  }
 
   // A dropped stream reconnects by itself; say so only when that takes a while.
   let lost = null;

@@ -87,6 +87,7 @@ pub fn router(app: Arc<App>, options: ConsoleOptions, stop: watch::Receiver<bool
         .route("/api/v1/disks/{disk}/versions", get(api::versions))
         .route("/api/v1/updates", get(api::updates))
         .route("/api/v1/updates/{guid}/abort", post(api::abort))
+        .route("/api/v1/updates/{guid}/cancel", post(api::cancel))
         .route("/api/v1/store", get(api::store))
         .route("/api/v1/events", get(api::events))
         .route("/metrics", get(api::metrics))
@@ -128,7 +129,7 @@ fn error_text(lang: Lang, err: &ServerError) -> String {
         ServerError::BadLogin => w.bad_login.into(),
         ServerError::LoginLocked { .. } => w.login_locked.into(),
         ServerError::Unauthenticated => w.session_expired.into(),
-        // The one refusal by role the console can meet: an abort by an operator.
+        // The one refusal by role the console can meet: an abort or cancel by an operator.
         ServerError::Forbidden(_) => w.admins_only.into(),
         ServerError::NotYourUpdate { .. } => w.permission_denied.into(),
         ServerError::NoCsrfToken => w.stale_page.into(),

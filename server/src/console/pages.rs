@@ -204,7 +204,11 @@ pub(super) async fn updates(
          <dialog id=\"abort-dialog\"><form method=\"dialog\">\
          <p id=\"abort-question\"></p><p>{note}</p>\
          <button value=\"cancel\" id=\"abort-cancel\">{back}</button> \
-         <button value=\"abort\" id=\"abort-confirm\" class=\"danger\">{abort}</button></form></dialog>",
+         <button value=\"abort\" id=\"abort-confirm\" class=\"danger\">{abort}</button></form></dialog>\
+         <dialog id=\"cancel-dialog\"><form method=\"dialog\">\
+         <p id=\"cancel-question\"></p><p>{cancel_note}</p>\
+         <button value=\"back\" id=\"cancel-back\">{back}</button> \
+         <button value=\"cancel\" id=\"cancel-confirm\" class=\"danger\">{cancel}</button></form></dialog>",
         lost = w.live_link_lost,
         disk = w.disk,
         terminal = w.terminal,
@@ -221,6 +225,8 @@ pub(super) async fn updates(
         note = w.abort_note,
         back = w.back,
         abort = w.abort,
+        cancel_note = w.cancel_note,
+        cancel = w.cancel,
     );
     layout(lang, Some(&caller), "updates", w.updates, &body)
 }
@@ -241,10 +247,11 @@ fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
         .unwrap_or_default();
     let eta = u.eta_secs.map(|s| duration_text(w, s)).unwrap_or_default();
     let button = if admin {
+        let hidden = if live { "" } else { " hidden" };
         format!(
-            "<button class=\"abort danger\"{}>{}</button>",
-            if live { "" } else { " hidden" },
-            w.abort
+            "<button class=\"abort danger\"{hidden}>{}</button> \
+             <button class=\"cancel danger\"{hidden}>{}</button>",
+            w.abort, w.cancel
         )
     } else {
         String::new()
@@ -255,7 +262,7 @@ fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
          <td class=\"state\">{state_text}</td>\
          <td class=\"progress\"><progress max=\"100\" value=\"{percent}\"{bar}></progress> <span class=\"amount\">{progress}</span></td>\
          <td class=\"rate\">{rate}</td><td class=\"eta\">{eta}</td>\
-         <td class=\"base\">{base}</td><td class=\"new\">{new}</td><td>{button}</td></tr>",
+         <td class=\"base\">{base}</td><td class=\"new\">{new}</td><td class=\"actions\">{button}</td></tr>",
         guid = esc(&u.data_write_guid),
         state = u.state,
         disk = esc(&u.disk_name),

@@ -173,6 +173,13 @@ pub enum MetaError {
     UpdateEnded(UpdateState),
     #[error("another finish took over this upload")]
     TakenOver,
+    /// An administrator's abort (「更新中断」) discarded the upload; the update is
+    /// reserved again, as after `update start`.
+    #[error(
+        "an administrator interrupted this upload (更新中断); the update is kept: run \
+         `update finish` again to start the upload over"
+    )]
+    UploadAborted,
     #[error("invalid request: {0}")]
     BadRequest(String),
     /// The work given to `exclusive` or `commit` failed:
@@ -202,6 +209,36 @@ pub enum MetaError {
 impl From<rusqlite::Error> for MetaError {
     fn from(cause: rusqlite::Error) -> Self {
         Self::Sql(cause)
+    }
+}
+
+/// Whether an upload may open: the update is uploading (begun). One reserved again was
+/// aborted by an admin after it began.
+///
+/// # Errors
+/// `UploadAborted`, or `UpdateNotLive` when it ended.
+pub fn must_be_uploading(update: &UpdateRow) -> Result<(), MetaError> {
+    match update.state {
+        UpdateState::Uploading => Ok(()),
+        UpdateState::Reserved => Err(MetaError::UploadAborted),
+        state => Err(MetaError::UpdateNotLive {
+            guid: update.guid.clone(),
+            state,
+        }),
+    }
+}
+
+/// Whether an upload stream of `session` may go on with `update` as it is now: refused
+/// when an admin aborted it (reserved again), it ended, or another session took over.
+///
+/// # Errors
+/// `UploadAborted`, `UpdateEnded` or `TakenOver`.
+pub fn still_uploading(update: &UpdateRow, session: u64) -> Result<(), MetaError> {
+    match update.state {
+        UpdateState::Reserved => Err(MetaError::UploadAborted),
+        UpdateState::Uploading if update.session == session => Ok(()),
+        UpdateState::Uploading => Err(MetaError::TakenOver),
+        state => Err(MetaError::UpdateEnded(state)),
     }
 }
 
@@ -272,6 +309,11 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
     fn live_update(&self, disk_id: &str) -> Result<Option<UpdateRow>, MetaError>;
     /// Moves a live update to `to`; refused when it is no longer live.
     fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, MetaError>;
+    /// An admin's abort (「更新中断」): a live update goes back to `reserved`, as after
+    /// `update start`; its upload is discarded (its entries dropped, its session moved
+    /// on, so a stream or a commit of it is refused with `UploadAborted`). What it stored
+    /// is left to dedup and gc. Refused when the update is no longer live.
+    fn abort_upload(&self, guid: &str) -> Result<UpdateRow, MetaError>;
     /// Opens a new session of an uploading update; returns it with the session number.
     /// Entries offered by earlier sessions stay (their chunks stay referenced) but no
     /// longer count towards the manifest.

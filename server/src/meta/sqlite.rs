@@ -507,6 +507,25 @@ impl Metadata for SqliteMeta {
         })
     }
 
+    fn abort_upload(&self, guid: &str) -> Result<UpdateRow, MetaError> {
+        self.write(|tx| {
+            let row = update_by_guid(tx, guid)?;
+            if !row.state.is_live() {
+                return Err(MetaError::UpdateNotLive {
+                    guid: guid.to_owned(),
+                    state: row.state,
+                });
+            }
+            tx.execute(
+                "UPDATE updates SET state = 'reserved', session = session + 1, updated_at = ?2
+                 WHERE guid = ?1",
+                params![guid, now()],
+            )?;
+            tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
+            update_by_guid(tx, guid)
+        })
+    }
+
     fn open_session(&self, guid: &str) -> Result<UpdateRow, MetaError> {
         self.write(|tx| {
             uploading(tx, guid)?;
@@ -826,15 +845,10 @@ fn insert_version(conn: &Connection, v: &VersionRow) -> Result<(), MetaError> {
     Ok(())
 }
 
-/// An update that must be uploading.
+/// An update that must be uploading; one reserved again was aborted by an admin.
 fn uploading(conn: &Connection, guid: &str) -> Result<UpdateRow, MetaError> {
     let row = update_by_guid(conn, guid)?;
-    if row.state != UpdateState::Uploading {
-        return Err(MetaError::UpdateNotLive {
-            guid: guid.to_owned(),
-            state: row.state,
-        });
-    }
+    super::must_be_uploading(&row)?;
     Ok(row)
 }
 
@@ -884,13 +898,7 @@ fn record_offers(
     session: u64,
     offers: &[Offer],
 ) -> Result<(), MetaError> {
-    let row = update_by_guid(tx, guid)?;
-    if row.state != UpdateState::Uploading {
-        return Err(MetaError::UpdateEnded(row.state));
-    }
-    if row.session != session {
-        return Err(MetaError::TakenOver);
-    }
+    super::still_uploading(&update_by_guid(tx, guid)?, session)?;
     {
         let mut stmt = tx.prepare_cached(
             "INSERT OR REPLACE INTO upload_entries (guid, block_index, hash, session)

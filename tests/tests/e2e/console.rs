@@ -41,7 +41,7 @@ fn assert_aborted(finish: Child) {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("aborted on the server by an administrator"),
+        text(&out).contains("An administrator interrupted the upload"),
         "{}",
         text(&out)
     );
@@ -142,8 +142,22 @@ fn the_api_keeps_its_contract_and_its_guards() {
     // Errors carry the server's account for scripts and the console's words for people.
     let messages = |reply: &http::Reply| reply.json()["messages"].clone();
     let refused_says = messages(&refused);
-    assert_eq!(refused_says["en"], "Only an admin may abort an update.");
-    assert_eq!(refused_says["ja"], "更新中断は管理者のみ行えます。");
+    assert_eq!(
+        refused_says["en"],
+        "Only an admin may abort or cancel an update here."
+    );
+    assert_eq!(
+        refused_says["ja"],
+        "更新中断・更新取消は管理者のみ行えます。"
+    );
+    let refused_cancel = http::request(
+        &addr,
+        "POST",
+        &format!("/api/v1/updates/{guid}/cancel"),
+        &[("Authorization", &bearer(&operator))],
+        None,
+    );
+    assert_eq!(refused_cancel.status, 403, "{}", refused_cancel.text());
     assert!(
         refused.json()["error"]
             .as_str()
@@ -202,19 +216,35 @@ fn the_api_keeps_its_contract_and_its_guards() {
             None,
         )
     };
+    // An abort of an update that is not uploading keeps it reserved, as often as asked.
     let aborted = abort_from_page();
     assert_eq!(aborted.status, 200, "{}", aborted.text());
-    assert_eq!(aborted.json()["state"], "aborted");
-    assert_eq!(s.site.updates()[0]["state"], "aborted");
+    assert_eq!(aborted.json()["state"], "reserved");
+    assert_eq!(abort_from_page().status, 200);
+    assert_eq!(s.site.updates()[0]["state"], "reserved");
+    // The cancel (「更新取消」) ends it; after that there is nothing to abort or cancel.
+    let cancel_path = format!("/api/v1/updates/{guid}/cancel");
+    let cancel_from_page = || {
+        http::request(
+            &addr,
+            "POST",
+            &cancel_path,
+            &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+            None,
+        )
+    };
+    let cancelled = cancel_from_page();
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+    assert_eq!(cancelled.json()["state"], "cancelled");
     let again = abort_from_page();
     assert_eq!(again.status, 409, "{}", again.text());
     assert_eq!(
         messages(&again)["en"],
-        "This update has already ended (Aborted): there is nothing to abort."
+        "This update has already ended (Cancelled): there is nothing to abort or cancel."
     );
     assert_eq!(
         messages(&again)["ja"],
-        "この更新はすでに「更新中断済み」です。更新中断するものはありません。"
+        "この更新はすでに「キャンセル済み」です。更新中断・更新取消するものはありません。"
     );
     let finish = s.terminal.run(&["update", "finish"]);
     assert_eq!(finish.status.code(), Some(1), "{}", text(&finish));
@@ -340,7 +370,7 @@ fn events_carry_live_progress_and_an_abort_stops_the_upload() {
     // The stream says so too.
     loop {
         let list: Value = serde_json::from_str(&events.next("updates")).expect("json");
-        if list[0]["state"] == "aborted" && list[0]["uploading_now"] == false {
+        if list[0]["state"] == "reserved" && list[0]["uploading_now"] == false {
             break;
         }
     }
@@ -410,6 +440,10 @@ fn a_browser_watches_an_upload_advance_and_aborts_it() {
         browser.text(&format!("{row} button.abort")).as_deref(),
         Some("更新中断")
     );
+    assert_eq!(
+        browser.text(&format!("{row} button.cancel")).as_deref(),
+        Some("更新取消")
+    );
     std::fs::write(
         screenshot_dir().join("console-ja.png"),
         browser.screenshot(),
@@ -432,15 +466,57 @@ fn a_browser_watches_an_upload_advance_and_aborts_it() {
     assert_eq!(s.site.updates()[0]["state"], "uploading");
     browser.click(&format!("{row} button.abort"));
     browser.click("#abort-confirm");
-    browser.wait_for(Duration::from_secs(10), "the aborted state", || {
+    browser.wait_for(Duration::from_secs(10), "the reserved state", || {
         browser
-            .text("#updates tbody tr[data-state=\"aborted\"] .state")
-            .filter(|t| t == "Aborted")
+            .text("#updates tbody tr[data-state=\"reserved\"] .state")
+            .filter(|t| t == "Updating on the terminal")
     });
     assert_eq!(
         browser.text("#message").as_deref(),
-        Some("The update was aborted.")
+        Some("The upload was aborted: the terminal can run `update finish` again.")
     );
     assert_aborted(finish);
-    assert_eq!(s.site.updates()[0]["state"], "aborted");
+    assert_eq!(s.site.updates()[0]["state"], "reserved");
+    // The manual's next step: the terminal finishes again and the version is whole.
+    let again = s.terminal.run(&["update", "finish"]);
+    assert_ok(&again);
+    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
+    browser.wait_for(Duration::from_secs(10), "the committed state", || {
+        browser
+            .text("#updates tbody tr[data-state=\"committed\"] .state")
+            .filter(|t| t == "Committed")
+    });
+
+    // 「更新取消」 of a terminal that will not come back: asked first, then the update ends.
+    let versions = admin_json(&s.site.data, &["disk", "versions", "win10"]);
+    let latest = versions
+        .as_array()
+        .and_then(|v| v.last())
+        .expect("versions")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    s.terminal.write_config(&s.site.disk_id, &latest, "restore");
+    s.start_update();
+    let reserved = "#updates tbody tr[data-state=\"reserved\"]";
+    browser.wait_for(Duration::from_secs(10), "the new update's row", || {
+        browser.text(&format!("{reserved} .terminal"))
+    });
+    browser.click(&format!("{reserved} button.cancel"));
+    let question = browser.text("#cancel-question").unwrap_or_default();
+    assert!(question.contains("PC-001"), "{question}");
+    browser.click("#cancel-confirm");
+    browser.wait_for(Duration::from_secs(10), "the cancelled state", || {
+        browser
+            .text("#updates tbody tr[data-state=\"cancelled\"] .state")
+            .filter(|t| t == "Cancelled")
+    });
+    assert_eq!(
+        browser.text("#message").as_deref(),
+        Some("The update was cancelled.")
+    );
+    assert_eq!(
+        s.site.updates().last().expect("update")["state"],
+        "cancelled"
+    );
 }
