@@ -1,6 +1,7 @@
 //! The Windows console: UTF-8 output, so Japanese messages read in `cmd.exe`, and the
-//! user's display language. Elsewhere the terminal's locale already says both.
-#![cfg_attr(windows, allow(unsafe_code))]
+//! user's display language. Elsewhere the terminal's locale already says both. On Unix,
+//! output into a closed pipe ends the process quietly, as other tools do.
+#![allow(unsafe_code)]
 
 /// Code page 65001.
 #[cfg(windows)]
@@ -12,6 +13,18 @@ unsafe extern "system" {
     fn SetConsoleOutputCP(code_page: u32) -> i32;
     fn SetConsoleCP(code_page: u32) -> i32;
     fn GetUserDefaultUILanguage() -> u16;
+}
+
+/// Ends the process quietly, as Unix tools do, when its output goes into a pipe that was
+/// closed (`hotate-client update show | head -1`), instead of a panic about a broken
+/// pipe. Network writes are unaffected: sockets are written with `MSG_NOSIGNAL`.
+pub fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores one signal's default disposition at the start of `main`, before
+    // any other thread runs; no handler is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Switches the console to UTF-8, for output and for what is typed at prompts.

@@ -45,7 +45,9 @@ pub fn ask(label: &str, missing: &str) -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-/// The server URL: `--url`/`HOTATE_URL`, else the cached one, else asked (and cached).
+/// The server URL: `--url`/`HOTATE_URL`, else the cached one, else asked. The caller
+/// caches it with [`remember_url`] once that server answered, so a mistyped URL is not
+/// kept.
 ///
 /// # Errors
 /// A usage error for a missing or malformed URL.
@@ -61,10 +63,18 @@ pub fn server_url(state: &StateDir, inputs: &Inputs, lang: Lang) -> anyhow::Resu
     };
     let url = url.trim().trim_end_matches('/').to_owned();
     check_url(&url, lang)?;
-    if state.url().as_deref() != Some(&url) {
-        state.save_url(&url)?;
-    }
     Ok(url)
+}
+
+/// Caches the URL of a server that answered, for the next commands.
+///
+/// # Errors
+/// When the state dir cannot be written.
+pub fn remember_url(state: &StateDir, url: &str) -> anyhow::Result<()> {
+    if state.url().as_deref() != Some(url) {
+        state.save_url(url)?;
+    }
+    Ok(())
 }
 
 fn check_url(url: &str, lang: Lang) -> Result<(), UsageError> {

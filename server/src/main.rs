@@ -192,6 +192,9 @@ enum CertCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        end_quietly_on_closed_pipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HOTATE_LOG")
@@ -212,6 +215,19 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An admin command whose output goes into a closed pipe (`disk list | head -1`) ends
+/// quietly, as Unix tools do, instead of a panic about a broken pipe. (`serve` keeps
+/// Rust's default: it writes only to sockets and its log.)
+#[allow(unsafe_code)]
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores one signal's default disposition at the start of `main`, before
+    // any other thread runs; no handler is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

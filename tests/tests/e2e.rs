@@ -26,6 +26,8 @@ mod hardening;
 mod soak;
 #[path = "e2e/store.rs"]
 mod store;
+#[path = "e2e/terminal.rs"]
+mod terminal;
 
 const BLOCK: u32 = 64 << 10;
 

@@ -51,7 +51,10 @@ impl Context {
             terminal: &terminal.name,
             begin_update: guid,
         };
-        Session::login(&url, self.ca(), self.inputs.insecure, &login, self.lang).await
+        let logged_in =
+            Session::login(&url, self.ca(), self.inputs.insecure, &login, self.lang).await?;
+        inputs::remember_url(&self.state, &url)?;
+        Ok(logged_in)
     }
 
     pub fn ca(&self) -> Option<&std::path::Path> {
