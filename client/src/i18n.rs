@@ -135,6 +135,26 @@ impl Lang {
             ),
         )
     }
+    pub fn not_hotate(self, url: &str) -> String {
+        self.pick(
+            format!(
+                "{url} answers, but it is a web server (HTTP/1), not a Hotate Manage Server: check the URL and its port (the Manage Server listens on 30806; `update clear-url` forgets a cached URL)."
+            ),
+            format!(
+                "{url} は応答しましたが、Hotate の ManageServer ではなく Web サーバー (HTTP/1) です。URL とポート番号を確認してください (ManageServer のポートは 30806 です。キャッシュされた URL は `update clear-url` で削除できます)。"
+            ),
+        )
+    }
+    pub fn unknown_disk_id(self, disk_id: &str, terminal_toml: &str) -> String {
+        self.pick(
+            format!(
+                "The Manage Server has no disk {disk_id}, the disk_id in {terminal_toml}: check disk_id there (the terminal's boot environment writes it)."
+            ),
+            format!(
+                "ManageServer にディスク {disk_id} がありません ({terminal_toml} の disk_id)。{terminal_toml} の disk_id を確認してください。"
+            ),
+        )
+    }
     pub fn login_locked(self, secs: &str) -> String {
         self.pick(
             format!(

@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hotate_engine::Progress;
@@ -10,10 +11,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::i18n::Lang;
 
-/// How often a plain progress line is printed when stdout is not a terminal.
+/// A plain progress line (stdout not a terminal) at least this often...
 const PLAIN_INTERVAL: Duration = Duration::from_secs(3);
+/// ...and at each tenth of the way; counters are looked at this often.
+const TICK: Duration = Duration::from_millis(250);
 /// How often the live bar is refreshed.
 const BAR_INTERVAL: Duration = Duration::from_millis(200);
+/// Rates are measured over this much of the recent past.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// `1265` → `1,265`: megabytes with thousands separators, as the manual prints them.
 pub fn mb(bytes: u64) -> String {
@@ -37,69 +42,213 @@ fn eta_text(secs: u64) -> String {
     }
 }
 
-/// Reports `progress` until dropped.
+/// What the counters said at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Seconds since the upload began.
+    pub at: f64,
+    /// Bytes of the image read, and to read in all (0: not known yet).
+    pub read: u64,
+    pub to_read: u64,
+    /// Bytes of the changed blocks found, and of those whose fate is settled (the
+    /// server held them, or they were handed over to be sent).
+    pub changed: u64,
+    pub changed_settled: u64,
+    /// Encoded bytes handed over to be sent, and stored by the server.
+    pub sent: u64,
+    pub stored: u64,
+}
+
+impl Sample {
+    /// The counters of `progress`, `at` seconds into the upload.
+    pub fn of(progress: &Progress, at: f64) -> Self {
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let skipped = load(&progress.bytes_skipped);
+        Self {
+            at,
+            read: load(&progress.bytes_read),
+            to_read: load(&progress.bytes_to_read),
+            changed: load(&progress.bytes_changed),
+            changed_settled: load(&progress.bytes_done).saturating_sub(skipped),
+            sent: load(&progress.bytes_sent),
+            stored: load(&progress.wire_stored),
+        }
+    }
+
+    /// Encoded bytes still to store: those handed over, and those the changed blocks
+    /// not settled yet (found, or expected in the unread part at the density of the read
+    /// part) will take at the pace of the settled ones; `None` before any settled.
+    fn wire_left(&self) -> Option<f64> {
+        if self.changed_settled == 0 {
+            return None;
+        }
+        let unread_changed = if self.read > 0 {
+            self.to_read.saturating_sub(self.read) as f64 * self.changed as f64 / self.read as f64
+        } else {
+            0.0
+        };
+        let unsettled = self.changed.saturating_sub(self.changed_settled) as f64 + unread_changed;
+        let wire_per_byte = self.sent as f64 / self.changed_settled as f64;
+        Some(self.sent.saturating_sub(self.stored) as f64 + unsettled * wire_per_byte)
+    }
+}
+
+/// How far a finish is and how long it has left.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// 0 to 99 until the server committed: the share of the finish's time gone.
+    pub percent: u64,
+    /// Seconds left, at least 1 while anything is; `None` until there is a pace.
+    pub eta_secs: Option<u64>,
+    /// Encoded bytes per second the server stored, recently.
+    pub rate: f64,
+}
+
+/// The finish's two overlapping works are reading the image and sending what the server
+/// lacks; the one that will take longer at its recent pace says how long is left, and
+/// the percentage is the time gone of the time gone and left (see [`Sample::wire_left`]
+/// for the bytes still to send). So a rate-limited finish moves with its link, not with
+/// the unchanged blocks it skips.
+#[derive(Debug, Default)]
+pub struct Estimator {
+    recent: std::collections::VecDeque<Sample>,
+    shown: u64,
+}
+
+impl Estimator {
+    pub fn update(&mut self, now: Sample) -> Estimate {
+        self.recent.push_back(now);
+        while self.recent.len() > 2 && now.at - self.recent[1].at > RATE_WINDOW.as_secs_f64() {
+            self.recent.pop_front();
+        }
+        let first = self.recent[0];
+        let span = (now.at - first.at).max(1e-3);
+        let rate_of = |a: u64, b: u64| b.saturating_sub(a) as f64 / span;
+        let (read_rate, store_rate) = (
+            rate_of(first.read, now.read),
+            rate_of(first.stored, now.stored),
+        );
+        let read_left = now.to_read.saturating_sub(now.read) as f64;
+        let time_left = |left: f64, rate: f64| {
+            if left <= 0.0 {
+                Some(0.0)
+            } else if rate > 0.0 {
+                Some(left / rate)
+            } else {
+                None
+            }
+        };
+        let reading = time_left(read_left, read_rate);
+        let sending = match now.wire_left() {
+            Some(left) => time_left(left, store_rate),
+            // Nothing changed settled yet: nothing known to send, unless blocks changed.
+            None if now.changed == 0 => Some(0.0),
+            None => None,
+        };
+        let left = match (reading, sending) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        let percent = match left {
+            Some(left) if now.to_read > 0 => (100.0 * now.at / (now.at + left)) as u64,
+            _ => 0,
+        };
+        self.shown = self.shown.max(percent.min(99));
+        Estimate {
+            percent: self.shown,
+            eta_secs: left.map(|s| (s.ceil() as u64).max(1)),
+            rate: store_rate,
+        }
+    }
+}
+
+/// Reports `progress` until finished or dropped.
 #[derive(Debug)]
 pub struct Reporter {
     task: tokio::task::JoinHandle<()>,
     bar: Option<ProgressBar>,
+    /// Held while a line or the bar is drawn; `true` once the end was reported, after
+    /// which nothing more is drawn.
+    ended: Arc<std::sync::Mutex<bool>>,
+    progress: Arc<Progress>,
+    total: u64,
 }
 
 impl Reporter {
+    /// Reports progress against `total`, the bytes the manual counts (the differential
+    /// disk's data), known from `progress` once reading begins.
     pub fn start(progress: Arc<Progress>, total: u64, lang: Lang) -> Self {
         let bar = std::io::stdout().is_terminal().then(|| {
-            let bar = ProgressBar::new(total);
+            let bar = ProgressBar::new(100);
             bar.set_style(
                 ProgressStyle::with_template("{wide_bar} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar
         });
-        let shown = bar.clone();
+        let ended = Arc::new(std::sync::Mutex::new(false));
+        let (shown, lock, counters) = (bar.clone(), ended.clone(), progress.clone());
         let task = tokio::spawn(async move {
             let start = Instant::now();
-            let mut samples = std::collections::VecDeque::from([(start, 0u64)]);
-            let interval = if shown.is_some() {
-                BAR_INTERVAL
-            } else {
-                PLAIN_INTERVAL
-            };
+            let mut estimator = Estimator::default();
+            let mut last_line = (start, 0u64);
             println!("{}", lang.percent(0, "0", &mb(total)));
             loop {
-                tokio::time::sleep(interval).await;
-                // Sent chunks count once the server confirms it stored them.
-                let done = progress.settled().min(total);
+                tokio::time::sleep(if shown.is_some() { BAR_INTERVAL } else { TICK }).await;
                 let now = Instant::now();
-                samples.push_back((now, done));
-                while samples.len() > 2 && now - samples[0].0 > Duration::from_secs(10) {
-                    samples.pop_front();
-                }
-                let (t0, d0) = samples[0];
-                let rate = (done - d0) as f64 / (now - t0).as_secs_f64().max(0.001);
-                let eta = if rate > 0.0 {
-                    ((total - done) as f64 / rate) as u64
-                } else {
-                    0
-                };
-                let pct = (done * 100).checked_div(total).unwrap_or(100);
+                let sample = Sample::of(&progress, (now - start).as_secs_f64());
+                let to_read = sample.to_read;
+                let estimate = estimator.update(sample);
+                let total = if to_read > 0 { to_read } else { total };
                 let line = format!(
                     "{} {}",
-                    lang.percent(pct, &mb(done), &mb(total)),
-                    lang.rate_eta(&format!("{:.1}", rate / 1e6), &eta_text(eta))
+                    lang.percent(
+                        estimate.percent,
+                        &mb(total * estimate.percent / 100),
+                        &mb(total)
+                    ),
+                    lang.rate_eta(
+                        &format!("{:.1}", estimate.rate / 1e6),
+                        &estimate.eta_secs.map_or_else(|| "-".to_owned(), eta_text),
+                    )
                 );
+                let ended = lock.lock().unwrap_or_else(|e| e.into_inner());
+                if *ended {
+                    return;
+                }
                 match &shown {
                     Some(bar) => {
-                        bar.set_position(done);
+                        bar.set_position(estimate.percent);
                         bar.set_message(line);
                     }
-                    None => println!("{line}"),
+                    None => {
+                        let due = now - last_line.0 >= PLAIN_INTERVAL
+                            || estimate.percent / 10 > last_line.1 / 10;
+                        if due {
+                            println!("{line}");
+                            last_line = (now, estimate.percent);
+                        }
+                    }
                 }
             }
         });
-        Self { task, bar }
+        Self {
+            task,
+            bar,
+            ended,
+            progress: counters,
+            total,
+        }
     }
 
-    /// Stops reporting; prints the final 100% line.
-    pub fn finish(self, total: u64, lang: Lang) {
+    /// Stops reporting; prints the final 100% line, after which nothing is drawn.
+    pub fn finish(self, lang: Lang) {
+        let total = match self.progress.bytes_to_read.load(Ordering::Relaxed) {
+            0 => self.total,
+            to_read => to_read,
+        };
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        *ended = true;
         self.task.abort();
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -110,9 +259,16 @@ impl Reporter {
 
 impl Drop for Reporter {
     fn drop(&mut self) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        let first = !*ended;
+        *ended = true;
         self.task.abort();
-        if let Some(bar) = &self.bar {
+        if let Some(bar) = &self.bar
+            && first
+        {
+            // The bar stays as it was; what follows starts on its own line.
             bar.abandon();
+            eprintln!();
         }
     }
 }
@@ -129,5 +285,64 @@ mod tests {
         assert_eq!(mb(12_345_678_000_000), "12,345,678");
         assert_eq!(eta_text(75), "1m15s");
         assert_eq!(eta_text(3 * 3600 + 120), "3h02m");
+    }
+
+    /// A finish at `link` wire bytes/s: reading runs at 100 MB/s ahead of a link that
+    /// carries half-size chunks of the 10% of blocks that changed. Returns each second's
+    /// (time, sample) up to the end.
+    fn rate_limited_finish(to_read: f64, link: f64) -> Vec<Sample> {
+        let (density, ratio, dt) = (0.1, 0.5, 0.25);
+        let (mut t, mut read, mut settled, mut sent) = (0.0, 0.0f64, 0.0f64, 0.0f64);
+        let mut samples = Vec::new();
+        loop {
+            t += dt;
+            read = (read + 100e6 * dt).min(to_read);
+            let changed = read * density;
+            // What was handed over is stored a step later.
+            let stored = sent;
+            let handed = (link * dt).min((changed - settled) * ratio);
+            sent += handed;
+            settled += handed / ratio;
+            samples.push(Sample {
+                at: t,
+                read: read as u64,
+                to_read: to_read as u64,
+                changed: changed as u64,
+                changed_settled: settled as u64,
+                sent: sent as u64,
+                stored: stored as u64,
+            });
+            if read >= to_read && stored >= to_read * density * ratio - 1.0 {
+                return samples;
+            }
+            assert!(t < 1e5, "the simulated finish ends");
+        }
+    }
+
+    #[test]
+    fn a_rate_limited_finish_shows_the_share_of_its_time_gone() {
+        for (to_read, link) in [(200e6, 1e6), (2e9, 5e6), (50e6, 0.25e6)] {
+            let samples = rate_limited_finish(to_read, link);
+            let end = samples.last().expect("samples").at;
+            let mut estimator = Estimator::default();
+            let mut last = 0;
+            for sample in &samples {
+                let estimate = estimator.update(*sample);
+                let gone = 100.0 * sample.at / end;
+                if sample.at >= 2.0 {
+                    assert!(
+                        (estimate.percent as f64 - gone).abs() <= 15.0,
+                        "{to_read} B at {link} B/s, {:.2} s: {}% shown, {gone:.0}% of the time gone",
+                        sample.at,
+                        estimate.percent
+                    );
+                }
+                assert!(estimate.percent >= last && estimate.percent <= 99);
+                last = estimate.percent;
+                if sample.stored < sample.sent || sample.read < sample.to_read {
+                    assert_ne!(estimate.eta_secs, Some(0), "time left while bytes remain");
+                }
+            }
+        }
     }
 }

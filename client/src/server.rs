@@ -60,11 +60,12 @@ pub async fn channel(
     let uri = endpoint.uri().clone();
     match endpoint.connect().await {
         Ok(channel) => Ok(channel),
-        Err(e) if url.starts_with("http://") && expects_tls(&uri).await => {
-            let _ = e;
-            Err(Unreachable(lang.expects_tls(url)).into())
-        }
         Err(e) => {
+            if url.starts_with("http://")
+                && let Some(told) = told_apart(&uri, url, lang).await
+            {
+                return Err(told.into());
+            }
             let cause =
                 std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
             Err(Unreachable(lang.unreachable(url, &cause)).into())
@@ -96,11 +97,31 @@ pub fn is_transport_failure(status: &Status) -> bool {
         )
 }
 
-/// Whether the server at `uri` answers plain HTTP/2 with a TLS alert: it expects TLS.
-async fn expects_tls(uri: &tonic::transport::Uri) -> bool {
+/// What answers at `uri` when plain HTTP/2 fails there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// A TLS alert or handshake: it expects https://.
+    Tls,
+    /// An HTTP/1 reply: a web server, not a Hotate server.
+    Http1,
+    Unknown,
+}
+
+/// Why plain HTTP/2 to `url` failed, when what answers there tells: it expects TLS, or
+/// it is a web server rather than a Manage Server.
+async fn told_apart(uri: &tonic::transport::Uri, url: &str, lang: Lang) -> Option<Unreachable> {
+    match probe_peer(uri).await {
+        Peer::Tls => Some(Unreachable(lang.expects_tls(url))),
+        Peer::Http1 => Some(Unreachable(lang.not_hotate(url))),
+        Peer::Unknown => None,
+    }
+}
+
+/// Sends the HTTP/2 preface to the server at `uri` and tells what answers.
+async fn probe_peer(uri: &tonic::transport::Uri) -> Peer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
-        return false;
+        return Peer::Unknown;
     };
     let host = host
         .trim_start_matches('[')
@@ -114,16 +135,20 @@ async fn expects_tls(uri: &tonic::transport::Uri) -> bool {
             .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
             .ok()?;
-        let mut head = [0u8; 2];
+        let mut head = [0u8; 7];
         stream.read_exact(&mut head).await.ok()?;
-        // A TLS record: content type alert (21) or handshake (22), major version 3.
-        Some(matches!(head, [21 | 22, 3]))
+        Some(match head {
+            // A TLS record: content type alert (21) or handshake (22), major version 3.
+            [21 | 22, 3, ..] => Peer::Tls,
+            _ if head.starts_with(b"HTTP/1.") => Peer::Http1,
+            _ => Peer::Unknown,
+        })
     };
     tokio::time::timeout(Duration::from_secs(3), probe)
         .await
         .ok()
         .flatten()
-        .unwrap_or(false)
+        .unwrap_or(Peer::Unknown)
 }
 
 /// `host:port` of a URL, for messages.
@@ -183,9 +208,9 @@ impl Session {
             Err(status) if url.starts_with("http://") && is_transport_failure(&status) => {
                 let uri: Option<tonic::transport::Uri> = url.parse().ok();
                 if let Some(uri) = uri
-                    && expects_tls(&uri).await
+                    && let Some(told) = told_apart(&uri, url, lang).await
                 {
-                    return Err(Unreachable(lang.expects_tls(url)).into());
+                    return Err(told.into());
                 }
                 return Err(explain(&status, lang, url));
             }

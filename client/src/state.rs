@@ -129,6 +129,11 @@ impl StateDir {
         self.dir.join(name)
     }
 
+    /// Where `terminal.toml` is, for messages.
+    pub fn terminal_toml(&self) -> PathBuf {
+        self.file(TERMINAL)
+    }
+
     /// Reads `terminal.toml`.
     ///
     /// # Errors

@@ -242,8 +242,8 @@ struct Replies {
     needs: Mutex<HashMap<u64, oneshot::Sender<Vec<Need>>>>,
     committed: Mutex<Option<oneshot::Sender<String>>>,
     failure: Mutex<Option<Status>>,
-    /// Block bytes of each chunk sent and not yet acknowledged stored.
-    unconfirmed: Mutex<HashMap<Hash, u64>>,
+    /// Block bytes and encoded bytes of each chunk sent and not yet acknowledged stored.
+    unconfirmed: Mutex<HashMap<Hash, (u64, u64)>>,
     progress: Arc<Progress>,
 }
 
@@ -258,10 +258,10 @@ impl Replies {
         }
     }
 
-    /// A chunk of a `len`-byte block is on its way.
-    fn sent(&self, hash: Hash, len: u64) {
+    /// A chunk of a `len`-byte block, `wire` bytes encoded, is on its way.
+    fn sent(&self, hash: Hash, len: u64, wire: u64) {
         let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
-        if unconfirmed.insert(hash, len).is_none() {
+        if unconfirmed.insert(hash, (len, wire)).is_none() {
             self.progress.handed_over(len);
         }
     }
@@ -273,8 +273,9 @@ impl Replies {
             .iter()
             .filter_map(|h| hotate_proto::parse_hash(h).ok())
         {
-            if let Some(len) = unconfirmed.remove(&hash) {
+            if let Some((len, wire)) = unconfirmed.remove(&hash) {
                 self.progress.confirmed(len);
+                self.progress.stored(wire);
             }
         }
     }
@@ -467,7 +468,11 @@ impl ChunkSink for NetworkSink {
         if let Some(pacer) = &self.pacer {
             pacer.pace(chunk.encoded_len() as u64).await;
         }
-        self.replies.sent(chunk.hash(), chunk.block_len() as u64);
+        self.replies.sent(
+            chunk.hash(),
+            chunk.block_len() as u64,
+            chunk.encoded_len() as u64,
+        );
         self.send(upload_request::Kind::Chunk(pb::Chunk::from(&chunk)))
             .await?;
         tracing::trace!(elapsed = ?self.started.elapsed(), bytes = chunk.encoded_len(), "chunk queued");
@@ -660,6 +665,8 @@ pub async fn upload<'a>(
             top_layer_only: trust_top_layer(&plan, lang).await?,
             ..PipelineConfig::default()
         };
+        let to_read = bytes_to_read(&plan, config.top_layer_only, lang).await?;
+        progress.bytes_to_read.store(to_read, Ordering::Relaxed);
         tracing::debug!(elapsed = ?started.elapsed(), top_layer_only = config.top_layer_only, "image checked");
         pipeline::run(plan.image.clone(), &plan.parent, &sink, &config, progress)
             .await
@@ -693,6 +700,23 @@ pub async fn upload<'a>(
         bytes_sent: outcome.progress.bytes_sent,
         elapsed: started.elapsed(),
     })
+}
+
+/// The bytes of the image the read covers: an overlay's top layer when only it is read
+/// (the differential disk's size, as the manual counts it), else the image's data.
+async fn bytes_to_read(
+    plan: &ImagePlan,
+    top_layer_only: bool,
+    lang: crate::i18n::Lang,
+) -> anyhow::Result<u64> {
+    let image = plan.image.clone();
+    let extents = tokio::task::spawn_blocking(move || match image.top_layer_extents() {
+        Some(top) if top_layer_only => top,
+        _ => image.data_extents(),
+    })
+    .await?
+    .map_err(|e| unreadable(plan, lang, e))?;
+    Ok(extents.iter().map(|r| r.end - r.start).sum())
 }
 
 /// A failed read of the image in the user's words; a failed stream stays a
@@ -765,8 +789,8 @@ mod tests {
         let (a, b) = (Hash::of(b"a"), Hash::of(b"b"));
         // The pipeline counts both blocks done as it hands them over.
         progress.bytes_done.fetch_add(3 << 20, Ordering::Relaxed);
-        replies.sent(a, 1 << 20);
-        replies.sent(b, 2 << 20);
+        replies.sent(a, 1 << 20, 1000);
+        replies.sent(b, 2 << 20, 2000);
         assert_eq!(progress.settled(), 0);
         let stored = |hashes: &[Hash]| {
             let wire: Vec<bytes::Bytes> = hashes.iter().map(hotate_proto::hash_bytes).collect();
@@ -774,6 +798,7 @@ mod tests {
         };
         stored(&[b]);
         assert_eq!(progress.settled(), 2 << 20);
+        assert_eq!(progress.wire_stored.load(Ordering::Relaxed), 2000);
         // A repeated or unknown acknowledgement changes nothing.
         stored(&[b, Hash::of(b"c")]);
         assert_eq!(progress.settled(), 2 << 20);

@@ -7,7 +7,7 @@ use hotate_engine::Progress;
 use hotate_proto::pb;
 
 use super::{Context, FinishOptions};
-use crate::error::{Failed, UsageError};
+use crate::error::Failed;
 use crate::inputs;
 use crate::progress::{Reporter, mb};
 use crate::server::{self, Session, explain, host_port};
@@ -22,7 +22,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     let record = ctx.current_update()?;
     let terminal = ctx.state.terminal()?;
     // Refuse a missing image, or something that is not one, before asking anything.
-    check_image(&terminal.image, lang)?;
+    super::check_image(&terminal.image, lang)?;
     hotate_engine::direct_io::on_mapped_file_shrunk(
         &lang.image_shrunk(&terminal.image.display().to_string()),
     );
@@ -91,7 +91,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         }
     };
     if let Some(reporter) = reporter {
-        reporter.finish(uploaded.image_size, lang);
+        reporter.finish(lang);
     }
     complete(ctx, record, &uploaded.version, Some(&uploaded))
 }
@@ -384,44 +384,6 @@ async fn committed_or_ended(session: &Session, guid: &str) -> anyhow::Result<Opt
         Ok(pb::UpdateState::Reserved | pb::UpdateState::Uploading) => Ok(None),
         Ok(pb::UpdateState::Cancelled) => Err(Failed(lang.update_ended("cancelled")).into()),
         _ => Err(Failed(lang.update_ended("aborted")).into()),
-    }
-}
-
-/// Refuses an image path that does not exist or is not a regular file, saying what it is.
-fn check_image(path: &std::path::Path, lang: crate::i18n::Lang) -> anyhow::Result<()> {
-    if hotate_engine::direct_io::is_device_path(path) {
-        return Ok(()); // A volume or disk: opened as one below.
-    }
-    let shown = path.display().to_string();
-    let kind = match std::fs::metadata(path) {
-        Err(_) => return Err(UsageError(lang.image_missing(&shown)).into()),
-        Ok(meta) if meta.is_file() => return Ok(()),
-        Ok(meta) => file_kind(&meta.file_type()),
-    };
-    Err(UsageError(lang.image_is_not_a_file(&shown, kind)).into())
-}
-
-fn file_kind(kind: &std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if kind.is_fifo() {
-            return "named pipe (FIFO)";
-        }
-        if kind.is_char_device() {
-            return "character device";
-        }
-        if kind.is_block_device() {
-            return "block device";
-        }
-        if kind.is_socket() {
-            return "socket";
-        }
-    }
-    if kind.is_dir() {
-        "directory"
-    } else {
-        "special file"
     }
 }
 

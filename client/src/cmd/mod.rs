@@ -11,7 +11,7 @@ pub use bench::BenchOptions;
 
 use hotate_proto::pb;
 
-use crate::error::Failed;
+use crate::error::{Failed, UsageError};
 use crate::i18n::Lang;
 use crate::inputs::{self, Inputs};
 use crate::server::Session;
@@ -92,4 +92,42 @@ impl Context {
 pub struct FinishOptions {
     pub comment: Option<String>,
     pub limit_rate: Option<u64>,
+}
+
+/// Refuses an image path that does not exist or is not a regular file, saying what it is.
+pub(crate) fn check_image(path: &std::path::Path, lang: crate::i18n::Lang) -> anyhow::Result<()> {
+    if hotate_engine::direct_io::is_device_path(path) {
+        return Ok(()); // A volume or disk: opened as one below.
+    }
+    let shown = path.display().to_string();
+    let kind = match std::fs::metadata(path) {
+        Err(_) => return Err(UsageError(lang.image_missing(&shown)).into()),
+        Ok(meta) if meta.is_file() => return Ok(()),
+        Ok(meta) => file_kind(&meta.file_type()),
+    };
+    Err(UsageError(lang.image_is_not_a_file(&shown, kind)).into())
+}
+
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "named pipe (FIFO)";
+        }
+        if kind.is_char_device() {
+            return "character device";
+        }
+        if kind.is_block_device() {
+            return "block device";
+        }
+        if kind.is_socket() {
+            return "socket";
+        }
+    }
+    if kind.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    }
 }

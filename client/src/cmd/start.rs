@@ -9,7 +9,7 @@ use hotate_proto::pb;
 use super::Context;
 use crate::error::Failed;
 use crate::server::{Session, explain};
-use crate::state::{Terminal, UpdateRecord, WriteCache};
+use crate::state::{UpdateRecord, WriteCache};
 use crate::upload;
 
 /// # Errors
@@ -21,6 +21,9 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         return Err(Failed(lang.already_started(&record.data_write_guid)).into());
     }
     let terminal = ctx.state.terminal()?;
+    // The differential disk must be there and readable before anything is reserved or
+    // switched: a missing one is found now, not by the finish after the install.
+    super::check_image(&terminal.image, lang)?;
     let mut session = ctx.login(&terminal).await?;
     println!("{}", lang.connected());
     let url = session.url.clone();
@@ -30,11 +33,19 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
             disk: terminal.disk_id.clone(),
         }))
         .await
-        .map_err(|s| explain(&s, lang, &url))?
+        .map_err(|s| match s.code() {
+            tonic::Code::NotFound => Failed(lang.unknown_disk_id(
+                &terminal.disk_id,
+                &ctx.state.terminal_toml().display().to_string(),
+            ))
+            .into(),
+            _ => explain(&s, lang, &url),
+        })?
         .into_inner();
     if disk.latest_version != terminal.booted_version {
         return Err(Failed(lang.not_latest(&disk.latest_version, &terminal.booted_version)).into());
     }
+    let image = upload::open_image(&terminal, disk.size, lang)?;
     let request = session.request(pb::StartUpdateRequest {
         disk_id: disk.id.clone(),
         booted_version: terminal.booted_version.clone(),
@@ -49,7 +60,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
     if update.adopted {
         println!("{}", lang.adopted(&update.data_write_guid));
     }
-    let layers_below = layers_below(&terminal);
+    let layers_below = layers_below(image.as_ref());
     if !layers_below.is_empty() {
         println!("{}", lang.layers_recorded(layers_below.len()));
     }
@@ -109,11 +120,9 @@ async fn keep_base_manifest(
 }
 
 /// The identities of the images below the terminal's overlay, for the finish to check;
-/// none when the image is raw, or not there yet (it may appear at the next boot).
-fn layers_below(terminal: &Terminal) -> Vec<String> {
-    terminal
-        .open_image()
-        .and_then(|image| hotate_engine::source::layers_below(image.as_ref()))
+/// none when the image is raw.
+fn layers_below(image: &dyn hotate_engine::ImageSource) -> Vec<String> {
+    hotate_engine::source::layers_below(image)
         .map(|layers| layers.iter().map(ToString::to_string).collect())
         .unwrap_or_default()
 }

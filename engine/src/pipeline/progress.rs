@@ -10,8 +10,9 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     /// Bytes actually read from the image (holes are not read).
     pub bytes_read: AtomicU64,
-    /// Blocks equal to the parent's, not offered.
+    /// Blocks equal to the parent's, not offered, and their bytes.
     pub blocks_skipped: AtomicU64,
+    pub bytes_skipped: AtomicU64,
     /// Blocks offered because they differ from the parent.
     pub blocks_changed: AtomicU64,
     /// Bytes of the changed blocks.
@@ -27,6 +28,11 @@ pub struct Progress {
     /// shows [`Progress::settled`], so it reaches 100% when the server has everything,
     /// not when the last chunk is queued.
     pub bytes_unconfirmed: AtomicU64,
+    /// Bytes of the image the read will cover (its data, or an overlay's top layer), once
+    /// known (0 until then): with `bytes_read`, how much reading is left.
+    pub bytes_to_read: AtomicU64,
+    /// Encoded bytes the sink's far end confirmed stored (see [`Progress::stored`]).
+    pub wire_stored: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -63,6 +69,11 @@ impl Progress {
     /// A sink took `n` bytes of blocks that its far end has yet to confirm.
     pub fn handed_over(&self, n: u64) {
         self.bytes_unconfirmed.fetch_add(n, Relaxed);
+    }
+
+    /// The far end stored `wire` encoded bytes.
+    pub fn stored(&self, wire: u64) {
+        self.wire_stored.fetch_add(wire, Relaxed);
     }
 
     /// The far end confirmed `n` bytes handed over before.

@@ -45,3 +45,122 @@ fn a_mistyped_url_is_not_cached() {
     s.start_update();
     assert_ok(&s.terminal.run(&["update", "cancel"]));
 }
+
+/// `update start` checks the differential disk before it reserves anything: a missing
+/// one is a clear error (exit 2), the disk stays free and the write cache unchanged.
+#[test]
+fn start_refuses_a_missing_image_before_reserving() {
+    let s = setup(1 << 20, 42);
+    let missing = Terminal {
+        image: s.dir.path().join("no-such.img"),
+        ..s.terminal.clone()
+    };
+    missing.write_config(&s.site.disk_id, &s.site.first_version, "restore");
+    let out = missing.run(&["--url", &s.server.url(), "update", "start"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no-such.img"), "{}", text(&out));
+    assert!(s.site.updates().is_empty(), "nothing reserved");
+    assert_eq!(missing.write_cache(), "restore");
+}
+
+/// A `disk_id` the server does not know points at `terminal.toml`, not at a server
+/// command.
+#[test]
+fn an_unknown_disk_id_says_to_check_terminal_toml() {
+    let s = setup(1 << 20, 43);
+    s.terminal.write_config(
+        "00000000-0000-4000-8000-000000000000",
+        &s.site.first_version,
+        "restore",
+    );
+    let out = s
+        .terminal
+        .run(&["--url", &s.server.url(), "update", "start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("terminal.toml") && !text(&out).contains("hotate-server"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A URL that answers HTTP/1 (a web server) says so, not "h2 protocol error".
+#[test]
+fn a_web_server_at_the_url_is_told_apart() {
+    let s = setup(1 << 20, 44);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let out = s.terminal.run(&["--url", &url, "update", "start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("web server (HTTP/1)") && !text(&out).contains("h2 protocol"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A rate-limited finish with plain output (a log, WinPE's redirected console): a
+/// `N% complete... (X MB / Y MB)` line at least every 5 s, its percentage within 15
+/// points of the share of the finish's time gone, and nothing after the 100% line.
+#[test]
+fn plain_progress_follows_the_time_of_a_rate_limited_finish() {
+    use std::io::BufRead;
+    let s = setup_changing(16 << 20, 30, 45);
+    s.start_update();
+    let mut finish = s
+        .terminal
+        .client(&["update", "finish", "--limit-rate", "384k"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("finish");
+    let started = Instant::now();
+    let stdout = std::io::BufReader::new(finish.stdout.take().expect("stdout"));
+    let lines: Vec<(f64, String)> = stdout
+        .lines()
+        .map(|line| (started.elapsed().as_secs_f64(), line.expect("line")))
+        .collect();
+    let out = finish.wait_with_output().expect("finish");
+    assert!(out.status.success(), "{lines:?}\n{}", text(&out));
+    let progress: Vec<(f64, u64, &str)> = lines
+        .iter()
+        .filter_map(|(at, line)| {
+            let pct = line.split_once("% complete... (")?.0.parse().ok()?;
+            Some((*at, pct, line.as_str()))
+        })
+        .collect();
+    let (first, end) = (progress[0].0, progress.last().expect("lines").0);
+    assert_eq!(progress.last().expect("lines").1, 100, "{lines:?}");
+    assert!(end - first > 4.0, "the finish was rate-limited: {lines:?}");
+    for pair in progress.windows(2) {
+        assert!(pair[1].0 - pair[0].0 <= 5.5, "a line every 5 s: {lines:?}");
+    }
+    for (at, pct, line) in &progress[..progress.len() - 1] {
+        let gone = 100.0 * (at - first) / (end - first);
+        if at - first >= 2.0 {
+            assert!(
+                (*pct as f64 - gone).abs() <= 15.0,
+                "{line} at {gone:.0}% of the time: {lines:?}"
+            );
+        }
+    }
+    let after = lines
+        .iter()
+        .skip_while(|(_, line)| !line.starts_with("100% complete"))
+        .skip(1);
+    assert!(
+        after.clone().all(|(_, line)| !line.contains("% complete")),
+        "nothing drawn after 100%: {lines:?}"
+    );
+}
