@@ -1,7 +1,7 @@
 //! The Windows console: UTF-8 output, so Japanese messages read in `cmd.exe`, and the
-//! user's display language. Elsewhere the terminal's locale already says both. On Unix,
-//! output into a closed pipe ends the process quietly, as other tools do.
-#![allow(unsafe_code)]
+//! user's display language. Elsewhere the terminal's locale already says both. Output
+//! goes through [`say!`](crate::say), which a closed pipe does not stop.
+#![cfg_attr(windows, allow(unsafe_code))]
 
 /// Code page 65001.
 #[cfg(windows)]
@@ -15,16 +15,22 @@ unsafe extern "system" {
     fn GetUserDefaultUILanguage() -> u16;
 }
 
-/// Ends the process quietly, as Unix tools do, when its output goes into a pipe that was
-/// closed (`hotate-client update show | head -1`), instead of a panic about a broken
-/// pipe. Network writes are unaffected: sockets are written with `MSG_NOSIGNAL`.
-pub fn end_quietly_on_closed_pipe() {
-    #[cfg(unix)]
-    // SAFETY: restores one signal's default disposition at the start of `main`, before
-    // any other thread runs; no handler is installed.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+/// Prints a line on stdout, like `println!`, except that a stdout that cannot take it (a
+/// pipe whose reader has gone, as in `update show | head -1`) is no failure: the line is
+/// dropped and the command goes on to do its work (a finish must not stop half-way
+/// because its log reader went away), instead of a panic about a broken pipe.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::console::say_line(format_args!($($arg)*))
+    };
+}
+
+#[doc(hidden)]
+pub fn say_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
 }
 
 /// Switches the console to UTF-8, for output and for what is typed at prompts.

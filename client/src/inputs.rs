@@ -56,7 +56,7 @@ pub fn server_url(state: &StateDir, inputs: &Inputs, lang: Lang) -> anyhow::Resu
         Some(url) => url,
         None => {
             if interactive() {
-                println!("{}", lang.url_prompt());
+                crate::say!("{}", lang.url_prompt());
             }
             ask(&lang.url_label(), &lang.url_missing())?
         }

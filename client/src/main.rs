@@ -105,7 +105,6 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     hotate_client::console::use_utf8();
-    hotate_client::console::end_quietly_on_closed_pipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -192,7 +192,7 @@ impl Reporter {
             let start = Instant::now();
             let mut estimator = Estimator::default();
             let mut last_line = (start, 0u64);
-            println!("{}", lang.percent(0, "0", &mb(total)));
+            crate::say!("{}", lang.percent(0, "0", &mb(total)));
             loop {
                 tokio::time::sleep(if shown.is_some() { BAR_INTERVAL } else { TICK }).await;
                 let now = Instant::now();
@@ -225,7 +225,7 @@ impl Reporter {
                         let due = now - last_line.0 >= PLAIN_INTERVAL
                             || estimate.percent / 10 > last_line.1 / 10;
                         if due {
-                            println!("{line}");
+                            crate::say!("{line}");
                             last_line = (now, estimate.percent);
                         }
                     }
@@ -253,7 +253,7 @@ impl Reporter {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        println!("{}", lang.percent(100, &mb(total), &mb(total)));
+        crate::say!("{}", lang.percent(100, &mb(total), &mb(total)));
     }
 }
 

@@ -17,6 +17,8 @@ const TERMINAL: &str = "terminal.toml";
 const URL: &str = "server-url";
 const UPDATE: &str = "update.toml";
 const BASE_MANIFEST: &str = "base.manifest";
+/// The secret that lets this terminal cancel its update without a login (hex, owner-only).
+const CANCEL_SECRET: &str = "cancel.secret";
 
 /// The terminal's write-cache mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,7 +214,29 @@ impl StateDir {
     /// When they exist but cannot be removed.
     pub fn clear_update(&self) -> anyhow::Result<()> {
         self.forget_base_manifest()?;
+        remove_if_exists(&self.file(CANCEL_SECRET))?;
         remove_if_exists(&self.file(UPDATE)).map(|_| ())
+    }
+
+    /// Keeps the secret that lets this terminal cancel its update without a login,
+    /// readable by its owner only. It is never printed or logged.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save_cancel_secret(&self, secret: &[u8]) -> anyhow::Result<()> {
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(&self.file(CANCEL_SECRET), hex.as_bytes())
+    }
+
+    /// The kept cancel secret, if any.
+    pub fn cancel_secret(&self) -> Option<Vec<u8>> {
+        let hex = fs::read_to_string(self.file(CANCEL_SECRET)).ok()?;
+        let hex = hex.trim();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()
+            .filter(|bytes| !bytes.is_empty())
     }
 
     /// Keeps the base version's manifest for the finish, which can then read the image
@@ -261,6 +285,29 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let temp = path.with_extension("tmp");
     let result = (|| -> std::io::Result<()> {
         let mut file = fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+/// As [`write_atomic`], the file readable and writable by its owner only (Unix; on
+/// Windows the state dir's own permissions apply).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let temp = path.with_extension("tmp");
+    let _ = fs::remove_file(&temp);
+    let result = (|| -> std::io::Result<()> {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&temp, path)

@@ -195,7 +195,7 @@ async fn trust_top_layer(plan: &ImagePlan, lang: crate::i18n::Lang) -> anyhow::R
         ))
         .into());
     }
-    println!(
+    crate::say!(
         "{}",
         lang.top_layer_only(
             &format!("{:.1}", top as f64 / 1e6),

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use hotate_engine::Hash;
 use serde::Serialize;
 
 use crate::auth;
@@ -367,7 +368,8 @@ impl App {
         Ok(row)
     }
 
-    /// Reserves a disk for the caller's terminal (or gives back its own live update).
+    /// Reserves a disk for the caller's terminal (or gives back its own live update), with
+    /// a fresh secret that lets that terminal cancel it without a login.
     ///
     /// # Errors
     /// `UnknownDisk`, `NotLatest`, `DiskBusy`.
@@ -376,15 +378,37 @@ impl App {
         caller: &Session,
         disk: &str,
         booted: &str,
-    ) -> Result<(UpdateRow, bool), ServerError> {
+    ) -> Result<Started, ServerError> {
         let disk = self.data.meta().disk(disk)?;
         let guid = uuid::Uuid::new_v4().to_string();
-        let started = self
+        let cancel_secret = rand::random::<[u8; 32]>();
+        let (update, adopted) = self.data.meta().start_update(
+            &disk.id,
+            booted,
+            caller,
+            &guid,
+            &Hash::of(&cancel_secret),
+        )?;
+        tracing::info!(update = %update.guid, disk = %disk.id, terminal = %caller.terminal, adopted, "update started");
+        Ok(Started {
+            update,
+            adopted,
+            cancel_secret,
+        })
+    }
+
+    /// A terminal's cancel of its own update with the secret its start received; no
+    /// login. Refused alike for an unknown update and a wrong secret.
+    ///
+    /// # Errors
+    /// `BadSecret`, `UpdateNotLive`.
+    pub fn cancel_own_update(&self, guid: &str, secret: &[u8]) -> Result<UpdateRow, ServerError> {
+        let row = self
             .data
             .meta()
-            .start_update(&disk.id, booted, caller, &guid)?;
-        tracing::info!(update = %started.0.guid, disk = %disk.id, terminal = %caller.terminal, adopted = started.1, "update started");
-        Ok(started)
+            .cancel_with_secret(guid, &Hash::of(secret))?;
+        tracing::info!(update = %row.guid, terminal = %row.terminal, "update cancelled by its terminal");
+        Ok(row)
     }
 
     /// Ends a live update for good (`Cancelled`): by its owner, or by an admin when its
@@ -519,6 +543,15 @@ impl App {
         *cached = Some((Instant::now(), summary.clone()));
         Ok(summary)
     }
+}
+
+/// An update just started, and the secret that lets its terminal cancel it.
+#[derive(Debug)]
+pub struct Started {
+    pub update: UpdateRow,
+    /// The caller's own live update, taken back.
+    pub adopted: bool,
+    pub cancel_secret: [u8; 32],
 }
 
 /// Refuses a caller that is neither the user and terminal that started the update nor

@@ -47,6 +47,7 @@ pub(crate) fn update_reply(row: UpdateRow) -> pb::Update {
         state: state.into(),
         new_version: row.new_version.unwrap_or_default(),
         adopted: false,
+        cancel_secret: Default::default(),
     }
 }
 
@@ -109,11 +110,12 @@ impl Control for ControlService {
         let session = caller(&request)?;
         let req = request.into_inner();
         let app = self.app.clone();
-        let (row, adopted) =
+        let started =
             blocking(move || app.start_update(&session, &req.disk_id, &req.booted_version)).await?;
         Ok(Response::new(pb::Update {
-            adopted,
-            ..update_reply(row)
+            adopted: started.adopted,
+            cancel_secret: started.cancel_secret.to_vec().into(),
+            ..update_reply(started.update)
         }))
     }
 
@@ -136,6 +138,17 @@ impl Control for ControlService {
         let guid = request.into_inner().data_write_guid;
         let app = self.app.clone();
         let row = blocking(move || app.cancel_update(&session, &guid)).await?;
+        Ok(Response::new(update_reply(row)))
+    }
+
+    async fn cancel_own_update(
+        &self,
+        request: Request<pb::CancelOwnRequest>,
+    ) -> Result<Response<pb::Update>, Status> {
+        let req = request.into_inner();
+        let app = self.app.clone();
+        let row = blocking(move || app.cancel_own_update(&req.data_write_guid, &req.cancel_secret))
+            .await?;
         Ok(Response::new(update_reply(row)))
     }
 

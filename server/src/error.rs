@@ -105,6 +105,7 @@ impl ServerError {
                     Code::Aborted
                 }
                 MetaError::BadRequest(_) => Code::InvalidArgument,
+                MetaError::BadSecret => Code::PermissionDenied,
                 MetaError::Abandoned
                 | MetaError::Damaged(_)
                 | MetaError::DiskFailed(_)

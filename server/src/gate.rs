@@ -15,8 +15,12 @@ use crate::app::App;
 use crate::error::ServerError;
 use crate::meta::Session;
 
-/// Calls that need no token.
-const OPEN_CALLS: &[&str] = &["/hotate.v1.Control/Login"];
+/// Calls that need no token: a login, and a terminal's cancel of its own update with the
+/// secret its start received.
+const OPEN_CALLS: &[&str] = &[
+    "/hotate.v1.Control/Login",
+    "/hotate.v1.Control/CancelOwnUpdate",
+];
 
 /// A gRPC service whose calls (but [`OPEN_CALLS`]) carry a valid token.
 #[derive(Debug, Clone)]

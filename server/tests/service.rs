@@ -1826,3 +1826,96 @@ async fn chunks_arriving_one_by_one_share_group_commits() {
     let version = outcome(&mut replies).await.expect("committed");
     assert_eq!(export(&f, &version), updated);
 }
+
+/// The secret `StartUpdate` gives a terminal cancels that update without a login, and
+/// nothing else: not another update, not with a wrong secret, not once the update ended.
+#[tokio::test]
+async fn a_cancel_secret_cancels_its_own_update_and_nothing_else() {
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let token = login(&server, "PC-001").await;
+    let other_image = f.work.join("other.img");
+    std::fs::write(&other_image, updated_image(&f.base, 7)).expect("write");
+    let other: serde_json::Value = serde_json::from_str(&admin_ok(
+        &f.data,
+        &[
+            "--json",
+            "disk",
+            "import",
+            "other",
+            other_image.to_str().expect("path"),
+        ],
+    ))
+    .expect("json");
+    let mut control = server.control().await;
+    let mut started = Vec::new();
+    for (disk, booted) in [
+        (f.disk_id.clone(), f.first_version.clone()),
+        (
+            other["disk_id"].as_str().expect("id").to_owned(),
+            other["version"].as_str().expect("version").to_owned(),
+        ),
+    ] {
+        let update = control
+            .start_update(authed(
+                &token,
+                pb::StartUpdateRequest {
+                    disk_id: disk,
+                    booted_version: booted,
+                    terminal: String::new(),
+                },
+            ))
+            .await
+            .expect("start")
+            .into_inner();
+        assert_eq!(update.cancel_secret.len(), 32);
+        started.push(update);
+    }
+    let (a, b) = (&started[0], &started[1]);
+    // No token at all: the secret is the credential.
+    let mut open = server.control().await;
+    let cancel = |guid: &str, secret: &[u8]| pb::CancelOwnRequest {
+        data_write_guid: guid.to_owned(),
+        cancel_secret: secret.to_vec().into(),
+    };
+    for (guid, secret) in [
+        (&b.data_write_guid, &a.cancel_secret[..]),
+        (&a.data_write_guid, &[0u8; 32][..]),
+        (&"no-such-update".to_owned(), &a.cancel_secret[..]),
+    ] {
+        let refused = open
+            .cancel_own_update(cancel(guid, secret))
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    let cancelled = open
+        .cancel_own_update(cancel(&a.data_write_guid, &a.cancel_secret))
+        .await
+        .expect("cancelled")
+        .into_inner();
+    assert_eq!(cancelled.state, pb::UpdateState::Cancelled as i32);
+    // It does not outlive the update, and it reads nothing.
+    let again = open
+        .cancel_own_update(cancel(&a.data_write_guid, &a.cancel_secret))
+        .await
+        .expect_err("ended");
+    assert_eq!(again.code(), Code::PermissionDenied);
+    let hex: String = a.cancel_secret.iter().map(|x| format!("{x:02x}")).collect();
+    let read = open
+        .show_update(authed(
+            &hex,
+            pb::UpdateRef {
+                data_write_guid: b.data_write_guid.clone(),
+            },
+        ))
+        .await
+        .expect_err("a secret is no token");
+    assert_eq!(read.code(), Code::Unauthenticated);
+    let live: serde_json::Value =
+        serde_json::from_str(&admin_ok(&f.data, &["--json", "update", "list"])).expect("json");
+    assert_eq!(
+        live[1]["state"], "reserved",
+        "the other update is untouched"
+    );
+}

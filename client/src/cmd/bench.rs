@@ -111,7 +111,7 @@ pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
     let session = ctx.login(&terminal).await?;
     let url = session.url.clone();
     if !options.json {
-        println!("{}", lang.bench_started(&url));
+        crate::say!("{}", lang.bench_started(&url));
     }
 
     let (disk, rtt) = round_trips(&session, &terminal.disk_id).await?;
@@ -229,7 +229,7 @@ pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
         predicted_finish_secs: predicted,
     };
     if options.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, lang);
     }
@@ -238,16 +238,16 @@ pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
 
 fn print_report(r: &Report, lang: crate::i18n::Lang) {
     let mb = |bytes: f64| format!("{:.1}", bytes / 1e6);
-    println!("{}", lang.bench_rtt(&format!("{:.1}", r.rtt_ms)));
-    println!(
+    crate::say!("{}", lang.bench_rtt(&format!("{:.1}", r.rtt_ms)));
+    crate::say!(
         "{}",
         lang.bench_link(
             &mb(r.upload_bytes_per_sec),
             &mb(r.upload_measured_bytes as f64)
         )
     );
-    println!("{}", lang.bench_disk(&mb(r.disk_read_bytes_per_sec)));
-    println!(
+    crate::say!("{}", lang.bench_disk(&mb(r.disk_read_bytes_per_sec)));
+    crate::say!(
         "{}",
         lang.bench_cpu(
             &mb(r.hash_bytes_per_sec),
@@ -256,7 +256,7 @@ fn print_report(r: &Report, lang: crate::i18n::Lang) {
             r.cores
         )
     );
-    println!(
+    crate::say!(
         "{}",
         lang.bench_bytes(
             &mb(r.bytes_to_read as f64),
@@ -271,11 +271,11 @@ fn print_report(r: &Report, lang: crate::i18n::Lang) {
         "compression" => r.stages.compress_secs,
         _ => r.stages.send_secs,
     };
-    println!(
+    crate::say!(
         "{}",
         lang.bench_bound(r.bound_by, &format!("{stage_secs:.1}"))
     );
-    println!(
+    crate::say!(
         "{}",
         lang.bench_predicted(&format!("{:.1}", r.predicted_finish_secs))
     );

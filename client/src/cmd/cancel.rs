@@ -1,5 +1,7 @@
 //! `update cancel`: release the reservation (when the server is reachable), restore the
-//! write cache and clear local state.
+//! write cache and clear local state. No login, as in the manual: the terminal proves the
+//! update is its own with the secret `update start` received; only when that cannot
+//! settle it (an update that already ended, a record from before secrets) does it log in.
 
 use hotate_proto::pb;
 use tonic::Code;
@@ -24,8 +26,32 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         Err(Release::Refused(err)) => return Err(err),
     }
     ctx.restore_terminal(record.write_cache_before)?;
-    println!("{}", lang.cancelled());
+    crate::say!("{}", lang.cancelled());
     Ok(())
+}
+
+/// Cancels the update with the secret its start received: no user, no password.
+async fn release_with_secret(ctx: &Context, guid: &str, secret: Vec<u8>) -> Result<(), Release> {
+    let lang = ctx.lang;
+    let url = crate::inputs::server_url(&ctx.state, &ctx.inputs, lang)
+        .map_err(|e| Release::Unreachable(e.to_string()))?;
+    let channel = crate::server::channel(&url, ctx.ca(), ctx.inputs.insecure, lang)
+        .await
+        .map_err(|e| Release::Unreachable(e.to_string()))?;
+    let mut control = pb::control_client::ControlClient::new(channel);
+    let cancelled = control
+        .cancel_own_update(pb::CancelOwnRequest {
+            data_write_guid: guid.to_owned(),
+            cancel_secret: secret.into(),
+        })
+        .await;
+    match cancelled {
+        Ok(_) => Ok(()),
+        Err(s) if crate::server::is_transport_failure(&s) => {
+            Err(Release::Unreachable(s.message().to_owned()))
+        }
+        Err(s) => Err(Release::Refused(crate::server::explain(&s, lang, &url))),
+    }
 }
 
 enum Release {
@@ -42,6 +68,14 @@ async fn release(
     terminal: &crate::state::Terminal,
     guid: &str,
 ) -> Result<(), Release> {
+    if let Some(secret) = ctx.state.cancel_secret() {
+        match release_with_secret(ctx, guid, secret).await {
+            Ok(()) => return Ok(()),
+            Err(unreachable @ Release::Unreachable(_)) => return Err(unreachable),
+            // Ended (committed perhaps) or not this secret's: asked as the owner below.
+            Err(_) => tracing::debug!("the cancel secret did not settle it; logging in"),
+        }
+    }
     let mut session = match ctx.login(terminal).await {
         Ok(session) => session,
         Err(err) if err.is::<Unreachable>() => return Err(Release::Unreachable(err.to_string())),

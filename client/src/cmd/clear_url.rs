@@ -6,9 +6,9 @@ use super::Context;
 /// When the cache file cannot be removed.
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
     if ctx.state.clear_url()? {
-        println!("{}", ctx.lang.url_cleared());
+        crate::say!("{}", ctx.lang.url_cleared());
     } else {
-        println!("{}", ctx.lang.url_none());
+        crate::say!("{}", ctx.lang.url_none());
     }
     Ok(())
 }

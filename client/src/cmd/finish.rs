@@ -63,9 +63,9 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     let progress = Arc::new(Progress::default());
     let mut reporter = None;
     let on_open = |plan: &upload::StreamPlan<'_>, already: u64| {
-        println!("{}", lang.established(&host_port(&plan.transfer_url)));
+        crate::say!("{}", lang.established(&host_port(&plan.transfer_url)));
         if already > 0 {
-            println!("{}", lang.resuming(&mb(already)));
+            crate::say!("{}", lang.resuming(&mb(already)));
         }
         reporter = Some(Reporter::start(progress.clone(), plan.disk_size, lang));
     };
@@ -214,7 +214,7 @@ impl<'a> Finish<'a> {
             };
             let _ = read_tx.send(self.image_plan(image, parent));
         }
-        println!("{}", lang.establishing(&host_port(&transfer_url)));
+        crate::say!("{}", lang.establishing(&host_port(&transfer_url)));
         let plan = upload::StreamPlan {
             upload_id: reply.upload_id,
             transfer_url,
@@ -419,11 +419,11 @@ pub(crate) fn complete(
 ) -> anyhow::Result<()> {
     let lang = ctx.lang;
     ctx.restore_terminal(record.write_cache_before)?;
-    println!("{}", lang.finished());
-    println!("{}", lang.new_version(version));
+    crate::say!("{}", lang.finished());
+    crate::say!("{}", lang.new_version(version));
     if let Some(u) = uploaded {
         let secs = u.elapsed.as_secs_f64().max(0.001);
-        println!(
+        crate::say!(
             "{}",
             lang.summary(
                 &format!("{:.1}", u.image_size as f64 / 1e6),

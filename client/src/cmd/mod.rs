@@ -77,12 +77,12 @@ impl Context {
     /// # Errors
     /// When the state files cannot be written.
     pub fn restore_terminal(&self, before: WriteCache) -> anyhow::Result<()> {
-        println!("{}", self.lang.write_cache_restoring(before.word()));
+        crate::say!("{}", self.lang.write_cache_restoring(before.word()));
         self.state.set_write_cache(before)?;
-        println!("{}", self.lang.write_cache_restored(before.word()));
-        println!("{}", self.lang.clearing_state());
+        crate::say!("{}", self.lang.write_cache_restored(before.word()));
+        crate::say!("{}", self.lang.clearing_state());
         self.state.clear_update()?;
-        println!("{}", self.lang.cleared_state());
+        crate::say!("{}", self.lang.cleared_state());
         Ok(())
     }
 }

@@ -7,12 +7,12 @@ use super::Context;
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
     let lang = ctx.lang;
     match ctx.state.update()? {
-        None => println!("{}", lang.no_update()),
+        None => crate::say!("{}", lang.no_update()),
         Some(record) => {
-            println!("{}", lang.show_header());
-            println!("{}", lang.show_disk(&record.disk_id));
-            println!("{}", lang.show_guid(&record.data_write_guid));
-            println!("{}", lang.show_mode(record.write_cache_before.word()));
+            crate::say!("{}", lang.show_header());
+            crate::say!("{}", lang.show_disk(&record.disk_id));
+            crate::say!("{}", lang.show_guid(&record.data_write_guid));
+            crate::say!("{}", lang.show_mode(record.write_cache_before.word()));
             show_image(ctx);
         }
     }
@@ -30,16 +30,16 @@ fn show_image(ctx: &Context) {
             let layers = image.layers();
             let mut layers = layers.iter();
             if let Some(top) = layers.next() {
-                println!(
+                crate::say!(
                     "{}",
                     lang.show_image(&top.display().to_string(), &terminal.format)
                 );
             }
             for parent in layers {
-                println!("{}", lang.show_parent(&parent.display().to_string()));
+                crate::say!("{}", lang.show_parent(&parent.display().to_string()));
             }
         }
-        Err(e) => println!(
+        Err(e) => crate::say!(
             "{}",
             lang.show_image_unreadable(&terminal.image.display().to_string(), &e.to_string())
         ),

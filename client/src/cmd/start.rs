@@ -25,7 +25,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
     // switched: a missing one is found now, not by the finish after the install.
     super::check_image(&terminal.image, lang)?;
     let mut session = ctx.login(&terminal).await?;
-    println!("{}", lang.connected());
+    crate::say!("{}", lang.connected());
     let url = session.url.clone();
     let disk = session
         .control
@@ -58,11 +58,11 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         .map_err(|s| explain(&s, lang, &url))?
         .into_inner();
     if update.adopted {
-        println!("{}", lang.adopted(&update.data_write_guid));
+        crate::say!("{}", lang.adopted(&update.data_write_guid));
     }
     let layers_below = layers_below(image.as_ref());
     if !layers_below.is_empty() {
-        println!("{}", lang.layers_recorded(layers_below.len()));
+        crate::say!("{}", lang.layers_recorded(layers_below.len()));
     }
     // Record first: if switching the write cache fails, `cancel` can still undo it.
     // Servers before the transfer endpoint was part of `Disk` say port 0.
@@ -80,12 +80,13 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         base_root: base_root.map(|root| root.to_string()),
     };
     ctx.state.save_update(&record)?;
-    println!("{}", lang.disabling_restore());
+    ctx.state.save_cancel_secret(&update.cancel_secret)?;
+    crate::say!("{}", lang.disabling_restore());
     ctx.state.set_write_cache(WriteCache::NonRestore)?;
     if let (Some(root), Some(transfer)) = (base_root, &record.transfer_url) {
         keep_base_manifest(ctx, &session, transfer, &record, (root, disk.size)).await;
     }
-    println!("{}", lang.started());
+    crate::say!("{}", lang.started());
     Ok(())
 }
 

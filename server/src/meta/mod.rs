@@ -173,6 +173,8 @@ pub enum MetaError {
     UpdateEnded(UpdateState),
     #[error("another finish took over this upload")]
     TakenOver,
+    #[error("the cancel secret does not match this update")]
+    BadSecret,
     /// An administrator's abort (「更新中断」) discarded the upload; the update is
     /// reserved again, as after `update start`.
     #[error(
@@ -294,13 +296,19 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
     /// Reserves a disk: refused unless `booted` is the latest version and no live update
     /// of another terminal or user holds the disk. Returns the update and whether it is
     /// the caller's own live update, adopted rather than created.
+    /// `secret_hash` is the hash of the secret that lets the terminal cancel this update
+    /// without a login (replacing the old one of an adopted update).
     fn start_update(
         &self,
         disk_id: &str,
         booted: &str,
         session: &Session,
         guid: &str,
+        secret_hash: &Hash,
     ) -> Result<(UpdateRow, bool), MetaError>;
+    /// A terminal's cancel of its own live update with the secret its start received
+    /// (compared by hash); refused alike for an unknown update and a wrong secret.
+    fn cancel_with_secret(&self, guid: &str, secret_hash: &Hash) -> Result<UpdateRow, MetaError>;
     /// One update, by its DataWriteGuid.
     fn update(&self, guid: &str) -> Result<UpdateRow, MetaError>;
     /// Every update kept, oldest first.

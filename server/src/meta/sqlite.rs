@@ -108,6 +108,11 @@ CREATE TABLE upkeep_runs (
     outcome TEXT NOT NULL
 );
 ",
+    r"
+-- The hash of the secret that lets a live update's terminal cancel it without a login;
+-- cleared when the update ends.
+ALTER TABLE updates ADD COLUMN cancel_secret_hash BLOB;
+",
 ];
 
 /// The metadata database in SQLite.
@@ -443,7 +448,9 @@ impl Metadata for SqliteMeta {
         booted: &str,
         session: &Session,
         guid: &str,
+        secret_hash: &Hash,
     ) -> Result<(UpdateRow, bool), MetaError> {
+        let secret_hash = &secret_hash.as_bytes()[..];
         self.write(|tx| {
             let latest = latest_id(tx, disk_id)?;
             if latest != booted {
@@ -456,6 +463,11 @@ impl Metadata for SqliteMeta {
                 // The same terminal and user starting again (a start killed before it
                 // recorded the update locally) take their own update back.
                 if live.terminal == session.terminal && live.user == session.user {
+                    // Its secret may be lost with the interrupted start: a new one.
+                    tx.execute(
+                        "UPDATE updates SET cancel_secret_hash = ?2 WHERE guid = ?1",
+                        params![live.guid, secret_hash],
+                    )?;
                     return Ok((live, true));
                 }
                 return Err(MetaError::DiskBusy {
@@ -463,9 +475,10 @@ impl Metadata for SqliteMeta {
                 });
             }
             tx.execute(
-                "INSERT INTO updates (guid, disk_id, base_version, terminal, user, state, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6, ?6)",
-                params![guid, disk_id, booted, session.terminal, session.user, now()],
+                "INSERT INTO updates (guid, disk_id, base_version, terminal, user, state, created_at,
+                                      updated_at, cancel_secret_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6, ?6, ?7)",
+                params![guid, disk_id, booted, session.terminal, session.user, now(), secret_hash],
             )?;
             Ok((update_by_guid(tx, guid)?, false))
         })
@@ -501,8 +514,37 @@ impl Metadata for SqliteMeta {
                 params![guid, to.as_str(), now()],
             )?;
             if !to.is_live() {
-                tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
+                end_update(tx, guid)?;
             }
+            update_by_guid(tx, guid)
+        })
+    }
+
+    fn cancel_with_secret(&self, guid: &str, secret_hash: &Hash) -> Result<UpdateRow, MetaError> {
+        self.write(|tx| {
+            let held: Option<Option<Vec<u8>>> = tx
+                .query_row(
+                    "SELECT cancel_secret_hash FROM updates WHERE guid = ?1",
+                    [guid],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // An unknown update and a wrong secret are told apart by nobody.
+            if held.flatten().as_deref() != Some(&secret_hash.as_bytes()[..]) {
+                return Err(MetaError::BadSecret);
+            }
+            let row = update_by_guid(tx, guid)?;
+            if !row.state.is_live() {
+                return Err(MetaError::UpdateNotLive {
+                    guid: guid.to_owned(),
+                    state: row.state,
+                });
+            }
+            tx.execute(
+                "UPDATE updates SET state = 'cancelled', updated_at = ?2 WHERE guid = ?1",
+                params![guid, now()],
+            )?;
+            end_update(tx, guid)?;
             update_by_guid(tx, guid)
         })
     }
@@ -603,8 +645,7 @@ impl Metadata for SqliteMeta {
                 "UPDATE updates SET state = 'committed', new_version = ?2, updated_at = ?3 WHERE guid = ?1",
                 params![guid, version.id, now()],
             )?;
-            tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
-            Ok(())
+            end_update(tx, guid)
         })
     }
 
@@ -845,6 +886,16 @@ fn insert_version(conn: &Connection, v: &VersionRow) -> Result<(), MetaError> {
     Ok(())
 }
 
+/// What goes when an update ends: its offered entries and its cancel secret.
+fn end_update(tx: &Transaction<'_>, guid: &str) -> Result<(), MetaError> {
+    tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
+    tx.execute(
+        "UPDATE updates SET cancel_secret_hash = NULL WHERE guid = ?1",
+        [guid],
+    )?;
+    Ok(())
+}
+
 /// An update that must be uploading; one reserved again was aborted by an admin.
 fn uploading(conn: &Connection, guid: &str) -> Result<UpdateRow, MetaError> {
     let row = update_by_guid(conn, guid)?;
@@ -1014,7 +1065,8 @@ mod tests {
         let session = user_and_disk(&meta);
         // Identifiers that sort against the order of starting.
         for guid in ["zz", "mm", "aa"] {
-            meta.start_update("d", "v1", &session, guid).unwrap();
+            meta.start_update("d", "v1", &session, guid, &Hash::of(b"s"))
+                .unwrap();
             meta.set_state(guid, UpdateState::Cancelled).unwrap();
         }
         meta.conn()
@@ -1038,9 +1090,11 @@ mod tests {
             .unwrap();
         meta.add_token(&Hash::of(b"new"), &session, now() + 60)
             .unwrap();
-        meta.start_update("d", "v1", &session, "ended").unwrap();
+        meta.start_update("d", "v1", &session, "ended", &Hash::of(b"s"))
+            .unwrap();
         meta.set_state("ended", UpdateState::Cancelled).unwrap();
-        meta.start_update("d", "v1", &session, "live").unwrap();
+        meta.start_update("d", "v1", &session, "live", &Hash::of(b"s"))
+            .unwrap();
         meta.conn()
             .execute("UPDATE updates SET updated_at = 0", [])
             .unwrap();
@@ -1077,7 +1131,8 @@ mod tests {
         let meta: Box<dyn Metadata> =
             Box::new(SqliteMeta::open(&dir.path().join("meta.sqlite")).unwrap());
         let session = user_and_disk(meta.as_ref());
-        meta.start_update("d", "v1", &session, "g").unwrap();
+        meta.start_update("d", "v1", &session, "g", &Hash::of(b"s"))
+            .unwrap();
         meta.set_state("g", UpdateState::Uploading).unwrap();
         let open = meta.open_session("g").unwrap();
 
@@ -1157,7 +1212,8 @@ mod tests {
                         terminal: "PC-1".into(),
                         role: Role::Admin,
                     };
-                    m.start_update("d", "v1", &session, "g").map(drop)
+                    m.start_update("d", "v1", &session, "g", &Hash::of(b"s"))
+                        .map(drop)
                 }),
             ),
             (

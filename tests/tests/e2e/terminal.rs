@@ -164,3 +164,35 @@ fn plain_progress_follows_the_time_of_a_rate_limited_finish() {
         "nothing drawn after 100%: {lines:?}"
     );
 }
+
+/// `update cancel` asks no user and no password (the manual shows none): the secret
+/// `update start` kept, owner-only, cancels the update on the server.
+#[test]
+fn a_terminal_cancels_its_update_without_credentials() {
+    let s = setup(1 << 20, 46);
+    s.start_update();
+    let secret = s.terminal.state.join("cancel.secret");
+    let kept = std::fs::read_to_string(&secret).expect("secret kept");
+    assert_eq!(kept.trim().len(), 64, "256 bits");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret)
+            .expect("secret")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "owner-only");
+    }
+    let out = s
+        .terminal
+        .client(&["update", "cancel"])
+        .env_remove("HOTATE_USER")
+        .env_remove("HOTATE_PASSWORD")
+        .output()
+        .expect("cancel");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(s.site.updates()[0]["state"], "cancelled");
+    assert_eq!(s.terminal.write_cache(), "restore");
+    assert!(!secret.exists(), "cleared with the update");
+    assert!(!text(&out).contains(&kept), "the secret is never shown");
+}
