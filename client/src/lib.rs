@@ -3,6 +3,7 @@
 //! [`cmd`] holds one module per subcommand; [`upload`] drives the engine pipeline over
 //! the transfer service; [`state`] keeps what must survive between runs.
 
+pub mod cli_ja;
 pub mod cmd;
 pub mod console;
 pub mod error;

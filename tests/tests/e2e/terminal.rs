@@ -196,3 +196,36 @@ fn a_terminal_cancels_its_update_without_credentials() {
     assert!(!secret.exists(), "cleared with the update");
     assert!(!text(&out).contains(&kept), "the secret is never shown");
 }
+
+/// Under `--lang ja` the help of every command and an argument error are Japanese.
+#[test]
+fn japanese_help_and_argument_errors() {
+    let s = setup(1 << 20, 47);
+    for args in [
+        &["--lang", "ja", "--help"][..],
+        &["--lang", "ja", "update", "--help"],
+        &["--lang=ja", "update", "finish", "--help"],
+        &["--lang", "ja", "update", "cancel", "--help"],
+        &["--lang", "ja", "bench", "--help"],
+    ] {
+        let out = s.terminal.run(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let help = text(&out);
+        assert!(
+            help.contains("使い方") && help.contains("ヘルプを表示します"),
+            "{args:?}: {help}"
+        );
+        for english in ["Usage:", "Options:", "Commands:", "Print help"] {
+            assert!(!help.contains(english), "{args:?} says {english:?}: {help}");
+        }
+    }
+    let wrong = s.terminal.run(&["--lang", "ja", "update", "frobnicate"]);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(
+        text(&wrong).contains("不明なコマンド frobnicate"),
+        "{}",
+        text(&wrong)
+    );
+    let english = s.terminal.run(&["--lang", "en", "--help"]);
+    assert!(text(&english).contains("Usage:"), "{}", text(&english));
+}
