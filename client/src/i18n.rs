@@ -30,6 +30,14 @@ impl Lang {
         }
     }
 
+    /// The wire's name of this language, for the refusals the server names.
+    pub fn language(self) -> hotate_proto::Language {
+        match self {
+            Self::En => hotate_proto::Language::En,
+            Self::Ja => hotate_proto::Language::Ja,
+        }
+    }
+
     fn pick(self, en: impl Display, ja: impl Display) -> String {
         match self {
             Self::En => en.to_string(),
@@ -79,32 +87,6 @@ impl Lang {
     pub fn started(self) -> String {
         self.pick("Update started.", "更新を開始しました。")
     }
-    pub fn not_latest(self, latest: &str, booted: &str) -> String {
-        self.pick(
-            format!(
-                "Cannot start the update: the terminal did not boot the latest version (latest={latest}, booted={booted})"
-            ),
-            format!(
-                "最新のバージョンで起動していないため、更新開始できません。(最新={latest}, 起動={booted})"
-            ),
-        )
-    }
-    pub fn disk_busy(self, terminal: &str) -> String {
-        self.pick(
-            format!(
-                "Cannot start the update: terminal {terminal} is already updating this disk. Finish or cancel that update first."
-            ),
-            format!(
-                "端末 {terminal} がこのディスクを更新中のため、更新開始できません。その更新を完了またはキャンセルしてください。"
-            ),
-        )
-    }
-    pub fn bad_login(self) -> String {
-        self.pick(
-            "Login failed: wrong user name or password.",
-            "ログインできません: ユーザー名またはパスワードが正しくありません。",
-        )
-    }
     pub fn unreachable(self, url: &str, cause: &str) -> String {
         self.pick(
             format!(
@@ -152,16 +134,6 @@ impl Lang {
             ),
             format!(
                 "ManageServer にディスク {disk_id} がありません ({terminal_toml} の disk_id)。{terminal_toml} の disk_id を確認してください。"
-            ),
-        )
-    }
-    pub fn login_locked(self, secs: &str) -> String {
-        self.pick(
-            format!(
-                "Login refused for now: too many failed logins for this user or from this address. Try again in {secs} s."
-            ),
-            format!(
-                "ログインに連続して失敗したため、一時的にログインできません。{secs} 秒後に再度お試しください。"
             ),
         )
     }
@@ -525,30 +497,6 @@ impl Lang {
             ),
         )
     }
-    pub fn upload_aborted(self) -> String {
-        self.pick(
-            "An administrator interrupted the upload (Abort update, 更新中断). The update is kept: run `hotate-client update finish` again to upload from the start.",
-            "管理者によりアップロードが中断されました (更新中断)。更新は保持されています。再度 `hotate-client update finish` を実行すると、最初からアップロードします。",
-        )
-    }
-    pub fn update_ended(self, state: &str) -> String {
-        match state {
-            "cancelled" => self.pick(
-                "The update was cancelled on the server (Cancel update, 更新取消), so it cannot be finished. Run `hotate-client update cancel` to restore this terminal; to update the disk, run `hotate-client update start` again.",
-                "サーバー側で更新が取り消されました (更新取消)。この更新は完了できません。`hotate-client update cancel` で端末を元に戻してください。ディスクを更新するには、再度 `hotate-client update start` を実行してください。",
-            ),
-            _ => self.pick(
-                "The update was aborted on the server by an administrator. Run `hotate-client update cancel` to restore this terminal, then `hotate-client update start` again.",
-                "管理者によりサーバー側で更新が中止されました。`hotate-client update cancel` で端末を元に戻してから、再度 `hotate-client update start` を実行してください。",
-            ),
-        }
-    }
-    pub fn taken_over(self) -> String {
-        self.pick(
-            "Another `update finish` of this update took over the upload, so this one stopped. What it sent is kept on the server; let the other finish complete.",
-            "この更新の別の `update finish` がアップロードを引き継いだため、こちらは停止しました。送信済みのデータはサーバーに保持されています。もう一方の完了をお待ちください。",
-        )
-    }
     pub fn already_committed(self, version: &str) -> String {
         self.pick(
             format!(
@@ -665,9 +613,13 @@ mod tests {
         assert_eq!(Lang::detect(Some("ja")), Lang::Ja);
         assert_eq!(Lang::detect(Some("ja_JP.UTF-8")), Lang::Ja);
         assert_eq!(Lang::detect(Some("en")), Lang::En);
+        let not_latest = hotate_proto::Refusal::NotLatest {
+            latest: "c3066470".into(),
+            booted: "cbf4cdc8".into(),
+        };
         assert!(
-            Lang::Ja
-                .not_latest("c3066470", "cbf4cdc8")
+            not_latest
+                .words(Lang::Ja.language())
                 .contains("(最新=c3066470, 起動=cbf4cdc8)")
         );
         assert_eq!(

@@ -50,10 +50,12 @@ pub struct Sample {
     /// Bytes of the image read, and to read in all (0: not known yet).
     pub read: u64,
     pub to_read: u64,
-    /// Bytes of the changed blocks found, and of those whose fate is settled (the
-    /// server held them, or they were handed over to be sent).
+    /// Bytes of the changed blocks found, of those the server answered for, and of those
+    /// it needs; of these, the bytes compressed and handed over so far.
     pub changed: u64,
-    pub changed_settled: u64,
+    pub answered: u64,
+    pub needed: u64,
+    pub compressed: u64,
     /// Encoded bytes handed over to be sent, and stored by the server.
     pub sent: u64,
     pub stored: u64,
@@ -63,23 +65,25 @@ impl Sample {
     /// The counters of `progress`, `at` seconds into the upload.
     pub fn of(progress: &Progress, at: f64) -> Self {
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-        let skipped = load(&progress.bytes_skipped);
         Self {
             at,
             read: load(&progress.bytes_read),
             to_read: load(&progress.bytes_to_read),
             changed: load(&progress.bytes_changed),
-            changed_settled: load(&progress.bytes_done).saturating_sub(skipped),
+            answered: load(&progress.bytes_answered),
+            needed: load(&progress.bytes_needed),
+            compressed: load(&progress.bytes_compressed),
             sent: load(&progress.bytes_sent),
             stored: load(&progress.wire_stored),
         }
     }
 
-    /// Encoded bytes still to store: those handed over, and those the changed blocks
-    /// not settled yet (found, or expected in the unread part at the density of the read
-    /// part) will take at the pace of the settled ones; `None` before any settled.
+    /// Encoded bytes still to store: those handed over, and those the needed blocks not
+    /// compressed yet will take at the compression seen so far; the changed blocks not
+    /// answered yet (found, or expected in the unread part at the density of the read
+    /// part) count as needed in the share seen so far. `None` before anything compressed.
     fn wire_left(&self) -> Option<f64> {
-        if self.changed_settled == 0 {
+        if self.compressed == 0 {
             return None;
         }
         let unread_changed = if self.read > 0 {
@@ -87,9 +91,14 @@ impl Sample {
         } else {
             0.0
         };
-        let unsettled = self.changed.saturating_sub(self.changed_settled) as f64 + unread_changed;
-        let wire_per_byte = self.sent as f64 / self.changed_settled as f64;
-        Some(self.sent.saturating_sub(self.stored) as f64 + unsettled * wire_per_byte)
+        let unanswered = self.changed.saturating_sub(self.answered) as f64 + unread_changed;
+        let needed_share = self.needed as f64 / self.answered.max(1) as f64;
+        let needed_left = self.needed.saturating_sub(self.compressed) as f64;
+        let wire_per_byte = self.sent as f64 / self.compressed as f64;
+        Some(
+            self.sent.saturating_sub(self.stored) as f64
+                + (needed_left + unanswered * needed_share) * wire_per_byte,
+        )
     }
 }
 
@@ -199,6 +208,7 @@ impl Reporter {
                 let sample = Sample::of(&progress, (now - start).as_secs_f64());
                 let to_read = sample.to_read;
                 let estimate = estimator.update(sample);
+                tracing::trace!(?sample, ?estimate, "progress");
                 let total = if to_read > 0 { to_read } else { total };
                 let line = format!(
                     "{} {}",
@@ -308,7 +318,9 @@ mod tests {
                 read: read as u64,
                 to_read: to_read as u64,
                 changed: changed as u64,
-                changed_settled: settled as u64,
+                answered: changed as u64,
+                needed: changed as u64,
+                compressed: settled as u64,
                 sent: sent as u64,
                 stored: stored as u64,
             });

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use hotate_proto::Refusal;
 use hotate_proto::pb::{self, control_client::ControlClient, transfer_client::TransferClient};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
@@ -267,37 +268,17 @@ pub async fn transfer_client(
         .max_encoding_message_size(hotate_proto::MAX_MESSAGE))
 }
 
-/// A server status as a message in the user's language.
+/// A server status as a message in the user's language: the refusal the server named
+/// from the wire's typed table, worded here; a connection failure says how to reach the
+/// server.
 pub fn explain(status: &Status, lang: Lang, url: &str) -> anyhow::Error {
-    let meta = |key: &str| {
-        status
-            .metadata()
-            .get(key)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let message = match status.code() {
-        Code::FailedPrecondition if meta("hotate-latest").is_some() => lang.not_latest(
-            &meta("hotate-latest").unwrap_or_default(),
-            &meta("hotate-booted").unwrap_or_default(),
-        ),
-        Code::Aborted if meta("hotate-terminal").is_some() => {
-            lang.disk_busy(&meta("hotate-terminal").unwrap_or_default())
-        }
-        Code::Unauthenticated if status.message().contains("password") => lang.bad_login(),
-        Code::FailedPrecondition if meta("hotate-update-state").is_some() => {
-            lang.update_ended(&meta("hotate-update-state").unwrap_or_default())
-        }
-        Code::Aborted if meta("hotate-taken-over").is_some() => lang.taken_over(),
-        Code::Aborted if meta("hotate-upload-aborted").is_some() => lang.upload_aborted(),
-        Code::ResourceExhausted if meta("hotate-retry-after").is_some() => {
-            lang.login_locked(&meta("hotate-retry-after").unwrap_or_default())
-        }
-        Code::ResourceExhausted if meta("hotate-busy").is_some() => {
-            lang.server_busy(status.message())
-        }
-        Code::Unavailable => return Unreachable(lang.unreachable(url, status.message())).into(),
-        _ => status.message().to_owned(),
+    if status.code() == Code::Unavailable {
+        return Unreachable(lang.unreachable(url, status.message())).into();
+    }
+    let message = match Refusal::read(status.metadata()) {
+        Some(refusal) => refusal.words(lang.language()),
+        // A server before the typed table: its own account.
+        None => status.message().to_owned(),
     };
     Failed(message).into()
 }

@@ -360,16 +360,26 @@ impl Replies {
 #[derive(Debug)]
 struct Pacer {
     rate: u64,
-    start: Instant,
-    sent: Mutex<u64>,
+    /// When the first chunk was paced (the clock starts there, so that the time spent
+    /// logging in and opening the stream is no credit for a burst), and the bytes since.
+    sent: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Pacer {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate: rate.max(1),
+            sent: Mutex::new((None, 0)),
+        }
+    }
+
     async fn pace(&self, bytes: u64) {
         let due = {
             let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-            *sent += bytes;
-            self.start + Duration::from_secs_f64(*sent as f64 / self.rate as f64)
+            let start = *sent.0.get_or_insert_with(Instant::now);
+            let due = start + Duration::from_secs_f64(sent.1 as f64 / self.rate as f64);
+            sent.1 += bytes;
+            due
         };
         tokio::time::sleep_until(due.into()).await;
     }
@@ -592,7 +602,10 @@ async fn open_stream(
             }
             Err(s)
                 if s.code() == tonic::Code::ResourceExhausted
-                    && s.metadata().get("hotate-busy").is_some()
+                    && matches!(
+                        hotate_proto::Refusal::read(s.metadata()),
+                        Some(hotate_proto::Refusal::ServerBusy { .. })
+                    )
                     && Instant::now() + wait < busy_until =>
             {
                 eprintln!("{}", lang.server_busy(s.message()));
@@ -631,11 +644,7 @@ pub async fn upload<'a>(
         requests: requests.clone(),
         replies: replies.clone(),
         next_batch: AtomicU64::new(1),
-        pacer: limit_rate.map(|rate| Pacer {
-            rate: rate.max(1),
-            start: Instant::now(),
-            sent: Mutex::new(0),
-        }),
+        pacer: limit_rate.map(Pacer::new),
         started,
     };
     // Where the stream goes, once known: a failure of the stream names it.

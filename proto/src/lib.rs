@@ -8,6 +8,10 @@ pub mod pb {
     tonic::include_proto!("hotate.v1");
 }
 
+mod refusal;
+
+pub use refusal::{Language, Refusal};
+
 use bytes::Bytes;
 use hotate_engine::{
     Base, Codec, Delta, Entry, Frame, Hash, Incoming, Need, Offer, Outgoing, PageDigests,

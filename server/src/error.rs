@@ -3,6 +3,7 @@
 //! Messages say what happened and what to do next; the client shows them as they are.
 
 use hotate_engine::{ChunkError, ManifestError, StoreError};
+use hotate_proto::Refusal;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
@@ -132,6 +133,65 @@ impl ServerError {
     }
 }
 
+impl ServerError {
+    /// The refusal as the wire's typed table names it, for the client to word.
+    pub fn refusal(&self) -> Refusal {
+        let detail = || self.to_string();
+        match self {
+            Self::BadLogin => Refusal::BadLogin,
+            Self::Unauthenticated => Refusal::SessionExpired,
+            Self::Forbidden(_) => Refusal::AdminsOnly,
+            Self::NotYourUpdate { .. } => Refusal::NotYourUpdate,
+            Self::LoginLocked { secs } => Refusal::LoginLocked {
+                retry_after_secs: *secs,
+            },
+            Self::StoreBusy | Self::Busy(_) | Self::OverBudget(_) => {
+                Refusal::ServerBusy { detail: detail() }
+            }
+            Self::NoCsrfToken
+            | Self::CrossSite(_)
+            | Self::BadRequest(_)
+            | Self::BadChunk(_)
+            | Self::BadImage(_) => Refusal::BadRequest { detail: detail() },
+            Self::Incomplete(_) | Self::RootMismatch(_) => Refusal::UploadIncomplete,
+            Self::Meta(meta) => match meta {
+                MetaError::UnknownDisk(disk) => Refusal::UnknownDisk { disk: disk.clone() },
+                MetaError::UnknownVersion(version) => Refusal::UnknownVersion {
+                    version: version.clone(),
+                },
+                MetaError::UnknownUpdate(_) => Refusal::UnknownUpdate,
+                MetaError::NotLatest { latest, booted } => Refusal::NotLatest {
+                    latest: latest.clone(),
+                    booted: booted.clone(),
+                },
+                MetaError::DiskBusy { terminal } => Refusal::DiskBusy {
+                    terminal: terminal.clone(),
+                },
+                MetaError::UpdateNotLive { state, .. } | MetaError::UpdateEnded(state) => {
+                    Refusal::UpdateEnded {
+                        state: state.as_str().to_owned(),
+                    }
+                }
+                MetaError::TakenOver => Refusal::TakenOver,
+                MetaError::UploadAborted => Refusal::UploadAborted,
+                MetaError::BadSecret => Refusal::BadSecret,
+                MetaError::DiskFailed(_) | MetaError::Unproven(_) => Refusal::ServerDiskFailed,
+                MetaError::UnknownUser(_)
+                | MetaError::UserExists(_)
+                | MetaError::DiskExists(_)
+                | MetaError::VersionInUse(_)
+                | MetaError::BadRequest(_) => Refusal::BadRequest { detail: detail() },
+                MetaError::Abandoned | MetaError::Damaged(_) | MetaError::Sql(_) => {
+                    Refusal::ServerFailed { detail: detail() }
+                }
+            },
+            Self::Store(_) | Self::Manifest(_) | Self::Io(_) | Self::Internal(_) => {
+                Refusal::ServerFailed { detail: detail() }
+            }
+        }
+    }
+}
+
 impl From<ServerError> for Status {
     fn from(err: ServerError) -> Self {
         let code = err.code();
@@ -139,6 +199,8 @@ impl From<ServerError> for Status {
             tracing::error!(cause = %err, "request failed");
         }
         let mut status = Status::new(code, err.to_string());
+        err.refusal().write(status.metadata_mut());
+        // The details clients before the typed table read.
         // Machine-readable details for the client's localized messages.
         if let ServerError::Meta(MetaError::NotLatest { latest, booted }) = &err
             && let (Ok(l), Ok(b)) = (latest.parse(), booted.parse())

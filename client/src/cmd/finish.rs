@@ -363,6 +363,14 @@ async fn begin(
     }
 }
 
+/// The words for an update that ended in `state`, as the server's refusal says it.
+fn ended(state: &str, lang: crate::i18n::Lang) -> String {
+    hotate_proto::Refusal::UpdateEnded {
+        state: state.to_owned(),
+    }
+    .words(lang.language())
+}
+
 /// Asks the update's state: `Some(version)` when a previous finish committed it but
 /// stopped before cleaning up (only that is left); `None` while it is open.
 ///
@@ -382,8 +390,8 @@ async fn committed_or_ended(session: &Session, guid: &str) -> anyhow::Result<Opt
     match pb::UpdateState::try_from(update.state) {
         Ok(pb::UpdateState::Committed) => Ok(Some(update.new_version)),
         Ok(pb::UpdateState::Reserved | pb::UpdateState::Uploading) => Ok(None),
-        Ok(pb::UpdateState::Cancelled) => Err(Failed(lang.update_ended("cancelled")).into()),
-        _ => Err(Failed(lang.update_ended("aborted")).into()),
+        Ok(pb::UpdateState::Cancelled) => Err(Failed(ended("cancelled", lang)).into()),
+        _ => Err(Failed(ended("aborted", lang)).into()),
     }
 }
 

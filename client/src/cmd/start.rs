@@ -43,7 +43,11 @@ pub async fn run(ctx: &Context) -> anyhow::Result<()> {
         })?
         .into_inner();
     if disk.latest_version != terminal.booted_version {
-        return Err(Failed(lang.not_latest(&disk.latest_version, &terminal.booted_version)).into());
+        let refusal = hotate_proto::Refusal::NotLatest {
+            latest: disk.latest_version,
+            booted: terminal.booted_version,
+        };
+        return Err(Failed(refusal.words(lang.language())).into());
     }
     let image = upload::open_image(&terminal, disk.size, lang)?;
     let request = session.request(pb::StartUpdateRequest {

@@ -579,6 +579,7 @@ async fn offer_stage<S: ChunkSink>(
             answered = in_flight.next(), if !in_flight.is_empty() => {
                 let Some(answered) = answered else { continue };
                 let (changed, mut needed) = answered?;
+                count_answered(&changed, &needed, progress);
                 if !forward_needed(changed, &mut needed, holding, progress, &out).await {
                     break; // The compress stage stopped with an error.
                 }
@@ -609,6 +610,21 @@ async fn offer_stage<S: ChunkSink>(
         }
     }
     Ok(manifest)
+}
+
+/// Counts an answered batch: its changed bytes, and those the sink needs (each needed hash
+/// once, as [`forward_needed`] hands them on).
+fn count_answered(changed: &[Hashed], needed: &HashMap<Hash, Option<Base>>, progress: &Progress) {
+    let mut seen = std::collections::HashSet::new();
+    for block in changed {
+        Progress::add(&progress.bytes_answered, block.len);
+        if let Entry::Chunk(hash) = block.entry
+            && needed.contains_key(&hash)
+            && seen.insert(hash)
+        {
+            Progress::add(&progress.bytes_needed, block.len);
+        }
+    }
 }
 
 /// Hands an answered batch's needed blocks to the compress stage (each needed hash once,

@@ -15,8 +15,12 @@ pub struct Progress {
     pub bytes_skipped: AtomicU64,
     /// Blocks offered because they differ from the parent.
     pub blocks_changed: AtomicU64,
-    /// Bytes of the changed blocks.
+    /// Bytes of the changed blocks...
     pub bytes_changed: AtomicU64,
+    /// ...of those the sink answered for...
+    pub bytes_answered: AtomicU64,
+    /// ...and of those it needs (to be compressed and sent; `bytes_compressed` so far).
+    pub bytes_needed: AtomicU64,
     /// Uncompressed bytes of the chunks the sink needed.
     pub bytes_compressed: AtomicU64,
     /// Encoded bytes handed to the sink.
