@@ -97,6 +97,37 @@ impl Lang {
             ),
         )
     }
+    pub fn name_not_found(self, host: &str) -> String {
+        self.pick(
+            format!("the name {host} was not found"),
+            format!("名前 {host} が見つかりません"),
+        )
+    }
+    pub fn connection_refused(self) -> String {
+        self.pick(
+            "the connection was refused (is the server running, and is the port right?)",
+            "接続が拒否されました (サーバーが起動しているか、ポート番号が正しいか確認してください)",
+        )
+    }
+    pub fn connection_timed_out(self) -> String {
+        self.pick("no answer in time", "時間内に応答がありません")
+    }
+    pub fn host_unreachable(self) -> String {
+        self.pick(
+            "the network cannot reach the host",
+            "ネットワークからホストに到達できません",
+        )
+    }
+    pub fn tls_failed(self, cause: &str) -> String {
+        self.pick(
+            format!(
+                "the TLS handshake failed ({cause}); a server with a private CA needs `--ca FILE`"
+            ),
+            format!(
+                "TLS の確認に失敗しました ({cause})。プライベート CA のサーバーには `--ca FILE` を指定してください"
+            ),
+        )
+    }
     pub fn plain_http_refused(self, url: &str) -> String {
         self.pick(
             format!(
@@ -243,6 +274,17 @@ impl Lang {
         self.pick(
             "The password is missing: set HOTATE_PASSWORD or pass --password-stdin.",
             "パスワードがありません: HOTATE_PASSWORD を設定するか --password-stdin を指定してください。",
+        )
+    }
+    /// Opening a volume or disk (`\\.\C:`) was refused: Windows wants an administrator.
+    pub fn needs_administrator(self, path: &str) -> String {
+        self.pick(
+            format!(
+                "Opening {path} needs administrator rights: run hotate-client from an administrator command prompt (right-click Command Prompt, Run as administrator)."
+            ),
+            format!(
+                "{path} を開くには管理者権限が必要です。管理者として実行したコマンドプロンプトから hotate-client を実行してください (コマンドプロンプトを右クリックし「管理者として実行」)。"
+            ),
         )
     }
     pub fn image_unopenable(self, path: &str, cause: &str) -> String {
@@ -625,6 +667,16 @@ mod tests {
         assert_eq!(
             Lang::Ja.percent(0, "0", "1,265"),
             "0% 完了... (0 MB / 1,265 MB)"
+        );
+        assert!(
+            Lang::Ja
+                .needs_administrator(r"\\.\C:")
+                .contains("管理者として実行")
+        );
+        assert!(
+            Lang::En
+                .needs_administrator(r"\\.\C:")
+                .contains("administrator command prompt")
         );
     }
 }

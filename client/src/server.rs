@@ -67,12 +67,50 @@ pub async fn channel(
             {
                 return Err(told.into());
             }
-            let cause =
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            let cause = connect_cause(&e, &uri, lang).await;
             Err(Unreachable(lang.unreachable(url, &cause)).into())
         }
     }
 }
+
+/// Why a connection failed, in the user's words where the failure's type tells: a name
+/// not found (asked again here), a refused or timed-out connection, an unreachable
+/// network, a TLS handshake that failed; else the transport's own account.
+async fn connect_cause(
+    err: &tonic::transport::Error,
+    uri: &tonic::transport::Uri,
+    lang: Lang,
+) -> String {
+    if let (Some(host), Some(port)) = (uri.host(), uri.port_u16().or(Some(CONTROL_DEFAULT_PORT))) {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<std::net::IpAddr>().is_err()
+            && tokio::net::lookup_host((host, port)).await.is_err()
+        {
+            return lang.name_not_found(host);
+        }
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind;
+            match io.kind() {
+                ErrorKind::ConnectionRefused => return lang.connection_refused(),
+                ErrorKind::TimedOut => return lang.connection_timed_out(),
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                    return lang.host_unreachable();
+                }
+                // What the TLS layer refused (an untrusted certificate, a wrong name).
+                ErrorKind::InvalidData => return lang.tls_failed(&io.to_string()),
+                _ => {}
+            }
+        }
+        source = cause.source();
+    }
+    std::error::Error::source(err).map_or_else(|| err.to_string(), |s| s.to_string())
+}
+
+/// The port a URL without one reaches.
+const CONTROL_DEFAULT_PORT: u16 = hotate_proto::CONTROL_PORT;
 
 /// Whether the URL's host is this machine, judged from the parsed host (so that
 /// `http://localhost@other-host/` is not).

@@ -97,9 +97,14 @@ pub fn open_image(
     lang: crate::i18n::Lang,
 ) -> anyhow::Result<Arc<dyn ImageSource>> {
     let shown = terminal.image.display().to_string();
-    let image = terminal
-        .open_image()
-        .map_err(|e| UsageError(lang.image_unopenable(&shown, &e.to_string())))?;
+    let image = terminal.open_image().map_err(|e| {
+        let device = hotate_engine::direct_io::is_device_path(&terminal.image);
+        if device && e.kind() == std::io::ErrorKind::PermissionDenied {
+            UsageError(lang.needs_administrator(&shown))
+        } else {
+            UsageError(lang.image_unopenable(&shown, &e.to_string()))
+        }
+    })?;
     let size = image.size();
     if size != disk_size {
         return Err(UsageError(lang.image_wrong_size(&shown, size, disk_size)).into());

@@ -263,3 +263,39 @@ fn a_server_refusal_is_worded_in_japanese() {
         text(&wrong)
     );
 }
+
+/// A connection that fails says why in the user's language: refused, or a name that
+/// does not resolve.
+#[test]
+fn connection_failures_say_why_in_japanese() {
+    let s = setup(1 << 20, 49);
+    let refused = s.terminal.run(&[
+        "--lang",
+        "ja",
+        "--url",
+        "http://127.0.0.1:1",
+        "update",
+        "start",
+    ]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("接続が拒否されました"),
+        "{}",
+        text(&refused)
+    );
+    let unknown = s.terminal.run(&[
+        "--lang",
+        "ja",
+        "--insecure",
+        "--url",
+        "http://no-such-host.invalid:30806",
+        "update",
+        "start",
+    ]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert!(
+        text(&unknown).contains("名前 no-such-host.invalid が見つかりません"),
+        "{}",
+        text(&unknown)
+    );
+}
