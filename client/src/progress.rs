@@ -200,8 +200,9 @@ impl Reporter {
         let task = tokio::spawn(async move {
             let start = Instant::now();
             let mut estimator = Estimator::default();
-            let mut last_line = (start, 0u64);
-            crate::say!("{}", lang.percent(0, "0", &mb(total)));
+            // No line yet: the first waits for the total the manual counts (known once
+            // reading begins), so that every line names the same total.
+            let mut last_line: Option<(Instant, u64)> = None;
             loop {
                 tokio::time::sleep(if shown.is_some() { BAR_INTERVAL } else { TICK }).await;
                 let now = Instant::now();
@@ -232,11 +233,15 @@ impl Reporter {
                         bar.set_message(line);
                     }
                     None => {
-                        let due = now - last_line.0 >= PLAIN_INTERVAL
-                            || estimate.percent / 10 > last_line.1 / 10;
+                        let due = match last_line {
+                            None => to_read > 0 || now - start >= PLAIN_INTERVAL,
+                            Some((at, percent)) => {
+                                now - at >= PLAIN_INTERVAL || estimate.percent / 10 > percent / 10
+                            }
+                        };
                         if due {
                             crate::say!("{line}");
-                            last_line = (now, estimate.percent);
+                            last_line = Some((now, estimate.percent));
                         }
                     }
                 }
