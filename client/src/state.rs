@@ -280,33 +280,31 @@ fn default_dir() -> PathBuf {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let temp = path.with_extension("tmp");
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    write_file(path, bytes, false)
 }
 
 /// As [`write_atomic`], the file readable and writable by its owner only (Unix; on
 /// Windows the state dir's own permissions apply).
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_file(path, bytes, true)
+}
+
+/// Writes a temp file, makes it durable and renames it over `path`.
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let temp = path.with_extension("tmp");
-    let _ = fs::remove_file(&temp);
     let result = (|| -> std::io::Result<()> {
+        // A fresh file, so that a private one never had wider permissions.
+        let _ = fs::remove_file(&temp);
         let mut options = fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        if private {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
         let mut file = options.open(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;

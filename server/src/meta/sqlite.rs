@@ -502,13 +502,7 @@ impl Metadata for SqliteMeta {
 
     fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, MetaError> {
         self.write(|tx| {
-            let row = update_by_guid(tx, guid)?;
-            if !row.state.is_live() {
-                return Err(MetaError::UpdateNotLive {
-                    guid: guid.to_owned(),
-                    state: row.state,
-                });
-            }
+            live_by_guid(tx, guid)?;
             tx.execute(
                 "UPDATE updates SET state = ?2, updated_at = ?3 WHERE guid = ?1",
                 params![guid, to.as_str(), now()],
@@ -533,13 +527,7 @@ impl Metadata for SqliteMeta {
             if held.flatten().as_deref() != Some(&secret_hash.as_bytes()[..]) {
                 return Err(MetaError::BadSecret);
             }
-            let row = update_by_guid(tx, guid)?;
-            if !row.state.is_live() {
-                return Err(MetaError::UpdateNotLive {
-                    guid: guid.to_owned(),
-                    state: row.state,
-                });
-            }
+            live_by_guid(tx, guid)?;
             tx.execute(
                 "UPDATE updates SET state = 'cancelled', updated_at = ?2 WHERE guid = ?1",
                 params![guid, now()],
@@ -551,13 +539,7 @@ impl Metadata for SqliteMeta {
 
     fn abort_upload(&self, guid: &str) -> Result<UpdateRow, MetaError> {
         self.write(|tx| {
-            let row = update_by_guid(tx, guid)?;
-            if !row.state.is_live() {
-                return Err(MetaError::UpdateNotLive {
-                    guid: guid.to_owned(),
-                    state: row.state,
-                });
-            }
+            live_by_guid(tx, guid)?;
             tx.execute(
                 "UPDATE updates SET state = 'reserved', session = session + 1, updated_at = ?2
                  WHERE guid = ?1",
@@ -894,6 +876,18 @@ fn end_update(tx: &Transaction<'_>, guid: &str) -> Result<(), MetaError> {
         [guid],
     )?;
     Ok(())
+}
+
+/// An update that must be live (reserved or uploading).
+fn live_by_guid(conn: &Connection, guid: &str) -> Result<UpdateRow, MetaError> {
+    let row = update_by_guid(conn, guid)?;
+    if !row.state.is_live() {
+        return Err(MetaError::UpdateNotLive {
+            guid: guid.to_owned(),
+            state: row.state,
+        });
+    }
+    Ok(row)
 }
 
 /// An update that must be uploading; one reserved again was aborted by an admin.
