@@ -163,8 +163,8 @@ fn localize(command: Command, parent: &str) -> Command {
     command
 }
 
-/// A command-line error in Japanese, with how to get help; clap's own text for what
-/// it prints anyway (help, version).
+/// A command-line error in Japanese, with how to get help (for the errors clap prints
+/// on stderr; help and version are not errors of this kind).
 pub fn error(err: &clap::Error) -> String {
     let value = |kind| match err.get(kind) {
         Some(ContextValue::String(s)) => s.clone(),

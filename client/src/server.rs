@@ -81,8 +81,9 @@ async fn connect_cause(
     uri: &tonic::transport::Uri,
     lang: Lang,
 ) -> String {
-    if let (Some(host), Some(port)) = (uri.host(), uri.port_u16().or(Some(CONTROL_DEFAULT_PORT))) {
+    if let Some(host) = uri.host() {
         let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(hotate_proto::CONTROL_PORT);
         if host.parse::<std::net::IpAddr>().is_err()
             && tokio::net::lookup_host((host, port)).await.is_err()
         {
@@ -108,9 +109,6 @@ async fn connect_cause(
     }
     std::error::Error::source(err).map_or_else(|| err.to_string(), |s| s.to_string())
 }
-
-/// The port a URL without one reaches.
-const CONTROL_DEFAULT_PORT: u16 = hotate_proto::CONTROL_PORT;
 
 /// Whether the URL's host is this machine, judged from the parsed host (so that
 /// `http://localhost@other-host/` is not).

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::app::App;
 use crate::auth;
 use crate::data::DataDir;
-use crate::meta::{MetaError, Role, UpdateState};
+use crate::meta::{DiskRow, MetaError, Role, UpdateRow, UpdateState};
 use crate::text;
 use crate::upkeep::{self, VerifyReport};
 
@@ -272,14 +272,23 @@ pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `update abort DISK` (「更新中断」): stops and discards the upload of a disk's live
-/// update and puts it back to reserved; the terminal finishes again.
-pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
+/// The data dir, the disk named and its live update.
+fn live_update_of(
+    data: &Path,
+    disk: &str,
+) -> anyhow::Result<(std::sync::Arc<DataDir>, DiskRow, UpdateRow)> {
     let dir = open_existing(data)?;
     let disk = dir.meta().disk(disk)?;
     let Some(live) = dir.meta().live_update(&disk.id)? else {
         bail!("disk {} has no update in progress", disk.name);
     };
+    Ok((dir, disk, live))
+}
+
+/// `update abort DISK` (「更新中断」): stops and discards the upload of a disk's live
+/// update and puts it back to reserved; the terminal finishes again.
+pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
+    let (dir, disk, live) = live_update_of(data, disk)?;
     dir.meta().abort_upload(&live.guid)?;
     tracing::info!(update = %live.guid, "upload aborted by `update abort`; the update is reserved again");
     println!(
@@ -293,11 +302,7 @@ pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
 /// `update cancel DISK` (「更新取消」): ends a disk's live update for good, for a
 /// terminal that will not come back.
 pub fn update_cancel(data: &Path, disk: &str) -> anyhow::Result<()> {
-    let dir = open_existing(data)?;
-    let disk = dir.meta().disk(disk)?;
-    let Some(live) = dir.meta().live_update(&disk.id)? else {
-        bail!("disk {} has no update in progress", disk.name);
-    };
+    let (dir, disk, live) = live_update_of(data, disk)?;
     dir.meta().set_state(&live.guid, UpdateState::Cancelled)?;
     tracing::info!(update = %live.guid, "update cancelled by `update cancel`");
     println!(

@@ -435,7 +435,6 @@ impl App {
                 "only an admin may abort an update; its owner may cancel it".into(),
             ));
         }
-        self.data.meta().update(guid)?;
         let row = self.data.meta().abort_upload(guid)?;
         tracing::info!(update = %row.guid, by = %caller.user, "upload aborted; the update is reserved again");
         Ok(row)

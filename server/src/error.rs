@@ -224,11 +224,6 @@ impl From<ServerError> for Status {
                 .metadata_mut()
                 .insert("hotate-busy", MetadataValue::from_static("1"));
         }
-        if matches!(err, ServerError::Meta(MetaError::UploadAborted)) {
-            status
-                .metadata_mut()
-                .insert("hotate-upload-aborted", MetadataValue::from_static("1"));
-        }
         if matches!(err, ServerError::Meta(MetaError::TakenOver)) {
             status
                 .metadata_mut()

@@ -1009,8 +1009,8 @@ impl Upload {
         let creator = self.session.user.clone();
         let block_count = finish.block_count;
         let version = blocking(move || {
-            let (checker, guid, session) = (data.clone(), update.guid.clone(), update.session);
-            let commit = move || {
+            let (guid, session) = (update.guid.clone(), update.session);
+            let commit = || {
                 if block_count != manifest.len() as u64 {
                     return Err(ServerError::BadRequest(format!(
                         "the client counted {block_count} blocks, the disk has {}",
@@ -1079,7 +1079,7 @@ impl Upload {
                 // An abort or a takeover may have dropped this session's offers while
                 // they were read: say that, not that the content differs.
                 Err(e @ (ServerError::Incomplete(_) | ServerError::RootMismatch(_))) => {
-                    still_uploading(&checker.meta().update(&guid)?, session)?;
+                    still_uploading(&data.meta().update(&guid)?, session)?;
                     Err(e)
                 }
                 done => done,

@@ -1218,8 +1218,9 @@ async fn an_admin_abort_ends_the_live_stream_at_once() {
         .expect("the stream ends within seconds of the abort")
         .expect_err("aborted");
     assert_eq!(ended.code(), Code::Aborted, "{ended:?}");
-    assert!(
-        ended.metadata().get("hotate-upload-aborted").is_some(),
+    assert_eq!(
+        hotate_proto::Refusal::read(ended.metadata()),
+        Some(hotate_proto::Refusal::UploadAborted),
         "{ended:?}"
     );
     drop(tx);

@@ -593,7 +593,6 @@ async fn offer_stage<S: ChunkSink>(
                 // window), so a batch holds changed blocks however much disk lies between.
                 if parent.get(block.index) == Some(block.entry) {
                     Progress::add(&progress.blocks_skipped, 1);
-                    Progress::add(&progress.bytes_skipped, block.len);
                     Progress::add(&progress.bytes_done, block.len);
                     continue;
                 }

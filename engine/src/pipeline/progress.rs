@@ -10,9 +10,8 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     /// Bytes actually read from the image (holes are not read).
     pub bytes_read: AtomicU64,
-    /// Blocks equal to the parent's, not offered, and their bytes.
+    /// Blocks equal to the parent's, not offered.
     pub blocks_skipped: AtomicU64,
-    pub bytes_skipped: AtomicU64,
     /// Blocks offered because they differ from the parent.
     pub blocks_changed: AtomicU64,
     /// Bytes of the changed blocks...

@@ -176,7 +176,7 @@ impl SqliteMeta {
         }
     }
 
-    /// After an I/O error (or at opening), copies every committed WAL frame into the
+    /// After an I/O error, copies every committed WAL frame into the
     /// database file, fsyncs it and empties the WAL; refuses to go on until that works.
     fn prove_durable(&self, conn: &Connection) -> Result<(), MetaError> {
         if !self.unproven.load(Ordering::SeqCst) {
