@@ -240,6 +240,12 @@ impl Lang {
             format!("サーバー URL {url:?} は https:// または http:// で始めてください。"),
         )
     }
+    pub fn comment_has_controls(self) -> String {
+        self.pick(
+            "The version comment contains control characters (a line break, a tab...): use plain text on one line.",
+            "バージョンのコメントに制御文字 (改行、タブなど) が含まれています。1 行のテキストを入力してください。",
+        )
+    }
     pub fn url_without_host(self, url: &str) -> String {
         self.pick(
             format!("The server URL {url:?} has no host."),

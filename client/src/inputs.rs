@@ -88,7 +88,8 @@ fn check_url(url: &str, lang: Lang) -> Result<(), UsageError> {
     Ok(())
 }
 
-/// User name and password: flags and environment first, then prompts (password hidden).
+/// User name and password: flags and environment first, then prompts (the password
+/// shown as one `*` per character).
 ///
 /// # Errors
 /// A usage error when a value is missing and there is no terminal.
@@ -104,7 +105,11 @@ pub fn credentials(inputs: &Inputs, lang: Lang) -> anyhow::Result<Credentials> {
         std::io::stdin().lock().read_line(&mut line)?;
         line.trim_end_matches(['\r', '\n']).to_owned()
     } else if interactive() {
-        rpassword::prompt_password(lang.password_label())?
+        // One `*` per character typed, as the manual shows.
+        let masked = rpassword::ConfigBuilder::new()
+            .password_feedback_mask('*')
+            .build();
+        rpassword::prompt_password_with_config(lang.password_label(), masked)?
     } else {
         return Err(UsageError(lang.password_missing()).into());
     };
@@ -115,11 +120,9 @@ pub fn credentials(inputs: &Inputs, lang: Lang) -> anyhow::Result<Credentials> {
 ///
 /// # Errors
 /// A usage error for control characters.
-pub fn check_comment(comment: &str) -> Result<(), UsageError> {
+pub fn check_comment(comment: &str, lang: Lang) -> Result<(), UsageError> {
     if comment.chars().any(char::is_control) {
-        return Err(UsageError(
-            "the version comment contains control characters; use plain text".into(),
-        ));
+        return Err(UsageError(lang.comment_has_controls()));
     }
     Ok(())
 }
@@ -136,8 +139,11 @@ mod tests {
         assert!(check_url("https://", Lang::En).is_err());
         let ja = check_url("ftp://x", Lang::Ja).unwrap_err().to_string();
         assert!(ja.contains("https:// または http:// で始めて"), "{ja}");
-        assert!(check_comment("ソフト更新 v2").is_ok());
-        assert!(check_comment("bad\u{7}bell").is_err());
-        assert!(check_comment("two\nlines").is_err());
+        assert!(check_comment("ソフト更新 v2", Lang::En).is_ok());
+        assert!(check_comment("bad\u{7}bell", Lang::En).is_err());
+        let ja = check_comment("two\nlines", Lang::Ja)
+            .unwrap_err()
+            .to_string();
+        assert!(ja.contains("制御文字"), "{ja}");
     }
 }

@@ -17,7 +17,13 @@ use crate::inputs::Credentials;
 /// HTTP/2 windows large enough that a fast link is not throttled by flow control.
 const STREAM_WINDOW: u32 = 32 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
+/// How long a connection may take, TCP, TLS and the HTTP/2 handshake together: a
+/// server that takes the connection and never answers is given up on, not waited for.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the login may wait for its answer (password hashing and beginning the
+/// upload take well under a second): HTTP/2 opens without hearing from the server,
+/// so a server that never answers is found out here.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Opens a channel to `url`, trusting `ca` in addition to the system roots for https.
 /// Plain `http://` is refused unless the host is this machine or `insecure` is set: the
@@ -59,7 +65,10 @@ pub async fn channel(
         tracing::warn!(%url, "plain http to another host (--insecure): the password and data are not encrypted");
     }
     let uri = endpoint.uri().clone();
-    match endpoint.connect().await {
+    let Ok(connected) = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await else {
+        return Err(Unreachable(lang.unreachable(url, &lang.connection_timed_out())).into());
+    };
+    match connected {
         Ok(channel) => Ok(channel),
         Err(e) => {
             if url.starts_with("http://")
@@ -231,15 +240,18 @@ impl Session {
         let credentials = login.credentials;
         let channel = channel(url, ca, insecure, lang).await?;
         let mut control = ControlClient::new(channel);
-        let reply = match control
-            .login(pb::LoginRequest {
+        let answer = tokio::time::timeout(
+            LOGIN_TIMEOUT,
+            control.login(pb::LoginRequest {
                 user: credentials.user.clone(),
                 password: credentials.password.clone(),
                 terminal: login.terminal.to_owned(),
                 begin_update: login.begin_update.to_owned(),
-            })
-            .await
-        {
+            }),
+        )
+        .await
+        .map_err(|_| Unreachable(lang.unreachable(url, &lang.connection_timed_out())))?;
+        let reply = match answer {
             Ok(reply) => reply,
             // Plain HTTP/2 to a TLS port fails only at the first call.
             Err(status) if url.starts_with("http://") && is_transport_failure(&status) => {

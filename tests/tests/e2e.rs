@@ -709,6 +709,18 @@ fn tls_with_a_generated_certificate() {
     // Without the CA the certificate is not trusted.
     let untrusted = terminal.run(&["--url", &url, "update", "start"]);
     assert_eq!(untrusted.status.code(), Some(1), "{}", text(&untrusted));
+    assert!(
+        text(&untrusted).contains("the TLS handshake failed")
+            && text(&untrusted).contains("`--ca FILE`"),
+        "{}",
+        text(&untrusted)
+    );
+    let untrusted = terminal.run(&["--lang", "ja", "--url", &url, "update", "start"]);
+    assert!(
+        text(&untrusted).contains("TLS の確認に失敗しました"),
+        "{}",
+        text(&untrusted)
+    );
     let ca = cert.to_str().expect("path");
     assert_ok(&terminal.run(&["--url", &url, "--ca", ca, "update", "start"]));
     let finish = terminal.run(&["--ca", ca, "update", "finish"]);
@@ -881,6 +893,10 @@ fn prompts_are_answered_on_a_terminal_and_the_password_is_hidden() {
         !transcript.contains("PasSw0rd"),
         "the password was echoed:\n{transcript}"
     );
+    assert!(
+        transcript.contains("Password: ********\r\n"),
+        "one `*` per character typed:\n{transcript:?}"
+    );
 
     // The URL is cached now: finish asks only for the login and the comment.
     let finish = in_pty(
@@ -1006,4 +1022,38 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
     std::fs::remove_file(&kept).expect("remove base.manifest");
     assert_ok(&finish());
     assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
+}
+
+#[test]
+fn on_a_terminal_every_message_after_the_bar_starts_its_own_line() {
+    let s = setup_changing(16 << 20, 40, 47);
+    s.start_update();
+    let finish = in_pty(
+        &s.terminal,
+        &[("User name: ", "coadmin"), ("Password: ", "PasSw0rd")],
+        &["update", "finish", "--limit-rate", "2m", "--comment", "bar"],
+    );
+    let transcript = String::from_utf8_lossy(&finish.stdout);
+    assert!(finish.status.success(), "{transcript}");
+    let done = transcript
+        .find("100% complete...")
+        .unwrap_or_else(|| panic!("the bar reached 100%:\n{transcript:?}"));
+    assert!(
+        !transcript[done + "100% complete".len()..].contains("% complete"),
+        "a bar drawn after 100%:\n{transcript:?}"
+    );
+    for said in [
+        "Setting the write cache back to restore mode...",
+        "Update finished.",
+        "New version: ",
+    ] {
+        let line = transcript
+            .split('\n')
+            .find(|line| line.contains(said))
+            .unwrap_or_else(|| panic!("{said}:\n{transcript:?}"));
+        assert!(
+            line.starts_with(said),
+            "{said:?} shares its line with the bar: {line:?}"
+        );
+    }
 }

@@ -324,7 +324,7 @@ async fn begin(
         } else {
             typed
         };
-        inputs::check_comment(&comment)?;
+        inputs::check_comment(&comment, lang)?;
         let reply = control
             .begin_upload(update_ref())
             .await
@@ -338,7 +338,7 @@ async fn begin(
     let comment = comment
         .given
         .map_or_else(|| lang.default_comment(comment.terminal), ToOwned::to_owned);
-    inputs::check_comment(&comment)?;
+    inputs::check_comment(&comment, lang)?;
     if let Some(reply) = begun_at_login {
         tracing::debug!("the upload began with the login");
         return Ok(Begun {

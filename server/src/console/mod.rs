@@ -120,39 +120,25 @@ impl From<ServerError> for ApiError {
     }
 }
 
-/// What went wrong, in `lang`: the errors a console user meets in its words, any other
-/// with the server's own (English) account after them.
+/// What went wrong, in `lang`: what only a console user meets in the console's words,
+/// every other refusal from the one table the terminal reads too
+/// ([`hotate_proto::Refusal`]).
 fn error_text(lang: Lang, err: &ServerError) -> String {
     use crate::meta::MetaError;
     let w = lang.words();
     match err {
-        ServerError::BadLogin => w.bad_login.into(),
-        ServerError::LoginLocked { .. } => w.login_locked.into(),
         ServerError::Unauthenticated => w.session_expired.into(),
         // The one refusal by role the console can meet: an abort or cancel by an operator.
         ServerError::Forbidden(_) => w.admins_only.into(),
-        ServerError::NotYourUpdate { .. } => w.permission_denied.into(),
         ServerError::NoCsrfToken => w.stale_page.into(),
         ServerError::CrossSite(origin) => w.cross_site.replace("{origin}", origin),
-        ServerError::Busy(_) | ServerError::StoreBusy | ServerError::OverBudget(_) => {
-            w.server_busy.into()
-        }
-        ServerError::BadRequest(detail) | ServerError::Meta(MetaError::BadRequest(detail)) => {
-            w.bad_request.replace("{detail}", detail)
-        }
         ServerError::Meta(MetaError::UnknownUpdate(_)) => w.unknown_update.into(),
         ServerError::Meta(
             MetaError::UpdateNotLive { state, .. } | MetaError::UpdateEnded(state),
         ) => w
             .update_ended
             .replace("{state}", w.state(state.as_str(), false)),
-        ServerError::Meta(MetaError::UnknownDisk(name)) => w.unknown_disk.replace("{name}", name),
-        ServerError::Meta(MetaError::UnknownVersion(name)) => {
-            w.unknown_version.replace("{name}", name)
-        }
-        other => w
-            .server_failed
-            .replace("{detail}", other.to_string().trim_end_matches('.')),
+        other => other.refusal().words(lang.language()),
     }
 }
 

@@ -483,7 +483,6 @@ pub(super) async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = safe_next(form.next.as_deref()).to_owned();
-    let w = lang.words();
     if let Err(e) = super::check_origin(&headers) {
         return ApiError(e).into_response();
     }
@@ -497,11 +496,7 @@ pub(super) async fn login(
             ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
         }
         Err(e) => {
-            let text = match e {
-                ServerError::BadLogin => w.bad_login.to_owned(),
-                ServerError::LoginLocked { .. } => w.login_locked.to_owned(),
-                other => other.to_string(),
-            };
+            let text = e.refusal().words(lang.language());
             let mut response = login_page(lang, &next, Some(&text));
             *response.status_mut() = StatusCode::UNAUTHORIZED;
             response

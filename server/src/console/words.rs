@@ -55,6 +55,14 @@ impl Lang {
         best.0
     }
 
+    /// The language of the refusals shared with the terminal.
+    pub fn language(self) -> hotate_proto::Language {
+        match self {
+            Self::En => hotate_proto::Language::En,
+            Self::Ja => hotate_proto::Language::Ja,
+        }
+    }
+
     pub fn words(self) -> &'static Words {
         match self {
             Self::En => &EN,
@@ -74,8 +82,6 @@ pub struct Words {
     pub logout: &'static str,
     pub user: &'static str,
     pub password: &'static str,
-    pub bad_login: &'static str,
-    pub login_locked: &'static str,
     pub disk: &'static str,
     pub terminal: &'static str,
     pub state: &'static str,
@@ -129,22 +135,12 @@ pub struct Words {
     pub of: &'static str,
     pub not_found: &'static str,
     pub session_expired: &'static str,
-    pub permission_denied: &'static str,
     pub unknown_update: &'static str,
     /// `{state}`: the update's state in these words.
     pub update_ended: &'static str,
-    /// `{name}`: the disk asked for.
-    pub unknown_disk: &'static str,
-    /// `{name}`: the version asked for.
-    pub unknown_version: &'static str,
-    pub server_busy: &'static str,
     pub stale_page: &'static str,
     /// `{origin}`: the site the request came from.
     pub cross_site: &'static str,
-    /// `{detail}`: what the request got wrong (in English).
-    pub bad_request: &'static str,
-    /// `{detail}`: the server's own account (in English).
-    pub server_failed: &'static str,
 }
 
 impl Words {
@@ -171,8 +167,6 @@ pub static EN: Words = Words {
     logout: "Log out",
     user: "User name",
     password: "Password",
-    bad_login: "Wrong user name or password.",
-    login_locked: "Too many failed logins: try again later.",
     disk: "Disk",
     terminal: "Terminal",
     state: "State",
@@ -226,16 +220,10 @@ pub static EN: Words = Words {
     of: "of",
     not_found: "Not found.",
     session_expired: "Not logged in, or the session expired: log in again.",
-    permission_denied: "This update belongs to another user.",
     unknown_update: "There is no such update: it may have ended. Reload the page.",
     update_ended: "This update has already ended ({state}): there is nothing to abort or cancel.",
-    unknown_disk: "There is no disk {name}.",
-    unknown_version: "There is no version {name}.",
-    server_busy: "The server is busy: try again shortly.",
     stale_page: "The page is out of date: reload it and try again.",
     cross_site: "A page of {origin} may not change this server.",
-    bad_request: "The request is invalid: {detail}",
-    server_failed: "The server failed: {detail}. Its log says more.",
 };
 
 pub static JA: Words = Words {
@@ -247,8 +235,6 @@ pub static JA: Words = Words {
     logout: "ログアウト",
     user: "ユーザー名",
     password: "パスワード",
-    bad_login: "ユーザー名またはパスワードが違います。",
-    login_locked: "ログインの失敗が多すぎます。しばらくしてから再度お試しください。",
     disk: "ディスク",
     terminal: "端末",
     state: "状態",
@@ -302,16 +288,10 @@ pub static JA: Words = Words {
     of: "/",
     not_found: "見つかりません。",
     session_expired: "ログインしていないか、セッションの有効期限が切れました。再度ログインしてください。",
-    permission_denied: "この更新は別のユーザーのものです。",
     unknown_update: "その更新はありません。終了した可能性があります。ページを再読み込みしてください。",
     update_ended: "この更新はすでに「{state}」です。更新中断・更新取消するものはありません。",
-    unknown_disk: "ディスク {name} はありません。",
-    unknown_version: "バージョン {name} はありません。",
-    server_busy: "サーバーが混み合っています。しばらくしてから再度お試しください。",
     stale_page: "ページが古くなっています。再読み込みしてから再度お試しください。",
     cross_site: "{origin} のページからはこのサーバーを変更できません。",
-    bad_request: "要求が正しくありません: {detail}",
-    server_failed: "サーバーでエラーが発生しました: {detail}。詳しくはサーバーのログを確認してください。",
 };
 
 #[cfg(test)]

@@ -150,6 +150,30 @@ fn the_api_keeps_its_contract_and_its_guards() {
         refused_says["ja"],
         "更新中断・更新取消は管理者のみ行えます。"
     );
+    // A refusal the terminal meets too reads the same in both: one table of wordings.
+    let wrong = http::json(
+        &addr,
+        "POST",
+        "/api/v1/login",
+        &[],
+        &json!({"user": "op", "password": "not-the-password"}),
+    );
+    assert_eq!(wrong.status, 401, "{}", wrong.text());
+    assert_eq!(
+        messages(&wrong)["ja"],
+        "ログインできません: ユーザー名またはパスワードが正しくありません。"
+    );
+    let terminal_wrong = s
+        .terminal
+        .client(&["--lang", "ja", "update", "finish"])
+        .env("HOTATE_PASSWORD", "not-the-password")
+        .output()
+        .expect("run hotate-client");
+    assert!(
+        text(&terminal_wrong).contains(messages(&wrong)["ja"].as_str().expect("ja")),
+        "{}",
+        text(&terminal_wrong)
+    );
     let refused_cancel = http::request(
         &addr,
         "POST",
@@ -283,7 +307,7 @@ fn the_api_keeps_its_contract_and_its_guards() {
     assert!(
         missing
             .text()
-            .contains("ディスク no-such-disk はありません。"),
+            .contains("ManageServer にディスク no-such-disk がありません。"),
         "{}",
         missing.text()
     );

@@ -299,3 +299,33 @@ fn connection_failures_say_why_in_japanese() {
         text(&unknown)
     );
 }
+
+/// A server that takes the connection but never answers (a hung machine, a firewall
+/// that swallows packets): the client gives up in bounded time and says so.
+#[test]
+fn a_silent_server_times_out_in_both_languages() {
+    let s = setup(1 << 20, 53);
+    // Bound and listening but never accepting: the kernel completes the handshake and
+    // then nothing is ever said.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", silent.local_addr().expect("addr"));
+    let run = |lang: &'static str| {
+        let (terminal, url) = (&s.terminal, &url);
+        move || {
+            let started = std::time::Instant::now();
+            let out = terminal.run(&["--lang", lang, "--url", url, "update", "start"]);
+            (started.elapsed(), out)
+        }
+    };
+    std::thread::scope(|scope| {
+        let en = scope.spawn(run("en"));
+        let ja = scope.spawn(run("ja"));
+        for (said, waited) in [("no answer in time", en), ("時間内に応答がありません", ja)]
+        {
+            let (took, out) = waited.join().expect("run");
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(text(&out).contains(said), "{said}: {}", text(&out));
+            assert!(took < Duration::from_secs(30), "gave up after {took:?}");
+        }
+    });
+}
