@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark whose figures the README reports, installing the reference tools
+# Runs every benchmark whose figures docs/benchmarks.md reports, installing the reference tools
 # (rsync, b3sum) first. Usage: benches/run.sh [quick]   (quick: 512 MiB images only)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -224,8 +224,8 @@ impl Lang {
     }
     pub fn terminal_unreadable(self, path: &str, cause: &str) -> String {
         self.pick(
-            format!("Cannot read {path}: {cause}. The boot environment writes it; see the README for its fields."),
-            format!("{path} を読み込めません: {cause}。ブート環境が書き込むファイルです。項目は README を参照してください。"),
+            format!("Cannot read {path}: {cause}. The boot environment writes it; see docs/terminals.md for its fields."),
+            format!("{path} を読み込めません: {cause}。ブート環境が書き込むファイルです。項目は docs/terminals.md を参照してください。"),
         )
     }
     pub fn file_malformed(self, path: &str, cause: &str) -> String {

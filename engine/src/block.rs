@@ -13,7 +13,7 @@ use crate::hash::Hash;
 /// The default block size: 1 MiB.
 pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 
-/// The default zstd level, chosen by measurement (see the README's benchmark table):
+/// The default zstd level, chosen by measurement (see docs/benchmarks.md, "Compression"):
 /// level 3 costs about 13% more CPU than level 1 and sends about 1% less on a real
 /// filesystem update; uploads often cross slow links, so the bytes win. Level 6 costs
 /// three times the CPU.

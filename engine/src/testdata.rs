@@ -75,10 +75,42 @@ pub fn run_tool<S: AsRef<std::ffi::OsStr>>(tool: &str, args: &[S]) {
     );
 }
 
+/// Whether the machine has `what` (a tool a test compares with). When it does not, the
+/// test says what it leaves out and why, except under `CI=true`, where that fails it: so
+/// `cargo test` passes on a fresh machine and CI runs everything.
+///
+/// # Panics
+/// Under `CI=true` when `what` is missing.
+pub fn present(test: &str, what: &str, found: bool) -> bool {
+    if !found && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} needs {what}, and CI must run it");
+    }
+    if !found {
+        eprintln!("SKIPPED in {test}: the comparison with {what}, which this machine lacks");
+    }
+    found
+}
+
+/// Whether `python3` can import libvhdi's binding (Debian `python3-libvhdi`).
+#[cfg(unix)]
+pub fn has_libvhdi() -> bool {
+    std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import pyvhdi"])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
 /// What libvhdi (`python3-libvhdi`), a reader independent of ours, reads of the VHD or
-/// VHDX image `child` with `parent` set.
+/// VHDX image `child` with `parent` set; `None` (said) on a machine without it.
 #[cfg(unix)] // Only the tests that run Linux tools use it (Wine cannot start them).
-pub fn libvhdi_read(child: &std::path::Path, parent: &std::path::Path) -> Vec<u8> {
+pub fn libvhdi_read(
+    test: &str,
+    child: &std::path::Path,
+    parent: &std::path::Path,
+) -> Option<Vec<u8>> {
+    if !present(test, "libvhdi (Debian python3-libvhdi)", has_libvhdi()) {
+        return None;
+    }
     let script = format!(
         "import pyvhdi, sys\n\
          child = pyvhdi.file(); child.open({child:?})\n\
@@ -97,5 +129,5 @@ pub fn libvhdi_read(child: &std::path::Path, parent: &std::path::Path) -> Vec<u8
         "libvhdi: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    out.stdout
+    Some(out.stdout)
 }

@@ -727,6 +727,10 @@ fn tls_with_a_generated_certificate() {
     assert_ok(&finish);
     assert_latest_is(&site, dir.path(), &pair.updated);
     // The console shares the port and its TLS (HTTP/2 by ALPN); its cookie is Secure.
+    let found = hotate_tests::has_command("curl");
+    if !hotate_tests::needs("the TLS test", "curl, as an HTTP/2 client", found) {
+        return;
+    }
     let login = std::process::Command::new("curl")
         .args([
             "-s",
@@ -850,8 +854,21 @@ fn sigterm_stops_the_server_even_during_an_upload() {
     server.stop();
 }
 
-/// Runs the client in a pseudo-terminal, answering `prompts` in order.
-fn in_pty(terminal: &Terminal, prompts: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+/// Runs the client in a pseudo-terminal, answering `prompts` in order; `None` (said) on
+/// a machine without python3, which drives the terminal.
+fn in_pty(
+    terminal: &Terminal,
+    prompts: &[(&str, &str)],
+    args: &[&str],
+) -> Option<std::process::Output> {
+    let found = hotate_tests::has_command("python3");
+    if !hotate_tests::needs(
+        "a terminal test",
+        "python3, to drive a pseudo-terminal",
+        found,
+    ) {
+        return None;
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pty/answer.py");
     let mut cmd = std::process::Command::new("python3");
     cmd.arg(script);
@@ -867,14 +884,14 @@ fn in_pty(terminal: &Terminal, prompts: &[(&str, &str)], args: &[&str]) -> std::
         .env_remove("HOTATE_PASSWORD")
         .env_remove("HOTATE_URL")
         .env("LANG", "C");
-    cmd.output().expect("run python3 answer.py")
+    Some(cmd.output().expect("run python3 answer.py"))
 }
 
 #[test]
 fn prompts_are_answered_on_a_terminal_and_the_password_is_hidden() {
     let s = setup(2 << 20, 16);
     let url = s.server.url();
-    let start = in_pty(
+    let Some(start) = in_pty(
         &s.terminal,
         &[
             ("Server URL: ", &url),
@@ -882,7 +899,9 @@ fn prompts_are_answered_on_a_terminal_and_the_password_is_hidden() {
             ("Password: ", "PasSw0rd"),
         ],
         &["update", "start"],
-    );
+    ) else {
+        return;
+    };
     let transcript = String::from_utf8_lossy(&start.stdout);
     assert!(start.status.success(), "{transcript}");
     assert!(
@@ -899,7 +918,7 @@ fn prompts_are_answered_on_a_terminal_and_the_password_is_hidden() {
     );
 
     // The URL is cached now: finish asks only for the login and the comment.
-    let finish = in_pty(
+    let Some(finish) = in_pty(
         &s.terminal,
         &[
             ("User name: ", "coadmin"),
@@ -907,7 +926,9 @@ fn prompts_are_answered_on_a_terminal_and_the_password_is_hidden() {
             ("Version comment", "Installed a typed comment"),
         ],
         &["update", "finish"],
-    );
+    ) else {
+        return;
+    };
     let transcript = String::from_utf8_lossy(&finish.stdout);
     assert!(finish.status.success(), "{transcript}");
     assert!(
@@ -1028,11 +1049,13 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
 fn on_a_terminal_every_message_after_the_bar_starts_its_own_line() {
     let s = setup_changing(16 << 20, 40, 47);
     s.start_update();
-    let finish = in_pty(
+    let Some(finish) = in_pty(
         &s.terminal,
         &[("User name: ", "coadmin"), ("Password: ", "PasSw0rd")],
         &["update", "finish", "--limit-rate", "2m", "--comment", "bar"],
-    );
+    ) else {
+        return;
+    };
     let transcript = String::from_utf8_lossy(&finish.stdout);
     assert!(finish.status.success(), "{transcript}");
     let done = transcript

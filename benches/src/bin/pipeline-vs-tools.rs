@@ -6,7 +6,7 @@
 //! into a discarding sink), the pipeline with no block changed (hash only), `b3sum
 //! --num-threads 2`, and `zstd -1 -T2`. For reference it also times the hash-only run on
 //! a copy on disk, read with `O_DIRECT` as a terminal reads its differential disk. It
-//! prints throughputs and the ratios the README reports.
+//! prints throughputs and the ratios docs/benchmarks.md reports.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -412,6 +412,14 @@ fn screenshot_dir() -> std::path::PathBuf {
 
 #[test]
 fn a_browser_watches_an_upload_advance_and_aborts_it() {
+    let found = hotate_tests::has_command("chromedriver") && hotate_tests::has_command("chromium");
+    if !hotate_tests::needs(
+        "the console's browser test",
+        "chromium and chromedriver (Debian chromium, chromium-driver)",
+        found,
+    ) {
+        return;
+    }
     let s = setup_changing(48 << 20, 60, 73);
     let base = s.server.url();
     s.start_update();

@@ -17,8 +17,19 @@ fn qemu(tool: &str, args: &[&str]) {
 }
 
 /// What libvhdi (`python3-libvhdi`), a reader independent of ours, reads of the VHD or
-/// VHDX image `child` with `parent` set.
-fn libvhdi_read(child: &Path, parent: &Path) -> Vec<u8> {
+/// VHDX image `child` with `parent` set; `None` (said) on a machine without it.
+fn libvhdi_read(child: &Path, parent: &Path) -> Option<Vec<u8>> {
+    let found = Command::new("/usr/bin/python3")
+        .args(["-c", "import pyvhdi"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !hotate_tests::needs(
+        "the VHD/VHDX tests",
+        "libvhdi (Debian python3-libvhdi)",
+        found,
+    ) {
+        return None;
+    }
     let script = format!(
         "import pyvhdi, sys\n\
          child = pyvhdi.file(); child.open({child:?})\n\
@@ -33,7 +44,7 @@ fn libvhdi_read(child: &Path, parent: &Path) -> Vec<u8> {
         .output()
         .expect("python3 with python3-libvhdi");
     assert!(read.status.success(), "libvhdi: {}", text(&read));
-    read.stdout
+    Some(read.stdout)
 }
 
 fn as_raw(image: &Path, out: &Path) -> Vec<u8> {
@@ -358,10 +369,9 @@ fn assert_reads_as_updated(
     let mut buf = hotate_engine::direct_io::AlignedBuf::zeroed(1);
     image.read_at(0, updated.len(), &mut buf).expect("read");
     assert!(buf[..] == updated[..], "the child reads differently here");
-    assert!(
-        libvhdi_read(child, parent) == updated,
-        "libvhdi reads the child differently"
-    );
+    if let Some(read) = libvhdi_read(child, parent) {
+        assert!(read == updated, "libvhdi reads the child differently");
+    }
     image
 }
 

@@ -530,10 +530,13 @@ mod written_tests {
             child.top_layer_extents().unwrap().unwrap(),
             [3 * BLOCK..4 * BLOCK, 5 * BLOCK..6 * BLOCK]
         );
-        assert!(
-            crate::testdata::libvhdi_read(&child_path, &parent_path) == want,
-            "libvhdi reads the child differently"
-        );
+        if let Some(read) = crate::testdata::libvhdi_read(
+            "dynamic_and_differencing_images_read_back_here_in_qemu_and_in_libvhdi",
+            &child_path,
+            &parent_path,
+        ) {
+            assert!(read == want, "libvhdi reads the child differently");
+        }
 
         // Single sectors anywhere in a block: the others are the parent's.
         let single = dir.path().join("single.vhd");

@@ -859,10 +859,13 @@ mod differencing_tests {
         );
 
         // libvhdi, with the parent set, reads the same bytes.
-        assert!(
-            crate::testdata::libvhdi_read(&child, &parent_path) == want,
-            "libvhdi reads the child differently"
-        );
+        if let Some(read) = crate::testdata::libvhdi_read(
+            "a_written_child_reads_back_through_its_parent_here_and_in_libvhdi",
+            &child,
+            &parent_path,
+        ) {
+            assert!(read == want, "libvhdi reads the child differently");
+        }
     }
 
     #[test]
