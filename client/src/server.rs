@@ -133,14 +133,17 @@ fn is_loopback(uri: &tonic::transport::Uri) -> bool {
     }
 }
 
-/// Whether a status comes from the connection rather than from the server's answer.
+/// Whether a status comes from the connection rather than from the server's answer:
+/// every answer of Hotate's server carries its refusal code ([`Refusal`]); a status
+/// without one that tonic made from a broken connection has a source, or the codes it
+/// gives lost, reset and malformed HTTP/2 streams.
 pub fn is_transport_failure(status: &Status) -> bool {
-    std::error::Error::source(status).is_some()
-        || status.message().starts_with("h2 protocol error")
-        || matches!(
-            status.code(),
-            Code::Unavailable | Code::Cancelled | Code::Unknown
-        )
+    Refusal::read(status.metadata()).is_none()
+        && (std::error::Error::source(status).is_some()
+            || matches!(
+                status.code(),
+                Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Internal
+            ))
 }
 
 /// What answers at `uri` when plain HTTP/2 fails there.

@@ -27,9 +27,7 @@ use crate::error::{Failed, UsageError};
 use crate::server::{Session, explain};
 
 /// A failure of the upload stream: a lost connection says how to resume; anything else
-/// is the server's own answer. tonic makes statuses of transport failures with a source,
-/// an `Unknown`/`Unavailable`/`Cancelled` code or an "h2 protocol error" message; the
-/// server never answers with those.
+/// is the server's own answer.
 fn explain_stream(status: &Status, lang: crate::i18n::Lang, url: &str) -> anyhow::Error {
     if crate::server::is_transport_failure(status) {
         Unreachable(lang.connection_lost(status.message())).into()

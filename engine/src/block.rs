@@ -123,17 +123,15 @@ impl Frame {
             Codec::Zstd => {
                 // The output buffer is at most `max_len`: a hostile frame cannot make us
                 // allocate more, and one that would decode larger is an error.
+                use zstd::zstd_safe::{DCtx, get_error_name, zstd_sys::ZSTD_ErrorCode};
+                let too_small =
+                    (ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall as usize).wrapping_neg();
                 let mut out = Vec::with_capacity(max_len);
-                zstd::bulk::Decompressor::new()
-                    .and_then(|mut d| d.decompress_to_buffer(&self.payload[..], &mut out))
-                    .map_err(|e| {
-                        if e.to_string().contains("Destination buffer is too small") {
-                            ChunkError::TooLarge { max_len }
-                        } else {
-                            ChunkError::Corrupt(e.to_string())
-                        }
-                    })?;
-                Ok(Bytes::from(out))
+                match DCtx::create().decompress(&mut out, &self.payload[..]) {
+                    Ok(_) => Ok(Bytes::from(out)),
+                    Err(code) if code == too_small => Err(ChunkError::TooLarge { max_len }),
+                    Err(code) => Err(ChunkError::Corrupt(get_error_name(code).to_owned())),
+                }
             }
         }
     }

@@ -15,7 +15,6 @@ use bytes::{Bytes, BytesMut};
 use crate::block::{ChunkError, Frame, VerifiedChunk, same_hash};
 use crate::hash::Hash;
 use crate::page_tree::{PageTree, page_value, root_of};
-use crate::store::Stored;
 
 pub use crate::page_tree::PAGE;
 
@@ -420,6 +419,66 @@ impl Outgoing {
             Self::Whole(chunk) => chunk.encoded_len(),
             Self::Delta { delta, .. } => delta.encoded_len(),
         }
+    }
+}
+
+/// A verified chunk as a store keeps it.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// Its whole content in one frame.
+    Whole(VerifiedChunk),
+    /// The pages that differ from a chunk the store holds (its base): a few changed
+    /// pages cost their own bytes, not a whole block's. The base must outlive it.
+    Patch(VerifiedPatch),
+}
+
+impl Stored {
+    pub fn hash(&self) -> Hash {
+        match self {
+            Self::Whole(chunk) => chunk.hash(),
+            Self::Patch(patch) => patch.hash(),
+        }
+    }
+
+    /// Length of the block's content.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Whole(chunk) => chunk.len(),
+            Self::Patch(patch) => patch.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of its payload: a whole chunk's frame, a patch's page map and pages.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::Whole(chunk) => chunk.encoded_len(),
+            Self::Patch(patch) => patch.delta().encoded_len(),
+        }
+    }
+
+    /// Refuses a chunk whose content is not exactly its block's length.
+    ///
+    /// # Errors
+    /// `WrongLength` when it differs.
+    pub fn check_len(self, expected: usize) -> Result<Self, ChunkError> {
+        if self.len() == expected {
+            Ok(self)
+        } else {
+            Err(ChunkError::WrongLength {
+                expected,
+                actual: self.len(),
+            })
+        }
+    }
+}
+
+impl From<VerifiedChunk> for Stored {
+    fn from(chunk: VerifiedChunk) -> Self {
+        Self::Whole(chunk)
     }
 }
 

@@ -153,10 +153,36 @@ impl Refusal {
         }
     }
 
-    /// Writes the code and its arguments into a status's details. Arguments that cannot
-    /// travel as metadata (not visible ASCII) are sent empty.
+    /// The details clients older than this table read (`hotate-latest`, `hotate-busy`,
+    /// ...): their names and values, still sent so that those clients word and retry
+    /// as before.
+    fn legacy_details(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::NotLatest { latest, booted } => vec![
+                ("hotate-latest", latest.clone()),
+                ("hotate-booted", booted.clone()),
+            ],
+            Self::UpdateEnded { state } => vec![("hotate-update-state", state.clone())],
+            Self::LoginLocked { retry_after_secs } => {
+                vec![("hotate-retry-after", retry_after_secs.to_string())]
+            }
+            Self::ServerBusy { .. } => vec![("hotate-busy", "1".into())],
+            Self::TakenOver => vec![("hotate-taken-over", "1".into())],
+            Self::DiskBusy { terminal } => vec![("hotate-terminal", terminal.clone())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Writes the code and its arguments into a status's details (with the details older
+    /// clients read). Arguments that cannot travel as metadata (not visible ASCII) are
+    /// sent empty.
     pub fn write(&self, metadata: &mut MetadataMap) {
         metadata.insert(CODE, MetadataValue::from_static(self.code()));
+        for (key, value) in self.legacy_details() {
+            if let Ok(value) = value.parse() {
+                metadata.insert(key, value);
+            }
+        }
         for (name, value) in self.args() {
             let value: String = value
                 .chars()
@@ -349,5 +375,24 @@ mod tests {
             assert!(!en.is_empty() && en != ja, "{refusal:?}: {en}");
             assert!(!ja.is_ascii(), "{refusal:?} has no Japanese wording: {ja}");
         }
+    }
+
+    /// Clients older than the table still find the details they read.
+    #[test]
+    fn older_clients_find_their_details() {
+        let mut metadata = MetadataMap::new();
+        Refusal::NotLatest {
+            latest: "c3066470".into(),
+            booted: "cbf4cdc8".into(),
+        }
+        .write(&mut metadata);
+        assert_eq!(metadata.get("hotate-latest").unwrap(), "c3066470");
+        assert_eq!(metadata.get("hotate-booted").unwrap(), "cbf4cdc8");
+        let mut metadata = MetadataMap::new();
+        Refusal::ServerBusy {
+            detail: "uploads".into(),
+        }
+        .write(&mut metadata);
+        assert_eq!(metadata.get("hotate-busy").unwrap(), "1");
     }
 }

@@ -233,11 +233,12 @@ pub fn disk_export(
         })
     });
     let parent = earlier.as_ref().zip(image.as_deref());
+    let exporter = crate::export::Exporter::new(&dir);
     let bytes = match format {
-        "qcow2" => dir.export_qcow2(&version, output, parent),
-        "vhdx" => dir.export_vhdx(&version, output, parent),
-        "vhd" => dir.export_vhd(&version, output, parent),
-        _ => dir.export(&version, output),
+        "qcow2" => exporter.qcow2(&version, output, parent),
+        "vhdx" => exporter.vhdx(&version, output, parent),
+        "vhd" => exporter.vhd(&version, output, parent),
+        _ => exporter.raw(&version, output),
     }
     .with_context(|| format!("exporting version {} to {}", version.id, output.display()))?;
     println!(

@@ -4,7 +4,6 @@
 
 use hotate_engine::{ChunkError, ManifestError, StoreError};
 use hotate_proto::Refusal;
-use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::meta::MetaError;
@@ -200,40 +199,6 @@ impl From<ServerError> for Status {
         }
         let mut status = Status::new(code, err.to_string());
         err.refusal().write(status.metadata_mut());
-        // The details clients before the typed table read.
-        // Machine-readable details for the client's localized messages.
-        if let ServerError::Meta(MetaError::NotLatest { latest, booted }) = &err
-            && let (Ok(l), Ok(b)) = (latest.parse(), booted.parse())
-        {
-            status.metadata_mut().insert("hotate-latest", l);
-            status.metadata_mut().insert("hotate-booted", b);
-        }
-        if let ServerError::Meta(MetaError::UpdateEnded(state)) = &err {
-            status.metadata_mut().insert(
-                "hotate-update-state",
-                MetadataValue::from_static(state.as_str()),
-            );
-        }
-        if let ServerError::LoginLocked { secs } = &err {
-            status
-                .metadata_mut()
-                .insert("hotate-retry-after", MetadataValue::from(*secs));
-        }
-        if matches!(err, ServerError::Busy(_)) {
-            status
-                .metadata_mut()
-                .insert("hotate-busy", MetadataValue::from_static("1"));
-        }
-        if matches!(err, ServerError::Meta(MetaError::TakenOver)) {
-            status
-                .metadata_mut()
-                .insert("hotate-taken-over", MetadataValue::from_static("1"));
-        }
-        if let ServerError::Meta(MetaError::DiskBusy { terminal }) = &err
-            && let Ok(t) = terminal.parse()
-        {
-            status.metadata_mut().insert("hotate-terminal", t);
-        }
         status
     }
 }

@@ -18,13 +18,23 @@ use crate::data::DataDir;
 use crate::error::ServerError;
 use crate::meta::VersionRow;
 
-impl DataDir {
+/// Writes the versions of a data dir as images.
+#[derive(Debug, Clone, Copy)]
+pub struct Exporter<'a> {
+    dir: &'a DataDir,
+}
+
+impl<'a> Exporter<'a> {
+    pub fn new(dir: &'a DataDir) -> Self {
+        Self { dir }
+    }
+
     /// Writes a version as a raw image (zero blocks as holes); returns the bytes written.
     ///
     /// # Errors
     /// When a chunk is missing or damaged, or the output cannot be written.
-    pub fn export(&self, version: &VersionRow, output: &Path) -> Result<u64, ServerError> {
-        let manifest = self.manifest(version)?;
+    pub fn raw(&self, version: &VersionRow, output: &Path) -> Result<u64, ServerError> {
+        let manifest = self.dir.manifest(version)?;
         let size = manifest.disk_size();
         via_temp(output, |temp| {
             let file = File::create(temp)?;
@@ -58,13 +68,13 @@ impl DataDir {
     /// # Errors
     /// When a chunk is missing or damaged, the parent image is not that version, or the
     /// output cannot be written.
-    pub fn export_qcow2(
+    pub fn qcow2(
         &self,
         version: &VersionRow,
         output: &Path,
         parent: Option<(&VersionRow, &Path)>,
     ) -> Result<u64, ServerError> {
-        let manifest = self.manifest(version)?;
+        let manifest = self.dir.manifest(version)?;
         let size = manifest.disk_size();
         let block = manifest.block_size();
         let (base, backing) = match parent {
@@ -116,13 +126,13 @@ impl DataDir {
     ///
     /// # Errors
     /// As [`DataDir::export_qcow2`].
-    pub fn export_vhdx(
+    pub fn vhdx(
         &self,
         version: &VersionRow,
         output: &Path,
         parent: Option<(&VersionRow, &Path)>,
     ) -> Result<u64, ServerError> {
-        let manifest = self.manifest(version)?;
+        let manifest = self.dir.manifest(version)?;
         let size = manifest.disk_size();
         let vhdx_block = (manifest.block_size().bytes() as u64).max(1 << 20);
         let (base, parent_ref) = match parent {
@@ -170,13 +180,13 @@ impl DataDir {
     ///
     /// # Errors
     /// As [`DataDir::export_qcow2`].
-    pub fn export_vhd(
+    pub fn vhd(
         &self,
         version: &VersionRow,
         output: &Path,
         parent: Option<(&VersionRow, &Path)>,
     ) -> Result<u64, ServerError> {
-        let manifest = self.manifest(version)?;
+        let manifest = self.dir.manifest(version)?;
         let size = manifest.disk_size();
         let (base, parent_ref) = match parent {
             None => (None, None),
@@ -219,7 +229,7 @@ impl DataDir {
         earlier: &VersionRow,
         manifest: &Manifest,
     ) -> Result<Manifest, ServerError> {
-        let earlier_manifest = self.manifest(earlier)?;
+        let earlier_manifest = self.dir.manifest(earlier)?;
         let bad = |why: String| bad_parent(path, &why);
         if image.size() != manifest.disk_size()
             || earlier_manifest.disk_size() != manifest.disk_size()
@@ -248,7 +258,7 @@ impl DataDir {
         let Some(Entry::Chunk(hash)) = manifest.get(index) else {
             return Err(ServerError::Internal(format!("block {index} has no chunk")));
         };
-        let chunk = self.store().get(&hash, block.bytes())?;
+        let chunk = self.dir.store().get(&hash, block.bytes())?;
         let range = block.range(index, manifest.disk_size());
         if chunk.len() as u64 != range.end - range.start {
             return Err(ServerError::Internal(format!(
@@ -343,7 +353,7 @@ struct ChunkCursor {
 impl ChunkCursor {
     fn read(
         &mut self,
-        data: &DataDir,
+        data: &Exporter<'_>,
         manifest: &Manifest,
         start: u64,
         out: &mut [u8],

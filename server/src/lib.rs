@@ -5,23 +5,23 @@
 //! layer they and the [`admin`] commands share.
 
 pub mod admin;
-pub mod app;
-pub mod auth;
+mod app;
+mod auth;
 pub mod cert;
-pub mod console;
-pub mod control;
-pub mod data;
-pub mod error;
-pub mod export;
-pub mod gate;
+mod console;
+mod control;
+mod data;
+mod error;
+mod export;
+mod gate;
 pub mod limits;
-pub mod live;
-pub mod meta;
+mod live;
+mod meta;
 pub mod serve;
-pub mod text;
-pub mod throttle;
-pub mod transfer;
-pub mod upkeep;
+mod text;
+mod throttle;
+mod transfer;
+mod upkeep;
 
 pub use data::DataDir;
 pub use error::ServerError;

@@ -12,67 +12,13 @@ mod memory;
 use bytes::Bytes;
 
 use crate::block::{ChunkError, VerifiedChunk};
-use crate::delta::VerifiedPatch;
+pub use crate::delta::Stored;
 use crate::hash::Hash;
 use crate::page_tree::PageTree;
 
 pub use fs::FsStore;
 pub use layout::Layout;
 pub use memory::MemoryStore;
-
-/// A verified chunk as a store keeps it.
-#[derive(Debug, Clone)]
-pub enum Stored {
-    /// Its whole content in one frame.
-    Whole(VerifiedChunk),
-    /// The pages that differ from a chunk the store holds (its base): a few changed
-    /// pages cost their own bytes, not a whole block's. The base must outlive it.
-    Patch(VerifiedPatch),
-}
-
-impl Stored {
-    pub fn hash(&self) -> Hash {
-        match self {
-            Self::Whole(chunk) => chunk.hash(),
-            Self::Patch(patch) => patch.hash(),
-        }
-    }
-
-    /// Length of the block's content.
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Whole(chunk) => chunk.len(),
-            Self::Patch(patch) => patch.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Bytes of its payload: a whole chunk's frame, a patch's page map and pages.
-    pub fn encoded_len(&self) -> usize {
-        match self {
-            Self::Whole(chunk) => chunk.encoded_len(),
-            Self::Patch(patch) => patch.delta().encoded_len(),
-        }
-    }
-
-    /// Refuses a chunk whose content is not exactly its block's length.
-    ///
-    /// # Errors
-    /// `WrongLength` when it differs.
-    pub fn check_len(self, expected: usize) -> Result<Self, ChunkError> {
-        if self.len() == expected {
-            Ok(self)
-        } else {
-            Err(ChunkError::WrongLength {
-                expected,
-                actual: self.len(),
-            })
-        }
-    }
-}
 
 /// A chunk read with its page values ([`ChunkStore::get_with_pages`]).
 #[derive(Debug, Clone)]
@@ -81,12 +27,6 @@ pub struct Paged {
     pub tree: PageTree,
     /// How many patches deep it is stored: 0 when whole.
     pub depth: u8,
-}
-
-impl From<VerifiedChunk> for Stored {
-    fn from(chunk: VerifiedChunk) -> Self {
-        Self::Whole(chunk)
-    }
 }
 
 /// A content-addressed store of chunks. Calls block: async callers use `spawn_blocking`.
@@ -339,7 +279,7 @@ pub(crate) mod contract {
             changed: Bytes::from_static(&[1]),
             pages: crate::block::Frame::raw(Bytes::from(vec![0u8; PAGE])),
         };
-        let patch = VerifiedPatch::stored(looped, 8 * PAGE, 1, delta);
+        let patch = crate::delta::VerifiedPatch::stored(looped, 8 * PAGE, 1, delta);
         store.put_many(&[Stored::Patch(patch)]).unwrap();
         assert!(matches!(
             store.get(&looped, max),

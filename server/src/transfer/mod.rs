@@ -1,0 +1,355 @@
+//! The transfer service: manifests out, uploads in.
+//!
+//! - [`TransferService`] (here) serves `hotate.v1.Transfer`: manifests, probes, the
+//!   discard stream of `bench`, and opening an upload stream, one stream per update at a
+//!   time (a newly opened stream stops the older one, which stores what it verified,
+//!   then ends with "another finish took over this upload");
+//! - [`session`] is one session of an upload: offers answered, chunks verified and
+//!   stored in group commits, and (in `session::finish`) the version committed;
+//! - [`offers`] checks offers and works out what the store lacks and against which base.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hotate_engine::{Hash, Manifest};
+use hotate_proto::pb::{self, transfer_server::Transfer, upload_reply, upload_request};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::app::{blocking, check_owner};
+use crate::data::DataDir;
+use crate::error::ServerError;
+use crate::gate::caller;
+use crate::limits::Limits;
+use crate::live::Live;
+use crate::meta::must_be_uploading;
+
+mod offers;
+mod session;
+
+use offers::{block_len, lacking, offered, replaced_blocks};
+use session::{Upload, reply};
+
+/// Replies queued towards the client.
+const REPLY_QUEUE: usize = 256;
+/// How long a new stream waits for the one it takes over to store what it verified.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
+/// Size of the parts a manifest is sent in.
+const MANIFEST_PART: usize = 1 << 20;
+/// Probes answered at once, server-wide (each may read `BASE_ANSWER_READ` of bases);
+/// more wait.
+const PROBE_JOBS: usize = 4;
+/// Most entries in one probe, as in one offer batch of the client.
+const PROBE_ENTRIES: usize = 1024;
+/// A discard stream ends after this many bytes...
+const DISCARD_BYTES: u64 = 4 << 30;
+/// ...or this long.
+const DISCARD_TIME: Duration = Duration::from_secs(30);
+
+/// Serves `hotate.v1.Transfer`.
+#[derive(Debug, Clone)]
+pub struct TransferService {
+    data: Arc<DataDir>,
+    live: Arc<Live>,
+    streams: Arc<Mutex<HashMap<String, LiveStream>>>,
+    /// One permit per upload stream, up to `Limits::max_uploads`.
+    uploads: Arc<tokio::sync::Semaphore>,
+    limits: Limits,
+    /// Probes answered at once.
+    probes: Arc<tokio::sync::Semaphore>,
+    /// The manifest probes last read: a bench probes one base many times.
+    probed: Arc<Mutex<Option<Probed>>>,
+}
+
+/// A version's manifest, by disk and version id.
+type Probed = (String, String, Arc<Manifest>);
+
+/// The stream that holds an update now.
+#[derive(Debug)]
+struct LiveStream {
+    session: u64,
+    stop: watch::Sender<bool>,
+    ended: watch::Receiver<bool>,
+}
+
+/// Marks a stream ended (and forgets it, unless a newer one replaced it) when dropped.
+struct StreamGuard {
+    streams: Arc<Mutex<HashMap<String, LiveStream>>>,
+    live: Arc<Live>,
+    guid: String,
+    session: u64,
+    ended: watch::Sender<bool>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let _ = self.ended.send(true);
+        self.live.closed(&self.guid, self.session);
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams
+            .get(&self.guid)
+            .is_some_and(|s| s.session == self.session)
+        {
+            streams.remove(&self.guid);
+        }
+    }
+}
+
+impl TransferService {
+    pub fn new(data: Arc<DataDir>, live: Arc<Live>, limits: Limits) -> Self {
+        Self {
+            data,
+            live,
+            streams: Arc::default(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(limits.max_uploads.max(1))),
+            limits,
+            probes: Arc::new(tokio::sync::Semaphore::new(PROBE_JOBS)),
+            probed: Arc::default(),
+        }
+    }
+
+    /// A place among the `--max-uploads` streams, or `Busy` (the client waits and
+    /// retries).
+    fn upload_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ServerError> {
+        self.uploads.clone().try_acquire_owned().map_err(|_| {
+            ServerError::Busy(format!(
+                "{} uploads are running, the server's limit",
+                self.limits.max_uploads
+            ))
+        })
+    }
+
+    /// Stops the stream holding `guid`, if any, and waits until it has stored what it
+    /// verified.
+    async fn take_over(&self, guid: &str) {
+        let ended = {
+            let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            streams.get(guid).map(|old| {
+                let _ = old.stop.send(true);
+                old.ended.clone()
+            })
+        };
+        if let Some(mut ended) = ended {
+            tracing::info!(update = %guid, "a new stream takes over the upload");
+            let _ = tokio::time::timeout(TAKEOVER_WAIT, ended.wait_for(|e| *e)).await;
+        }
+    }
+}
+
+type ReplyStream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl Transfer for TransferService {
+    type GetManifestStream = ReplyStream<pb::ManifestPart>;
+    type UploadStream = ReplyStream<pb::UploadReply>;
+    type DiscardStream = ReplyStream<pb::DiscardReply>;
+
+    async fn probe(
+        &self,
+        request: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::Need>, Status> {
+        caller(&request)?;
+        let req = request.into_inner();
+        if req.entries.len() > PROBE_ENTRIES {
+            return Err(ServerError::BadRequest(format!(
+                "a probe of {} entries; at most {PROBE_ENTRIES}",
+                req.entries.len()
+            ))
+            .into());
+        }
+        let _permit = self
+            .probes
+            .acquire()
+            .await
+            .map_err(|_| ServerError::Internal("probes closed".into()))?;
+        let data = self.data.clone();
+        let probed = self.probed.clone();
+        let need = blocking(move || {
+            let disk = data.meta().disk(&req.disk_id)?;
+            let version = data.meta().version(&disk.id, &req.version)?;
+            let parent = {
+                let mut probed = probed.lock().unwrap_or_else(|e| e.into_inner());
+                match probed.as_ref() {
+                    Some((d, v, manifest)) if *d == disk.id && *v == version.id => manifest.clone(),
+                    _ => {
+                        let manifest = Arc::new(data.manifest(&version)?);
+                        *probed = Some((disk.id.clone(), version.id.clone(), manifest.clone()));
+                        manifest
+                    }
+                }
+            };
+            let offers = req
+                .entries
+                .into_iter()
+                .map(|entry| offered(entry, &parent))
+                .collect::<Result<Vec<_>, _>>()?;
+            let lengths: HashMap<Hash, usize> = offers
+                .iter()
+                .filter_map(|o| Some((o.entry.hash()?, block_len(&parent, o.index))))
+                .collect();
+            let replaced = replaced_blocks(&parent, &offers);
+            let candidates: Vec<(Hash, usize)> = lengths.into_iter().collect();
+            let max_len = parent.block_size().bytes();
+            let needs = lacking(data.store().as_ref(), &candidates, &replaced, max_len)?;
+            let mut need = pb::Need::default();
+            for (hash, _, base) in needs {
+                need.hashes.push(hotate_proto::hash_bytes(&hash));
+                if let Some((base, _)) = base {
+                    need.bases.push(hotate_proto::delta_base(&hash, &base));
+                }
+            }
+            Ok(need)
+        })
+        .await?;
+        Ok(Response::new(need))
+    }
+
+    async fn discard(
+        &self,
+        request: Request<Streaming<pb::DiscardRequest>>,
+    ) -> Result<Response<Self::DiscardStream>, Status> {
+        caller(&request)?;
+        // A measurement takes a place among the uploads: it loads the link as one does.
+        let permit = self.upload_permit()?;
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let deadline = tokio::time::Instant::now() + DISCARD_TIME;
+            let mut received = 0u64;
+            loop {
+                let next = tokio::time::timeout_at(deadline, inbound.message()).await;
+                let done = match next {
+                    Ok(Ok(Some(message))) => {
+                        received += message.data.len() as u64;
+                        received >= DISCARD_BYTES
+                    }
+                    Ok(Ok(None) | Err(_)) => return,
+                    Err(_) => true,
+                };
+                let reply = pb::DiscardReply { received, done };
+                if tx.send(Ok(reply)).await.is_err() || done {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_manifest(
+        &self,
+        request: Request<pb::GetManifestRequest>,
+    ) -> Result<Response<Self::GetManifestStream>, Status> {
+        caller(&request)?;
+        let req = request.into_inner();
+        let data = self.data.clone();
+        let bytes = blocking(move || {
+            let disk = data.meta().disk(&req.disk_id)?;
+            let version = data.meta().version(&disk.id, &req.version)?;
+            Ok(data.manifest(&version)?.encode())
+        })
+        .await?;
+        let bytes = bytes::Bytes::from(bytes);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for start in (0..bytes.len()).step_by(MANIFEST_PART) {
+                let end = (start + MANIFEST_PART).min(bytes.len());
+                let part = pb::ManifestPart {
+                    data: bytes.slice(start..end),
+                };
+                if tx.send(Ok(part)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<pb::UploadRequest>>,
+    ) -> Result<Response<Self::UploadStream>, Status> {
+        let session = caller(&request)?;
+        let permit = self.upload_permit()?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.limits.handshake_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                ServerError::BadRequest("the upload stream did not send `open` in time".into())
+            })?;
+        let Some(pb::UploadRequest {
+            kind: Some(upload_request::Kind::Open(open)),
+        }) = first?
+        else {
+            return Err(ServerError::BadRequest("an upload must begin with `open`".into()).into());
+        };
+        let data = self.data.clone();
+        let guid = open.upload_id.clone();
+        let caller = session.clone();
+        blocking(move || {
+            let update = data.meta().update(&guid)?;
+            check_owner(&update, &caller)?;
+            Ok(must_be_uploading(&update)?)
+        })
+        .await?;
+        self.take_over(&open.upload_id).await;
+        let data = self.data.clone();
+        let (update, parent) = blocking(move || {
+            // Offers are re-sent by every session; chunks already stored stay.
+            let update = data.meta().open_session(&open.upload_id)?;
+            let version = data.meta().version(&update.disk_id, &update.base_version)?;
+            let parent = data.manifest(&version)?;
+            Ok((update, parent))
+        })
+        .await?;
+        let (stop_tx, stop) = watch::channel(false);
+        let (ended_tx, ended_rx) = watch::channel(false);
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                update.guid.clone(),
+                LiveStream {
+                    session: update.session,
+                    stop: stop_tx,
+                    ended: ended_rx,
+                },
+            );
+        self.live.opened(&update.guid, update.session);
+        let guard = StreamGuard {
+            streams: self.streams.clone(),
+            live: self.live.clone(),
+            guid: update.guid.clone(),
+            session: update.session,
+            ended: ended_tx,
+        };
+        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+        let opened = pb::Opened {
+            chunks_stored: update.chunks_received,
+            bytes_stored: update.bytes_received,
+        };
+        let _ = tx.send(Ok(reply(upload_reply::Kind::Opened(opened)))).await;
+        let upload = Upload::new(
+            self.data.clone(),
+            self.live.clone(),
+            session,
+            update,
+            parent,
+            stop,
+            tx.clone(),
+        );
+        tokio::spawn(async move {
+            let guid = upload.guid().to_owned();
+            let result = upload.run(inbound).await;
+            drop(guard);
+            drop(permit);
+            if let Err(status) = result {
+                tracing::warn!(update = %guid, cause = %status.message(), "upload stopped");
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

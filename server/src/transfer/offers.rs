@@ -1,0 +1,171 @@
+//! Offers: each offered entry checked against the base version, and what the store lacks
+//! of them, with the base block each may be sent against as a page delta.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hotate_engine::delta::DIGEST_LEN;
+use hotate_engine::{Base, ChunkStore, Entry, Hash, Manifest, Offer, PageDigests, PageTree, Paged};
+use hotate_proto::pb::{self};
+
+use crate::error::ServerError;
+
+/// Bytes of base blocks' page values (32 bytes per 4 KiB page) kept from an offer's
+/// answer until their delta arrives (beyond it, a delta's base is read again from the
+/// store).
+const BASE_CACHE_BYTES: usize = 16 << 20;
+/// Bytes of base blocks one answer reads for page digests (each distinct base once, one
+/// at a time); needed chunks beyond it are asked for whole...
+const BASE_ANSWER_READ: usize = 64 << 20;
+/// ...and of those, the bytes of page values it keeps for the base cache. With
+/// `OFFER_JOBS` answers at once this bounds what offers can make the server read and
+/// hold, whatever they name.
+const BASE_ANSWER_KEEP: usize = 4 << 20;
+
+/// An offer checked and waiting to be answered.
+pub(super) struct OfferJob {
+    pub(super) batch: u64,
+    pub(super) offers: Vec<Offer>,
+    /// The hashes (with their block length) it asks about.
+    pub(super) candidates: Vec<(Hash, usize)>,
+    /// The base each replaces, for deltas.
+    pub(super) replaced: HashMap<Hash, Hash>,
+}
+
+/// One offer's answer: the hashes it asked about, and those the store lacks with the
+/// base each may be sent against.
+pub(super) struct Answer {
+    pub(super) batch: u64,
+    pub(super) candidates: Vec<(Hash, usize)>,
+    pub(super) needs: Vec<(Hash, usize, Option<BaseBlock>)>,
+}
+
+/// A base named for a delta, with the block's page values when the answer kept them.
+pub(super) type BaseBlock = (Base, Option<Arc<KeptBase>>);
+
+/// What a delta against a base needs of it: its page values, and how many patches deep
+/// it is stored (a patch on it goes one deeper).
+pub(super) struct KeptBase {
+    pub(super) tree: PageTree,
+    pub(super) depth: u8,
+}
+
+/// A hash asked for in this session and not yet stored.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pending {
+    /// The base named for a delta, if any.
+    pub(super) base: Option<Hash>,
+    /// The length of its block: the chunk must be exactly this long.
+    pub(super) len: usize,
+}
+
+/// Page values of base blocks read to answer offers, kept for the deltas that will use
+/// them.
+#[derive(Default)]
+pub(super) struct BaseCache {
+    pub(super) blocks: HashMap<Hash, Arc<KeptBase>>,
+    pub(super) bytes: usize,
+}
+
+impl BaseCache {
+    pub(super) fn keep(&mut self, hash: Hash, base: Arc<KeptBase>) {
+        let bytes = base.tree.held_bytes();
+        if self.bytes + bytes <= BASE_CACHE_BYTES && !self.blocks.contains_key(&hash) {
+            self.bytes += bytes;
+            self.blocks.insert(hash, base);
+        }
+    }
+
+    pub(super) fn take(&mut self, hash: &Hash) -> Option<Arc<KeptBase>> {
+        let base = self.blocks.remove(hash)?;
+        self.bytes -= base.tree.held_bytes();
+        Some(base)
+    }
+}
+
+/// An offered entry, refused unless it names a block of `parent`'s disk.
+pub(super) fn offered(entry: pb::Entry, parent: &Manifest) -> Result<Offer, ServerError> {
+    let offer = Offer::try_from(entry).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+    let count = parent.len() as u64;
+    if offer.index >= count {
+        return Err(ServerError::BadRequest(format!(
+            "block {} is beyond the disk's {count} blocks",
+            offer.index
+        )));
+    }
+    Ok(offer)
+}
+
+/// The length of block `index` of `manifest`'s disk: the length its chunk must have.
+pub(super) fn block_len(manifest: &Manifest, index: u64) -> usize {
+    let range = manifest.block_size().range(index, manifest.disk_size());
+    (range.end - range.start) as usize
+}
+
+/// The block each offered hash replaces where it had content: the base of its delta.
+pub(super) fn replaced_blocks(parent: &Manifest, offers: &[Offer]) -> HashMap<Hash, Hash> {
+    let mut replaced = HashMap::new();
+    for offer in offers {
+        if let (Some(hash), Some(Entry::Chunk(old))) = (offer.entry.hash(), parent.get(offer.index))
+        {
+            replaced.entry(hash).or_insert(old);
+        }
+    }
+    replaced
+}
+
+/// Which of `candidates` (hash and block length) the store lacks, each with the base a
+/// delta may use: the block it replaces (`replaced`), read (and verified) for its page
+/// digests while the answer has read less than `BASE_ANSWER_READ`, its page values kept
+/// for the first `BASE_ANSWER_KEEP` bytes. A held chunk is read and verified: dedup
+/// never trusts a damaged one.
+///
+/// # Errors
+/// When the store cannot be read, or a held chunk has another length than its block.
+pub(super) fn lacking<S: ChunkStore + ?Sized>(
+    store: &S,
+    candidates: &[(Hash, usize)],
+    replaced: &HashMap<Hash, Hash>,
+    max_len: usize,
+) -> Result<Vec<(Hash, usize, Option<BaseBlock>)>, ServerError> {
+    let mut needs = Vec::new();
+    let mut bases: HashMap<Hash, Option<BaseBlock>> = HashMap::new();
+    let (mut read, mut kept) = (0, 0);
+    for &(hash, len) in candidates {
+        match store.holds(&hash, max_len)? {
+            Some(held) if held == len => continue,
+            Some(held) => {
+                return Err(ServerError::BadRequest(format!(
+                    "a block of {len} bytes is offered as chunk {}, which has {held} bytes",
+                    hash.short()
+                )));
+            }
+            None => {}
+        }
+        let base = match replaced.get(&hash) {
+            Some(old) if bases.contains_key(old) => bases[old].clone(),
+            Some(old) if read < BASE_ANSWER_READ => {
+                // Without a readable base the chunk simply travels whole.
+                let base = store.get_with_pages(old, max_len).ok().map(
+                    |Paged {
+                         content,
+                         tree,
+                         depth,
+                     }| {
+                        read += content.len();
+                        let pages = PageDigests::of_tree(&tree, DIGEST_LEN);
+                        let keep = kept + tree.held_bytes() <= BASE_ANSWER_KEEP;
+                        kept += if keep { tree.held_bytes() } else { 0 };
+                        let kept_base = keep.then(|| Arc::new(KeptBase { tree, depth }));
+                        (Base { hash: *old, pages }, kept_base)
+                    },
+                );
+                bases.insert(*old, base.clone());
+                base
+            }
+            _ => None,
+        };
+        needs.push((hash, len, base));
+    }
+    Ok(needs)
+}

@@ -1,0 +1,538 @@
+//! One session of an upload. The stream's loop only routes messages; the work runs
+//! beside it on the blocking pool, so that a slow disk never stalls the stream:
+//! - offers are persisted and answered (`OFFER_JOBS` at a time, `OFFERS_QUEUED` more
+//!   waiting while chunks keep flowing) with the hashes the store lacks and this
+//!   session has not already asked for, each with the page digests of the base
+//!   version's block at its index where that block had content, so the client may send
+//!   only the changed pages (the page values of the base blocks read for that are kept
+//!   until their chunks arrive);
+//! - chunks are verified, up to `VERIFY_BYTES` of blocks (and `VERIFY_JOBS`) at a time:
+//!   a delta that changes few pages by hashing those pages into its base's kept page
+//!   values, and stored as a patch of its base; others rebuilt against their base;
+//! - verified chunks are stored durably in groups (one group commit for up to
+//!   `GROUP_COMMIT` chunks, or what verified within `GROUP_WAIT` of a group's first
+//!   chunk; one group in flight while the next fills) and acknowledged once on disk;
+//! - [`finish`] commits the version.
+//!
+//! A session ends within `STATE_POLL` when its update is aborted or cancelled, from this
+//! process or an admin command. A later session of the same update asks only for what
+//! is still missing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
+use hotate_engine::{Hash, Incoming, MAX_PATCH_DEPTH, Manifest, Stored};
+use hotate_proto::pb::{self, upload_reply, upload_request};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tonic::{Status, Streaming};
+
+use crate::app::blocking;
+use crate::data::DataDir;
+use crate::error::ServerError;
+use crate::live::{Counters, Live};
+use crate::meta::{MetaError, Session, UpdateRow, still_uploading};
+
+mod finish;
+
+use super::offers::{
+    Answer, BaseCache, OfferJob, Pending, block_len, lacking, offered, replaced_blocks,
+};
+
+/// Chunks verified concurrently per upload, at most...
+const VERIFY_JOBS: usize = 16;
+/// ...and at most this many bytes of blocks (each job holds about three: the decoded
+/// block, a rebuilt one, its compressed frame), but two jobs whatever the block size.
+const VERIFY_BYTES: usize = 32 << 20;
+/// Offers answered concurrently per upload...
+const OFFER_JOBS: usize = 4;
+/// ...and offers waiting for one of them. Past this the stream reads nothing until an
+/// answer is done; below it, chunks keep flowing while offers wait (the client keeps up
+/// to 32 in flight).
+const OFFERS_QUEUED: usize = 64;
+/// Verified chunks stored with one group commit (fewer when the stream pauses)...
+const GROUP_COMMIT: usize = 64;
+/// ...or fewer when they reach this many received bytes. While one group commits the
+/// next fills, and a full group waits for it: at most two groups per upload in memory.
+const GROUP_COMMIT_BYTES: u64 = 8 << 20;
+/// A group that does not fill commits this long after its first chunk verified: on a
+/// slow link chunks arrive one by one, and each would otherwise cost a durable commit.
+const GROUP_WAIT: Duration = Duration::from_millis(50);
+/// Hashes one upload session may have asked for and not yet received: an honest client
+/// has at most its window's worth outstanding; the bound keeps an offer flood from
+/// growing the server.
+const MAX_PENDING: usize = 16_384;
+/// How often a stream checks that its update is still live and still its own.
+const STATE_POLL: Duration = Duration::from_secs(1);
+
+/// Sleeps until `due`, or forever without one.
+async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) fn reply(kind: upload_reply::Kind) -> pb::UploadReply {
+    pb::UploadReply { kind: Some(kind) }
+}
+
+/// One session of an upload.
+pub(super) struct Upload {
+    data: Arc<DataDir>,
+    /// Where the console reads the upload's progress.
+    live: Arc<Live>,
+    /// Who opened the stream: the version records this user.
+    session: Session,
+    update: UpdateRow,
+    parent: Manifest,
+    /// Block indexes offered in this session, a bit each: each may be offered once.
+    offered: Vec<u64>,
+    /// Set when a newer stream takes the upload over.
+    stop: watch::Receiver<bool>,
+    /// Hashes asked for in this session and not yet stored.
+    pending: HashMap<Hash, Pending>,
+    /// Offers being answered, off the stream's loop so that chunks keep flowing...
+    answering: JoinSet<Result<Answer, ServerError>>,
+    /// ...and those waiting for a place among them.
+    queued: VecDeque<OfferJob>,
+    /// Hashes (with their block length) in offers still being answered: a later offer
+    /// does not ask for them again.
+    asking: HashMap<Hash, usize>,
+    /// The bases named in answers, until their chunks arrive.
+    base_cache: BaseCache,
+    /// Verify jobs in flight; each yields the chunk and its bytes as received.
+    verifying: JoinSet<Result<(Stored, u64), ServerError>>,
+    /// Verified chunks waiting for the next group commit...
+    verified: Vec<(Stored, u64)>,
+    /// ...since the first of them verified.
+    group_since: Option<tokio::time::Instant>,
+    /// The group commit in flight (at most one), off the stream's loop; it yields the
+    /// group once durable and counted.
+    committing: JoinSet<Result<Vec<(Stored, u64)>, ServerError>>,
+    replies: mpsc::Sender<Result<pb::UploadReply, Status>>,
+}
+
+impl Upload {
+    /// A session of `update`'s upload by `session`, over `parent` (the base version's
+    /// manifest), replying on `replies`; `stop` says a newer stream took it over.
+    pub(super) fn new(
+        data: Arc<DataDir>,
+        live: Arc<Live>,
+        session: Session,
+        update: UpdateRow,
+        parent: Manifest,
+        stop: watch::Receiver<bool>,
+        replies: mpsc::Sender<Result<pb::UploadReply, Status>>,
+    ) -> Self {
+        Self {
+            data,
+            live,
+            session,
+            offered: vec![0; parent.len().div_ceil(64)],
+            update,
+            parent,
+            stop,
+            pending: HashMap::new(),
+            answering: JoinSet::new(),
+            queued: VecDeque::new(),
+            asking: HashMap::new(),
+            base_cache: BaseCache::default(),
+            verifying: JoinSet::new(),
+            verified: Vec::new(),
+            group_since: None,
+            committing: JoinSet::new(),
+            replies,
+        }
+    }
+
+    /// The update's id.
+    pub(super) fn guid(&self) -> &str {
+        &self.update.guid
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut inbound: Streaming<pb::UploadRequest>,
+    ) -> Result<(), Status> {
+        let result = self.serve(&mut inbound).await;
+        // Whatever happened, what was verified is stored.
+        let stored = self.commit_all().await;
+        result.and(stored)
+    }
+
+    async fn serve(&mut self, inbound: &mut Streaming<pb::UploadRequest>) -> Result<(), Status> {
+        let mut poll = tokio::time::interval(STATE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let group_due = self.group_since.map(|since| since + GROUP_WAIT);
+            let message = tokio::select! {
+                Ok(()) = self.stop.changed() => {
+                    let _ = self.drain().await;
+                    return Err(ServerError::from(MetaError::TakenOver).into());
+                }
+                _ = poll.tick() => {
+                    self.check_still_ours().await?;
+                    continue;
+                }
+                Some(done) = self.answering.join_next(), if !self.answering.is_empty() => {
+                    self.answered(done).await?;
+                    continue;
+                }
+                Some(done) = self.verifying.join_next(), if !self.verifying.is_empty() => {
+                    self.verified(done).await?;
+                    continue;
+                }
+                Some(done) = self.committing.join_next(), if !self.committing.is_empty() => {
+                    self.committed(done).await?;
+                    continue;
+                }
+                () = sleep_until_or_never(group_due), if self.committing.is_empty() => {
+                    self.start_commit();
+                    continue;
+                }
+                message = inbound.message() => message,
+            };
+            let message = match message {
+                Ok(Some(message)) => message,
+                // The client went away: store what it sent, keep everything.
+                Ok(None) => return self.drain().await,
+                Err(status) => {
+                    let _ = self.drain().await;
+                    return Err(status);
+                }
+            };
+            match message.kind {
+                Some(upload_request::Kind::Offer(offer)) => self.offer(offer).await?,
+                Some(upload_request::Kind::Chunk(chunk)) => self.chunk(chunk).await?,
+                Some(upload_request::Kind::Finish(finish)) => return self.finish(finish).await,
+                Some(upload_request::Kind::Open(_)) | None => {
+                    return Err(ServerError::BadRequest("unexpected message".into()).into());
+                }
+            }
+        }
+    }
+
+    /// Ends the stream when its update was aborted or cancelled, or another session
+    /// took it over (perhaps in another process).
+    async fn check_still_ours(&self) -> Result<(), Status> {
+        let data = self.data.clone();
+        let guid = self.update.guid.clone();
+        let now = blocking(move || Ok(data.meta().update(&guid)?)).await?;
+        Ok(still_uploading(&now, self.update.session).map_err(ServerError::from)?)
+    }
+
+    async fn offer(&mut self, offer: pb::Offer) -> Result<(), Status> {
+        let count = self.parent.len() as u64;
+        if offer.entries.len() as u64 > count {
+            return Err(ServerError::BadRequest(format!(
+                "an offer of {} entries for a disk of {count} blocks",
+                offer.entries.len()
+            ))
+            .into());
+        }
+        let mut offers = Vec::with_capacity(offer.entries.len());
+        for entry in offer.entries {
+            let offer = offered(entry, &self.parent)?;
+            let (word, bit) = ((offer.index / 64) as usize, 1u64 << (offer.index % 64));
+            let seen = self.offered[word] & bit != 0;
+            self.offered[word] |= bit;
+            if seen {
+                return Err(ServerError::BadRequest(format!(
+                    "block {} was offered twice in one upload",
+                    offer.index
+                ))
+                .into());
+            }
+            offers.push(offer);
+        }
+        // Each hash names content of one length: a hash offered for blocks of different
+        // lengths is a lie about one of them.
+        let mut lengths: HashMap<Hash, usize> = HashMap::new();
+        for offer in &offers {
+            if let Some(hash) = offer.entry.hash() {
+                let len = block_len(&self.parent, offer.index);
+                let known = lengths
+                    .get(&hash)
+                    .copied()
+                    .or_else(|| self.pending.get(&hash).map(|p| p.len))
+                    .or_else(|| self.asking.get(&hash).copied());
+                if known.is_some_and(|known| known != len) {
+                    return Err(ServerError::BadRequest(format!(
+                        "chunk {} is offered for blocks of different lengths",
+                        hash.short()
+                    ))
+                    .into());
+                }
+                lengths.insert(hash, len);
+            }
+        }
+        let candidates: Vec<(Hash, usize)> = lengths
+            .iter()
+            .filter(|(h, _)| !self.pending.contains_key(h) && !self.asking.contains_key(h))
+            .map(|(h, len)| (*h, *len))
+            .collect();
+        if self.pending.len() + self.asking.len() + candidates.len() > MAX_PENDING {
+            return Err(ServerError::OverBudget(format!(
+                "more than {MAX_PENDING} chunks asked for and not yet sent; send them before offering more"
+            ))
+            .into());
+        }
+        self.asking.extend(candidates.iter().copied());
+        let replaced = replaced_blocks(&self.parent, &offers);
+        self.queued.push_back(OfferJob {
+            batch: offer.batch,
+            offers,
+            candidates,
+            replaced,
+        });
+        self.start_answers();
+        while self.queued.len() > OFFERS_QUEUED {
+            if let Some(done) = self.answering.join_next().await {
+                self.answered(done).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts answering queued offers while fewer than `OFFER_JOBS` are.
+    fn start_answers(&mut self) {
+        while self.answering.len() < OFFER_JOBS {
+            let Some(job) = self.queued.pop_front() else {
+                return;
+            };
+            let data = self.data.clone();
+            let guid = self.update.guid.clone();
+            let session = self.update.session;
+            let max_len = self.parent.block_size().bytes();
+            self.answering.spawn_blocking(move || {
+                data.meta().record_offers(&guid, session, &job.offers)?;
+                let store = data.store();
+                let needs = lacking(store.as_ref(), &job.candidates, &job.replaced, max_len)?;
+                Ok(Answer {
+                    batch: job.batch,
+                    candidates: job.candidates,
+                    needs,
+                })
+            });
+        }
+    }
+
+    /// Takes a finished offer, and starts the next queued one in its place: its missing
+    /// hashes become pending, then the client hears which to send.
+    async fn answered(
+        &mut self,
+        done: Result<Result<Answer, ServerError>, tokio::task::JoinError>,
+    ) -> Result<(), Status> {
+        let answer = done.map_err(ServerError::from)??;
+        self.start_answers();
+        for (hash, _) in &answer.candidates {
+            self.asking.remove(hash);
+        }
+        let mut need = pb::Need {
+            batch: answer.batch,
+            ..pb::Need::default()
+        };
+        let needed: usize = answer.needs.iter().map(|(_, len, _)| len).sum();
+        self.live
+            .needed(&self.update.guid, self.update.session, needed as u64);
+        for (hash, len, base) in answer.needs {
+            need.hashes.push(hotate_proto::hash_bytes(&hash));
+            let base = base.map(|(base, content)| {
+                need.bases.push(hotate_proto::delta_base(&hash, &base));
+                if let Some(kept) = content {
+                    self.base_cache.keep(base.hash, kept);
+                }
+                base.hash
+            });
+            self.pending.insert(hash, Pending { base, len });
+        }
+        self.send(upload_reply::Kind::Need(need)).await
+    }
+
+    async fn chunk(&mut self, chunk: pb::Chunk) -> Result<(), Status> {
+        let chunk =
+            Incoming::try_from(chunk).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+        let (hash, base, received) = match &chunk {
+            Incoming::Whole(whole) => (whole.hash, None, whole.frame.payload.len()),
+            Incoming::Delta(delta) => (
+                delta.hash,
+                Some(delta.delta.base),
+                delta.delta.encoded_len(),
+            ),
+        };
+        Counters::add(&self.live.counters.bytes_received, received as u64);
+        let Some(&pending) = self.pending.get(&hash) else {
+            return Err(ServerError::BadRequest(format!(
+                "chunk {} was not asked for",
+                hash.short()
+            ))
+            .into());
+        };
+        if base.is_some() && base != pending.base {
+            return Err(ServerError::BadRequest(format!(
+                "chunk {} is a delta against a base the server did not offer",
+                hash.short()
+            ))
+            .into());
+        }
+        // The chunk came: its base leaves the cache, used or not.
+        let cached = pending.base.and_then(|b| self.base_cache.take(&b));
+        let len = pending.len;
+        let jobs = (VERIFY_BYTES / self.parent.block_size().bytes()).clamp(2, VERIFY_JOBS);
+        while self.verifying.len() >= jobs {
+            if let Some(done) = self.verifying.join_next().await {
+                self.verified(done).await?;
+            }
+        }
+        let max_len = self.parent.block_size().bytes();
+        let store = self.data.store().clone();
+        self.verifying.spawn_blocking(move || match chunk {
+            Incoming::Whole(whole) => {
+                let received = whole.frame.payload.len() as u64;
+                let chunk = Stored::from(whole.verify(max_len)?);
+                Ok((chunk.check_len(len)?, received))
+            }
+            Incoming::Delta(delta) => {
+                let received = delta.delta.encoded_len() as u64;
+                if let Some(kept) = cached
+                    && let Some(chunk) = delta.verify_by_pages(&kept.tree, kept.depth, max_len)?
+                {
+                    return Ok((chunk.check_len(len)?, received));
+                }
+                // A base whose layout cannot be read is not patched: the block stands alone.
+                let base_depth = store
+                    .layout(&delta.delta.base)
+                    .map_or(MAX_PATCH_DEPTH, |layout| layout.depth());
+                let base = store.get(&delta.delta.base, max_len)?;
+                let chunk = delta.verify(&base, base_depth, max_len, DEFAULT_ZSTD_LEVEL)?;
+                Ok((chunk.check_len(len)?, received))
+            }
+        });
+        Ok(())
+    }
+
+    /// Takes a finished verification; commits the group when it is full, waiting for the
+    /// commit in flight. A group that does not fill commits `GROUP_WAIT` after its first
+    /// chunk (the stream's loop keeps that time).
+    async fn verified(
+        &mut self,
+        done: Result<Result<(Stored, u64), ServerError>, tokio::task::JoinError>,
+    ) -> Result<(), Status> {
+        let chunk = self.checked(done)?;
+        if self.verified.is_empty() {
+            self.group_since = Some(tokio::time::Instant::now());
+        }
+        self.verified.push(chunk);
+        if self.group_full() {
+            while let Some(done) = self.committing.join_next().await {
+                self.committed(done).await?;
+            }
+            self.start_commit();
+        }
+        Ok(())
+    }
+
+    fn group_full(&self) -> bool {
+        let bytes: u64 = self.verified.iter().map(|(_, received)| received).sum();
+        self.verified.len() >= GROUP_COMMIT || bytes >= GROUP_COMMIT_BYTES
+    }
+
+    /// A verify job's outcome; chunks that failed verification are counted.
+    fn checked(
+        &self,
+        done: Result<Result<(Stored, u64), ServerError>, tokio::task::JoinError>,
+    ) -> Result<(Stored, u64), ServerError> {
+        let outcome = done.map_err(ServerError::from)?;
+        if let Err(ServerError::BadChunk(_)) = &outcome {
+            Counters::add(&self.live.counters.verification_failures, 1);
+        }
+        outcome
+    }
+
+    /// Stores the verified chunks durably in one group and counts them, in the
+    /// background.
+    fn start_commit(&mut self) {
+        if self.verified.is_empty() {
+            return;
+        }
+        let group = std::mem::take(&mut self.verified);
+        self.group_since = None;
+        let data = self.data.clone();
+        let guid = self.update.guid.clone();
+        self.committing.spawn_blocking(move || {
+            let chunks: Vec<Stored> = group.iter().map(|(c, _)| c.clone()).collect();
+            data.store().put_many(&chunks)?;
+            let bytes = group.iter().map(|(_, received)| received).sum();
+            data.meta().add_received(&guid, group.len() as u64, bytes)?;
+            Ok(group)
+        });
+    }
+
+    /// Takes a durable group (its chunks are no longer pending), commits what verified
+    /// meanwhile, and acknowledges the group.
+    async fn committed(
+        &mut self,
+        done: Result<Result<Vec<(Stored, u64)>, ServerError>, tokio::task::JoinError>,
+    ) -> Result<(), Status> {
+        let group = done.map_err(ServerError::from)??;
+        let mut stored = pb::Stored::default();
+        let mut content = 0;
+        for (chunk, bytes) in &group {
+            if let Some(pending) = self.pending.remove(&chunk.hash()) {
+                content += pending.len as u64;
+            }
+            stored.hashes.push(hotate_proto::hash_bytes(&chunk.hash()));
+            stored.bytes += bytes;
+        }
+        self.live.stored(
+            &self.update.guid,
+            self.update.session,
+            group.len() as u64,
+            content,
+            stored.bytes,
+        );
+        // What verified meanwhile commits now if it filled a group, else when it is due.
+        if self.group_full() {
+            self.start_commit();
+        }
+        self.send(upload_reply::Kind::Stored(stored)).await
+    }
+
+    /// Waits for the offers and verifications in flight and stores what was verified.
+    async fn drain(&mut self) -> Result<(), Status> {
+        while let Some(done) = self.answering.join_next().await {
+            done.map_err(ServerError::from)??;
+        }
+        while let Some(done) = self.verifying.join_next().await {
+            let chunk = self.checked(done)?;
+            self.verified.push(chunk);
+        }
+        self.commit_all().await
+    }
+
+    /// Commits every verified chunk and waits until all are durable, acknowledging them
+    /// while the client listens.
+    async fn commit_all(&mut self) -> Result<(), Status> {
+        self.start_commit();
+        let mut result = Ok(());
+        while let Some(done) = self.committing.join_next().await {
+            match self.committed(done).await {
+                // The client went away: the rest is stored all the same.
+                Err(status) if status.code() == tonic::Code::Cancelled => {}
+                Err(status) => result = result.and(Err(status)),
+                Ok(()) => {}
+            }
+        }
+        result
+    }
+
+    async fn send(&self, kind: upload_reply::Kind) -> Result<(), Status> {
+        self.replies
+            .send(Ok(reply(kind)))
+            .await
+            .map_err(|_| Status::cancelled("the client went away"))
+    }
+}
