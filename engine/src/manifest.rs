@@ -72,6 +72,12 @@ impl Manifest {
         self.entries.is_empty()
     }
 
+    /// The length of block `index`: the block size, or less for the disk's last block.
+    pub fn block_len(&self, index: u64) -> usize {
+        let range = self.block_size.range(index, self.disk_size);
+        (range.end - range.start) as usize
+    }
+
     /// The entry of block `index`, `None` beyond the disk.
     pub fn get(&self, index: u64) -> Option<Entry> {
         usize::try_from(index)

@@ -8,10 +8,10 @@ use anyhow::{Context, bail};
 use hotate_engine::{BlockSize, Progress};
 use serde_json::json;
 
-use crate::app::App;
-use crate::auth;
+use crate::app::{App, data_dir_owner};
+
 use crate::data::DataDir;
-use crate::meta::{DiskRow, MetaError, Role, UpdateRow, UpdateState};
+use crate::meta::{DiskRow, Role, UpdateRow};
 use crate::text;
 use crate::upkeep::{self, VerifyReport};
 
@@ -68,31 +68,24 @@ pub fn user_add(data: &Path, name: &str, role: Option<&str>) -> anyhow::Result<(
     text::check_name("user name", name)?;
     let role = role.map(Role::parse).transpose()?;
     let password = read_password()?;
-    let dir = open(data)?;
-    let role = dir
-        .meta()
-        .add_user(name, &auth::hash_password(&password)?, role)?;
+    let role = App::offline(open(data)?).add_user(name, &password, role)?;
     println!("User {name} added ({}).", role.as_str());
     Ok(())
 }
 
 /// `user passwd NAME`: sets the password and ends the user's sessions.
 pub fn user_passwd(data: &Path, name: &str) -> anyhow::Result<()> {
-    let dir = open_existing(data)?;
-    dir.meta()
-        .role(name)?
-        .ok_or_else(|| MetaError::UnknownUser(name.to_owned()))?;
+    let app = App::offline(open_existing(data)?);
+    app.check_user(name)?;
     let password = read_password()?;
-    dir.meta()
-        .set_password(name, &auth::hash_password(&password)?)?;
+    app.set_password(name, &password)?;
     println!("Password of {name} changed; its sessions are ended.");
     Ok(())
 }
 
 /// `user delete NAME`.
 pub fn user_delete(data: &Path, name: &str) -> anyhow::Result<()> {
-    let dir = open_existing(data)?;
-    dir.meta().delete_user(name)?;
+    App::offline(open_existing(data)?).delete_user(name)?;
     println!("User {name} deleted; its sessions are ended.");
     Ok(())
 }
@@ -273,25 +266,21 @@ pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The data dir, the disk named and its live update.
-fn live_update_of(
-    data: &Path,
-    disk: &str,
-) -> anyhow::Result<(std::sync::Arc<DataDir>, DiskRow, UpdateRow)> {
-    let dir = open_existing(data)?;
-    let disk = dir.meta().disk(disk)?;
-    let Some(live) = dir.meta().live_update(&disk.id)? else {
+/// The application over the data dir, the disk named and its live update.
+fn live_update_of(data: &Path, disk: &str) -> anyhow::Result<(App, DiskRow, UpdateRow)> {
+    let app = App::offline(open_existing(data)?);
+    let (disk, live) = app.live_update_of(disk)?;
+    let Some(live) = live else {
         bail!("disk {} has no update in progress", disk.name);
     };
-    Ok((dir, disk, live))
+    Ok((app, disk, live))
 }
 
 /// `update abort DISK` (「更新中断」): stops and discards the upload of a disk's live
 /// update and puts it back to reserved; the terminal finishes again.
 pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
-    let (dir, disk, live) = live_update_of(data, disk)?;
-    dir.meta().abort_upload(&live.guid)?;
-    tracing::info!(update = %live.guid, "upload aborted by `update abort`; the update is reserved again");
+    let (app, disk, live) = live_update_of(data, disk)?;
+    app.abort_update(&data_dir_owner(), &live.guid)?;
     println!(
         "Aborted the upload of update {} of {} from terminal {}: the update is kept (reserved). \
          The terminal runs `hotate-client update finish` again to upload from the start.",
@@ -303,9 +292,8 @@ pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
 /// `update cancel DISK` (「更新取消」): ends a disk's live update for good, for a
 /// terminal that will not come back.
 pub fn update_cancel(data: &Path, disk: &str) -> anyhow::Result<()> {
-    let (dir, disk, live) = live_update_of(data, disk)?;
-    dir.meta().set_state(&live.guid, UpdateState::Cancelled)?;
-    tracing::info!(update = %live.guid, "update cancelled by `update cancel`");
+    let (app, disk, live) = live_update_of(data, disk)?;
+    app.cancel_update(&data_dir_owner(), &live.guid)?;
     println!(
         "Cancelled update {} of {} from terminal {}. The disk is free; that terminal's \
          `hotate-client update cancel` restores it.",
@@ -317,20 +305,7 @@ pub fn update_cancel(data: &Path, disk: &str) -> anyhow::Result<()> {
 /// `disk delete DISK [--force]`: the disk, its versions and updates; `--force` aborts a
 /// live update first. Chunks go with the next `store gc`.
 pub fn disk_delete(data: &Path, disk: &str, force: bool) -> anyhow::Result<()> {
-    let dir = open_existing(data)?;
-    let disk = dir.meta().disk(disk)?;
-    if let Some(live) = dir.meta().live_update(&disk.id)? {
-        if !force {
-            bail!(
-                "disk {} has an update in progress from terminal {}: finish or cancel it, or pass --force to abort it",
-                disk.name,
-                live.terminal
-            );
-        }
-        dir.meta().set_state(&live.guid, UpdateState::Aborted)?;
-    }
-    let versions = dir.meta().delete_disk(&disk.id)?;
-    let _ = std::fs::remove_dir_all(dir.manifest_dir(&disk.id));
+    let (disk, versions) = App::offline(open_existing(data)?).delete_disk(disk, force)?;
     println!(
         "Deleted disk {} ({}) and its {versions} versions. `hotate-server store gc` frees the space.",
         disk.name, disk.id
@@ -341,13 +316,7 @@ pub fn disk_delete(data: &Path, disk: &str, force: bool) -> anyhow::Result<()> {
 /// `version delete DISK VERSION`: refused for the latest version and the base of a live
 /// update. Chunks go with the next `store gc`.
 pub fn version_delete(data: &Path, disk: &str, version: &str) -> anyhow::Result<()> {
-    let dir = open_existing(data)?;
-    let disk = dir.meta().disk(disk)?;
-    dir.meta().delete_version(&disk.id, version)?;
-    let _ = std::fs::remove_file(
-        dir.manifest_dir(&disk.id)
-            .join(format!("{version}.manifest")),
-    );
+    let disk = App::offline(open_existing(data)?).delete_version(disk, version)?;
     println!(
         "Deleted version {version} of {}. `hotate-server store gc` frees the space.",
         disk.name
@@ -373,22 +342,7 @@ pub fn store_verify(data: &Path, all: bool, json: bool) -> anyhow::Result<()> {
             }
         }
     };
-    let report = upkeep::verify(&dir, all, &progress)?;
-    let outcome = if report.is_clean() {
-        format!("all well: {} chunks checked", report.chunks_checked)
-    } else {
-        format!(
-            "{} damaged, {} missing, {} unreadable chunks, {} unreadable manifests",
-            report.damaged.len(),
-            report.missing.len(),
-            report.unreadable.len(),
-            report.unreadable_manifests.len()
-        )
-    };
-    dir.meta().record_upkeep(
-        "verify",
-        &format!("{outcome}{}", if all { " (--all)" } else { "" }),
-    )?;
+    let report = App::offline(dir).verify(all, &progress)?;
     if json {
         print_json(&json!({
             "chunks_checked": report.chunks_checked,
@@ -463,16 +417,7 @@ fn print_verify(report: &VerifyReport) {
 /// `store gc [--dry-run]`.
 pub fn store_gc(data: &Path, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
-    let report = upkeep::gc(&dir, dry_run)?;
-    if !dry_run {
-        dir.meta().record_upkeep(
-            "gc",
-            &format!(
-                "{} chunks deleted, {} bytes freed",
-                report.chunks_deleted, report.bytes_freed
-            ),
-        )?;
-    }
+    let report = App::offline(dir).gc(dry_run)?;
     if json {
         return print_json(&serde_json::to_value(&report)?);
     }

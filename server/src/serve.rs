@@ -109,7 +109,7 @@ pub async fn serve(
         app.clone(),
     );
     let transfer = Authenticated::new(
-        TransferServer::new(TransferService::new(Arc::clone(&data), live, limits))
+        TransferServer::new(TransferService::new(Arc::clone(&app), limits))
             .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
             .max_encoding_message_size(hotate_proto::MAX_MESSAGE),
         app.clone(),

@@ -18,18 +18,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::app::{blocking, check_owner};
-use crate::data::DataDir;
+use crate::app::{App, blocking};
 use crate::error::ServerError;
 use crate::gate::caller;
 use crate::limits::Limits;
 use crate::live::Live;
-use crate::meta::must_be_uploading;
 
 mod offers;
 mod session;
 
-use offers::{block_len, lacking, offered, replaced_blocks};
+use offers::{lacking, offered, replaced_blocks};
 use session::{Upload, reply};
 
 /// Replies queued towards the client.
@@ -51,7 +49,7 @@ const DISCARD_TIME: Duration = Duration::from_secs(30);
 /// Serves `hotate.v1.Transfer`.
 #[derive(Debug, Clone)]
 pub struct TransferService {
-    data: Arc<DataDir>,
+    app: Arc<App>,
     live: Arc<Live>,
     streams: Arc<Mutex<HashMap<String, LiveStream>>>,
     /// One permit per upload stream, up to `Limits::max_uploads`.
@@ -98,10 +96,10 @@ impl Drop for StreamGuard {
 }
 
 impl TransferService {
-    pub fn new(data: Arc<DataDir>, live: Arc<Live>, limits: Limits) -> Self {
+    pub fn new(app: Arc<App>, limits: Limits) -> Self {
         Self {
-            data,
-            live,
+            live: app.live().clone(),
+            app,
             streams: Arc::default(),
             uploads: Arc::new(tokio::sync::Semaphore::new(limits.max_uploads.max(1))),
             limits,
@@ -164,18 +162,23 @@ impl Transfer for TransferService {
             .acquire()
             .await
             .map_err(|_| ServerError::Internal("probes closed".into()))?;
-        let data = self.data.clone();
+        let app = self.app.clone();
         let probed = self.probed.clone();
         let need = blocking(move || {
-            let disk = data.meta().disk(&req.disk_id)?;
-            let version = data.meta().version(&disk.id, &req.version)?;
+            let version = app.version_of(&req.disk_id, &req.version)?;
             let parent = {
                 let mut probed = probed.lock().unwrap_or_else(|e| e.into_inner());
                 match probed.as_ref() {
-                    Some((d, v, manifest)) if *d == disk.id && *v == version.id => manifest.clone(),
+                    Some((d, v, manifest)) if *d == version.disk_id && *v == version.id => {
+                        manifest.clone()
+                    }
                     _ => {
-                        let manifest = Arc::new(data.manifest(&version)?);
-                        *probed = Some((disk.id.clone(), version.id.clone(), manifest.clone()));
+                        let manifest = Arc::new(app.manifest(&version)?);
+                        *probed = Some((
+                            version.disk_id.clone(),
+                            version.id.clone(),
+                            manifest.clone(),
+                        ));
                         manifest
                     }
                 }
@@ -187,12 +190,12 @@ impl Transfer for TransferService {
                 .collect::<Result<Vec<_>, _>>()?;
             let lengths: HashMap<Hash, usize> = offers
                 .iter()
-                .filter_map(|o| Some((o.entry.hash()?, block_len(&parent, o.index))))
+                .filter_map(|o| Some((o.entry.hash()?, parent.block_len(o.index))))
                 .collect();
             let replaced = replaced_blocks(&parent, &offers);
             let candidates: Vec<(Hash, usize)> = lengths.into_iter().collect();
             let max_len = parent.block_size().bytes();
-            let needs = lacking(data.store().as_ref(), &candidates, &replaced, max_len)?;
+            let needs = lacking(app.data().store().as_ref(), &candidates, &replaced, max_len)?;
             let mut need = pb::Need::default();
             for (hash, _, base) in needs {
                 need.hashes.push(hotate_proto::hash_bytes(&hash));
@@ -244,11 +247,10 @@ impl Transfer for TransferService {
     ) -> Result<Response<Self::GetManifestStream>, Status> {
         caller(&request)?;
         let req = request.into_inner();
-        let data = self.data.clone();
+        let app = self.app.clone();
         let bytes = blocking(move || {
-            let disk = data.meta().disk(&req.disk_id)?;
-            let version = data.meta().version(&disk.id, &req.version)?;
-            Ok(data.manifest(&version)?.encode())
+            let version = app.version_of(&req.disk_id, &req.version)?;
+            Ok(app.manifest(&version)?.encode())
         })
         .await?;
         let bytes = bytes::Bytes::from(bytes);
@@ -285,25 +287,12 @@ impl Transfer for TransferService {
         else {
             return Err(ServerError::BadRequest("an upload must begin with `open`".into()).into());
         };
-        let data = self.data.clone();
-        let guid = open.upload_id.clone();
-        let caller = session.clone();
-        blocking(move || {
-            let update = data.meta().update(&guid)?;
-            check_owner(&update, &caller)?;
-            Ok(must_be_uploading(&update)?)
-        })
-        .await?;
+        let (app, guid, caller) = (self.app.clone(), open.upload_id.clone(), session.clone());
+        blocking(move || app.may_upload(&caller, &guid)).await?;
         self.take_over(&open.upload_id).await;
-        let data = self.data.clone();
-        let (update, parent) = blocking(move || {
-            // Offers are re-sent by every session; chunks already stored stay.
-            let update = data.meta().open_session(&open.upload_id)?;
-            let version = data.meta().version(&update.disk_id, &update.base_version)?;
-            let parent = data.manifest(&version)?;
-            Ok((update, parent))
-        })
-        .await?;
+        let app = self.app.clone();
+        let (parent, record) = blocking(move || app.open_upload(&open.upload_id)).await?;
+        let update = record.update().clone();
         let (stop_tx, stop) = watch::channel(false);
         let (ended_tx, ended_rx) = watch::channel(false);
         self.streams
@@ -332,10 +321,10 @@ impl Transfer for TransferService {
         };
         let _ = tx.send(Ok(reply(upload_reply::Kind::Opened(opened)))).await;
         let upload = Upload::new(
-            self.data.clone(),
+            self.app.data().store().clone(),
+            record,
             self.live.clone(),
             session,
-            update,
             parent,
             stop,
             tx.clone(),

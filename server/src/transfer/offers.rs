@@ -96,12 +96,6 @@ pub(super) fn offered(entry: pb::Entry, parent: &Manifest) -> Result<Offer, Serv
     Ok(offer)
 }
 
-/// The length of block `index` of `manifest`'s disk: the length its chunk must have.
-pub(super) fn block_len(manifest: &Manifest, index: u64) -> usize {
-    let range = manifest.block_size().range(index, manifest.disk_size());
-    (range.end - range.start) as usize
-}
-
 /// The block each offered hash replaces where it had content: the base of its delta.
 pub(super) fn replaced_blocks(parent: &Manifest, offers: &[Offer]) -> HashMap<Hash, Hash> {
     let mut replaced = HashMap::new();

@@ -22,24 +22,24 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
-use hotate_engine::{Hash, Incoming, MAX_PATCH_DEPTH, Manifest, Stored};
+use hotate_engine::{ChunkStore, Hash, Incoming, MAX_PATCH_DEPTH, Manifest, Stored};
 use hotate_proto::pb::{self, upload_reply, upload_request};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
-use crate::app::blocking;
-use crate::data::DataDir;
+use crate::app::{UploadRecord, blocking};
 use crate::error::ServerError;
 use crate::live::{Counters, Live};
-use crate::meta::{MetaError, Session, UpdateRow, still_uploading};
+use crate::meta::{MetaError, Session, UpdateRow};
 
 mod finish;
+#[cfg(test)]
+mod tests;
 
-use super::offers::{
-    Answer, BaseCache, OfferJob, Pending, block_len, lacking, offered, replaced_blocks,
-};
+use super::offers::{Answer, BaseCache, OfferJob, Pending, lacking, offered, replaced_blocks};
 
 /// Chunks verified concurrently per upload, at most...
 const VERIFY_JOBS: usize = 16;
@@ -67,6 +67,14 @@ const MAX_PENDING: usize = 16_384;
 /// How often a stream checks that its update is still live and still its own.
 const STATE_POLL: Duration = Duration::from_secs(1);
 
+/// The requests of an upload stream: tonic's `Streaming`, or a channel in the tests.
+pub(super) trait Inbound:
+    Stream<Item = Result<pb::UploadRequest, Status>> + Unpin + Send
+{
+}
+
+impl<S: Stream<Item = Result<pb::UploadRequest, Status>> + Unpin + Send> Inbound for S {}
+
 /// Sleeps until `due`, or forever without one.
 async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
     match due {
@@ -81,7 +89,10 @@ pub(super) fn reply(kind: upload_reply::Kind) -> pb::UploadReply {
 
 /// One session of an upload.
 pub(super) struct Upload {
-    data: Arc<DataDir>,
+    /// Where chunks are read (bases, dedup hits) and verified against.
+    store: Arc<dyn ChunkStore>,
+    /// Every state change of the session: offers, stored chunks, the commit.
+    record: UploadRecord,
     /// Where the console reads the upload's progress.
     live: Arc<Live>,
     /// Who opened the stream: the version records this user.
@@ -116,23 +127,25 @@ pub(super) struct Upload {
 }
 
 impl Upload {
-    /// A session of `update`'s upload by `session`, over `parent` (the base version's
-    /// manifest), replying on `replies`; `stop` says a newer stream took it over.
+    /// A session of the upload `record` opened, by `session`, over `parent` (the base version's
+    /// manifest), recording through `record`, replying on `replies`; `stop` says a
+    /// newer stream took it over.
     pub(super) fn new(
-        data: Arc<DataDir>,
+        store: Arc<dyn ChunkStore>,
+        record: UploadRecord,
         live: Arc<Live>,
         session: Session,
-        update: UpdateRow,
         parent: Manifest,
         stop: watch::Receiver<bool>,
         replies: mpsc::Sender<Result<pb::UploadReply, Status>>,
     ) -> Self {
         Self {
-            data,
+            store,
+            update: record.update().clone(),
+            record,
             live,
             session,
             offered: vec![0; parent.len().div_ceil(64)],
-            update,
             parent,
             stop,
             pending: HashMap::new(),
@@ -153,17 +166,16 @@ impl Upload {
         &self.update.guid
     }
 
-    pub(super) async fn run(
-        mut self,
-        mut inbound: Streaming<pb::UploadRequest>,
-    ) -> Result<(), Status> {
+    /// Serves the session's messages from `inbound` (the stream's requests) until it
+    /// ends, fails or commits.
+    pub(super) async fn run(mut self, mut inbound: impl Inbound) -> Result<(), Status> {
         let result = self.serve(&mut inbound).await;
         // Whatever happened, what was verified is stored.
         let stored = self.commit_all().await;
         result.and(stored)
     }
 
-    async fn serve(&mut self, inbound: &mut Streaming<pb::UploadRequest>) -> Result<(), Status> {
+    async fn serve(&mut self, inbound: &mut impl Inbound) -> Result<(), Status> {
         let mut poll = tokio::time::interval(STATE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -193,7 +205,7 @@ impl Upload {
                     self.start_commit();
                     continue;
                 }
-                message = inbound.message() => message,
+                message = inbound.next() => message.transpose(),
             };
             let message = match message {
                 Ok(Some(message)) => message,
@@ -218,10 +230,8 @@ impl Upload {
     /// Ends the stream when its update was aborted or cancelled, or another session
     /// took it over (perhaps in another process).
     async fn check_still_ours(&self) -> Result<(), Status> {
-        let data = self.data.clone();
-        let guid = self.update.guid.clone();
-        let now = blocking(move || Ok(data.meta().update(&guid)?)).await?;
-        Ok(still_uploading(&now, self.update.session).map_err(ServerError::from)?)
+        let record = self.record.clone();
+        Ok(blocking(move || record.still_ours()).await?)
     }
 
     async fn offer(&mut self, offer: pb::Offer) -> Result<(), Status> {
@@ -253,7 +263,7 @@ impl Upload {
         let mut lengths: HashMap<Hash, usize> = HashMap::new();
         for offer in &offers {
             if let Some(hash) = offer.entry.hash() {
-                let len = block_len(&self.parent, offer.index);
+                let len = self.parent.block_len(offer.index);
                 let known = lengths
                     .get(&hash)
                     .copied()
@@ -303,13 +313,10 @@ impl Upload {
             let Some(job) = self.queued.pop_front() else {
                 return;
             };
-            let data = self.data.clone();
-            let guid = self.update.guid.clone();
-            let session = self.update.session;
+            let (record, store) = (self.record.clone(), self.store.clone());
             let max_len = self.parent.block_size().bytes();
             self.answering.spawn_blocking(move || {
-                data.meta().record_offers(&guid, session, &job.offers)?;
-                let store = data.store();
+                record.offers(&job.offers)?;
                 let needs = lacking(store.as_ref(), &job.candidates, &job.replaced, max_len)?;
                 Ok(Answer {
                     batch: job.batch,
@@ -388,7 +395,7 @@ impl Upload {
             }
         }
         let max_len = self.parent.block_size().bytes();
-        let store = self.data.store().clone();
+        let store = self.store.clone();
         self.verifying.spawn_blocking(move || match chunk {
             Incoming::Whole(whole) => {
                 let received = whole.frame.payload.len() as u64;
@@ -460,13 +467,10 @@ impl Upload {
         }
         let group = std::mem::take(&mut self.verified);
         self.group_since = None;
-        let data = self.data.clone();
-        let guid = self.update.guid.clone();
+        let record = self.record.clone();
         self.committing.spawn_blocking(move || {
             let chunks: Vec<Stored> = group.iter().map(|(c, _)| c.clone()).collect();
-            data.store().put_many(&chunks)?;
-            let bytes = group.iter().map(|(_, received)| received).sum();
-            data.meta().add_received(&guid, group.len() as u64, bytes)?;
+            record.stored(&chunks, group.iter().map(|(_, received)| received).sum())?;
             Ok(group)
         });
     }

@@ -22,6 +22,12 @@ use crate::text;
 use crate::throttle::LoginThrottle;
 use crate::upkeep;
 
+mod manage;
+mod upload;
+
+pub use manage::data_dir_owner;
+pub use upload::{Finish, UploadRecord};
+
 /// How long a walk of the store (stored bytes per disk, store size) is reused.
 const STORE_SUMMARY_AGE: Duration = Duration::from_secs(60);
 

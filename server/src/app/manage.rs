@@ -1,0 +1,167 @@
+//! The administrator's changes: users, deleting disks and versions, ending a disk's live
+//! update, and the store's upkeep with its outcome recorded. The admin commands (and
+//! later the console) call these; none touches the metadata directly.
+
+use super::App;
+use crate::auth;
+use crate::error::ServerError;
+use crate::meta::{DiskRow, MetaError, Role, Session, UpdateRow, UpdateState};
+use crate::upkeep::{self, GcReport, OnProgress, VerifyReport};
+
+impl App {
+    /// Adds a user; without a role the first user of a data dir is an admin, later ones
+    /// operators. Returns the role given.
+    ///
+    /// # Errors
+    /// `UserExists`, or a password that cannot be hashed.
+    pub fn add_user(
+        &self,
+        name: &str,
+        password: &str,
+        role: Option<Role>,
+    ) -> Result<Role, ServerError> {
+        let hash = auth::hash_password(password)?;
+        let role = self.data.meta().add_user(name, &hash, role)?;
+        tracing::info!(user = %name, role = role.as_str(), "user added");
+        Ok(role)
+    }
+
+    /// Fails unless the user exists (before a password is asked for).
+    ///
+    /// # Errors
+    /// `UnknownUser`.
+    pub fn check_user(&self, name: &str) -> Result<Role, ServerError> {
+        Ok(self
+            .data
+            .meta()
+            .role(name)?
+            .ok_or_else(|| MetaError::UnknownUser(name.to_owned()))?)
+    }
+
+    /// Sets a user's password and ends its sessions.
+    ///
+    /// # Errors
+    /// `UnknownUser`.
+    pub fn set_password(&self, name: &str, password: &str) -> Result<(), ServerError> {
+        self.check_user(name)?;
+        let hash = auth::hash_password(password)?;
+        self.data.meta().set_password(name, &hash)?;
+        tracing::info!(user = %name, "password changed; sessions ended");
+        Ok(())
+    }
+
+    /// Deletes a user and ends its sessions.
+    ///
+    /// # Errors
+    /// `UnknownUser`.
+    pub fn delete_user(&self, name: &str) -> Result<(), ServerError> {
+        self.data.meta().delete_user(name)?;
+        tracing::info!(user = %name, "user deleted");
+        Ok(())
+    }
+
+    /// A disk and its live update, if it has one.
+    ///
+    /// # Errors
+    /// `UnknownDisk`.
+    pub fn live_update_of(&self, disk: &str) -> Result<(DiskRow, Option<UpdateRow>), ServerError> {
+        let disk = self.data.meta().disk(disk)?;
+        let live = self.data.meta().live_update(&disk.id)?;
+        Ok((disk, live))
+    }
+
+    /// Deletes a disk, its versions and updates (a live update is aborted first when
+    /// `force`); returns the disk and how many versions went. Chunks go with the next
+    /// `store gc`.
+    ///
+    /// # Errors
+    /// `UnknownDisk`; `BadRequest` for a live update without `force`.
+    pub fn delete_disk(&self, disk: &str, force: bool) -> Result<(DiskRow, usize), ServerError> {
+        let (disk, live) = self.live_update_of(disk)?;
+        if let Some(live) = live {
+            if !force {
+                return Err(ServerError::BadRequest(format!(
+                    "disk {} has an update in progress from terminal {}: finish or cancel it, or pass --force to abort it",
+                    disk.name, live.terminal
+                )));
+            }
+            self.data
+                .meta()
+                .set_state(&live.guid, UpdateState::Aborted)?;
+        }
+        let versions = self.data.meta().delete_disk(&disk.id)?;
+        let _ = std::fs::remove_dir_all(self.data.manifest_dir(&disk.id));
+        tracing::info!(disk = %disk.id, versions, "disk deleted");
+        Ok((disk, versions))
+    }
+
+    /// Deletes a version that is neither the latest nor the base of a live update.
+    /// Chunks go with the next `store gc`.
+    ///
+    /// # Errors
+    /// `UnknownDisk`, `UnknownVersion`, `VersionInUse`.
+    pub fn delete_version(&self, disk: &str, version: &str) -> Result<DiskRow, ServerError> {
+        let disk = self.data.meta().disk(disk)?;
+        self.data.meta().delete_version(&disk.id, version)?;
+        let _ = std::fs::remove_file(
+            self.data
+                .manifest_dir(&disk.id)
+                .join(format!("{version}.manifest")),
+        );
+        tracing::info!(disk = %disk.id, version, "version deleted");
+        Ok(disk)
+    }
+
+    /// Verifies the chunks the versions name (every chunk with `all`) and records the
+    /// outcome for the console.
+    ///
+    /// # Errors
+    /// When the store or the metadata cannot be read.
+    pub fn verify(&self, all: bool, progress: OnProgress<'_>) -> Result<VerifyReport, ServerError> {
+        let report = upkeep::verify(&self.data, all, progress)?;
+        let outcome = if report.is_clean() {
+            format!("all well: {} chunks checked", report.chunks_checked)
+        } else {
+            format!(
+                "{} damaged, {} missing, {} unreadable chunks, {} unreadable manifests",
+                report.damaged.len(),
+                report.missing.len(),
+                report.unreadable.len(),
+                report.unreadable_manifests.len()
+            )
+        };
+        let all = if all { " (--all)" } else { "" };
+        self.data
+            .meta()
+            .record_upkeep("verify", &format!("{outcome}{all}"))?;
+        Ok(report)
+    }
+
+    /// Deletes the chunks nothing names (or with `dry_run` counts them) and records the
+    /// outcome for the console.
+    ///
+    /// # Errors
+    /// `StoreBusy` while an upload runs, or when the store cannot be read or written.
+    pub fn gc(&self, dry_run: bool) -> Result<GcReport, ServerError> {
+        let report = upkeep::gc(&self.data, dry_run)?;
+        if !dry_run {
+            self.data.meta().record_upkeep(
+                "gc",
+                &format!(
+                    "{} chunks deleted, {} bytes freed",
+                    report.chunks_deleted, report.bytes_freed
+                ),
+            )?;
+        }
+        Ok(report)
+    }
+}
+
+/// The caller of the admin commands: whoever can read the data dir is its administrator.
+pub fn data_dir_owner() -> Session {
+    Session {
+        user: std::env::var("USER").unwrap_or_else(|_| "hotate-server".into()),
+        terminal: "hotate-server".into(),
+        role: Role::Admin,
+    }
+}
