@@ -127,6 +127,7 @@ pub fn session(meta: &dyn Metadata, token: Option<&str>) -> Result<Session, Serv
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::Accounts;
 
     #[test]
     fn passwords_and_tokens() {

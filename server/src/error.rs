@@ -110,7 +110,7 @@ impl ServerError {
                 | MetaError::Damaged(_)
                 | MetaError::DiskFailed(_)
                 | MetaError::Unproven(_)
-                | MetaError::Sql(_) => Code::Internal,
+                | MetaError::Backend(_) => Code::Internal,
             },
             Self::Incomplete(_) | Self::RootMismatch(_) => Code::FailedPrecondition,
             Self::StoreBusy => Code::Aborted,
@@ -180,7 +180,7 @@ impl ServerError {
                 | MetaError::DiskExists(_)
                 | MetaError::VersionInUse(_)
                 | MetaError::BadRequest(_) => Refusal::BadRequest { detail: detail() },
-                MetaError::Abandoned | MetaError::Damaged(_) | MetaError::Sql(_) => {
+                MetaError::Abandoned | MetaError::Damaged(_) | MetaError::Backend(_) => {
                     Refusal::ServerFailed { detail: detail() }
                 }
             },

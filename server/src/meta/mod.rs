@@ -9,6 +9,8 @@
 //! more is acknowledged until the store has proven what it holds durable again
 //! ([`MetaError::Unproven`] meanwhile).
 
+#[cfg(test)]
+pub mod contract;
 mod sqlite;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -202,16 +204,10 @@ pub enum MetaError {
          metadata is proven durable again ({0}): try again once the server's disk is healthy"
     )]
     Unproven(String),
+    /// The database failed otherwise; the backend's own error, kept for the log (and
+    /// for the backend to look into).
     #[error("metadata failure: {0}")]
-    Sql(rusqlite::Error),
-}
-
-// The cause is part of the message, so it is not also reported as a source: `{:#}`
-// would print it twice.
-impl From<rusqlite::Error> for MetaError {
-    fn from(cause: rusqlite::Error) -> Self {
-        Self::Sql(cause)
-    }
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Whether an upload may open: the update is uploading (begun). One reserved again was
@@ -244,9 +240,8 @@ pub fn still_uploading(update: &UpdateRow, session: u64) -> Result<(), MetaError
     }
 }
 
-/// The metadata database.
-pub trait Metadata: Send + Sync + std::fmt::Debug {
-    // --- users and tokens ---
+/// Users and their tokens.
+pub trait Accounts {
     /// Adds a user; without a role the first user is an admin, later ones operators.
     /// Returns the role given.
     fn add_user(
@@ -277,8 +272,10 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
     fn session(&self, token_hash: &Hash) -> Result<Option<Session>, MetaError>;
     /// A user's role, if the user exists.
     fn role(&self, name: &str) -> Result<Option<Role>, MetaError>;
+}
 
-    // --- disks and versions ---
+/// Disks and their versions.
+pub trait Catalog {
     /// A disk by UUID or name.
     fn disk(&self, id_or_name: &str) -> Result<DiskRow, MetaError>;
     /// Every disk, by name.
@@ -291,8 +288,16 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
     fn latest_version(&self, disk_id: &str) -> Result<VersionRow, MetaError>;
     /// One version of a disk.
     fn version(&self, disk_id: &str, id: &str) -> Result<VersionRow, MetaError>;
+    /// Whether a disk has this version.
+    fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, MetaError>;
+    /// Deletes a disk with its versions and updates; refused while an update is live.
+    fn delete_disk(&self, disk_id: &str) -> Result<usize, MetaError>;
+    /// Deletes one version; refused for the latest and for the base of a live update.
+    fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), MetaError>;
+}
 
-    // --- updates ---
+/// Updates and their uploads: reserving a disk, sessions, offers, the commit.
+pub trait Updates {
     /// Reserves a disk: refused unless `booted` is the latest version and no live update
     /// of another terminal or user holds the disk. Returns the update and whether it is
     /// the caller's own live update, adopted rather than created.
@@ -343,8 +348,11 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
         version: &VersionRow,
         write_manifest: &mut dyn FnMut() -> Result<(), MetaError>,
     ) -> Result<(), MetaError>;
+}
 
-    // --- store upkeep ---
+/// What the store's upkeep needs: its record, the versions and live uploads it must
+/// keep, pruning, and the write lock `store gc` holds.
+pub trait Upkeep {
     /// Records that an upkeep command (`verify`, `gc`) ran, and what it found.
     fn record_upkeep(&self, kind: &str, outcome: &str) -> Result<(), MetaError>;
     /// The last run of an upkeep command: when, and what it found.
@@ -355,16 +363,9 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
     /// Hashes offered by live updates, in any of their sessions: chunks that an upload
     /// in progress has stored or counts on.
     fn live_hashes(&self) -> Result<Vec<Hash>, MetaError>;
-    /// Deletes a disk with its versions and updates; refused while an update is live.
-    fn delete_disk(&self, disk_id: &str) -> Result<usize, MetaError>;
-    /// Deletes one version; refused for the latest and for the base of a live update.
-    fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), MetaError>;
     /// Deletes expired tokens and updates that ended before `before`; returns how many
     /// updates went.
     fn prune(&self, before: i64) -> Result<usize, MetaError>;
-    /// Whether a disk has this version.
-    fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, MetaError>;
-
     /// Runs `work` holding the database's write lock (an immediate transaction that
     /// changes nothing unless `work` does): uploads cannot record offers nor commit
     /// versions meanwhile. `exclusive` on `dyn Metadata` is the typed form.
@@ -373,6 +374,12 @@ pub trait Metadata: Send + Sync + std::fmt::Debug {
         work: &mut dyn FnMut(&dyn LockedMeta) -> Result<(), MetaError>,
     ) -> Result<(), MetaError>;
 }
+
+/// The metadata database: every concern, as one object the server holds. A backend
+/// implements the four traits and passes the contract tests (`meta::contract`).
+pub trait Metadata: Accounts + Catalog + Updates + Upkeep + Send + Sync + std::fmt::Debug {}
+
+impl<T: Accounts + Catalog + Updates + Upkeep + Send + Sync + std::fmt::Debug> Metadata for T {}
 
 /// The database under its write lock, for `exclusive`.
 pub trait LockedMeta {

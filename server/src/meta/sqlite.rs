@@ -24,8 +24,8 @@ use hotate_engine::{Entry, Hash, Offer};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
 use super::{
-    DiskRow, LockedMeta, MetaError, Metadata, Role, Session, UpdateRow, UpdateState, UserRow,
-    VersionRow, now,
+    Accounts, Catalog, DiskRow, LockedMeta, MetaError, Role, Session, UpdateRow, UpdateState,
+    Updates, Upkeep, UserRow, VersionRow, now,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the `user_version` after each.
@@ -164,7 +164,7 @@ impl SqliteMeta {
                 Ok(out)
             });
         match done {
-            Err(MetaError::Sql(e)) if is_io_failure(&e) => {
+            Err(MetaError::Backend(e)) if e.downcast_ref().is_some_and(is_io_failure) => {
                 tracing::error!(
                     "a metadata write failed ({e}); nothing more is recorded until a \
                      checkpoint proves the database durable"
@@ -218,6 +218,14 @@ impl SqliteMeta {
 }
 
 /// Whether an error says the disk failed (as opposed to a refusal or a busy lock).
+// The cause is part of the message, so it is not also reported as a source: `{:#}`
+// would print it twice.
+impl From<rusqlite::Error> for MetaError {
+    fn from(cause: rusqlite::Error) -> Self {
+        Self::Backend(Box::new(cause))
+    }
+}
+
 fn is_io_failure(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -231,7 +239,7 @@ fn is_io_failure(e: &rusqlite::Error) -> bool {
     )
 }
 
-impl Metadata for SqliteMeta {
+impl Accounts for SqliteMeta {
     fn add_user(
         &self,
         name: &str,
@@ -372,7 +380,9 @@ impl Metadata for SqliteMeta {
             .optional()?;
         Ok(role.map(|r| Role::parse(&r).unwrap_or(Role::Operator)))
     }
+}
 
+impl Catalog for SqliteMeta {
     fn disk(&self, id_or_name: &str) -> Result<DiskRow, MetaError> {
         self.conn()
             .query_row(
@@ -442,6 +452,57 @@ impl Metadata for SqliteMeta {
             .ok_or_else(|| MetaError::UnknownVersion(id.to_owned()))
     }
 
+    fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, MetaError> {
+        version_exists(&self.conn(), disk_id, id)
+    }
+
+    fn delete_disk(&self, disk_id: &str) -> Result<usize, MetaError> {
+        self.write(|tx| {
+            if let Some(live) = live_update(tx, disk_id)? {
+                return Err(MetaError::DiskBusy {
+                    terminal: live.terminal,
+                });
+            }
+            tx.execute(
+                "DELETE FROM upload_entries WHERE guid IN (SELECT guid FROM updates WHERE disk_id = ?1)",
+                [disk_id],
+            )?;
+            tx.execute("DELETE FROM updates WHERE disk_id = ?1", [disk_id])?;
+            let versions = tx.execute("DELETE FROM versions WHERE disk_id = ?1", [disk_id])?;
+            tx.execute("DELETE FROM disks WHERE id = ?1", [disk_id])?;
+            Ok(versions)
+        })
+    }
+
+    fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            let latest = latest_id(tx, disk_id)?;
+            if latest == id {
+                return Err(MetaError::VersionInUse(format!(
+                    "{id} is the disk's latest version; terminals boot it"
+                )));
+            }
+            if let Some(live) = live_update(tx, disk_id)?
+                && live.base_version == id
+            {
+                return Err(MetaError::VersionInUse(format!(
+                    "{id} is the base of the update in progress from terminal {}",
+                    live.terminal
+                )));
+            }
+            let deleted = tx.execute(
+                "DELETE FROM versions WHERE disk_id = ?1 AND id = ?2",
+                [disk_id, id],
+            )?;
+            if deleted == 0 {
+                return Err(MetaError::UnknownVersion(id.to_owned()));
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Updates for SqliteMeta {
     fn start_update(
         &self,
         disk_id: &str,
@@ -484,6 +545,29 @@ impl Metadata for SqliteMeta {
         })
     }
 
+    fn cancel_with_secret(&self, guid: &str, secret_hash: &Hash) -> Result<UpdateRow, MetaError> {
+        self.write(|tx| {
+            let held: Option<Option<Vec<u8>>> = tx
+                .query_row(
+                    "SELECT cancel_secret_hash FROM updates WHERE guid = ?1",
+                    [guid],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // An unknown update and a wrong secret are told apart by nobody.
+            if held.flatten().as_deref() != Some(&secret_hash.as_bytes()[..]) {
+                return Err(MetaError::BadSecret);
+            }
+            live_by_guid(tx, guid)?;
+            tx.execute(
+                "UPDATE updates SET state = 'cancelled', updated_at = ?2 WHERE guid = ?1",
+                params![guid, now()],
+            )?;
+            end_update(tx, guid)?;
+            update_by_guid(tx, guid)
+        })
+    }
+
     fn update(&self, guid: &str) -> Result<UpdateRow, MetaError> {
         update_by_guid(&self.conn(), guid)
     }
@@ -510,29 +594,6 @@ impl Metadata for SqliteMeta {
             if !to.is_live() {
                 end_update(tx, guid)?;
             }
-            update_by_guid(tx, guid)
-        })
-    }
-
-    fn cancel_with_secret(&self, guid: &str, secret_hash: &Hash) -> Result<UpdateRow, MetaError> {
-        self.write(|tx| {
-            let held: Option<Option<Vec<u8>>> = tx
-                .query_row(
-                    "SELECT cancel_secret_hash FROM updates WHERE guid = ?1",
-                    [guid],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            // An unknown update and a wrong secret are told apart by nobody.
-            if held.flatten().as_deref() != Some(&secret_hash.as_bytes()[..]) {
-                return Err(MetaError::BadSecret);
-            }
-            live_by_guid(tx, guid)?;
-            tx.execute(
-                "UPDATE updates SET state = 'cancelled', updated_at = ?2 WHERE guid = ?1",
-                params![guid, now()],
-            )?;
-            end_update(tx, guid)?;
             update_by_guid(tx, guid)
         })
     }
@@ -630,7 +691,9 @@ impl Metadata for SqliteMeta {
             end_update(tx, guid)
         })
     }
+}
 
+impl Upkeep for SqliteMeta {
     fn record_upkeep(&self, kind: &str, outcome: &str) -> Result<(), MetaError> {
         self.write(|tx| {
             tx.execute(
@@ -683,51 +746,6 @@ impl Metadata for SqliteMeta {
         Ok(out)
     }
 
-    fn delete_disk(&self, disk_id: &str) -> Result<usize, MetaError> {
-        self.write(|tx| {
-            if let Some(live) = live_update(tx, disk_id)? {
-                return Err(MetaError::DiskBusy {
-                    terminal: live.terminal,
-                });
-            }
-            tx.execute(
-                "DELETE FROM upload_entries WHERE guid IN (SELECT guid FROM updates WHERE disk_id = ?1)",
-                [disk_id],
-            )?;
-            tx.execute("DELETE FROM updates WHERE disk_id = ?1", [disk_id])?;
-            let versions = tx.execute("DELETE FROM versions WHERE disk_id = ?1", [disk_id])?;
-            tx.execute("DELETE FROM disks WHERE id = ?1", [disk_id])?;
-            Ok(versions)
-        })
-    }
-
-    fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), MetaError> {
-        self.write(|tx| {
-            let latest = latest_id(tx, disk_id)?;
-            if latest == id {
-                return Err(MetaError::VersionInUse(format!(
-                    "{id} is the disk's latest version; terminals boot it"
-                )));
-            }
-            if let Some(live) = live_update(tx, disk_id)?
-                && live.base_version == id
-            {
-                return Err(MetaError::VersionInUse(format!(
-                    "{id} is the base of the update in progress from terminal {}",
-                    live.terminal
-                )));
-            }
-            let deleted = tx.execute(
-                "DELETE FROM versions WHERE disk_id = ?1 AND id = ?2",
-                [disk_id, id],
-            )?;
-            if deleted == 0 {
-                return Err(MetaError::UnknownVersion(id.to_owned()));
-            }
-            Ok(())
-        })
-    }
-
     fn prune(&self, before: i64) -> Result<usize, MetaError> {
         self.write(|tx| {
             tx.execute("DELETE FROM tokens WHERE expires_at < ?1", [now()])?;
@@ -741,10 +759,6 @@ impl Metadata for SqliteMeta {
                 [before],
             )?)
         })
-    }
-
-    fn version_exists(&self, disk_id: &str, id: &str) -> Result<bool, MetaError> {
-        version_exists(&self.conn(), disk_id, id)
     }
 
     fn exclusive_dyn(
@@ -1017,39 +1031,18 @@ mod tests {
         assert_eq!(names, ["first"]);
     }
 
-    /// Version `id` of disk `d` by user `u`.
-    fn version(id: &str, parent: Option<&str>) -> VersionRow {
-        VersionRow {
-            disk_id: "d".into(),
-            id: id.into(),
-            parent: parent.map(str::to_owned),
-            comment: String::new(),
-            user: "u".into(),
-            terminal: String::new(),
-            created_at: 0,
-            root: Hash::of(id.as_bytes()),
-            blocks_changed: 0,
-            bytes_stored: 0,
-        }
-    }
+    use crate::meta::contract::{self, user_and_disk, version};
 
-    /// User `u` (an admin) and disk `d` with its first version `v1`; the session of `u`
-    /// on terminal PC-1.
-    fn user_and_disk(meta: &dyn Metadata) -> Session {
-        meta.add_user("u", "x", None).unwrap();
-        let disk = DiskRow {
-            id: "d".into(),
-            name: "disk".into(),
-            size: 1,
-            block_size: 1 << 16,
-            created_at: 0,
-        };
-        meta.create_disk(&disk, &version("v1", None)).unwrap();
-        Session {
-            user: "u".into(),
-            terminal: "PC-1".into(),
-            role: Role::Admin,
-        }
+    /// SQLite keeps the metadata contract.
+    #[test]
+    fn sqlite_keeps_the_metadata_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = std::cell::Cell::new(0);
+        contract::check(&|| {
+            count.set(count.get() + 1);
+            let path = dir.path().join(format!("meta-{}.sqlite", count.get()));
+            Box::new(SqliteMeta::open(&path).unwrap())
+        });
     }
 
     #[test]
@@ -1106,46 +1099,6 @@ mod tests {
         assert_eq!(tokens, 1, "the expired token is gone");
     }
 
-    /// An error of the caller's own, for the typed transaction helpers.
-    #[derive(Debug)]
-    enum Failure {
-        Meta(MetaError),
-        Own,
-    }
-
-    impl From<MetaError> for Failure {
-        fn from(e: MetaError) -> Self {
-            Self::Meta(e)
-        }
-    }
-
-    #[test]
-    fn failing_work_changes_nothing_and_its_error_comes_back_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta: Box<dyn Metadata> =
-            Box::new(SqliteMeta::open(&dir.path().join("meta.sqlite")).unwrap());
-        let session = user_and_disk(meta.as_ref());
-        meta.start_update("d", "v1", &session, "g", &Hash::of(b"s"))
-            .unwrap();
-        meta.set_state("g", UpdateState::Uploading).unwrap();
-        let open = meta.open_session("g").unwrap();
-
-        let locked: Result<i64, Failure> = meta.exclusive(|db| Ok(db.newest_seq()?));
-        assert!(matches!(locked, Ok(1)));
-        let failed: Result<(), Failure> = meta.exclusive(|_| Err(Failure::Own));
-        assert!(matches!(failed, Err(Failure::Own)));
-
-        let v2 = version("v2", Some("v1"));
-        let failed = meta.commit("g", open.session, &v2, || Err(Failure::Own));
-        assert!(matches!(failed, Err(Failure::Own)));
-        assert_eq!(meta.update("g").unwrap().state, UpdateState::Uploading);
-        assert_eq!(meta.versions("d").unwrap().len(), 1, "nothing committed");
-        let stale = meta.commit("g", open.session + 1, &v2, || Ok::<_, Failure>(()));
-        assert!(matches!(stale, Err(Failure::Meta(MetaError::TakenOver))));
-        meta.commit("g", open.session, &v2, || Ok::<_, Failure>(()))
-            .unwrap();
-        assert_eq!(meta.latest_version("d").unwrap().id, "v2");
-    }
     /// Runs `change` while another connection holds the write lock and commits a change of
     /// its own 300 ms later, as `serve` does while an admin command runs.
     fn while_another_commits<T>(path: &Path, change: impl FnOnce() -> T) -> T {

@@ -1,0 +1,377 @@
+//! The contract every metadata backend keeps, as tests over `&dyn Metadata`: a backend's
+//! own test module calls [`check`] with a function that opens a fresh, empty instance.
+//! What is specific to one backend (migrations, its locking) stays with it.
+
+use hotate_engine::{Entry, Hash, Offer};
+
+use super::{DiskRow, MetaError, Metadata, Role, Session, UpdateState, VersionRow, now};
+
+/// One check of the contract, on a fresh instance.
+type Check = fn(&dyn Metadata);
+
+/// Runs every check of the contract, each on a fresh instance from `open`.
+pub fn check(open: &dyn Fn() -> Box<dyn Metadata>) {
+    let checks: [(&str, Check); 8] = [
+        ("users and roles", users_and_roles),
+        ("tokens and sessions", tokens_and_sessions),
+        ("disks and versions", disks_and_versions),
+        ("reserving a disk", reserving_a_disk),
+        (
+            "sessions, offers and the commit",
+            sessions_offers_and_the_commit,
+        ),
+        ("abort and cancel", abort_and_cancel),
+        ("deleting and pruning", deleting_and_pruning),
+        ("upkeep and the write lock", upkeep_and_the_write_lock),
+    ];
+    for (name, check) in checks {
+        eprintln!("metadata contract: {name}");
+        check(open().as_ref());
+    }
+}
+
+/// Version `id` of disk `d`.
+pub fn version(id: &str, parent: Option<&str>) -> VersionRow {
+    VersionRow {
+        disk_id: "d".into(),
+        id: id.into(),
+        parent: parent.map(str::to_owned),
+        comment: String::new(),
+        user: "u".into(),
+        terminal: String::new(),
+        created_at: 0,
+        root: Hash::of(id.as_bytes()),
+        blocks_changed: 0,
+        bytes_stored: 0,
+    }
+}
+
+/// User `u` (the first, so an admin) and disk `d` named `disk` with its first version
+/// `v1`; the session of `u` on terminal PC-1.
+pub fn user_and_disk(meta: &dyn Metadata) -> Session {
+    meta.add_user("u", "x", None).unwrap();
+    let disk = DiskRow {
+        id: "d".into(),
+        name: "disk".into(),
+        size: 1,
+        block_size: 1 << 16,
+        created_at: 0,
+    };
+    meta.create_disk(&disk, &version("v1", None)).unwrap();
+    Session {
+        user: "u".into(),
+        terminal: "PC-1".into(),
+        role: Role::Admin,
+    }
+}
+
+fn other_terminal() -> Session {
+    Session {
+        user: "u".into(),
+        terminal: "PC-2".into(),
+        role: Role::Admin,
+    }
+}
+
+fn offer(index: u64, seed: &[u8]) -> Offer {
+    Offer {
+        index,
+        entry: Entry::Chunk(Hash::of(seed)),
+    }
+}
+
+fn users_and_roles(meta: &dyn Metadata) {
+    assert_eq!(meta.add_user("first", "h1", None).unwrap(), Role::Admin);
+    assert_eq!(meta.add_user("next", "h2", None).unwrap(), Role::Operator);
+    assert_eq!(
+        meta.add_user("boss", "h3", Some(Role::Admin)).unwrap(),
+        Role::Admin
+    );
+    assert!(matches!(
+        meta.add_user("next", "h4", None),
+        Err(MetaError::UserExists(_))
+    ));
+    assert_eq!(meta.role("next").unwrap(), Some(Role::Operator));
+    assert_eq!(meta.role("nobody").unwrap(), None);
+    assert_eq!(meta.password_hash("next").unwrap().as_deref(), Some("h2"));
+    meta.set_password("next", "h5").unwrap();
+    assert_eq!(meta.password_hash("next").unwrap().as_deref(), Some("h5"));
+    let names: Vec<String> = meta.users().unwrap().into_iter().map(|u| u.name).collect();
+    assert_eq!(names, ["boss", "first", "next"], "by name");
+    meta.delete_user("next").unwrap();
+    assert_eq!(meta.password_hash("next").unwrap(), None);
+    assert!(matches!(
+        meta.delete_user("next"),
+        Err(MetaError::UnknownUser(_))
+    ));
+}
+
+fn tokens_and_sessions(meta: &dyn Metadata) {
+    let session = user_and_disk(meta);
+    let (live, expired) = (Hash::of(b"live"), Hash::of(b"expired"));
+    meta.add_token(&live, &session, now() + 60).unwrap();
+    meta.add_token(&expired, &session, now() - 1).unwrap();
+    assert_eq!(meta.session(&live).unwrap(), Some(session.clone()));
+    assert_eq!(meta.session(&expired).unwrap(), None, "expired");
+    assert_eq!(meta.session(&Hash::of(b"unknown")).unwrap(), None);
+    meta.remove_token(&live).unwrap();
+    assert_eq!(meta.session(&live).unwrap(), None, "logged out");
+    // A new password and a deleted user end the sessions.
+    meta.add_token(&live, &session, now() + 60).unwrap();
+    meta.set_password("u", "y").unwrap();
+    assert_eq!(meta.session(&live).unwrap(), None);
+    meta.add_token(&live, &session, now() + 60).unwrap();
+    meta.delete_user("u").unwrap();
+    assert_eq!(meta.session(&live).unwrap(), None);
+}
+
+fn disks_and_versions(meta: &dyn Metadata) {
+    user_and_disk(meta);
+    assert_eq!(meta.disk("d").unwrap().name, "disk");
+    assert_eq!(meta.disk("disk").unwrap().id, "d", "by name too");
+    assert!(matches!(meta.disk("nope"), Err(MetaError::UnknownDisk(_))));
+    let again = DiskRow {
+        id: "d2".into(),
+        name: "disk".into(),
+        size: 1,
+        block_size: 1 << 16,
+        created_at: 0,
+    };
+    assert!(matches!(
+        meta.create_disk(&again, &version("w1", None)),
+        Err(MetaError::DiskExists(_))
+    ));
+    assert_eq!(meta.disks().unwrap().len(), 1);
+    assert_eq!(meta.latest_version("d").unwrap().id, "v1");
+    assert!(meta.version_exists("d", "v1").unwrap());
+    assert!(!meta.version_exists("d", "v9").unwrap());
+    assert!(matches!(
+        meta.version("d", "v9"),
+        Err(MetaError::UnknownVersion(_))
+    ));
+}
+
+fn reserving_a_disk(meta: &dyn Metadata) {
+    let session = user_and_disk(meta);
+    let secret = Hash::of(b"s");
+    assert!(matches!(
+        meta.start_update("d", "v0", &session, "g", &secret),
+        Err(MetaError::NotLatest { .. })
+    ));
+    let (update, adopted) = meta
+        .start_update("d", "v1", &session, "g", &secret)
+        .unwrap();
+    assert!(!adopted);
+    assert_eq!(update.state, UpdateState::Reserved);
+    assert_eq!(
+        meta.live_update("d").unwrap().map(|u| u.guid),
+        Some("g".into())
+    );
+    // The same user and terminal take their own update back; another terminal may not.
+    let (again, adopted) = meta
+        .start_update("d", "v1", &session, "g2", &secret)
+        .unwrap();
+    assert!(adopted);
+    assert_eq!(again.guid, "g");
+    assert!(matches!(
+        meta.start_update("d", "v1", &other_terminal(), "g3", &secret),
+        Err(MetaError::DiskBusy { .. })
+    ));
+    assert!(matches!(
+        meta.update("g3"),
+        Err(MetaError::UnknownUpdate(_))
+    ));
+}
+
+fn sessions_offers_and_the_commit(meta: &dyn Metadata) {
+    let session = user_and_disk(meta);
+    meta.start_update("d", "v1", &session, "g", &Hash::of(b"s"))
+        .unwrap();
+    meta.set_state("g", UpdateState::Uploading).unwrap();
+    let first = meta.open_session("g").unwrap();
+    meta.record_offers("g", first.session, &[offer(3, b"a"), offer(1, b"b")])
+        .unwrap();
+    meta.add_received("g", 2, 100).unwrap();
+    let second = meta.open_session("g").unwrap();
+    assert!(second.session > first.session);
+    assert!(matches!(
+        meta.record_offers("g", first.session, &[offer(4, b"c")]),
+        Err(MetaError::TakenOver)
+    ));
+    assert!(
+        meta.offers("g", second.session).unwrap().is_empty(),
+        "each session offers anew"
+    );
+    meta.record_offers("g", second.session, &[offer(3, b"a"), offer(1, b"b")])
+        .unwrap();
+    let indexes: Vec<u64> = meta
+        .offers("g", second.session)
+        .unwrap()
+        .iter()
+        .map(|o| o.index)
+        .collect();
+    assert_eq!(indexes, [1, 3], "by block index");
+    assert_eq!(meta.update("g").unwrap().bytes_received, 100);
+    let hashes = meta.live_hashes().unwrap();
+    assert!(hashes.contains(&Hash::of(b"a")) && hashes.contains(&Hash::of(b"b")));
+    assert!(
+        !hashes.contains(&Hash::of(b"c")),
+        "a refused offer is not recorded"
+    );
+
+    let v2 = version("v2", Some("v1"));
+    let stale = meta.commit("g", first.session, &v2, || Ok::<_, MetaError>(()));
+    assert!(matches!(stale, Err(MetaError::TakenOver)));
+    meta.commit("g", second.session, &v2, || Ok::<_, MetaError>(()))
+        .unwrap();
+    let update = meta.update("g").unwrap();
+    assert_eq!(update.state, UpdateState::Committed);
+    assert_eq!(update.new_version.as_deref(), Some("v2"));
+    assert_eq!(meta.latest_version("d").unwrap().id, "v2");
+    let ids: Vec<String> = meta
+        .versions("d")
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(ids, ["v1", "v2"], "oldest first");
+    assert!(meta.live_update("d").unwrap().is_none());
+    assert!(meta.live_hashes().unwrap().is_empty(), "no live update");
+    assert!(matches!(
+        meta.set_state("g", UpdateState::Cancelled),
+        Err(MetaError::UpdateNotLive { .. })
+    ));
+}
+
+fn abort_and_cancel(meta: &dyn Metadata) {
+    let session = user_and_disk(meta);
+    let secret = Hash::of(b"secret");
+    meta.start_update("d", "v1", &session, "g", &secret)
+        .unwrap();
+    meta.set_state("g", UpdateState::Uploading).unwrap();
+    let open = meta.open_session("g").unwrap();
+    meta.record_offers("g", open.session, &[offer(0, b"a")])
+        .unwrap();
+    // An abort puts the update back to reserved and discards the upload.
+    let aborted = meta.abort_upload("g").unwrap();
+    assert_eq!(aborted.state, UpdateState::Reserved);
+    assert!(matches!(
+        meta.record_offers("g", open.session, &[offer(1, b"b")]),
+        Err(MetaError::UploadAborted)
+    ));
+    assert!(meta.offers("g", open.session).unwrap().is_empty());
+    // The terminal's cancel needs its secret; a wrong one and an unknown update alike fail.
+    assert!(matches!(
+        meta.cancel_with_secret("g", &Hash::of(b"wrong")),
+        Err(MetaError::BadSecret)
+    ));
+    assert!(matches!(
+        meta.cancel_with_secret("nope", &secret),
+        Err(MetaError::BadSecret)
+    ));
+    assert_eq!(
+        meta.cancel_with_secret("g", &secret).unwrap().state,
+        UpdateState::Cancelled
+    );
+    assert!(matches!(
+        meta.abort_upload("g"),
+        Err(MetaError::UpdateNotLive { .. })
+    ));
+}
+
+fn deleting_and_pruning(meta: &dyn Metadata) {
+    let session = user_and_disk(meta);
+    meta.start_update("d", "v1", &session, "g", &Hash::of(b"s"))
+        .unwrap();
+    assert!(matches!(
+        meta.delete_disk("d"),
+        Err(MetaError::DiskBusy { .. })
+    ));
+    assert!(
+        matches!(
+            meta.delete_version("d", "v1"),
+            Err(MetaError::VersionInUse(_))
+        ),
+        "the latest and the base of a live update stay"
+    );
+    meta.set_state("g", UpdateState::Uploading).unwrap();
+    let open = meta.open_session("g").unwrap();
+    meta.commit("g", open.session, &version("v2", Some("v1")), || {
+        Ok::<_, MetaError>(())
+    })
+    .unwrap();
+    meta.delete_version("d", "v1").unwrap();
+    assert!(!meta.version_exists("d", "v1").unwrap());
+    assert!(matches!(
+        meta.delete_version("d", "v1"),
+        Err(MetaError::UnknownVersion(_))
+    ));
+    // Ended updates go once they ended before the bound; live ones stay.
+    meta.start_update("d", "v2", &session, "live", &Hash::of(b"s"))
+        .unwrap();
+    assert_eq!(meta.prune(now() - 3600).unwrap(), 0, "ended just now");
+    assert_eq!(meta.prune(now() + 3600).unwrap(), 1, "the committed one");
+    assert!(meta.update("live").is_ok());
+    assert!(matches!(meta.update("g"), Err(MetaError::UnknownUpdate(_))));
+    meta.set_state("live", UpdateState::Cancelled).unwrap();
+    assert_eq!(meta.delete_disk("d").unwrap(), 1, "one version left");
+    assert!(matches!(meta.disk("d"), Err(MetaError::UnknownDisk(_))));
+}
+
+/// An error of the caller's own, for the typed transaction helpers.
+#[derive(Debug)]
+enum Failure {
+    Meta(MetaError),
+    Own,
+}
+
+impl From<MetaError> for Failure {
+    fn from(e: MetaError) -> Self {
+        Self::Meta(e)
+    }
+}
+
+fn upkeep_and_the_write_lock(meta: &dyn Metadata) {
+    let session = user_and_disk(meta);
+    assert_eq!(meta.last_upkeep("gc").unwrap(), None);
+    meta.record_upkeep("gc", "3 chunks deleted").unwrap();
+    let (at, outcome) = meta.last_upkeep("gc").unwrap().unwrap();
+    assert_eq!(outcome, "3 chunks deleted");
+    assert!((at - now()).abs() < 60);
+
+    let locked: Result<i64, Failure> = meta.exclusive(|db| Ok(db.newest_seq()?));
+    let seq = match locked {
+        Ok(seq) => seq,
+        Err(e) => panic!("{e:?}"),
+    };
+    assert!(seq > 0);
+    let since: Vec<String> = meta
+        .versions_since(0)
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v.id)
+        .collect();
+    assert_eq!(since, ["v1"]);
+    assert!(meta.versions_since(seq).unwrap().is_empty());
+    let failed: Result<(), Failure> = meta.exclusive(|_| Err(Failure::Own));
+    assert!(
+        matches!(failed, Err(Failure::Own)),
+        "the work's error as it was"
+    );
+
+    // A failing manifest write commits nothing, and its error comes back as it was.
+    meta.start_update("d", "v1", &session, "g", &Hash::of(b"s"))
+        .unwrap();
+    meta.set_state("g", UpdateState::Uploading).unwrap();
+    let open = meta.open_session("g").unwrap();
+    let v2 = version("v2", Some("v1"));
+    let failed = meta.commit("g", open.session, &v2, || Err(Failure::Own));
+    assert!(matches!(failed, Err(Failure::Own)));
+    assert_eq!(meta.update("g").unwrap().state, UpdateState::Uploading);
+    assert_eq!(meta.versions("d").unwrap().len(), 1, "nothing committed");
+    let stale = meta.commit("g", open.session + 1, &v2, || Ok::<_, Failure>(()));
+    assert!(matches!(stale, Err(Failure::Meta(MetaError::TakenOver))));
+    let held: Result<bool, Failure> =
+        meta.exclusive(|db| Ok(db.version_exists("d", "v1")? && db.disk_exists("d")?));
+    assert!(matches!(held, Ok(true)));
+}
