@@ -98,9 +98,26 @@ impl Browser {
         found[ELEMENT].as_str().expect("element id").to_owned()
     }
 
+    /// Clicks the element matching `css`, once it can be clicked: a dialog still
+    /// opening, or a row the live view just redrew (a new element), is found again for
+    /// up to 5 s.
     pub fn click(&self, css: &str) {
-        let element = self.find(css);
-        self.session_call("POST", &format!("/element/{element}/click"), &json!({}));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let element = self.find(css);
+            let path = format!("/session/{}/element/{element}/click", self.session);
+            let reply = http::json(&self.addr, "POST", &path, &[], &json!({}));
+            let error = reply.json()["value"]["error"].clone();
+            let retry = matches!(
+                error.as_str(),
+                Some("element not interactable" | "stale element reference")
+            );
+            if reply.status == 200 || !retry || Instant::now() > deadline {
+                assert!(reply.status == 200, "click {css}: {} {error}", reply.status);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn type_into(&self, css: &str, text: &str) {
