@@ -67,7 +67,10 @@ impl Terminal {
     ///
     /// # Errors
     /// An unknown format, or an image that cannot be opened.
-    pub fn open_image(&self) -> std::io::Result<std::sync::Arc<dyn hotate_engine::ImageSource>> {
+    pub fn open_image(
+        &self,
+    ) -> Result<std::sync::Arc<dyn hotate_engine::ImageSource>, hotate_engine::source::ImageError>
+    {
         hotate_engine::Format::parse(&self.format).and_then(|format| {
             hotate_engine::source::open(&self.image, format, self.parent.as_deref())
         })

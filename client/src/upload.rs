@@ -96,11 +96,13 @@ pub fn open_image(
 ) -> anyhow::Result<Arc<dyn ImageSource>> {
     let shown = terminal.image.display().to_string();
     let image = terminal.open_image().map_err(|e| {
+        use hotate_engine::source::ImageError;
         let device = hotate_engine::direct_io::is_device_path(&terminal.image);
-        if device && e.kind() == std::io::ErrorKind::PermissionDenied {
-            UsageError(lang.needs_administrator(&shown))
-        } else {
-            UsageError(lang.image_unopenable(&shown, &e.to_string()))
+        match &e {
+            ImageError::Io(io) if device && io.kind() == std::io::ErrorKind::PermissionDenied => {
+                UsageError(lang.needs_administrator(&shown))
+            }
+            _ => UsageError(lang.image_unopenable(&shown, &e.to_string())),
         }
     })?;
     let size = image.size();

@@ -7,6 +7,7 @@
 //! disk; `vhd` a fixed or dynamic Virtual PC disk. [`open`] picks the reader by format (or by
 //! the file's magic).
 
+mod opening;
 mod qcow2;
 mod raw;
 mod vhd;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 
 use crate::direct_io::AlignedBuf;
 
+pub use opening::ImageError;
 pub use qcow2::Qcow2Image;
 pub use qcow2::write::{
     Backing as Qcow2Backing, CLUSTER as QCOW2_CLUSTER, Cluster as Qcow2Cluster,
@@ -53,18 +55,15 @@ impl Format {
     /// Parses a `terminal.toml` or command-line format name.
     ///
     /// # Errors
-    /// `InvalidInput` naming the known formats.
-    pub fn parse(name: &str) -> io::Result<Self> {
+    /// `UnknownFormat`, which names the known formats.
+    pub fn parse(name: &str) -> Result<Self, ImageError> {
         match name {
             "raw" => Ok(Self::Raw),
             "qcow2" => Ok(Self::Qcow2),
             "vhd" | "vpc" => Ok(Self::Vhd),
             "vhdx" => Ok(Self::Vhdx),
             "auto" => Ok(Self::Auto),
-            other => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("unknown image format {other:?}: raw, qcow2, vhd, vhdx or auto"),
-            )),
+            other => Err(ImageError::UnknownFormat(other.to_owned())),
         }
     }
 
@@ -108,7 +107,7 @@ pub fn open(
     path: &Path,
     format: Format,
     parent: Option<&Path>,
-) -> io::Result<Arc<dyn ImageSource>> {
+) -> Result<Arc<dyn ImageSource>, ImageError> {
     let format = match format {
         Format::Auto => Format::detect(path)?,
         given => given,
@@ -126,25 +125,17 @@ pub fn open(
 pub(crate) struct Chain(HashSet<PathBuf>);
 
 impl Chain {
-    fn enter(&mut self, path: &Path) -> io::Result<()> {
+    fn enter(&mut self, path: &Path) -> Result<(), ImageError> {
         let id = std::fs::canonicalize(path)?;
         if self.0.len() >= MAX_CHAIN {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: the backing chain is longer than {MAX_CHAIN}",
-                    path.display()
-                ),
-            ));
+            return Err(ImageError::ChainTooLong {
+                path: path.to_owned(),
+            });
         }
         if !self.0.insert(id) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: the backing chain loops back to this image",
-                    path.display()
-                ),
-            ));
+            return Err(ImageError::ChainLoops {
+                path: path.to_owned(),
+            });
         }
         Ok(())
     }
@@ -155,7 +146,7 @@ fn open_layer(
     path: &Path,
     format: Option<&str>,
     chain: &mut Chain,
-) -> io::Result<Box<dyn ImageSource>> {
+) -> Result<Box<dyn ImageSource>, ImageError> {
     let format = match format {
         Some(name) => Format::parse(name)?,
         None => Format::detect(path)?,

@@ -18,12 +18,15 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{ImageSource, read_exact_at, read_through};
+use super::opening;
+use super::{ImageError, ImageSource, read_exact_at, read_through};
 use crate::direct_io::AlignedBuf;
 
 /// `QFI\xfb`.
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 /// L2 tables kept in memory at once.
+/// How refusals name the format.
+const FORMAT: &str = "qcow2";
 const L2_CACHE: usize = 64;
 /// The largest L1 table QEMU writes (32 MiB).
 const MAX_L1_BYTES: u64 = 32 << 20;
@@ -102,8 +105,9 @@ impl Qcow2Image {
     /// names.
     ///
     /// # Errors
-    /// `InvalidData` for a damaged, hostile or unsupported image, with the reason.
-    pub fn open(path: &Path, backing: Option<&Path>) -> io::Result<Self> {
+    /// `Damaged` for a damaged, hostile or unsupported image, with the reason;
+    /// `ParentMissing` when its backing file is not found.
+    pub fn open(path: &Path, backing: Option<&Path>) -> Result<Self, ImageError> {
         Self::open_in_chain(path, backing, &mut super::Chain::default())
     }
 
@@ -111,16 +115,9 @@ impl Qcow2Image {
         path: &Path,
         backing_override: Option<&Path>,
         chain: &mut super::Chain,
-    ) -> io::Result<Self> {
-        chain.enter(path)?;
-        let bad = |why: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("qcow2 image {}: {why}", path.display()),
-            )
-        };
-        let file = File::open(path)?;
-        let file_len = file.metadata()?.len();
+    ) -> Result<Self, ImageError> {
+        let (file, file_len) = opening::enter(path, chain)?;
+        let bad = |why: String| opening::damaged(FORMAT, path, why);
         let mut header = [0u8; 112];
         let got = (file_len as usize).min(header.len());
         if got < 72 {
@@ -220,11 +217,12 @@ impl Qcow2Image {
             let name = String::from_utf8(name)
                 .map_err(|_| bad("the backing file name is not UTF-8".into()))?;
             let named = Path::new(&name);
-            let resolved = match backing_override {
-                Some(given) => given.to_owned(),
-                None if named.is_absolute() => named.to_owned(),
-                None => path.parent().unwrap_or(Path::new(".")).join(named),
+            let candidate = if named.is_absolute() {
+                named.to_owned()
+            } else {
+                path.parent().unwrap_or(Path::new(".")).join(named)
             };
+            let resolved = opening::find_parent(FORMAT, path, backing_override, vec![candidate])?;
             Some(super::open_layer(
                 &resolved,
                 backing_format.as_deref(),
@@ -718,11 +716,12 @@ mod tests {
             ],
         );
         let err = Qcow2Image::open(&looped, None).unwrap_err();
-        assert!(err.to_string().contains("loops back"), "{err}");
+        assert!(matches!(err, ImageError::ChainLoops { .. }), "{err}");
         let orphan = dir.path().join("orphan.qcow2");
         overlay_on(&orphan, "base.raw", "raw", "");
         std::fs::rename(&base, dir.path().join("moved.raw")).unwrap();
-        assert!(Qcow2Image::open(&orphan, None).is_err());
+        let err = Qcow2Image::open(&orphan, None).unwrap_err();
+        assert!(matches!(err, ImageError::ParentMissing { .. }), "{err}");
         // The parent given by the caller wins over the name in the image.
         assert!(Qcow2Image::open(&orphan, Some(&dir.path().join("moved.raw"))).is_ok());
 

@@ -17,10 +17,13 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::{ImageSource, read_exact_at};
+use super::opening;
+use super::{ImageError, ImageSource, read_exact_at};
 use crate::direct_io::AlignedBuf;
 
 /// `conectix`, the footer's cookie.
+/// How refusals name the format.
+const FORMAT: &str = "VHD";
 pub const COOKIE: [u8; 8] = *b"conectix";
 const SPARSE_COOKIE: [u8; 8] = *b"cxsparse";
 const FIXED: u32 = 2;
@@ -82,7 +85,7 @@ impl VhdImage {
     /// # Errors
     /// `InvalidData` for a damaged or hostile image, or a parent that is not the one the
     /// image names.
-    pub fn open(path: &Path, parent: Option<&Path>) -> io::Result<Self> {
+    pub fn open(path: &Path, parent: Option<&Path>) -> Result<Self, ImageError> {
         Self::open_in_chain(path, parent, &mut super::Chain::default())
     }
 
@@ -95,16 +98,9 @@ impl VhdImage {
         path: &Path,
         parent_override: Option<&Path>,
         chain: &mut super::Chain,
-    ) -> io::Result<Self> {
-        chain.enter(path)?;
-        let bad = |why: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("VHD image {}: {why}", path.display()),
-            )
-        };
-        let file = File::open(path)?;
-        let file_len = file.metadata()?.len();
+    ) -> Result<Self, ImageError> {
+        let (file, file_len) = opening::enter(path, chain)?;
+        let bad = |why: String| opening::damaged(FORMAT, path, why);
         if file_len < 512 {
             return Err(bad("shorter than a VHD footer".into()));
         }
@@ -154,9 +150,7 @@ impl VhdImage {
                 let header = image
                     .read_dynamic_header(be64(&footer, 16))
                     .map_err(|e| bad(e.to_string()))?;
-                let parent = image
-                    .open_parent(&header, parent_override, chain)
-                    .map_err(|e| bad(e.to_string()))?;
+                let parent = image.open_parent(&header, parent_override, chain)?;
                 image.parent = Some(parent);
             }
             other => return Err(bad(format!("unknown disk type {other}"))),
@@ -209,67 +203,53 @@ impl VhdImage {
         header: &[u8; 1024],
         given: Option<&Path>,
         chain: &mut super::Chain,
-    ) -> io::Result<Box<dyn ImageSource>> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+    ) -> Result<Box<dyn ImageSource>, ImageError> {
         let mut candidates = Vec::new();
-        if let Some(given) = given {
-            candidates.push(given.to_owned());
-        } else {
-            for entry in header[576..768].chunks_exact(24) {
-                let (code, len, at) = (&entry[..4], u64::from(be32(entry, 8)), be64(entry, 16));
-                if !matches!(code, b"W2ru" | b"W2ku") || len == 0 || len > 4096 {
-                    continue;
-                }
-                if at.saturating_add(len) > self.file_len {
-                    continue;
-                }
-                let mut bytes = vec![0u8; len as usize];
-                read_exact_at(&self.file, &mut bytes, at)?;
-                let units: Vec<u16> = bytes
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect();
-                let Ok(text) = String::from_utf16(&units) else {
-                    continue;
-                };
-                let text = text.trim_end_matches('\0').replace('\\', "/");
-                let text = text.strip_prefix("./").unwrap_or(&text).to_owned();
-                candidates.push(if Path::new(&text).is_absolute() {
-                    PathBuf::from(text)
-                } else {
-                    dir.join(text)
-                });
+        for entry in header[576..768].chunks_exact(24) {
+            let (code, len, at) = (&entry[..4], u64::from(be32(entry, 8)), be64(entry, 16));
+            if !matches!(code, b"W2ru" | b"W2ku") || len == 0 || len > 4096 {
+                continue;
             }
-            let name: Vec<u16> = header[64..576]
+            if at.saturating_add(len) > self.file_len {
+                continue;
+            }
+            let mut bytes = vec![0u8; len as usize];
+            read_exact_at(&self.file, &mut bytes, at)?;
+            let units: Vec<u16> = bytes
                 .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .take_while(|&u| u != 0)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
                 .collect();
-            if let Ok(name) = String::from_utf16(&name)
-                && !name.is_empty()
-            {
-                candidates.push(dir.join(name));
+            if let Ok(text) = String::from_utf16(&units) {
+                candidates.push(opening::beside(&self.path, &text));
             }
         }
-        let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
-            io::Error::other(format!(
-                "its parent is not found (looked for {}); set `parent`",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        let parent = VhdImage::open_in_chain(path, None, chain)?;
+        let name: Vec<u16> = header[64..576]
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        if let Ok(name) = String::from_utf16(&name)
+            && !name.is_empty()
+        {
+            candidates.push(opening::beside(&self.path, &name));
+        }
+        let path = opening::find_parent(FORMAT, &self.path, given, candidates)?;
+        let parent = VhdImage::open_in_chain(&path, None, chain)?;
         if header[40..56] != parent.unique_id {
-            return Err(io::Error::other(format!(
-                "its parent {} is not the disk it was made from (unique id differs)",
-                path.display()
-            )));
+            return Err(opening::parent_changed(
+                FORMAT,
+                &self.path,
+                &path,
+                "is not the disk it was made from (unique id differs)",
+            ));
         }
         if parent.size != self.size {
-            return Err(io::Error::other("its parent is another size"));
+            return Err(opening::parent_changed(
+                FORMAT,
+                &self.path,
+                &path,
+                "is another size",
+            ));
         }
         Ok(Box::new(parent))
     }
@@ -562,6 +542,6 @@ mod written_tests {
             .unwrap();
         writer.finish().unwrap();
         let err = VhdImage::open(&child_path, Some(&other)).unwrap_err();
-        assert!(err.to_string().contains("unique id differs"), "{err}");
+        assert!(matches!(err, ImageError::ParentChanged { .. }), "{err}");
     }
 }

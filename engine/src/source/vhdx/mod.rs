@@ -17,10 +17,13 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::{ImageSource, read_exact_at};
+use super::opening;
+use super::{ImageError, ImageSource, read_exact_at};
 use crate::direct_io::AlignedBuf;
 
 /// `vhdxfile` at offset 0.
+/// How refusals name the format.
+const FORMAT: &str = "VHDX";
 pub const MAGIC: [u8; 8] = *b"vhdxfile";
 
 const HEADERS: [u64; 2] = [64 << 10, 128 << 10];
@@ -199,7 +202,7 @@ impl VhdxImage {
     /// # Errors
     /// `InvalidData` for a damaged or hostile image or a parent that does not match,
     /// `Unsupported` for one with a log to replay.
-    pub fn open(path: &Path, parent: Option<&Path>) -> io::Result<Self> {
+    pub fn open(path: &Path, parent: Option<&Path>) -> Result<Self, ImageError> {
         Self::open_in_chain(path, parent, &mut super::Chain::default())
     }
 
@@ -207,16 +210,9 @@ impl VhdxImage {
         path: &Path,
         parent_override: Option<&Path>,
         chain: &mut super::Chain,
-    ) -> io::Result<Self> {
-        chain.enter(path)?;
-        let bad = |why: String| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("VHDX image {}: {why}", path.display()),
-            )
-        };
-        let file = File::open(path)?;
-        let file_len = file.metadata()?.len();
+    ) -> Result<Self, ImageError> {
+        let (file, file_len) = opening::enter(path, chain)?;
+        let bad = |why: String| opening::damaged(FORMAT, path, why);
         if file_len < (320 << 10) {
             return Err(bad("shorter than the VHDX header area".into()));
         }
@@ -241,13 +237,11 @@ impl VhdxImage {
             return Err(bad("no valid header".into()));
         };
         if header[48..64].iter().any(|&b| b != 0) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "VHDX image {}: it was not closed cleanly (its log must be replayed); open it once in Hyper-V or run `qemu-img check -r all`",
-                    path.display()
-                ),
-            ));
+            return Err(ImageError::NeedsRepair {
+                format: FORMAT,
+                path: path.to_owned(),
+                why: "it was not closed cleanly (its log must be replayed); open it once in Hyper-V or run `qemu-img check -r all`".into(),
+            });
         }
         if le16(&header, 66) != 1 {
             return Err(bad(format!(
@@ -339,8 +333,7 @@ impl VhdxImage {
         let mut data_write_guid = [0u8; 16];
         data_write_guid.copy_from_slice(&header[32..48]);
         let parent = if has_parent {
-            let parent = open_parent(path, parent_override, &locator, chain)
-                .map_err(|e| bad(e.to_string()))?;
+            let parent = open_parent(path, parent_override, &locator, chain)?;
             if parent.size() != size {
                 return Err(bad(format!(
                     "its parent is {} bytes, the disk {size}",
@@ -460,7 +453,7 @@ fn open_parent(
     given: Option<&Path>,
     locator: &[(String, String)],
     chain: &mut super::Chain,
-) -> io::Result<Box<dyn ImageSource>> {
+) -> Result<Box<dyn ImageSource>, ImageError> {
     let value = |key: &str| {
         locator
             .iter()
@@ -469,40 +462,23 @@ fn open_parent(
     };
     let linkage = value("parent_linkage")
         .and_then(parse_guid)
-        .ok_or_else(|| io::Error::other("the parent locator has no parent_linkage"))?;
-    let dir = child.parent().unwrap_or(Path::new("."));
-    let candidates: Vec<PathBuf> = match given {
-        Some(given) => vec![given.to_owned()],
-        None => ["relative_path", "absolute_win32_path", "volume_path"]
-            .iter()
-            .filter_map(|key| value(key))
-            .map(|named| {
-                let unix = named.replace('\\', "/");
-                let unix = unix.strip_prefix("./").unwrap_or(&unix).to_owned();
-                if Path::new(&unix).is_absolute() {
-                    PathBuf::from(unix)
-                } else {
-                    dir.join(unix)
-                }
-            })
-            .collect(),
-    };
-    let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
-        io::Error::other(format!(
-            "its parent is not found (looked for {}); set `parent`",
-            candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?;
-    let parent = VhdxImage::open_in_chain(path, None, chain)?;
+        .ok_or_else(|| {
+            opening::damaged(FORMAT, child, "the parent locator has no parent_linkage")
+        })?;
+    let candidates = ["relative_path", "absolute_win32_path", "volume_path"]
+        .iter()
+        .filter_map(|key| value(key))
+        .map(|named| opening::beside(child, named))
+        .collect();
+    let path = opening::find_parent(FORMAT, child, given, candidates)?;
+    let parent = VhdxImage::open_in_chain(&path, None, chain)?;
     if parent.data_write_guid() != linkage {
-        return Err(io::Error::other(format!(
-            "its parent {} changed since it was made (parent_linkage differs from the parent's DataWriteGuid)",
-            path.display()
-        )));
+        return Err(opening::parent_changed(
+            FORMAT,
+            child,
+            &path,
+            "changed since it was made (parent_linkage differs from the parent's DataWriteGuid)",
+        ));
     }
     Ok(Box::new(parent))
 }
@@ -768,12 +744,8 @@ mod tests {
         bytes[(128 << 10) + 20] ^= 1;
         let victim = dir.path().join("victim.vhdx");
         std::fs::write(&victim, &bytes).unwrap();
-        assert!(
-            VhdxImage::open(&victim, None)
-                .unwrap_err()
-                .to_string()
-                .contains("no valid header")
-        );
+        let err = VhdxImage::open(&victim, None).unwrap_err();
+        assert!(matches!(err, ImageError::Damaged { .. }), "{err}");
         // Flipped bytes in the metadata, the BAT and the region tables.
         let rounds = crate::testdata::mutation_rounds(400);
         for seed in crate::testdata::xorshift(0x9e37_79b9_7f4a_7c15).take(rounds) {
@@ -878,13 +850,10 @@ mod differencing_tests {
         let other = dir.path().join("other.vhdx");
         convert_to_vhdx(&dir.path().join("parent.raw"), &other);
         let err = VhdxImage::open(&child, Some(&other)).unwrap_err();
-        assert!(
-            err.to_string().contains("changed since it was made"),
-            "{err}"
-        );
+        assert!(matches!(err, ImageError::ParentChanged { .. }), "{err}");
         std::fs::rename(&parent_path, dir.path().join("moved.vhdx")).unwrap();
         let err = VhdxImage::open(&child, None).unwrap_err();
-        assert!(err.to_string().contains("parent is not found"), "{err}");
+        assert!(matches!(err, ImageError::ParentMissing { .. }), "{err}");
         assert!(VhdxImage::open(&child, Some(&dir.path().join("moved.vhdx"))).is_ok());
         // A child that names itself as its parent.
         let looped = dir.path().join("loop.vhdx");
@@ -896,6 +865,6 @@ mod differencing_tests {
         )
         .unwrap();
         let err = VhdxImage::open(&looped, None).unwrap_err();
-        assert!(err.to_string().contains("loops back"), "{err}");
+        assert!(matches!(err, ImageError::ChainLoops { .. }), "{err}");
     }
 }
