@@ -100,30 +100,30 @@ fn be64(bytes: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(word)
 }
 
-impl Qcow2Image {
-    /// Opens a qcow2 image and its backing chain; `backing` overrides the path the image
-    /// names.
-    ///
-    /// # Errors
-    /// `Damaged` for a damaged, hostile or unsupported image, with the reason;
-    /// `ParentMissing` when its backing file is not found.
-    pub fn open(path: &Path, backing: Option<&Path>) -> Result<Self, ImageError> {
-        Self::open_in_chain(path, backing, &mut super::Chain::default())
-    }
+/// What the header says, checked against the file.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    version: u32,
+    backing_offset: u64,
+    backing_len: u64,
+    cluster_bits: u32,
+    size: u64,
+    l1_size: u64,
+    l1_offset: u64,
+    header_len: u64,
+    zstd: bool,
+    extended_l2: bool,
+}
 
-    pub(super) fn open_in_chain(
-        path: &Path,
-        backing_override: Option<&Path>,
-        chain: &mut super::Chain,
-    ) -> Result<Self, ImageError> {
-        let (file, file_len) = opening::enter(path, chain)?;
+impl Header {
+    fn read(file: &File, file_len: u64, path: &Path) -> Result<Self, ImageError> {
         let bad = |why: String| opening::damaged(FORMAT, path, why);
         let mut header = [0u8; 112];
         let got = (file_len as usize).min(header.len());
         if got < 72 {
             return Err(bad("shorter than a qcow2 header".into()));
         }
-        read_exact_at(&file, &mut header[..got], 0)?;
+        read_exact_at(file, &mut header[..got], 0)?;
         if header[..4] != MAGIC {
             return Err(bad("not a qcow2 image".into()));
         }
@@ -197,38 +197,53 @@ impl Qcow2Image {
         if !l1_offset.is_multiple_of(cluster) || l1_offset.saturating_add(l1_size * 8) > file_len {
             return Err(bad("the L1 table lies outside the file".into()));
         }
+        Ok(Self {
+            version,
+            backing_offset,
+            backing_len,
+            cluster_bits,
+            size,
+            l1_size,
+            l1_offset,
+            header_len,
+            zstd,
+            extended_l2,
+        })
+    }
+}
+
+impl Qcow2Image {
+    /// Opens a qcow2 image and its backing chain; `backing` overrides the path the image
+    /// names.
+    ///
+    /// # Errors
+    /// `Damaged` for a damaged, hostile or unsupported image, with the reason;
+    /// `ParentMissing` when its backing file is not found.
+    pub fn open(path: &Path, backing: Option<&Path>) -> Result<Self, ImageError> {
+        Self::open_in_chain(path, backing, &mut super::Chain::default())
+    }
+
+    pub(super) fn open_in_chain(
+        path: &Path,
+        backing_override: Option<&Path>,
+        chain: &mut super::Chain,
+    ) -> Result<Self, ImageError> {
+        let (file, file_len) = opening::enter(path, chain)?;
+        let header = Header::read(&file, file_len, path)?;
+        let Header {
+            cluster_bits,
+            size,
+            l1_size,
+            l1_offset,
+            zstd,
+            extended_l2,
+            ..
+        } = header;
         let mut l1_bytes = vec![0u8; (l1_size * 8) as usize];
         read_exact_at(&file, &mut l1_bytes, l1_offset)?;
         let l1: Vec<u64> = l1_bytes.chunks_exact(8).map(|w| be64(w, 0)).collect();
 
-        let mut backing_format = None;
-        if version == 3 {
-            backing_format = read_backing_format(&file, header_len, file_len, cluster)
-                .map_err(|e| bad(e.to_string()))?;
-        }
-        let backing = if backing_offset == 0 {
-            None
-        } else {
-            if backing_len == 0 || backing_len > 1023 || backing_offset + backing_len > file_len {
-                return Err(bad("the backing file name lies outside the file".into()));
-            }
-            let mut name = vec![0u8; backing_len as usize];
-            read_exact_at(&file, &mut name, backing_offset)?;
-            let name = String::from_utf8(name)
-                .map_err(|_| bad("the backing file name is not UTF-8".into()))?;
-            let named = Path::new(&name);
-            let candidate = if named.is_absolute() {
-                named.to_owned()
-            } else {
-                path.parent().unwrap_or(Path::new(".")).join(named)
-            };
-            let resolved = opening::find_parent(FORMAT, path, backing_override, vec![candidate])?;
-            Some(super::open_layer(
-                &resolved,
-                backing_format.as_deref(),
-                chain,
-            )?)
-        };
+        let backing = Self::open_backing(&file, file_len, path, &header, backing_override, chain)?;
         Ok(Self {
             path: path.to_owned(),
             file,
@@ -240,6 +255,55 @@ impl Qcow2Image {
             l1,
             backing,
             l2_cache: Mutex::default(),
+        })
+    }
+
+    /// The image below, if the header names one: `given` or the path it names.
+    fn open_backing(
+        file: &File,
+        file_len: u64,
+        path: &Path,
+        header: &Header,
+        given: Option<&Path>,
+        chain: &mut super::Chain,
+    ) -> Result<Option<Box<dyn ImageSource>>, ImageError> {
+        let bad = |why: String| opening::damaged(FORMAT, path, why);
+        let Header {
+            version,
+            backing_offset,
+            backing_len,
+            header_len,
+            cluster_bits,
+            ..
+        } = *header;
+        let cluster = 1u64 << cluster_bits;
+        let mut backing_format = None;
+        if version == 3 {
+            backing_format = read_backing_format(file, header_len, file_len, cluster)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(if backing_offset == 0 {
+            None
+        } else {
+            if backing_len == 0 || backing_len > 1023 || backing_offset + backing_len > file_len {
+                return Err(bad("the backing file name lies outside the file".into()));
+            }
+            let mut name = vec![0u8; backing_len as usize];
+            read_exact_at(file, &mut name, backing_offset)?;
+            let name = String::from_utf8(name)
+                .map_err(|_| bad("the backing file name is not UTF-8".into()))?;
+            let named = Path::new(&name);
+            let candidate = if named.is_absolute() {
+                named.to_owned()
+            } else {
+                path.parent().unwrap_or(Path::new(".")).join(named)
+            };
+            let resolved = opening::find_parent(FORMAT, path, given, vec![candidate])?;
+            Some(super::open_layer(
+                &resolved,
+                backing_format.as_deref(),
+                chain,
+            )?)
         })
     }
 

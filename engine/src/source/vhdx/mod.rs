@@ -24,6 +24,8 @@ use crate::direct_io::AlignedBuf;
 /// `vhdxfile` at offset 0.
 /// How refusals name the format.
 const FORMAT: &str = "VHDX";
+/// A region of the file: offset and length.
+type Region = (u64, u64);
 pub const MAGIC: [u8; 8] = *b"vhdxfile";
 
 const HEADERS: [u64; 2] = [64 << 10, 128 << 10];
@@ -216,77 +218,9 @@ impl VhdxImage {
         if file_len < (320 << 10) {
             return Err(bad("shorter than the VHDX header area".into()));
         }
-        let mut magic = [0u8; 8];
-        read_exact_at(&file, &mut magic, 0)?;
-        if magic != MAGIC {
-            return Err(bad("not a VHDX image".into()));
-        }
-        // The current header: valid, and the higher sequence number.
-        let mut header: Option<(u64, Vec<u8>)> = None;
-        for at in HEADERS {
-            let mut bytes = vec![0u8; 4096];
-            read_exact_at(&file, &mut bytes, at)?;
-            if &bytes[..4] == b"head" && checksum_ok(&bytes) {
-                let sequence = le64(&bytes, 8);
-                if header.as_ref().is_none_or(|(s, _)| sequence > *s) {
-                    header = Some((sequence, bytes));
-                }
-            }
-        }
-        let Some((_, header)) = header else {
-            return Err(bad("no valid header".into()));
-        };
-        if header[48..64].iter().any(|&b| b != 0) {
-            return Err(ImageError::NeedsRepair {
-                format: FORMAT,
-                path: path.to_owned(),
-                why: "it was not closed cleanly (its log must be replayed); open it once in Hyper-V or run `qemu-img check -r all`".into(),
-            });
-        }
-        if le16(&header, 66) != 1 {
-            return Err(bad(format!(
-                "format version {} is not 1",
-                le16(&header, 66)
-            )));
-        }
-        // The region table: the BAT and the metadata region.
-        let mut regions = None;
-        for at in REGION_TABLES {
-            let mut bytes = vec![0u8; 64 << 10];
-            read_exact_at(&file, &mut bytes, at)?;
-            if &bytes[..4] == b"regi" && checksum_ok(&bytes) {
-                regions = Some(bytes);
-                break;
-            }
-        }
-        let Some(regions) = regions else {
-            return Err(bad("no valid region table".into()));
-        };
-        let count = le32(&regions, 8) as usize;
-        if count > 2047 {
-            return Err(bad(format!("{count} regions")));
-        }
-        let (mut bat, mut metadata) = (None, None);
-        for entry in regions[16..16 + count * 32].chunks_exact(32) {
-            let (offset, len, required) = (
-                le64(entry, 16),
-                u64::from(le32(entry, 24)),
-                le32(entry, 28) & 1,
-            );
-            if !offset.is_multiple_of(MIB) || offset.saturating_add(len) > file_len {
-                return Err(bad("a region lies outside the file".into()));
-            }
-            if entry[..16] == BAT_REGION {
-                bat = Some((offset, len));
-            } else if entry[..16] == METADATA_REGION {
-                metadata = Some((offset, len));
-            } else if required != 0 {
-                return Err(bad("an unknown required region".into()));
-            }
-        }
-        let (Some((bat_offset, bat_len)), Some((meta_offset, meta_len))) = (bat, metadata) else {
-            return Err(bad("the BAT or the metadata region is missing".into()));
-        };
+        let header = Self::read_header(&file, path)?;
+        let ((bat_offset, bat_len), (meta_offset, meta_len)) =
+            Self::read_regions(&file, file_len, path)?;
         let Metadata {
             block_size,
             has_parent,
@@ -357,18 +291,114 @@ impl VhdxImage {
             chunk_ratio,
             parent,
         };
-        for (index, &entry) in image.blocks.iter().enumerate() {
+        image.check_blocks()?;
+        Ok(image)
+    }
+
+    /// The current header (valid, and the higher sequence number) of a clean image.
+    fn read_header(file: &File, path: &Path) -> Result<Vec<u8>, ImageError> {
+        let bad = |why: String| opening::damaged(FORMAT, path, why);
+        let mut magic = [0u8; 8];
+        read_exact_at(file, &mut magic, 0)?;
+        if magic != MAGIC {
+            return Err(bad("not a VHDX image".into()));
+        }
+        // The current header: valid, and the higher sequence number.
+        let mut header: Option<(u64, Vec<u8>)> = None;
+        for at in HEADERS {
+            let mut bytes = vec![0u8; 4096];
+            read_exact_at(file, &mut bytes, at)?;
+            if &bytes[..4] == b"head" && checksum_ok(&bytes) {
+                let sequence = le64(&bytes, 8);
+                if header.as_ref().is_none_or(|(s, _)| sequence > *s) {
+                    header = Some((sequence, bytes));
+                }
+            }
+        }
+        let Some((_, header)) = header else {
+            return Err(bad("no valid header".into()));
+        };
+        if header[48..64].iter().any(|&b| b != 0) {
+            return Err(ImageError::NeedsRepair {
+                format: FORMAT,
+                path: path.to_owned(),
+                why: "it was not closed cleanly (its log must be replayed); open it once in Hyper-V or run `qemu-img check -r all`".into(),
+            });
+        }
+        if le16(&header, 66) != 1 {
+            return Err(bad(format!(
+                "format version {} is not 1",
+                le16(&header, 66)
+            )));
+        }
+        Ok(header)
+    }
+
+    /// Where the BAT and the metadata region lie: (offset, length) each.
+    fn read_regions(
+        file: &File,
+        file_len: u64,
+        path: &Path,
+    ) -> Result<(Region, Region), ImageError> {
+        let bad = |why: String| opening::damaged(FORMAT, path, why);
+        // The region table: the BAT and the metadata region.
+        let mut regions = None;
+        for at in REGION_TABLES {
+            let mut bytes = vec![0u8; 64 << 10];
+            read_exact_at(file, &mut bytes, at)?;
+            if &bytes[..4] == b"regi" && checksum_ok(&bytes) {
+                regions = Some(bytes);
+                break;
+            }
+        }
+        let Some(regions) = regions else {
+            return Err(bad("no valid region table".into()));
+        };
+        let count = le32(&regions, 8) as usize;
+        if count > 2047 {
+            return Err(bad(format!("{count} regions")));
+        }
+        let (mut bat, mut metadata) = (None, None);
+        for entry in regions[16..16 + count * 32].chunks_exact(32) {
+            let (offset, len, required) = (
+                le64(entry, 16),
+                u64::from(le32(entry, 24)),
+                le32(entry, 28) & 1,
+            );
+            if !offset.is_multiple_of(MIB) || offset.saturating_add(len) > file_len {
+                return Err(bad("a region lies outside the file".into()));
+            }
+            if entry[..16] == BAT_REGION {
+                bat = Some((offset, len));
+            } else if entry[..16] == METADATA_REGION {
+                metadata = Some((offset, len));
+            } else if required != 0 {
+                return Err(bad("an unknown required region".into()));
+            }
+        }
+        let (Some((bat_offset, bat_len)), Some((meta_offset, meta_len))) = (bat, metadata) else {
+            return Err(bad("the BAT or the metadata region is missing".into()));
+        };
+        Ok(((bat_offset, bat_len), (meta_offset, meta_len)))
+    }
+
+    /// Refuses a block entry that points outside the file, or is partly present without
+    /// its sector bitmap or a parent.
+    fn check_blocks(&self) -> Result<(), ImageError> {
+        let bad = |why: String| opening::damaged(FORMAT, &self.path, why);
+        let (file_len, chunk_ratio) = (self.file_len, self.chunk_ratio);
+        for (index, &entry) in self.blocks.iter().enumerate() {
             match entry & 7 {
                 PAYLOAD_FULLY_PRESENT => {
-                    let offset = image.offset_of(entry);
+                    let offset = self.offset_of(entry);
                     if offset < (1 << 20) || offset >= file_len {
                         return Err(bad(format!("block {index} lies outside the file")));
                     }
                 }
-                PAYLOAD_PARTIALLY_PRESENT if image.parent.is_some() => {
-                    let offset = image.offset_of(entry);
-                    let bitmap = image.bitmaps[index / chunk_ratio as usize];
-                    let bitmap_at = image.offset_of(bitmap);
+                PAYLOAD_PARTIALLY_PRESENT if self.parent.is_some() => {
+                    let offset = self.offset_of(entry);
+                    let bitmap = self.bitmaps[index / chunk_ratio as usize];
+                    let bitmap_at = self.offset_of(bitmap);
                     if offset < (1 << 20) || offset >= file_len {
                         return Err(bad(format!("block {index} lies outside the file")));
                     }
@@ -390,7 +420,7 @@ impl VhdxImage {
                 state => return Err(bad(format!("block {index} has unknown state {state}"))),
             }
         }
-        Ok(image)
+        Ok(())
     }
 
     fn offset_of(&self, entry: u64) -> u64 {
