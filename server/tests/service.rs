@@ -1,9 +1,8 @@
 //! The real server binary on loopback, driven by a real tonic client speaking hotate.v1.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 
 use bytes::Bytes;
 use hotate_engine::{
@@ -18,112 +17,35 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+use hotate_tests::harness::{PASSWORD, Server, admin, admin_ok, bin};
+
 const BLOCK: usize = 64 << 10;
 const BLOCKS: usize = 48;
 
-fn server_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hotate-server")
+/// The gRPC side of a harness server.
+trait Grpc {
+    fn control_addr(&self) -> String;
+    async fn control(&self) -> ControlClient<Channel>;
+    async fn transfer(&self) -> TransferClient<Channel>;
 }
 
-fn admin(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(server_bin())
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env("HOTATE_PASSWORD", "secret")
-        .output()
-        .expect("run hotate-server")
-}
-
-fn admin_ok(data: &Path, args: &[&str]) -> String {
-    let out = admin(data, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-struct Server {
-    child: Child,
-    control: String,
-    transfer: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Self {
-        Self::start_with(data, &[])
-    }
-
-    /// Starts a server with extra `serve` flags.
-    fn start_with(data: &Path, flags: &[&str]) -> Self {
-        let mut child = Command::new(server_bin())
-            .args(["--data"])
-            .arg(data)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--transfer-listen",
-                "127.0.0.1:0",
-            ])
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read first line");
-        let mut addrs = HashMap::new();
-        for part in line.split_whitespace().skip(1) {
-            let (k, v) = part.split_once('=').expect("key=value");
-            addrs.insert(k.to_owned(), format!("http://{v}"));
-        }
-        Self {
-            child,
-            control: addrs["control"].clone(),
-            transfer: addrs["transfer"].clone(),
-        }
-    }
-
-    /// The server's peak resident memory so far, in bytes.
-    fn peak_rss(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .expect("VmHWM")
-            * 1024
-    }
-
+impl Grpc for Server {
     fn control_addr(&self) -> String {
-        self.control.trim_start_matches("http://").to_owned()
+        self.control.clone()
     }
 
     async fn control(&self) -> ControlClient<Channel> {
-        ControlClient::connect(self.control.clone())
+        ControlClient::connect(format!("http://{}", self.control))
             .await
             .expect("connect control")
     }
 
     async fn transfer(&self) -> TransferClient<Channel> {
-        TransferClient::connect(self.transfer.clone())
+        TransferClient::connect(format!("http://{}", self.transfer))
             .await
             .expect("connect transfer")
             .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
             .max_encoding_message_size(hotate_proto::MAX_MESSAGE)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -223,7 +145,7 @@ async fn login(server: &Server, terminal: &str) -> String {
 }
 
 async fn login_as(server: &Server, user: &str, terminal: &str) -> String {
-    try_login(server, user, "secret", terminal)
+    try_login(server, user, PASSWORD, terminal)
         .await
         .expect("login")
 }
@@ -523,7 +445,7 @@ async fn login_good_and_bad() {
         .await
         .expect_err("a deleted user's session ends");
     assert_eq!(gone.code(), Code::Unauthenticated);
-    let passwd = Command::new(server_bin())
+    let passwd = Command::new(bin("hotate-server"))
         .arg("--data")
         .arg(&f.data)
         .args(["user", "passwd", "alice"])
@@ -531,7 +453,7 @@ async fn login_good_and_bad() {
         .output()
         .expect("passwd");
     assert!(passwd.status.success());
-    let old = try_login(&server, "alice", "secret", "PC-001")
+    let old = try_login(&server, "alice", PASSWORD, "PC-001")
         .await
         .expect_err("the old password is refused");
     assert_eq!(old.code(), Code::Unauthenticated);
@@ -940,14 +862,14 @@ async fn a_login_begins_only_an_upload_its_user_and_terminal_may_begin() {
     };
     // Another user or terminal logs in, but begins nothing.
     for (user, terminal) in [("bob", "PC-002"), ("bob", "PC-001"), ("alice", "PC-002")] {
-        let reply = login(user, "secret", terminal, &guid)
+        let reply = login(user, PASSWORD, terminal, &guid)
             .await
             .expect("the login itself succeeds")
             .into_inner();
         assert!(!reply.token.is_empty());
         assert_eq!(reply.begun, None, "{user} on {terminal}");
     }
-    let unknown = login("alice", "secret", "PC-001", "no-such-update").await;
+    let unknown = login("alice", PASSWORD, "PC-001", "no-such-update").await;
     assert_eq!(unknown.expect("login").into_inner().begun, None);
     let refused = login("alice", "wrong", "PC-001", &guid).await;
     assert_eq!(
@@ -956,7 +878,7 @@ async fn a_login_begins_only_an_upload_its_user_and_terminal_may_begin() {
     );
 
     // The owner's login begins it, as `BeginUpload` would.
-    let reply = login("alice", "secret", "PC-001", &guid)
+    let reply = login("alice", PASSWORD, "PC-001", &guid)
         .await
         .expect("login")
         .into_inner();
@@ -989,7 +911,7 @@ async fn a_login_begins_only_an_upload_its_user_and_terminal_may_begin() {
         ))
         .await
         .expect("cancel");
-    let after = login("alice", "secret", "PC-001", &guid).await;
+    let after = login("alice", PASSWORD, "PC-001", &guid).await;
     assert_eq!(after.expect("login").into_inner().begun, None);
 }
 
@@ -1384,7 +1306,7 @@ async fn a_login_flood_is_bounded_in_memory_and_repeated_failures_lock_out() {
             Code::Unauthenticated | Code::ResourceExhausted
         ));
     }
-    let locked = try_login(&server, "alice", "secret", "PC-001")
+    let locked = try_login(&server, "alice", PASSWORD, "PC-001")
         .await
         .expect_err("locked out");
     assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
@@ -1395,7 +1317,7 @@ async fn a_login_flood_is_bounded_in_memory_and_repeated_failures_lock_out() {
 async fn silent_connections_are_closed_and_connections_and_uploads_are_capped() {
     use tokio::io::AsyncReadExt;
     let f = fixture();
-    let server = Server::start_with(
+    let server = Server::start_with_flags(
         &f.data,
         &[
             "--handshake-timeout",
@@ -1625,7 +1547,7 @@ async fn hostile_names_and_comments_are_refused_before_they_are_stored() {
         let err = control
             .login(pb::LoginRequest {
                 user: "coadmin".into(),
-                password: "secret".into(),
+                password: PASSWORD.into(),
                 terminal,
                 ..pb::LoginRequest::default()
             })

@@ -130,15 +130,7 @@ pub struct Server {
 impl Server {
     /// Starts a server on free loopback ports.
     pub fn start(data: &Path) -> Self {
-        Self::start_with(
-            data,
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--transfer-listen",
-                "127.0.0.1:0",
-            ],
-        )
+        Self::start_with_flags(data, &[])
     }
 
     /// Starts a server with these `serve` arguments; waits for its `listening` line.
@@ -173,6 +165,30 @@ impl Server {
             transfer: addrs["transfer"].to_owned(),
             child,
         }
+    }
+
+    /// Starts a server on free loopback ports with these further `serve` flags.
+    pub fn start_with_flags(data: &Path, flags: &[&str]) -> Self {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--transfer-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(flags);
+        Self::start_with(data, &args)
+    }
+
+    /// The server's peak resident memory so far, in bytes (Linux).
+    pub fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .expect("VmHWM")
+            * 1024
     }
 
     /// The server's process id.
