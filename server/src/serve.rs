@@ -60,43 +60,17 @@ pub async fn serve(
     hotate_engine::direct_io::cap_allocator_arenas(ALLOCATOR_ARENAS);
     let data = DataDir::open(&options.data)
         .with_context(|| format!("opening data dir {}", options.data.display()))?;
-    let control_listener = TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("binding the control port {}", options.listen))?;
-    let transfer_listener = TcpListener::bind(options.transfer_listen)
-        .await
-        .with_context(|| format!("binding the transfer port {}", options.transfer_listen))?;
+    let control_listener = bind(options.listen, "control").await?;
+    let transfer_listener = bind(options.transfer_listen, "transfer").await?;
     let control_addr = control_listener.local_addr()?;
     let transfer_addr = transfer_listener.local_addr()?;
 
-    let tls = match &options.tls {
-        Some((cert, key)) => {
-            let cert = std::fs::read(cert)
-                .with_context(|| format!("reading TLS certificate {}", cert.display()))?;
-            let key =
-                std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
-            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-        }
-        None => None,
-    };
-    let builder = || -> anyhow::Result<Server> {
-        let mut builder = Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .tcp_nodelay(true);
-        if let Some(tls) = &tls {
-            builder = builder.tls_config(tls.clone()).context("configuring TLS")?;
-        }
-        Ok(builder)
-    };
-
+    let tls = tls_config(options.tls.as_ref())?;
+    let builder = || grpc_server(tls.as_ref());
     let limits = options.limits;
-    let live = Arc::new(Live::default());
     let app = Arc::new(App::new(
-        data.clone(),
-        live.clone(),
+        data,
+        Arc::new(Live::default()),
         Arc::new(LoginThrottle::new(limits.login_concurrency)),
     ));
     let control = Authenticated::new(
@@ -170,6 +144,40 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds one of the server's ports.
+async fn bind(addr: std::net::SocketAddr, port: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {port} port {addr}"))
+}
+
+/// The TLS identity of `--tls-cert` and `--tls-key`, if given.
+fn tls_config(pair: Option<&(PathBuf, PathBuf)>) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let Some((cert, key)) = pair else {
+        return Ok(None);
+    };
+    let cert = std::fs::read(cert)
+        .with_context(|| format!("reading TLS certificate {}", cert.display()))?;
+    let key = std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
+    Ok(Some(
+        ServerTlsConfig::new().identity(Identity::from_pem(cert, key)),
+    ))
+}
+
+/// A gRPC server with the windows and keep-alives an upload over a slow link needs.
+fn grpc_server(tls: Option<&ServerTlsConfig>) -> anyhow::Result<Server> {
+    let mut builder = Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.clone()).context("configuring TLS")?;
+    }
+    Ok(builder)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -13,7 +13,7 @@ use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
 use hotate_engine::direct_io::AlignedBuf;
 use hotate_engine::{
     ChunkSink, Frame, Hash, ImageSource, Manifest, Need, Offer, Outgoing, PipelineConfig, Progress,
-    SinkError, pipeline,
+    ProgressSnapshot, SinkError, pipeline,
 };
 use hotate_proto::pb::{self, transfer_client::TransferClient};
 use serde::Serialize;
@@ -163,43 +163,17 @@ pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
         disk_id: disk.id.clone(),
         version: base_version.clone(),
     };
-    let config = PipelineConfig {
-        top_layer_only: layers == Layers::OverBase,
-        ..PipelineConfig::default()
-    };
-    let progress = Progress::default();
-    let started = Instant::now();
-    pipeline::run(image.clone(), &parent, &sink, &config, &progress)
+    let (dry_run_secs, done) = dry_run(image.clone(), &parent, &sink, layers)
         .await
         .map_err(|e| match e {
             hotate_engine::PipelineError::Sink(inner) => anyhow::anyhow!(inner),
             other => unreadable(&other).into(),
         })?;
-    let dry_run_secs = started.elapsed().as_secs_f64();
-    let done = progress.snapshot();
 
     let manifest_bytes = parent.encode().len() as u64;
     let rtt_secs = rtt.as_secs_f64();
-    let stages = Stages {
-        read_secs: done.bytes_read as f64 / local.read,
-        hash_secs: done.bytes_read as f64 / local.hash,
-        compress_secs: done.bytes_changed as f64 / local.compress,
-        send_secs: done.bytes_sent as f64 / rate,
-        setup_secs: (SETUP_ROUND_TRIPS + TAIL_ROUND_TRIPS) * rtt_secs
-            + manifest_bytes as f64 / rate,
-    };
-    let bound_by = [
-        ("disk", stages.read_secs),
-        ("hashing", stages.hash_secs),
-        ("compression", stages.compress_secs),
-        ("link", stages.send_secs),
-    ]
-    .into_iter()
-    .fold(
-        ("link", -1.0),
-        |best, stage| if stage.1 > best.1 { stage } else { best },
-    )
-    .0;
+    let stages = Stages::predict(&done, &local, rate, rtt_secs, manifest_bytes);
+    let bound_by = stages.bound_by();
     // The stages overlap: the slowest sets the pace. The dry run is the local part of a
     // finish as it really runs (its offers' round trips included).
     let predicted = stages.setup_secs + stages.send_secs.max(dry_run_secs);
@@ -234,6 +208,61 @@ pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
         print_report(&report, lang);
     }
     Ok(())
+}
+
+/// The finish's pipeline run dry into `sink`: its time and what it counted.
+async fn dry_run(
+    image: Arc<dyn ImageSource>,
+    parent: &Manifest,
+    sink: &ProbeSink,
+    layers: Layers,
+) -> Result<(f64, ProgressSnapshot), hotate_engine::PipelineError> {
+    let config = PipelineConfig {
+        top_layer_only: layers == Layers::OverBase,
+        ..PipelineConfig::default()
+    };
+    let progress = Progress::default();
+    let started = Instant::now();
+    pipeline::run(image, parent, sink, &config, &progress).await?;
+    Ok((started.elapsed().as_secs_f64(), progress.snapshot()))
+}
+
+impl Stages {
+    /// How long each stage of a finish of what the dry run counted would take here.
+    fn predict(
+        done: &ProgressSnapshot,
+        local: &LocalRates,
+        rate: f64,
+        rtt_secs: f64,
+        manifest_bytes: u64,
+    ) -> Self {
+        Self {
+            read_secs: done.bytes_read as f64 / local.read,
+            hash_secs: done.bytes_read as f64 / local.hash,
+            compress_secs: done.bytes_changed as f64 / local.compress,
+            send_secs: done.bytes_sent as f64 / rate,
+            setup_secs: (SETUP_ROUND_TRIPS + TAIL_ROUND_TRIPS) * rtt_secs
+                + manifest_bytes as f64 / rate,
+        }
+    }
+
+    /// The slowest stage, which sets a finish's pace.
+    fn bound_by(&self) -> &'static str {
+        [
+            ("disk", self.read_secs),
+            ("hashing", self.hash_secs),
+            ("compression", self.compress_secs),
+            ("link", self.send_secs),
+        ]
+        .into_iter()
+        .fold(
+            ("link", -1.0),
+            |best, stage| {
+                if stage.1 > best.1 { stage } else { best }
+            },
+        )
+        .0
+    }
 }
 
 fn print_report(r: &Report, lang: crate::i18n::Lang) {

@@ -196,23 +196,10 @@ impl<'a> Finish<'a> {
             return Err(Failed(lang.kept_manifest_stale()).into());
         }
         if let Some(read_tx) = read_tx.take() {
-            let image = upload::open_image(terminal, reply.disk_size, lang)?;
-            let parent = match prefetched.as_ref().and_then(|p| p.manifest.clone()) {
-                Some(manifest) if (manifest.root(), manifest.disk_size()) == base => {
-                    tracing::debug!("using the base manifest fetched while the upload began");
-                    manifest
-                }
-                _ => {
-                    let mut transfer = match prefetched.as_ref() {
-                        Some(p) => p.transfer.clone(),
-                        None => session.transfer(&transfer_url, ctx.ca()).await?,
-                    };
-                    let version = (record.disk_id.as_str(), reply.base_version.as_str());
-                    upload::base_manifest(&session, &mut transfer, &transfer_url, version, base)
-                        .await?
-                }
-            };
-            let _ = read_tx.send(self.image_plan(image, parent));
+            let plan = self
+                .late_plan(&session, &reply, prefetched.as_ref(), &transfer_url, base)
+                .await?;
+            let _ = read_tx.send(plan);
         }
         crate::say!("{}", lang.establishing(&host_port(&transfer_url)));
         let plan = upload::StreamPlan {
@@ -224,6 +211,35 @@ impl<'a> Finish<'a> {
             comment,
         };
         Ok((session, plan))
+    }
+
+    /// What reading needs when `update start` kept no usable base manifest: the image,
+    /// and the base manifest fetched while the upload began if it is the base, else
+    /// downloaded now.
+    async fn late_plan(
+        &self,
+        session: &Session,
+        reply: &pb::BeginUploadReply,
+        prefetched: Option<&Prefetched>,
+        transfer_url: &str,
+        base: (hotate_engine::Hash, u64),
+    ) -> anyhow::Result<upload::ImagePlan> {
+        let image = upload::open_image(&self.terminal, reply.disk_size, self.ctx.lang)?;
+        let parent = match prefetched.and_then(|p| p.manifest.clone()) {
+            Some(manifest) if (manifest.root(), manifest.disk_size()) == base => {
+                tracing::debug!("using the base manifest fetched while the upload began");
+                manifest
+            }
+            _ => {
+                let mut transfer = match prefetched {
+                    Some(p) => p.transfer.clone(),
+                    None => session.transfer(transfer_url, self.ctx.ca()).await?,
+                };
+                let version = (self.record.disk_id.as_str(), reply.base_version.as_str());
+                upload::base_manifest(session, &mut transfer, transfer_url, version, base).await?
+            }
+        };
+        Ok(self.image_plan(image, parent))
     }
 }
 
