@@ -632,6 +632,7 @@ async fn open_stream(
 /// # Errors
 /// When either input fails, the image cannot be read, the connection fails, or the
 /// server refuses.
+#[tracing::instrument(name = "upload", skip_all)]
 pub async fn upload<'a>(
     lang: crate::i18n::Lang,
     reading: impl Future<Output = anyhow::Result<ImagePlan>>,

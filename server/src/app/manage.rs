@@ -117,6 +117,7 @@ impl App {
     ///
     /// # Errors
     /// When the store or the metadata cannot be read.
+    #[tracing::instrument(name = "verify", skip(self, progress))]
     pub fn verify(&self, all: bool, progress: OnProgress<'_>) -> Result<VerifyReport, ServerError> {
         let report = upkeep::verify(&self.data, all, progress)?;
         let outcome = if report.is_clean() {
@@ -142,6 +143,7 @@ impl App {
     ///
     /// # Errors
     /// `StoreBusy` while an upload runs, or when the store cannot be read or written.
+    #[tracing::instrument(name = "gc", skip(self))]
     pub fn gc(&self, dry_run: bool) -> Result<GcReport, ServerError> {
         let report = upkeep::gc(&self.data, dry_run)?;
         if !dry_run {

@@ -127,6 +127,7 @@ impl UploadRecord {
     ///
     /// # Errors
     /// `BadRequest`, `Incomplete`, `RootMismatch`, or the update no longer this session's.
+    #[tracing::instrument(name = "commit", skip_all, fields(update = %self.update.guid))]
     pub fn commit(&self, parent: &Manifest, finish: Finish) -> Result<VersionRow, ServerError> {
         match self.try_commit(parent, finish) {
             Err(e @ (ServerError::Incomplete(_) | ServerError::RootMismatch(_))) => {

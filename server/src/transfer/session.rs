@@ -168,6 +168,7 @@ impl Upload {
 
     /// Serves the session's messages from `inbound` (the stream's requests) until it
     /// ends, fails or commits.
+    #[tracing::instrument(name = "upload", skip_all, fields(update = %self.update.guid, session = self.update.session))]
     pub(super) async fn run(mut self, mut inbound: impl Inbound) -> Result<(), Status> {
         let result = self.serve(&mut inbound).await;
         // Whatever happened, what was verified is stored.
