@@ -277,54 +277,132 @@ fn main() {
     );
     let start = terminal.run(&["--url", &server.url(), "update", "start"]);
     assert!(start.status.success(), "{}", text(&start));
-    // On an emulated link the client reaches both ports through it.
     let spec = LinkSpec {
         mbit: args.link_mbit,
         one_way: Duration::from_millis(args.rtt_ms / 2),
     };
     let emulated = args.link_mbit.is_some() || args.rtt_ms > 0;
     let (server, link) = if emulated {
-        let address = |a: &String| -> SocketAddr { a.parse().expect("server address") };
-        // Two relays with their own counters: the trace is the transfer port's alone.
-        let control_relay = link::link(&runtime, &[address(&server.control)], spec).0[0];
-        let (transfer_relay, counters) = link::link(&runtime, &[address(&server.transfer)], spec);
-        let relays = [control_relay, transfer_relay[0]];
-        // Restart with the relayed transfer port advertised; the data dir keeps the
-        // reservation.
-        let (control, transfer) = (server.control.clone(), server.transfer.clone());
-        server.stop();
-        let advertise = format!("http://{}", relays[1]);
-        let server = Server::start_with(
-            &site.data,
-            &[
-                "--listen",
-                &control,
-                "--transfer-listen",
-                &transfer,
-                "--advertise-transfer",
-                &advertise,
-            ],
-        );
-        // The URL `update start` cached, and the transfer service it recorded, now
-        // through the link.
-        std::fs::write(
-            terminal.state.join("server-url"),
-            format!("http://{}\n", relays[0]),
-        )
-        .expect("server-url");
-        let record = terminal.state.join("update.toml");
-        let recorded = std::fs::read_to_string(&record).expect("update.toml");
-        let direct = format!("transfer_url = \"http://{transfer}\"");
-        assert!(recorded.contains(&direct), "{recorded}");
-        std::fs::write(
-            &record,
-            recorded.replace(&direct, &format!("transfer_url = \"{advertise}\"")),
-        )
-        .expect("update.toml");
+        let (server, counters) = through_link(&runtime, server, &site, &terminal, spec);
         (server, Some(counters))
     } else {
         (server, None)
     };
+    let run = finish(
+        &args,
+        server,
+        &site,
+        &terminal,
+        link.as_deref(),
+        dir.path(),
+        &pair.updated,
+    );
+
+    let rsync = Rsync::start(dir.path());
+    let rsync_port = if emulated {
+        link::link(
+            &runtime,
+            &[SocketAddr::from(([127, 0, 0, 1], rsync.port))],
+            spec,
+        )
+        .0[0]
+            .port()
+    } else {
+        rsync.port
+    };
+    let rsync_z = rsync.run(&pair.base, &pair.updated, rsync_port, true, args.cold);
+    let rsync_plain = rsync.run(&pair.base, &pair.updated, rsync_port, false, args.cold);
+    let setting = format!(
+        "image: {} MiB {} pair, block size {} KiB, {:.0} MB in changed blocks (install rewrote ~{}% of data), link: {}, page cache: {}",
+        args.size_mib,
+        pair.kind,
+        args.block_size >> 10,
+        changed as f64 / 1e6,
+        args.change,
+        if emulated {
+            format!("emulated, {}", spec.describe())
+        } else {
+            "loopback".to_owned()
+        },
+        if args.cold {
+            "dropped before each run"
+        } else {
+            "as the bench left it (rsync reads the images from memory)"
+        }
+    );
+    report(&args, &setting, size, changed, &run, rsync_z, rsync_plain);
+}
+
+/// Restarts `server` behind two emulated links (control and transfer, the transfer
+/// port's with its own counters) and points the terminal's cached URL and recorded
+/// transfer service at them; the data dir keeps the reservation.
+fn through_link(
+    runtime: &tokio::runtime::Runtime,
+    server: Server,
+    site: &Site,
+    terminal: &Terminal,
+    spec: LinkSpec,
+) -> (Server, std::sync::Arc<link::Counters>) {
+    let address = |a: &String| -> SocketAddr { a.parse().expect("server address") };
+    let control_relay = link::link(runtime, &[address(&server.control)], spec).0[0];
+    let (transfer_relay, counters) = link::link(runtime, &[address(&server.transfer)], spec);
+    let relays = [control_relay, transfer_relay[0]];
+    let (control, transfer) = (server.control.clone(), server.transfer.clone());
+    server.stop();
+    let advertise = format!("http://{}", relays[1]);
+    let server = Server::start_with(
+        &site.data,
+        &[
+            "--listen",
+            &control,
+            "--transfer-listen",
+            &transfer,
+            "--advertise-transfer",
+            &advertise,
+        ],
+    );
+    std::fs::write(
+        terminal.state.join("server-url"),
+        format!("http://{}\n", relays[0]),
+    )
+    .expect("server-url");
+    let record = terminal.state.join("update.toml");
+    let recorded = std::fs::read_to_string(&record).expect("update.toml");
+    let direct = format!("transfer_url = \"http://{transfer}\"");
+    assert!(recorded.contains(&direct), "{recorded}");
+    std::fs::write(
+        &record,
+        recorded.replace(&direct, &format!("transfer_url = \"{advertise}\"")),
+    )
+    .expect("update.toml");
+    (server, counters)
+}
+
+/// One measured finish, and what `hotate-client bench` predicted for it.
+struct FinishRun {
+    client: Usage,
+    server_cpu: f64,
+    server_rss: f64,
+    /// Chunk bytes the server received.
+    wire: u64,
+    data_growth: u64,
+    verified: bool,
+    /// When the first byte reached the transfer port, and how long the link idled.
+    trace: Option<(Duration, Duration)>,
+    predicted: serde_json::Value,
+}
+
+/// Runs `hotate-client bench`, then the measured finish, exports the new version and
+/// compares it with `updated`; stops the server.
+fn finish(
+    args: &Args,
+    server: Server,
+    site: &Site,
+    terminal: &Terminal,
+    link: Option<&link::Counters>,
+    scratch: &Path,
+    updated: &Path,
+) -> FinishRun {
     // What `hotate-client bench` predicts for this finish, through the same link.
     let predicted = terminal.run(&["bench", "--json"]);
     assert!(
@@ -334,7 +412,7 @@ fn main() {
     );
     let predicted: serde_json::Value =
         serde_json::from_slice(&predicted.stdout).expect("bench --json");
-    if let Some(counters) = &link {
+    if let Some(counters) = link {
         counters.reset();
     }
     let server_pid = server.pid();
@@ -355,7 +433,7 @@ fn main() {
         .last()
         .and_then(|u| u["bytes_received"].as_u64())
         .unwrap_or(0);
-    let exported = dir.path().join("exported.img");
+    let exported = scratch.join("exported.img");
     admin_ok(
         &site.data,
         &[
@@ -369,13 +447,12 @@ fn main() {
     let verified = Command::new("cmp")
         .arg("-s")
         .arg(&exported)
-        .arg(&pair.updated)
+        .arg(updated)
         .status()
         .is_ok_and(|s| s.success());
     let _ = std::fs::remove_file(&exported);
     server.stop();
-
-    let trace = link.as_ref().map(|c| {
+    let trace = link.map(|c| {
         let steps = c.upload_trace();
         if std::env::var_os("HOTATE_TRACE").is_some() {
             // KB delivered per 100 ms, to see where the link idles.
@@ -387,43 +464,32 @@ fn main() {
         }
         link::trace_summary(&steps)
     });
-    let rsync = Rsync::start(dir.path());
-    let rsync_port = if emulated {
-        link::link(
-            &runtime,
-            &[SocketAddr::from(([127, 0, 0, 1], rsync.port))],
-            spec,
-        )
-        .0[0]
-            .port()
-    } else {
-        rsync.port
-    };
-    let (rsync_z_wall, rsync_z_sent) =
-        rsync.run(&pair.base, &pair.updated, rsync_port, true, args.cold);
-    let (rsync_wall, rsync_sent) =
-        rsync.run(&pair.base, &pair.updated, rsync_port, false, args.cold);
+    FinishRun {
+        client,
+        server_cpu: cpu_after - cpu_before,
+        server_rss,
+        wire,
+        data_growth,
+        verified,
+        trace,
+        predicted,
+    }
+}
 
+/// Prints the table and the ratios: Hotate's finish against rsync's runs (wall time
+/// and bytes sent each).
+fn report(
+    args: &Args,
+    setting: &str,
+    size: u64,
+    changed: u64,
+    run: &FinishRun,
+    (rsync_z_wall, rsync_z_sent): (Duration, u64),
+    (rsync_wall, rsync_sent): (Duration, u64),
+) {
     let mb = |b: u64| b as f64 / 1e6;
     let ideal = |bytes: u64| args.link_mbit.map(|mbit| bytes as f64 * 8.0 / (mbit * 1e6));
-    println!(
-        "image: {} MiB {} pair, block size {} KiB, {:.0} MB in changed blocks (install rewrote ~{}% of data), link: {}, page cache: {}",
-        args.size_mib,
-        pair.kind,
-        args.block_size >> 10,
-        mb(changed),
-        args.change,
-        if emulated {
-            format!("emulated, {}", spec.describe())
-        } else {
-            "loopback".to_owned()
-        },
-        if args.cold {
-            "dropped before each run"
-        } else {
-            "as the bench left it (rsync reads the images from memory)"
-        }
-    );
+    println!("{setting}");
     println!(
         "| tool | wall time | on the wire | image MB/s | changes MB/s | vs ideal | CPU s (client / server) | peak RSS MiB (client / server) |"
     );
@@ -438,22 +504,24 @@ fn main() {
             mb(changed) / secs
         );
     };
+    let client = &run.client;
     row(
         "hotate",
         client.wall,
-        wire,
-        &format!("{:.2} / {:.2}", client.cpu, cpu_after - cpu_before),
-        &format!("{:.0} / {:.0}", client.max_rss_mib, server_rss),
+        run.wire,
+        &format!("{:.2} / {:.2}", client.cpu, run.server_cpu),
+        &format!("{:.0} / {:.0}", client.max_rss_mib, run.server_rss),
     );
     row("rsync -z zstd", rsync_z_wall, rsync_z_sent, "-", "-");
     row("rsync", rsync_wall, rsync_sent, "-", "-");
-    if let Some((first, idle)) = trace {
+    if let Some((first, idle)) = run.trace {
         println!(
             "hotate on the link: first byte to the transfer port {:.2} s after the finish started, link idle {:.2} s mid-stream (10 ms steps without a byte)",
             first.as_secs_f64(),
             idle.as_secs_f64()
         );
     }
+    let predicted = &run.predicted;
     let predicted_secs = predicted["predicted_finish_secs"].as_f64().unwrap_or(0.0);
     let predicted_bytes = predicted["bytes_to_send"].as_u64().unwrap_or(0);
     println!(
@@ -463,18 +531,19 @@ fn main() {
         predicted["rtt_ms"].as_f64().unwrap_or(0.0),
         mb(predicted_bytes),
         100.0 * client.wall.as_secs_f64() / predicted_secs.max(1e-9),
-        100.0 * wire as f64 / predicted_bytes.max(1) as f64,
+        100.0 * run.wire as f64 / predicted_bytes.max(1) as f64,
     );
     println!(
         "server data dir grew {:.1} MB for {:.1} MB received ({:.1}x)",
-        mb(data_growth),
-        mb(wire),
-        data_growth as f64 / wire.max(1) as f64
+        mb(run.data_growth),
+        mb(run.wire),
+        run.data_growth as f64 / run.wire.max(1) as f64
     );
     println!(
-        "hotate wall time = {:.0}% of rsync-with-zstd's; bytes on the wire = {:.0}% of its; export verified: {verified}",
+        "hotate wall time = {:.0}% of rsync-with-zstd's; bytes on the wire = {:.0}% of its; export verified: {}",
         100.0 * client.wall.as_secs_f64() / rsync_z_wall.as_secs_f64(),
-        100.0 * wire as f64 / rsync_z_sent.max(1) as f64
+        100.0 * run.wire as f64 / rsync_z_sent.max(1) as f64,
+        run.verified
     );
 }
 
