@@ -82,21 +82,7 @@ fn measured(mut cmd: Command) -> (Duration, u64, std::process::Output) {
 }
 
 fn main() {
-    let (mut size, mut change, mut base_dir) = (16_384u64, 500u64, std::env::temp_dir());
-    let mut kind = "qcow2".to_owned();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--size-mib" => size = value.parse().expect("--size-mib N"),
-            "--change-mib" => change = value.parse().expect("--change-mib N"),
-            "--dir" => base_dir = PathBuf::from(value),
-            "--overlay" => kind = value,
-            other => panic!("unknown flag {other}"),
-        }
-    }
+    let (size, change, base_dir, kind) = parse_args();
     let dir = tempfile::tempdir_in(base_dir).expect("tempdir");
     let d = dir.path();
     eprintln!(
@@ -135,77 +121,20 @@ fn main() {
     let server = Server::start(&site.data);
 
     // The overlay on the base image: qcow2 by qemu-io, or a VHDX differencing image.
-    let overlay = if vhdx {
-        let parent = d.join("base.vhdx");
-        let status = Command::new("qemu-img")
-            .args(["convert", "-O", "vhdx", "-o", "block_size=1M"])
-            .args([&base, &parent])
-            .status()
-            .expect("qemu-img");
-        assert!(status.success());
-        let writes: Vec<(u64, Vec<u8>)> = offsets
-            .iter()
-            .zip(&changes)
-            .map(|(offset, file)| (*offset, std::fs::read(file).expect("change")))
-            .collect();
-        let child = d.join("terminal.vhdx");
-        hotate_engine::source::write_vhdx_differencing(&child, &parent, "base.vhdx", &writes)
-            .expect("child");
-        // Imported and converted: its room is needed for the export check.
-        std::fs::remove_file(&base).expect("remove base.raw");
-        child
-    } else {
-        let overlay = d.join("overlay.qcow2");
-        let status = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw"])
-            .arg(&overlay)
-            .status()
-            .expect("qemu-img");
-        assert!(status.success());
-        let mut io = Command::new("qemu-io");
-        for (file, offset) in changes.iter().zip(&offsets) {
-            io.arg("-c")
-                .arg(format!("write -s {} {offset} 1M", file.display()));
-        }
-        assert!(
-            io.arg(&overlay)
-                .stdout(Stdio::null())
-                .status()
-                .expect("qemu-io")
-                .success()
-        );
-        overlay
-    };
+    let overlay = make_overlay(d, vhdx, &base, &offsets, &changes);
     // The same changes in a full raw copy, and in the small disk.
     let full = d.join("full.raw");
     let small_updated = d.join("small-updated.raw");
     std::fs::copy(&small_base, &small_updated).expect("copy");
-    {
-        use std::os::unix::fs::FileExt;
-        let full = (!vhdx).then(|| {
-            std::fs::copy(&base, &full).expect("copy");
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&full)
-                .expect("full")
-        });
-        let small = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&small_updated)
-            .expect("small");
-        for (i, offset) in offsets.iter().enumerate() {
-            if let Some(full) = &full {
-                let data = std::fs::read(&full_changes[i]).expect("change");
-                full.write_all_at(&data, *offset).expect("write");
-            }
-            let data = std::fs::read(&small_changes[i]).expect("change");
-            small.write_all_at(&data, i as u64 * MIB).expect("write");
-        }
-        if let Some(full) = &full {
-            full.sync_all().expect("sync");
-        }
-        small.sync_all().expect("sync");
+    if !vhdx {
+        std::fs::copy(&base, &full).expect("copy");
     }
+    write_changes(
+        (!vhdx).then_some((full.as_path(), full_changes.as_slice())),
+        &small_updated,
+        &small_changes,
+        &offsets,
+    );
 
     let run = |name: &str, disk: &str, version: &str, image: &Path, format: &str| {
         let t = Terminal::new(d, name, disk, version, image);
@@ -263,9 +192,6 @@ fn main() {
         let _ = std::fs::remove_file(out);
     }
 
-    println!("disk {size} MiB, {change} MiB changed in 1 MiB blocks (random data), 1 MiB blocks");
-    println!("| image | finish wall time | bytes the client read |");
-    println!("|---|---|---|");
     let mut rows = vec![(
         format!("{kind} overlay on the {size} MiB disk"),
         t_overlay,
@@ -279,18 +205,7 @@ fn main() {
         t_small,
         r_small,
     ));
-    for (what, t, r) in rows {
-        println!(
-            "| {what} | {:.2} s | {:.1} MB |",
-            t.as_secs_f64(),
-            r as f64 / 1e6
-        );
-    }
-    println!(
-        "overlay finish = {:.2}x the {change} MiB raw finish; read {:.1}x the changes",
-        t_overlay.as_secs_f64() / t_small.as_secs_f64(),
-        r_overlay as f64 / (change * MIB) as f64
-    );
+    print_table(size, change, &rows);
 }
 
 fn site_data(dir: &Path) -> PathBuf {
@@ -317,4 +232,130 @@ fn same_content(raw: &Path, image: &Path) -> bool {
         at += len as u64;
     }
     true
+}
+
+/// `--size-mib N --change-mib N --dir DIR --overlay qcow2|vhdx`.
+fn parse_args() -> (u64, u64, PathBuf, String) {
+    let (mut size, mut change, mut base_dir) = (16_384u64, 500u64, std::env::temp_dir());
+    let mut kind = "qcow2".to_owned();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--size-mib" => size = value.parse().expect("--size-mib N"),
+            "--change-mib" => change = value.parse().expect("--change-mib N"),
+            "--dir" => base_dir = PathBuf::from(value),
+            "--overlay" => kind = value,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    (size, change, base_dir, kind)
+}
+
+/// The changes written at `offsets` over `base` (in `d`) as a qcow2 overlay by qemu-io,
+/// or as a VHDX differencing image by the engine over a VHDX copy of `base`.
+fn make_overlay(
+    d: &Path,
+    vhdx: bool,
+    base: &Path,
+    offsets: &[u64],
+    changes: &[PathBuf],
+) -> PathBuf {
+    if vhdx {
+        let parent = d.join("base.vhdx");
+        let status = Command::new("qemu-img")
+            .args(["convert", "-O", "vhdx", "-o", "block_size=1M"])
+            .args([base, &parent])
+            .status()
+            .expect("qemu-img");
+        assert!(status.success());
+        let writes: Vec<(u64, Vec<u8>)> = offsets
+            .iter()
+            .zip(changes)
+            .map(|(offset, file)| (*offset, std::fs::read(file).expect("change")))
+            .collect();
+        let child = d.join("terminal.vhdx");
+        hotate_engine::source::write_vhdx_differencing(&child, &parent, "base.vhdx", &writes)
+            .expect("child");
+        // Imported and converted: its room is needed for the export check.
+        std::fs::remove_file(base).expect("remove base.raw");
+        child
+    } else {
+        let overlay = d.join("overlay.qcow2");
+        let status = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw"])
+            .arg(&overlay)
+            .status()
+            .expect("qemu-img");
+        assert!(status.success());
+        let mut io = Command::new("qemu-io");
+        for (file, offset) in changes.iter().zip(offsets) {
+            io.arg("-c")
+                .arg(format!("write -s {} {offset} 1M", file.display()));
+        }
+        assert!(
+            io.arg(&overlay)
+                .stdout(Stdio::null())
+                .status()
+                .expect("qemu-io")
+                .success()
+        );
+        overlay
+    }
+}
+
+/// The same changes in a full raw copy (`full`: its path and changes, made from a copy
+/// of the base beforehand) and in the small disk, at `offsets` and one per MiB.
+fn write_changes(
+    full: Option<(&Path, &[PathBuf])>,
+    small_updated: &Path,
+    small_changes: &[PathBuf],
+    offsets: &[u64],
+) {
+    use std::os::unix::fs::FileExt;
+    let full = full.map(|(path, changes)| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("full");
+        (file, changes)
+    });
+    let small = std::fs::OpenOptions::new()
+        .write(true)
+        .open(small_updated)
+        .expect("small");
+    for (i, offset) in offsets.iter().enumerate() {
+        if let Some((full, changes)) = &full {
+            let data = std::fs::read(&changes[i]).expect("change");
+            full.write_all_at(&data, *offset).expect("write");
+        }
+        let data = std::fs::read(&small_changes[i]).expect("change");
+        small.write_all_at(&data, i as u64 * MIB).expect("write");
+    }
+    if let Some((full, _)) = &full {
+        full.sync_all().expect("sync");
+    }
+    small.sync_all().expect("sync");
+}
+
+/// The table of finishes: wall time and bytes the client read, and the overlay's ratios.
+fn print_table(size: u64, change: u64, rows: &[(String, Duration, u64)]) {
+    println!("disk {size} MiB, {change} MiB changed in 1 MiB blocks (random data), 1 MiB blocks");
+    println!("| image | finish wall time | bytes the client read |");
+    println!("|---|---|---|");
+    for (what, t, r) in rows {
+        println!(
+            "| {what} | {:.2} s | {:.1} MB |",
+            t.as_secs_f64(),
+            *r as f64 / 1e6
+        );
+    }
+    let (overlay, small) = (&rows[0], &rows[rows.len() - 1]);
+    println!(
+        "overlay finish = {:.2}x the {change} MiB raw finish; read {:.1}x the changes",
+        overlay.1.as_secs_f64() / small.1.as_secs_f64(),
+        overlay.2 as f64 / (change * MIB) as f64
+    );
 }
