@@ -183,6 +183,96 @@ fn patterned(path: &Path, block: usize, blocks: usize, holes: u64) {
         .expect("extend");
 }
 
+/// Offers naming 12 bases of 16 MiB each, 20 streams one after the other.
+async fn offers_naming_big_bases(server: &Server, token: &str, guid: &str) -> String {
+    let mut said = String::new();
+    for _ in 0..20 {
+        let entries: Vec<(u64, Hash)> = (0..12).map(|i| (i, random_hash(i))).collect();
+        said = offer_stream(server, token, guid, vec![entries]).await;
+    }
+    said
+}
+
+/// Floods of 90,000 random hashes in three batches, 3 streams.
+async fn offer_floods(server: &Server, token: &str, guid: &str) -> String {
+    let mut said = String::new();
+    for _ in 0..3 {
+        let batches = (0..3u64)
+            .map(|b| {
+                (b * 30_000..((b + 1) * 30_000).min(70_000))
+                    .map(|i| (i, random_hash(i)))
+                    .collect()
+            })
+            .collect();
+        said = offer_stream(server, token, guid, batches).await;
+    }
+    said
+}
+
+/// 178 concurrent logins: 128 unknown users and 50 guesses of one.
+async fn login_burst(server: &Server) -> String {
+    let users = (0..128)
+        .map(|i| format!("nobody-{i}"))
+        .chain((0..50).map(|_| "mallory".to_owned()));
+    let attempts = users.map(|user| async move { login(server, &user, "guess", "PC-X").await });
+    let results = futures::future::join_all(attempts).await;
+    let refused = results.iter().filter(|r| r.is_err()).count();
+    let locked = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::ResourceExhausted))
+        .count();
+    format!(
+        "{refused} of {} refused, {locked} of them locked out or queue full",
+        results.len()
+    )
+}
+
+/// 500 connections that say nothing or half a preface, checked 12 s later.
+async fn silent_connections(server: &Server) -> String {
+    let mut held = Vec::new();
+    for i in 0..500 {
+        let addr = if i % 2 == 0 {
+            &server.control
+        } else {
+            &server.transfer
+        };
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(addr.as_str()).await {
+            if i % 4 == 1 {
+                let _ = stream.write_all(b"PRI * HTTP/2.0\r\n").await;
+            }
+            held.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let mut closed = 0;
+    for stream in &mut held {
+        // The server's own preface may be waiting; closed means end of stream.
+        let mut buf = [0u8; 256];
+        let ended = loop {
+            let read = tokio::io::AsyncReadExt::read(stream, &mut buf);
+            match tokio::time::timeout(Duration::from_millis(20), read).await {
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(_)) => {}
+                Err(_) => break false,
+            }
+        };
+        closed += usize::from(ended);
+    }
+    format!(
+        "{} opened, {closed} closed by the server within 12 s",
+        held.len()
+    )
+}
+
+/// Runs `attack` when `run`, else says it did not.
+async fn unless_skipped(run: bool, attack: impl std::future::Future<Output = String>) -> String {
+    if run {
+        attack.await
+    } else {
+        "not run".to_owned()
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let mut size_mib = 512u64;
@@ -257,119 +347,16 @@ async fn main() -> std::process::ExitCode {
         .expect("login");
     let huge = start(&server, &mallory, "huge").await;
     let wide = start(&server, &mallory, "wide").await;
-    let bases = async {
-        let mut said = String::new();
-        for _ in 0..20 {
-            let entries: Vec<(u64, Hash)> = (0..12).map(|i| (i, random_hash(i))).collect();
-            said = offer_stream(&server, &mallory, &huge, vec![entries]).await;
-        }
-        said
-    };
-    let flood = async {
-        let mut said = String::new();
-        for _ in 0..3 {
-            let batches = (0..3u64)
-                .map(|b| {
-                    (b * 30_000..((b + 1) * 30_000).min(70_000))
-                        .map(|i| (i, random_hash(i)))
-                        .collect()
-                })
-                .collect();
-            said = offer_stream(&server, &mallory, &wide, batches).await;
-        }
-        said
-    };
-    let logins = async {
-        let users = (0..128)
-            .map(|i| format!("nobody-{i}"))
-            .chain((0..50).map(|_| "mallory".to_owned()));
-        let attempts = users.map(|user| {
-            let server = &server;
-            async move { login(server, &user, "guess", "PC-X").await }
-        });
-        let results = futures::future::join_all(attempts).await;
-        let refused = results.iter().filter(|r| r.is_err()).count();
-        let locked = results
-            .iter()
-            .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::ResourceExhausted))
-            .count();
-        format!(
-            "{refused} of {} refused, {locked} of them locked out or queue full",
-            results.len()
-        )
-    };
-    let silent = async {
-        let mut held = Vec::new();
-        for i in 0..500 {
-            let addr = if i % 2 == 0 {
-                &server.control
-            } else {
-                &server.transfer
-            };
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(addr.as_str()).await {
-                if i % 4 == 1 {
-                    let _ = stream.write_all(b"PRI * HTTP/2.0\r\n").await;
-                }
-                held.push(stream);
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(12)).await;
-        let mut closed = 0;
-        for stream in &mut held {
-            // The server's own preface may be waiting; closed means end of stream.
-            let mut buf = [0u8; 256];
-            let ended = loop {
-                let read = tokio::io::AsyncReadExt::read(stream, &mut buf);
-                match tokio::time::timeout(Duration::from_millis(20), read).await {
-                    Ok(Ok(0) | Err(_)) => break true,
-                    Ok(Ok(_)) => {}
-                    Err(_) => break false,
-                }
-            };
-            closed += usize::from(ended);
-        }
-        format!(
-            "{} opened, {closed} closed by the server within 12 s",
-            held.len()
-        )
-    };
-    let runs = |name: &str| only.as_deref().is_none_or(|o| o == name);
-    let skip = || async { "not run".to_owned() };
-    let (bases, flood, logins, silent) = if attack {
-        tokio::join!(
-            async {
-                if runs("bases") {
-                    bases.await
-                } else {
-                    skip().await
-                }
-            },
-            async {
-                if runs("flood") {
-                    flood.await
-                } else {
-                    skip().await
-                }
-            },
-            async {
-                if runs("logins") {
-                    logins.await
-                } else {
-                    skip().await
-                }
-            },
-            async {
-                if runs("silent") {
-                    silent.await
-                } else {
-                    skip().await
-                }
-            }
-        )
-    } else {
-        let none = || "not run".to_owned();
-        (none(), none(), none(), none())
-    };
+    let runs = |name: &str| attack && only.as_deref().is_none_or(|o| o == name);
+    let (bases, flood, logins, silent) = tokio::join!(
+        unless_skipped(
+            runs("bases"),
+            offers_naming_big_bases(&server, &mallory, &huge)
+        ),
+        unless_skipped(runs("flood"), offer_floods(&server, &mallory, &wide)),
+        unless_skipped(runs("logins"), login_burst(&server)),
+        unless_skipped(runs("silent"), silent_connections(&server)),
+    );
     let attacks_done = began.elapsed();
     let out = tokio::task::spawn_blocking(move || honest.wait_with_output())
         .await
