@@ -110,6 +110,17 @@ impl Site {
         std::fs::read(out).expect("read export")
     }
 
+    /// A self-signed certificate for `hosts` made by `cert generate` under `dir`:
+    /// the paths of `cert.pem` and `key.pem`.
+    pub fn certificate(&self, dir: &Path, hosts: &[&str]) -> (PathBuf, PathBuf) {
+        let certs = dir.join("certs");
+        let mut args = vec!["cert", "generate", "--out", certs.to_str().expect("path")];
+        args.push("--host");
+        args.extend_from_slice(hosts);
+        admin_ok(&self.data, &args);
+        (certs.join("cert.pem"), certs.join("key.pem"))
+    }
+
     /// The state of the disk's updates, newest last.
     pub fn updates(&self) -> Vec<serde_json::Value> {
         admin_json(&self.data, &["update", "list"])
@@ -177,6 +188,19 @@ impl Server {
         ];
         args.extend_from_slice(flags);
         Self::start_with(data, &args)
+    }
+
+    /// Starts a server on free loopback ports with TLS from `cert` and `key`.
+    pub fn start_tls(data: &Path, cert: &Path, key: &Path) -> Self {
+        Self::start_with_flags(
+            data,
+            &[
+                "--tls-cert",
+                cert.to_str().expect("path"),
+                "--tls-key",
+                key.to_str().expect("path"),
+            ],
+        )
     }
 
     /// The server's peak resident memory so far, in bytes (Linux).

@@ -122,31 +122,8 @@ fn an_http_url_for_a_tls_server_says_it_expects_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pair = images::synthetic_pair(dir.path(), 2 << 20, 20, 33);
     let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
-    let certs = dir.path().join("certs");
-    admin_ok(
-        &site.data,
-        &[
-            "cert",
-            "generate",
-            "--out",
-            certs.to_str().expect("path"),
-            "--host",
-            "localhost",
-        ],
-    );
-    let server = Server::start_with(
-        &site.data,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--transfer-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            certs.join("cert.pem").to_str().expect("path"),
-            "--tls-key",
-            certs.join("key.pem").to_str().expect("path"),
-        ],
-    );
+    let (cert, key) = site.certificate(dir.path(), &["localhost"]);
+    let server = Server::start_tls(&site.data, &cert, &key);
     let terminal = Terminal::new(
         dir.path(),
         "PC-001",

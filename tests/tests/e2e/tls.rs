@@ -7,21 +7,7 @@ fn tls_with_a_generated_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pair = images::synthetic_pair(dir.path(), 4 << 20, 20, 12);
     let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
-    let certs = dir.path().join("certs");
-    admin_ok(
-        &site.data,
-        &[
-            "cert",
-            "generate",
-            "--out",
-            certs.to_str().expect("path"),
-            "--host",
-            "localhost",
-            "127.0.0.1",
-        ],
-    );
-    let cert = certs.join("cert.pem");
-    let key = certs.join("key.pem");
+    let (cert, key) = site.certificate(dir.path(), &["localhost", "127.0.0.1"]);
     // The key is the owner's alone, the data dir and metadata too; a pair is not
     // overwritten without --force.
     {
@@ -37,7 +23,7 @@ fn tls_with_a_generated_certificate() {
                 "cert",
                 "generate",
                 "--out",
-                certs.to_str().expect("path"),
+                key.parent().and_then(Path::to_str).expect("path"),
                 "--host",
                 "localhost",
             ],
@@ -50,19 +36,7 @@ fn tls_with_a_generated_certificate() {
             "the key was kept"
         );
     }
-    let server = Server::start_with(
-        &site.data,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--transfer-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert.to_str().expect("path"),
-            "--tls-key",
-            key.to_str().expect("path"),
-        ],
-    );
+    let server = Server::start_tls(&site.data, &cert, &key);
     let terminal = Terminal::new(
         dir.path(),
         "PC-001",
