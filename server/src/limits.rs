@@ -1,12 +1,14 @@
-//! Server-wide limits on connections: how many may be open at once, how soon a new one
-//! must speak, and how long one may stay silent. Clients send HTTP/2 pings every 30 s
+//! Server-wide limits on connections: how many may be open at once (in all, and from one
+//! address), how soon a new one must speak, and how long one may stay silent. Clients send HTTP/2 pings every 30 s
 //! (and answer the server's), so a live connection is never silent for long; one that
 //! never sends its preface, or stops mid-way, is closed.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +27,9 @@ const HANDSHAKE_BYTES: usize = 33;
 pub struct Limits {
     /// Connections open at once per port; more are closed as they arrive.
     pub max_connections: usize,
+    /// Of those, from one address: one client cannot take every place. A PC room behind
+    /// one NAT address shares it, so the default is generous (half of the ports').
+    pub max_connections_per_address: usize,
     /// Upload streams at once; more are refused with RESOURCE_EXHAUSTED (clients retry).
     pub max_uploads: usize,
     /// How long a new connection may take to send its first byte, and an upload stream
@@ -40,6 +45,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_address: 512,
             max_uploads: 64,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
@@ -49,12 +55,12 @@ impl Default for Limits {
 }
 
 /// The accepted connections of `listener`, each guarded by `limits`; connections beyond
-/// the cap are closed at once.
+/// the cap, in all or from their address, are closed at once.
 pub fn incoming(
     listener: TcpListener,
     limits: Limits,
 ) -> impl Stream<Item = io::Result<Guarded<TcpStream>>> {
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Open::default());
     tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |accepted| {
         let open = open.clone();
         async move {
@@ -67,30 +73,73 @@ pub fn incoming(
                     return None;
                 }
             };
-            if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
-                open.fetch_sub(1, Ordering::AcqRel);
-                tracing::warn!(peer = ?stream.peer_addr().ok(), limit = limits.max_connections, "connection refused: too many open");
+            let peer = stream.peer_addr().ok()?.ip();
+            let Some(slot) = Open::take(&open, peer, &limits) else {
+                tracing::warn!(%peer, limit = limits.max_connections, per_address = limits.max_connections_per_address, "connection refused: too many open");
                 return None;
-            }
+            };
             let _ = stream.set_nodelay(true);
             Some(Ok(Guarded {
                 io: stream,
                 silence: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
                 idle_timeout: limits.idle_timeout,
                 received: 0,
-                slot: Slot(open),
+                slot,
             }))
         }
     })
 }
 
-/// Frees a place under the connection cap when the connection goes.
+/// The connections open on one port: in all, and by address.
+#[derive(Debug, Default)]
+struct Open {
+    total: AtomicUsize,
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Open {
+    /// A place for a connection from `peer`, if both caps allow one.
+    fn take(open: &Arc<Self>, peer: IpAddr, limits: &Limits) -> Option<Slot> {
+        let mut by_address = open.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = by_address.entry(peer).or_insert(0);
+        if *mine >= limits.max_connections_per_address.max(1)
+            || open.total.load(Ordering::Acquire) >= limits.max_connections
+        {
+            if *mine == 0 {
+                by_address.remove(&peer);
+            }
+            return None;
+        }
+        *mine += 1;
+        open.total.fetch_add(1, Ordering::AcqRel);
+        Some(Slot {
+            open: open.clone(),
+            peer,
+        })
+    }
+}
+
+/// Frees a place under the caps when the connection goes.
 #[derive(Debug)]
-struct Slot(Arc<AtomicUsize>);
+struct Slot {
+    open: Arc<Open>,
+    peer: IpAddr,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut by_address = self
+            .open
+            .by_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(mine) = by_address.get_mut(&self.peer) {
+            *mine -= 1;
+            if *mine == 0 {
+                by_address.remove(&self.peer);
+            }
+        }
+        self.open.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

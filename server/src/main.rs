@@ -45,6 +45,9 @@ enum Command {
         /// Connections open at once per port; more are closed as they arrive.
         #[arg(long, default_value_t = Limits::default().max_connections)]
         max_connections: usize,
+        /// Of those, from one address [default: half of --max-connections].
+        #[arg(long)]
+        max_connections_per_address: Option<usize>,
         /// Upload streams at once; more are told to retry.
         #[arg(long, default_value_t = Limits::default().max_uploads)]
         max_uploads: usize,
@@ -241,6 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             max_connections,
+            max_connections_per_address,
             max_uploads,
             handshake_timeout,
             idle_timeout,
@@ -249,6 +253,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let limits = Limits {
                 max_connections,
+                max_connections_per_address: max_connections_per_address
+                    .unwrap_or(max_connections / 2)
+                    .max(1),
                 max_uploads,
                 handshake_timeout,
                 idle_timeout,

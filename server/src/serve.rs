@@ -24,6 +24,11 @@ use crate::transfer::TransferService;
 
 /// HTTP/2 windows sized for bulk upload, so the link, not flow control, sets the pace:
 /// a stream may have a few full blocks in flight before it needs a window update.
+/// HTTP/2 streams open at once on one connection (a terminal needs a few; the console a
+/// page's worth).
+const MAX_STREAMS: u32 = 200;
+/// Streams a connection may make the server reset for errors before it is closed.
+const MAX_ERROR_RESETS: usize = 1024;
 const STREAM_WINDOW: u32 = 32 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
 /// Allocator arenas shared by the server's threads: few, so that buffers freed on one
@@ -173,6 +178,10 @@ fn grpc_server(tls: Option<&ServerTlsConfig>) -> anyhow::Result<Server> {
         .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // hyper's own bounds, which tonic would otherwise lift: streams open at once on
+        // one connection, and streams a client may make the server reset.
+        .max_concurrent_streams(MAX_STREAMS)
+        .http2_max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
         .tcp_nodelay(true);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.clone()).context("configuring TLS")?;

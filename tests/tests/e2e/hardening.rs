@@ -219,3 +219,107 @@ fn a_busy_server_is_waited_for_and_a_locked_out_login_says_when_to_retry() {
     assert_eq!(locked.status.code(), Some(1), "{}", text(&locked));
     assert!(text(&locked).contains("Try again in"), "{}", text(&locked));
 }
+
+/// The HTTP/2 preface and an empty SETTINGS frame, as a client opens a connection.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// The settings the server announces on a fresh HTTP/2 connection to `addr`.
+fn announced_settings(addr: &str) -> Vec<(u16, u32)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    conn.write_all(H2_PREFACE).expect("preface");
+    loop {
+        let mut head = [0u8; 9];
+        conn.read_exact(&mut head).expect("a frame");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        conn.read_exact(&mut payload).expect("its payload");
+        // SETTINGS, not an ACK.
+        if head[3] == 4 && head[4] & 1 == 0 {
+            return payload
+                .chunks_exact(6)
+                .map(|e| {
+                    (
+                        u16::from_be_bytes([e[0], e[1]]),
+                        u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+                    )
+                })
+                .collect();
+        }
+    }
+}
+
+/// Both ports bound the streams one connection may open, so that one client cannot grow
+/// the server's memory with thousands of streams.
+#[test]
+fn http2_streams_per_connection_are_bounded() {
+    let s = setup(1 << 20, 59);
+    for addr in [&s.server.control, &s.server.transfer] {
+        let settings = announced_settings(addr);
+        // SETTINGS_MAX_CONCURRENT_STREAMS
+        let streams = settings.iter().find(|(id, _)| *id == 3).map(|(_, v)| *v);
+        assert!(
+            streams.is_some_and(|n| (1..=1000).contains(&n)),
+            "{addr}: max concurrent streams {streams:?} in {settings:?}"
+        );
+    }
+}
+
+/// Connections from one address cannot take every place: another still logs in.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = images::synthetic_pair(dir.path(), 1 << 20, 20, 61);
+    let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
+    let server = Server::start_with_flags(&site.data, &["--max-connections", "20"]);
+    let control: std::net::SocketAddr = server.control.parse().expect("address");
+    // 20 connections from 127.0.0.2, each past the handshake.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let from: std::net::SocketAddr = "127.0.0.2:0".parse().expect("address");
+        socket.bind(&from.into()).expect("bind 127.0.0.2");
+        socket.connect(&control.into()).expect("connect");
+        let mut conn: std::net::TcpStream = socket.into();
+        let _ = conn.write_all(H2_PREFACE);
+        held.push(conn);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let closed = held
+        .iter()
+        .filter(|conn| {
+            let mut conn: &std::net::TcpStream = conn;
+            conn.set_read_timeout(Some(Duration::from_millis(300)))
+                .expect("timeout");
+            let mut buf = [0u8; 512];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        break !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        );
+                    }
+                }
+            }
+        })
+        .count();
+    assert!(closed >= 10, "only {closed} of 20 were refused");
+    // A terminal from 127.0.0.1 still gets in.
+    let terminal = Terminal::new(
+        dir.path(),
+        "PC-001",
+        &site.disk_id,
+        &site.first_version,
+        &pair.updated,
+    );
+    let start = terminal.run(&["--url", &server.url(), "update", "start"]);
+    assert!(start.status.success(), "{}", text(&start));
+    drop(held);
+}
