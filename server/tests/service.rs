@@ -1842,3 +1842,66 @@ async fn a_cancel_secret_cancels_its_own_update_and_nothing_else() {
         "the other update is untouched"
     );
 }
+
+/// Link measurements (Discard) and upload streams that never say `open` hold no place an
+/// upload needs: with every measurement place and more quiet streams than upload places
+/// taken, a real upload still opens at once.
+#[tokio::test]
+async fn measurements_and_unopened_streams_leave_the_upload_places_free() {
+    let f = fixture();
+    let server = Server::start_with_flags(&f.data, &["--max-uploads", "2"]);
+    let token = login(&server, "PC-001").await;
+    let mut held = Vec::new();
+    admin_ok(&f.data, &["user", "add", "carol", "--role", "operator"]);
+    for user in ["alice", "bob", "carol"] {
+        let token = login_as(&server, user, "PC-M").await;
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(pb::DiscardRequest {
+            data: vec![0u8; 1024].into(),
+        })
+        .await
+        .expect("queue");
+        let replies = server
+            .transfer()
+            .await
+            .discard(authed(&token, ReceiverStream::new(rx)))
+            .await
+            .expect("a measurement")
+            .into_inner();
+        held.push((tx, replies));
+    }
+    // One account measures once at a time.
+    let (_again_tx, again_rx) = mpsc::channel::<pb::DiscardRequest>(1);
+    let again = server
+        .transfer()
+        .await
+        .discard(authed(
+            &login_as(&server, "alice", "PC-M").await,
+            ReceiverStream::new(again_rx),
+        ))
+        .await
+        .expect_err("a second measurement of one account");
+    assert_eq!(again.code(), Code::ResourceExhausted, "{again:?}");
+    let mut quiet = Vec::new();
+    for _ in 0..3 {
+        let (tx, rx) = mpsc::channel::<pb::UploadRequest>(1);
+        let mut client = server.transfer().await;
+        let token = token.clone();
+        let call =
+            tokio::spawn(
+                async move { client.upload(authed(&token, ReceiverStream::new(rx))).await },
+            );
+        quiet.push((tx, call));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let guid = start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let (_tx, _replies) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        open_stream(&server, &token, &guid),
+    )
+    .await
+    .expect("the upload opened at once");
+    drop((held, quiet));
+}

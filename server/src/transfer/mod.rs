@@ -45,6 +45,9 @@ const PROBE_ENTRIES: usize = 1024;
 const DISCARD_BYTES: u64 = 4 << 30;
 /// ...or this long.
 const DISCARD_TIME: Duration = Duration::from_secs(30);
+/// Discard streams (link measurements of `hotate-client bench`) at once, server-wide;
+/// one per account. They never take an upload's place.
+const MEASUREMENTS: usize = 4;
 
 /// Serves `hotate.v1.Transfer`.
 #[derive(Debug, Clone)]
@@ -59,6 +62,26 @@ pub struct TransferService {
     probes: Arc<tokio::sync::Semaphore>,
     /// The manifest probes last read: a bench probes one base many times.
     probed: Arc<Mutex<Option<Probed>>>,
+    /// Places for link measurements, apart from the uploads'...
+    measurements: Arc<tokio::sync::Semaphore>,
+    /// ...and the accounts measuring now (one stream each).
+    measuring: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// An account's place among the measurements, given back when its stream ends.
+struct Measuring {
+    measuring: Arc<Mutex<std::collections::HashSet<String>>>,
+    user: String,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Measuring {
+    fn drop(&mut self) {
+        self.measuring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.user);
+    }
 }
 
 /// A version's manifest, by disk and version id.
@@ -105,7 +128,29 @@ impl TransferService {
             limits,
             probes: Arc::new(tokio::sync::Semaphore::new(PROBE_JOBS)),
             probed: Arc::default(),
+            measurements: Arc::new(tokio::sync::Semaphore::new(MEASUREMENTS)),
+            measuring: Arc::default(),
         }
+    }
+
+    /// A place for `user`'s link measurement: one per account, `MEASUREMENTS` in all;
+    /// else `Busy`.
+    fn measurement_place(&self, user: &str) -> Result<Measuring, ServerError> {
+        let mut measuring = self.measuring.lock().unwrap_or_else(|e| e.into_inner());
+        if measuring.contains(user) {
+            return Err(ServerError::Busy(
+                "this account is already measuring the link".into(),
+            ));
+        }
+        let place = self.measurements.clone().try_acquire_owned().map_err(|_| {
+            ServerError::Busy(format!("{MEASUREMENTS} link measurements are running"))
+        })?;
+        measuring.insert(user.to_owned());
+        Ok(Measuring {
+            measuring: self.measuring.clone(),
+            user: user.to_owned(),
+            _place: place,
+        })
     }
 
     /// A place among the `--max-uploads` streams, or `Busy` (the client waits and
@@ -213,9 +258,10 @@ impl Transfer for TransferService {
         &self,
         request: Request<Streaming<pb::DiscardRequest>>,
     ) -> Result<Response<Self::DiscardStream>, Status> {
-        caller(&request)?;
-        // A measurement takes a place among the uploads: it loads the link as one does.
-        let permit = self.upload_permit()?;
+        let session = caller(&request)?;
+        // Apart from the uploads' places: a measurement never keeps an upload out.
+        let permit = self.measurement_place(&session.user)?;
+        tracing::info!(user = %session.user, terminal = %session.terminal, "link measurement");
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -274,7 +320,6 @@ impl Transfer for TransferService {
         request: Request<Streaming<pb::UploadRequest>>,
     ) -> Result<Response<Self::UploadStream>, Status> {
         let session = caller(&request)?;
-        let permit = self.upload_permit()?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.limits.handshake_timeout, inbound.message())
             .await
@@ -290,6 +335,9 @@ impl Transfer for TransferService {
         let (app, guid, caller) = (self.app.clone(), open.upload_id.clone(), session.clone());
         blocking(move || app.may_upload(&caller, &guid)).await?;
         self.take_over(&open.upload_id).await;
+        // The place is taken once the stream has said which upload it is: a stream that
+        // never opens holds none.
+        let permit = self.upload_permit()?;
         let app = self.app.clone();
         let (parent, record) = blocking(move || app.open_upload(&open.upload_id)).await?;
         let update = record.update().clone();
