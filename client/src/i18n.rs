@@ -240,6 +240,12 @@ impl Lang {
             format!("サーバー URL {url:?} は https:// または http:// で始めてください。"),
         )
     }
+    pub fn bench_needs_update(self) -> String {
+        self.pick(
+            "`hotate-client bench` predicts the finish of the update in progress, and this terminal has none: run `hotate-client update start` first.",
+            "`hotate-client bench` は更新中の更新の完了を予測しますが、この端末は更新中ではありません。先に `hotate-client update start` を実行してください。",
+        )
+    }
     pub fn comment_has_controls(self) -> String {
         self.pick(
             "The version comment contains control characters (a line break, a tab...): use plain text on one line.",

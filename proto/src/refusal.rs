@@ -36,6 +36,10 @@ pub enum Refusal {
         version: String,
     },
     UnknownUpdate,
+    /// The caller has no update of this disk in progress (a probe needs one).
+    NoUpdate {
+        disk: String,
+    },
     /// The update ended (`cancelled`, `aborted`, `committed`) while it was used.
     UpdateEnded {
         state: String,
@@ -92,6 +96,7 @@ impl Refusal {
                 version: s("c3066470"),
             },
             Self::UnknownUpdate,
+            Self::NoUpdate { disk: s("win10") },
             Self::UpdateEnded {
                 state: s("cancelled"),
             },
@@ -119,6 +124,7 @@ impl Refusal {
             Self::UnknownDisk { .. } => "unknown-disk",
             Self::UnknownVersion { .. } => "unknown-version",
             Self::UnknownUpdate => "unknown-update",
+            Self::NoUpdate { .. } => "no-update",
             Self::UpdateEnded { .. } => "update-ended",
             Self::TakenOver => "taken-over",
             Self::UploadAborted => "upload-aborted",
@@ -146,6 +152,7 @@ impl Refusal {
             Self::UnknownDisk { disk } => vec![("disk", disk.clone())],
             Self::UnknownVersion { version } => vec![("version", version.clone())],
             Self::UpdateEnded { state } => vec![("state", state.clone())],
+            Self::NoUpdate { disk } => vec![("disk", disk.clone())],
             Self::BadRequest { detail }
             | Self::ServerFailed { detail }
             | Self::ServerBusy { detail } => vec![("detail", detail.clone())],
@@ -225,6 +232,7 @@ impl Refusal {
                 version: arg("version"),
             },
             "unknown-update" => Self::UnknownUpdate,
+            "no-update" => Self::NoUpdate { disk: arg("disk") },
             "update-ended" => Self::UpdateEnded {
                 state: arg("state"),
             },
@@ -295,6 +303,14 @@ impl Refusal {
             Self::UnknownVersion { version } => pick(
                 format!("The disk has no version {version}."),
                 format!("ディスクにバージョン {version} がありません。"),
+            ),
+            Self::NoUpdate { disk } => pick(
+                format!(
+                    "This terminal has no update of disk {disk} in progress: `hotate-client bench` predicts the finish of one, so run `hotate-client update start` first."
+                ),
+                format!(
+                    "この端末ではディスク {disk} を更新中ではありません。`hotate-client bench` は更新中の更新の完了を予測します。先に `hotate-client update start` を実行してください。"
+                ),
             ),
             Self::UnknownUpdate => pick(
                 "The server does not know this update: run `hotate-client update cancel`, then start again."

@@ -28,6 +28,11 @@ pub enum ServerError {
         owner: String,
         caller: String,
     },
+    /// The caller has no update of the disk in progress (a probe needs one).
+    #[error(
+        "no update of disk {disk} in progress for this user and terminal: run `update start` first"
+    )]
+    NoUpdate { disk: String },
     #[error("an import is writing to the store: run `store gc` again when it ends")]
     StoreBusy,
     #[error("too many failed logins: try again in {secs} s")]
@@ -112,7 +117,9 @@ impl ServerError {
                 | MetaError::Unproven(_)
                 | MetaError::Backend(_) => Code::Internal,
             },
-            Self::Incomplete(_) | Self::RootMismatch(_) => Code::FailedPrecondition,
+            Self::Incomplete(_) | Self::RootMismatch(_) | Self::NoUpdate { .. } => {
+                Code::FailedPrecondition
+            }
             Self::StoreBusy => Code::Aborted,
             Self::NotYourUpdate { .. }
             | Self::Forbidden(_)
@@ -141,6 +148,7 @@ impl ServerError {
             Self::Unauthenticated => Refusal::SessionExpired,
             Self::Forbidden(_) => Refusal::AdminsOnly,
             Self::NotYourUpdate { .. } => Refusal::NotYourUpdate,
+            Self::NoUpdate { disk } => Refusal::NoUpdate { disk: disk.clone() },
             Self::LoginLocked { secs } => Refusal::LoginLocked {
                 retry_after_secs: *secs,
             },

@@ -1324,6 +1324,8 @@ async fn silent_connections_are_closed_and_connections_and_uploads_are_capped() 
             "1s",
             "--max-connections",
             "3",
+            "--max-connections-per-address",
+            "3",
             "--max-uploads",
             "1",
         ],
@@ -1392,7 +1394,7 @@ async fn silent_connections_are_closed_and_connections_and_uploads_are_capped() 
         Code::InvalidArgument,
         "{never_opened:?}"
     );
-    let (_tx, _first) = open_stream(&server, &token, &guid).await;
+    let (_tx, first) = open_stream(&server, &token, &guid).await;
     let (tx2, rx2) = mpsc::channel(1);
     tx2.send(pb::UploadRequest {
         kind: Some(upload_request::Kind::Open(pb::Open {
@@ -1409,6 +1411,7 @@ async fn silent_connections_are_closed_and_connections_and_uploads_are_capped() 
         .expect_err("busy");
     assert_eq!(busy.code(), Code::ResourceExhausted, "{busy:?}");
     assert!(busy.metadata().get("hotate-busy").is_some());
+    drop(first);
 }
 
 /// A disk named `name` with `blocks` blocks of `block` bytes, block `i` filled with byte
@@ -1589,7 +1592,7 @@ async fn hostile_names_and_comments_are_refused_before_they_are_stored() {
 async fn a_probe_answers_as_an_offer_would_and_records_nothing() {
     let f = fixture();
     let server = Server::start(&f.data);
-    let token = login(&server, "PC-001").await;
+    let token = login_as(&server, "alice", "PC-001").await;
     let parent = parent_manifest(&f);
     let updated = updated_image(&f.base, 7);
     let (manifest, _) = manifest_of(&updated);
@@ -1608,6 +1611,25 @@ async fn a_probe_answers_as_an_offer_would_and_records_nothing() {
         let server = &server;
         async move { server.transfer().await.probe(request).await }
     };
+    // Only for the caller's own update in progress, against its base: an operator with
+    // no update learns nothing, of this disk or any other.
+    let refused = probe(Some(&token), entries.clone())
+        .await
+        .expect_err("no update in progress");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(matches!(
+        hotate_proto::Refusal::read(refused.metadata()),
+        Some(hotate_proto::Refusal::NoUpdate { .. })
+    ));
+    start(&server, &token, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    let started = admin_ok(&f.data, &["--json", "update", "list"]);
+    let bob = login_as(&server, "bob", "PC-002").await;
+    let others = probe(Some(&bob), entries.clone())
+        .await
+        .expect_err("another user's update");
+    assert_eq!(others.code(), Code::FailedPrecondition, "{others:?}");
     let need = probe(Some(&token), entries.clone())
         .await
         .expect("probe")
@@ -1679,10 +1701,8 @@ async fn a_probe_answers_as_an_offer_would_and_records_nothing() {
         .expect_err("no token");
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    // Nothing was recorded or stored.
-    let updates: serde_json::Value =
-        serde_json::from_str(&admin_ok(&f.data, &["--json", "update", "list"])).expect("json");
-    assert_eq!(updates, serde_json::json!([]));
+    // Nothing was recorded or stored: the update is as `start` left it.
+    assert_eq!(admin_ok(&f.data, &["--json", "update", "list"]), started);
     let stats: serde_json::Value =
         serde_json::from_str(&admin_ok(&f.data, &["--json", "store", "stats"])).expect("json");
     assert_eq!(stats["unreferenced_chunks"], 0);

@@ -108,6 +108,11 @@ pub struct Stages {
 pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
     let lang = ctx.lang;
     let terminal = ctx.state.terminal()?;
+    // The prediction is of this update's finish: the server answers its probes only
+    // for an update in progress.
+    let Some(record) = ctx.state.update()? else {
+        return Err(UsageError(lang.bench_needs_update()).into());
+    };
     let session = ctx.login(&terminal).await?;
     let url = session.url.clone();
     if !options.json {
@@ -123,7 +128,7 @@ pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
     };
     let mut transfer = session.transfer(&transfer_url, ctx.ca()).await?;
 
-    let base_version = terminal.booted_version.clone();
+    let base_version = record.base_version.clone();
     let parent = upload::fetch_manifest(
         &session,
         &mut transfer,

@@ -31,6 +31,36 @@ impl App {
         self.data.manifest(version)
     }
 
+    /// The caller's own update of `disk` in progress (an admin's: any), for a probe
+    /// against `version`, which must be that update's base: a probe answers only what an
+    /// upload of that update would be told.
+    ///
+    /// # Errors
+    /// `UnknownDisk`, `NoUpdate`, or `BadRequest` for another version.
+    pub fn may_probe(
+        &self,
+        caller: &Session,
+        disk: &str,
+        version: &str,
+    ) -> Result<UpdateRow, ServerError> {
+        let disk = self.data.meta().disk(disk)?;
+        let live = self
+            .data
+            .meta()
+            .live_update(&disk.id)?
+            .filter(|update| check_owner(update, caller).is_ok())
+            .ok_or_else(|| ServerError::NoUpdate {
+                disk: disk.name.clone(),
+            })?;
+        if live.base_version != version {
+            return Err(ServerError::BadRequest(format!(
+                "a probe is answered against the base of the update in progress ({}), not {version}",
+                live.base_version
+            )));
+        }
+        Ok(live)
+    }
+
     /// Checks that `caller` may upload `guid` now, before a new session takes over.
     ///
     /// # Errors

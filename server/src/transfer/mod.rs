@@ -41,6 +41,11 @@ const MANIFEST_PART: usize = 1 << 20;
 const PROBE_JOBS: usize = 4;
 /// Most entries in one probe, as in one offer batch of the client.
 const PROBE_ENTRIES: usize = 1024;
+/// Bytes of held chunks one probe may make the server read and verify; beyond, a held
+/// chunk counts as held unread (a probe stores nothing).
+const PROBE_VERIFY: usize = 64 << 20;
+/// Probes waiting for a place, server-wide; more are told the server is busy.
+const PROBE_WAITERS: usize = 64;
 /// A discard stream ends after this many bytes...
 const DISCARD_BYTES: u64 = 4 << 30;
 /// ...or this long.
@@ -62,6 +67,8 @@ pub struct TransferService {
     probes: Arc<tokio::sync::Semaphore>,
     /// The manifest probes last read: a bench probes one base many times.
     probed: Arc<Mutex<Option<Probed>>>,
+    /// Probes waiting for a place.
+    probe_waiters: Arc<std::sync::atomic::AtomicUsize>,
     /// Places for link measurements, apart from the uploads'...
     measurements: Arc<tokio::sync::Semaphore>,
     /// ...and the accounts measuring now (one stream each).
@@ -128,6 +135,7 @@ impl TransferService {
             limits,
             probes: Arc::new(tokio::sync::Semaphore::new(PROBE_JOBS)),
             probed: Arc::default(),
+            probe_waiters: Arc::default(),
             measurements: Arc::new(tokio::sync::Semaphore::new(MEASUREMENTS)),
             measuring: Arc::default(),
         }
@@ -151,6 +159,27 @@ impl TransferService {
             user: user.to_owned(),
             _place: place,
         })
+    }
+
+    /// One of the `PROBE_JOBS` places, waiting behind at most `PROBE_WAITERS` others;
+    /// else `Busy`.
+    async fn probe_place(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ServerError> {
+        if let Ok(place) = self.probes.try_acquire() {
+            return Ok(place);
+        }
+        let waiting = self
+            .probe_waiters
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _left = scopeguard(&self.probe_waiters);
+        if waiting >= PROBE_WAITERS {
+            return Err(ServerError::Busy(format!(
+                "{PROBE_WAITERS} probes are waiting"
+            )));
+        }
+        self.probes
+            .acquire()
+            .await
+            .map_err(|_| ServerError::Internal("probes closed".into()))
     }
 
     /// A place among the `--max-uploads` streams, or `Busy` (the client waits and
@@ -193,7 +222,7 @@ impl Transfer for TransferService {
         &self,
         request: Request<pb::ProbeRequest>,
     ) -> Result<Response<pb::Need>, Status> {
-        caller(&request)?;
+        let session = caller(&request)?;
         let req = request.into_inner();
         if req.entries.len() > PROBE_ENTRIES {
             return Err(ServerError::BadRequest(format!(
@@ -202,11 +231,16 @@ impl Transfer for TransferService {
             ))
             .into());
         }
-        let _permit = self
-            .probes
-            .acquire()
-            .await
-            .map_err(|_| ServerError::Internal("probes closed".into()))?;
+        // Only the caller's own update in progress, against its base, as an upload.
+        let (app, who, disk, version) = (
+            self.app.clone(),
+            session.clone(),
+            req.disk_id.clone(),
+            req.version.clone(),
+        );
+        let update = blocking(move || app.may_probe(&who, &disk, &version)).await?;
+        tracing::info!(update = %update.guid, user = %session.user, terminal = %session.terminal, entries = req.entries.len(), "probe");
+        let _permit = self.probe_place().await?;
         let app = self.app.clone();
         let probed = self.probed.clone();
         let need = blocking(move || {
@@ -240,7 +274,14 @@ impl Transfer for TransferService {
             let replaced = replaced_blocks(&parent, &offers);
             let candidates: Vec<(Hash, usize)> = lengths.into_iter().collect();
             let max_len = parent.block_size().bytes();
-            let needs = lacking(app.data().store().as_ref(), &candidates, &replaced, max_len)?;
+            let store = app.data().store();
+            let needs = lacking(
+                store.as_ref(),
+                &candidates,
+                &replaced,
+                max_len,
+                PROBE_VERIFY,
+            )?;
             let mut need = pb::Need::default();
             for (hash, _, base) in needs {
                 need.hashes.push(hotate_proto::hash_bytes(&hash));
@@ -332,12 +373,12 @@ impl Transfer for TransferService {
         else {
             return Err(ServerError::BadRequest("an upload must begin with `open`".into()).into());
         };
-        let (app, guid, caller) = (self.app.clone(), open.upload_id.clone(), session.clone());
-        blocking(move || app.may_upload(&caller, &guid)).await?;
-        self.take_over(&open.upload_id).await;
         // The place is taken once the stream has said which upload it is: a stream that
         // never opens holds none.
         let permit = self.upload_permit()?;
+        let (app, guid, caller) = (self.app.clone(), open.upload_id.clone(), session.clone());
+        blocking(move || app.may_upload(&caller, &guid)).await?;
+        self.take_over(&open.upload_id).await;
         let app = self.app.clone();
         let (parent, record) = blocking(move || app.open_upload(&open.upload_id)).await?;
         let update = record.update().clone();
@@ -389,4 +430,15 @@ impl Transfer for TransferService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Counts a waiter out when it stops waiting (its place taken, or its call dropped).
+fn scopeguard(waiters: &std::sync::atomic::AtomicUsize) -> impl Drop + '_ {
+    struct Left<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Left<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+    Left(waiters)
 }

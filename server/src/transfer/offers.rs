@@ -112,7 +112,8 @@ pub(super) fn replaced_blocks(parent: &Manifest, offers: &[Offer]) -> HashMap<Ha
 /// delta may use: the block it replaces (`replaced`), read (and verified) for its page
 /// digests while the answer has read less than `BASE_ANSWER_READ`, its page values kept
 /// for the first `BASE_ANSWER_KEEP` bytes. A held chunk is read and verified: dedup
-/// never trusts a damaged one.
+/// never trusts a damaged one; past `verify_budget` bytes of held chunks read (a probe's
+/// bound, which stores nothing) it is counted held unread.
 ///
 /// # Errors
 /// When the store cannot be read, or a held chunk has another length than its block.
@@ -121,12 +122,20 @@ pub(super) fn lacking<S: ChunkStore + ?Sized>(
     candidates: &[(Hash, usize)],
     replaced: &HashMap<Hash, Hash>,
     max_len: usize,
+    verify_budget: usize,
 ) -> Result<Vec<(Hash, usize, Option<BaseBlock>)>, ServerError> {
     let mut needs = Vec::new();
     let mut bases: HashMap<Hash, Option<BaseBlock>> = HashMap::new();
-    let (mut read, mut kept) = (0, 0);
+    let (mut read, mut kept, mut verified) = (0, 0, 0);
     for &(hash, len) in candidates {
-        match store.holds(&hash, max_len)? {
+        let held = if verified < verify_budget {
+            let held = store.holds(&hash, max_len)?;
+            verified += held.unwrap_or(0);
+            held
+        } else {
+            store.has(&hash)?.then_some(len)
+        };
+        match held {
             Some(held) if held == len => continue,
             Some(held) => {
                 return Err(ServerError::BadRequest(format!(

@@ -318,7 +318,13 @@ impl Upload {
             let max_len = self.parent.block_size().bytes();
             self.answering.spawn_blocking(move || {
                 record.offers(&job.offers)?;
-                let needs = lacking(store.as_ref(), &job.candidates, &job.replaced, max_len)?;
+                let needs = lacking(
+                    store.as_ref(),
+                    &job.candidates,
+                    &job.replaced,
+                    max_len,
+                    usize::MAX,
+                )?;
                 Ok(Answer {
                     batch: job.batch,
                     candidates: job.candidates,

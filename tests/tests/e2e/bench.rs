@@ -19,6 +19,19 @@ fn bench(s: &Setup, args: &[&str]) -> Value {
 #[test]
 fn bench_predicts_a_finish_and_changes_nothing_on_the_server() {
     let s = setup_changing(16 << 20, 30, 81);
+    // It predicts the finish of the update in progress: without one it says to start.
+    let url = s.server.url();
+    let none = s
+        .terminal
+        .run(&["--url", &url, "bench", "--link-seconds", "1"]);
+    assert_eq!(none.status.code(), Some(2), "{}", text(&none));
+    assert!(
+        text(&none).contains("update start` first"),
+        "{}",
+        text(&none)
+    );
+    s.start_update();
+    let updates_before = admin_json(&s.site.data, &["update", "list"]);
     let stats_before = admin_json(&s.site.data, &["store", "stats"]);
     let report = bench(&s, &[]);
     for key in [
@@ -46,11 +59,12 @@ fn bench_predicts_a_finish_and_changes_nothing_on_the_server() {
             .contains(&report["bound_by"].as_str().expect("bound_by")),
         "{report}"
     );
-    // Nothing changed on the server: no update, no chunk.
+    // Nothing changed on the server: the update as it was, no chunk.
     assert_eq!(
         admin_json(&s.site.data, &["update", "list"]),
-        serde_json::json!([])
+        updates_before
     );
+    assert_eq!(updates_before[0]["state"], "reserved");
     assert_eq!(admin_json(&s.site.data, &["store", "stats"]), stats_before);
 
     // A capped finish: the prediction assumes the cap.
@@ -63,15 +77,6 @@ fn bench_predicts_a_finish_and_changes_nothing_on_the_server() {
         "{capped}"
     );
 
-    // The finish then sends exactly the predicted bytes.
-    s.start_update();
-    assert_ok(&s.terminal.run(&["update", "finish"]));
-    let received = s.site.updates()[0]["bytes_received"]
-        .as_u64()
-        .expect("received");
-    assert_eq!(received, to_send);
-    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
-
     // In Japanese, as people read it.
     let ja = s
         .terminal
@@ -82,4 +87,12 @@ fn bench_predicts_a_finish_and_changes_nothing_on_the_server() {
         shown.contains("予測所要時間") && shown.contains("律速段階"),
         "{shown}"
     );
+
+    // The finish then sends exactly the predicted bytes.
+    assert_ok(&s.terminal.run(&["update", "finish"]));
+    let received = s.site.updates()[0]["bytes_received"]
+        .as_u64()
+        .expect("received");
+    assert_eq!(received, to_send);
+    assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }

@@ -113,7 +113,8 @@ fn a_qcow2_overlay_on_the_terminal_uploads_what_qemu_reads() {
         // `bench` reads what a finish would: the spans around the overlay's seven
         // clusters, not the whole disk.
         let url = s.server.url();
-        let bench = t.run(&["--url", &url, "bench", "--json", "--link-seconds", "0.5"]);
+        assert_ok(&t.run(&["--url", &url, "update", "start"]));
+        let bench = t.run(&["bench", "--json", "--link-seconds", "0.5"]);
         assert_ok(&bench);
         let report: serde_json::Value = serde_json::from_slice(&bench.stdout).expect("json");
         // (The second round boots the version the first one made: nothing changed.)
@@ -121,7 +122,6 @@ fn a_qcow2_overlay_on_the_terminal_uploads_what_qemu_reads() {
         assert_eq!(report["blocks_changed"], changed, "{report}");
         let read = report["bytes_to_read"].as_u64().expect("bytes_to_read");
         assert!(read < 8 << 20, "{report}");
-        assert_ok(&t.run(&["--url", &url, "update", "start"]));
         let finished = t.run(&["update", "finish"]);
         assert_ok(&finished);
         // Only the seven 64 KiB clusters the overlay maps are read.
@@ -209,14 +209,14 @@ fn an_overlay_over_another_image_than_the_booted_version_is_refused() {
     );
     t.set_format("auto", None);
     let url = s.server.url();
-    let bench = t.run(&["--url", &url, "bench", "--link-seconds", "0.5"]);
+    assert_ok(&t.run(&["--url", &url, "update", "start"]));
+    let bench = t.run(&["bench", "--link-seconds", "0.5"]);
     assert_eq!(bench.status.code(), Some(2), "{}", text(&bench));
     assert!(
         text(&bench).contains("does not sit on version"),
         "{}",
         text(&bench)
     );
-    assert_ok(&t.run(&["--url", &url, "update", "start"]));
     let refused = t.run(&["update", "finish"]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     assert!(
