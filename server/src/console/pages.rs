@@ -434,9 +434,18 @@ pub(super) struct Next {
 }
 
 /// Only a path on this site: never another origin.
+/// A path of this site to go back to, else `/`: it starts with one `/`, and holds no
+/// backslash, control character or space (browsers drop tabs and line breaks, so
+/// `/\t/evil.example` would become `//evil.example`, another site).
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') => {
+        Some(next)
+            if next.starts_with('/')
+                && !next.starts_with("//")
+                && !next
+                    .chars()
+                    .any(|c| c == '\\' || c.is_control() || c.is_whitespace()) =>
+        {
             next
         }
         _ => "/",
@@ -506,6 +515,7 @@ pub(super) async fn login(
 
 #[derive(Debug, Deserialize)]
 pub(super) struct LogoutForm {
+    #[serde(default)]
     csrf: String,
 }
 
@@ -515,12 +525,18 @@ pub(super) async fn logout(
     headers: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Response {
+    // Another site's page may not log the user out: the page's token, from this site.
+    if let Err(e) = super::check_origin(&headers) {
+        return ApiError(e).into_response();
+    }
     let token = super::cookie(&headers, super::SESSION_COOKIE);
-    if let Some(token) = token
-        && form.csrf == super::csrf_of(&token)
-    {
-        let app = web.app.clone();
-        let _ = blocking(move || app.logout(&token)).await;
+    match token {
+        Some(token) if form.csrf == super::csrf_of(&token) => {
+            let app = web.app.clone();
+            let _ = blocking(move || app.logout(&token)).await;
+        }
+        Some(_) => return ApiError(ServerError::NoCsrfToken).into_response(),
+        None => {}
     }
     let cookie = session_cookie("", 0, web.options.tls);
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()

@@ -229,6 +229,34 @@ fn the_api_keeps_its_contract_and_its_guards() {
         "reserved",
         "nothing changed yet"
     );
+    // Logging out needs the page's token too: another site's form cannot log the user
+    // out (nor clear the cookie).
+    let form = [
+        ("Cookie", cookie.as_str()),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+    for body in [&b"csrf=forged"[..], b""] {
+        let forged = http::request(&addr, "POST", "/logout", &form, Some(body));
+        assert_eq!(forged.status, 403, "{}", forged.text());
+        assert!(forged.header("set-cookie").is_none(), "the cookie stays");
+    }
+    assert_eq!(
+        http::request(&addr, "GET", "/", &[("Cookie", &cookie)], None).status,
+        200
+    );
+    // After a login the console goes back only to a path of this site.
+    for next in [
+        "%2F%09%2Fevil.example",
+        "%2F%0Aevil",
+        "%2F%2Fevil.example",
+        "%2F%5Cevil",
+    ] {
+        let body = format!("user={USER}&password={PASSWORD}&next={next}");
+        let form = [("Content-Type", "application/x-www-form-urlencoded")];
+        let login = http::request(&addr, "POST", "/login", &form, Some(body.as_bytes()));
+        assert_eq!(login.status, 303, "{next}: {}", login.text());
+        assert_eq!(login.header("location"), Some("/"), "{next}");
+    }
 
     // The page's abort, as its script sends it.
     let abort_from_page = || {
