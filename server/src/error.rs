@@ -205,7 +205,8 @@ impl From<ServerError> for Status {
         if code == Code::Internal {
             tracing::error!(cause = %err, "request failed");
         }
-        let mut status = Status::new(code, err.to_string());
+        let message = err.to_string();
+        let mut status = Status::new(code, crate::text::bounded(&message, crate::text::MAX_ERROR));
         err.refusal().write(status.metadata_mut());
         status
     }

@@ -7,6 +7,41 @@ use crate::error::ServerError;
 pub const MAX_NAME: usize = 128;
 /// Longest version comment, in bytes.
 pub const MAX_COMMENT: usize = 4096;
+/// Most bytes of an error message sent back: what a request sent is never echoed whole.
+pub const MAX_ERROR: usize = 1024;
+
+/// Characters that change how text around them shows without showing themselves: bidi
+/// controls (a name could read backwards) and zero-width characters (two names could
+/// look the same).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// Whether a character may not be stored as text: control or invisible.
+fn is_hidden(c: char) -> bool {
+    c.is_control() || is_invisible(c)
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, marked `…` when cut.
+pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len()).into()
+}
 
 /// Refuses an empty or over-long name, or one with control characters.
 ///
@@ -34,21 +69,23 @@ fn check(what: &str, text: &str, max: usize) -> Result<(), ServerError> {
             text.len()
         )));
     }
-    if text.chars().any(char::is_control) {
+    if text.chars().any(is_hidden) {
         return Err(ServerError::BadRequest(format!(
-            "the {what} contains control characters; use plain text"
+            "the {what} contains control or invisible characters (bidi controls, zero-width \
+             spaces); use plain text"
         )));
     }
     Ok(())
 }
 
-/// Stored text made safe for a terminal: control characters escaped (`\u{1b}`), so no
-/// escape sequence or forged line break reaches the screen.
+/// Stored text made safe for a terminal: control and invisible characters escaped
+/// (`\u{1b}`, `\u{202e}`), so no escape sequence, forged line break or reversed text
+/// reaches the screen.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
+    if text.chars().any(is_hidden) {
         text.chars()
             .map(|c| {
-                if c.is_control() {
+                if is_hidden(c) {
                     c.escape_unicode().to_string()
                 } else {
                     c.to_string()
@@ -77,5 +114,21 @@ mod tests {
         assert!(check_comment(&"c".repeat(4097)).is_err());
         assert_eq!(printable("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\u{a}");
         assert_eq!(printable("plain"), "plain");
+        // Bidi controls and zero-width characters, as names and as printed.
+        for hidden in [
+            "PC\u{202E}100-CP",
+            "PC\u{200B}-001",
+            "\u{FEFF}PC",
+            "a\u{2066}b",
+        ] {
+            assert!(check_name("terminal name", hidden).is_err(), "{hidden:?}");
+        }
+        assert_eq!(printable("PC\u{202E}1"), "PC\\u{202e}1");
+        // Errors quote at most a bounded part of what was sent.
+        let long = "é".repeat(5000);
+        let cut = bounded(&long, MAX_ERROR);
+        assert!(cut.len() < MAX_ERROR + 32, "{}", cut.len());
+        assert!(cut.ends_with("(10000 bytes)"));
+        assert_eq!(bounded("short", MAX_ERROR), "short");
     }
 }

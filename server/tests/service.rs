@@ -1546,6 +1546,9 @@ async fn hostile_names_and_comments_are_refused_before_they_are_stored() {
         "x".repeat(1000),
         "PC\u{1b}]0;owned\u{7}".into(),
         "PC\nforged line".into(),
+        // A name that reads backwards, and one that looks like another.
+        "PC\u{202E}100-CP".into(),
+        "PC\u{200B}-001".into(),
     ] {
         let err = control
             .login(pb::LoginRequest {
@@ -1563,6 +1566,12 @@ async fn hostile_names_and_comments_are_refused_before_they_are_stored() {
         );
     }
     let token = login(&server, "PC-001").await;
+    // What a request sent is not echoed back whole.
+    let unknown = start(&server, &token, &"d".repeat(60_000), &f.first_version)
+        .await
+        .expect_err("no such disk");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    assert!(unknown.message().len() < 1100, "{} bytes", unknown.message().len());
     let guid = start(&server, &token, &f.disk_id, &f.first_version)
         .await
         .expect("start");

@@ -10,6 +10,7 @@ mod api;
 mod pages;
 mod words;
 
+use crate::text::{MAX_ERROR, bounded};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -166,10 +167,10 @@ impl IntoResponse for ApiError {
         let mut response = (
             status,
             axum::Json(serde_json::json!({
-                "error": self.0.to_string(),
+                "error": bounded(&self.0.to_string(), MAX_ERROR),
                 "messages": {
-                    "en": error_text(Lang::En, &self.0),
-                    "ja": error_text(Lang::Ja, &self.0),
+                    "en": bounded(&error_text(Lang::En, &self.0), MAX_ERROR),
+                    "ja": bounded(&error_text(Lang::Ja, &self.0), MAX_ERROR),
                 },
             })),
         )
