@@ -1571,7 +1571,11 @@ async fn hostile_names_and_comments_are_refused_before_they_are_stored() {
         .await
         .expect_err("no such disk");
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
-    assert!(unknown.message().len() < 1100, "{} bytes", unknown.message().len());
+    assert!(
+        unknown.message().len() < 1100,
+        "{} bytes",
+        unknown.message().len()
+    );
     let guid = start(&server, &token, &f.disk_id, &f.first_version)
         .await
         .expect("start");

@@ -224,9 +224,22 @@ impl EventState {
     }
 }
 
-/// Whether `/metrics` answers without a login: with `--public-metrics`, or on loopback.
-fn metrics_open(public: bool, caller: Option<std::net::IpAddr>) -> bool {
-    public || caller.is_some_and(|a| a.is_loopback())
+/// Whether `/metrics` answers without a login: with `--public-metrics`, or to a loopback
+/// caller that asked for a loopback name (`host`, the Host or `:authority`): a page of
+/// another site in a browser on the server itself (DNS rebinding) names that site.
+fn metrics_open(public: bool, caller: Option<std::net::IpAddr>, host: Option<&str>) -> bool {
+    let loopback_name = host.is_some_and(|host| {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host,
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    public || (caller.is_some_and(|a| a.is_loopback()) && loopback_name)
 }
 
 /// `GET /metrics` in Prometheus' text format: for loopback callers, logged-in ones, or
@@ -234,9 +247,14 @@ fn metrics_open(public: bool, caller: Option<std::net::IpAddr>) -> bool {
 pub(super) async fn metrics(
     State(web): State<Shared>,
     Peer(addr): Peer,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !metrics_open(web.options.public_metrics, addr) {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    if !metrics_open(web.options.public_metrics, addr, host) {
         let token = bearer(&headers).or_else(|| cookie(&headers, SESSION_COOKIE));
         web.app.authenticate(token).await?;
     }
@@ -326,10 +344,16 @@ mod tests {
     #[test]
     fn metrics_need_a_login_off_loopback_unless_public() {
         let lan = "192.168.10.20".parse().ok();
-        assert!(metrics_open(false, "127.0.0.1".parse().ok()));
-        assert!(metrics_open(false, "::1".parse().ok()));
-        assert!(!metrics_open(false, lan));
-        assert!(!metrics_open(false, None));
-        assert!(metrics_open(true, lan));
+        let local = Some("127.0.0.1:30806");
+        assert!(metrics_open(false, "127.0.0.1".parse().ok(), local));
+        assert!(metrics_open(false, "::1".parse().ok(), Some("[::1]:30806")));
+        assert!(metrics_open(false, "::1".parse().ok(), Some("localhost")));
+        assert!(!metrics_open(false, lan, local));
+        assert!(!metrics_open(false, None, local));
+        assert!(metrics_open(true, lan, Some("server.example")));
+        // A rebinding page on the server itself names its own site.
+        let own = "127.0.0.1".parse().ok();
+        assert!(!metrics_open(false, own, Some("evil.example:30806")));
+        assert!(!metrics_open(false, own, None));
     }
 }

@@ -112,6 +112,9 @@ fn the_api_keeps_its_contract_and_its_guards() {
     // Metrics answer loopback callers without a login.
     let metrics = http::request(&addr, "GET", "/metrics", &[], None);
     assert_eq!(metrics.status, 200);
+    // A page of another site, rebound to this machine, names that site: a login is needed.
+    let rebound = http::request(&addr, "GET", "/metrics", &[("Host", "evil.example")], None);
+    assert_eq!(rebound.status, 401, "{}", rebound.text());
     for name in [
         "hotate_uploads_in_progress 0",
         "hotate_updates_live 1",
