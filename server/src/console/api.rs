@@ -47,10 +47,11 @@ pub(super) struct LoginRequest {
 pub(super) async fn login(
     State(web): State<Shared>,
     Peer(addr): Peer,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Json(request): Json<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    super::check_origin(&headers)?;
+    super::check_origin(&headers, &uri)?;
     let terminal = request.terminal.as_deref().unwrap_or(CONSOLE_TERMINAL);
     let login: LoginView = web
         .app

@@ -224,7 +224,7 @@ impl FromRequestParts<Shared> for Caller {
             by_cookie,
         };
         if changes_state(&parts.method) {
-            check_origin(&parts.headers)?;
+            check_origin(&parts.headers, &parts.uri)?;
             if caller.by_cookie {
                 let sent = parts
                     .headers
@@ -244,17 +244,19 @@ fn changes_state(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Refuses a request sent from a page of another site (`Origin` names another host).
-fn check_origin(headers: &HeaderMap) -> Result<(), ServerError> {
+/// Refuses a request sent from a page of another site: its `Origin` names another host
+/// than the one asked for (`Host`, or over HTTP/2 the request's `:authority`, `uri`).
+fn check_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> Result<(), ServerError> {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return Ok(());
     };
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or_default();
     let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    if host.is_empty() || origin_host.eq_ignore_ascii_case(host) {
+    if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
         Ok(())
     } else {
         Err(ServerError::CrossSite(origin.to_owned()))
@@ -344,12 +346,23 @@ mod tests {
         );
         assert_eq!(cookie(&headers, SESSION_COOKIE).as_deref(), Some("abc"));
         assert_eq!(lang_of(&headers), Lang::Ja);
+        let path: axum::http::Uri = "/api/v1/login".parse().unwrap();
         headers.insert(header::HOST, "server:30806".parse().unwrap());
-        assert!(check_origin(&headers).is_ok());
+        assert!(check_origin(&headers, &path).is_ok());
         headers.insert(header::ORIGIN, "https://server:30806".parse().unwrap());
-        assert!(check_origin(&headers).is_ok());
+        assert!(check_origin(&headers, &path).is_ok());
         headers.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
-        assert!(check_origin(&headers).is_err());
+        assert!(check_origin(&headers, &path).is_err());
+        // HTTP/2: no Host, the authority is the request's.
+        headers.remove(header::HOST);
+        let h2: axum::http::Uri = "https://server:30806/api/v1/login".parse().unwrap();
+        assert!(check_origin(&headers, &h2).is_err());
+        assert!(
+            check_origin(&headers, &path).is_err(),
+            "nothing to compare with"
+        );
+        headers.insert(header::ORIGIN, "https://server:30806".parse().unwrap());
+        assert!(check_origin(&headers, &h2).is_ok());
         assert_ne!(csrf_of("abc"), csrf_of("abd"));
         assert!(session_cookie("t", 60, true).contains("HttpOnly; SameSite=Strict; Secure"));
     }

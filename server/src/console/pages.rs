@@ -488,11 +488,12 @@ pub(super) async fn login(
     State(web): State<Shared>,
     Language(lang): Language,
     Peer(addr): Peer,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = safe_next(form.next.as_deref()).to_owned();
-    if let Err(e) = super::check_origin(&headers) {
+    if let Err(e) = super::check_origin(&headers, &uri) {
         return ApiError(e).into_response();
     }
     match web
@@ -522,11 +523,12 @@ pub(super) struct LogoutForm {
 /// `POST /logout` (a form: its CSRF token is a field).
 pub(super) async fn logout(
     State(web): State<Shared>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Response {
     // Another site's page may not log the user out: the page's token, from this site.
-    if let Err(e) = super::check_origin(&headers) {
+    if let Err(e) = super::check_origin(&headers, &uri) {
         return ApiError(e).into_response();
     }
     let token = super::cookie(&headers, super::SESSION_COOKIE);

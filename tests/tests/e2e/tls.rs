@@ -70,26 +70,40 @@ fn tls_with_a_generated_certificate() {
     if !hotate_tests::needs("the TLS test", "curl, as an HTTP/2 client", found) {
         return;
     }
-    let login = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-i",
-            "--cacert",
-            ca,
-            "-H",
-            "content-type: application/json",
-        ])
-        .args([
-            "-d",
-            &format!(r#"{{"user":"{USER}","password":"{PASSWORD}"}}"#),
-        ])
-        .arg(format!("{url}/api/v1/login"))
-        .output()
-        .expect("run curl");
-    let reply = String::from_utf8_lossy(&login.stdout);
+    let login = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-i",
+                "--cacert",
+                ca,
+                "-H",
+                "content-type: application/json",
+            ])
+            .args(extra)
+            .args([
+                "-d",
+                &format!(r#"{{"user":"{USER}","password":"{PASSWORD}"}}"#),
+            ])
+            .arg(format!("{url}/api/v1/login"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let reply = login(&[]);
     assert!(reply.starts_with("HTTP/2 200"), "{reply}");
     assert!(
         reply.contains("HttpOnly; SameSite=Strict; Secure"),
         "{reply}"
     );
+    // Over HTTP/2 (no Host header, only :authority) a page of another site is refused
+    // too, and no cookie is set.
+    let foreign = login(&["-H", "Origin: https://evil.example"]);
+    assert!(foreign.starts_with("HTTP/2 403"), "{foreign}");
+    assert!(
+        !foreign.to_ascii_lowercase().contains("set-cookie"),
+        "{foreign}"
+    );
+    let own = login(&["-H", &format!("Origin: {url}")]);
+    assert!(own.starts_with("HTTP/2 200"), "{own}");
 }
