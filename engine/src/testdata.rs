@@ -81,6 +81,7 @@ pub fn run_tool<S: AsRef<std::ffi::OsStr>>(tool: &str, args: &[S]) {
 ///
 /// # Panics
 /// Under `CI=true` when `what` is missing.
+#[cfg(unix)] // Only the comparisons with Linux tools need it (Wine cannot start them).
 pub fn present(test: &str, what: &str, found: bool) -> bool {
     if !found && std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test} needs {what}, and CI must run it");
