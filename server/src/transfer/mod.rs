@@ -244,20 +244,15 @@ impl Transfer for TransferService {
         let app = self.app.clone();
         let probed = self.probed.clone();
         let need = blocking(move || {
-            let version = app.version_of(&req.disk_id, &req.version)?;
+            // The update's base, which `may_probe` found: its manifest is read once.
+            let (disk, base) = (update.disk_id, update.base_version);
             let parent = {
                 let mut probed = probed.lock().unwrap_or_else(|e| e.into_inner());
                 match probed.as_ref() {
-                    Some((d, v, manifest)) if *d == version.disk_id && *v == version.id => {
-                        manifest.clone()
-                    }
+                    Some((d, v, manifest)) if *d == disk && *v == base => manifest.clone(),
                     _ => {
-                        let manifest = Arc::new(app.manifest(&version)?);
-                        *probed = Some((
-                            version.disk_id.clone(),
-                            version.id.clone(),
-                            manifest.clone(),
-                        ));
+                        let manifest = Arc::new(app.manifest(&app.version_of(&disk, &base)?)?);
+                        *probed = Some((disk, base, manifest.clone()));
                         manifest
                     }
                 }
