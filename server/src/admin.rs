@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::app::{App, data_dir_owner};
 
 use crate::data::DataDir;
-use crate::meta::{DiskRow, Role, UpdateRow};
+use crate::meta::{DiskRow, Role, UpdateQuery, UpdateRow};
 use crate::text;
 use crate::upkeep::{self, VerifyReport};
 
@@ -246,7 +246,9 @@ pub fn disk_export(
 
 /// `update list`.
 pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
-    let updates = App::offline(open_existing(data)?).updates()?;
+    // Oldest first, every update the data dir keeps.
+    let mut updates = App::offline(open_existing(data)?).updates(None, UpdateQuery::all())?;
+    updates.sort_by_key(|u| u.seq);
     if json {
         return print_json(&updates);
     }

@@ -17,6 +17,7 @@ mod gate;
 pub mod limits;
 mod live;
 mod meta;
+mod pace;
 pub mod serve;
 mod text;
 mod throttle;

@@ -1,5 +1,5 @@
 //! What the running server knows beyond its database: the progress of the uploads its
-//! transfer service is receiving, and the counters `/metrics` reports.
+//! transfer service is receiving, the counters `/metrics` reports, and news of logouts.
 //!
 //! The transfer service writes here; the console and the API read. Everything is
 //! bounded: one entry per open upload stream (streams are capped by `--max-uploads`),
@@ -100,6 +100,8 @@ pub struct Live {
     pub counters: Counters,
     /// Bumped on every change, so watchers wake only when there is news.
     changed: watch::Sender<u64>,
+    /// Bumped on every logout: event streams check that their session still holds.
+    logouts: watch::Sender<u64>,
 }
 
 impl Default for Live {
@@ -108,6 +110,7 @@ impl Default for Live {
             uploads: Mutex::default(),
             counters: Counters::default(),
             changed: watch::channel(0).0,
+            logouts: watch::channel(0).0,
         }
     }
 }
@@ -187,6 +190,16 @@ impl Live {
     /// Wakes on every change.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// A session ended by logout.
+    pub fn logged_out(&self) {
+        self.logouts.send_modify(|n| *n += 1);
+    }
+
+    /// Wakes on every logout.
+    pub fn watch_logouts(&self) -> watch::Receiver<u64> {
+        self.logouts.subscribe()
     }
 }
 

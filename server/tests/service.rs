@@ -1938,3 +1938,209 @@ async fn measurements_and_unopened_streams_leave_the_upload_places_free() {
     .expect("the upload opened at once");
     drop((held, quiet));
 }
+
+#[tokio::test]
+async fn one_accounts_probes_are_paced_and_another_account_still_gets_answers() {
+    let f = fixture();
+    const BLOCK: usize = 16 << 20;
+    import_patterned(&f, "huge", BLOCK, 12, 0);
+    let server = Server::start(&f.data);
+    let alice = login_as(&server, "alice", "PC-001").await;
+    let huge = server
+        .control()
+        .await
+        .get_disk(authed(
+            &alice,
+            pb::GetDiskRequest {
+                disk: "huge".into(),
+            },
+        ))
+        .await
+        .expect("disk")
+        .into_inner();
+    start(&server, &alice, &huge.id, &huge.latest_version)
+        .await
+        .expect("start");
+    let bob = login_as(&server, "bob", "PC-002").await;
+    start(&server, &bob, &f.disk_id, &f.first_version)
+        .await
+        .expect("start");
+    // Each probe names six held 16 MiB chunks at other places (read and verified) and
+    // six new ones replacing 16 MiB bases (read for their pages): about 128 MiB read.
+    let heavy: Vec<pb::Entry> = (0..12u64)
+        .map(|index| {
+            let entry = if index < 6 {
+                Entry::Chunk(Hash::of(&vec![index as u8 + 7; BLOCK]))
+            } else {
+                Entry::Chunk(random_hash(index))
+            };
+            pb::Entry::from(Offer { index, entry })
+        })
+        .collect();
+    let probe = |token: String, disk: String, version: String, entries: Vec<pb::Entry>| {
+        let request = authed(
+            &token,
+            pb::ProbeRequest {
+                disk_id: disk,
+                version,
+                entries,
+            },
+        );
+        let server = &server;
+        async move { server.transfer().await.probe(request).await }
+    };
+    let flood: Vec<_> = (0..20)
+        .map(|_| {
+            probe(
+                alice.clone(),
+                huge.id.clone(),
+                huge.latest_version.clone(),
+                heavy.clone(),
+            )
+        })
+        .collect();
+    let flood = futures::future::join_all(flood);
+    let other = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        probe(
+            bob.clone(),
+            f.disk_id.clone(),
+            f.first_version.clone(),
+            vec![],
+        )
+        .await
+    };
+    let (flood, other) = tokio::join!(flood, other);
+    other.expect("another account's probe is answered");
+    let refused: Vec<_> = flood.iter().filter_map(|r| r.as_ref().err()).collect();
+    let answered = flood.len() - refused.len();
+    eprintln!("20 probes of ~128 MiB at once: {answered} answered, the rest refused");
+    assert!(
+        !refused.is_empty(),
+        "one account's probes read 2.5 GiB unpaced"
+    );
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("try again"), "{status:?}");
+    }
+    assert!(answered >= 4, "the burst is answered: {answered}");
+}
+
+#[tokio::test]
+async fn the_history_is_paged_starts_are_paced_and_operators_see_their_own() {
+    use hotate_tests::http::{self, Events};
+    let f = fixture();
+    let server = Server::start(&f.data);
+    let alice = login_as(&server, "alice", "PC-A").await;
+    // A start+cancel loop is paced: past its burst, starts are refused for a while.
+    let mut ended = Vec::new();
+    let refused = loop {
+        match start(&server, &alice, &f.disk_id, &f.first_version).await {
+            Ok(guid) => {
+                server
+                    .control()
+                    .await
+                    .cancel_update(authed(
+                        &alice,
+                        pb::UpdateRef {
+                            data_write_guid: guid.clone(),
+                        },
+                    ))
+                    .await
+                    .expect("cancel");
+                ended.push(guid);
+            }
+            Err(status) => break status,
+        }
+        assert!(
+            ended.len() <= 40,
+            "40 updates started and cancelled at once"
+        );
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("try again"), "{refused:?}");
+    // Another account is not held back.
+    let admin = login(&server, "PC-001").await;
+    let live = start(&server, &admin, &f.disk_id, &f.first_version)
+        .await
+        .expect("another account starts");
+
+    let addr = server.control.clone();
+    let get = |token: &str, path: &str| {
+        let bearer = format!("Bearer {token}");
+        http::request(&addr, "GET", path, &[("Authorization", &bearer)], None)
+    };
+    let guids = |reply: &http::Reply| -> Vec<String> {
+        let list = reply.json();
+        let list = list.as_array().expect("a list");
+        let guid = |u: &serde_json::Value| u["data_write_guid"].as_str().expect("guid").to_owned();
+        list.iter().map(guid).collect()
+    };
+    // Pages of ten ended updates after the live one, each page's Link naming the next.
+    let mut path = "/api/v1/updates?limit=10".to_owned();
+    let (mut seen, mut pages) = (Vec::new(), 0);
+    loop {
+        let reply = get(&admin, &path);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        let page = guids(&reply);
+        assert!(page.len() <= 10 + usize::from(pages == 0), "{path}");
+        seen.extend(page);
+        pages += 1;
+        let Some(link) = reply.header("link") else {
+            break;
+        };
+        assert!(link.ends_with("; rel=\"next\""), "{link}");
+        path = link[1..link.find('>').expect("<…>")].to_owned();
+    }
+    let expected: Vec<String> = std::iter::once(live.clone())
+        .chain(ended.iter().rev().cloned())
+        .collect();
+    assert_eq!(seen, expected, "live first, then ended ones newest first");
+    assert!(pages >= 3, "{pages} pages");
+    let only_live = get(&admin, "/api/v1/updates?state=live");
+    assert_eq!(guids(&only_live), std::slice::from_ref(&live));
+    assert_eq!(get(&admin, "/api/v1/updates?state=bogus").status, 400);
+    let page = get(&admin, "/?limit=10").text();
+    assert!(
+        page.contains("rel=\"next\""),
+        "the page links the older updates"
+    );
+
+    // An operator sees its own user's updates only, in every view.
+    let own = get(&alice, "/api/v1/updates?limit=500");
+    assert_eq!(guids(&own), ended.iter().rev().cloned().collect::<Vec<_>>());
+    assert_eq!(get(&alice, &format!("/api/v1/updates/{live}")).status, 404);
+    assert_eq!(get(&admin, &format!("/api/v1/updates/{live}")).status, 200);
+    assert!(!get(&alice, "/").text().contains(&live));
+    let bearer = format!("Bearer {alice}");
+    let mut events = Events::open(&addr, "/api/v1/events", &[("Authorization", &bearer)]);
+    assert_eq!(events.next("updates"), "[]", "another user's live update");
+    let admin_bearer = format!("Bearer {admin}");
+    let mut watching = Events::open(&addr, "/api/v1/events", &[("Authorization", &admin_bearer)]);
+    assert!(watching.next("updates").contains(&live));
+
+    // One user cannot hold every event stream: past its share it gets 429, others not.
+    let mut held = vec![events];
+    let refused = loop {
+        match Events::try_open(&addr, "/api/v1/events", &[("Authorization", &bearer)]) {
+            Ok(stream) => held.push(stream),
+            Err(status) => break status,
+        }
+        assert!(held.len() < 64, "one user took every event stream");
+    };
+    assert_eq!(refused, 429);
+    let _another = Events::open(&addr, "/api/v1/events", &[("Authorization", &admin_bearer)]);
+    // A logout ends its session's streams at once.
+    let out = http::request(
+        &addr,
+        "POST",
+        "/api/v1/logout",
+        &[("Authorization", &bearer)],
+        None,
+    );
+    assert_eq!(out.status, 204);
+    assert!(
+        held[0].ends_within(std::time::Duration::from_secs(5)),
+        "the stream outlived its session"
+    );
+}

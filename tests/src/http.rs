@@ -108,14 +108,57 @@ impl Events {
     /// # Panics
     /// When the reply is not 200.
     pub fn open(addr: &str, path: &str, headers: &[(&str, &str)]) -> Self {
+        Self::try_open(addr, path, headers).unwrap_or_else(|status| {
+            panic!("event stream refused: {status}");
+        })
+    }
+
+    /// Opens `path` as an event stream.
+    ///
+    /// # Errors
+    /// The reply's status, when not 200.
+    pub fn try_open(addr: &str, path: &str, headers: &[(&str, &str)]) -> Result<Self, u16> {
         let stream = send(addr, "GET", path, headers, None);
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
         let mut reader = BufReader::new(stream);
         let (status, _) = read_head(&mut reader);
-        assert_eq!(status, 200, "event stream refused");
-        Self { reader }
+        if status == 200 {
+            Ok(Self { reader })
+        } else {
+            Err(status)
+        }
+    }
+
+    /// Whether the server ends the stream within `limit` (what it sends till then is
+    /// skipped).
+    pub fn ends_within(&mut self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .expect("timeout");
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
     }
 
     /// The data of the next event named `name` (chunk framing lines are skipped: they

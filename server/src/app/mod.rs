@@ -17,7 +17,10 @@ use crate::auth;
 use crate::data::DataDir;
 use crate::error::ServerError;
 use crate::live::{Live, UploadProgress};
-use crate::meta::{DiskRow, MetaError, Role, Session, UpdateRow, UpdateState, UserRow, VersionRow};
+use crate::meta::{
+    DiskRow, MetaError, Role, Session, UpdateQuery, UpdateRow, UpdateState, UserRow, VersionRow,
+};
+use crate::pace::Pace;
 use crate::text;
 use crate::throttle::LoginThrottle;
 use crate::upkeep;
@@ -30,6 +33,10 @@ pub use upload::{Finish, UploadRecord};
 
 /// How long a walk of the store (stored bytes per disk, store size) is reused.
 const STORE_SUMMARY_AGE: Duration = Duration::from_secs(60);
+/// Updates one account may start: a burst, then one every two seconds (a terminal starts
+/// one per update; a retried start gives back its own).
+const STARTS_BURST: u32 = 30;
+const STARTS_PER_SEC: f64 = 0.5;
 
 /// Runs blocking work off the executor.
 ///
@@ -110,6 +117,11 @@ pub struct UpdateView {
     pub bytes_stored: Option<u64>,
     pub rate: Option<u64>,
     pub eta_secs: Option<u64>,
+    /// Its place in the order of starting: `?before=` of the next page.
+    pub seq: i64,
+    pub started_at: String,
+    /// When it last changed state: when it ended, once ended.
+    pub changed_at: String,
 }
 
 impl UpdateView {
@@ -129,6 +141,9 @@ impl UpdateView {
             bytes_stored: progress.map(|p| p.bytes_stored),
             rate: progress.map(|p| p.rate),
             eta_secs: progress.and_then(|p| p.eta_secs),
+            seq: row.seq,
+            started_at: time_text(row.started_at),
+            changed_at: time_text(row.changed_at),
         }
     }
 }
@@ -196,6 +211,8 @@ pub struct App {
     data: Arc<DataDir>,
     live: Arc<Live>,
     throttle: Arc<LoginThrottle>,
+    /// Updates each account starts: a start+cancel loop cannot flood the history.
+    starts: Pace,
     summary: Mutex<Option<(Instant, Arc<StoreSummary>)>>,
 }
 
@@ -205,6 +222,7 @@ impl App {
             data,
             live,
             throttle,
+            starts: Pace::new(STARTS_PER_SEC, f64::from(STARTS_BURST)),
             summary: Mutex::new(None),
         }
     }
@@ -282,7 +300,9 @@ impl App {
     /// When the metadata cannot be written.
     pub fn logout(&self, token: &str) -> Result<(), ServerError> {
         let hash = hotate_engine::Hash::of(token.as_bytes());
-        Ok(self.data.meta().remove_token(&hash)?)
+        self.data.meta().remove_token(&hash)?;
+        self.live.logged_out();
+        Ok(())
     }
 
     /// A disk by UUID or name.
@@ -339,29 +359,51 @@ impl App {
             .collect())
     }
 
-    /// Every update the database keeps, oldest first, with live progress.
+    /// The updates `query` asks for (live ones first, then ended ones newest first), with
+    /// live progress, as `viewer` may see them: an operator sees its own user's updates,
+    /// from every terminal; an admin, or the data dir's administrator (`None`), all.
     ///
     /// # Errors
     /// When the metadata cannot be read.
-    pub fn updates(&self) -> Result<Vec<UpdateView>, ServerError> {
-        let names: HashMap<String, String> = self
-            .data
-            .meta()
-            .disks()?
-            .into_iter()
-            .map(|d| (d.id, d.name))
-            .collect();
-        Ok(self
-            .data
-            .meta()
-            .updates()?
-            .into_iter()
-            .map(|row| {
-                let name = names.get(&row.disk_id).cloned().unwrap_or_default();
-                let progress = self.live.progress(&row.guid);
-                UpdateView::new(row, name, progress)
-            })
-            .collect())
+    pub fn updates(
+        &self,
+        viewer: Option<&Session>,
+        mut query: UpdateQuery,
+    ) -> Result<Vec<UpdateView>, ServerError> {
+        if let Some(viewer) = viewer.filter(|v| v.role != Role::Admin) {
+            query.user = Some(viewer.user.clone());
+        }
+        let rows = self.data.meta().updates(&query)?;
+        let mut names: HashMap<String, String> = HashMap::new();
+        let mut list = Vec::with_capacity(rows.len());
+        for row in rows {
+            if !names.contains_key(&row.disk_id) {
+                let name = match self.data.meta().disk(&row.disk_id) {
+                    Ok(disk) => disk.name,
+                    Err(MetaError::UnknownDisk(_)) => String::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                names.insert(row.disk_id.clone(), name);
+            }
+            let name = names[&row.disk_id].clone();
+            let progress = self.live.progress(&row.guid);
+            list.push(UpdateView::new(row, name, progress));
+        }
+        Ok(list)
+    }
+
+    /// One update as listed, for whoever may see it (as [`App::updates`]).
+    ///
+    /// # Errors
+    /// `UnknownUpdate` (also for another user's update, to an operator).
+    pub fn update_view(&self, viewer: &Session, guid: &str) -> Result<UpdateView, ServerError> {
+        let row = self.data.meta().update(guid)?;
+        if viewer.role != Role::Admin && row.user != viewer.user {
+            return Err(MetaError::UnknownUpdate(guid.to_owned()).into());
+        }
+        let name = self.data.meta().disk(&row.disk_id)?.name;
+        let progress = self.live.progress(&row.guid);
+        Ok(UpdateView::new(row, name, progress))
     }
 
     /// One update, for its owner or an admin.
@@ -385,6 +427,13 @@ impl App {
         disk: &str,
         booted: &str,
     ) -> Result<Started, ServerError> {
+        if let Err(wait) = self.starts.try_spend(&caller.user, 1.0) {
+            return Err(ServerError::Busy(format!(
+                "this account started more than {STARTS_BURST} updates in a short while; \
+                 try again in {} s",
+                wait.as_secs() + 1
+            )));
+        }
         let disk = self.data.meta().disk(disk)?;
         let guid = uuid::Uuid::new_v4().to_string();
         let cancel_secret = rand::random::<[u8; 32]>();
@@ -496,14 +545,14 @@ impl App {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map_or(0, |(at, _)| at.elapsed().as_secs());
-        let updates = self.data.meta().updates()?;
+        let live = self.data.meta().updates(&UpdateQuery::live())?;
         Ok(StoreView {
             chunks: summary.chunks,
             bytes: summary.bytes,
             age_secs: age,
             disks: self.data.meta().disks()?.len(),
             versions: self.data.meta().versions_since(0)?.len(),
-            live_updates: updates.iter().filter(|u| u.state.is_live()).count(),
+            live_updates: live.len(),
             uploading_now: self.live.uploads(),
             last_verify: self.last_upkeep("verify")?,
             last_gc: self.last_upkeep("gc")?,

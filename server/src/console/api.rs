@@ -1,34 +1,39 @@
 //! The JSON API (`/api/v1/...`), the live event stream and `/metrics`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::Deserialize;
 
+use super::history::History;
 use super::{
     ApiError, CONSOLE_TERMINAL, Caller, Peer, SESSION_COOKIE, Shared, bearer, cookie,
     session_cookie,
 };
-use crate::app::{App, LoginView, StoreView, UpdateView, blocking};
+use crate::app::{LoginView, StoreView, UpdateView, blocking};
 use crate::auth::TOKEN_LIFETIME_SECS;
 use crate::error::ServerError;
 use crate::live::Counters;
-use crate::meta::{MetaError, Role};
+use crate::meta::{Role, Session, UpdateQuery};
 
 /// How often an event stream looks for changes the database alone knows (an admin
 /// command's abort, a new update): the live uploads wake it at once.
 const EVENT_POLL: Duration = Duration::from_secs(1);
 /// Least time between two events of one stream.
 const EVENT_SPACING: Duration = Duration::from_millis(500);
-/// How often an event stream checks that its session is still valid (a logout or an
-/// expiry ends it).
-const EVENT_REAUTH: Duration = Duration::from_secs(60);
+/// How often an event stream checks that its session is still valid (an expiry or an
+/// admin command's password change ends it; a logout here ends it at once).
+const EVENT_REAUTH: Duration = Duration::from_secs(15);
 /// How soon a browser reconnects a dropped stream (an idle HTTP/1.1 connection is
 /// closed after `serve --idle-timeout`).
 const EVENT_RETRY: Duration = Duration::from_secs(1);
@@ -88,10 +93,41 @@ pub(super) async fn versions(
     Ok(Json(blocking(move || app.versions(&disk)).await?).into_response())
 }
 
-/// `GET /api/v1/updates`, with live progress while uploading.
-pub(super) async fn updates(State(web): State<Shared>, _: Caller) -> Result<Response, ApiError> {
+/// `GET /api/v1/updates?state=&disk=&terminal=&user=&limit=&before=`, with live
+/// progress while uploading: the live updates, then ended ones newest first, a page at a
+/// time; a full page's `Link: <…>; rel="next"` names the next one.
+pub(super) async fn updates(
+    State(web): State<Shared>,
+    caller: Caller,
+    history: Result<Query<History>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(history) = history.map_err(|e| ServerError::BadRequest(e.body_text()))?;
     let app = web.app.clone();
-    Ok(Json(blocking(move || app.updates()).await?).into_response())
+    let asked = history.clone();
+    let list = blocking(move || {
+        let query = asked.query(&app)?;
+        app.updates(Some(&caller.session), query)
+    })
+    .await?;
+    let next = history.next(&list);
+    let mut response = Json(list).into_response();
+    if let Some(link) = next.and_then(|next| {
+        HeaderValue::from_str(&format!("</api/v1/updates?{next}>; rel=\"next\"")).ok()
+    }) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
+}
+
+/// `GET /api/v1/updates/{guid}`: one update, for whoever may see it.
+pub(super) async fn update(
+    State(web): State<Shared>,
+    caller: Caller,
+    Path(guid): Path<String>,
+) -> Result<Response, ApiError> {
+    let app = web.app.clone();
+    let view = blocking(move || app.update_view(&caller.session, &guid)).await?;
+    Ok(Json(view).into_response())
 }
 
 /// `POST /api/v1/updates/{guid}/abort`: the console's 「更新中断」, for admins: the
@@ -104,7 +140,7 @@ pub(super) async fn abort(
     let app = web.app.clone();
     let view = blocking(move || {
         app.abort_update(&caller.session, &guid)?;
-        update_view(&app, guid)
+        app.update_view(&caller.session, &guid)
     })
     .await?;
     Ok(Json(view).into_response())
@@ -125,18 +161,10 @@ pub(super) async fn cancel(
             ));
         }
         app.cancel_update(&caller.session, &guid)?;
-        update_view(&app, guid)
+        app.update_view(&caller.session, &guid)
     })
     .await?;
     Ok(Json(view).into_response())
-}
-
-/// One update as the updates table shows it.
-fn update_view(app: &App, guid: String) -> Result<UpdateView, ServerError> {
-    app.updates()?
-        .into_iter()
-        .find(|u| u.data_write_guid == guid)
-        .ok_or(MetaError::UnknownUpdate(guid).into())
 }
 
 /// `GET /api/v1/store`.
@@ -146,25 +174,26 @@ pub(super) async fn store(State(web): State<Shared>, _: Caller) -> Result<Respon
     Ok(Json(view).into_response())
 }
 
-/// `GET /api/v1/events`: Server-Sent Events, an `updates` event (the list of
-/// `/api/v1/updates`) whenever it changes.
+/// `GET /api/v1/events`: Server-Sent Events, an `updates` event (the live updates the
+/// caller may see, as `/api/v1/updates?state=live`) whenever they change. The stream
+/// ends when its session does (a logout at once; an expiry or a password change within
+/// `EVENT_REAUTH`).
 pub(super) async fn events(
     State(web): State<Shared>,
     caller: Caller,
+    Peer(addr): Peer,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let permit = web
-        .event_streams
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ServerError::Busy("too many consoles are watching".into()))?;
+    let slot = web.event_slots.take(&caller.session.user, addr)?;
     let state = EventState {
         web: web.clone(),
         changes: web.app.live().watch(),
+        logouts: web.app.live().watch_logouts(),
         stop: web.stop.clone(),
         last: None,
+        session: caller.session,
         token: caller.token,
         checked: tokio::time::Instant::now(),
-        _permit: permit,
+        _slot: slot,
     };
     let stream = futures::stream::unfold(state, |mut state| async move {
         let event = state.next().await?;
@@ -173,20 +202,99 @@ pub(super) async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+/// Event streams open at once: server-wide, per user and per address, so one user (or
+/// one address) cannot keep the others out.
+const MAX_EVENT_STREAMS: usize = 64;
+const USER_EVENT_STREAMS: usize = 8;
+const ADDRESS_EVENT_STREAMS: usize = 16;
+
+/// The event streams' places.
+#[derive(Debug, Default)]
+pub(super) struct EventSlots {
+    held: Mutex<SlotCounts>,
+}
+
+#[derive(Debug, Default)]
+struct SlotCounts {
+    total: usize,
+    users: HashMap<String, usize>,
+    addresses: HashMap<IpAddr, usize>,
+}
+
+impl EventSlots {
+    /// A place for one more stream of `user` from `addr`, or `Busy`.
+    fn take(self: &Arc<Self>, user: &str, addr: Option<IpAddr>) -> Result<EventSlot, ServerError> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let busy = |what: &str| Err(ServerError::Busy(format!("{what} watching the updates")));
+        if held.total >= MAX_EVENT_STREAMS {
+            return busy(&format!("{MAX_EVENT_STREAMS} consoles are"));
+        }
+        if held.users.get(user).copied().unwrap_or(0) >= USER_EVENT_STREAMS {
+            return busy(&format!("{USER_EVENT_STREAMS} consoles of this user are"));
+        }
+        if let Some(addr) = addr
+            && held.addresses.get(&addr).copied().unwrap_or(0) >= ADDRESS_EVENT_STREAMS
+        {
+            return busy(&format!(
+                "{ADDRESS_EVENT_STREAMS} consoles of this address are"
+            ));
+        }
+        held.total += 1;
+        *held.users.entry(user.to_owned()).or_default() += 1;
+        if let Some(addr) = addr {
+            *held.addresses.entry(addr).or_default() += 1;
+        }
+        Ok(EventSlot {
+            slots: self.clone(),
+            user: user.to_owned(),
+            addr,
+        })
+    }
+}
+
+/// One event stream's place, given back when the stream ends.
+#[derive(Debug)]
+struct EventSlot {
+    slots: Arc<EventSlots>,
+    user: String,
+    addr: Option<IpAddr>,
+}
+
+impl Drop for EventSlot {
+    fn drop(&mut self) {
+        fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.total -= 1;
+        release(&mut held.users, &self.user);
+        if let Some(addr) = self.addr {
+            release(&mut held.addresses, &addr);
+        }
+    }
+}
+
 struct EventState {
     web: Shared,
     changes: tokio::sync::watch::Receiver<u64>,
+    logouts: tokio::sync::watch::Receiver<u64>,
     stop: tokio::sync::watch::Receiver<bool>,
     /// The last list sent, to send only news.
     last: Option<String>,
+    session: Session,
     token: String,
     /// When the session was last found valid.
     checked: tokio::time::Instant,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: EventSlot,
 }
 
 impl EventState {
-    /// The next event; `None` when the server stops.
+    /// The next event; `None` when the server stops or the session ends.
     async fn next(&mut self) -> Option<Event> {
         loop {
             if self.last.is_some() {
@@ -195,7 +303,8 @@ impl EventState {
             if *self.stop.borrow() {
                 return None;
             }
-            if self.checked.elapsed() > EVENT_REAUTH {
+            if self.checked.elapsed() > EVENT_REAUTH || self.logouts.has_changed().unwrap_or(true) {
+                self.logouts.mark_unchanged();
                 self.web
                     .app
                     .authenticate(Some(self.token.clone()))
@@ -203,8 +312,11 @@ impl EventState {
                     .ok()?;
                 self.checked = tokio::time::Instant::now();
             }
-            let app = self.web.app.clone();
-            let list: Vec<UpdateView> = blocking(move || app.updates()).await.ok()?;
+            let (app, session) = (self.web.app.clone(), self.session.clone());
+            let list: Vec<UpdateView> =
+                blocking(move || app.updates(Some(&session), UpdateQuery::live()))
+                    .await
+                    .ok()?;
             let json = serde_json::to_string(&list).ok()?;
             if self.last.as_deref() != Some(json.as_str()) {
                 let event = Event::default().event("updates");
@@ -218,6 +330,7 @@ impl EventState {
             }
             tokio::select! {
                 _ = self.changes.changed() => {}
+                _ = self.logouts.changed() => {}
                 _ = self.stop.changed() => return None,
                 () = tokio::time::sleep(EVENT_POLL) => {}
             }

@@ -68,20 +68,38 @@
     }
   }
 
+  // `list`: the live updates, oldest first. They lead the table; a row that was live and
+  // is not any more ended: it is fetched once more and heads the ended rows.
   function apply(list) {
     const rows = new Map();
     for (const row of body.querySelectorAll("tr[data-guid]")) rows.set(row.dataset.guid, row);
-    const ordered = list.slice().reverse();
-    ordered.sort((a, b) => Number(isLive(b)) - Number(isLive(a)));
-    for (const u of ordered) {
+    let before = body.firstElementChild;
+    for (const u of list) {
       let row = rows.get(u.data_write_guid);
       if (!row) row = template.content.firstElementChild.cloneNode(true);
       fill(row, u);
-      body.appendChild(row);
+      body.insertBefore(row, before);
+      before = row.nextElementSibling;
       rows.delete(u.data_write_guid);
     }
-    for (const row of rows.values()) row.remove();
-    document.getElementById("no-updates").hidden = list.length > 0;
+    for (const row of rows.values()) {
+      if (isLive(row.dataset)) {
+        body.insertBefore(row, before);
+        refresh(row);
+      }
+    }
+    document.getElementById("no-updates").hidden = body.children.length > 0;
+  }
+
+  async function refresh(row) {
+    try {
+      const response = await fetch("/api/v1/updates/" + encodeURIComponent(row.dataset.guid),
+                                   { credentials: "same-origin" });
+      if (response.ok) fill(row, await response.json());
+      else if (response.status === 404) row.remove();
+    } catch (e) {
+      // The next event tries again.
+    }
   }
 
   function say(text, isError) {

@@ -7,6 +7,7 @@
 //! request whose `Origin` is another site is refused.
 
 mod api;
+mod history;
 mod pages;
 mod words;
 
@@ -19,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::{HeaderMap, Method, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::app::App;
@@ -37,8 +38,6 @@ const LANG_COOKIE: &str = "hotate_lang";
 const CSRF_HEADER: &str = "x-csrf-token";
 /// Largest request body: logins and forms are small.
 const MAX_BODY: usize = 64 << 10;
-/// Event streams open at once (each polls the database once a second).
-const MAX_EVENT_STREAMS: usize = 64;
 /// The terminal name of sessions opened in the console.
 const CONSOLE_TERMINAL: &str = "console";
 
@@ -58,7 +57,7 @@ struct Web {
     options: ConsoleOptions,
     /// Ends event streams when the server stops.
     stop: watch::Receiver<bool>,
-    event_streams: Arc<Semaphore>,
+    event_slots: Arc<api::EventSlots>,
 }
 
 type Shared = Arc<Web>;
@@ -70,7 +69,7 @@ pub fn router(app: Arc<App>, options: ConsoleOptions, stop: watch::Receiver<bool
         app,
         options,
         stop,
-        event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+        event_slots: Arc::default(),
     });
     Router::new()
         .route("/", get(pages::updates))
@@ -87,6 +86,7 @@ pub fn router(app: Arc<App>, options: ConsoleOptions, stop: watch::Receiver<bool
         .route("/api/v1/disks", get(api::disks))
         .route("/api/v1/disks/{disk}/versions", get(api::versions))
         .route("/api/v1/updates", get(api::updates))
+        .route("/api/v1/updates/{guid}", get(api::update))
         .route("/api/v1/updates/{guid}/abort", post(api::abort))
         .route("/api/v1/updates/{guid}/cancel", post(api::cancel))
         .route("/api/v1/store", get(api::store))

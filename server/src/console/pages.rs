@@ -4,11 +4,13 @@
 use std::fmt::Write as _;
 
 use axum::Form;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
+use super::history::History;
 use super::words::{Lang, Words};
 use super::{
     ApiError, CONSOLE_TERMINAL, Caller, LANG_COOKIE, Language, Peer, Shared, session_cookie,
@@ -176,30 +178,54 @@ pub(super) async fn updates(
     State(web): State<Shared>,
     Language(lang): Language,
     Viewer(caller): Viewer,
+    history: Result<Query<History>, QueryRejection>,
 ) -> Response {
-    let app = web.app.clone();
-    let list = match blocking(move || app.updates()).await {
+    let history = match history {
+        Ok(Query(history)) => history,
+        Err(e) => return error_page(lang, &caller, &ServerError::BadRequest(e.body_text())),
+    };
+    let (app, session, asked) = (web.app.clone(), caller.session.clone(), history.clone());
+    let list = blocking(move || {
+        let query = asked.query(&app)?;
+        app.updates(Some(&session), query)
+    })
+    .await;
+    let list = match list {
         Ok(list) => list,
         Err(e) => return error_page(lang, &caller, &e),
     };
     let w = lang.words();
     let admin = caller.session.role == Role::Admin;
-    let mut rows = String::new();
-    // Live updates first, then the ended ones, newest first.
-    let (live, ended): (Vec<_>, Vec<_>) = list
-        .iter()
-        .rev()
-        .partition(|u| matches!(u.state, "reserved" | "uploading"));
-    for u in live.iter().chain(ended.iter()) {
-        rows.push_str(&update_row(w, u, admin));
+    // Live updates first, then a page of ended ones, newest first.
+    let rows: String = list.iter().map(|u| update_row(w, u, admin)).collect();
+    let mut pages = Vec::new();
+    if history.before.is_some() {
+        let newest = History {
+            before: None,
+            ..history.clone()
+        };
+        let query = serde_urlencoded::to_string(&newest).unwrap_or_default();
+        pages.push(format!("<a href=\"/?{}\">{}</a>", esc(&query), w.newest));
     }
+    if let Some(next) = history.next(&list) {
+        pages.push(format!(
+            "<a href=\"/?{}\" rel=\"next\">{}</a>",
+            esc(&next),
+            w.older
+        ));
+    }
+    let pages = if pages.is_empty() {
+        String::new()
+    } else {
+        format!("<nav class=\"pages\">{}</nav>", pages.join(" "))
+    };
     let body = format!(
         "<p id=\"live-status\" class=\"notice\" hidden>{lost}</p>\
          <p id=\"message\" class=\"notice\" role=\"status\" hidden></p>\
          <table id=\"updates\"><thead><tr><th>{disk}</th><th>{terminal}</th><th>{user}</th>\
          <th>{state}</th><th>{progress}</th><th>{rate}</th><th>{eta}</th><th>{base}</th><th>{new}</th><th></th></tr></thead>\
          <tbody>{rows}</tbody></table>\
-         <p id=\"no-updates\"{empty}>{none}</p>\
+         <p id=\"no-updates\"{empty}>{none}</p>{pages}\
          <template id=\"update-row\">{template}</template>\
          <dialog id=\"abort-dialog\"><form method=\"dialog\">\
          <p id=\"abort-question\"></p><p>{note}</p>\

@@ -4,14 +4,17 @@
 
 use hotate_engine::{Entry, Hash, Offer};
 
-use super::{DiskRow, MetaError, Metadata, Role, Session, UpdateState, VersionRow, now};
+use super::{
+    DiskRow, MetaError, Metadata, Role, Session, UpdateQuery, UpdateState, VersionRow,
+    WhichUpdates, now,
+};
 
 /// One check of the contract, on a fresh instance.
 type Check = fn(&dyn Metadata);
 
 /// Runs every check of the contract, each on a fresh instance from `open`.
 pub fn check(open: &dyn Fn() -> Box<dyn Metadata>) {
-    let checks: [(&str, Check); 8] = [
+    let checks: [(&str, Check); 9] = [
         ("users and roles", users_and_roles),
         ("tokens and sessions", tokens_and_sessions),
         ("disks and versions", disks_and_versions),
@@ -21,6 +24,7 @@ pub fn check(open: &dyn Fn() -> Box<dyn Metadata>) {
             sessions_offers_and_the_commit,
         ),
         ("abort and cancel", abort_and_cancel),
+        ("listing updates a page at a time", listing_updates),
         ("deleting and pruning", deleting_and_pruning),
         ("upkeep and the write lock", upkeep_and_the_write_lock),
     ];
@@ -277,6 +281,73 @@ fn abort_and_cancel(meta: &dyn Metadata) {
         meta.abort_upload("g"),
         Err(MetaError::UpdateNotLive { .. })
     ));
+}
+
+fn listing_updates(meta: &dyn Metadata) {
+    let session = user_and_disk(meta);
+    let other = other_terminal();
+    // Identifiers that sort against the order of starting, all started in one second.
+    let ended = ["zz", "mm", "aa", "kk", "bb"];
+    for guid in ended {
+        meta.start_update("d", "v1", &session, guid, &Hash::of(b"s"))
+            .unwrap();
+        meta.set_state(guid, UpdateState::Cancelled).unwrap();
+    }
+    meta.start_update("d", "v1", &other, "live", &Hash::of(b"s"))
+        .unwrap();
+    let guids = |query: &UpdateQuery| -> Vec<String> {
+        let rows = meta.updates(query).unwrap();
+        rows.into_iter().map(|u| u.guid).collect()
+    };
+    // Live first, then ended ones newest first.
+    assert_eq!(
+        guids(&UpdateQuery::all()),
+        ["live", "bb", "kk", "aa", "mm", "zz"]
+    );
+    assert_eq!(guids(&UpdateQuery::live()), ["live"]);
+    // Pages of two ended updates, each after the last one of the page before.
+    let mut query = UpdateQuery {
+        which: WhichUpdates::Ended,
+        limit: 2,
+        ..UpdateQuery::all()
+    };
+    let mut pages = Vec::new();
+    loop {
+        let page = meta.updates(&query).unwrap();
+        let Some(last) = page.last() else { break };
+        query.before = Some(last.seq);
+        pages.push(page.iter().map(|u| u.guid.clone()).collect::<Vec<_>>());
+    }
+    assert_eq!(pages, [vec!["bb", "kk"], vec!["aa", "mm"], vec!["zz"]]);
+    // Filters.
+    let by = |which, user: Option<&str>, terminal: Option<&str>| UpdateQuery {
+        which,
+        user: user.map(str::to_owned),
+        terminal: terminal.map(str::to_owned),
+        ..UpdateQuery::all()
+    };
+    assert_eq!(guids(&by(WhichUpdates::All, None, Some("PC-2"))), ["live"]);
+    assert_eq!(
+        guids(&by(WhichUpdates::Live, Some("u"), Some("PC-1"))),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        guids(&by(
+            WhichUpdates::In(UpdateState::Cancelled),
+            Some("u"),
+            None
+        ))
+        .len(),
+        5
+    );
+    assert!(guids(&by(WhichUpdates::In(UpdateState::Committed), None, None)).is_empty());
+    let other_disk = UpdateQuery {
+        disk_id: Some("elsewhere".into()),
+        ..UpdateQuery::all()
+    };
+    assert!(guids(&other_disk).is_empty());
+    let row = &meta.updates(&UpdateQuery::live()).unwrap()[0];
+    assert!(row.started_at > 0 && row.changed_at >= row.started_at);
 }
 
 fn deleting_and_pruning(meta: &dyn Metadata) {

@@ -98,6 +98,97 @@ pub struct UpdateRow {
     pub bytes_received: u64,
     /// The upload stream session that holds the update now.
     pub session: u64,
+    /// Its place in the order updates were started in: a listing's page ends at one.
+    pub seq: i64,
+    /// When it was started and last changed state (the end, once ended), Unix seconds.
+    pub started_at: i64,
+    pub changed_at: i64,
+}
+
+/// Which updates a listing holds: the live ones (at most one per disk), oldest first,
+/// then ended ones, newest first, a page at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateQuery {
+    pub which: WhichUpdates,
+    pub user: Option<String>,
+    pub disk_id: Option<String>,
+    pub terminal: Option<String>,
+    /// Only ended updates started before this `seq` (the last one of the page before).
+    pub before: Option<i64>,
+    /// Ended updates at most; the live ones are all listed.
+    pub limit: usize,
+}
+
+impl UpdateQuery {
+    /// Every update, live or ended.
+    pub fn all() -> Self {
+        Self {
+            which: WhichUpdates::All,
+            user: None,
+            disk_id: None,
+            terminal: None,
+            before: None,
+            limit: usize::MAX,
+        }
+    }
+
+    /// The live updates only.
+    pub fn live() -> Self {
+        Self {
+            which: WhichUpdates::Live,
+            ..Self::all()
+        }
+    }
+}
+
+/// The states a listing holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhichUpdates {
+    All,
+    Live,
+    Ended,
+    In(UpdateState),
+}
+
+impl WhichUpdates {
+    /// `live`, `ended`, or one state's name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "" | "all" => Self::All,
+            "live" => Self::Live,
+            "ended" => Self::Ended,
+            "reserved" => Self::In(UpdateState::Reserved),
+            "uploading" => Self::In(UpdateState::Uploading),
+            "committed" => Self::In(UpdateState::Committed),
+            "cancelled" => Self::In(UpdateState::Cancelled),
+            "aborted" => Self::In(UpdateState::Aborted),
+            _ => return None,
+        })
+    }
+
+    pub fn wants_live(self) -> bool {
+        match self {
+            Self::All | Self::Live => true,
+            Self::Ended => false,
+            Self::In(state) => state.is_live(),
+        }
+    }
+
+    pub fn wants_ended(self) -> bool {
+        match self {
+            Self::All | Self::Ended => true,
+            Self::Live => false,
+            Self::In(state) => !state.is_live(),
+        }
+    }
+
+    /// The one state asked for, if one.
+    pub fn state(self) -> Option<UpdateState> {
+        match self {
+            Self::In(state) => Some(state),
+            _ => None,
+        }
+    }
 }
 
 /// What a user may do.
@@ -316,8 +407,9 @@ pub trait Updates {
     fn cancel_with_secret(&self, guid: &str, secret_hash: &Hash) -> Result<UpdateRow, MetaError>;
     /// One update, by its DataWriteGuid.
     fn update(&self, guid: &str) -> Result<UpdateRow, MetaError>;
-    /// Every update kept, oldest first.
-    fn updates(&self) -> Result<Vec<UpdateRow>, MetaError>;
+    /// The updates `query` asks for: the live ones oldest first, then ended ones newest
+    /// first, at most `query.limit` of them.
+    fn updates(&self, query: &UpdateQuery) -> Result<Vec<UpdateRow>, MetaError>;
     /// The reserved or uploading update of a disk, if any.
     fn live_update(&self, disk_id: &str) -> Result<Option<UpdateRow>, MetaError>;
     /// Moves a live update to `to`; refused when it is no longer live.

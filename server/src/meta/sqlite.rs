@@ -24,8 +24,8 @@ use hotate_engine::{Entry, Hash, Offer};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
 use super::{
-    Accounts, Catalog, DiskRow, LockedMeta, MetaError, Role, Session, UpdateRow, UpdateState,
-    Updates, Upkeep, UserRow, VersionRow, now,
+    Accounts, Catalog, DiskRow, LockedMeta, MetaError, Role, Session, UpdateQuery, UpdateRow,
+    UpdateState, Updates, Upkeep, UserRow, VersionRow, now,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the `user_version` after each.
@@ -572,12 +572,48 @@ impl Updates for SqliteMeta {
         update_by_guid(&self.conn(), guid)
     }
 
-    fn updates(&self) -> Result<Vec<UpdateRow>, MetaError> {
+    fn updates(&self, query: &UpdateQuery) -> Result<Vec<UpdateRow>, MetaError> {
         let conn = self.conn();
-        // Updates started within one second keep the order they were started in.
-        let mut stmt = conn.prepare(&format!("{UPDATE_SELECT} ORDER BY created_at, rowid"))?;
-        let rows = stmt.query_map([], update_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let which = query.which;
+        let filters = "(?1 IS NULL OR user = ?1) AND (?2 IS NULL OR disk_id = ?2)
+            AND (?3 IS NULL OR terminal = ?3) AND (?4 IS NULL OR state = ?4)";
+        let state = which.state().map(UpdateState::as_str);
+        let mut rows = Vec::new();
+        if which.wants_live() && query.before.is_none() {
+            // At most one per disk (the partial index `one_live_update_per_disk`).
+            let mut stmt = conn.prepare(&format!(
+                "{UPDATE_SELECT} WHERE state IN ('reserved', 'uploading') AND {filters}
+                 ORDER BY rowid"
+            ))?;
+            let live = stmt.query_map(
+                params![query.user, query.disk_id, query.terminal, state],
+                update_row,
+            )?;
+            for row in live {
+                rows.push(row?);
+            }
+        }
+        if which.wants_ended() && query.limit > 0 {
+            let mut stmt = conn.prepare(&format!(
+                "{UPDATE_SELECT} WHERE state NOT IN ('reserved', 'uploading') AND {filters}
+                 AND rowid < ?5 ORDER BY rowid DESC LIMIT ?6"
+            ))?;
+            let ended = stmt.query_map(
+                params![
+                    query.user,
+                    query.disk_id,
+                    query.terminal,
+                    state,
+                    query.before.unwrap_or(i64::MAX),
+                    i64::try_from(query.limit).unwrap_or(i64::MAX)
+                ],
+                update_row,
+            )?;
+            for row in ended {
+                rows.push(row?);
+            }
+        }
+        Ok(rows)
     }
 
     fn live_update(&self, disk_id: &str) -> Result<Option<UpdateRow>, MetaError> {
@@ -772,7 +808,8 @@ impl Upkeep for SqliteMeta {
 const VERSION_SELECT: &str = "SELECT disk_id, id, parent, comment, user, terminal, created_at,
     root, blocks_changed, bytes_stored FROM versions";
 const UPDATE_SELECT: &str = "SELECT guid, disk_id, base_version, terminal, user, state,
-    new_version, chunks_received, bytes_received, session FROM updates";
+    new_version, chunks_received, bytes_received, session, rowid, created_at, updated_at
+    FROM updates";
 
 fn disk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DiskRow> {
     Ok(DiskRow {
@@ -858,6 +895,9 @@ fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
         chunks_received: r.get::<_, i64>(7)? as u64,
         bytes_received: r.get::<_, i64>(8)? as u64,
         session: r.get::<_, i64>(9)? as u64,
+        seq: r.get(10)?,
+        started_at: r.get(11)?,
+        changed_at: r.get(12)?,
     })
 }
 
@@ -1043,29 +1083,6 @@ mod tests {
             let path = dir.path().join(format!("meta-{}.sqlite", count.get()));
             Box::new(SqliteMeta::open(&path).unwrap())
         });
-    }
-
-    #[test]
-    fn updates_started_in_the_same_second_are_listed_oldest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SqliteMeta::open(&dir.path().join("meta.sqlite")).unwrap();
-        let session = user_and_disk(&meta);
-        // Identifiers that sort against the order of starting.
-        for guid in ["zz", "mm", "aa"] {
-            meta.start_update("d", "v1", &session, guid, &Hash::of(b"s"))
-                .unwrap();
-            meta.set_state(guid, UpdateState::Cancelled).unwrap();
-        }
-        meta.conn()
-            .execute("UPDATE updates SET created_at = 1", [])
-            .unwrap();
-        let listed: Vec<String> = meta
-            .updates()
-            .unwrap()
-            .into_iter()
-            .map(|u| u.guid)
-            .collect();
-        assert_eq!(listed, ["zz", "mm", "aa"]);
     }
 
     #[test]

@@ -23,11 +23,12 @@ use crate::error::ServerError;
 use crate::gate::caller;
 use crate::limits::Limits;
 use crate::live::Live;
+use crate::pace::Pace;
 
 mod offers;
 mod session;
 
-use offers::{lacking, offered, replaced_blocks};
+use offers::{BASE_ANSWER_READ, lacking, offered, replaced_blocks};
 use session::{Upload, reply};
 
 /// Replies queued towards the client.
@@ -46,6 +47,12 @@ const PROBE_ENTRIES: usize = 1024;
 const PROBE_VERIFY: usize = 64 << 20;
 /// Probes waiting for a place, server-wide; more are told the server is busy.
 const PROBE_WAITERS: usize = 64;
+/// Bytes probes may make the server read per account and second, and at once: a dry run
+/// of `hotate-client bench` reads its changed blocks' bases at about this pace.
+const PROBE_READ_RATE: f64 = 256.0 * (1 << 20) as f64;
+const PROBE_READ_BURST: f64 = 512.0 * (1 << 20) as f64;
+/// Longest a probe waits for its account's allowance; beyond, it is refused.
+const PROBE_PACE_WAIT: Duration = Duration::from_secs(5);
 /// A discard stream ends after this many bytes...
 const DISCARD_BYTES: u64 = 4 << 30;
 /// ...or this long.
@@ -69,6 +76,8 @@ pub struct TransferService {
     probed: Arc<Mutex<Option<Probed>>>,
     /// Probes waiting for a place.
     probe_waiters: Arc<std::sync::atomic::AtomicUsize>,
+    /// The bytes each account's probes made the server read.
+    probe_reads: Arc<Pace>,
     /// Places for link measurements, apart from the uploads'...
     measurements: Arc<tokio::sync::Semaphore>,
     /// ...and the accounts measuring now (one stream each).
@@ -136,6 +145,7 @@ impl TransferService {
             probes: Arc::new(tokio::sync::Semaphore::new(PROBE_JOBS)),
             probed: Arc::default(),
             probe_waiters: Arc::default(),
+            probe_reads: Arc::new(Pace::new(PROBE_READ_RATE, PROBE_READ_BURST)),
             measurements: Arc::new(tokio::sync::Semaphore::new(MEASUREMENTS)),
             measuring: Arc::default(),
         }
@@ -240,7 +250,22 @@ impl Transfer for TransferService {
         );
         let update = blocking(move || app.may_probe(&who, &disk, &version)).await?;
         tracing::info!(update = %update.guid, user = %session.user, terminal = %session.terminal, entries = req.entries.len(), "probe");
+        // The most it may read is spent ahead (so probes sent at once wait their turn),
+        // and what it did not read is given back.
+        let wait = self.probe_reads.wait(&session.user);
+        if wait > PROBE_PACE_WAIT {
+            return Err(ServerError::Busy(format!(
+                "this account's probes read more than {} MiB/s; try again in {} s",
+                PROBE_READ_RATE as u64 >> 20,
+                wait.as_secs() + 1
+            ))
+            .into());
+        }
+        let most = (PROBE_VERIFY + BASE_ANSWER_READ) as f64;
+        self.probe_reads.spend(&session.user, most);
+        tokio::time::sleep(wait).await;
         let _permit = self.probe_place().await?;
+        let (reads, user) = (self.probe_reads.clone(), session.user.clone());
         let app = self.app.clone();
         let probed = self.probed.clone();
         let need = blocking(move || {
@@ -270,13 +295,14 @@ impl Transfer for TransferService {
             let candidates: Vec<(Hash, usize)> = lengths.into_iter().collect();
             let max_len = parent.block_size().bytes();
             let store = app.data().store();
-            let needs = lacking(
+            let (needs, read) = lacking(
                 store.as_ref(),
                 &candidates,
                 &replaced,
                 max_len,
                 PROBE_VERIFY,
             )?;
+            reads.refund(&user, most - read as f64);
             let mut need = pb::Need::default();
             for (hash, _, base) in needs {
                 need.hashes.push(hotate_proto::hash_bytes(&hash));

@@ -16,7 +16,7 @@ use crate::error::ServerError;
 const BASE_CACHE_BYTES: usize = 16 << 20;
 /// Bytes of base blocks one answer reads for page digests (each distinct base once, one
 /// at a time); needed chunks beyond it are asked for whole...
-const BASE_ANSWER_READ: usize = 64 << 20;
+pub(super) const BASE_ANSWER_READ: usize = 64 << 20;
 /// ...and of those, the bytes of page values it keeps for the base cache. With
 /// `OFFER_JOBS` answers at once this bounds what offers can make the server read and
 /// hold, whatever they name.
@@ -108,12 +108,15 @@ pub(super) fn replaced_blocks(parent: &Manifest, offers: &[Offer]) -> HashMap<Ha
     replaced
 }
 
+/// A chunk the store lacks: its hash, its block's length, and the base a delta may use.
+pub(super) type Lacking = (Hash, usize, Option<BaseBlock>);
+
 /// Which of `candidates` (hash and block length) the store lacks, each with the base a
 /// delta may use: the block it replaces (`replaced`), read (and verified) for its page
 /// digests while the answer has read less than `BASE_ANSWER_READ`, its page values kept
 /// for the first `BASE_ANSWER_KEEP` bytes. A held chunk is read and verified: dedup
 /// never trusts a damaged one; past `verify_budget` bytes of held chunks read (a probe's
-/// bound, which stores nothing) it is counted held unread.
+/// bound, which stores nothing) it is counted held unread. Also returns the bytes read.
 ///
 /// # Errors
 /// When the store cannot be read, or a held chunk has another length than its block.
@@ -123,7 +126,7 @@ pub(super) fn lacking<S: ChunkStore + ?Sized>(
     replaced: &HashMap<Hash, Hash>,
     max_len: usize,
     verify_budget: usize,
-) -> Result<Vec<(Hash, usize, Option<BaseBlock>)>, ServerError> {
+) -> Result<(Vec<Lacking>, usize), ServerError> {
     let mut needs = Vec::new();
     let mut bases: HashMap<Hash, Option<BaseBlock>> = HashMap::new();
     let (mut read, mut kept, mut verified) = (0, 0, 0);
@@ -170,5 +173,5 @@ pub(super) fn lacking<S: ChunkStore + ?Sized>(
         };
         needs.push((hash, len, base));
     }
-    Ok(needs)
+    Ok((needs, read + verified))
 }

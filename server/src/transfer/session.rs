@@ -318,7 +318,7 @@ impl Upload {
             let max_len = self.parent.block_size().bytes();
             self.answering.spawn_blocking(move || {
                 record.offers(&job.offers)?;
-                let needs = lacking(
+                let (needs, _) = lacking(
                     store.as_ref(),
                     &job.candidates,
                     &job.replaced,
