@@ -6,16 +6,16 @@
 //! is small and bounded, so memory stays within the pipeline's window. `--limit-rate`
 //! paces the chunks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hotate_engine::{
-    ChunkSink, Hash, ImageSource, Manifest, Need, Offer, Outgoing, PipelineConfig, Progress,
-    SinkError, pipeline, source,
+    ChunkSink, Hash, HeldChunks, ImageSource, Manifest, Need, Offer, Outgoing, PipelineConfig,
+    Progress, SinkError, pipeline, source,
 };
 use hotate_proto::pb::{self, upload_reply, upload_request};
 use tokio::sync::{mpsc, oneshot};
@@ -249,7 +249,21 @@ struct Replies {
     failure: Mutex<Option<Status>>,
     /// Block bytes and encoded bytes of each chunk sent and not yet acknowledged stored.
     unconfirmed: Mutex<HashMap<Hash, (u64, u64)>>,
+    /// Chunks the server acknowledged stored in this session (one per needed block):
+    /// later chunks may copy their pages...
+    confirmed: Mutex<HashSet<Hash>>,
+    /// ...when the server said it takes copies.
+    copies: AtomicBool,
     progress: Arc<Progress>,
+}
+
+impl HeldChunks for Replies {
+    fn holds(&self, hash: &Hash) -> bool {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(hash)
+    }
 }
 
 impl Replies {
@@ -259,6 +273,8 @@ impl Replies {
             committed: Mutex::default(),
             failure: Mutex::default(),
             unconfirmed: Mutex::default(),
+            confirmed: Mutex::default(),
+            copies: AtomicBool::new(false),
             progress,
         }
     }
@@ -274,10 +290,12 @@ impl Replies {
     /// The server stored these chunks.
     fn stored(&self, hashes: &[bytes::Bytes]) {
         let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
         for hash in hashes
             .iter()
             .filter_map(|h| hotate_proto::parse_hash(h).ok())
         {
+            confirmed.insert(hash);
             if let Some((len, wire)) = unconfirmed.remove(&hash) {
                 self.progress.confirmed(len);
                 self.progress.stored(wire);
@@ -458,6 +476,11 @@ impl Outbox {
 }
 
 impl ChunkSink for NetworkSink {
+    fn held_chunks(&self) -> Option<Arc<dyn HeldChunks>> {
+        let copies = self.replies.copies.load(Ordering::Relaxed);
+        copies.then(|| self.replies.clone() as Arc<dyn HeldChunks>)
+    }
+
     async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
         let batch = self.next_batch.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -561,7 +584,8 @@ impl EarlyOffers {
 }
 
 /// Opens the upload stream (waiting while the server is at its upload limit); returns
-/// its request queue, its replies after `Opened`, and the bytes the server already holds.
+/// its request queue, its replies after `Opened`, and `Opened` (what the server already
+/// holds, whether it takes copied pages).
 /// Offers from `inbox` follow `open` at once, without waiting a round trip for `Opened`;
 /// a try the busy server refused loses none of them.
 async fn open_stream(
@@ -572,7 +596,7 @@ async fn open_stream(
 ) -> anyhow::Result<(
     mpsc::Sender<pb::UploadRequest>,
     tonic::Streaming<pb::UploadReply>,
-    u64,
+    pb::Opened,
 )> {
     let (lang, url) = (session.lang, &plan.transfer_url);
     // A server at its upload limit says so; wait and retry, growing the wait.
@@ -600,7 +624,7 @@ async fn open_stream(
                 return match first {
                     Some(Ok(pb::UploadReply {
                         kind: Some(upload_reply::Kind::Opened(opened)),
-                    })) => Ok((requests, stream, opened.bytes_stored)),
+                    })) => Ok((requests, stream, opened)),
                     Some(Err(status)) => Err(explain(&status, lang, url)),
                     _ => Err(Failed(lang.upload_not_opened()).into()),
                 };
@@ -666,10 +690,11 @@ pub async fn upload<'a>(
             None => session.transfer(&plan.transfer_url, plan.ca).await?,
         };
         let mut pending = pending;
-        let (stream_requests, stream, already) =
+        let (stream_requests, stream, opened) =
             open_stream(&session, &mut transfer, &plan, &mut pending).await?;
-        tracing::debug!(elapsed = ?started.elapsed(), "stream open");
-        on_open(&plan, already);
+        tracing::debug!(elapsed = ?started.elapsed(), page_copies = opened.page_copies, "stream open");
+        replies.copies.store(opened.page_copies, Ordering::Relaxed);
+        on_open(&plan, opened.bytes_stored);
         let router = tokio::spawn(replies.clone().route(stream));
         tokio::spawn(forward(pending, stream_requests));
         Ok::<_, anyhow::Error>((router, plan))

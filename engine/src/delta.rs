@@ -382,6 +382,36 @@ impl VerifiedPatch {
 pub enum Incoming {
     Whole(crate::block::UnverifiedChunk),
     Delta(UnverifiedDelta),
+    /// Pages copied from chunks the receiver holds, besides literal and base pages.
+    Composed(crate::copies::UnverifiedComposed),
+}
+
+impl Incoming {
+    pub fn hash(&self) -> Hash {
+        match self {
+            Self::Whole(chunk) => chunk.hash,
+            Self::Delta(delta) => delta.hash,
+            Self::Composed(composed) => composed.hash,
+        }
+    }
+
+    /// The base block it is built on, if any.
+    pub fn base(&self) -> Option<Hash> {
+        match self {
+            Self::Whole(_) => None,
+            Self::Delta(delta) => Some(delta.delta.base),
+            Self::Composed(composed) => composed.composed.base,
+        }
+    }
+
+    /// Bytes it took on the wire.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::Whole(chunk) => chunk.frame.payload.len(),
+            Self::Delta(delta) => delta.delta.encoded_len(),
+            Self::Composed(composed) => composed.composed.encoded_len(),
+        }
+    }
 }
 
 /// A needed chunk as it leaves: whole, or as a delta against a base the receiver offered.
@@ -394,6 +424,12 @@ pub enum Outgoing {
         len: usize,
         delta: Delta,
     },
+    /// A block of `len` bytes with pages copied from chunks the receiver holds.
+    Composed {
+        hash: Hash,
+        len: usize,
+        composed: crate::copies::Composed,
+    },
 }
 
 impl Outgoing {
@@ -401,7 +437,7 @@ impl Outgoing {
     pub fn hash(&self) -> Hash {
         match self {
             Self::Whole(chunk) => chunk.hash(),
-            Self::Delta { hash, .. } => *hash,
+            Self::Delta { hash, .. } | Self::Composed { hash, .. } => *hash,
         }
     }
 
@@ -409,7 +445,7 @@ impl Outgoing {
     pub fn block_len(&self) -> usize {
         match self {
             Self::Whole(chunk) => chunk.len(),
-            Self::Delta { len, .. } => *len,
+            Self::Delta { len, .. } | Self::Composed { len, .. } => *len,
         }
     }
 
@@ -418,6 +454,7 @@ impl Outgoing {
         match self {
             Self::Whole(chunk) => chunk.encoded_len(),
             Self::Delta { delta, .. } => delta.encoded_len(),
+            Self::Composed { composed, .. } => composed.encoded_len(),
         }
     }
 }

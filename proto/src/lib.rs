@@ -14,8 +14,8 @@ pub use refusal::{Language, Refusal};
 
 use bytes::Bytes;
 use hotate_engine::{
-    Base, Codec, Delta, Entry, Frame, Hash, Incoming, Need, Offer, Outgoing, PageDigests,
-    UnverifiedChunk, UnverifiedDelta,
+    Base, Codec, Composed, Copies, Delta, Entry, Frame, Hash, Incoming, Need, Offer, Outgoing,
+    PageDigests, UnverifiedChunk, UnverifiedComposed, UnverifiedDelta,
 };
 
 /// Default port of the control service.
@@ -105,6 +105,18 @@ impl From<&Outgoing> for pb::Chunk {
                 data: delta.pages.payload.clone(),
                 base: hash_bytes(&delta.base),
                 changed_pages: delta.changed.clone(),
+                ..Self::default()
+            },
+            Outgoing::Composed { composed, .. } => Self {
+                hash,
+                codec: pb::Codec::from(composed.pages.codec).into(),
+                data: composed.pages.payload.clone(),
+                base: composed.base.map_or_else(Bytes::new, |b| hash_bytes(&b)),
+                changed_pages: composed.literal.clone(),
+                copy_sources: composed.copies.sources.iter().map(hash_bytes).collect(),
+                copied_pages: composed.copies.map.clone(),
+                copy_source: composed.copies.from.iter().map(|&(s, _)| s).collect(),
+                copy_page: composed.copies.from.iter().map(|&(_, p)| p).collect(),
             },
         }
     }
@@ -124,6 +136,36 @@ impl TryFrom<pb::Chunk> for Incoming {
             codec,
             payload: chunk.data,
         };
+        if !chunk.copy_sources.is_empty() {
+            if chunk.copy_source.len() != chunk.copy_page.len() {
+                return Err(WireError(
+                    "each copied page needs its chunk and page number",
+                ));
+            }
+            let sources = chunk
+                .copy_sources
+                .iter()
+                .map(|s| parse_hash(s))
+                .collect::<Result<_, _>>()?;
+            let base = if chunk.base.is_empty() {
+                None
+            } else {
+                Some(parse_hash(&chunk.base)?)
+            };
+            return Ok(Self::Composed(UnverifiedComposed {
+                hash,
+                composed: Composed {
+                    base,
+                    literal: chunk.changed_pages,
+                    pages: frame,
+                    copies: Copies {
+                        sources,
+                        map: chunk.copied_pages,
+                        from: chunk.copy_source.into_iter().zip(chunk.copy_page).collect(),
+                    },
+                },
+            }));
+        }
         if chunk.base.is_empty() {
             return Ok(Self::Whole(UnverifiedChunk { hash, frame }));
         }
@@ -224,6 +266,44 @@ mod tests {
             };
             prop_assert_eq!(patch.content(&old, old.len()).unwrap(), new);
         }
+    }
+
+    #[test]
+    fn composed_chunks_round_trip_and_rebuild() {
+        use hotate_engine::PageIndex;
+        let page = |seed: u8| vec![seed; 4096];
+        let first = Bytes::from([page(1), page(2), page(3), page(4)].concat());
+        let second = Bytes::from([page(9), page(3), page(1), page(8)].concat());
+        let index = std::sync::Mutex::new(PageIndex::default());
+        let held = |_: &Hash| true;
+        assert!(PageIndex::compose(&index, &first, Hash::of(&first), None, &held, 3).is_none());
+        let composed = PageIndex::compose(&index, &second, Hash::of(&second), None, &held, 3)
+            .expect("two pages copied");
+        let sent = Outgoing::Composed {
+            hash: Hash::of(&second),
+            len: second.len(),
+            composed,
+        };
+        let wire = pb::Chunk::from(&sent);
+        assert_eq!(wire.copy_page, [2, 0]);
+        let Ok(Incoming::Composed(back)) = Incoming::try_from(wire.clone()) else {
+            panic!("a composed chunk arrives composed");
+        };
+        let stored = back
+            .verify(
+                second.len(),
+                None,
+                std::slice::from_ref(&first),
+                second.len(),
+                3,
+            )
+            .unwrap();
+        assert_eq!(stored.hash(), Hash::of(&second));
+        let uneven = pb::Chunk {
+            copy_page: vec![2],
+            ..wire
+        };
+        assert!(Incoming::try_from(uneven).is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rand::{Rng, RngCore, SeedableRng};
 pub struct ImagePair {
     pub base: PathBuf,
     pub updated: PathBuf,
-    /// `ext4` or `synthetic`.
+    /// `ext4`, `ext4 install with repeats` or `synthetic`.
     pub kind: &'static str,
 }
 
@@ -32,8 +32,25 @@ const FAKE_TIME: &str = "1700000000";
 /// # Panics
 /// When the files cannot be written (tests and benches want that loud).
 pub fn pair(dir: &Path, size: u64, change_percent: u32, seed: u64) -> ImagePair {
-    ext4_pair(dir, size, change_percent, seed)
+    ext4_pair(dir, size, change_percent, seed, Repeats::None)
         .unwrap_or_else(|| synthetic_pair(dir, size, change_percent, seed))
+}
+
+/// As [`pair`], but the install repeats content the way real ones do: a set of runtime
+/// files (DLLs, shared libraries) is copied into several program folders, each copy at a
+/// 4 KiB-aligned place that is arbitrary within its 1 MiB block, beside new files. Copies
+/// make about two fifths of the install, so about a third of the changed pages repeat
+/// other changed pages. `None` without the ext4 tools (there is no synthetic stand-in:
+/// the file system places the copies).
+pub fn install_pair(dir: &Path, size: u64, change_percent: u32, seed: u64) -> Option<ImagePair> {
+    ext4_pair(dir, size, change_percent, seed, Repeats::Runtimes)
+}
+
+/// Whether an install repeats content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeats {
+    None,
+    Runtimes,
 }
 
 /// File content: text-like (compressible) or random (already compressed), by seed.
@@ -96,7 +113,13 @@ fn write_tree(root: &Path, bytes: u64, prefix: &str, rng: &mut StdRng) -> Vec<Pa
     files
 }
 
-fn ext4_pair(dir: &Path, size: u64, change_percent: u32, seed: u64) -> Option<ImagePair> {
+fn ext4_pair(
+    dir: &Path,
+    size: u64,
+    change_percent: u32,
+    seed: u64,
+    repeats: Repeats,
+) -> Option<ImagePair> {
     let mut rng = StdRng::seed_from_u64(seed);
     let tree = dir.join("tree");
     let _ = std::fs::remove_dir_all(&tree);
@@ -130,7 +153,37 @@ fn ext4_pair(dir: &Path, size: u64, change_percent: u32, seed: u64) -> Option<Im
     let mut script = String::new();
     let mut spent = 0u64;
     let mut k = 0;
+    // The runtimes an install copies into each program folder: about a twelfth of the
+    // budget, each copied three to six times.
+    let mut runtimes = Vec::new();
+    if repeats == Repeats::Runtimes {
+        let mut set = 0u64;
+        while set < budget / 12 {
+            let len = rng.random_range(16usize << 10..512 << 10);
+            let source = staging.join(format!("runtime{:03}.dll", runtimes.len()));
+            std::fs::write(&source, file_content(&mut rng, len)).expect("staging file");
+            runtimes.push(source);
+            set += len as u64;
+        }
+    }
+    let (mut program, mut copied) = (0, 0u64);
     while spent < budget {
+        // Copies make about two fifths of the install.
+        if !runtimes.is_empty() && copied * 5 < spent * 2 {
+            // A program folder with a few of the runtimes beside its own files.
+            let folder = format!("/prog{program:03}");
+            program += 1;
+            let _ = writeln!(script, "mkdir {folder}");
+            for _ in 0..rng.random_range(1..4) {
+                let runtime = &runtimes[rng.random_range(0..runtimes.len())];
+                let name = runtime.file_name().expect("name").to_string_lossy();
+                let _ = writeln!(script, "write {} {folder}/{name}", runtime.display());
+                let len = std::fs::metadata(runtime).map_or(0, |m| m.len());
+                spent += len;
+                copied += len;
+            }
+            continue;
+        }
         let victim = &files[rng.random_range(0..files.len())];
         let rel = victim.strip_prefix(&tree).expect("tree path");
         let target = format!("/{}", rel.display());
@@ -178,7 +231,10 @@ fn ext4_pair(dir: &Path, size: u64, change_percent: u32, seed: u64) -> Option<Im
     Some(ImagePair {
         base,
         updated,
-        kind: "ext4",
+        kind: match repeats {
+            Repeats::None => "ext4",
+            Repeats::Runtimes => "ext4 install with repeats",
+        },
     })
 }
 

@@ -7,6 +7,7 @@ pub mod faultdisk;
 pub mod harness;
 pub mod http;
 pub mod images;
+pub mod pages;
 pub mod webdriver;
 
 /// Whether the machine has `what` that `test` needs (a browser, a reference reader). When

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
 use hotate_engine::{Frame, Hash};
 use hotate_tests::harness::{PASSWORD, Server, Site, Terminal, USER, admin, admin_ok, text};
+use hotate_tests::has_command;
 use hotate_tests::images::{self, ImagePair};
+use hotate_tests::pages::ChangedPages;
 
 #[path = "e2e/bench.rs"]
 mod bench;

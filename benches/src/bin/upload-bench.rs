@@ -1,6 +1,10 @@
 //! The whole upload on loopback against rsync, for a realistic image pair.
 //!
-//! `upload-bench [--size-mib N] [--change PERCENT] [--scattered] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--cold] [--dir DIR]`
+//! `upload-bench [--size-mib N] [--change PERCENT] [--scattered | --repeats] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--cold] [--dir DIR]`
+//!
+//! `--repeats` takes the install-like pair whose install copies runtime files into
+//! several program folders (`hotate_tests::images::install_pair`). Every run reports the
+//! floor: `zstd -19 --long=27` of the changed pages, and Hotate's bytes against it.
 //!
 //! `--scattered` replaces the install with the worst case for block-level transfer: one
 //! random 4 KiB page rewritten in every MiB of the base that holds data; the report then
@@ -28,6 +32,7 @@ use std::time::{Duration, Instant};
 use hotate_benches::link::{self, LinkSpec};
 use hotate_tests::harness::{Server, Site, Terminal, admin_ok, text};
 use hotate_tests::images;
+use hotate_tests::pages::ChangedPages;
 
 struct Args {
     size_mib: u64,
@@ -37,6 +42,8 @@ struct Args {
     block_size: u32,
     dir: PathBuf,
     scattered: bool,
+    /// The install-like pair with repeated files.
+    repeats: bool,
     /// Drop the page cache before each tool runs, as after a terminal's fresh boot.
     cold: bool,
 }
@@ -50,12 +57,17 @@ fn parse_args() -> Args {
         block_size: 1 << 20,
         dir: std::env::temp_dir(),
         scattered: false,
+        repeats: false,
         cold: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--scattered" {
             args.scattered = true;
+            continue;
+        }
+        if flag == "--repeats" {
+            args.repeats = true;
             continue;
         }
         if flag == "--cold" {
@@ -260,7 +272,12 @@ fn main() {
         args.size_mib,
         dir.path().display()
     );
-    let pair = images::pair(dir.path(), size, args.change, 2026);
+    let pair = if args.repeats {
+        images::install_pair(dir.path(), size, args.change, 2026)
+            .expect("--repeats needs mkfs.ext4 and debugfs (e2fsprogs)")
+    } else {
+        images::pair(dir.path(), size, args.change, 2026)
+    };
     if args.scattered {
         scatter_pages(&pair.base, &pair.updated);
     }
@@ -298,6 +315,8 @@ fn main() {
         &pair.updated,
     );
 
+    // After Hotate's finish: this process's memory would show in its client's peak RSS.
+    let floor = ChangedPages::of(&pair.base, &pair.updated, args.block_size as usize).floor();
     let rsync = Rsync::start(dir.path());
     let rsync_port = if emulated {
         link::link(
@@ -331,6 +350,11 @@ fn main() {
         }
     );
     report(&args, &setting, size, changed, &run, rsync_z, rsync_plain);
+    println!(
+        "floor (zstd -19 --long=27 of the changed pages): {:.1} MB; hotate's bytes on the wire = {:.2}x the floor",
+        floor as f64 / 1e6,
+        run.wire as f64 / floor.max(1) as f64
+    );
 }
 
 /// Restarts `server` behind two emulated links (control and transfer, the transfer

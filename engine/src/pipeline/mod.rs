@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::block::{BlockSize, DEFAULT_ZSTD_LEVEL, Frame, VerifiedChunk, is_zero};
+use crate::copies::PageIndex;
 use crate::delta::{Base, Delta, Outgoing, PAGE, PageDigests};
 use crate::hash::Hash;
 use crate::manifest::{Entry, Manifest, ManifestError};
@@ -39,7 +40,7 @@ use crate::source::ImageSource;
 use buffers::{BlockBuffers, Lease};
 
 pub use progress::{Progress, ProgressSnapshot};
-pub use sink::{ChunkSink, Need, Offer, SinkError, StoreSink};
+pub use sink::{ChunkSink, HeldChunks, Need, Offer, SinkError, StoreSink};
 
 /// Default bytes of block data held in memory at once.
 pub const DEFAULT_WINDOW: usize = 64 << 20;
@@ -667,6 +668,8 @@ async fn compress_stage<S: ChunkSink>(
     input: mpsc::Receiver<Hashed>,
 ) -> Result<(), PipelineError> {
     let level = config.zstd_level;
+    // The pages sent so far, for a receiver that takes copies.
+    let index = Arc::new(std::sync::Mutex::new(PageIndex::default()));
     ReceiverStream::new(input)
         .filter_map(|block| async move {
             let Entry::Chunk(hash) = block.entry else {
@@ -676,10 +679,11 @@ async fn compress_stage<S: ChunkSink>(
         })
         .map(|(hash, block)| {
             let source = source.clone();
+            let copies = sink.held_chunks().map(|held| (index.clone(), held));
             async move {
                 let len = block.len;
                 let (chunk, held, reread) = tokio::task::spawn_blocking(move || {
-                    encode(source.as_ref(), geometry, hash, block, level)
+                    encode(source.as_ref(), geometry, hash, block, level, copies)
                 })
                 .await??;
                 Progress::add(&progress.bytes_read, reread);
@@ -699,14 +703,19 @@ async fn compress_stage<S: ChunkSink>(
         .await
 }
 
-/// A needed block as it leaves (a delta against its offered base where that is smaller),
-/// the raw content it holds until the sink has it, and the bytes read again for it.
+/// The page index, and the chunks the receiver holds, for a receiver that takes copies.
+type CopyIndex = (Arc<std::sync::Mutex<PageIndex>>, Arc<dyn HeldChunks>);
+
+/// A needed block as it leaves (with `copies`, pages an earlier chunk the receiver holds
+/// carried are copied; a delta against its offered base where that is smaller), the raw
+/// content it holds until the sink has it, and the bytes read again for it.
 fn encode(
     source: &dyn ImageSource,
     geometry: Geometry,
     hash: Hash,
     block: Hashed,
     level: i32,
+    copies: Option<CopyIndex>,
 ) -> Result<(Outgoing, Option<Bytes>, u64), PipelineError> {
     let len = block.len as usize;
     if let (None, Some(pages), Some(base)) = (&block.data, &block.pages, &block.base)
@@ -721,6 +730,22 @@ fn encode(
     };
     // The raw block keeps its place in the window until the sink has it.
     let held = data.clone();
+    if let Some((index, receiver)) = copies {
+        let holds = |hash: &Hash| receiver.holds(hash);
+        let composed = PageIndex::compose(&index, &data, hash, block.base.as_ref(), &holds, level);
+        if let Some(composed) = composed {
+            let len = data.len();
+            return Ok((
+                Outgoing::Composed {
+                    hash,
+                    len,
+                    composed,
+                },
+                Some(held),
+                reread,
+            ));
+        }
+    }
     let chunk = block
         .base
         .and_then(|base| Delta::encode(&data, &base, level))

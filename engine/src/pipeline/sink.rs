@@ -30,6 +30,12 @@ impl Need {
     }
 }
 
+/// Chunks the receiver keeps for this upload, whose pages later chunks may copy.
+pub trait HeldChunks: Send + Sync {
+    /// Whether the receiver has stored `hash` in this upload.
+    fn holds(&self, hash: &Hash) -> bool;
+}
+
 /// The error a sink reports; the pipeline passes it through unchanged.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -47,6 +53,12 @@ pub trait ChunkSink: Send + Sync {
 
     /// Takes one needed chunk; a delta only against the base its need named.
     fn put(&self, chunk: Outgoing) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// The chunks later ones may copy pages from, when the receiver rebuilds blocks from
+    /// copied pages ([`Outgoing::Composed`]); `None` when it does not.
+    fn held_chunks(&self) -> Option<Arc<dyn HeldChunks>> {
+        None
+    }
 
     /// Called once after the last `put`: whatever the sink buffered must be kept now.
     fn flush(&self) -> impl Future<Output = Result<(), SinkError>> + Send {

@@ -27,6 +27,7 @@ use crate::pace::Pace;
 
 mod offers;
 mod session;
+mod sources;
 
 use offers::{BASE_ANSWER_READ, lacking, offered, replaced_blocks};
 use session::{Upload, reply};
@@ -51,8 +52,12 @@ const PROBE_WAITERS: usize = 64;
 /// of `hotate-client bench` reads its changed blocks' bases at about this pace.
 const PROBE_READ_RATE: f64 = 256.0 * (1 << 20) as f64;
 const PROBE_READ_BURST: f64 = 512.0 * (1 << 20) as f64;
+/// The most one probe makes the server read, spent ahead of it.
+const PROBE_MOST_READ: f64 = (PROBE_VERIFY + BASE_ANSWER_READ) as f64;
 /// Longest a probe waits for its account's allowance; beyond, it is refused.
-const PROBE_PACE_WAIT: Duration = Duration::from_secs(5);
+const PROBE_PACE_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting probe looks at its account's allowance again.
+const PROBE_RECHECK: Duration = Duration::from_millis(50);
 /// A discard stream ends after this many bytes...
 const DISCARD_BYTES: u64 = 4 << 30;
 /// ...or this long.
@@ -171,12 +176,15 @@ impl TransferService {
         })
     }
 
-    /// One of the `PROBE_JOBS` places, waiting behind at most `PROBE_WAITERS` others;
-    /// else `Busy`.
-    async fn probe_place(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ServerError> {
-        if let Ok(place) = self.probes.try_acquire() {
-            return Ok(place);
-        }
+    /// The turn of a probe of `user`: its account's allowance, then one of the
+    /// `PROBE_JOBS` places, waiting behind at most `PROBE_WAITERS` others (server-wide)
+    /// and at most `PROBE_PACE_WAIT` for the allowance; else `Busy`. The most a probe may
+    /// read is spent as it passes (so probes sent at once take turns); the caller gives
+    /// back what it did not read.
+    async fn probe_turn(
+        &self,
+        user: &str,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ServerError> {
         let waiting = self
             .probe_waiters
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -185,6 +193,18 @@ impl TransferService {
             return Err(ServerError::Busy(format!(
                 "{PROBE_WAITERS} probes are waiting"
             )));
+        }
+        let give_up = tokio::time::Instant::now() + PROBE_PACE_WAIT;
+        while let Err(wait) = self.probe_reads.try_spend(user, PROBE_MOST_READ) {
+            if tokio::time::Instant::now() + wait > give_up {
+                return Err(ServerError::Busy(format!(
+                    "this account's probes read more than {} MiB/s; try again in {} s",
+                    PROBE_READ_RATE as u64 >> 20,
+                    wait.as_secs() + 1
+                )));
+            }
+            // Looked at again soon: what earlier probes did not read comes back.
+            tokio::time::sleep(wait.min(PROBE_RECHECK)).await;
         }
         self.probes
             .acquire()
@@ -250,21 +270,7 @@ impl Transfer for TransferService {
         );
         let update = blocking(move || app.may_probe(&who, &disk, &version)).await?;
         tracing::info!(update = %update.guid, user = %session.user, terminal = %session.terminal, entries = req.entries.len(), "probe");
-        // The most it may read is spent ahead (so probes sent at once wait their turn),
-        // and what it did not read is given back.
-        let wait = self.probe_reads.wait(&session.user);
-        if wait > PROBE_PACE_WAIT {
-            return Err(ServerError::Busy(format!(
-                "this account's probes read more than {} MiB/s; try again in {} s",
-                PROBE_READ_RATE as u64 >> 20,
-                wait.as_secs() + 1
-            ))
-            .into());
-        }
-        let most = (PROBE_VERIFY + BASE_ANSWER_READ) as f64;
-        self.probe_reads.spend(&session.user, most);
-        tokio::time::sleep(wait).await;
-        let _permit = self.probe_place().await?;
+        let _permit = self.probe_turn(&session.user).await?;
         let (reads, user) = (self.probe_reads.clone(), session.user.clone());
         let app = self.app.clone();
         let probed = self.probed.clone();
@@ -302,7 +308,7 @@ impl Transfer for TransferService {
                 max_len,
                 PROBE_VERIFY,
             )?;
-            reads.refund(&user, most - read as f64);
+            reads.refund(&user, PROBE_MOST_READ - read as f64);
             let mut need = pb::Need::default();
             for (hash, _, base) in needs {
                 need.hashes.push(hotate_proto::hash_bytes(&hash));
@@ -428,6 +434,7 @@ impl Transfer for TransferService {
         let opened = pb::Opened {
             chunks_stored: update.chunks_received,
             bytes_stored: update.bytes_received,
+            page_copies: true,
         };
         let _ = tx.send(Ok(reply(upload_reply::Kind::Opened(opened)))).await;
         let upload = Upload::new(

@@ -109,6 +109,54 @@ fn a_real_filesystem_update_round_trips() {
 }
 
 #[test]
+fn an_install_that_repeats_files_sends_their_pages_once() {
+    let tools = has_command("mkfs.ext4") && has_command("debugfs");
+    if !hotate_tests::needs(
+        "an_install_that_repeats_files_sends_their_pages_once",
+        "mkfs.ext4 and debugfs",
+        tools,
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = images::install_pair(dir.path(), 128 << 20, 40, 5).expect("the install pair");
+    let site = Site::new(dir.path(), "lab", &pair.base, 1 << 20);
+    let server = Server::start(&site.data);
+    let terminal = Terminal::new(
+        dir.path(),
+        "PC-001",
+        &site.disk_id,
+        &site.first_version,
+        &pair.updated,
+    );
+    assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
+    let finish = terminal.run(&["update", "finish"]);
+    assert_ok(&finish);
+    let exported = site.export("lab", None, &dir.path().join("latest.img"));
+    same_file(&exported, &pair.updated);
+    // Sending every changed page, each block's compressed alone, is what an upload
+    // without copies sends; the repeats (a third of the pages) travel as references.
+    let changed = ChangedPages::of(&pair.base, &pair.updated, 1 << 20);
+    let per_block = changed.per_block(1 << 20) as f64;
+    let sent = reported_sent(&finish);
+    eprintln!(
+        "{:.1} MB of changed pages, {:.0}% repeated; {:.1} MB compressed per block; sent {:.1} MB",
+        changed.pages.len() as f64 / 1e6,
+        changed.repeated as f64 * 100.0 / changed.pages.len() as f64,
+        per_block / 1e6,
+        sent / 1e6
+    );
+    assert!(
+        changed.repeated * 5 > changed.pages.len() as u64,
+        "the pair repeats pages"
+    );
+    assert!(
+        sent < 0.85 * per_block,
+        "sent {sent} bytes for {per_block} of changed pages compressed per block"
+    );
+}
+
+#[test]
 fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
     let s = setup(4 << 20, 31);
     s.start_update();

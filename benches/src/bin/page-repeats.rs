@@ -1,0 +1,37 @@
+//! How much of an install's changed pages repeat other changed pages, for the plain and
+//! the install-like ext4 pairs of `upload-bench`, and the floor of their bytes.
+//!
+//! `page-repeats [SIZE_MIB] [CHANGE_PERCENT]` (defaults 2048, 10).
+
+use hotate_tests::pages::ChangedPages;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let size_mib: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2048);
+    let change: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
+    println!(
+        "| pair | changed blocks MB | changed pages MB | repeated | zstd -3 per block MB | floor MB |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for install in [false, true] {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("dir");
+        let size = size_mib << 20;
+        let pair = if install {
+            hotate_tests::images::install_pair(dir.path(), size, change, 2026)
+                .expect("the install pair needs mkfs.ext4 and debugfs")
+        } else {
+            hotate_tests::images::pair(dir.path(), size, change, 2026)
+        };
+        let changed = ChangedPages::of(&pair.base, &pair.updated, 1 << 20);
+        let per_block = changed.per_block(1 << 20);
+        println!(
+            "| {} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.1} |",
+            pair.kind,
+            changed.block_bytes as f64 / 1e6,
+            changed.pages.len() as f64 / 1e6,
+            changed.repeated as f64 * 100.0 / changed.pages.len().max(1) as f64,
+            per_block as f64 / 1e6,
+            changed.floor() as f64 / 1e6,
+        );
+    }
+}

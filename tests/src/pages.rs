@@ -1,0 +1,89 @@
+//! What an upload's changed pages hold: how many repeat other changed pages of the same
+//! update, what per-block compression makes of them, and the floor a long-window
+//! compressor reaches (`zstd -19 --long=27` of every changed page, in disk order), for
+//! tests and benches to measure against.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+
+use hotate_engine::Hash;
+
+const PAGE: usize = 4096;
+
+/// The changed pages of an image pair, by block.
+#[derive(Debug, Default)]
+pub struct ChangedPages {
+    /// Bytes of the blocks that changed (not zero, not held by the base).
+    pub block_bytes: u64,
+    /// The pages that differ from the base's page at the same place, in disk order.
+    pub pages: Vec<u8>,
+    /// Of those, bytes whose content an earlier changed page already had.
+    pub repeated: u64,
+}
+
+impl ChangedPages {
+    /// Reads both images a block at a time (the changed pages are kept).
+    ///
+    /// # Panics
+    /// When an image cannot be read.
+    pub fn of(base: &std::path::Path, updated: &std::path::Path, block: usize) -> Self {
+        let blocks = |path: &std::path::Path| {
+            let mut file = std::fs::File::open(path).expect("image");
+            std::iter::from_fn(move || {
+                let mut buf = vec![0u8; block];
+                let mut got = 0;
+                while got < block {
+                    match file.read(&mut buf[got..]).expect("read image") {
+                        0 => break,
+                        n => got += n,
+                    }
+                }
+                buf.truncate(got);
+                (got > 0).then_some(buf)
+            })
+        };
+        let held: HashSet<Hash> = blocks(base).map(|b| Hash::of(&b)).collect();
+        let mut seen = HashSet::new();
+        let mut out = Self::default();
+        for (b, u) in blocks(base).zip(blocks(updated)) {
+            if b == u || u.iter().all(|&x| x == 0) || held.contains(&Hash::of(&u)) {
+                continue;
+            }
+            out.block_bytes += u.len() as u64;
+            for (pb, pu) in b.chunks(PAGE).zip(u.chunks(PAGE)) {
+                if pb == pu {
+                    continue;
+                }
+                if !seen.insert(Hash::of(pu)) {
+                    out.repeated += pu.len() as u64;
+                }
+                out.pages.extend_from_slice(pu);
+            }
+        }
+        out
+    }
+
+    /// The changed pages compressed a block's worth at a time at zstd level 3: about
+    /// what an upload that sends every changed page sends, repeats included.
+    ///
+    /// # Panics
+    /// When zstd fails.
+    pub fn per_block(&self, block: usize) -> u64 {
+        self.pages
+            .chunks(block)
+            .map(|c| zstd::bulk::compress(c, 3).expect("zstd").len() as u64)
+            .sum()
+    }
+
+    /// `zstd -19 --long=27` of every changed page: the floor of the bytes an upload needs.
+    ///
+    /// # Panics
+    /// When zstd fails.
+    pub fn floor(&self) -> u64 {
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 19).expect("zstd");
+        encoder.long_distance_matching(true).expect("ldm");
+        encoder.window_log(27).expect("window");
+        encoder.write_all(&self.pages).expect("zstd");
+        encoder.finish().expect("zstd").len() as u64
+    }
+}
