@@ -249,9 +249,9 @@ struct Replies {
     failure: Mutex<Option<Status>>,
     /// Block bytes and encoded bytes of each chunk sent and not yet acknowledged stored.
     unconfirmed: Mutex<HashMap<Hash, (u64, u64)>>,
-    /// Chunks the server acknowledged stored in this session (one per needed block):
-    /// later chunks may copy their pages...
-    confirmed: Mutex<HashSet<Hash>>,
+    /// Chunks sent on this stream (one per needed block): the server verifies them in
+    /// order, so later chunks may copy their pages...
+    sent_chunks: Mutex<HashSet<Hash>>,
     /// ...when the server said it takes copies.
     copies: AtomicBool,
     progress: Arc<Progress>,
@@ -259,7 +259,7 @@ struct Replies {
 
 impl HeldChunks for Replies {
     fn holds(&self, hash: &Hash) -> bool {
-        self.confirmed
+        self.sent_chunks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(hash)
@@ -273,7 +273,7 @@ impl Replies {
             committed: Mutex::default(),
             failure: Mutex::default(),
             unconfirmed: Mutex::default(),
-            confirmed: Mutex::default(),
+            sent_chunks: Mutex::default(),
             copies: AtomicBool::new(false),
             progress,
         }
@@ -281,6 +281,10 @@ impl Replies {
 
     /// A chunk of a `len`-byte block, `wire` bytes encoded, is on its way.
     fn sent(&self, hash: Hash, len: u64, wire: u64) {
+        self.sent_chunks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash);
         let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
         if unconfirmed.insert(hash, (len, wire)).is_none() {
             self.progress.handed_over(len);
@@ -290,12 +294,10 @@ impl Replies {
     /// The server stored these chunks.
     fn stored(&self, hashes: &[bytes::Bytes]) {
         let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
-        let mut confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
         for hash in hashes
             .iter()
             .filter_map(|h| hotate_proto::parse_hash(h).ok())
         {
-            confirmed.insert(hash);
             if let Some((len, wire)) = unconfirmed.remove(&hash) {
                 self.progress.confirmed(len);
                 self.progress.stored(wire);

@@ -2185,7 +2185,8 @@ async fn copied_pages_rebuild_a_block_and_copies_from_elsewhere_are_refused() {
     };
     assert!(sent.encoded_len() < 5 * PAGE, "{}", sent.encoded_len());
 
-    // Copying from a chunk this upload did not offer, or one not stored yet: refused.
+    // Copying from a chunk this upload did not offer, or one neither stored nor sent
+    // before: refused.
     let (tx, mut replies) = open_stream(&server, &token, &guid).await;
     send(&tx, offer_of(1, &[(2, b)])).await;
     let _need = replies.message().await.expect("need");
@@ -2198,7 +2199,10 @@ async fn copied_pages_rebuild_a_block_and_copies_from_elsewhere_are_refused() {
     let _need = replies.message().await.expect("need");
     send(&tx, upload_request::Kind::Chunk(pb::Chunk::from(&sent))).await;
     let refused = outcome(&mut replies).await.expect_err("not stored");
-    assert!(refused.message().contains("not stored yet"), "{refused:?}");
+    assert!(
+        refused.message().contains("not sent before it"),
+        "{refused:?}"
+    );
 
     // A copy of the wrong page rebuilds another block: refused, nothing stored.
     let (tx, mut replies) = open_stream(&server, &token, &guid).await;
@@ -2220,22 +2224,43 @@ async fn copied_pages_rebuild_a_block_and_copies_from_elsewhere_are_refused() {
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("hashes to"), "{refused:?}");
 
-    // Sent right, the block is rebuilt, verified and committed; the export has it.
+    // Sent right, the block is rebuilt, verified and committed; so is one that copies
+    // pages of a chunk sent just before it, not yet acknowledged. The export has both.
+    let third = Bytes::from((200..216).map(page).collect::<Vec<_>>().concat());
+    let mut fourth: Vec<Vec<u8>> = (200..208).map(page).collect();
+    fourth.extend((300..308).map(page));
+    let fourth = Bytes::from(fourth.concat());
+    let (c, d) = (Hash::of(&third), Hash::of(&fourth));
+    let any = |_: &Hash| true;
+    assert!(PageIndex::compose(&index, &third, c, None, &any, 3).is_none());
+    let copies_c = PageIndex::compose(&index, &fourth, d, None, &any, 3).expect("copies");
+    assert_eq!(copies_c.copies.sources, [c]);
     let (tx, mut replies) = open_stream(&server, &token, &guid).await;
-    send(&tx, offer_of(1, &[(1, a), (2, b)])).await;
+    send(&tx, offer_of(1, &[(1, a), (2, b), (3, c), (4, d)])).await;
     let need = replies.message().await.expect("need").expect("a reply");
     let Some(upload_reply::Kind::Need(need)) = need.kind else {
         panic!("a need");
     };
-    assert_eq!(need.hashes.len(), 1, "the first block is stored already");
+    assert_eq!(need.hashes.len(), 3, "the first block is stored already");
     send(&tx, upload_request::Kind::Chunk(pb::Chunk::from(&sent))).await;
+    let whole = Outgoing::Whole(VerifiedChunk::seal(third.clone(), 3));
+    send(&tx, upload_request::Kind::Chunk(pb::Chunk::from(&whole))).await;
+    let after = Outgoing::Composed {
+        hash: d,
+        len: fourth.len(),
+        composed: copies_c,
+    };
+    send(&tx, upload_request::Kind::Chunk(pb::Chunk::from(&after))).await;
     let mut manifest = parent_manifest(&f);
-    manifest.set(1, Entry::Chunk(a)).expect("set");
-    manifest.set(2, Entry::Chunk(b)).expect("set");
+    for (index, hash) in [(1, a), (2, b), (3, c), (4, d)] {
+        manifest.set(index, Entry::Chunk(hash)).expect("set");
+    }
     send_finish(&tx, &manifest).await;
     let version = outcome(&mut replies).await.expect("committed");
     let exported = export(&f, &version);
     let block = 64 << 10;
     assert_eq!(&exported[block..2 * block], &first[..]);
     assert_eq!(&exported[2 * block..3 * block], &second[..]);
+    assert_eq!(&exported[3 * block..4 * block], &third[..]);
+    assert_eq!(&exported[4 * block..5 * block], &fourth[..]);
 }

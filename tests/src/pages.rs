@@ -19,7 +19,13 @@ pub struct ChangedPages {
     pub pages: Vec<u8>,
     /// Of those, bytes whose content an earlier changed page already had.
     pub repeated: u64,
+    /// Of those, bytes whose earlier page came at least `LAG` bytes of changed blocks
+    /// before (an upload's window of chunks in flight lies between).
+    pub repeated_far: u64,
 }
+
+/// Bytes of changed blocks between a page and the repeat counted in `repeated_far`.
+pub const LAG: u64 = 64 << 20;
 
 impl ChangedPages {
     /// Reads both images a block at a time (the changed pages are kept).
@@ -43,7 +49,7 @@ impl ChangedPages {
             })
         };
         let held: HashSet<Hash> = blocks(base).map(|b| Hash::of(&b)).collect();
-        let mut seen = HashSet::new();
+        let mut seen = std::collections::HashMap::new();
         let mut out = Self::default();
         for (b, u) in blocks(base).zip(blocks(updated)) {
             if b == u || u.iter().all(|&x| x == 0) || held.contains(&Hash::of(&u)) {
@@ -54,8 +60,16 @@ impl ChangedPages {
                 if pb == pu {
                     continue;
                 }
-                if !seen.insert(Hash::of(pu)) {
-                    out.repeated += pu.len() as u64;
+                match seen.entry(Hash::of(pu)) {
+                    std::collections::hash_map::Entry::Occupied(first) => {
+                        out.repeated += pu.len() as u64;
+                        if out.block_bytes - first.get() >= LAG {
+                            out.repeated_far += pu.len() as u64;
+                        }
+                    }
+                    std::collections::hash_map::Entry::Vacant(place) => {
+                        place.insert(out.block_bytes);
+                    }
                 }
                 out.pages.extend_from_slice(pu);
             }

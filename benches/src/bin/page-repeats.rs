@@ -25,11 +25,12 @@ fn main() {
         let changed = ChangedPages::of(&pair.base, &pair.updated, 1 << 20);
         let per_block = changed.per_block(1 << 20);
         println!(
-            "| {} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {:.0}% | {:.0}% | {:.1} | {:.1} |",
             pair.kind,
             changed.block_bytes as f64 / 1e6,
             changed.pages.len() as f64 / 1e6,
             changed.repeated as f64 * 100.0 / changed.pages.len().max(1) as f64,
+            changed.repeated_far as f64 * 100.0 / changed.pages.len().max(1) as f64,
             per_block as f64 / 1e6,
             changed.floor() as f64 / 1e6,
         );

@@ -9,8 +9,9 @@
 //! - chunks are verified, up to `VERIFY_BYTES` of blocks (and `VERIFY_JOBS`) at a time:
 //!   a delta that changes few pages by hashing those pages into its base's kept page
 //!   values, and stored as a patch of its base; others rebuilt against their base; a
-//!   block with pages copied from chunks this session offered and stored, rebuilt from
-//!   those chunks (read through a small cache) and stored whole or as a patch;
+//!   block with pages copied from chunks this session offered and either stored or
+//!   received before it ([`sources`](super::sources)), rebuilt from those chunks and
+//!   stored whole or as a patch;
 //! - verified chunks are stored durably in groups (one group commit for up to
 //!   `GROUP_COMMIT` chunks, or what verified within `GROUP_WAIT` of a group's first
 //!   chunk; one group in flight while the next fills) and acknowledged once on disk;
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
-use hotate_engine::{ChunkStore, Hash, Incoming, MAX_PATCH_DEPTH, Manifest, StoreError, Stored};
+use hotate_engine::{ChunkStore, Hash, Incoming, MAX_PATCH_DEPTH, Manifest, Stored};
 use hotate_proto::pb::{self, upload_reply, upload_request};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -109,8 +110,10 @@ pub(super) struct Upload {
     /// Block indexes offered in this session, a bit each: each may be offered once.
     offered: Vec<u64>,
     /// Hashes offered in this session (at most one per block): a chunk may copy pages
-    /// only from these, once stored.
+    /// only from these...
     offered_hashes: HashSet<Hash>,
+    /// ...stored, or received in this session before it.
+    received: HashSet<Hash>,
     /// Set when a newer stream takes the upload over.
     stop: watch::Receiver<bool>,
     /// Hashes asked for in this session and not yet stored.
@@ -159,6 +162,7 @@ impl Upload {
             session,
             offered: vec![0; parent.len().div_ceil(64)],
             offered_hashes: HashSet::new(),
+            received: HashSet::new(),
             parent,
             stop,
             pending: HashMap::new(),
@@ -429,7 +433,16 @@ impl Upload {
         }
         let max_len = self.parent.block_size().bytes();
         let (store, sources) = (self.store.clone(), self.sources.clone());
-        self.verifying.spawn_blocking(move || match chunk {
+        // Which chunks it copies from came on this stream (they may still be verifying).
+        let sent: Vec<bool> = match &chunk {
+            Incoming::Composed(composed) => (composed.composed.copies.sources.iter())
+                .map(|source| self.received.contains(source))
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.received.insert(hash);
+        let job_sources = sources.clone();
+        let verify = move || match chunk {
             Incoming::Whole(whole) => {
                 let received = whole.frame.payload.len() as u64;
                 let chunk = Stored::from(whole.verify(max_len)?);
@@ -461,27 +474,21 @@ impl Upload {
                     )),
                     None => None,
                 };
-                // Each chunk copied from, read and verified (it must be stored by now).
-                let sources = composed
-                    .composed
-                    .copies
-                    .sources
-                    .iter()
-                    .map(
-                        |source| match sources.get(store.as_ref(), source, max_len) {
-                            Err(StoreError::NotFound(_)) => Err(ServerError::BadRequest(format!(
-                                "chunk {} copies pages from chunk {}, which is not stored yet",
-                                hash.short(),
-                                source.short()
-                            ))),
-                            other => Ok(other?),
-                        },
-                    )
+                // Each chunk copied from: stored, or verified (or verifying) here.
+                let copied = (composed.composed.copies.sources.iter().zip(sent))
+                    .map(|(source, sent)| job_sources.get(store.as_ref(), source, sent, max_len))
                     .collect::<Result<Vec<_>, _>>()?;
                 let base = base.as_ref().map(|(content, depth)| (&content[..], *depth));
-                let chunk = composed.verify(len, base, &sources, max_len, COMPOSED_LEVEL)?;
+                let chunk = composed.verify(len, base, &copied, max_len, COMPOSED_LEVEL)?;
                 Ok((chunk, received))
             }
+        };
+        self.verifying.spawn_blocking(move || {
+            let verified = verify();
+            if let Ok((chunk, _)) = &verified {
+                sources.verified(chunk);
+            }
+            verified
         });
         Ok(())
     }
@@ -549,6 +556,8 @@ impl Upload {
         let group = done.map_err(ServerError::from)??;
         let mut stored = pb::Stored::default();
         let mut content = 0;
+        self.sources
+            .stored(group.iter().map(|(chunk, _)| chunk.hash()));
         for (chunk, bytes) in &group {
             if let Some(pending) = self.pending.remove(&chunk.hash()) {
                 content += pending.len as u64;
