@@ -655,10 +655,11 @@ async fn forward_needed(
     true
 }
 
-/// Compresses the needed blocks (as page deltas where the sink offered a base) on the
-/// blocking pool and hands them to the sink in order; a block that let its content go
-/// while its offer was in flight is read again (and must hash as offered): only its
-/// changed pages where it kept their digests and the sink offered a base.
+/// Compresses the needed blocks (as page deltas where the sink offered a base, with the
+/// pages a chunk sent before carried copied) on the blocking pool and hands them to the
+/// sink in order; a block that let its content go while its offer was in flight is read
+/// again (and must hash as offered): only its changed pages where it kept their digests
+/// and the sink offered a base.
 async fn compress_stage<S: ChunkSink>(
     source: Arc<dyn ImageSource>,
     geometry: Geometry,

@@ -155,9 +155,32 @@ struct RecordingSink {
     bases: HashMap<Hash, Base>,
     offered: Mutex<Vec<Offer>>,
     sent: Mutex<Vec<Outgoing>>,
+    /// Takes copied pages of the chunks put before.
+    copies: bool,
+}
+
+/// The chunks a [`RecordingSink`] was given.
+struct Given(Vec<Hash>);
+
+impl crate::pipeline::HeldChunks for Mutex<Given> {
+    fn holds(&self, hash: &Hash) -> bool {
+        self.lock().unwrap().0.contains(hash)
+    }
 }
 
 impl ChunkSink for RecordingSink {
+    fn held_chunks(&self) -> Option<Arc<dyn crate::pipeline::HeldChunks>> {
+        let given = self
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Outgoing::hash)
+            .collect();
+        self.copies
+            .then(|| Arc::new(Mutex::new(Given(given))) as Arc<dyn crate::pipeline::HeldChunks>)
+    }
+
     async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
         let needed = offers
             .iter()
@@ -226,6 +249,86 @@ async fn only_changed_blocks_are_offered_and_only_needed_ones_sent() {
     assert_eq!(outcome.progress.blocks_skipped, 17);
     assert_eq!(outcome.progress.bytes_done, updated.len() as u64);
     assert_eq!(outcome.manifest.get(6), Some(Entry::Zero));
+}
+
+/// Text-like content: words and numbers, compressible the way documents are.
+fn text(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 8] = [
+        "update ",
+        "kernel32.dll ",
+        "<assembly> ",
+        "version=10.0 ",
+        "the ",
+        "and ",
+        "Program Files ",
+        "\r\n",
+    ];
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(WORDS[(x % 8) as usize].as_bytes());
+        out.extend_from_slice((x >> 40).to_string().as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test]
+async fn pages_a_chunk_sent_before_carried_travel_as_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = vec![0u8; TEST_BLOCK * 8];
+    let store = Arc::new(MemoryStore::new());
+    let parent = import(write_image(&dir, "base", &base), &store)
+        .await
+        .manifest;
+    // Block 1 new; block 5 holds the same file one page further on.
+    let file = text(TEST_BLOCK, 9);
+    let mut updated = base.clone();
+    updated[TEST_BLOCK..2 * TEST_BLOCK].copy_from_slice(&file);
+    let at = 5 * TEST_BLOCK + PAGE;
+    updated[at..6 * TEST_BLOCK].copy_from_slice(&file[..TEST_BLOCK - PAGE]);
+    let source = write_image(&dir, "updated", &updated);
+    let mut sent = Vec::new();
+    for copies in [false, true] {
+        let sink = RecordingSink {
+            copies,
+            ..Default::default()
+        };
+        let config = PipelineConfig {
+            compress_jobs: 1,
+            ..PipelineConfig::default()
+        };
+        run(
+            source.clone(),
+            &parent,
+            &sink,
+            &config,
+            &Progress::default(),
+        )
+        .await
+        .unwrap();
+        let chunks = sink.sent.into_inner().unwrap();
+        sent.push(chunks.iter().map(Outgoing::encoded_len).sum::<usize>());
+        let composed = chunks.iter().find_map(|c| match c {
+            Outgoing::Composed { composed, hash, .. } => Some((*hash, composed.clone())),
+            _ => None,
+        });
+        if !copies {
+            assert!(composed.is_none());
+            continue;
+        }
+        let (hash, composed) = composed.expect("block 5 copies block 1's pages");
+        assert_eq!(composed.copies.from.len(), TEST_BLOCK / PAGE - 1);
+        let (block, _) = composed
+            .apply(TEST_BLOCK, None, &[Bytes::from(file.clone())], TEST_BLOCK)
+            .unwrap();
+        assert_eq!(Hash::of(&block), hash);
+        assert_eq!(&block[..], &updated[5 * TEST_BLOCK..6 * TEST_BLOCK]);
+    }
+    assert!(sent[1] * 3 < sent[0] * 2, "{sent:?}");
 }
 
 #[tokio::test]
