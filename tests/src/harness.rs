@@ -94,6 +94,12 @@ impl Site {
         }
     }
 
+    /// Terminal `name` (its state dir under `dir`) booted from the first version, whose
+    /// differential disk is `image`.
+    pub fn terminal(&self, dir: &Path, name: &str, image: &Path) -> Terminal {
+        Terminal::new(dir, name, &self.disk_id, &self.first_version, image)
+    }
+
     /// Exports a version (the latest when `None`) and returns its bytes.
     pub fn export(&self, disk: &str, version: Option<&str>, out: &Path) -> Vec<u8> {
         let mut args = vec![

@@ -22,6 +22,9 @@ pub struct ChangedPages {
     /// Of those, bytes whose earlier page came at least `LAG` bytes of changed blocks
     /// before (an upload's window of chunks in flight lies between).
     pub repeated_far: u64,
+    /// Bytes of changed pages (not zero) whose content some page of the base image has:
+    /// what an index of the pages the store holds could save.
+    pub in_base: u64,
 }
 
 /// Bytes of changed blocks between a page and the repeat counted in `repeated_far`.
@@ -49,6 +52,14 @@ impl ChangedPages {
             })
         };
         let held: HashSet<Hash> = blocks(base).map(|b| Hash::of(&b)).collect();
+        let base_pages: HashSet<Hash> = blocks(base)
+            .flat_map(|b| {
+                b.chunks(PAGE)
+                    .filter(|p| p.iter().any(|&x| x != 0))
+                    .map(Hash::of)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let mut seen = std::collections::HashMap::new();
         let mut out = Self::default();
         for (b, u) in blocks(base).zip(blocks(updated)) {
@@ -60,7 +71,11 @@ impl ChangedPages {
                 if pb == pu {
                     continue;
                 }
-                match seen.entry(Hash::of(pu)) {
+                let key = Hash::of(pu);
+                if base_pages.contains(&key) {
+                    out.in_base += pu.len() as u64;
+                }
+                match seen.entry(key) {
                     std::collections::hash_map::Entry::Occupied(first) => {
                         out.repeated += pu.len() as u64;
                         if out.block_bytes - first.get() >= LAG {

@@ -73,13 +73,7 @@ fn setup_changing(size: u64, change_percent: u32, seed: u64) -> Setup {
     let pair = images::synthetic_pair(dir.path(), size, change_percent, seed);
     let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
     let server = Server::start(&site.data);
-    let terminal = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
     Setup {
         dir,
         pair,

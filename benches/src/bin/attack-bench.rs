@@ -19,7 +19,7 @@ use hotate_proto::pb::{
     self, control_client::ControlClient, transfer_client::TransferClient, upload_reply,
     upload_request,
 };
-use hotate_tests::harness::{PASSWORD, Server, Site, Terminal, admin_ok, text};
+use hotate_tests::harness::{PASSWORD, Server, Site, admin_ok, text};
 use hotate_tests::images;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -325,13 +325,7 @@ async fn main() -> std::process::ExitCode {
     let idle = status_kb(pid, "VmRSS:");
 
     // The normal upload, paced so that it runs through the attacks.
-    let terminal = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
     let started = terminal.run(&["--url", &server.url(), "update", "start"]);
     assert!(started.status.success(), "{}", text(&started));
     let honest = terminal

@@ -1,4 +1,6 @@
-//! How much of an install's changed pages repeat other changed pages, for the plain and
+//! How much of an install's changed pages repeat other changed pages (and how many of
+//! those repeats lie beyond an upload's window of chunks in flight), how much is already
+//! in the base image (what an index of the store's pages could save), for the plain and
 //! the install-like ext4 pairs of `upload-bench`, and the floor of their bytes.
 //!
 //! `page-repeats [SIZE_MIB] [CHANGE_PERCENT]` (defaults 2048, 10).
@@ -25,12 +27,13 @@ fn main() {
         let changed = ChangedPages::of(&pair.base, &pair.updated, 1 << 20);
         let per_block = changed.per_block(1 << 20);
         println!(
-            "| {} | {:.1} | {:.1} | {:.0}% | {:.0}% | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {:.0}% | {:.0}% | {:.1}% | {:.1} | {:.1} |",
             pair.kind,
             changed.block_bytes as f64 / 1e6,
             changed.pages.len() as f64 / 1e6,
             changed.repeated as f64 * 100.0 / changed.pages.len().max(1) as f64,
             changed.repeated_far as f64 * 100.0 / changed.pages.len().max(1) as f64,
+            changed.in_base as f64 * 100.0 / changed.pages.len().max(1) as f64,
             per_block as f64 / 1e6,
             changed.floor() as f64 / 1e6,
         );

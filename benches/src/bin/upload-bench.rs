@@ -285,13 +285,7 @@ fn main() {
 
     let site = Site::new(dir.path(), "bench", &pair.base, args.block_size);
     let server = Server::start(&site.data);
-    let terminal = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
     let start = terminal.run(&["--url", &server.url(), "update", "start"]);
     assert!(start.status.success(), "{}", text(&start));
     let spec = LinkSpec {

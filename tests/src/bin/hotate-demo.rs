@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use hotate_tests::harness::{Server, Site, Terminal, text};
+use hotate_tests::harness::{Server, Site, text};
 use hotate_tests::images;
 
 fn main() -> ExitCode {
@@ -35,13 +35,7 @@ fn main() -> ExitCode {
     // The terminal boots the base version; its differential disk starts as the base.
     let disk = dir.path().join("terminal-disk.img");
     std::fs::copy(&pair.base, &disk).expect("copy base");
-    let terminal = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &disk,
-    );
+    let terminal = site.terminal(dir.path(), "PC-001", &disk);
     let step = |name: &str, out: std::process::Output| {
         print!("{}", String::from_utf8_lossy(&out.stdout));
         if !out.status.success() {

@@ -26,13 +26,7 @@ impl FaultySite {
         let pair = images::synthetic_pair(dir.path(), 16 << 20, 20, seed);
         let disk = FaultyDisk::create(dir.path(), 512 << 20);
         let site = Site::new(disk.root(), "win10", &pair.base, BLOCK);
-        let terminal = Terminal::new(
-            dir.path(),
-            "PC-001",
-            &site.disk_id,
-            &site.first_version,
-            &pair.updated,
-        );
+        let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
         Self {
             dir,
             pair,

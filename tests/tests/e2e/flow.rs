@@ -77,13 +77,7 @@ fn a_real_filesystem_update_round_trips() {
     let pair = images::pair(dir.path(), 64 << 20, 10, 13);
     let site = Site::new(dir.path(), "ubuntu", &pair.base, 1 << 20);
     let server = Server::start(&site.data);
-    let terminal = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
     assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
     let finish = terminal.run(&["update", "finish"]);
     assert_ok(&finish);
@@ -122,13 +116,7 @@ fn an_install_that_repeats_files_sends_their_pages_once() {
     let pair = images::install_pair(dir.path(), 128 << 20, 40, 5).expect("the install pair");
     let site = Site::new(dir.path(), "lab", &pair.base, 1 << 20);
     let server = Server::start(&site.data);
-    let terminal = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
     assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
     let finish = terminal.run(&["update", "finish"]);
     assert_ok(&finish);

@@ -200,13 +200,7 @@ fn an_overlay_over_another_image_than_the_booted_version_is_refused() {
         "updated.img",
         &["write -P 7 0 4k".to_owned()],
     );
-    let t = Terminal::new(
-        s.dir.path(),
-        "PC-009",
-        &s.site.disk_id,
-        &s.site.first_version,
-        &overlay,
-    );
+    let t = s.site.terminal(s.dir.path(), "PC-009", &overlay);
     t.set_format("auto", None);
     let url = s.server.url();
     assert_ok(&t.run(&["--url", &url, "update", "start"]));
@@ -255,13 +249,7 @@ fn a_vhdx_differencing_disk_on_the_terminal_uploads_only_its_changes() {
     for (offset, bytes) in &changes {
         expected[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(bytes);
     }
-    let t = Terminal::new(
-        s.dir.path(),
-        "PC-VHDX",
-        &s.site.disk_id,
-        &s.site.first_version,
-        &child,
-    );
+    let t = s.site.terminal(s.dir.path(), "PC-VHDX", &child);
     t.set_format("vhdx", None);
     assert_ok(&t.run(&["--url", &s.server.url(), "update", "start"]));
     let shown = text(&t.run(&["update", "show"]));
@@ -452,13 +440,7 @@ fn an_overlay_whose_parent_changed_after_update_start_is_refused_until_put_back(
         "base.img",
         &["write -P 9 3M 1M".to_owned()],
     );
-    let t = Terminal::new(
-        s.dir.path(),
-        "PC-010",
-        &s.site.disk_id,
-        &s.site.first_version,
-        &overlay,
-    );
+    let t = s.site.terminal(s.dir.path(), "PC-010", &overlay);
     t.set_format("qcow2", None);
     let started = t.run(&["--url", &s.server.url(), "update", "start"]);
     assert_ok(&started);

@@ -89,13 +89,7 @@ fn an_image_truncated_during_finish_is_a_clear_error_not_a_crash() {
         std::fs::write(&image, data).expect("image");
     }
     let server = Server::start(&site.data);
-    let terminal = Terminal::new(
-        s.dir.path(),
-        "PC-007",
-        &site.disk_id,
-        &site.first_version,
-        &image,
-    );
+    let terminal = site.terminal(s.dir.path(), "PC-007", &image);
     assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
     let child = finish_in_background(&terminal, &site, "4m");
     std::fs::File::options()
@@ -124,13 +118,7 @@ fn an_http_url_for_a_tls_server_says_it_expects_tls() {
     let site = Site::new(dir.path(), "win10", &pair.base, BLOCK);
     let (cert, key) = site.certificate(dir.path(), &["localhost"]);
     let server = Server::start_tls(&site.data, &cert, &key);
-    let terminal = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
     let out = terminal.run(&["--url", &server.url(), "update", "start"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -167,13 +155,7 @@ fn a_busy_server_is_waited_for_and_a_locked_out_login_says_when_to_retry() {
             "1",
         ],
     );
-    let first = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
+    let first = site.terminal(dir.path(), "PC-001", &pair.updated);
     let other = Terminal::new(
         dir.path(),
         "PC-002",
@@ -312,13 +294,7 @@ fn one_address_cannot_take_every_connection() {
         .count();
     assert!(closed >= 10, "only {closed} of 20 were refused");
     // A terminal from 127.0.0.1 still gets in.
-    let terminal = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
     let start = terminal.run(&["--url", &server.url(), "update", "start"]);
     assert!(start.status.success(), "{}", text(&start));
     drop(held);

@@ -56,13 +56,7 @@ fn a_server_restart_during_the_upload_resumes() {
         transfer.as_str(),
     ];
     let server = Server::start_with(&site.data, &args);
-    let terminal = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
     assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
     let slow = finish_in_background(&terminal, &site, "1m");
     drop(server); // killed, mid-upload

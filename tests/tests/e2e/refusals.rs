@@ -162,13 +162,7 @@ fn start_twice_another_terminal_and_cancel() {
         text(&twice)
     );
 
-    let other = Terminal::new(
-        s.dir.path(),
-        "PC-002",
-        &s.site.disk_id,
-        &s.site.first_version,
-        &s.pair.updated,
-    );
+    let other = s.site.terminal(s.dir.path(), "PC-002", &s.pair.updated);
     let busy = other.run(&["--url", &url, "update", "start"]);
     assert_eq!(busy.status.code(), Some(1));
     assert!(

@@ -225,13 +225,7 @@ fn a_start_killed_before_it_recorded_the_update_is_taken_back() {
     );
     assert_eq!(s.site.updates().len(), 1, "no second update was created");
     // Another terminal is still refused.
-    let other = Terminal::new(
-        s.dir.path(),
-        "PC-002",
-        &s.site.disk_id,
-        &s.site.first_version,
-        &s.pair.updated,
-    );
+    let other = s.site.terminal(s.dir.path(), "PC-002", &s.pair.updated);
     let refused = other.run(&["--url", &s.server.url(), "update", "start"]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(text(&refused).contains("PC-001"), "{}", text(&refused));

@@ -238,13 +238,7 @@ fn japanese_help_and_argument_errors() {
 fn a_server_refusal_is_worded_in_japanese() {
     let s = setup(1 << 20, 48);
     s.start_update();
-    let second = Terminal::new(
-        s.dir.path(),
-        "PC-002",
-        &s.site.disk_id,
-        &s.site.first_version,
-        &s.pair.updated,
-    );
+    let second = s.site.terminal(s.dir.path(), "PC-002", &s.pair.updated);
     let busy = second.run(&["--lang", "ja", "--url", &s.server.url(), "update", "start"]);
     assert_eq!(busy.status.code(), Some(1), "{}", text(&busy));
     assert!(

@@ -37,13 +37,7 @@ fn tls_with_a_generated_certificate() {
         );
     }
     let server = Server::start_tls(&site.data, &cert, &key);
-    let terminal = Terminal::new(
-        dir.path(),
-        "PC-001",
-        &site.disk_id,
-        &site.first_version,
-        &pair.updated,
-    );
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
     let url = format!("https://{}", server.control);
     // Without the CA the certificate is not trusted.
     let untrusted = terminal.run(&["--url", &url, "update", "start"]);
