@@ -1,7 +1,9 @@
 //! Realistic benchmark data: disk images with a mix of zero, compressible and random
-//! blocks, generated deterministically from a seed; and [`link`], the link emulator.
+//! blocks, generated deterministically from a seed; [`link`], the link emulator; and
+//! [`measure`], what a child process cost.
 
 pub mod link;
+pub mod measure;
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};

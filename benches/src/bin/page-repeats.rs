@@ -12,9 +12,9 @@ fn main() {
     let size_mib: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2048);
     let change: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
     println!(
-        "| pair | changed blocks MB | changed pages MB | repeated | zstd -3 per block MB | floor MB |"
+        "| pair | changed blocks MB | changed pages MB | repeated | repeated 64 MiB or more later | in the base image | zstd -3 per block MB | floor MB |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for install in [false, true] {
         let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("dir");
         let size = size_mib << 20;

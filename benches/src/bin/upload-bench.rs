@@ -26,10 +26,11 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hotate_benches::link::{self, LinkSpec};
+use hotate_benches::measure::{Usage, run_measured};
 use hotate_tests::harness::{Server, Site, Terminal, admin_ok, text};
 use hotate_tests::images;
 use hotate_tests::pages::ChangedPages;
@@ -93,47 +94,6 @@ fn parse_args() -> Args {
         }
     }
     args
-}
-
-/// CPU seconds and peak RSS of a finished child, from `wait4`.
-struct Usage {
-    wall: Duration,
-    cpu: f64,
-    max_rss_mib: f64,
-    success: bool,
-    stdout: String,
-}
-
-#[allow(unsafe_code, clippy::zombie_processes)] // reaped by wait4 below
-fn run_measured(cmd: &mut Command) -> Usage {
-    let started = Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = child.stdout.expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
-        out
-    });
-    let mut status = 0;
-    // SAFETY: `rusage` is plain data that wait4 fills; `pid` is our own child, reaped once.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to the locals above.
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(reaped, pid, "wait4 failed");
-    let wall = started.elapsed();
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Usage {
-        wall,
-        cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
-        max_rss_mib: usage.ru_maxrss as f64 / 1024.0,
-        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        stdout: reader.join().unwrap_or_default(),
-    }
 }
 
 /// CPU seconds and peak RSS of a running process, from /proc.
