@@ -6,7 +6,7 @@
 //! is small and bounded, so memory stays within the pipeline's window. `--limit-rate`
 //! paces the chunks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hotate_engine::{
-    ChunkSink, Hash, HeldChunks, ImageSource, Manifest, Need, Offer, Outgoing, PipelineConfig,
-    Progress, SinkError, pipeline, source,
+    ChunkSink, Hash, ImageSource, Manifest, Need, Offer, Outgoing, PipelineConfig, Progress,
+    SinkError, pipeline, source,
 };
 use hotate_proto::pb::{self, upload_reply, upload_request};
 use tokio::sync::{mpsc, oneshot};
@@ -249,21 +249,9 @@ struct Replies {
     failure: Mutex<Option<Status>>,
     /// Block bytes and encoded bytes of each chunk sent and not yet acknowledged stored.
     unconfirmed: Mutex<HashMap<Hash, (u64, u64)>>,
-    /// Chunks sent on this stream (one per needed block): the server verifies them in
-    /// order, so later chunks may copy their pages...
-    sent_chunks: Mutex<HashSet<Hash>>,
-    /// ...when the server said it takes copies.
+    /// The server said it takes copied pages.
     copies: AtomicBool,
     progress: Arc<Progress>,
-}
-
-impl HeldChunks for Replies {
-    fn holds(&self, hash: &Hash) -> bool {
-        self.sent_chunks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(hash)
-    }
 }
 
 impl Replies {
@@ -273,7 +261,6 @@ impl Replies {
             committed: Mutex::default(),
             failure: Mutex::default(),
             unconfirmed: Mutex::default(),
-            sent_chunks: Mutex::default(),
             copies: AtomicBool::new(false),
             progress,
         }
@@ -281,10 +268,6 @@ impl Replies {
 
     /// A chunk of a `len`-byte block, `wire` bytes encoded, is on its way.
     fn sent(&self, hash: Hash, len: u64, wire: u64) {
-        self.sent_chunks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hash);
         let mut unconfirmed = self.unconfirmed.lock().unwrap_or_else(|e| e.into_inner());
         if unconfirmed.insert(hash, (len, wire)).is_none() {
             self.progress.handed_over(len);
@@ -478,9 +461,8 @@ impl Outbox {
 }
 
 impl ChunkSink for NetworkSink {
-    fn held_chunks(&self) -> Option<Arc<dyn HeldChunks>> {
-        let copies = self.replies.copies.load(Ordering::Relaxed);
-        copies.then(|| self.replies.clone() as Arc<dyn HeldChunks>)
+    fn takes_copies(&self) -> bool {
+        self.replies.copies.load(Ordering::Relaxed)
     }
 
     async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {

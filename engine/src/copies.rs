@@ -239,11 +239,15 @@ fn page_key(page: &[u8]) -> u128 {
 }
 
 /// The pages a sender has sent, by content: where each was first sent (the chunk, by
-/// its place in `chunks`, and its page number there). At most [`PAGE_INDEX_ENTRIES`].
+/// its place in the upload's order of needed chunks, and its page number there). At most
+/// [`PAGE_INDEX_ENTRIES`]. Blocks are composed concurrently, so each page keeps its
+/// earliest place whatever the order they come in: a block's copies depend only on the
+/// chunks before it, and a dry run predicts an upload's bytes exactly.
 #[derive(Debug, Default)]
 pub struct PageIndex {
     pages: HashMap<u128, (u32, u32)>,
-    chunks: Vec<Hash>,
+    /// Each needed chunk's hash, by its place.
+    chunks: Vec<Option<Hash>>,
 }
 
 impl PageIndex {
@@ -256,47 +260,63 @@ impl PageIndex {
         self.pages.is_empty()
     }
 
-    /// `block` (hashing to `hash`) as a composed block: its pages that earlier chunks
-    /// the receiver `holds` carried become copies; those of `base` (when offered) stay
-    /// the base's; the rest travel compressed at `level`. Remembers the pages it sends.
-    /// `None` when no page is copied: the block then travels as before (whole, or as a
-    /// delta against its base). Pages are hashed and compressed outside the lock.
+    /// `block` (hashing to `hash`, the needed chunk at `place` in the upload's order) as a
+    /// composed block: its pages that a chunk before `sent` (the places the receiver has
+    /// been sent) carried become copies; those of `base` (when offered) stay the base's;
+    /// the rest travel compressed at `level`. Remembers the pages it sends. `None` when no
+    /// page is copied: the block then travels as before (whole, or as a delta against its
+    /// base). Pages are hashed and compressed outside the lock.
     pub fn compose(
         index: &std::sync::Mutex<Self>,
         block: &Bytes,
-        hash: Hash,
+        chunk: (Hash, u32),
+        sent: u32,
         base: Option<&Base>,
-        holds: &dyn Fn(&Hash) -> bool,
         level: i32,
     ) -> Option<Composed> {
         let count = block.len().div_ceil(PAGE);
         let base = base.filter(|b| b.pages.pages() == count);
-        // Per page: `None` for the base's, else its key (`None` inside for zeros).
-        let keys: Vec<Option<Option<u128>>> = block
+        let changed: Vec<(usize, &[u8])> = block
             .chunks(PAGE)
             .enumerate()
-            .map(|(i, page)| {
-                if base.is_some_and(|b| b.pages.matches(i, page)) {
-                    None
-                } else {
-                    Some((!is_zero(page)).then(|| page_key(page)))
-                }
-            })
+            .filter(|&(i, page)| !base.is_some_and(|b| b.pages.matches(i, page)))
             .collect();
-        let copies = index
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .copies(&keys, hash, holds)?;
+        let base = base.map(|b| b.hash);
+        Self::compose_pages(index, count, &changed, chunk, sent, base, level)
+    }
+
+    /// As [`PageIndex::compose`], for a block of `count` pages whose pages that are not
+    /// its base's are `changed` (number and content, in order): all of them without a
+    /// base.
+    pub fn compose_pages(
+        index: &std::sync::Mutex<Self>,
+        count: usize,
+        changed: &[(usize, &[u8])],
+        (hash, place): (Hash, u32),
+        sent: u32,
+        base: Option<Hash>,
+        level: i32,
+    ) -> Option<Composed> {
+        // Per page: `None` for the base's, else its key (`None` inside for zeros).
+        let mut keys: Vec<Option<Option<u128>>> = vec![None; count];
+        for &(i, page) in changed {
+            keys[i] = Some((!is_zero(page)).then(|| page_key(page)));
+        }
+        let copies =
+            index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .copies(&keys, (hash, place), sent)?;
         let mut literal_map = vec![0u8; count.div_ceil(8)];
         let mut literal = BytesMut::new();
-        for (i, page) in block.chunks(PAGE).enumerate() {
-            if keys[i].is_some() && !bit(&copies.map, i) {
+        for &(i, page) in changed {
+            if !bit(&copies.map, i) {
                 literal_map[i / 8] |= 1 << (i % 8);
                 literal.extend_from_slice(page);
             }
         }
         Some(Composed {
-            base: base.map(|b| b.hash),
+            base,
             literal: Bytes::from(literal_map),
             pages: Frame::encode(literal.freeze(), level),
             copies,
@@ -304,15 +324,19 @@ impl PageIndex {
     }
 
     /// The copies of a block whose pages have `keys` (as [`PageIndex::compose`] makes
-    /// them), if any; remembers the pages that are not copied, as chunk `hash`'s.
+    /// them), if any; remembers the pages that are not copied, as chunk `hash`'s at
+    /// `place`.
     fn copies(
         &mut self,
         keys: &[Option<Option<u128>>],
-        hash: Hash,
-        holds: &dyn Fn(&Hash) -> bool,
+        (hash, place): (Hash, u32),
+        sent: u32,
     ) -> Option<Copies> {
-        let id = u32::try_from(self.chunks.len()).ok()?;
-        self.chunks.push(hash);
+        let at = place as usize;
+        if self.chunks.len() <= at {
+            self.chunks.resize(at + 1, None);
+        }
+        self.chunks[at] = Some(hash);
         let mut copies = Copies::default();
         let mut map = vec![0u8; keys.len().div_ceil(8)];
         let mut fresh = Vec::new();
@@ -320,8 +344,8 @@ impl PageIndex {
             let Some(key) = *key else { continue };
             let found = key
                 .and_then(|key| self.pages.get(&key).copied())
-                .map(|(chunk, at)| (self.chunks[chunk as usize], at))
-                .filter(|(source, _)| holds(source));
+                .filter(|&(chunk, _)| chunk < sent)
+                .and_then(|(chunk, at)| Some((self.chunks[chunk as usize]?, at)));
             let slot = found.and_then(|(source, at)| {
                 let slot = match copies.sources.iter().position(|s| *s == source) {
                     Some(slot) => slot,
@@ -342,10 +366,16 @@ impl PageIndex {
             }
         }
         for (key, page) in fresh {
-            if self.pages.len() >= PAGE_INDEX_ENTRIES {
-                break;
+            let room = self.pages.len() < PAGE_INDEX_ENTRIES;
+            match self.pages.get_mut(&key) {
+                // The earliest place wins, whichever block came first.
+                Some(first) if first.0 > place => *first = (place, page),
+                Some(_) => {}
+                None if room => {
+                    self.pages.insert(key, (place, page));
+                }
+                None => {}
             }
-            self.pages.entry(key).or_insert((id, page));
         }
         if copies.from.is_empty() {
             return None;
@@ -393,9 +423,8 @@ mod tests {
         let pages: Vec<Vec<u8>> = (0..16).map(page).collect();
         let first = block_of(&pages);
         let mut held = HashMap::new();
-        let everything = |_: &Hash| true;
         assert!(
-            PageIndex::compose(&index, &first, Hash::of(&first), None, &everything, 3).is_none(),
+            PageIndex::compose(&index, &first, (Hash::of(&first), 0), 0, None, 3).is_none(),
             "nothing seen yet"
         );
         held.insert(Hash::of(&first), first.clone());
@@ -403,7 +432,7 @@ mod tests {
         let mut moved: Vec<Vec<u8>> = (100..104).map(page).collect();
         moved.extend(pages[..12].iter().cloned());
         let second = block_of(&moved);
-        let composed = PageIndex::compose(&index, &second, Hash::of(&second), None, &everything, 3)
+        let composed = PageIndex::compose(&index, &second, (Hash::of(&second), 1), 1, None, 3)
             .expect("copies");
         assert_eq!(composed.copies.from.len(), 12);
         assert_eq!(composed.copies.sources, [Hash::of(&first)]);
@@ -420,23 +449,27 @@ mod tests {
         .verify(BLOCK, None, std::slice::from_ref(&first), BLOCK, 3)
         .unwrap();
         assert!(matches!(stored, Stored::Whole(_)));
-        // Pages of a chunk the receiver does not hold yet are not copied.
+        // Pages of a chunk not sent before this one are not copied, whichever block was
+        // composed first.
         let fresh = std::sync::Mutex::new(PageIndex::default());
-        assert!(
-            PageIndex::compose(&fresh, &first, Hash::of(&first), None, &everything, 3).is_none()
-        );
-        let nothing = |_: &Hash| false;
-        assert!(
-            PageIndex::compose(&fresh, &second, Hash::of(&second), None, &nothing, 3).is_none()
+        assert!(PageIndex::compose(&fresh, &second, (Hash::of(&second), 1), 0, None, 3).is_none());
+        let earlier = PageIndex::compose(&fresh, &first, (Hash::of(&first), 0), 0, None, 3);
+        assert!(earlier.is_none(), "a later chunk's pages are never copied");
+        let later = block_of(&[moved[4..].to_vec(), (500..504).map(page).collect()].concat());
+        let composed =
+            PageIndex::compose(&fresh, &later, (Hash::of(&later), 2), 2, None, 3).expect("copies");
+        assert_eq!(
+            composed.copies.sources,
+            [Hash::of(&first)],
+            "the earliest place"
         );
     }
 
     #[test]
     fn base_pages_copies_and_literals_make_one_block_kept_as_a_patch() {
         let index = std::sync::Mutex::new(PageIndex::default());
-        let everything = |_: &Hash| true;
         let runtime = block_of(&(0..16).map(page).collect::<Vec<_>>());
-        PageIndex::compose(&index, &runtime, Hash::of(&runtime), None, &everything, 3);
+        PageIndex::compose(&index, &runtime, (Hash::of(&runtime), 0), 0, None, 3);
         // A base block; the new block keeps ten of its pages, copies four, adds two.
         let old: Vec<Vec<u8>> = (200..216).map(page).collect();
         let mut new = old.clone();
@@ -451,9 +484,8 @@ mod tests {
             hash: Hash::of(&old),
             pages: PageDigests::of(&old),
         };
-        let composed =
-            PageIndex::compose(&index, &new, Hash::of(&new), Some(&base), &everything, 3)
-                .expect("copies");
+        let composed = PageIndex::compose(&index, &new, (Hash::of(&new), 1), 1, Some(&base), 3)
+            .expect("copies");
         assert_eq!(composed.base, Some(base.hash));
         assert_eq!(composed.copies.from, [(0, 5), (0, 6), (0, 7), (0, 8)]);
         let held = HashMap::from([(Hash::of(&runtime), runtime.clone())]);
@@ -519,20 +551,19 @@ mod tests {
     #[test]
     fn the_sources_per_block_and_the_index_are_bounded() {
         let index = std::sync::Mutex::new(PageIndex::default());
-        let everything = |_: &Hash| true;
         // Ten chunks, each with one page the next block repeats.
         let mut repeated = Vec::new();
         for n in 0..10u64 {
             let mut pages: Vec<Vec<u8>> = (0..16).map(|i| page(1000 * (n + 1) + i)).collect();
             pages[0] = page(n);
             let block = block_of(&pages);
-            PageIndex::compose(&index, &block, Hash::of(&block), None, &everything, 3);
+            PageIndex::compose(&index, &block, (Hash::of(&block), n as u32), 0, None, 3);
             repeated.push(page(n));
         }
         repeated.extend((0..6).map(|i| page(50_000 + i)));
         let block = block_of(&repeated);
         let composed =
-            PageIndex::compose(&index, &block, Hash::of(&block), None, &everything, 3).unwrap();
+            PageIndex::compose(&index, &block, (Hash::of(&block), 10), 10, None, 3).unwrap();
         assert_eq!(composed.copies.sources.len(), MAX_COPY_SOURCES);
         assert_eq!(composed.copies.from.len(), MAX_COPY_SOURCES);
         assert!(index.lock().unwrap().len() <= PAGE_INDEX_ENTRIES);

@@ -30,8 +30,8 @@ pub use hash::Hash;
 pub use manifest::{Entry, Manifest, ManifestError};
 pub use page_tree::PageTree;
 pub use pipeline::{
-    ChunkSink, HeldChunks, Need, Offer, Outcome, PipelineConfig, PipelineError, Progress,
-    ProgressSnapshot, SinkError, StoreSink,
+    ChunkSink, Need, Offer, Outcome, PipelineConfig, PipelineError, Progress, ProgressSnapshot,
+    SinkError, StoreSink,
 };
 pub use source::{Format, ImageSource, Qcow2Image, RawImage, VhdImage, VhdxImage};
 pub use store::{ChunkStore, FsStore, Layout, MemoryStore, Paged, StoreError, Stored};

@@ -275,9 +275,8 @@ mod tests {
         let first = Bytes::from([page(1), page(2), page(3), page(4)].concat());
         let second = Bytes::from([page(9), page(3), page(1), page(8)].concat());
         let index = std::sync::Mutex::new(PageIndex::default());
-        let held = |_: &Hash| true;
-        assert!(PageIndex::compose(&index, &first, Hash::of(&first), None, &held, 3).is_none());
-        let composed = PageIndex::compose(&index, &second, Hash::of(&second), None, &held, 3)
+        assert!(PageIndex::compose(&index, &first, (Hash::of(&first), 0), 0, None, 3).is_none());
+        let composed = PageIndex::compose(&index, &second, (Hash::of(&second), 1), 1, None, 3)
             .expect("two pages copied");
         let sent = Outgoing::Composed {
             hash: Hash::of(&second),

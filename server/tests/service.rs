@@ -2174,10 +2174,9 @@ async fn copied_pages_rebuild_a_block_and_copies_from_elsewhere_are_refused() {
     let (first, second) = (Bytes::from(first.concat()), Bytes::from(second.concat()));
     let (a, b) = (Hash::of(&first), Hash::of(&second));
     let index = std::sync::Mutex::new(PageIndex::default());
-    let only_a = |h: &Hash| *h == a;
-    assert!(PageIndex::compose(&index, &first, a, None, &only_a, 3).is_none());
+    assert!(PageIndex::compose(&index, &first, (a, 0), 0, None, 3).is_none());
     let composed =
-        PageIndex::compose(&index, &second, b, None, &only_a, 3).expect("twelve copied pages");
+        PageIndex::compose(&index, &second, (b, 1), 1, None, 3).expect("twelve copied pages");
     let sent = Outgoing::Composed {
         hash: b,
         len: second.len(),
@@ -2231,9 +2230,8 @@ async fn copied_pages_rebuild_a_block_and_copies_from_elsewhere_are_refused() {
     fourth.extend((300..308).map(page));
     let fourth = Bytes::from(fourth.concat());
     let (c, d) = (Hash::of(&third), Hash::of(&fourth));
-    let any = |_: &Hash| true;
-    assert!(PageIndex::compose(&index, &third, c, None, &any, 3).is_none());
-    let copies_c = PageIndex::compose(&index, &fourth, d, None, &any, 3).expect("copies");
+    assert!(PageIndex::compose(&index, &third, (c, 2), 2, None, 3).is_none());
+    let copies_c = PageIndex::compose(&index, &fourth, (d, 3), 3, None, 3).expect("copies");
     assert_eq!(copies_c.copies.sources, [c]);
     let (tx, mut replies) = open_stream(&server, &token, &guid).await;
     send(&tx, offer_of(1, &[(1, a), (2, b), (3, c), (4, d)])).await;

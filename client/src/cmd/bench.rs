@@ -12,8 +12,8 @@ use bytes::Bytes;
 use hotate_engine::block::DEFAULT_ZSTD_LEVEL;
 use hotate_engine::direct_io::AlignedBuf;
 use hotate_engine::{
-    ChunkSink, Frame, Hash, HeldChunks, ImageSource, Manifest, Need, Offer, Outgoing,
-    PipelineConfig, Progress, ProgressSnapshot, SinkError, pipeline,
+    ChunkSink, Frame, Hash, ImageSource, Manifest, Need, Offer, Outgoing, PipelineConfig, Progress,
+    ProgressSnapshot, SinkError, pipeline,
 };
 use hotate_proto::pb::{self, transfer_client::TransferClient};
 use serde::Serialize;
@@ -167,7 +167,6 @@ pub async fn run(ctx: &Context, options: &BenchOptions) -> anyhow::Result<()> {
         url: transfer_url.clone(),
         disk_id: disk.id.clone(),
         version: base_version.clone(),
-        sent: Arc::default(),
     };
     let (dry_run_secs, done) = dry_run(image.clone(), &parent, &sink, layers)
         .await
@@ -552,25 +551,11 @@ struct ProbeSink {
     url: String,
     disk_id: String,
     version: String,
-    /// The chunks "sent", which later ones may copy pages from.
-    sent: Arc<SentChunks>,
-}
-
-#[derive(Debug, Default)]
-struct SentChunks(std::sync::Mutex<std::collections::HashSet<Hash>>);
-
-impl HeldChunks for SentChunks {
-    fn holds(&self, hash: &Hash) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(hash)
-    }
 }
 
 impl ChunkSink for ProbeSink {
-    fn held_chunks(&self) -> Option<Arc<dyn HeldChunks>> {
-        Some(self.sent.clone())
+    fn takes_copies(&self) -> bool {
+        true
     }
 
     async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
@@ -589,12 +574,7 @@ impl ChunkSink for ProbeSink {
         Ok(hotate_proto::needs(&need))
     }
 
-    async fn put(&self, chunk: Outgoing) -> Result<(), SinkError> {
-        self.sent
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(chunk.hash());
+    async fn put(&self, _chunk: Outgoing) -> Result<(), SinkError> {
         Ok(())
     }
 }

@@ -40,7 +40,7 @@ use crate::source::ImageSource;
 use buffers::{BlockBuffers, Lease};
 
 pub use progress::{Progress, ProgressSnapshot};
-pub use sink::{ChunkSink, HeldChunks, Need, Offer, SinkError, StoreSink};
+pub use sink::{ChunkSink, Need, Offer, SinkError, StoreSink};
 
 /// Default bytes of block data held in memory at once.
 pub const DEFAULT_WINDOW: usize = 64 << 20;
@@ -669,6 +669,7 @@ async fn compress_stage<S: ChunkSink>(
     input: mpsc::Receiver<Hashed>,
 ) -> Result<(), PipelineError> {
     let level = config.zstd_level;
+    let jobs = config.compress_jobs.max(1);
     // The pages sent so far, for a receiver that takes copies.
     let index = Arc::new(std::sync::Mutex::new(PageIndex::default()));
     ReceiverStream::new(input)
@@ -678,9 +679,18 @@ async fn compress_stage<S: ChunkSink>(
             };
             Some((hash, block))
         })
-        .map(|(hash, block)| {
+        .enumerate()
+        .map(|(place, (hash, block))| {
             let source = source.clone();
-            let copies = sink.held_chunks().map(|held| (index.clone(), held));
+            // When a chunk's job starts, every chunk `jobs` places before it has been put
+            // (`buffered` starts one as one ends): it may copy their pages. Counting
+            // places, not puts, keeps a dry run's bytes those of the upload.
+            let place = u32::try_from(place).unwrap_or(u32::MAX);
+            let copies = sink.takes_copies().then(|| Copying {
+                index: index.clone(),
+                place,
+                sent: place.saturating_add(1).saturating_sub(jobs as u32),
+            });
             async move {
                 let len = block.len;
                 let (chunk, held, reread) = tokio::task::spawn_blocking(move || {
@@ -691,7 +701,7 @@ async fn compress_stage<S: ChunkSink>(
                 Ok::<_, PipelineError>((chunk, held, len))
             }
         })
-        .buffered(config.compress_jobs.max(1))
+        .buffered(jobs)
         .try_for_each(|(chunk, held, len)| async move {
             Progress::add(&progress.bytes_compressed, len);
             Progress::add(&progress.bytes_sent, chunk.encoded_len() as u64);
@@ -704,11 +714,16 @@ async fn compress_stage<S: ChunkSink>(
         .await
 }
 
-/// The page index, and the chunks the receiver holds, for a receiver that takes copies.
-type CopyIndex = (Arc<std::sync::Mutex<PageIndex>>, Arc<dyn HeldChunks>);
+/// What a block may copy, for a receiver that takes copies: the pages sent, its place
+/// among the needed chunks, and how many places before it were sent.
+struct Copying {
+    index: Arc<std::sync::Mutex<PageIndex>>,
+    place: u32,
+    sent: u32,
+}
 
-/// A needed block as it leaves (with `copies`, pages an earlier chunk the receiver holds
-/// carried are copied; a delta against its offered base where that is smaller), the raw
+/// A needed block as it leaves (with `copies`, pages a chunk sent before carried are
+/// copied; a delta against its offered base where that is smaller), the raw
 /// content it holds until the sink has it, and the bytes read again for it.
 fn encode(
     source: &dyn ImageSource,
@@ -716,13 +731,57 @@ fn encode(
     hash: Hash,
     block: Hashed,
     level: i32,
-    copies: Option<CopyIndex>,
+    copies: Option<Copying>,
 ) -> Result<(Outgoing, Option<Bytes>, u64), PipelineError> {
     let len = block.len as usize;
     if let (None, Some(pages), Some(base)) = (&block.data, &block.pages, &block.base)
-        && let Some((delta, read)) =
-            read_changed_pages(source, geometry, block.index, pages, base, level)?
+        && let Some((changed, content)) =
+            read_changed_pages(source, geometry, block.index, pages, base)?
     {
+        let read = content.len() as u64;
+        // The same copies as when the block kept its content: its other pages are the
+        // base's either way.
+        if let Some(Copying { index, place, sent }) = &copies {
+            let mut at = 0;
+            let slices: Vec<(usize, &[u8])> = changed
+                .iter()
+                .map(|&i| {
+                    let page_len = PAGE.min(len - i * PAGE);
+                    at += page_len;
+                    (i, &content[at - page_len..at])
+                })
+                .collect();
+            let (count, chunk) = (len.div_ceil(PAGE), (hash, *place));
+            let composed = PageIndex::compose_pages(
+                index,
+                count,
+                &slices,
+                chunk,
+                *sent,
+                Some(base.hash),
+                level,
+            );
+            if let Some(composed) = composed {
+                return Ok((
+                    Outgoing::Composed {
+                        hash,
+                        len,
+                        composed,
+                    },
+                    None,
+                    read,
+                ));
+            }
+        }
+        let mut map = vec![0u8; len.div_ceil(PAGE).div_ceil(8)];
+        for &i in &changed {
+            map[i / 8] |= 1 << (i % 8);
+        }
+        let delta = Delta {
+            base: base.hash,
+            changed: Bytes::from(map),
+            pages: Frame::encode(content, level),
+        };
         return Ok((Outgoing::Delta { hash, len, delta }, None, read));
     }
     let (data, reread) = match block.data {
@@ -731,9 +790,9 @@ fn encode(
     };
     // The raw block keeps its place in the window until the sink has it.
     let held = data.clone();
-    if let Some((index, receiver)) = copies {
-        let holds = |hash: &Hash| receiver.holds(hash);
-        let composed = PageIndex::compose(&index, &data, hash, block.base.as_ref(), &holds, level);
+    if let Some(Copying { index, place, sent }) = copies {
+        let base = block.base.as_ref();
+        let composed = PageIndex::compose(&index, &data, (hash, place), sent, base, level);
         if let Some(composed) = composed {
             let len = data.len();
             return Ok((
@@ -757,18 +816,17 @@ fn encode(
     Ok((chunk, Some(held), reread))
 }
 
-/// The delta of block `index` against `base`, reading again only the pages whose digest
-/// (`pages`, taken when the block was first read) differs from the base's; `None` when
-/// no page or every page differs (the whole block then travels). Each page read must
-/// still have its digest. Returns the delta and the bytes read.
+/// The pages of block `index` that differ from `base`, read again: those whose digest
+/// (`pages`, taken when the block was first read) differs from the base's, by number,
+/// and their content; `None` when no page or every page differs (the whole block then
+/// travels). Each page read must still have its digest.
 fn read_changed_pages(
     source: &dyn ImageSource,
     geometry: Geometry,
     index: u64,
     pages: &PageDigests,
     base: &Base,
-    level: i32,
-) -> Result<Option<(Delta, u64)>, PipelineError> {
+) -> Result<Option<(Vec<usize>, Bytes)>, PipelineError> {
     let count = pages.pages();
     if count != base.pages.pages() {
         return Ok(None);
@@ -780,7 +838,6 @@ fn read_changed_pages(
         return Ok(None);
     }
     let range = geometry.range(index);
-    let mut map = vec![0u8; count.div_ceil(8)];
     let mut content = BytesMut::with_capacity(changed.len() * PAGE);
     let mut buf = crate::direct_io::AlignedBuf::zeroed(PAGE);
     // Runs of adjacent changed pages are read at once.
@@ -806,17 +863,10 @@ fn read_changed_pages(
             if !pages.matches(page, bytes) {
                 return Err(PipelineError::Changed { offset: start });
             }
-            map[page / 8] |= 1 << (page % 8);
         }
         content.extend_from_slice(&buf[..len]);
     }
-    let read = content.len() as u64;
-    let delta = Delta {
-        base: base.hash,
-        changed: Bytes::from(map),
-        pages: Frame::encode(content.freeze(), level),
-    };
-    Ok(Some((delta, read)))
+    Ok(Some((changed, content.freeze())))
 }
 
 /// Reads block `index` again, for a needed block that let its content go while its

@@ -30,12 +30,6 @@ impl Need {
     }
 }
 
-/// Chunks the receiver keeps for this upload, whose pages later chunks may copy.
-pub trait HeldChunks: Send + Sync {
-    /// Whether the receiver has stored `hash` in this upload.
-    fn holds(&self, hash: &Hash) -> bool;
-}
-
 /// The error a sink reports; the pipeline passes it through unchanged.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -54,10 +48,10 @@ pub trait ChunkSink: Send + Sync {
     /// Takes one needed chunk; a delta only against the base its need named.
     fn put(&self, chunk: Outgoing) -> impl Future<Output = Result<(), SinkError>> + Send;
 
-    /// The chunks later ones may copy pages from, when the receiver rebuilds blocks from
-    /// copied pages ([`Outgoing::Composed`]); `None` when it does not.
-    fn held_chunks(&self) -> Option<Arc<dyn HeldChunks>> {
-        None
+    /// Whether the receiver rebuilds blocks from pages copied from chunks put before
+    /// them ([`Outgoing::Composed`]), taking chunks in the order they are put.
+    fn takes_copies(&self) -> bool {
+        false
     }
 
     /// Called once after the last `put`: whatever the sink buffered must be kept now.

@@ -159,26 +159,9 @@ struct RecordingSink {
     copies: bool,
 }
 
-/// The chunks a [`RecordingSink`] was given.
-struct Given(Vec<Hash>);
-
-impl crate::pipeline::HeldChunks for Mutex<Given> {
-    fn holds(&self, hash: &Hash) -> bool {
-        self.lock().unwrap().0.contains(hash)
-    }
-}
-
 impl ChunkSink for RecordingSink {
-    fn held_chunks(&self) -> Option<Arc<dyn crate::pipeline::HeldChunks>> {
-        let given = self
-            .sent
-            .lock()
-            .unwrap()
-            .iter()
-            .map(Outgoing::hash)
-            .collect();
+    fn takes_copies(&self) -> bool {
         self.copies
-            .then(|| Arc::new(Mutex::new(Given(given))) as Arc<dyn crate::pipeline::HeldChunks>)
     }
 
     async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
