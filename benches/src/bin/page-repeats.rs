@@ -1,10 +1,12 @@
 //! How much of an install's changed pages repeat other changed pages (and how many of
 //! those repeats lie beyond an upload's window of chunks in flight), how much is already
 //! in the base image (what an index of the store's pages could save), for the plain and
-//! the install-like ext4 pairs of `upload-bench`, and the floor of their bytes.
+//! the install-like pairs of `upload-bench` on ext4 and on NTFS (when ntfs-3g is
+//! installed), and the floor of their bytes.
 //!
 //! `page-repeats [SIZE_MIB] [CHANGE_PERCENT]` (defaults 2048, 10).
 
+use hotate_tests::images::{self, FileSystem, Repeats};
 use hotate_tests::pages::ChangedPages;
 
 fn main() {
@@ -15,14 +17,15 @@ fn main() {
         "| pair | changed blocks MB | changed pages MB | repeated | repeated 64 MiB or more later | in the base image | zstd -3 per block MB | floor MB |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for install in [false, true] {
+    let pairs = [FileSystem::Ext4, FileSystem::Ntfs]
+        .into_iter()
+        .flat_map(|fs| [(fs, Repeats::None), (fs, Repeats::Runtimes)]);
+    for (fs, repeats) in pairs {
         let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("dir");
         let size = size_mib << 20;
-        let pair = if install {
-            hotate_tests::images::install_pair(dir.path(), size, change, 2026)
-                .expect("the install pair needs mkfs.ext4 and debugfs")
-        } else {
-            hotate_tests::images::pair(dir.path(), size, change, 2026)
+        let Some(pair) = images::fs_pair(fs, repeats, dir.path(), size, change, 2026) else {
+            eprintln!("no {fs:?} pair: install {}", fs.tools().join(" and "));
+            continue;
         };
         let changed = ChangedPages::of(&pair.base, &pair.updated, 1 << 20);
         let per_block = changed.per_block(1 << 20);

@@ -1,10 +1,11 @@
 //! The whole upload on loopback against rsync, for a realistic image pair.
 //!
-//! `upload-bench [--size-mib N] [--change PERCENT] [--scattered | --repeats] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--cold] [--dir DIR]`
+//! `upload-bench [--size-mib N] [--change PERCENT] [--scattered | --repeats] [--ntfs] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--cold] [--dir DIR]`
 //!
 //! `--repeats` takes the install-like pair whose install copies runtime files into
 //! several program folders (`hotate_tests::images::install_pair`). Every run reports the
 //! floor: `zstd -19 --long=27` of the changed pages, and Hotate's bytes against it.
+//! `--ntfs` makes the pair on NTFS (`mkntfs`, `ntfscp` from ntfs-3g) instead of ext4.
 //!
 //! `--scattered` replaces the install with the worst case for block-level transfer: one
 //! random 4 KiB page rewritten in every MiB of the base that holds data; the report then
@@ -45,6 +46,8 @@ struct Args {
     scattered: bool,
     /// The install-like pair with repeated files.
     repeats: bool,
+    /// NTFS instead of ext4.
+    ntfs: bool,
     /// Drop the page cache before each tool runs, as after a terminal's fresh boot.
     cold: bool,
 }
@@ -59,6 +62,7 @@ fn parse_args() -> Args {
         dir: std::env::temp_dir(),
         scattered: false,
         repeats: false,
+        ntfs: false,
         cold: false,
     };
     let mut it = std::env::args().skip(1);
@@ -69,6 +73,10 @@ fn parse_args() -> Args {
         }
         if flag == "--repeats" {
             args.repeats = true;
+            continue;
+        }
+        if flag == "--ntfs" {
+            args.ntfs = true;
             continue;
         }
         if flag == "--cold" {
@@ -232,7 +240,22 @@ fn main() {
         args.size_mib,
         dir.path().display()
     );
-    let pair = if args.repeats {
+    let repeats = if args.repeats {
+        images::Repeats::Runtimes
+    } else {
+        images::Repeats::None
+    };
+    let pair = if args.ntfs {
+        images::fs_pair(
+            images::FileSystem::Ntfs,
+            repeats,
+            dir.path(),
+            size,
+            args.change,
+            2026,
+        )
+        .expect("--ntfs needs mkntfs and ntfscp (ntfs-3g)")
+    } else if args.repeats {
         images::install_pair(dir.path(), size, args.change, 2026)
             .expect("--repeats needs mkfs.ext4 and debugfs (e2fsprogs)")
     } else {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use bytes::{Bytes, BytesMut};
-use futures::stream::FuturesUnordered;
+use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -523,8 +523,10 @@ fn read_span(
 /// Skips blocks equal to the parent, offers the rest in batches and forwards the needed
 /// ones; builds the new manifest.
 ///
-/// Up to `OFFERS_IN_FLIGHT` batches await their answers at once, each taken as it comes
-/// (a slow answer holds up no other). A batch leaves when it is full, at the end of the
+/// Up to `OFFERS_IN_FLIGHT` batches await their answers at once; answers are taken in the
+/// order the batches left, so the needed blocks reach the compress stage in image order
+/// whatever order the sink answers in, and their copies (which follow their places) are
+/// the same in a dry run and in the upload. A batch leaves when it is full, at the end of the
 /// image, at once while fewer than `EAGER_OFFERS` are out, else `BATCH_LINGER` after its
 /// first block. So a region of sparse or slightly changed blocks puts whatever the reader
 /// finds in flight within milliseconds, not one block per batch in flight.
@@ -554,7 +556,7 @@ async fn offer_stage<S: ChunkSink>(
             .collect();
         Ok::<_, PipelineError>((changed, needed))
     };
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight = FuturesOrdered::new();
     let mut batch = Vec::with_capacity(batch_cap);
     // When the batch's first block came, and whether it has waited long enough.
     let mut batch_since = tokio::time::Instant::now();
@@ -564,7 +566,7 @@ async fn offer_stage<S: ChunkSink>(
         let ready =
             batch.len() >= batch_cap || read_all || lingered || in_flight.len() < EAGER_OFFERS;
         if !batch.is_empty() && ready && in_flight.len() < OFFERS_IN_FLIGHT {
-            in_flight.push(offer(std::mem::replace(
+            in_flight.push_back(offer(std::mem::replace(
                 &mut batch,
                 Vec::with_capacity(batch_cap),
             )));

@@ -831,3 +831,88 @@ async fn a_changed_block_awaiting_its_answer_does_not_hold_its_whole_read_span()
         "only {offered} blocks were offered before the first answer"
     );
 }
+
+/// Answers each batch after a delay that falls with its first block's index, so later
+/// batches are answered before earlier ones; needs every block whole and takes copies.
+#[derive(Default)]
+struct LateFirstAnswers {
+    sent: Mutex<Vec<Outgoing>>,
+}
+
+impl ChunkSink for LateFirstAnswers {
+    fn takes_copies(&self) -> bool {
+        true
+    }
+
+    async fn offer(&self, offers: Vec<Offer>) -> Result<Vec<Need>, SinkError> {
+        let first = offers.first().map_or(0, |o| o.index);
+        let wait = 20u64.saturating_sub(first % 10 * 2);
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        Ok(all_needed(&offers))
+    }
+
+    async fn put(&self, chunk: Outgoing) -> Result<(), SinkError> {
+        self.sent.lock().unwrap().push(chunk);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn needed_blocks_travel_in_image_order_whatever_order_answers_come_in() {
+    let dir = tempfile::tempdir().unwrap();
+    // Forty blocks, each repeating a file of the one before at another page offset, so
+    // what a block copies depends on which blocks went before it.
+    let files: Vec<Vec<u8>> = (0..4).map(|seed| text(TEST_BLOCK, seed)).collect();
+    let mut image = vec![0u8; TEST_BLOCK * 40];
+    for (i, block) in image.chunks_mut(TEST_BLOCK).enumerate() {
+        let shift = (i % 7 + 1) * PAGE;
+        block[..TEST_BLOCK - shift].copy_from_slice(&files[i % 4][shift..]);
+        block[TEST_BLOCK - shift..].copy_from_slice(&pattern(shift, i as u64));
+    }
+    let source = write_image(&dir, "image", &image);
+    let parent = Manifest::zeroed(source.size(), block_size()).unwrap();
+    let config = PipelineConfig {
+        max_batch: 1,
+        compress_jobs: 2,
+        ..PipelineConfig::default()
+    };
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let late = LateFirstAnswers::default();
+        run(
+            source.clone(),
+            &parent,
+            &late,
+            &config,
+            &Progress::default(),
+        )
+        .await
+        .unwrap();
+        let recording = RecordingSink {
+            copies: true,
+            ..Default::default()
+        };
+        run(
+            source.clone(),
+            &parent,
+            &recording,
+            &config,
+            &Progress::default(),
+        )
+        .await
+        .unwrap();
+        runs.push((
+            late.sent.into_inner().unwrap(),
+            recording.sent.into_inner().unwrap(),
+        ));
+    }
+    let in_order: Vec<Hash> = image.chunks(TEST_BLOCK).map(Hash::of).collect();
+    for (late, recording) in &runs {
+        let hashes: Vec<Hash> = late.iter().map(Outgoing::hash).collect();
+        assert_eq!(hashes, in_order, "chunks in image order");
+        let bytes =
+            |chunks: &[Outgoing]| chunks.iter().map(Outgoing::encoded_len).collect::<Vec<_>>();
+        assert_eq!(bytes(late), bytes(recording), "the same copies");
+        assert!(late.iter().any(|c| matches!(c, Outgoing::Composed { .. })));
+    }
+}
