@@ -10,26 +10,42 @@ use serde_json::json;
 
 use crate::app::{App, data_dir_owner};
 
-use crate::data::DataDir;
+use crate::data::{DataDir, Places};
 use crate::meta::{DiskRow, Role, UpdateQuery, UpdateRow};
 use crate::text;
 use crate::upkeep::{self, VerifyReport};
 
 /// Opens the data dir of a command that reads it: refused when there is none, rather
 /// than creating an empty one at a mistyped path.
-fn open_existing(data: &Path) -> anyhow::Result<std::sync::Arc<DataDir>> {
-    if !data.join("meta.sqlite").is_file() {
-        bail!(
-            "no Hotate data dir at {}: pass --data DIR or set HOTATE_DATA (`disk import` creates one)",
-            data.display()
-        );
+fn open_existing(data: &Places) -> anyhow::Result<std::sync::Arc<DataDir>> {
+    let exists = data
+        .meta_exists()
+        .with_context(|| format!("opening the metadata at {}", data.meta_place()))?;
+    if !exists {
+        match &data.meta {
+            None => bail!(
+                "no Hotate data dir at {}: pass --data DIR or set HOTATE_DATA (`disk import` creates one)",
+                data.data.display()
+            ),
+            Some(_) => bail!(
+                "no Hotate metadata in the {}: check --meta (HOTATE_META) (`disk import` creates it)",
+                data.meta_place()
+            ),
+        }
     }
     open(data)
 }
 
 /// Opens (creating when needed) the data dir.
-fn open(data: &Path) -> anyhow::Result<std::sync::Arc<DataDir>> {
-    DataDir::open(data).with_context(|| format!("opening data dir {}", data.display()))
+fn open(data: &Places) -> anyhow::Result<std::sync::Arc<DataDir>> {
+    DataDir::open_at(data).with_context(|| match &data.meta {
+        None => format!("opening data dir {}", data.data.display()),
+        Some(_) => format!(
+            "opening data dir {} with the metadata in the {}",
+            data.data.display(),
+            data.meta_place()
+        ),
+    })
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -64,7 +80,7 @@ fn read_password() -> anyhow::Result<String> {
 
 /// `user add NAME [--role admin|operator]`: without a role the first user of a data dir
 /// is an admin, later ones operators.
-pub fn user_add(data: &Path, name: &str, role: Option<&str>) -> anyhow::Result<()> {
+pub fn user_add(data: &Places, name: &str, role: Option<&str>) -> anyhow::Result<()> {
     text::check_name("user name", name)?;
     let role = role.map(Role::parse).transpose()?;
     let password = read_password()?;
@@ -74,7 +90,7 @@ pub fn user_add(data: &Path, name: &str, role: Option<&str>) -> anyhow::Result<(
 }
 
 /// `user passwd NAME`: sets the password and ends the user's sessions.
-pub fn user_passwd(data: &Path, name: &str) -> anyhow::Result<()> {
+pub fn user_passwd(data: &Places, name: &str) -> anyhow::Result<()> {
     let app = App::offline(open_existing(data)?);
     app.check_user(name)?;
     let password = read_password()?;
@@ -84,14 +100,14 @@ pub fn user_passwd(data: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 /// `user delete NAME`.
-pub fn user_delete(data: &Path, name: &str) -> anyhow::Result<()> {
+pub fn user_delete(data: &Places, name: &str) -> anyhow::Result<()> {
     App::offline(open_existing(data)?).delete_user(name)?;
     println!("User {name} deleted; its sessions are ended.");
     Ok(())
 }
 
 /// `user list`.
-pub fn user_list(data: &Path, json: bool) -> anyhow::Result<()> {
+pub fn user_list(data: &Places, json: bool) -> anyhow::Result<()> {
     let users = App::offline(open_existing(data)?).users()?;
     if json {
         return print_json(&users);
@@ -104,7 +120,7 @@ pub fn user_list(data: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `disk import NAME IMAGE`.
 pub async fn disk_import(
-    data: &Path,
+    data: &Places,
     name: &str,
     image: &Path,
     block_size: u32,
@@ -137,7 +153,7 @@ pub async fn disk_import(
 }
 
 /// `disk list`.
-pub fn disk_list(data: &Path, json: bool) -> anyhow::Result<()> {
+pub fn disk_list(data: &Places, json: bool) -> anyhow::Result<()> {
     let disks = App::offline(open_existing(data)?).disks()?;
     if json {
         return print_json(&disks);
@@ -159,7 +175,7 @@ pub fn disk_list(data: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// `disk versions DISK`, oldest first.
-pub fn disk_versions(data: &Path, disk: &str, json: bool) -> anyhow::Result<()> {
+pub fn disk_versions(data: &Places, disk: &str, json: bool) -> anyhow::Result<()> {
     let versions = App::offline(open_existing(data)?).versions(disk)?;
     if json {
         return print_json(&versions);
@@ -192,7 +208,7 @@ pub struct ExportFormat {
 
 /// `disk export DISK [--version V] --output FILE [--format raw|qcow2|vhdx|vhd] [--parent V0]`.
 pub fn disk_export(
-    data: &Path,
+    data: &Places,
     disk: &str,
     version: Option<&str>,
     output: &Path,
@@ -245,7 +261,7 @@ pub fn disk_export(
 }
 
 /// `update list`.
-pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
+pub fn update_list(data: &Places, json: bool) -> anyhow::Result<()> {
     // Oldest first, every update the data dir keeps.
     let mut updates = App::offline(open_existing(data)?).updates(None, UpdateQuery::all())?;
     updates.sort_by_key(|u| u.seq);
@@ -269,7 +285,7 @@ pub fn update_list(data: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// The application over the data dir, the disk named and its live update.
-fn live_update_of(data: &Path, disk: &str) -> anyhow::Result<(App, DiskRow, UpdateRow)> {
+fn live_update_of(data: &Places, disk: &str) -> anyhow::Result<(App, DiskRow, UpdateRow)> {
     let app = App::offline(open_existing(data)?);
     let (disk, live) = app.live_update_of(disk)?;
     let Some(live) = live else {
@@ -280,7 +296,7 @@ fn live_update_of(data: &Path, disk: &str) -> anyhow::Result<(App, DiskRow, Upda
 
 /// `update abort DISK` (「更新中断」): stops and discards the upload of a disk's live
 /// update and puts it back to reserved; the terminal finishes again.
-pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
+pub fn update_abort(data: &Places, disk: &str) -> anyhow::Result<()> {
     let (app, disk, live) = live_update_of(data, disk)?;
     app.abort_update(&data_dir_owner(), &live.guid)?;
     println!(
@@ -293,7 +309,7 @@ pub fn update_abort(data: &Path, disk: &str) -> anyhow::Result<()> {
 
 /// `update cancel DISK` (「更新取消」): ends a disk's live update for good, for a
 /// terminal that will not come back.
-pub fn update_cancel(data: &Path, disk: &str) -> anyhow::Result<()> {
+pub fn update_cancel(data: &Places, disk: &str) -> anyhow::Result<()> {
     let (app, disk, live) = live_update_of(data, disk)?;
     app.cancel_update(&data_dir_owner(), &live.guid)?;
     println!(
@@ -306,7 +322,7 @@ pub fn update_cancel(data: &Path, disk: &str) -> anyhow::Result<()> {
 
 /// `disk delete DISK [--force]`: the disk, its versions and updates; `--force` aborts a
 /// live update first. Chunks go with the next `store gc`.
-pub fn disk_delete(data: &Path, disk: &str, force: bool) -> anyhow::Result<()> {
+pub fn disk_delete(data: &Places, disk: &str, force: bool) -> anyhow::Result<()> {
     let (disk, versions) = App::offline(open_existing(data)?).delete_disk(disk, force)?;
     println!(
         "Deleted disk {} ({}) and its {versions} versions. `hotate-server store gc` frees the space.",
@@ -317,7 +333,7 @@ pub fn disk_delete(data: &Path, disk: &str, force: bool) -> anyhow::Result<()> {
 
 /// `version delete DISK VERSION`: refused for the latest version and the base of a live
 /// update. Chunks go with the next `store gc`.
-pub fn version_delete(data: &Path, disk: &str, version: &str) -> anyhow::Result<()> {
+pub fn version_delete(data: &Places, disk: &str, version: &str) -> anyhow::Result<()> {
     let disk = App::offline(open_existing(data)?).delete_version(disk, version)?;
     println!(
         "Deleted version {version} of {}. `hotate-server store gc` frees the space.",
@@ -327,7 +343,7 @@ pub fn version_delete(data: &Path, disk: &str, version: &str) -> anyhow::Result<
 }
 
 /// `store verify [--all]`: exits 1 (by error) when anything is damaged or missing.
-pub fn store_verify(data: &Path, all: bool, json: bool) -> anyhow::Result<()> {
+pub fn store_verify(data: &Places, all: bool, json: bool) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
     let show = std::io::stderr().is_terminal();
     let last = std::sync::Mutex::new(std::time::Instant::now());
@@ -417,7 +433,7 @@ fn print_verify(report: &VerifyReport) {
 }
 
 /// `store gc [--dry-run]`.
-pub fn store_gc(data: &Path, dry_run: bool, json: bool) -> anyhow::Result<()> {
+pub fn store_gc(data: &Places, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
     let report = App::offline(dir).gc(dry_run)?;
     if json {
@@ -442,7 +458,7 @@ pub fn store_gc(data: &Path, dry_run: bool, json: bool) -> anyhow::Result<()> {
 }
 
 /// `store stats`.
-pub fn store_stats(data: &Path, json: bool) -> anyhow::Result<()> {
+pub fn store_stats(data: &Places, json: bool) -> anyhow::Result<()> {
     let dir = open_existing(data)?;
     let stats = upkeep::stats(&dir)?;
     if json {

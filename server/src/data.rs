@@ -1,7 +1,8 @@
 //! The data dir: metadata, the chunk store and the manifests, and the operations that
 //! touch more than one of them (import here, export in [`crate::export`]).
 //!
-//! Layout: `meta.sqlite` (WAL), `store/` (chunks), `manifests/DISK/VERSION.manifest`.
+//! Layout: `meta.sqlite` (WAL; or a PostgreSQL database, `--meta`), `store/` (chunks),
+//! `manifests/DISK/VERSION.manifest`.
 //! Manifests are written to a temp file, fsynced and renamed before the version row that
 //! names them is committed, so a crash never leaves a version without its manifest.
 
@@ -15,7 +16,74 @@ use hotate_engine::{
 };
 
 use crate::error::ServerError;
-use crate::meta::{DiskRow, MetaError, Metadata, SqliteMeta, VersionRow, now};
+use crate::meta::{DiskRow, MetaError, Metadata, PostgresMeta, SqliteMeta, VersionRow, now};
+
+/// Where the server keeps its data: the data dir, and the metadata database when it is
+/// not the data dir's SQLite (`--meta`, `HOTATE_META`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Places {
+    pub data: PathBuf,
+    /// `postgres://USER@HOST:PORT/DB`.
+    pub meta: Option<String>,
+}
+
+impl Places {
+    /// The data dir alone: metadata in its SQLite.
+    pub fn data_dir(data: &Path) -> Self {
+        Self {
+            data: data.to_owned(),
+            meta: None,
+        }
+    }
+
+    /// Opens the metadata database `--meta` names, creating its schema when `create`;
+    /// `Ok(None)` when it holds none and `create` is false.
+    ///
+    /// # Errors
+    /// A URL of another kind, or the database's error.
+    fn open_meta(url: &str, create: bool) -> Result<Option<Box<dyn Metadata>>, MetaError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(MetaError::BadRequest(format!(
+                "--meta {url:?}: only PostgreSQL is supported (postgres://USER@HOST:PORT/DB); \
+                 without --meta the metadata is the data dir's SQLite"
+            )));
+        }
+        Ok(if create {
+            Some(Box::new(PostgresMeta::open(url)?))
+        } else {
+            PostgresMeta::open_existing(url)?.map(|meta| Box::new(meta) as Box<dyn Metadata>)
+        })
+    }
+
+    /// Whether the metadata exists yet (the data dir's SQLite file, or the schema in the
+    /// database `--meta` names).
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub fn meta_exists(&self) -> Result<bool, MetaError> {
+        match &self.meta {
+            None => Ok(self.data.join("meta.sqlite").is_file()),
+            Some(url) => Ok(Self::open_meta(url, false)?.is_some()),
+        }
+    }
+
+    /// Where the metadata is, as a user reads it.
+    pub fn meta_place(&self) -> String {
+        match &self.meta {
+            None => self.data.join("meta.sqlite").display().to_string(),
+            Some(url) => url.parse::<postgres::Config>().map_or_else(
+                |_| url.clone(),
+                |c| {
+                    format!(
+                        "PostgreSQL database {} of {}",
+                        c.get_dbname().unwrap_or("?"),
+                        url.split('@').next_back().unwrap_or(url)
+                    )
+                },
+            ),
+        }
+    }
+}
 
 /// An open data dir.
 #[derive(Debug)]
@@ -31,6 +99,15 @@ impl DataDir {
     /// # Errors
     /// When the directories, the database or the store cannot be opened.
     pub fn open(root: &Path) -> Result<Arc<Self>, ServerError> {
+        Self::open_at(&Places::data_dir(root))
+    }
+
+    /// Opens (creating when needed) the data dir and the metadata `places` name.
+    ///
+    /// # Errors
+    /// When the directories, the database or the store cannot be opened.
+    pub fn open_at(places: &Places) -> Result<Arc<Self>, ServerError> {
+        let root = places.data.as_path();
         if !root.exists() {
             // Only the server's user may read a new data dir.
             let mut builder = fs::DirBuilder::new();
@@ -40,18 +117,25 @@ impl DataDir {
             builder.create(root)?;
         }
         fs::create_dir_all(root.join("manifests"))?;
-        let meta_path = root.join("meta.sqlite");
-        let new_meta = !meta_path.exists();
-        let meta = SqliteMeta::open(&meta_path)?;
-        #[cfg(unix)]
-        if new_meta {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&meta_path, fs::Permissions::from_mode(0o600))?;
-        }
+        let meta: Box<dyn Metadata> = match &places.meta {
+            Some(url) => Places::open_meta(url, true)?
+                .ok_or_else(|| MetaError::Damaged("the metadata schema was not created".into()))?,
+            None => {
+                let meta_path = root.join("meta.sqlite");
+                let new_meta = !meta_path.exists();
+                let meta = SqliteMeta::open(&meta_path)?;
+                #[cfg(unix)]
+                if new_meta {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&meta_path, fs::Permissions::from_mode(0o600))?;
+                }
+                Box::new(meta)
+            }
+        };
         let store: Arc<dyn ChunkStore> = Arc::new(FsStore::open(&root.join("store"))?);
         Ok(Arc::new(Self {
             root: root.to_owned(),
-            meta: Box::new(meta),
+            meta,
             store,
         }))
     }

@@ -25,5 +25,6 @@ mod transfer;
 mod upkeep;
 
 pub use data::DataDir;
+pub use data::Places;
 pub use error::ServerError;
 pub use serve::{ServeOptions, serve, shutdown_signal};

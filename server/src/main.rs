@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
 use hotate_server::limits::Limits;
-use hotate_server::{ServeOptions, admin, cert, serve, shutdown_signal};
+use hotate_server::{Places, ServeOptions, admin, cert, serve, shutdown_signal};
 
 #[derive(Parser)]
 #[command(name = "hotate-server", version, about = "Hotate management server")]
@@ -20,6 +21,10 @@ struct Cli {
         default_value = "./hotate-data"
     )]
     data: PathBuf,
+    /// Metadata database shared by several servers: postgres://USER@HOST:PORT/DB
+    /// (PostgreSQL 13 or later). Without it, SQLite in the data dir.
+    #[arg(long, global = true, env = "HOTATE_META")]
+    meta: Option<String>,
     /// Machine-readable output for listings.
     #[arg(long, global = true)]
     json: bool,
@@ -235,7 +240,10 @@ fn end_quietly_on_closed_pipe() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let data = cli.data;
+    let data = Places {
+        data: cli.data,
+        meta: cli.meta,
+    };
     match cli.command {
         Command::Serve {
             listen,
@@ -262,7 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 login_concurrency: login_concurrency.unwrap_or(Limits::default().login_concurrency),
             };
             let options = ServeOptions {
-                data,
+                places: data,
                 listen,
                 transfer_listen,
                 advertise_transfer,

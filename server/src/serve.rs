@@ -15,7 +15,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::app::App;
 use crate::console::{self, ConsoleOptions};
 use crate::control::ControlService;
-use crate::data::DataDir;
+use crate::data::{DataDir, Places};
 use crate::gate::Authenticated;
 use crate::limits::{self, Limits};
 use crate::live::Live;
@@ -44,7 +44,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Settings of `serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub data: PathBuf,
+    /// The data dir, and the metadata database when it is not the data dir's SQLite.
+    pub places: Places,
     pub listen: SocketAddr,
     pub transfer_listen: SocketAddr,
     pub advertise_transfer: Option<String>,
@@ -63,8 +64,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     hotate_engine::direct_io::cap_allocator_arenas(ALLOCATOR_ARENAS);
-    let data = DataDir::open(&options.data)
-        .with_context(|| format!("opening data dir {}", options.data.display()))?;
+    let data = DataDir::open_at(&options.places).with_context(|| {
+        format!(
+            "opening data dir {} (metadata: {})",
+            options.places.data.display(),
+            options.places.meta_place()
+        )
+    })?;
     let control_listener = bind(options.listen, "control").await?;
     let transfer_listener = bind(options.transfer_listen, "transfer").await?;
     let control_addr = control_listener.local_addr()?;
@@ -121,7 +127,7 @@ pub async fn serve(
     );
 
     println!("listening control={control_addr} transfer={transfer_addr}");
-    tracing::info!(%control_addr, %transfer_addr, data = %options.data.display(), "serving");
+    tracing::info!(%control_addr, %transfer_addr, data = %options.places.data.display(), meta = %options.places.meta_place(), "serving");
     let control_server = builder()?
         .accept_http1(true)
         .add_routes(control_routes)

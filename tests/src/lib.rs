@@ -8,6 +8,7 @@ pub mod harness;
 pub mod http;
 pub mod images;
 pub mod pages;
+pub mod postgres;
 pub mod webdriver;
 
 /// Whether the machine has `what` that `test` needs (a browser, a reference reader). When

@@ -32,6 +32,8 @@ mod interruptions;
 mod prompts;
 #[path = "e2e/refusals.rs"]
 mod refusals;
+#[path = "e2e/scale.rs"]
+mod scale;
 #[path = "e2e/soak.rs"]
 mod soak;
 #[path = "e2e/store.rs"]

@@ -1,8 +1,8 @@
 //! Server metadata: users, tokens, disks, versions, updates and the entries offered by
-//! uploads, behind the [`Metadata`] trait with its own [`MetaError`]. [`SqliteMeta`] is
-//! the implementation; another database (PostgreSQL, for a site that outgrows one
-//! machine) can join behind the same trait. Calls block: async callers use
-//! `spawn_blocking`.
+//! uploads, behind the [`Metadata`] trait with its own [`MetaError`]. [`SqliteMeta`] (in
+//! the data dir, the default) and [`PostgresMeta`] (`--meta postgres://…`, shared by the
+//! servers of a site that outgrows one machine) implement it and pass the same contract
+//! tests. Calls block: async callers use `spawn_blocking`.
 //!
 //! Every implementation keeps two rules: a change that returns `Ok` is durable (never
 //! acknowledged from a cache that a power cut empties), and after a failed write nothing
@@ -11,12 +11,14 @@
 
 #[cfg(test)]
 pub mod contract;
+mod postgres;
 mod sqlite;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hotate_engine::{Hash, Offer};
 
+pub use postgres::PostgresMeta;
 pub use sqlite::SqliteMeta;
 
 /// Seconds since the Unix epoch.
