@@ -18,8 +18,10 @@ pub mod pipeline;
 pub mod source;
 pub mod store;
 
-#[cfg(test)]
-mod testdata;
+#[cfg(any(test, feature = "contract"))]
+#[doc(hidden)]
+#[allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+pub mod testdata;
 
 pub use block::{BlockSize, ChunkError, Codec, Frame, UnverifiedChunk, VerifiedChunk};
 pub use copies::{Composed, Copies, PageIndex, UnverifiedComposed};

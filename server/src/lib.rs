@@ -18,6 +18,7 @@ pub mod limits;
 mod live;
 mod meta;
 mod pace;
+pub mod s3;
 pub mod serve;
 mod text;
 mod throttle;

@@ -8,6 +8,7 @@
 mod fs;
 mod layout;
 mod memory;
+mod objects;
 
 use bytes::Bytes;
 
@@ -19,6 +20,9 @@ use crate::page_tree::PageTree;
 pub use fs::FsStore;
 pub use layout::Layout;
 pub use memory::MemoryStore;
+#[cfg(any(test, feature = "contract"))]
+pub use objects::contract as objects_contract;
+pub use objects::{MemoryObjects, ObjectError, ObjectStore, Objects};
 
 /// A chunk read with its page values ([`ChunkStore::get_with_pages`]).
 #[derive(Debug, Clone)]
@@ -162,7 +166,8 @@ pub enum StoreError {
     },
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "contract"))]
+#[allow(clippy::unwrap_used)]
 pub(crate) mod contract {
     //! Tests every store implementation must pass.
     use super::*;
