@@ -2,21 +2,24 @@
 //! touch more than one of them (import here, export in [`crate::export`]).
 //!
 //! Layout: `meta.sqlite` (WAL; or a PostgreSQL database, `--meta`), `store/` (chunks),
-//! `manifests/DISK/VERSION.manifest`.
+//! `manifests/DISK/VERSION.manifest` (the last two in a bucket with `--store s3://`, see
+//! [`crate::manifests`]).
 //! Manifests are written to a temp file, fsynced and renamed before the version row that
 //! names them is committed, so a crash never leaves a version without its manifest.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hotate_engine::store::{ObjectStore, Objects};
 use hotate_engine::{
     BlockSize, ChunkStore, Format, FsStore, Manifest, PipelineConfig, Progress, StoreSink, pipeline,
 };
 
 use crate::error::ServerError;
+use crate::manifests::Manifests;
 use crate::meta::{DiskRow, MetaError, Metadata, PostgresMeta, SqliteMeta, VersionRow, now};
+use crate::s3::S3Objects;
 
 /// Where the server keeps its data: the data dir, and the metadata database when it is
 /// not the data dir's SQLite (`--meta`, `HOTATE_META`).
@@ -25,6 +28,8 @@ pub struct Places {
     pub data: PathBuf,
     /// `postgres://USER@HOST:PORT/DB`.
     pub meta: Option<String>,
+    /// `s3://BUCKET/PREFIX`: chunks and manifests in an S3-compatible bucket.
+    pub store: Option<String>,
 }
 
 impl Places {
@@ -33,6 +38,7 @@ impl Places {
         Self {
             data: data.to_owned(),
             meta: None,
+            store: None,
         }
     }
 
@@ -67,6 +73,14 @@ impl Places {
         }
     }
 
+    /// Where the chunks and manifests are, as a user reads it.
+    pub fn store_place(&self) -> String {
+        match &self.store {
+            None => self.data.join("store").display().to_string(),
+            Some(url) => url.clone(),
+        }
+    }
+
     /// Where the metadata is, as a user reads it.
     pub fn meta_place(&self) -> String {
         match &self.meta {
@@ -91,6 +105,7 @@ pub struct DataDir {
     root: PathBuf,
     meta: Box<dyn Metadata>,
     store: Arc<dyn ChunkStore>,
+    manifests: Manifests,
 }
 
 impl DataDir {
@@ -116,7 +131,6 @@ impl DataDir {
             std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
             builder.create(root)?;
         }
-        fs::create_dir_all(root.join("manifests"))?;
         let meta: Box<dyn Metadata> = match &places.meta {
             Some(url) => Places::open_meta(url, true)?
                 .ok_or_else(|| MetaError::Damaged("the metadata schema was not created".into()))?,
@@ -132,11 +146,30 @@ impl DataDir {
                 Box::new(meta)
             }
         };
-        let store: Arc<dyn ChunkStore> = Arc::new(FsStore::open(&root.join("store"))?);
+        let (store, manifests): (Arc<dyn ChunkStore>, Manifests) = match &places.store {
+            Some(url) => {
+                // The data dir keeps only the lock that imports and `store gc` share.
+                fs::create_dir_all(root.join("store"))?;
+                let objects: Arc<dyn Objects> =
+                    Arc::new(S3Objects::open(url).map_err(|e| ServerError::BadRequest(e.0))?);
+                (
+                    Arc::new(ObjectStore::new(objects.clone())),
+                    Manifests::Objects(objects),
+                )
+            }
+            None => {
+                fs::create_dir_all(root.join("manifests"))?;
+                (
+                    Arc::new(FsStore::open(&root.join("store"))?),
+                    Manifests::Files(root.join("manifests")),
+                )
+            }
+        };
         Ok(Arc::new(Self {
             root: root.to_owned(),
             meta,
             store,
+            manifests,
         }))
     }
 
@@ -174,21 +207,9 @@ impl DataDir {
         }
     }
 
-    /// The directory of a disk's manifests.
-    pub fn manifest_dir(&self, disk_id: &str) -> PathBuf {
-        self.root.join("manifests").join(disk_id)
-    }
-
-    /// The directory holding every disk's manifest directory.
-    pub fn manifests_root(&self) -> PathBuf {
-        self.root.join("manifests")
-    }
-
-    fn manifest_path(&self, disk_id: &str, version: &str) -> PathBuf {
-        self.root
-            .join("manifests")
-            .join(disk_id)
-            .join(format!("{version}.manifest"))
+    /// Where the manifests are kept.
+    pub fn manifests(&self) -> &Manifests {
+        &self.manifests
     }
 
     /// Writes a manifest durably.
@@ -201,24 +222,15 @@ impl DataDir {
         version: &str,
         manifest: &Manifest,
     ) -> Result<(), ServerError> {
-        let path = self.manifest_path(disk_id, version);
-        let dir = path.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir)?;
-        let temp = path.with_extension("manifest.tmp");
-        let mut file = File::create(&temp)?;
-        file.write_all(&manifest.encode())?;
-        file.sync_all()?;
-        fs::rename(&temp, &path)?;
-        File::open(dir)?.sync_all()?;
-        Ok(())
+        self.manifests.write(disk_id, version, manifest.encode())
     }
 
     /// Reads a version's manifest and checks it against the root recorded for it.
     ///
     /// # Errors
-    /// When the file is missing or damaged, or its root is not the version's.
+    /// When it is missing or damaged, or its root is not the version's.
     pub fn manifest(&self, version: &VersionRow) -> Result<Manifest, ServerError> {
-        let bytes = fs::read(self.manifest_path(&version.disk_id, &version.id))?;
+        let bytes = self.manifests.read(&version.disk_id, &version.id)?;
         let manifest = Manifest::decode(&bytes)?;
         if manifest.root() != version.root {
             return Err(ServerError::Internal(format!(

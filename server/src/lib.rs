@@ -16,6 +16,7 @@ mod export;
 mod gate;
 pub mod limits;
 mod live;
+mod manifests;
 mod meta;
 mod pace;
 pub mod s3;

@@ -25,6 +25,11 @@ struct Cli {
     /// (PostgreSQL 13 or later). Without it, SQLite in the data dir.
     #[arg(long, global = true, env = "HOTATE_META")]
     meta: Option<String>,
+    /// Chunks and manifests in an S3-compatible bucket: s3://BUCKET/PREFIX (endpoint and
+    /// keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ALLOW_HTTP). Without it, the data dir's store/ and manifests/.
+    #[arg(long, global = true, env = "HOTATE_STORE")]
+    store: Option<String>,
     /// Machine-readable output for listings.
     #[arg(long, global = true)]
     json: bool,
@@ -243,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let data = Places {
         data: cli.data,
         meta: cli.meta,
+        store: cli.store,
     };
     match cli.command {
         Command::Serve {

@@ -66,9 +66,10 @@ pub async fn serve(
     hotate_engine::direct_io::cap_allocator_arenas(ALLOCATOR_ARENAS);
     let data = DataDir::open_at(&options.places).with_context(|| {
         format!(
-            "opening data dir {} (metadata: {})",
+            "opening data dir {} (metadata: {}, store: {})",
             options.places.data.display(),
-            options.places.meta_place()
+            options.places.meta_place(),
+            options.places.store_place()
         )
     })?;
     let control_listener = bind(options.listen, "control").await?;
@@ -127,7 +128,7 @@ pub async fn serve(
     );
 
     println!("listening control={control_addr} transfer={transfer_addr}");
-    tracing::info!(%control_addr, %transfer_addr, data = %options.places.data.display(), meta = %options.places.meta_place(), "serving");
+    tracing::info!(%control_addr, %transfer_addr, data = %options.places.data.display(), meta = %options.places.meta_place(), store = %options.places.store_place(), "serving");
     let control_server = builder()?
         .accept_http1(true)
         .add_routes(control_routes)

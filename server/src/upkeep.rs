@@ -26,7 +26,6 @@
 //! row) are removed under the same write lock, so a commit in flight is never robbed.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -508,32 +507,26 @@ impl Patches {
 /// Removes manifest files (and temp files) that no version names, under the database's
 /// write lock so that no commit is between its manifest and its row.
 fn remove_orphan_manifests(data: &DataDir) -> Result<u64, ServerError> {
-    let root = data.manifests_root();
-    let Ok(disks) = fs::read_dir(&root) else {
-        return Ok(0);
-    };
+    let mut by_disk: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (disk, name) in data.manifests().names()? {
+        by_disk.entry(disk).or_default().push(name);
+    }
     let mut removed = 0;
-    for disk_dir in disks.flatten() {
-        let disk_id = disk_dir.file_name().to_string_lossy().into_owned();
-        let Ok(files) = fs::read_dir(disk_dir.path()) else {
-            continue;
-        };
-        let files: Vec<_> = files.flatten().map(|f| f.path()).collect();
+    for (disk_id, names) in by_disk {
         removed += data.meta().exclusive(|db| -> Result<_, ServerError> {
             let disk_known = db.disk_exists(&disk_id)?;
             let mut removed = 0;
-            for path in &files {
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-                let keep = match name.as_deref().and_then(|n| n.strip_suffix(".manifest")) {
+            for name in &names {
+                let keep = match name.strip_suffix(".manifest") {
                     Some(version) => disk_known && db.version_exists(&disk_id, version)?,
                     None => false,
                 };
-                if !keep && fs::remove_file(path).is_ok() {
+                if !keep && data.manifests().remove(&disk_id, name) {
                     removed += 1;
                 }
             }
             if !disk_known {
-                let _ = fs::remove_dir(disk_dir.path());
+                data.manifests().tidy(&disk_id);
             }
             Ok(removed)
         })?;

@@ -155,11 +155,20 @@ impl Server {
     /// # Panics
     /// When it does not start.
     pub fn start_with(data: &Path, args: &[&str]) -> Self {
+        Self::start_env(data, args, &[])
+    }
+
+    /// As [`Server::start_with`], with these environment variables.
+    ///
+    /// # Panics
+    /// When it does not start.
+    pub fn start_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(bin("hotate-server"))
             .arg("--data")
             .arg(data)
             .arg("serve")
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -31,6 +31,28 @@ pub trait Objects: Send + Sync + std::fmt::Debug + 'static {
     fn list(&self, prefix: &str, each: &mut dyn FnMut(&str, u64)) -> Result<(), ObjectError>;
 }
 
+impl<O: Objects + ?Sized> Objects for std::sync::Arc<O> {
+    fn get(&self, key: &str) -> Result<Option<Bytes>, ObjectError> {
+        (**self).get(key)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
+        (**self).size(key)
+    }
+
+    fn create(&self, key: &str, bytes: Bytes) -> Result<bool, ObjectError> {
+        (**self).create(key, bytes)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        (**self).delete(key)
+    }
+
+    fn list(&self, prefix: &str, each: &mut dyn FnMut(&str, u64)) -> Result<(), ObjectError> {
+        (**self).list(prefix, each)
+    }
+}
+
 /// Chunks as objects `chunks/ab/cd/HASH` of an [`Objects`] backend; damaged ones move to
 /// `quarantine/HASH.STAMP`.
 #[derive(Debug)]

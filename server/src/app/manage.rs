@@ -90,7 +90,7 @@ impl App {
                 .set_state(&live.guid, UpdateState::Aborted)?;
         }
         let versions = self.data.meta().delete_disk(&disk.id)?;
-        let _ = std::fs::remove_dir_all(self.data.manifest_dir(&disk.id));
+        self.data.manifests().remove_disk(&disk.id);
         tracing::info!(disk = %disk.id, versions, "disk deleted");
         Ok((disk, versions))
     }
@@ -103,11 +103,7 @@ impl App {
     pub fn delete_version(&self, disk: &str, version: &str) -> Result<DiskRow, ServerError> {
         let disk = self.data.meta().disk(disk)?;
         self.data.meta().delete_version(&disk.id, version)?;
-        let _ = std::fs::remove_file(
-            self.data
-                .manifest_dir(&disk.id)
-                .join(format!("{version}.manifest")),
-        );
+        self.data.manifests().remove_version(&disk.id, version);
         tracing::info!(disk = %disk.id, version, "version deleted");
         Ok(disk)
     }

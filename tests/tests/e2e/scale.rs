@@ -1,37 +1,107 @@
-//! Scaling out: the metadata in PostgreSQL (`--meta`, `HOTATE_META`), with the real
-//! binaries against the test cluster.
+//! Scaling out: the metadata in PostgreSQL (`--meta`, `HOTATE_META`) and the chunks and
+//! manifests in an S3-compatible bucket (`--store`, `HOTATE_STORE`), with the real
+//! binaries against the test servers.
 
 use super::*;
-use hotate_tests::harness::{Terminal, admin_json, bin};
+use hotate_tests::harness::{Terminal, bin};
+
+/// A data dir whose metadata and store live elsewhere: every command gets the places
+/// and the bucket's settings through the environment, as a user's service would.
+struct Elsewhere {
+    data: std::path::PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Elsewhere {
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    fn admin(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(bin("hotate-server"))
+            .arg("--data")
+            .arg(&self.data)
+            .args(args)
+            .envs(self.env())
+            .env("HOTATE_PASSWORD", PASSWORD)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hotate-server")
+    }
+
+    fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.admin(&[&["--json"], args].concat());
+        assert_ok(&out);
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+}
+
+/// The bucket's settings for the test S3 server at `endpoint`.
+fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
 
 #[test]
-fn metadata_in_postgres_carries_a_whole_update_and_bad_urls_are_told() {
-    let test = "metadata_in_postgres_carries_a_whole_update_and_bad_urls_are_told";
+fn postgres_and_s3_carry_a_whole_update_and_bad_places_are_told() {
+    let test = "postgres_and_s3_carry_a_whole_update_and_bad_places_are_told";
     let Some(meta) = hotate_tests::postgres::fresh_database(test) else {
         return;
     };
+    let endpoint = std::env::var("HOTATE_TEST_S3").ok();
+    let what = "an S3-compatible server (tests/run starts moto_server; or set HOTATE_TEST_S3)";
+    if !hotate_tests::needs(test, what, endpoint.is_some()) {
+        return;
+    }
+    let endpoint = endpoint.unwrap_or_default();
     let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = dir
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let store = format!("s3://hotate-test/{prefix}");
+    let mut env = s3_env(&endpoint);
+    env.extend([
+        ("HOTATE_META", meta.clone()),
+        ("HOTATE_STORE", store.clone()),
+    ]);
+    let site = Elsewhere {
+        data: dir.path().join("data"),
+        env,
+    };
     let pair = images::pair(dir.path(), 32 << 20, 10, 21);
-    let data = dir.path().join("data");
-    admin_ok(&data, &["--meta", &meta, "user", "add", USER]);
-    let imported = admin_json(
-        &data,
+    assert_ok(&site.admin(&["user", "add", USER]));
+    let imported = site.admin_json(&[
+        "disk",
+        "import",
+        "lab",
+        pair.base.to_str().expect("path"),
+        "--block-size",
+        &BLOCK.to_string(),
+    ]);
+    for local in ["meta.sqlite", "manifests", "store/chunks"] {
+        assert!(
+            !site.data.join(local).exists(),
+            "{local}: the metadata is in PostgreSQL and the store in the bucket"
+        );
+    }
+    let server = Server::start_env(
+        &site.data,
         &[
-            "--meta",
-            &meta,
-            "disk",
-            "import",
-            "lab",
-            pair.base.to_str().expect("path"),
-            "--block-size",
-            &BLOCK.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--transfer-listen",
+            "127.0.0.1:0",
         ],
+        &site.env(),
     );
-    assert!(
-        !data.join("meta.sqlite").exists(),
-        "the metadata is in PostgreSQL, not the data dir"
-    );
-    let server = Server::start_with_flags(&data, &["--meta", &meta]);
     let terminal = Terminal::new(
         dir.path(),
         "PC-001",
@@ -43,19 +113,8 @@ fn metadata_in_postgres_carries_a_whole_update_and_bad_urls_are_told() {
     assert_ok(&terminal.run(&["update", "finish"]));
     server.stop();
 
-    // The admin commands read it through HOTATE_META as well as --meta.
-    let with_env = |args: &[&str]| {
-        std::process::Command::new(bin("hotate-server"))
-            .arg("--data")
-            .arg(&data)
-            .args(args)
-            .env("HOTATE_META", &meta)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run hotate-server")
-    };
     let out = dir.path().join("latest.img");
-    assert_ok(&with_env(&[
+    assert_ok(&site.admin(&[
         "disk",
         "export",
         "lab",
@@ -63,22 +122,49 @@ fn metadata_in_postgres_carries_a_whole_update_and_bad_urls_are_told() {
         out.to_str().expect("path"),
     ]));
     same_file(&std::fs::read(&out).expect("export"), &pair.updated);
-    assert_ok(&with_env(&["store", "verify"]));
-    let updates: serde_json::Value =
-        serde_json::from_slice(&with_env(&["--json", "update", "list"]).stdout).expect("json");
+    let updates = site.admin_json(&["update", "list"]);
     assert_eq!(updates[0]["state"], "committed", "{updates}");
+    // Deleting the first version leaves chunks only it named: gc removes them from the
+    // bucket, and what remains verifies clean and exports the same.
+    let versions = site.admin_json(&["disk", "versions", "lab"]);
+    let first = versions[0]["id"].as_str().expect("id").to_owned();
+    assert_ok(&site.admin(&["version", "delete", "lab", &first]));
+    let gc = site.admin_json(&["store", "gc"]);
+    assert!(gc["chunks_deleted"].as_u64().unwrap_or(0) > 0, "{gc}");
+    let verify = site.admin_json(&["store", "verify", "--all"]);
+    for found in ["damaged", "missing", "unreadable", "unreadable_manifests"] {
+        assert_eq!(verify[found], serde_json::json!([]), "{verify}");
+    }
+    assert!(
+        verify["chunks_checked"].as_u64().unwrap_or(0) > 0,
+        "{verify}"
+    );
+    assert_ok(&site.admin(&[
+        "disk",
+        "export",
+        "lab",
+        "--output",
+        out.to_str().expect("path"),
+    ]));
+    same_file(&std::fs::read(&out).expect("export"), &pair.updated);
 
-    // Without --meta the data dir holds no metadata; a database that cannot be reached,
-    // a URL of another kind and an empty database are each told.
-    let refused = |args: &[&str], says: &str| {
-        let out = admin(&data, args);
+    // Places that cannot be used are each told.
+    let refused = |args: &[&str], env: &[(&str, &str)], says: &str| {
+        let out = std::process::Command::new(bin("hotate-server"))
+            .arg("--data")
+            .arg(&site.data)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hotate-server");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && stderr.contains(says),
             "{args:?}: {stderr}"
         );
     };
-    refused(&["disk", "list"], "no Hotate data dir");
+    refused(&["disk", "list"], &[], "no Hotate data dir");
     refused(
         &[
             "--meta",
@@ -86,13 +172,38 @@ fn metadata_in_postgres_carries_a_whole_update_and_bad_urls_are_told() {
             "disk",
             "list",
         ],
+        &[],
         "cannot reach the metadata database",
     );
     refused(
         &["--meta", "mysql://db/hotate", "disk", "list"],
+        &[],
         "only PostgreSQL",
     );
     if let Some(empty) = hotate_tests::postgres::fresh_database(test) {
-        refused(&["--meta", &empty, "disk", "list"], "no Hotate metadata");
+        refused(
+            &["--meta", &empty, "disk", "list"],
+            &[],
+            "no Hotate metadata",
+        );
     }
+    let s3 = s3_env(&endpoint);
+    let s3: Vec<(&str, &str)> = s3.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    refused(
+        &[
+            "--meta",
+            &meta,
+            "--store",
+            "s3://no-such-bucket/x",
+            "disk",
+            "list",
+        ],
+        &s3,
+        "check that the bucket exists",
+    );
+    refused(
+        &["--meta", &meta, "--store", "/srv/chunks", "disk", "list"],
+        &s3,
+        "not an S3 URL",
+    );
 }
