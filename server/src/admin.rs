@@ -470,3 +470,44 @@ pub fn store_stats(data: &Places, json: bool) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `migrate --to-meta URL --to-store URL`: copies the data dir into the places named.
+pub fn migrate(
+    data: &Places,
+    to_meta: Option<String>,
+    to_store: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if to_meta.is_none() && to_store.is_none() {
+        bail!(
+            "migrate needs --to-meta postgres://USER@HOST:PORT/DB, --to-store s3://BUCKET/PREFIX, or both"
+        );
+    }
+    let from = open_existing(data)?;
+    let target = Places {
+        data: data.data.clone(),
+        meta: to_meta.or_else(|| data.meta.clone()),
+        store: to_store.or_else(|| data.store.clone()),
+    };
+    let to = open(&target)?;
+    let done = crate::migrate::migrate(&from, &to, &mut |step| {
+        if !json {
+            eprintln!("copied {step}");
+        }
+    })?;
+    if json {
+        return print_json(&done);
+    }
+    println!(
+        "Migrated {} users, {} disks and {} versions to {} and {}: {} chunks copied ({} bytes), {} there already; every chunk read back and verified.",
+        done.users,
+        done.disks,
+        done.versions,
+        target.meta_place(),
+        target.store_place(),
+        done.chunks_copied,
+        done.bytes_copied,
+        done.chunks_kept
+    );
+    Ok(())
+}

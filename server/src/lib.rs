@@ -18,6 +18,7 @@ pub mod limits;
 mod live;
 mod manifests;
 mod meta;
+pub mod migrate;
 mod pace;
 pub mod s3;
 pub mod serve;

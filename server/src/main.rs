@@ -89,6 +89,16 @@ enum Command {
     /// Verify, collect and count the chunk store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Copy this data dir (users, disks, versions, manifests, chunks) into PostgreSQL
+    /// and/or an S3 bucket, verifying every chunk; run it again after an interruption.
+    Migrate {
+        /// Target metadata: postgres://USER@HOST:PORT/DB.
+        #[arg(long)]
+        to_meta: Option<String>,
+        /// Target store: s3://BUCKET/PREFIX (the AWS_* variables name the endpoint).
+        #[arg(long)]
+        to_store: Option<String>,
+    },
     /// Certificates for TLS.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -332,6 +342,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Update(UpdateCommand::List) => admin::update_list(&data, cli.json),
         Command::Update(UpdateCommand::Abort { disk }) => admin::update_abort(&data, &disk),
         Command::Update(UpdateCommand::Cancel { disk }) => admin::update_cancel(&data, &disk),
+        Command::Migrate { to_meta, to_store } => {
+            admin::migrate(&data, to_meta, to_store, cli.json)
+        }
         Command::Cert(CertCommand::Generate { out, host, force }) => {
             cert::generate(&out, &host, force)
         }

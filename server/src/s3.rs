@@ -11,11 +11,14 @@
 use std::future::Future;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use hotate_engine::store::{ObjectError, Objects};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+/// Object writes in flight at once in a group.
+const PUTS_AT_ONCE: usize = 16;
 
 /// A bucket and a prefix in it.
 pub struct S3Objects {
@@ -169,6 +172,39 @@ impl Objects for S3Objects {
             ) => Ok(false),
             Err(e) => Err(self.failed("write", key, &e)),
         }
+    }
+
+    /// Up to [`PUTS_AT_ONCE`] writes in flight.
+    fn create_many(&self, objects: Vec<(String, Bytes)>) -> Result<usize, ObjectError> {
+        let s3 = self.s3.clone();
+        let puts: Vec<(Path, Bytes)> = objects
+            .into_iter()
+            .map(|(key, bytes)| (self.path(&key), bytes))
+            .collect();
+        let created = self.run(async move {
+            futures::stream::iter(puts)
+                .map(|(path, bytes)| {
+                    let s3 = s3.clone();
+                    async move {
+                        let options = PutOptions {
+                            mode: PutMode::Create,
+                            ..PutOptions::default()
+                        };
+                        match s3.put_opts(&path, PutPayload::from(bytes), options).await {
+                            Ok(_) => Ok(1),
+                            Err(
+                                object_store::Error::AlreadyExists { .. }
+                                | object_store::Error::Precondition { .. },
+                            ) => Ok(0),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .buffer_unordered(PUTS_AT_ONCE)
+                .try_fold(0, |new, one| async move { Ok(new + one) })
+                .await
+        });
+        created.map_err(|e| self.failed("write", "chunks", &e))
     }
 
     fn delete(&self, key: &str) -> Result<(), ObjectError> {

@@ -1,11 +1,14 @@
 //! The whole upload on loopback against rsync, for a realistic image pair.
 //!
-//! `upload-bench [--size-mib N] [--change PERCENT] [--scattered | --repeats] [--ntfs] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--cold] [--dir DIR]`
+//! `upload-bench [--size-mib N] [--change PERCENT] [--scattered | --repeats] [--ntfs] [--meta URL] [--store URL] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--cold] [--dir DIR]`
 //!
 //! `--repeats` takes the install-like pair whose install copies runtime files into
 //! several program folders (`hotate_tests::images::install_pair`). Every run reports the
 //! floor: `zstd -19 --long=27` of the changed pages, and Hotate's bytes against it.
 //! `--ntfs` makes the pair on NTFS (`mkntfs`, `ntfscp` from ntfs-3g) instead of ext4.
+//! `--meta URL` and `--store URL` put the server's metadata in PostgreSQL and its chunks
+//! in an S3-compatible bucket (the `AWS_*` variables name it), as `HOTATE_META` and
+//! `HOTATE_STORE` for every command the bench runs.
 //!
 //! `--scattered` replaces the install with the worst case for block-level transfer: one
 //! random 4 KiB page rewritten in every MiB of the base that holds data; the report then
@@ -48,6 +51,9 @@ struct Args {
     repeats: bool,
     /// NTFS instead of ext4.
     ntfs: bool,
+    /// `HOTATE_META` and `HOTATE_STORE` of the server and its commands.
+    meta: Option<String>,
+    store: Option<String>,
     /// Drop the page cache before each tool runs, as after a terminal's fresh boot.
     cold: bool,
 }
@@ -63,6 +69,8 @@ fn parse_args() -> Args {
         scattered: false,
         repeats: false,
         ntfs: false,
+        meta: None,
+        store: None,
         cold: false,
     };
     let mut it = std::env::args().skip(1);
@@ -98,6 +106,8 @@ fn parse_args() -> Args {
             "--rtt" => args.rtt_ms = value.trim_end_matches("ms").parse().expect("--rtt MS"),
             "--dir" => args.dir = PathBuf::from(value),
             "--block-size" => args.block_size = value.parse().expect("--block-size BYTES"),
+            "--meta" => args.meta = Some(value),
+            "--store" => args.store = Some(value),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -230,8 +240,20 @@ impl Drop for Rsync {
     }
 }
 
+/// Names the server's metadata and store for every command run from here on.
+#[allow(unsafe_code)]
+fn set_places(args: &Args) {
+    for (name, value) in [("HOTATE_META", &args.meta), ("HOTATE_STORE", &args.store)] {
+        if let Some(value) = value {
+            // SAFETY: called first in `main`, before any other thread runs.
+            unsafe { std::env::set_var(name, value) };
+        }
+    }
+}
+
 fn main() {
     let args = parse_args();
+    set_places(&args);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir_in(&args.dir).expect("bench dir");
     let size = args.size_mib << 20;

@@ -25,6 +25,15 @@ pub trait Objects: Send + Sync + std::fmt::Debug + 'static {
     fn size(&self, key: &str) -> Result<Option<u64>, ObjectError>;
     /// Creates an object unless one of that name exists; false when it existed.
     fn create(&self, key: &str, bytes: Bytes) -> Result<bool, ObjectError>;
+    /// Creates several objects (as `create`, each), at once where the backend can; how
+    /// many were new.
+    fn create_many(&self, objects: Vec<(String, Bytes)>) -> Result<usize, ObjectError> {
+        let mut new = 0;
+        for (key, bytes) in objects {
+            new += usize::from(self.create(&key, bytes)?);
+        }
+        Ok(new)
+    }
     /// Deletes an object (nothing when absent).
     fn delete(&self, key: &str) -> Result<(), ObjectError>;
     /// Every object whose name starts with `prefix`, with its size.
@@ -42,6 +51,10 @@ impl<O: Objects + ?Sized> Objects for std::sync::Arc<O> {
 
     fn create(&self, key: &str, bytes: Bytes) -> Result<bool, ObjectError> {
         (**self).create(key, bytes)
+    }
+
+    fn create_many(&self, objects: Vec<(String, Bytes)>) -> Result<usize, ObjectError> {
+        (**self).create_many(objects)
     }
 
     fn delete(&self, key: &str) -> Result<(), ObjectError> {
@@ -131,19 +144,38 @@ impl<O: Objects> ChunkStore for ObjectStore<O> {
         self.objects.delete(&key).map_err(|e| self.failed(&key, e))
     }
 
+    /// Puts the chunks at once; a patch's base is put before it (or was already).
     fn put_many(&self, chunks: &[Stored]) -> Result<usize, StoreError> {
-        let mut new = 0;
-        for chunk in chunks {
-            let key = Self::key_of(&chunk.hash());
+        let encoded = |chunk: &Stored| {
             let (head, payload) = layout::encode(chunk);
-            let bytes = Bytes::from([head.as_slice(), &payload].concat());
-            if self
-                .objects
-                .create(&key, bytes)
-                .map_err(|e| self.failed(&key, e))?
-            {
-                new += 1;
+            (
+                Self::key_of(&chunk.hash()),
+                Bytes::from([head.as_slice(), &payload].concat()),
+            )
+        };
+        // In waves: a patch goes only once its base is out of the group's remainder,
+        // so no reader ever finds a patch without its base.
+        let mut remaining: Vec<&Stored> = chunks.iter().collect();
+        let mut new = 0;
+        while !remaining.is_empty() {
+            let pending: std::collections::HashSet<Hash> =
+                remaining.iter().map(|c| c.hash()).collect();
+            let (wave, rest): (Vec<&Stored>, Vec<&Stored>) = remaining.into_iter().partition(|c| {
+                // A patch naming itself is put as it is (reading it is refused).
+                !matches!(c, Stored::Patch(p)
+                        if p.delta().base != p.hash() && pending.contains(&p.delta().base))
+            });
+            if wave.is_empty() {
+                return Err(StoreError::Io {
+                    path: "chunks/".into(),
+                    source: std::io::Error::other("patches in a group name each other"),
+                });
             }
+            new += self
+                .objects
+                .create_many(wave.into_iter().map(encoded).collect())
+                .map_err(|e| self.failed("chunks/", e))?;
+            remaining = rest;
         }
         Ok(new)
     }

@@ -153,6 +153,23 @@ fn disks_and_versions(meta: &dyn Metadata) {
         meta.version("d", "v9"),
         Err(MetaError::UnknownVersion(_))
     ));
+    // A migration adds versions as they are, once.
+    let v2 = VersionRow {
+        comment: "copied".into(),
+        created_at: 42,
+        ..version("v2", Some("v1"))
+    };
+    assert!(meta.add_version(&v2).unwrap());
+    assert!(!meta.add_version(&v2).unwrap(), "once");
+    assert_eq!(meta.latest_version("d").unwrap(), v2);
+    let elsewhere = VersionRow {
+        disk_id: "nope".into(),
+        ..version("v3", None)
+    };
+    assert!(matches!(
+        meta.add_version(&elsewhere),
+        Err(MetaError::UnknownDisk(_))
+    ));
 }
 
 fn reserving_a_disk(meta: &dyn Metadata) {

@@ -377,6 +377,9 @@ pub trait Catalog {
     fn create_disk(&self, disk: &DiskRow, first: &VersionRow) -> Result<(), MetaError>;
     /// Versions of a disk, oldest first.
     fn versions(&self, disk_id: &str) -> Result<Vec<VersionRow>, MetaError>;
+    /// Adds a version of an existing disk as it is (a migration copies versions oldest
+    /// first); false when the disk has it already.
+    fn add_version(&self, version: &VersionRow) -> Result<bool, MetaError>;
     /// A disk's newest version.
     fn latest_version(&self, disk_id: &str) -> Result<VersionRow, MetaError>;
     /// One version of a disk.

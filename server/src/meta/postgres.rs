@@ -519,6 +519,23 @@ impl Catalog for PostgresMeta {
         })
     }
 
+    fn add_version(&self, version: &VersionRow) -> Result<bool, MetaError> {
+        self.write(|tx| {
+            let disk = &version.disk_id;
+            if tx
+                .query_opt("SELECT 1 FROM disks WHERE id = $1", &[disk])?
+                .is_none()
+            {
+                return Err(MetaError::UnknownDisk(disk.clone()));
+            }
+            if version_exists(tx, disk, &version.id)? {
+                return Ok(false);
+            }
+            insert_version(tx, version)?;
+            Ok(true)
+        })
+    }
+
     fn latest_version(&self, disk_id: &str) -> Result<VersionRow, MetaError> {
         self.with_client(|c| {
             c.query_opt(

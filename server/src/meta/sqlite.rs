@@ -430,6 +430,24 @@ impl Catalog for SqliteMeta {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn add_version(&self, version: &VersionRow) -> Result<bool, MetaError> {
+        self.write(|tx| {
+            let disk = &version.disk_id;
+            if tx
+                .query_row("SELECT 1 FROM disks WHERE id = ?1", [disk], |_| Ok(()))
+                .optional()?
+                .is_none()
+            {
+                return Err(MetaError::UnknownDisk(disk.clone()));
+            }
+            if version_exists(tx, disk, &version.id)? {
+                return Ok(false);
+            }
+            insert_version(tx, version)?;
+            Ok(true)
+        })
+    }
+
     fn latest_version(&self, disk_id: &str) -> Result<VersionRow, MetaError> {
         self.conn()
             .query_row(

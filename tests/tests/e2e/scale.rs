@@ -207,3 +207,105 @@ fn postgres_and_s3_carry_a_whole_update_and_bad_places_are_told() {
         "not an S3 URL",
     );
 }
+
+#[test]
+fn a_data_dir_migrates_to_postgres_and_s3_and_exports_the_same() {
+    let test = "a_data_dir_migrates_to_postgres_and_s3_and_exports_the_same";
+    let Some(meta) = hotate_tests::postgres::fresh_database(test) else {
+        return;
+    };
+    let endpoint = std::env::var("HOTATE_TEST_S3").ok();
+    let what = "an S3-compatible server (tests/run starts moto_server; or set HOTATE_TEST_S3)";
+    if !hotate_tests::needs(test, what, endpoint.is_some()) {
+        return;
+    }
+    let s3 = s3_env(&endpoint.unwrap_or_default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = dir
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let store = format!("s3://hotate-test/{prefix}");
+
+    // A single-node site with two versions and then a live update.
+    let pair = images::pair(dir.path(), 32 << 20, 10, 22);
+    let site = Site::new(dir.path(), "lab", &pair.base, BLOCK);
+    let server = Server::start(&site.data);
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
+    assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
+    assert_ok(&terminal.run(&["update", "finish"]));
+    let latest = admin_ok(&site.data, &["--json", "disk", "versions", "lab"]);
+    let latest: serde_json::Value = serde_json::from_str(&latest).expect("json");
+    let latest = latest[1]["id"].as_str().expect("id").to_owned();
+    let next = Terminal::new(dir.path(), "PC-002", &site.disk_id, &latest, &pair.updated);
+    assert_ok(&next.run(&["--url", &server.url(), "update", "start"]));
+    server.stop();
+    let migrate = |json: bool| {
+        let mut args = vec!["migrate", "--to-meta", &meta, "--to-store", &store];
+        if json {
+            args.insert(0, "--json");
+        }
+        std::process::Command::new(bin("hotate-server"))
+            .arg("--data")
+            .arg(&site.data)
+            .args(&args)
+            .envs(s3.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hotate-server")
+    };
+    let refused = migrate(false);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("in progress"), "{}", text(&refused));
+    admin_ok(&site.data, &["update", "cancel", "lab"]);
+
+    let first = migrate(true);
+    assert_ok(&first);
+    let done: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
+    assert_eq!(done["versions"], 2, "{done}");
+    assert_eq!(done["users"], 1, "{done}");
+    assert!(done["chunks_copied"].as_u64().unwrap_or(0) > 0, "{done}");
+
+    // Every version exports from the new places as it does from the data dir.
+    let mut env = s3.clone();
+    env.extend([
+        ("HOTATE_META", meta.clone()),
+        ("HOTATE_STORE", store.clone()),
+    ]);
+    let cluster = Elsewhere {
+        data: site.data.clone(),
+        env,
+    };
+    let versions = cluster.admin_json(&["disk", "versions", "lab"]);
+    let ids: Vec<&str> = versions
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["id"].as_str())
+        .collect();
+    assert_eq!(ids, [site.first_version.as_str(), ids[1]], "{versions}");
+    for id in &ids {
+        let here = site.export("lab", Some(id), &dir.path().join("here.img"));
+        let out = dir.path().join("there.img");
+        let path = out.to_str().expect("path");
+        assert_ok(&cluster.admin(&["disk", "export", "lab", "--version", id, "--output", path]));
+        assert!(std::fs::read(&out).expect("export") == here, "version {id}");
+    }
+    same_file(
+        &std::fs::read(dir.path().join("there.img")).expect("export"),
+        &pair.updated,
+    );
+    let verify = cluster.admin_json(&["store", "verify", "--all"]);
+    assert_eq!(verify["damaged"], serde_json::json!([]), "{verify}");
+
+    // Run again (as after an interruption): nothing is copied twice, every chunk is
+    // read back.
+    let again = migrate(true);
+    assert_ok(&again);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(again["chunks_copied"], 0, "{again}");
+    assert_eq!(again["versions"], 0, "{again}");
+    assert_eq!(again["chunks_kept"], done["chunks_copied"], "{again}");
+}
