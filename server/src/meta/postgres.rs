@@ -228,7 +228,15 @@ impl PostgresMeta {
             s.spawn(|| {
                 let client = match idle {
                     Some(client) => Ok(client),
-                    None => self.config.connect(NoTls).map_err(|e| self.unreachable(&e)),
+                    // Every change this connection commits is durable when it returns.
+                    None => self
+                        .config
+                        .connect(NoTls)
+                        .and_then(|mut client| {
+                            client.batch_execute("SET synchronous_commit = on")?;
+                            Ok(client)
+                        })
+                        .map_err(|e| self.unreachable(&e)),
                 };
                 let mut client = match client {
                     Ok(client) => client,
@@ -279,9 +287,6 @@ impl PostgresMeta {
         work: impl FnOnce(&mut Transaction<'_>) -> Result<T, MetaError> + Send,
     ) -> Result<T, MetaError> {
         self.with_client(|client| {
-            if !client.is_closed() {
-                client.batch_execute("SET synchronous_commit = on")?;
-            }
             let mut tx = client.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
             let out = work(&mut tx)?;
@@ -1143,6 +1148,22 @@ mod tests {
             .unwrap();
         let joiner = if url.contains('?') { '&' } else { '?' };
         format!("{url}{joiner}options=-c%20search_path%3D{name}")
+    }
+
+    /// A database whose default lets commits return before their WAL is flushed still
+    /// gets durable commits from Hotate's connections.
+    #[test]
+    fn commits_are_durable_whatever_the_database_default() {
+        let Some(url) = test_database() else { return };
+        let lax = format!("{}%20-c%20synchronous_commit%3Doff", fresh_schema(&url));
+        let meta = PostgresMeta::open(&lax).unwrap();
+        let setting = meta
+            .with_client(|c| {
+                Ok(c.query_one("SHOW synchronous_commit", &[])?
+                    .get::<_, String>(0))
+            })
+            .unwrap();
+        assert_eq!(setting, "on");
     }
 
     #[test]

@@ -47,26 +47,27 @@ fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-#[test]
-fn postgres_and_s3_carry_a_whole_update_and_bad_places_are_told() {
-    let test = "postgres_and_s3_carry_a_whole_update_and_bad_places_are_told";
-    let Some(meta) = hotate_tests::postgres::fresh_database(test) else {
-        return;
-    };
+/// The test servers a test needs: a fresh PostgreSQL database (as a `--meta` URL), the
+/// S3 server's endpoint, and a bucket prefix of the test's own (`s3://hotate-test/...`)
+/// with `dir`'s name; `None` (skipped, failed under CI) when one is missing.
+fn test_places(test: &str, dir: &std::path::Path) -> Option<(String, String, String)> {
+    let meta = hotate_tests::postgres::fresh_database(test)?;
     let endpoint = std::env::var("HOTATE_TEST_S3").ok();
     let what = "an S3-compatible server (tests/run starts moto_server; or set HOTATE_TEST_S3)";
     if !hotate_tests::needs(test, what, endpoint.is_some()) {
-        return;
+        return None;
     }
-    let endpoint = endpoint.unwrap_or_default();
+    let prefix = dir.file_name()?.to_string_lossy().to_string();
+    Some((meta, endpoint?, format!("s3://hotate-test/{prefix}")))
+}
+
+#[test]
+fn postgres_and_s3_carry_a_whole_update_and_bad_places_are_told() {
+    let test = "postgres_and_s3_carry_a_whole_update_and_bad_places_are_told";
     let dir = tempfile::tempdir().expect("tempdir");
-    let prefix = dir
-        .path()
-        .file_name()
-        .expect("name")
-        .to_string_lossy()
-        .to_string();
-    let store = format!("s3://hotate-test/{prefix}");
+    let Some((meta, endpoint, store)) = test_places(test, dir.path()) else {
+        return;
+    };
     let mut env = s3_env(&endpoint);
     env.extend([
         ("HOTATE_META", meta.clone()),
@@ -211,23 +212,11 @@ fn postgres_and_s3_carry_a_whole_update_and_bad_places_are_told() {
 #[test]
 fn a_data_dir_migrates_to_postgres_and_s3_and_exports_the_same() {
     let test = "a_data_dir_migrates_to_postgres_and_s3_and_exports_the_same";
-    let Some(meta) = hotate_tests::postgres::fresh_database(test) else {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((meta, endpoint, store)) = test_places(test, dir.path()) else {
         return;
     };
-    let endpoint = std::env::var("HOTATE_TEST_S3").ok();
-    let what = "an S3-compatible server (tests/run starts moto_server; or set HOTATE_TEST_S3)";
-    if !hotate_tests::needs(test, what, endpoint.is_some()) {
-        return;
-    }
-    let s3 = s3_env(&endpoint.unwrap_or_default());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prefix = dir
-        .path()
-        .file_name()
-        .expect("name")
-        .to_string_lossy()
-        .to_string();
-    let store = format!("s3://hotate-test/{prefix}");
+    let s3 = s3_env(&endpoint);
 
     // A single-node site with two versions and then a live update.
     let pair = images::pair(dir.path(), 32 << 20, 10, 22);
