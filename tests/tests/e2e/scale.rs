@@ -115,14 +115,12 @@ fn postgres_and_s3_carry_a_whole_update_and_bad_places_are_told() {
     server.stop();
 
     let out = dir.path().join("latest.img");
-    assert_ok(&site.admin(&[
-        "disk",
-        "export",
-        "lab",
-        "--output",
-        out.to_str().expect("path"),
-    ]));
-    same_file(&std::fs::read(&out).expect("export"), &pair.updated);
+    let exports_the_update = || {
+        let path = out.to_str().expect("path");
+        assert_ok(&site.admin(&["disk", "export", "lab", "--output", path]));
+        same_file(&std::fs::read(&out).expect("export"), &pair.updated);
+    };
+    exports_the_update();
     let updates = site.admin_json(&["update", "list"]);
     assert_eq!(updates[0]["state"], "committed", "{updates}");
     // Deleting the first version leaves chunks only it named: gc removes them from the
@@ -140,14 +138,7 @@ fn postgres_and_s3_carry_a_whole_update_and_bad_places_are_told() {
         verify["chunks_checked"].as_u64().unwrap_or(0) > 0,
         "{verify}"
     );
-    assert_ok(&site.admin(&[
-        "disk",
-        "export",
-        "lab",
-        "--output",
-        out.to_str().expect("path"),
-    ]));
-    same_file(&std::fs::read(&out).expect("export"), &pair.updated);
+    exports_the_update();
 
     // Places that cannot be used are each told.
     let refused = |args: &[&str], env: &[(&str, &str)], says: &str| {
