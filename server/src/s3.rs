@@ -160,18 +160,8 @@ impl Objects for S3Objects {
 
     fn create(&self, key: &str, bytes: Bytes) -> Result<bool, ObjectError> {
         let (s3, path) = (self.s3.clone(), self.path(key));
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self.run(async move { s3.put_opts(&path, PutPayload::from(bytes), options).await }) {
-            Ok(_) => Ok(true),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok(false),
-            Err(e) => Err(self.failed("write", key, &e)),
-        }
+        self.run(async move { put_new(&s3, &path, bytes).await })
+            .map_err(|e| self.failed("write", key, &e))
     }
 
     /// Up to [`PUTS_AT_ONCE`] writes in flight.
@@ -185,20 +175,7 @@ impl Objects for S3Objects {
             futures::stream::iter(puts)
                 .map(|(path, bytes)| {
                     let s3 = s3.clone();
-                    async move {
-                        let options = PutOptions {
-                            mode: PutMode::Create,
-                            ..PutOptions::default()
-                        };
-                        match s3.put_opts(&path, PutPayload::from(bytes), options).await {
-                            Ok(_) => Ok(1),
-                            Err(
-                                object_store::Error::AlreadyExists { .. }
-                                | object_store::Error::Precondition { .. },
-                            ) => Ok(0),
-                            Err(e) => Err(e),
-                        }
-                    }
+                    async move { put_new(&s3, &path, bytes).await.map(usize::from) }
                 })
                 .buffer_unordered(PUTS_AT_ONCE)
                 .try_fold(0, |new, one| async move { Ok(new + one) })
@@ -234,6 +211,22 @@ impl Objects for S3Objects {
             }
         }
         Ok(())
+    }
+}
+
+/// Writes an object unless one of that name exists (`If-None-Match: *`); false when it
+/// existed.
+async fn put_new(s3: &AmazonS3, path: &Path, bytes: Bytes) -> Result<bool, object_store::Error> {
+    let options = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match s3.put_opts(path, PutPayload::from(bytes), options).await {
+        Ok(_) => Ok(true),
+        Err(
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+        ) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
