@@ -238,16 +238,18 @@ fn page_key(page: &[u8]) -> u128 {
     u128::from_le_bytes(key)
 }
 
-/// The pages a sender has sent, by content: where each was first sent (the chunk, by
-/// its place in the upload's order of needed chunks, and its page number there). At most
+/// The pages a sender has sent or found held, by content: where each was first seen (the
+/// chunk, by its place in the upload's order of chunks, and its page number there). At most
 /// [`PAGE_INDEX_ENTRIES`]. Blocks are composed concurrently, so each page keeps its
 /// earliest place whatever the order they come in: a block's copies depend only on the
 /// chunks before it, and a dry run predicts an upload's bytes exactly.
 #[derive(Debug, Default)]
 pub struct PageIndex {
     pages: HashMap<u128, (u32, u32)>,
-    /// Each needed chunk's hash, by its place.
+    /// Each chunk's hash, by its place.
     chunks: Vec<Option<Hash>>,
+    /// The chunks whose pages are remembered.
+    seen: std::collections::HashSet<Hash>,
 }
 
 impl PageIndex {
@@ -258,6 +260,55 @@ impl PageIndex {
 
     pub fn is_empty(&self) -> bool {
         self.pages.is_empty()
+    }
+
+    /// Remembers the pages of `block`, a chunk hashing to `hash` that the receiver holds
+    /// (at `place` in the upload's order of chunks), so later blocks may copy them. A
+    /// chunk already remembered is not hashed again. Pages are hashed outside the lock.
+    pub fn remember(index: &std::sync::Mutex<Self>, block: &[u8], (hash, place): (Hash, u32)) {
+        if index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen
+            .contains(&hash)
+        {
+            return;
+        }
+        let keys: Vec<Option<u128>> = block
+            .chunks(PAGE)
+            .map(|page| (!is_zero(page)).then(|| page_key(page)))
+            .collect();
+        let mut index = index.lock().unwrap_or_else(|e| e.into_inner());
+        index.place(hash, place);
+        let pages = keys.into_iter().enumerate();
+        index.keep(pages.filter_map(|(i, key)| Some((key?, i as u32))), place);
+    }
+
+    /// Names the chunk at `place`.
+    fn place(&mut self, hash: Hash, place: u32) {
+        let at = place as usize;
+        if self.chunks.len() <= at {
+            self.chunks.resize(at + 1, None);
+        }
+        self.chunks[at] = Some(hash);
+        self.seen.insert(hash);
+    }
+
+    /// Remembers pages (by key and page number) of the chunk at `place`: the earliest
+    /// place wins, whichever block came first; past [`PAGE_INDEX_ENTRIES`], new pages are
+    /// not remembered.
+    fn keep(&mut self, pages: impl IntoIterator<Item = (u128, u32)>, place: u32) {
+        for (key, page) in pages {
+            let room = self.pages.len() < PAGE_INDEX_ENTRIES;
+            match self.pages.get_mut(&key) {
+                Some(first) if first.0 > place => *first = (place, page),
+                Some(_) => {}
+                None if room => {
+                    self.pages.insert(key, (place, page));
+                }
+                None => {}
+            }
+        }
     }
 
     /// `block` (hashing to `hash`, the needed chunk at `place` in the upload's order) as a
@@ -332,11 +383,7 @@ impl PageIndex {
         (hash, place): (Hash, u32),
         sent: u32,
     ) -> Option<Copies> {
-        let at = place as usize;
-        if self.chunks.len() <= at {
-            self.chunks.resize(at + 1, None);
-        }
-        self.chunks[at] = Some(hash);
+        self.place(hash, place);
         let mut copies = Copies::default();
         let mut map = vec![0u8; keys.len().div_ceil(8)];
         let mut fresh = Vec::new();
@@ -365,18 +412,7 @@ impl PageIndex {
                 None => fresh.extend(key.map(|key| (key, i as u32))),
             }
         }
-        for (key, page) in fresh {
-            let room = self.pages.len() < PAGE_INDEX_ENTRIES;
-            match self.pages.get_mut(&key) {
-                // The earliest place wins, whichever block came first.
-                Some(first) if first.0 > place => *first = (place, page),
-                Some(_) => {}
-                None if room => {
-                    self.pages.insert(key, (place, page));
-                }
-                None => {}
-            }
-        }
+        self.keep(fresh, place);
         if copies.from.is_empty() {
             return None;
         }

@@ -537,7 +537,7 @@ async fn offer_stage<S: ChunkSink>(
     holding: &Holding,
     progress: &Progress,
     mut input: mpsc::Receiver<Hashed>,
-    out: mpsc::Sender<Hashed>,
+    out: mpsc::Sender<Answered>,
 ) -> Result<Manifest, PipelineError> {
     let mut manifest = parent.clone();
     let batch_cap = config.max_batch.clamp(1, OFFER_BATCH);
@@ -583,7 +583,8 @@ async fn offer_stage<S: ChunkSink>(
                 let Some(answered) = answered else { continue };
                 let (changed, mut needed) = answered?;
                 count_answered(&changed, &needed, progress);
-                if !forward_needed(changed, &mut needed, holding, progress, &out).await {
+                let held = sink.takes_copies();
+                if !forward_needed(changed, &mut needed, held, holding, progress, &out).await {
                     break; // The compress stage stopped with an error.
                 }
             }
@@ -630,59 +631,84 @@ fn count_answered(changed: &[Hashed], needed: &HashMap<Hash, Option<Base>>, prog
 }
 
 /// Hands an answered batch's needed blocks to the compress stage (each needed hash once,
-/// by its first block) and counts the rest done; false when the compress stage stopped.
+/// by its first block) and counts the rest done; with `held`, the blocks the sink holds
+/// already follow too, so later blocks may copy their pages. False when the compress
+/// stage stopped.
 async fn forward_needed(
     changed: Vec<Hashed>,
     needed: &mut HashMap<Hash, Option<Base>>,
+    held: bool,
     holding: &Holding,
     progress: &Progress,
-    out: &mpsc::Sender<Hashed>,
+    out: &mpsc::Sender<Answered>,
 ) -> bool {
+    let asked: std::collections::HashSet<Hash> = needed.keys().copied().collect();
     for mut block in changed {
         holding.release(&block);
-        let need = match block.entry {
-            Entry::Chunk(hash) => needed.remove(&hash),
-            Entry::Zero => None,
-        };
-        match need {
-            Some(base) => {
-                block.base = base;
-                if out.send(block).await.is_err() {
-                    return false;
+        let answered = match block.entry {
+            Entry::Chunk(hash) => match needed.remove(&hash) {
+                Some(base) => {
+                    block.base = base;
+                    Answered::Needed(block)
                 }
+                // A repeat of a needed block in the batch brings no new pages.
+                None if held && !asked.contains(&hash) => {
+                    Progress::add(&progress.bytes_done, block.len);
+                    Answered::Held(block)
+                }
+                None => {
+                    Progress::add(&progress.bytes_done, block.len);
+                    continue;
+                }
+            },
+            Entry::Zero => {
+                Progress::add(&progress.bytes_done, block.len);
+                continue;
             }
-            None => Progress::add(&progress.bytes_done, block.len),
+        };
+        if out.send(answered).await.is_err() {
+            return false;
         }
     }
     true
 }
 
+/// An answered block on its way to the compress stage.
+enum Answered {
+    /// The sink needs it.
+    Needed(Hashed),
+    /// The sink holds it already: its pages may be copied from.
+    Held(Hashed),
+}
+
 /// Compresses the needed blocks (as page deltas where the sink offered a base, with the
-/// pages a chunk sent before carried copied) on the blocking pool and hands them to the
-/// sink in order; a block that let its content go while its offer was in flight is read
-/// again (and must hash as offered): only its changed pages where it kept their digests
-/// and the sink offered a base.
+/// pages a chunk sent or held before carried copied) on the blocking pool and hands them
+/// to the sink in order; a block that let its content go while its offer was in flight is
+/// read again (and must hash as offered): only its changed pages where it kept their
+/// digests and the sink offered a base. Held blocks take their place in the order too:
+/// their pages are remembered, and nothing is sent.
 async fn compress_stage<S: ChunkSink>(
     source: Arc<dyn ImageSource>,
     geometry: Geometry,
     sink: &S,
     config: &PipelineConfig,
     progress: &Progress,
-    input: mpsc::Receiver<Hashed>,
+    input: mpsc::Receiver<Answered>,
 ) -> Result<(), PipelineError> {
     let level = config.zstd_level;
     let jobs = config.compress_jobs.max(1);
-    // The pages sent so far, for a receiver that takes copies.
+    // The pages sent or held so far, for a receiver that takes copies.
     let index = Arc::new(std::sync::Mutex::new(PageIndex::default()));
     ReceiverStream::new(input)
-        .filter_map(|block| async move {
+        .filter_map(|answered| async move {
+            let (Answered::Needed(block) | Answered::Held(block)) = &answered;
             let Entry::Chunk(hash) = block.entry else {
                 return None;
             };
-            Some((hash, block))
+            Some((hash, answered))
         })
         .enumerate()
-        .map(|(place, (hash, block))| {
+        .map(|(place, (hash, answered))| {
             let source = source.clone();
             // When a chunk's job starts, every chunk `jobs` places before it has been put
             // (`buffered` starts one as one ends): it may copy their pages. Counting
@@ -694,17 +720,33 @@ async fn compress_stage<S: ChunkSink>(
                 sent: place.saturating_add(1).saturating_sub(jobs as u32),
             });
             async move {
-                let len = block.len;
-                let (chunk, held, reread) = tokio::task::spawn_blocking(move || {
-                    encode(source.as_ref(), geometry, hash, block, level, copies)
-                })
-                .await??;
+                let (job, len) = match answered {
+                    Answered::Needed(block) => {
+                        let len = block.len;
+                        let job = tokio::task::spawn_blocking(move || {
+                            encode(source.as_ref(), geometry, hash, block, level, copies)
+                                .map(|(chunk, held, reread)| (Some((chunk, held)), reread))
+                        });
+                        (job, len)
+                    }
+                    Answered::Held(block) => {
+                        let job = tokio::task::spawn_blocking(move || {
+                            remember(source.as_ref(), geometry, hash, block, copies)
+                                .map(|reread| (None, reread))
+                        });
+                        (job, 0)
+                    }
+                };
+                let (chunk, reread) = job.await??;
                 Progress::add(&progress.bytes_read, reread);
-                Ok::<_, PipelineError>((chunk, held, len))
+                Ok::<_, PipelineError>(chunk.map(|(chunk, held)| (chunk, held, len)))
             }
         })
         .buffered(jobs)
-        .try_for_each(|(chunk, held, len)| async move {
+        .try_for_each(|chunk| async move {
+            let Some((chunk, held, len)) = chunk else {
+                return Ok(());
+            };
             Progress::add(&progress.bytes_compressed, len);
             Progress::add(&progress.bytes_sent, chunk.encoded_len() as u64);
             Progress::add(&progress.chunks_sent, 1);
@@ -714,6 +756,26 @@ async fn compress_stage<S: ChunkSink>(
             Ok(())
         })
         .await
+}
+
+/// Remembers the pages of a block the sink holds (read again if it let its content go,
+/// so what is remembered does not depend on timing); returns the bytes read again.
+fn remember(
+    source: &dyn ImageSource,
+    geometry: Geometry,
+    hash: Hash,
+    block: Hashed,
+    copies: Option<Copying>,
+) -> Result<u64, PipelineError> {
+    let Some(Copying { index, place, .. }) = copies else {
+        return Ok(0);
+    };
+    let (data, reread) = match block.data {
+        Some(data) => (data, 0),
+        None => (read_again(source, geometry, block.index, hash)?, block.len),
+    };
+    PageIndex::remember(&index, &data, (hash, place));
+    Ok(reread)
 }
 
 /// What a block may copy, for a receiver that takes copies: the pages sent, its place

@@ -314,6 +314,57 @@ async fn pages_a_chunk_sent_before_carried_travel_as_copies() {
     assert!(sent[1] * 3 < sent[0] * 2, "{sent:?}");
 }
 
+/// A resumed upload: the blocks an interrupted session sent are held by the sink, and a
+/// block after them that repeats their pages copies them instead of sending them again,
+/// whether the held blocks kept their content or were read again.
+#[tokio::test]
+async fn pages_of_blocks_the_sink_holds_travel_as_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = vec![0u8; TEST_BLOCK * 12];
+    let store = Arc::new(MemoryStore::new());
+    let parent = import(write_image(&dir, "base", &base), &store)
+        .await
+        .manifest;
+    // Blocks 1 to 6 were sent before the interruption; block 9 repeats block 2's file
+    // one page further on, beside new pages.
+    let mut updated = base.clone();
+    for block in 1..=6 {
+        let range = block * TEST_BLOCK..(block + 1) * TEST_BLOCK;
+        updated[range].copy_from_slice(&text(TEST_BLOCK, block as u64));
+    }
+    let file = updated[2 * TEST_BLOCK..3 * TEST_BLOCK].to_vec();
+    let at = 9 * TEST_BLOCK;
+    updated[at..at + PAGE].copy_from_slice(&text(PAGE, 99));
+    updated[at + PAGE..at + TEST_BLOCK].copy_from_slice(&file[..TEST_BLOCK - PAGE]);
+    let repeat = Hash::of(&updated[at..at + TEST_BLOCK]);
+    for window in [DEFAULT_WINDOW, TEST_BLOCK * 4] {
+        let sink = RecordingSink {
+            lacks: Some([repeat].into()),
+            copies: true,
+            ..Default::default()
+        };
+        let config = PipelineConfig {
+            window,
+            ..PipelineConfig::default()
+        };
+        let source = write_image(&dir, "updated", &updated);
+        run(source, &parent, &sink, &config, &Progress::default())
+            .await
+            .unwrap();
+        let sent = sink.sent.into_inner().unwrap();
+        assert_eq!(sent.len(), 1, "only block 9 travels");
+        let Outgoing::Composed { composed, .. } = &sent[0] else {
+            panic!("block 9 copies the held block's pages (window {window})");
+        };
+        assert_eq!(composed.copies.sources, [Hash::of(&file)]);
+        assert_eq!(composed.copies.from.len(), TEST_BLOCK / PAGE - 1);
+        let (block, _) = composed
+            .apply(TEST_BLOCK, None, &[Bytes::from(file.clone())], TEST_BLOCK)
+            .unwrap();
+        assert_eq!(&block[..], &updated[at..at + TEST_BLOCK]);
+    }
+}
+
 #[tokio::test]
 async fn a_block_with_an_offered_base_travels_as_its_changed_pages() {
     let dir = tempfile::tempdir().unwrap();

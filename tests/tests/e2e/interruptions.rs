@@ -40,6 +40,55 @@ fn a_killed_finish_resumes_and_sends_only_what_remained() {
     assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }
 
+/// An install that repeats files, interrupted after its first part: the resumed finish
+/// copies the pages the first session sent instead of sending them again, so the two
+/// sessions together send what one uninterrupted upload sends.
+#[test]
+fn a_resumed_finish_copies_the_pages_an_earlier_session_sent() {
+    let fs = images::FileSystem::Ext4;
+    let tools = fs.tools().iter().all(|tool| has_command(tool));
+    let test = "a_resumed_finish_copies_the_pages_an_earlier_session_sent";
+    if !hotate_tests::needs(test, &fs.tools().join(" and "), tools) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = images::fs_pair(fs, images::Repeats::Runtimes, dir.path(), 128 << 20, 40, 5)
+        .expect("the install pair");
+    let site = Site::new(dir.path(), "lab", &pair.base, 1 << 20);
+    let server = Server::start(&site.data);
+    let terminal = site.terminal(dir.path(), "PC-001", &pair.updated);
+    assert_ok(&terminal.run(&["--url", &server.url(), "update", "start"]));
+    let bench = terminal.run(&["bench", "--json", "--link-seconds", "1"]);
+    assert_ok(&bench);
+    let bench: serde_json::Value = serde_json::from_slice(&bench.stdout).expect("json");
+    let one_upload = bench["bytes_to_send"].as_u64().expect("bytes_to_send");
+
+    // Interrupted once about a third of the upload is stored.
+    let mut slow = finish_in_background(&terminal, &site, "2m");
+    let first = wait_for_received(&site, one_upload / 3, Duration::from_secs(60));
+    slow.kill().expect("kill");
+    let _ = slow.wait();
+    assert!(
+        first < one_upload * 2 / 3,
+        "{first} of {one_upload} before the kill"
+    );
+    let resumed = terminal.run(&["update", "finish"]);
+    assert_ok(&resumed);
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("Resuming"));
+    let total = site.updates()[0]["bytes_received"]
+        .as_u64()
+        .expect("bytes_received");
+    eprintln!("one upload {one_upload} bytes; {first} before the kill, {total} in all");
+    // What was on the wire at the kill may travel again (without copies from the first
+    // session's chunks, the repeats after the kill do: 1.11x).
+    assert!(
+        total <= one_upload + one_upload / 40,
+        "{total} bytes received for an upload of {one_upload}"
+    );
+    let exported = site.export("lab", None, &dir.path().join("latest.img"));
+    same_file(&exported, &pair.updated);
+}
+
 #[test]
 fn a_server_restart_during_the_upload_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
