@@ -62,6 +62,8 @@ pub enum Refusal {
     UploadIncomplete,
     /// The server's disk failed a write; nothing of it was recorded.
     ServerDiskFailed,
+    /// No transfer server is running to carry the upload (a control server of a cluster).
+    NoTransferServer,
     /// The request was invalid (`detail` in English, for the record).
     BadRequest {
         detail: String,
@@ -108,6 +110,7 @@ impl Refusal {
             Self::ServerBusy { detail: s("x") },
             Self::UploadIncomplete,
             Self::ServerDiskFailed,
+            Self::NoTransferServer,
             Self::BadRequest { detail: s("x") },
             Self::ServerFailed { detail: s("x") },
         ]
@@ -134,6 +137,7 @@ impl Refusal {
             Self::ServerBusy { .. } => "server-busy",
             Self::UploadIncomplete => "upload-incomplete",
             Self::ServerDiskFailed => "server-disk-failed",
+            Self::NoTransferServer => "no-transfer-server",
             Self::BadRequest { .. } => "bad-request",
             Self::ServerFailed { .. } => "server-failed",
         }
@@ -246,6 +250,7 @@ impl Refusal {
             },
             "upload-incomplete" => Self::UploadIncomplete,
             "server-disk-failed" => Self::ServerDiskFailed,
+            "no-transfer-server" => Self::NoTransferServer,
             "bad-request" => Self::BadRequest {
                 detail: arg("detail"),
             },
@@ -362,6 +367,10 @@ impl Refusal {
             Self::ServerDiskFailed => pick(
                 "The Manage Server's disk failed a write; nothing of it was recorded and what was recorded before is kept. Try again once an administrator has checked the server's disk.".into(),
                 "ManageServer のディスクへの書き込みに失敗しました。この操作は記録されておらず、それまでの記録は保持されています。管理者がサーバーのディスクを確認した後、再度お試しください。".into(),
+            ),
+            Self::NoTransferServer => pick(
+                "No transfer server of the Manage Server is running to take the upload: run `hotate-client update finish` again in a minute; if it persists, an administrator must start one (`hotate-server serve --role transfer`).".into(),
+                "ManageServer にアップロードを受け付ける転送サーバーが起動していません。1 分ほど後に再度 `hotate-client update finish` を実行してください。解決しない場合は、管理者が転送サーバー (`hotate-server serve --role transfer`) を起動する必要があります。".into(),
             ),
             Self::BadRequest { detail } => pick(
                 format!("The Manage Server refused the request as invalid ({detail})."),

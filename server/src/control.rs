@@ -16,16 +16,39 @@ use crate::meta::{Session, UpdateRow, UpdateState};
 #[derive(Debug, Clone)]
 pub struct ControlService {
     app: Arc<App>,
-    transfer_port: u16,
-    advertise_transfer: Option<String>,
+    transfers: Transfers,
+}
+
+/// Where terminals send their uploads.
+#[derive(Debug, Clone)]
+pub enum Transfers {
+    /// This process's transfer port (`--role all`): at `advertise` when given, else at
+    /// the host the terminal reached the control port at.
+    Own {
+        port: u16,
+        advertise: Option<String>,
+    },
+    /// The transfer servers registered in the metadata (`--role control`).
+    Registered,
 }
 
 impl ControlService {
-    pub fn new(app: Arc<App>, transfer_port: u16, advertise_transfer: Option<String>) -> Self {
-        Self {
-            app,
-            transfer_port,
-            advertise_transfer,
+    pub fn new(app: Arc<App>, transfers: Transfers) -> Self {
+        Self { app, transfers }
+    }
+
+    /// The transfer service's URL and port as the replies carry them, for update `guid`'s
+    /// upload (handed to a transfer server), or for any when `None`.
+    async fn transfer_for(&self, guid: Option<String>) -> Result<(String, u32), Status> {
+        match &self.transfers {
+            Transfers::Own { port, advertise } => {
+                Ok((advertise.clone().unwrap_or_default(), u32::from(*port)))
+            }
+            Transfers::Registered => {
+                let app = self.app.clone();
+                let url = blocking(move || app.carrier_for(guid.as_deref())).await?;
+                Ok((url, 0))
+            }
         }
     }
 }
@@ -91,6 +114,8 @@ impl Control for ControlService {
             Ok((disk, latest))
         })
         .await?;
+        // Without a live transfer server the disk is still told; the upload's begin says why.
+        let (transfer_url, transfer_port) = self.transfer_for(None).await.unwrap_or_default();
         Ok(Response::new(pb::Disk {
             id: disk.id,
             name: disk.name,
@@ -98,8 +123,8 @@ impl Control for ControlService {
             block_size: disk.block_size,
             latest_version: latest.id,
             latest_root: hotate_proto::hash_bytes(&latest.root),
-            transfer_url: self.advertise_transfer.clone().unwrap_or_default(),
-            transfer_port: u32::from(self.transfer_port),
+            transfer_url,
+            transfer_port,
         }))
     }
 
@@ -187,11 +212,12 @@ impl ControlService {
     async fn begun(&self, session: Session, guid: String) -> Result<pb::BeginUploadReply, Status> {
         let app = self.app.clone();
         let (row, disk, base) = blocking(move || app.begin_upload(&session, &guid)).await?;
+        let (transfer_url, transfer_port) = self.transfer_for(Some(row.guid.clone())).await?;
         tracing::info!(update = %row.guid, "upload opened");
         Ok(pb::BeginUploadReply {
             upload_id: row.guid,
-            transfer_url: self.advertise_transfer.clone().unwrap_or_default(),
-            transfer_port: u32::from(self.transfer_port),
+            transfer_url,
+            transfer_port,
             base_version: base.id,
             base_root: hotate_proto::hash_bytes(&base.root),
             disk_size: disk.size,

@@ -103,7 +103,10 @@ impl Places {
 #[derive(Debug)]
 pub struct DataDir {
     root: PathBuf,
-    meta: Box<dyn Metadata>,
+    meta: Arc<dyn Metadata>,
+    /// The metadata is a database other processes share (PostgreSQL): the store's lock
+    /// is a lease there, not a lock file.
+    shared: bool,
     store: Arc<dyn ChunkStore>,
     manifests: Manifests,
 }
@@ -131,9 +134,10 @@ impl DataDir {
             std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
             builder.create(root)?;
         }
-        let meta: Box<dyn Metadata> = match &places.meta {
+        let meta: Arc<dyn Metadata> = match &places.meta {
             Some(url) => Places::open_meta(url, true)?
-                .ok_or_else(|| MetaError::Damaged("the metadata schema was not created".into()))?,
+                .ok_or_else(|| MetaError::Damaged("the metadata schema was not created".into()))?
+                .into(),
             None => {
                 let meta_path = root.join("meta.sqlite");
                 let new_meta = !meta_path.exists();
@@ -143,7 +147,7 @@ impl DataDir {
                     use std::os::unix::fs::PermissionsExt;
                     fs::set_permissions(&meta_path, fs::Permissions::from_mode(0o600))?;
                 }
-                Box::new(meta)
+                Arc::new(meta)
             }
         };
         let (store, manifests): (Arc<dyn ChunkStore>, Manifests) = match &places.store {
@@ -168,6 +172,7 @@ impl DataDir {
         Ok(Arc::new(Self {
             root: root.to_owned(),
             meta,
+            shared: places.meta.is_some(),
             store,
             manifests,
         }))
@@ -184,12 +189,25 @@ impl DataDir {
     }
 
     /// Locks the store against `store gc` while an import writes chunks that no version
-    /// names yet: imports share the lock, gc takes it alone. The lock goes with the
-    /// process, so a killed import never blocks gc.
+    /// names yet: imports share the lock, gc takes it alone. `None` when it is taken. On
+    /// the data dir's own database the lock is a file lock, which goes with the process,
+    /// so a killed import never blocks gc; on a shared database it is a lease there,
+    /// renewed while held, that lapses [`LEASE_SECS`] after its process dies.
     ///
     /// # Errors
-    /// When the lock file cannot be opened or locked.
-    pub fn lock_store(&self, exclusive: bool) -> Result<Option<File>, ServerError> {
+    /// When the lock file cannot be opened or locked, or the database fails.
+    pub fn lock_store(&self, exclusive: bool) -> Result<Option<StoreLock>, ServerError> {
+        if self.shared {
+            // As the shared file lock does, a shared lease waits for gc to end.
+            loop {
+                let lease = Lease::take(self.meta.clone(), exclusive)?;
+                if lease.is_some() || exclusive {
+                    return Ok(lease.map(StoreLock::Lease));
+                }
+                tracing::info!("waiting for `store gc` to end");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -201,7 +219,7 @@ impl DataDir {
             file.lock_shared().map_err(fs::TryLockError::Error)
         };
         match locked {
-            Ok(()) => Ok(Some(file)),
+            Ok(()) => Ok(Some(StoreLock::File(file))),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(e.into()),
         }
@@ -308,4 +326,85 @@ impl DataDir {
         self.meta.create_disk(&disk, &version)?;
         Ok((disk, version))
     }
+}
+
+/// How long a store lease lasts without renewal.
+pub const LEASE_SECS: i64 = 60;
+/// How often a held lease is renewed.
+const LEASE_RENEWAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The store's lock, held until dropped (see [`DataDir::lock_store`]).
+#[derive(Debug)]
+pub enum StoreLock {
+    File(File),
+    Lease(Lease),
+}
+
+/// A lease on the store in a shared database, renewed by a thread of its own until
+/// dropped, then given back.
+#[derive(Debug)]
+pub struct Lease {
+    meta: Arc<dyn Metadata>,
+    holder: String,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lease {
+    fn take(meta: Arc<dyn Metadata>, exclusive: bool) -> Result<Option<Self>, MetaError> {
+        let kind = if exclusive { "gc" } else { "import" };
+        let holder = format!(
+            "{kind} {}:{} {}",
+            hostname(),
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        );
+        if !meta.take_lease(&holder, exclusive, now() + LEASE_SECS)? {
+            return Ok(None);
+        }
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let renewer = {
+            let (meta, holder) = (meta.clone(), holder.clone());
+            std::thread::spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(LEASE_RENEWAL)
+                {
+                    match meta.take_lease(&holder, exclusive, now() + LEASE_SECS) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::error!(%holder, "the store lease lapsed and was taken")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%holder, cause = %e, "could not renew the store lease")
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Some(Self {
+            meta,
+            holder,
+            stop: Some(stop),
+            renewer: Some(renewer),
+        }))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(renewer) = self.renewer.take() {
+            let _ = renewer.join();
+        }
+        if let Err(e) = self.meta.drop_lease(&self.holder) {
+            tracing::warn!(holder = %self.holder, cause = %e, "could not give the store lease back; it lapses");
+        }
+    }
+}
+
+/// This machine's name, for a lease's holder.
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("COMPUTERNAME"))
+        .map_or_else(|_| "?".into(), |name| name.trim().to_owned())
 }

@@ -39,6 +39,11 @@ pub enum ServerError {
     LoginLocked { secs: u64 },
     #[error("the server is busy ({0}): try again shortly")]
     Busy(String),
+    /// A control server of a cluster has no live transfer server to hand an upload to.
+    #[error(
+        "no transfer server is running: start `hotate-server serve --role transfer --advertise-transfer URL`"
+    )]
+    NoTransferServer,
     #[error("the upload exceeds its memory budget: {0}")]
     OverBudget(String),
     #[error("invalid request: {0}")]
@@ -121,6 +126,7 @@ impl ServerError {
                 Code::FailedPrecondition
             }
             Self::StoreBusy => Code::Aborted,
+            Self::NoTransferServer => Code::FailedPrecondition,
             Self::NotYourUpdate { .. }
             | Self::Forbidden(_)
             | Self::NoCsrfToken
@@ -161,6 +167,7 @@ impl ServerError {
             | Self::BadChunk(_)
             | Self::BadImage(_) => Refusal::BadRequest { detail: detail() },
             Self::Incomplete(_) | Self::RootMismatch(_) => Refusal::UploadIncomplete,
+            Self::NoTransferServer => Refusal::NoTransferServer,
             Self::Meta(meta) => match meta {
                 MetaError::UnknownDisk(disk) => Refusal::UnknownDisk { disk: disk.clone() },
                 MetaError::UnknownVersion(version) => Refusal::UnknownVersion {

@@ -30,4 +30,4 @@ mod upkeep;
 pub use data::DataDir;
 pub use data::Places;
 pub use error::ServerError;
-pub use serve::{ServeOptions, serve, shutdown_signal};
+pub use serve::{ServeOptions, ServeRole, serve, shutdown_signal};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use hotate_server::limits::Limits;
-use hotate_server::{Places, ServeOptions, admin, cert, serve, shutdown_signal};
+use hotate_server::{Places, ServeOptions, ServeRole, admin, cert, serve, shutdown_signal};
 
 #[derive(Parser)]
 #[command(name = "hotate-server", version, about = "Hotate management server")]
@@ -41,11 +41,18 @@ struct Cli {
 enum Command {
     /// Run the control and transfer services.
     Serve {
+        /// all: the control port (with the console) and the transfer port in one process;
+        /// control: only the control port, handing uploads to the transfer servers
+        /// registered in the metadata; transfer: only the transfer port, registered as
+        /// --advertise-transfer. Roles other than all need --meta (one shared database).
+        #[arg(long, value_enum, default_value_t = ServeRole::All)]
+        role: ServeRole,
         #[arg(long, default_value = "0.0.0.0:30806")]
         listen: SocketAddr,
         #[arg(long, default_value = "0.0.0.0:30811")]
         transfer_listen: SocketAddr,
-        /// Transfer endpoint told to clients, e.g. https://files.example:30811
+        /// Transfer endpoint told to clients, e.g. https://files.example:30811 (with
+        /// --role transfer: the URL it registers, which terminals must reach)
         #[arg(long)]
         advertise_transfer: Option<String>,
         #[arg(long, requires = "tls_key")]
@@ -262,6 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve {
+            role,
             listen,
             transfer_listen,
             advertise_transfer,
@@ -286,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 login_concurrency: login_concurrency.unwrap_or(Limits::default().login_concurrency),
             };
             let options = ServeOptions {
+                role,
                 places: data,
                 listen,
                 transfer_listen,

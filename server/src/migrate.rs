@@ -49,6 +49,8 @@ pub fn migrate(
             live.guid, live.disk_id, live.terminal
         )));
     }
+    // The target's gc must not take the chunks copied before their version is added.
+    let _lease = to.lock_store(false)?;
     let mut done = Migrated::default();
     for user in from.meta().users()? {
         let Some(hash) = from.meta().password_hash(&user.name)? else {

@@ -12,9 +12,9 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
-use crate::app::App;
+use crate::app::{App, HEARTBEAT, blocking};
 use crate::console::{self, ConsoleOptions};
-use crate::control::ControlService;
+use crate::control::{ControlService, Transfers};
 use crate::data::{DataDir, Places};
 use crate::gate::Authenticated;
 use crate::limits::{self, Limits};
@@ -41,9 +41,21 @@ const CONTROL_MESSAGE: usize = 64 << 10;
 /// How long a stop waits for open streams before closing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Which services one `serve` process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeRole {
+    /// The control port (with the console) and the transfer port: a single server.
+    All,
+    /// The control port and the console; uploads go to registered transfer servers.
+    Control,
+    /// The transfer port, registered in the metadata with a heartbeat.
+    Transfer,
+}
+
 /// Settings of `serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    pub role: ServeRole,
     /// The data dir, and the metadata database when it is not the data dir's SQLite.
     pub places: Places,
     pub listen: SocketAddr,
@@ -64,6 +76,20 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     hotate_engine::direct_io::cap_allocator_arenas(ALLOCATOR_ARENAS);
+    let role = options.role;
+    let advertised = match (role, &options.advertise_transfer) {
+        (ServeRole::Transfer, None) => anyhow::bail!(
+            "--role transfer needs --advertise-transfer URL: the address terminals reach this \
+             transfer server at, which it registers in the metadata"
+        ),
+        (ServeRole::Transfer, Some(url)) => Some(url.clone()),
+        _ => None,
+    };
+    if role != ServeRole::All && options.places.meta.is_none() {
+        tracing::warn!(
+            "--role {role:?} without --meta: the servers must share the data dir's SQLite database"
+        );
+    }
     let data = DataDir::open_at(&options.places).with_context(|| {
         format!(
             "opening data dir {} (metadata: {}, store: {})",
@@ -72,10 +98,14 @@ pub async fn serve(
             options.places.store_place()
         )
     })?;
-    let control_listener = bind(options.listen, "control").await?;
-    let transfer_listener = bind(options.transfer_listen, "transfer").await?;
-    let control_addr = control_listener.local_addr()?;
-    let transfer_addr = transfer_listener.local_addr()?;
+    let control_listener = match role {
+        ServeRole::Transfer => None,
+        _ => Some(bind(options.listen, "control").await?),
+    };
+    let transfer_listener = match role {
+        ServeRole::Control => None,
+        _ => Some(bind(options.transfer_listen, "transfer").await?),
+    };
 
     let tls = tls_config(options.tls.as_ref())?;
     let builder = || grpc_server(tls.as_ref());
@@ -85,21 +115,6 @@ pub async fn serve(
         Arc::new(Live::default()),
         Arc::new(LoginThrottle::new(limits.login_concurrency)),
     ));
-    let control = Authenticated::new(
-        ControlServer::new(ControlService::new(
-            app.clone(),
-            transfer_addr.port(),
-            options.advertise_transfer.clone(),
-        ))
-        .max_decoding_message_size(CONTROL_MESSAGE),
-        app.clone(),
-    );
-    let transfer = Authenticated::new(
-        TransferServer::new(TransferService::new(Arc::clone(&app), limits))
-            .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
-            .max_encoding_message_size(hotate_proto::MAX_MESSAGE),
-        app.clone(),
-    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let deadline_rx = stop_rx.clone();
@@ -111,37 +126,92 @@ pub async fn serve(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    // The control port serves gRPC and the console (HTTP/1.1 and HTTP/2), by path.
-    let console = console::router(
-        app,
-        ConsoleOptions {
-            tls: tls.is_some(),
-            public_metrics: options.public_metrics,
-        },
-        stop_rx.clone(),
-    );
-    let control_routes = Routes::from(
-        Routes::new(control)
-            .into_axum_router()
-            .merge(console)
-            .fallback(console::not_found),
-    );
+    let mut listening = Vec::new();
+    let control_server = match control_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            listening.push(format!("control={addr}"));
+            let transfers = match &transfer_listener {
+                Some(transfer) => Transfers::Own {
+                    port: transfer.local_addr()?.port(),
+                    advertise: options.advertise_transfer.clone(),
+                },
+                None => Transfers::Registered,
+            };
+            let control = Authenticated::new(
+                ControlServer::new(ControlService::new(app.clone(), transfers))
+                    .max_decoding_message_size(CONTROL_MESSAGE),
+                app.clone(),
+            );
+            // The control port serves gRPC and the console (HTTP/1.1 and HTTP/2), by path.
+            let console = console::router(
+                app.clone(),
+                ConsoleOptions {
+                    tls: tls.is_some(),
+                    public_metrics: options.public_metrics,
+                },
+                stop_rx.clone(),
+            );
+            let routes = Routes::from(
+                Routes::new(control)
+                    .into_axum_router()
+                    .merge(console)
+                    .fallback(console::not_found),
+            );
+            let server = builder()?.accept_http1(true).add_routes(routes);
+            let incoming = limits::incoming(listener, limits);
+            Some(server.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())))
+        }
+        None => None,
+    };
+    let transfer_server = match transfer_listener {
+        Some(listener) => {
+            listening.push(format!("transfer={}", listener.local_addr()?));
+            let transfer = Authenticated::new(
+                TransferServer::new(TransferService::new(Arc::clone(&app), limits))
+                    .max_decoding_message_size(hotate_proto::MAX_MESSAGE)
+                    .max_encoding_message_size(hotate_proto::MAX_MESSAGE),
+                app.clone(),
+            );
+            let server = builder()?.add_service(transfer);
+            let incoming = limits::incoming(listener, limits);
+            Some(server.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())))
+        }
+        None => None,
+    };
+    if let Some(url) = &advertised {
+        // Registered before the first terminal can be handed to it, then kept alive.
+        let (app, url) = (app.clone(), url.clone());
+        blocking({
+            let (app, url) = (app.clone(), url.clone());
+            move || app.transfer_alive(&url)
+        })
+        .await
+        .context("registering this transfer server in the metadata")?;
+        tokio::spawn(heartbeat(app, url, stop_rx.clone()));
+        listening.push(format!(
+            "advertised={}",
+            advertised.as_deref().unwrap_or("")
+        ));
+    }
 
-    println!("listening control={control_addr} transfer={transfer_addr}");
-    tracing::info!(%control_addr, %transfer_addr, data = %options.places.data.display(), meta = %options.places.meta_place(), store = %options.places.store_place(), "serving");
-    let control_server = builder()?
-        .accept_http1(true)
-        .add_routes(control_routes)
-        .serve_with_incoming_shutdown(
-            limits::incoming(control_listener, limits),
-            stopped(stop_rx.clone()),
-        );
-    let transfer_server = builder()?
-        .add_service(transfer)
-        .serve_with_incoming_shutdown(
-            limits::incoming(transfer_listener, limits),
-            stopped(stop_rx),
-        );
+    println!("listening {}", listening.join(" "));
+    tracing::info!(?role, listening = %listening.join(" "), data = %options.places.data.display(), meta = %options.places.meta_place(), store = %options.places.store_place(), "serving");
+    let serving = async {
+        let control = async {
+            match control_server {
+                Some(server) => server.await,
+                None => Ok(()),
+            }
+        };
+        let transfer = async {
+            match transfer_server {
+                Some(server) => server.await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(control, transfer)
+    };
     // Graceful stop waits for open streams; an upload may run for hours, so after a grace
     // period stop anyway: what it stored is durable and the terminal resumes.
     let deadline = async {
@@ -149,13 +219,36 @@ pub async fn serve(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        served = async { tokio::try_join!(control_server, transfer_server) } => {
+        served = serving => {
             served.context("serving")?;
         }
         () = deadline => tracing::warn!("streams still open after the grace period; stopping anyway"),
     }
+    if let Some(url) = advertised {
+        // Terminals are handed to the others at once, not after the heartbeat lapses.
+        let gone = blocking(move || app.transfer_gone(&url)).await;
+        if let Err(e) = gone {
+            tracing::warn!(cause = %e, "could not remove this transfer server from the metadata");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Says every [`HEARTBEAT`] that this transfer server, at `url`, is alive, until the stop.
+async fn heartbeat(app: Arc<App>, url: String, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let (app, url) = (app.clone(), url.clone());
+        if let Err(e) = blocking(move || app.transfer_alive(&url)).await {
+            tracing::warn!(cause = %e, "could not tell the metadata this transfer server is alive");
+        }
+    }
 }
 
 /// Binds one of the server's ports.

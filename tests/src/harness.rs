@@ -186,9 +186,11 @@ impl Server {
             line.starts_with("listening "),
             "unexpected first line {line:?}"
         );
+        // A server of one role listens on one port: the other stays empty.
+        let port = |name: &str| addrs.get(name).copied().unwrap_or_default().to_owned();
         Self {
-            control: addrs["control"].to_owned(),
-            transfer: addrs["transfer"].to_owned(),
+            control: port("control"),
+            transfer: port("transfer"),
             child,
         }
     }
@@ -242,6 +244,12 @@ impl Server {
     /// Stops the server with SIGTERM (graceful), waiting for it.
     pub fn stop(mut self) {
         terminate(&mut self.child);
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash or a power cut would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

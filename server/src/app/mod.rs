@@ -25,9 +25,11 @@ use crate::text;
 use crate::throttle::LoginThrottle;
 use crate::upkeep;
 
+mod cluster;
 mod manage;
 mod upload;
 
+pub use cluster::{HEARTBEAT, TransferView};
 pub use manage::data_dir_owner;
 pub use upload::{Finish, UploadRecord};
 
@@ -195,6 +197,9 @@ pub struct StoreView {
     /// The last `store verify` and `store gc`, if they ran.
     pub last_verify: Option<UpkeepView>,
     pub last_gc: Option<UpkeepView>,
+    /// The transfer servers registered in the metadata (`serve --role transfer`); none
+    /// for a single server.
+    pub transfer_servers: Vec<TransferView>,
 }
 
 #[derive(Debug, Default)]
@@ -556,6 +561,7 @@ impl App {
             uploading_now: self.live.uploads(),
             last_verify: self.last_upkeep("verify")?,
             last_gc: self.last_upkeep("gc")?,
+            transfer_servers: self.transfer_servers()?,
         })
     }
 

@@ -430,6 +430,12 @@ pub(super) async fn metrics(
         Counters::get(&c.versions_committed),
     );
     metric(
+        "hotate_transfer_servers_alive",
+        "gauge",
+        "Transfer servers registered in the metadata and heard from (serve --role transfer).",
+        store.transfer_servers.iter().filter(|t| t.alive).count() as u64,
+    );
+    metric(
         "hotate_store_bytes",
         "gauge",
         "Bytes in the chunk store (counted at most once a minute).",
@@ -441,6 +447,19 @@ pub(super) async fn metrics(
         "Chunks in the chunk store (counted at most once a minute).",
         store.chunks,
     );
+    if !store.transfer_servers.is_empty() {
+        text.push_str(
+            "# HELP hotate_transfer_uploads Upload streams a transfer server carried when last heard from.\n\
+             # TYPE hotate_transfer_uploads gauge\n",
+        );
+        for t in &store.transfer_servers {
+            let label = t.url.replace('\\', "\\\\").replace('"', "\\\"");
+            text.push_str(&format!(
+                "hotate_transfer_uploads{{server=\"{label}\"}} {}\n",
+                t.uploads
+            ));
+        }
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -444,7 +444,33 @@ pub(super) async fn store(
         upkeep_text(w, store.last_gc.as_ref()),
         w.counted_ago.replace("{secs}", &store.age_secs.to_string()),
     );
+    let body = body + &transfer_table(w, &store.transfer_servers);
     layout(lang, Some(&caller), "store", w.store, &body)
+}
+
+/// The transfer servers of a cluster, if any registered.
+fn transfer_table(w: &Words, servers: &[crate::app::TransferView]) -> String {
+    if servers.is_empty() {
+        return String::new();
+    }
+    let rows: String = servers
+        .iter()
+        .map(|t| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&t.url),
+                if t.alive { w.alive } else { w.gone },
+                esc(&t.seen_at),
+                t.uploads,
+                t.carried
+            )
+        })
+        .collect();
+    format!(
+        "<h2>{}</h2><table id=\"transfers\"><thead><tr><th>{}</th><th></th><th>{}</th>\
+         <th>{}</th><th>{}</th></tr></thead><tbody>{rows}</tbody></table>",
+        w.transfer_servers, w.transfer_server, w.last_seen, w.uploading_now, w.carried
+    )
 }
 
 fn upkeep_text(w: &Words, run: Option<&crate::app::UpkeepView>) -> String {

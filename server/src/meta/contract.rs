@@ -14,7 +14,7 @@ type Check = fn(&dyn Metadata);
 
 /// Runs every check of the contract, each on a fresh instance from `open`.
 pub fn check(open: &dyn Fn() -> Box<dyn Metadata>) {
-    let checks: [(&str, Check); 9] = [
+    let checks: [(&str, Check); 10] = [
         ("users and roles", users_and_roles),
         ("tokens and sessions", tokens_and_sessions),
         ("disks and versions", disks_and_versions),
@@ -27,6 +27,10 @@ pub fn check(open: &dyn Fn() -> Box<dyn Metadata>) {
         ("listing updates a page at a time", listing_updates),
         ("deleting and pruning", deleting_and_pruning),
         ("upkeep and the write lock", upkeep_and_the_write_lock),
+        (
+            "transfer servers and store leases",
+            transfer_servers_and_leases,
+        ),
     ];
     for (name, check) in checks {
         eprintln!("metadata contract: {name}");
@@ -462,4 +466,51 @@ fn upkeep_and_the_write_lock(meta: &dyn Metadata) {
     let held: Result<bool, Failure> =
         meta.exclusive(|db| Ok(db.version_exists("d", "v1")? && db.disk_exists("d")?));
     assert!(matches!(held, Ok(true)));
+}
+
+fn transfer_servers_and_leases(meta: &dyn Metadata) {
+    let session = user_and_disk(meta);
+    meta.transfer_alive("https://t1:30811", 0).unwrap();
+    meta.transfer_alive("https://t2:30811", 0).unwrap();
+    meta.transfer_alive("https://t1:30811", 3).unwrap();
+    meta.start_update("d", "v1", &session, "g", &Hash::of(b"s"))
+        .unwrap();
+    assert_eq!(meta.carrier("g").unwrap(), None);
+    meta.set_carrier("g", "https://t2:30811").unwrap();
+    assert_eq!(
+        meta.carrier("g").unwrap().as_deref(),
+        Some("https://t2:30811")
+    );
+    let servers = meta.transfer_servers().unwrap();
+    let seen: Vec<(&str, u64, u64)> = servers
+        .iter()
+        .map(|t| (t.url.as_str(), t.uploads, t.carried))
+        .collect();
+    assert_eq!(
+        seen,
+        [("https://t1:30811", 3, 0), ("https://t2:30811", 0, 1)]
+    );
+    assert!(servers.iter().all(|t| t.seen_at >= t.started_at));
+    // An ended update no longer counts against its carrier.
+    meta.set_state("g", UpdateState::Cancelled).unwrap();
+    assert_eq!(meta.transfer_servers().unwrap()[1].carried, 0);
+    meta.transfer_gone("https://t1:30811").unwrap();
+    assert_eq!(meta.transfer_servers().unwrap().len(), 1);
+
+    // Imports share the store; gc holds it alone; an expired lease is gone.
+    let later = now() + 60;
+    assert!(meta.take_lease("import-1", false, later).unwrap());
+    assert!(meta.take_lease("import-2", false, later).unwrap());
+    assert!(!meta.take_lease("gc", true, later).unwrap());
+    meta.drop_lease("import-1").unwrap();
+    meta.drop_lease("import-2").unwrap();
+    assert!(meta.take_lease("gc", true, later).unwrap());
+    assert!(meta.take_lease("gc", true, later + 5).unwrap(), "renewed");
+    assert!(!meta.take_lease("import-3", false, later).unwrap());
+    meta.drop_lease("gc").unwrap();
+    assert!(meta.take_lease("import-3", false, now() - 1).unwrap());
+    assert!(
+        meta.take_lease("gc", true, later).unwrap(),
+        "an import's expired lease does not hold gc"
+    );
 }

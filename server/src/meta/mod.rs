@@ -472,11 +472,55 @@ pub trait Upkeep {
     ) -> Result<(), MetaError>;
 }
 
-/// The metadata database: every concern, as one object the server holds. A backend
-/// implements the four traits and passes the contract tests (`meta::contract`).
-pub trait Metadata: Accounts + Catalog + Updates + Upkeep + Send + Sync + std::fmt::Debug {}
+/// A transfer server registered in the metadata (`serve --role transfer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRow {
+    /// Where terminals reach it (`--advertise-transfer`).
+    pub url: String,
+    /// When it registered and when it last said it was alive (Unix seconds).
+    pub started_at: i64,
+    pub seen_at: i64,
+    /// Upload streams it carried at its last heartbeat.
+    pub uploads: u64,
+    /// Live updates handed to it.
+    pub carried: u64,
+}
 
-impl<T: Accounts + Catalog + Updates + Upkeep + Send + Sync + std::fmt::Debug> Metadata for T {}
+/// Several server processes on one database: the transfer servers and which one
+/// carries each upload, and the leases that keep `store gc` from deleting what an
+/// import or a migration is writing.
+pub trait Cluster {
+    /// Records that the transfer server at `url` is alive and carries `uploads` streams.
+    fn transfer_alive(&self, url: &str, uploads: u64) -> Result<(), MetaError>;
+    /// Removes a transfer server that stops.
+    fn transfer_gone(&self, url: &str) -> Result<(), MetaError>;
+    /// Every registered transfer server, by URL, with the live updates handed to it.
+    fn transfer_servers(&self) -> Result<Vec<TransferRow>, MetaError>;
+    /// The transfer server an update's upload was handed to, if any.
+    fn carrier(&self, guid: &str) -> Result<Option<String>, MetaError>;
+    /// Hands an update's upload to the transfer server at `url`.
+    fn set_carrier(&self, guid: &str, url: &str) -> Result<(), MetaError>;
+    /// Takes a lease on the store for `holder` until `expires_at` (Unix seconds):
+    /// shared (imports, migrations) or exclusive (gc). False when a lease of another
+    /// holder that has not expired conflicts (any, for an exclusive one; an exclusive
+    /// one, for a shared one). Taking it again renews it.
+    fn take_lease(&self, holder: &str, exclusive: bool, expires_at: i64)
+    -> Result<bool, MetaError>;
+    /// Gives a lease back.
+    fn drop_lease(&self, holder: &str) -> Result<(), MetaError>;
+}
+
+/// The metadata database: every concern, as one object the server holds. A backend
+/// implements the five traits and passes the contract tests (`meta::contract`).
+pub trait Metadata:
+    Accounts + Catalog + Updates + Upkeep + Cluster + Send + Sync + std::fmt::Debug
+{
+}
+
+impl<T: Accounts + Catalog + Updates + Upkeep + Cluster + Send + Sync + std::fmt::Debug> Metadata
+    for T
+{
+}
 
 /// The database under its write lock, for `exclusive`.
 pub trait LockedMeta {

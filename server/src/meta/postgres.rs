@@ -22,8 +22,8 @@ use hotate_engine::{Entry, Hash, Offer};
 use postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
 use super::{
-    Accounts, Catalog, DiskRow, LockedMeta, MetaError, Role, Session, UpdateQuery, UpdateRow,
-    UpdateState, Updates, Upkeep, UserRow, VersionRow, now,
+    Accounts, Catalog, Cluster, DiskRow, LockedMeta, MetaError, Role, Session, TransferRow,
+    UpdateQuery, UpdateRow, UpdateState, Updates, Upkeep, UserRow, VersionRow, now,
 };
 
 /// The advisory lock every change takes: "Hotate" in ASCII.
@@ -33,7 +33,8 @@ const WRITE_LOCK: i64 = 0x486f_7461_7465;
 const POOL: usize = 8;
 
 /// Schema migrations, applied in order; the index + 1 is the version after each.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE users (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -99,7 +100,22 @@ CREATE TABLE upkeep_runs (
     at BIGINT NOT NULL,
     outcome TEXT NOT NULL
 );
-"];
+",
+    r"
+CREATE TABLE transfer_servers (
+    url TEXT PRIMARY KEY,
+    started_at BIGINT NOT NULL,
+    seen_at BIGINT NOT NULL,
+    uploads BIGINT NOT NULL
+);
+ALTER TABLE updates ADD COLUMN carrier TEXT;
+CREATE TABLE store_leases (
+    holder TEXT PRIMARY KEY,
+    exclusive BOOLEAN NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+",
+];
 
 /// The metadata database in PostgreSQL.
 pub struct PostgresMeta {
@@ -872,6 +888,104 @@ struct SendMut<'a, F: ?Sized>(&'a mut F);
 // thread (the scope ends before the borrow does).
 unsafe impl<F: ?Sized> Send for SendMut<'_, F> {}
 
+impl Cluster for PostgresMeta {
+    fn transfer_alive(&self, url: &str, uploads: u64) -> Result<(), MetaError> {
+        let uploads = uploads as i64;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO transfer_servers (url, started_at, seen_at, uploads)
+                 VALUES ($1, $2, $2, $3)
+                 ON CONFLICT (url) DO UPDATE SET seen_at = EXCLUDED.seen_at,
+                     uploads = EXCLUDED.uploads",
+                &[&url, &now(), &uploads],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn transfer_gone(&self, url: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM transfer_servers WHERE url = $1", &[&url])?;
+            Ok(())
+        })
+    }
+
+    fn transfer_servers(&self) -> Result<Vec<TransferRow>, MetaError> {
+        self.with_client(|c| {
+            let rows = c.query(
+                "SELECT url, started_at, seen_at, uploads,
+                     (SELECT count(*) FROM updates WHERE carrier = url
+                         AND state IN ('reserved', 'uploading'))
+                 FROM transfer_servers ORDER BY url",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| TransferRow {
+                    url: r.get(0),
+                    started_at: r.get(1),
+                    seen_at: r.get(2),
+                    uploads: r.get::<_, i64>(3) as u64,
+                    carried: r.get::<_, i64>(4) as u64,
+                })
+                .collect())
+        })
+    }
+
+    fn carrier(&self, guid: &str) -> Result<Option<String>, MetaError> {
+        self.with_client(|c| {
+            Ok(
+                c.query_opt("SELECT carrier FROM updates WHERE guid = $1", &[&guid])?
+                    .and_then(|r| r.get(0)),
+            )
+        })
+    }
+
+    fn set_carrier(&self, guid: &str, url: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE updates SET carrier = $2 WHERE guid = $1",
+                &[&guid, &url],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn take_lease(
+        &self,
+        holder: &str,
+        exclusive: bool,
+        expires_at: i64,
+    ) -> Result<bool, MetaError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM store_leases WHERE expires_at < $1", &[&now()])?;
+            let conflicts: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM store_leases WHERE holder <> $1 AND ($2 OR exclusive)",
+                    &[&holder, &exclusive],
+                )?
+                .get(0);
+            if conflicts > 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO store_leases (holder, exclusive, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (holder) DO UPDATE SET exclusive = EXCLUDED.exclusive,
+                     expires_at = EXCLUDED.expires_at",
+                &[&holder, &exclusive, &expires_at],
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn drop_lease(&self, holder: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM store_leases WHERE holder = $1", &[&holder])?;
+            Ok(())
+        })
+    }
+}
+
 impl Upkeep for PostgresMeta {
     fn record_upkeep(&self, kind: &str, outcome: &str) -> Result<(), MetaError> {
         self.write(|tx| {
@@ -1164,6 +1278,46 @@ mod tests {
             })
             .unwrap();
         assert_eq!(setting, "on");
+    }
+
+    /// Servers on one database but each with a data dir of its own: an import's lease
+    /// keeps `store gc` of another server from the chunks it writes (a lock file in a
+    /// data dir would not), and gc's keeps the next import waiting.
+    #[test]
+    fn an_import_on_one_server_holds_gc_on_another() {
+        let Some(url) = test_database() else { return };
+        let url = fresh_schema(&url);
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let [importer, collector] = dirs.each_ref().map(|dir| {
+            crate::data::DataDir::open_at(&crate::data::Places {
+                data: dir.path().to_owned(),
+                meta: Some(url.clone()),
+                store: None,
+            })
+            .unwrap()
+        });
+        let import = importer
+            .lock_store(false)
+            .unwrap()
+            .expect("an import's lease");
+        assert!(
+            collector.lock_store(true).unwrap().is_none(),
+            "gc elsewhere waits for the import"
+        );
+        drop(import);
+        let gc = collector.lock_store(true).unwrap().expect("gc's lease");
+        let waiting = std::thread::scope(|s| {
+            let import = s.spawn(|| importer.lock_store(false).unwrap().is_some());
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let waited = !import.is_finished();
+            drop(gc);
+            (waited, import.join().unwrap())
+        });
+        assert_eq!(
+            waiting,
+            (true, true),
+            "the import waited for gc, then went on"
+        );
     }
 
     #[test]

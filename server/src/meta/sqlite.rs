@@ -24,8 +24,8 @@ use hotate_engine::{Entry, Hash, Offer};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
 use super::{
-    Accounts, Catalog, DiskRow, LockedMeta, MetaError, Role, Session, UpdateQuery, UpdateRow,
-    UpdateState, Updates, Upkeep, UserRow, VersionRow, now,
+    Accounts, Catalog, Cluster, DiskRow, LockedMeta, MetaError, Role, Session, TransferRow,
+    UpdateQuery, UpdateRow, UpdateState, Updates, Upkeep, UserRow, VersionRow, now,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the `user_version` after each.
@@ -112,6 +112,22 @@ CREATE TABLE upkeep_runs (
 -- The hash of the secret that lets a live update's terminal cancel it without a login;
 -- cleared when the update ends.
 ALTER TABLE updates ADD COLUMN cancel_secret_hash BLOB;
+",
+    r"
+-- Several processes on one database: the transfer servers, the one each upload was
+-- handed to, and the leases that keep gc from what imports write.
+CREATE TABLE transfer_servers (
+    url TEXT PRIMARY KEY,
+    started_at INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL,
+    uploads INTEGER NOT NULL
+);
+ALTER TABLE updates ADD COLUMN carrier TEXT;
+CREATE TABLE store_leases (
+    holder TEXT PRIMARY KEY,
+    exclusive INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
 ",
 ];
 
@@ -743,6 +759,101 @@ impl Updates for SqliteMeta {
                 params![guid, version.id, now()],
             )?;
             end_update(tx, guid)
+        })
+    }
+}
+
+impl Cluster for SqliteMeta {
+    fn transfer_alive(&self, url: &str, uploads: u64) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO transfer_servers (url, started_at, seen_at, uploads)
+                 VALUES (?1, ?2, ?2, ?3)
+                 ON CONFLICT (url) DO UPDATE SET seen_at = excluded.seen_at,
+                     uploads = excluded.uploads",
+                params![url, now(), uploads as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn transfer_gone(&self, url: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM transfer_servers WHERE url = ?1", [url])?;
+            Ok(())
+        })
+    }
+
+    fn transfer_servers(&self) -> Result<Vec<TransferRow>, MetaError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT url, started_at, seen_at, uploads,
+                 (SELECT count(*) FROM updates WHERE carrier = url
+                     AND state IN ('reserved', 'uploading'))
+             FROM transfer_servers ORDER BY url",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TransferRow {
+                url: r.get(0)?,
+                started_at: r.get(1)?,
+                seen_at: r.get(2)?,
+                uploads: r.get::<_, i64>(3)? as u64,
+                carried: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn carrier(&self, guid: &str) -> Result<Option<String>, MetaError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT carrier FROM updates WHERE guid = ?1", [guid], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .flatten())
+    }
+
+    fn set_carrier(&self, guid: &str, url: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE updates SET carrier = ?2 WHERE guid = ?1",
+                params![guid, url],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn take_lease(
+        &self,
+        holder: &str,
+        exclusive: bool,
+        expires_at: i64,
+    ) -> Result<bool, MetaError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM store_leases WHERE expires_at < ?1", [now()])?;
+            let conflicts: i64 = tx.query_row(
+                "SELECT count(*) FROM store_leases WHERE holder <> ?1 AND (?2 OR exclusive)",
+                params![holder, exclusive],
+                |r| r.get(0),
+            )?;
+            if conflicts > 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO store_leases (holder, exclusive, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (holder) DO UPDATE SET exclusive = excluded.exclusive,
+                     expires_at = excluded.expires_at",
+                params![holder, exclusive, expires_at],
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn drop_lease(&self, holder: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM store_leases WHERE holder = ?1", [holder])?;
+            Ok(())
         })
     }
 }

@@ -289,3 +289,177 @@ fn a_data_dir_migrates_to_postgres_and_s3_and_exports_the_same() {
     assert_eq!(again["versions"], 0, "{again}");
     assert_eq!(again["chunks_kept"], done["chunks_copied"], "{again}");
 }
+
+/// A transfer server (`serve --role transfer`) on a free loopback port of its own, with
+/// its own scratch data dir: nothing but the database and the bucket is shared.
+fn transfer_server(dir: &std::path::Path, name: &str, env: &[(&str, &str)]) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let args = [
+        "--role",
+        "transfer",
+        "--transfer-listen",
+        &listen,
+        "--advertise-transfer",
+        &url,
+    ];
+    Server::start_env(&dir.join(name), &args, env)
+}
+
+/// Reads `update finish`'s output until it says which transfer server it reached.
+fn transfer_reached(out: &mut impl std::io::BufRead) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = out.read_line(&mut line).expect("finish output");
+        assert!(
+            read > 0,
+            "the finish ended before it reached a transfer server"
+        );
+        if let Some(rest) = line.trim().strip_prefix("Session established with ") {
+            return rest.trim_end_matches('.').to_owned();
+        }
+    }
+}
+
+#[test]
+fn a_killed_transfer_server_loses_nothing_while_gc_runs_elsewhere() {
+    let test = "a_killed_transfer_server_loses_nothing_while_gc_runs_elsewhere";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((meta, endpoint, store)) = test_places(test, dir.path()) else {
+        return;
+    };
+    let mut env = s3_env(&endpoint);
+    env.extend([("HOTATE_META", meta), ("HOTATE_STORE", store)]);
+    let admin = Elsewhere {
+        data: dir.path().join("admin"),
+        env,
+    };
+    let env = admin.env();
+    let pair = images::synthetic_pair(dir.path(), 48 << 20, 40, 23);
+    assert_ok(&admin.admin(&["user", "add", USER]));
+    let imported = admin.admin_json(&[
+        "disk",
+        "import",
+        "lab",
+        pair.base.to_str().expect("path"),
+        "--block-size",
+        &BLOCK.to_string(),
+    ]);
+
+    // A control server and two transfer servers, each a process of its own.
+    let control_args = ["--role", "control", "--listen", "127.0.0.1:0"];
+    let control = Server::start_env(&dir.path().join("control"), &control_args, &env);
+    assert!(
+        control.transfer.is_empty(),
+        "a control server has no transfer port"
+    );
+    let mut transfers = vec![
+        transfer_server(dir.path(), "t1", &env),
+        transfer_server(dir.path(), "t2", &env),
+    ];
+    // The control server's console and /metrics show both.
+    let metrics = hotate_tests::http::request(&control.control, "GET", "/metrics", &[], None);
+    assert!(
+        metrics.text().contains("hotate_transfer_servers_alive 2"),
+        "{}",
+        metrics.text()
+    );
+    for t in &transfers {
+        let line = format!(
+            "hotate_transfer_uploads{{server=\"http://{}\"}} 0",
+            t.transfer
+        );
+        assert!(metrics.text().contains(&line), "{}", metrics.text());
+    }
+    let terminal = Terminal::new(
+        dir.path(),
+        "PC-001",
+        imported["disk_id"].as_str().expect("disk_id"),
+        imported["version"].as_str().expect("version"),
+        &pair.updated,
+    );
+    assert_ok(&terminal.run(&["--url", &control.url(), "update", "start"]));
+    let bench = terminal.run(&["bench", "--json", "--link-seconds", "1"]);
+    assert_ok(&bench);
+    let bench: serde_json::Value = serde_json::from_slice(&bench.stdout).expect("json");
+    let one_upload = bench["bytes_to_send"].as_u64().expect("bytes_to_send");
+
+    // The finish is handed to one transfer server, which dies a third of the way in.
+    let mut finish = terminal
+        .client(&["update", "finish", "--limit-rate", "4m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = std::io::BufReader::new(finish.stdout.take().expect("stdout"));
+    let first = transfer_reached(&mut out);
+    let received = || {
+        admin.admin_json(&["update", "list"])[0]["bytes_received"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received() < one_upload / 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let carrier = transfers
+        .iter()
+        .position(|t| t.transfer == first)
+        .expect("the finish reached one of the transfer servers");
+    transfers.remove(carrier).kill();
+    let failed = finish.wait_with_output().expect("finish");
+    assert!(
+        !failed.status.success(),
+        "the finish outlived its transfer server"
+    );
+    let before = received();
+    assert!(
+        before < one_upload,
+        "{before} of {one_upload} before the kill"
+    );
+
+    // gc runs from another process while the finish runs again, on the other server.
+    let gc = std::thread::scope(|scope| {
+        let gc = scope.spawn(|| {
+            let mut runs = Vec::new();
+            for _ in 0..3 {
+                runs.push(admin.admin_json(&["store", "gc"]));
+            }
+            runs
+        });
+        // The dead server is passed over once its heartbeat lapses.
+        std::thread::sleep(Duration::from_secs(5));
+        let again = terminal.run(&["update", "finish"]);
+        assert_ok(&again);
+        let said = String::from_utf8_lossy(&again.stdout);
+        assert!(
+            said.contains(&format!(
+                "Session established with {}.",
+                transfers[0].transfer
+            )),
+            "{said}"
+        );
+        assert!(said.contains("Resuming"), "{said}");
+        gc.join().expect("gc")
+    });
+    eprintln!("gc meanwhile: {gc:?}");
+    let total = received();
+    eprintln!("one upload {one_upload} bytes; {before} before the kill, {total} in all");
+    assert!(
+        total <= one_upload + one_upload / 20,
+        "resumed on another transfer server: {total} bytes for an upload of {one_upload}"
+    );
+    let verify = admin.admin_json(&["store", "verify", "--all"]);
+    for found in ["damaged", "missing", "unreadable", "unreadable_manifests"] {
+        assert_eq!(verify[found], serde_json::json!([]), "{verify}");
+    }
+    let exported = dir.path().join("latest.img");
+    let path = exported.to_str().expect("path");
+    assert_ok(&admin.admin(&["disk", "export", "lab", "--output", path]));
+    same_file(&std::fs::read(&exported).expect("export"), &pair.updated);
+}
