@@ -195,6 +195,29 @@ impl Server {
         }
     }
 
+    /// Starts a transfer server (`serve --role transfer`) on a free loopback port,
+    /// registered at its `http://` URL, with these environment variables.
+    ///
+    /// # Panics
+    /// When no port is free or it does not start.
+    pub fn start_transfer(data: &Path, env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let url = format!("http://{listen}");
+        let args = [
+            "--role",
+            "transfer",
+            "--transfer-listen",
+            &listen,
+            "--advertise-transfer",
+            &url,
+        ];
+        Self::start_env(data, &args, env)
+    }
+
     /// Starts a server on free loopback ports with these further `serve` flags.
     pub fn start_with_flags(data: &Path, flags: &[&str]) -> Self {
         let mut args = vec![

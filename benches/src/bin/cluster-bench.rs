@@ -40,25 +40,6 @@ fn parse_args() -> Args {
     args
 }
 
-/// A transfer server on a free loopback port, sharing `data` (and its store).
-fn transfer_server(data: &Path) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let url = format!("http://{listen}");
-    let args = [
-        "--role",
-        "transfer",
-        "--transfer-listen",
-        &listen,
-        "--advertise-transfer",
-        &url,
-    ];
-    Server::start_with(data, &args)
-}
-
 struct Run {
     servers: usize,
     terminals: usize,
@@ -77,7 +58,9 @@ fn run(dir: &Path, pairs: &[ImagePair], changed: u64, servers: usize, terminals:
     let data = dir.join(format!("data-{servers}-{terminals}"));
     admin_ok(&data, &["user", "add", hotate_tests::harness::USER]);
     let control = Server::start_with(&data, &["--role", "control", "--listen", "127.0.0.1:0"]);
-    let transfers: Vec<Server> = (0..servers).map(|_| transfer_server(&data)).collect();
+    let transfers: Vec<Server> = (0..servers)
+        .map(|_| Server::start_transfer(&data, &[]))
+        .collect();
     let mut started = Vec::new();
     for (i, pair) in pairs.iter().take(terminals).enumerate() {
         let name = format!("lab{i}");

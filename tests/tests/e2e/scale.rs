@@ -290,26 +290,6 @@ fn a_data_dir_migrates_to_postgres_and_s3_and_exports_the_same() {
     assert_eq!(again["chunks_kept"], done["chunks_copied"], "{again}");
 }
 
-/// A transfer server (`serve --role transfer`) on a free loopback port of its own, with
-/// its own scratch data dir: nothing but the database and the bucket is shared.
-fn transfer_server(dir: &std::path::Path, name: &str, env: &[(&str, &str)]) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let url = format!("http://{listen}");
-    let args = [
-        "--role",
-        "transfer",
-        "--transfer-listen",
-        &listen,
-        "--advertise-transfer",
-        &url,
-    ];
-    Server::start_env(&dir.join(name), &args, env)
-}
-
 /// Reads `update finish`'s output until it says which transfer server it reached.
 fn transfer_reached(out: &mut impl std::io::BufRead) -> String {
     let mut line = String::new();
@@ -358,9 +338,10 @@ fn a_killed_transfer_server_loses_nothing_while_gc_runs_elsewhere() {
         control.transfer.is_empty(),
         "a control server has no transfer port"
     );
+    // Each with a scratch data dir of its own: only the database and the bucket are shared.
     let mut transfers = vec![
-        transfer_server(dir.path(), "t1", &env),
-        transfer_server(dir.path(), "t2", &env),
+        Server::start_transfer(&dir.path().join("t1"), &env),
+        Server::start_transfer(&dir.path().join("t2"), &env),
     ];
     // The control server's console and /metrics show both.
     let metrics = hotate_tests::http::request(&control.control, "GET", "/metrics", &[], None);
