@@ -1,7 +1,9 @@
 //! What the running server knows beyond its database: the progress of the uploads its
 //! transfer service is receiving, the counters `/metrics` reports, and news of logouts.
 //!
-//! The transfer service writes here; the console and the API read. Everything is
+//! The transfer service writes here; the console and the API read. A control server of
+//! a cluster has no transfer service: it mirrors what the transfer servers report
+//! through the metadata ([`Live::mirror`]). Everything is
 //! bounded: one entry per open upload stream (streams are capped by `--max-uploads`),
 //! and a few rate samples per entry.
 
@@ -12,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
+
+use crate::meta::UploadReport;
 
 /// The window over which an upload's rate is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
@@ -44,6 +48,30 @@ struct Upload {
 }
 
 impl Upload {
+    fn fresh(session: u64, now: Instant) -> Self {
+        Self {
+            session,
+            needed: 0,
+            stored: 0,
+            on_wire: 0,
+            samples: VecDeque::from([(now, 0, 0)]),
+        }
+    }
+
+    /// Records what is stored now, for the rate; old samples go.
+    fn sample(&mut self, now: Instant) {
+        self.samples.push_back((now, self.stored, self.on_wire));
+        while self.samples.len() > MAX_SAMPLES
+            || self.samples.len() > 2
+                && self
+                    .samples
+                    .get(1)
+                    .is_some_and(|(t, ..)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
     fn progress(&self, now: Instant) -> UploadProgress {
         let (mut rate, mut content_rate) = (0.0, 0.0);
         if let Some(&(then, stored, on_wire)) = self.samples.front() {
@@ -127,13 +155,7 @@ impl Live {
 
     /// An upload stream opened (replacing an older stream of the same update).
     pub fn opened(&self, guid: &str, session: u64) {
-        let upload = Upload {
-            session,
-            needed: 0,
-            stored: 0,
-            on_wire: 0,
-            samples: VecDeque::from([(Instant::now(), 0, 0)]),
-        };
+        let upload = Upload::fresh(session, Instant::now());
         self.uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -153,16 +175,7 @@ impl Live {
         self.with_upload(guid, session, |u| {
             u.stored += content;
             u.on_wire += on_wire;
-            let now = Instant::now();
-            u.samples.push_back((now, u.stored, u.on_wire));
-            while u.samples.len() > MAX_SAMPLES
-                || u.samples.len() > 2
-                    && u.samples
-                        .get(1)
-                        .is_some_and(|(t, ..)| now.duration_since(*t) > RATE_WINDOW)
-            {
-                u.samples.pop_front();
-            }
+            u.sample(Instant::now());
         });
     }
 
@@ -180,6 +193,49 @@ impl Live {
     pub fn progress(&self, guid: &str) -> Option<UploadProgress> {
         let uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
         uploads.get(guid).map(|u| u.progress(Instant::now()))
+    }
+
+    /// The open upload streams, as a transfer server reports them.
+    pub fn reports(&self) -> Vec<UploadReport> {
+        let uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        uploads
+            .iter()
+            .map(|(guid, u)| UploadReport {
+                guid: guid.clone(),
+                session: u.session,
+                needed: u.needed,
+                stored: u.stored,
+                on_wire: u.on_wire,
+            })
+            .collect()
+    }
+
+    /// Takes the transfer servers' latest reports as the open upload streams: the rate
+    /// is measured between reports; a stream no longer reported is closed.
+    pub fn mirror(&self, reports: Vec<UploadReport>) {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let reported: std::collections::HashSet<&str> =
+            reports.iter().map(|r| r.guid.as_str()).collect();
+        uploads.retain(|guid, _| reported.contains(guid.as_str()));
+        for r in &reports {
+            let upload = uploads
+                .entry(r.guid.clone())
+                .and_modify(|u| {
+                    if u.session != r.session {
+                        *u = Upload::fresh(r.session, now);
+                    }
+                })
+                .or_insert_with(|| Upload::fresh(r.session, now));
+            upload.needed = r.needed;
+            if (upload.stored, upload.on_wire) != (r.stored, r.on_wire) {
+                upload.stored = r.stored;
+                upload.on_wire = r.on_wire;
+                upload.sample(now);
+            }
+        }
+        drop(uploads);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// Upload streams open now.
@@ -227,6 +283,34 @@ mod tests {
         assert_eq!(live.uploads(), 1);
         live.closed("g", 2);
         assert!(live.progress("g").is_none());
+    }
+
+    /// A control server shows what the transfer servers report: progress, and a stream
+    /// that is no longer reported (or of a new session) replaced.
+    #[test]
+    fn a_mirror_follows_the_reports() {
+        let transfer = Live::default();
+        transfer.opened("g", 3);
+        transfer.needed("g", 3, 1000);
+        transfer.stored("g", 3, 1, 400, 100);
+        let control = Live::default();
+        let mut changes = control.watch();
+        control.mirror(transfer.reports());
+        assert!(changes.has_changed().unwrap(), "watchers wake");
+        let p = control.progress("g").unwrap();
+        assert_eq!(
+            (p.bytes_needed, p.bytes_stored, p.bytes_on_wire),
+            (1000, 400, 100)
+        );
+        transfer.stored("g", 3, 1, 500, 100);
+        control.mirror(transfer.reports());
+        assert_eq!(control.progress("g").unwrap().bytes_stored, 900);
+        transfer.opened("g", 4);
+        control.mirror(transfer.reports());
+        assert_eq!(control.progress("g").unwrap().bytes_stored, 0);
+        control.mirror(Vec::new());
+        assert!(control.progress("g").is_none());
+        assert_eq!(control.uploads(), 0);
     }
 
     #[test]

@@ -136,7 +136,10 @@ pub async fn serve(
                     port: transfer.local_addr()?.port(),
                     advertise: options.advertise_transfer.clone(),
                 },
-                None => Transfers::Registered,
+                None => {
+                    tokio::spawn(mirror(app.clone(), stop_rx.clone()));
+                    Transfers::Registered
+                }
             };
             let control = Authenticated::new(
                 ControlServer::new(ControlService::new(app.clone(), transfers))
@@ -233,6 +236,23 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Shows, every [`HEARTBEAT`] until the stop, the progress the transfer servers report
+/// (a control server's console and API then show every upload live).
+async fn mirror(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let app = app.clone();
+        if let Err(e) = blocking(move || app.mirror_transfers()).await {
+            tracing::warn!(cause = %e, "could not read the transfer servers' progress");
+        }
+    }
 }
 
 /// Says every [`HEARTBEAT`] that this transfer server, at `url`, is alive, until the stop.

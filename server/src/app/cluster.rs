@@ -87,13 +87,23 @@ impl App {
         Ok(chosen.url.clone())
     }
 
-    /// Says that this transfer server, reached at `url`, is alive.
+    /// Says that this transfer server, reached at `url`, is alive, with what its upload
+    /// streams have done.
     ///
     /// # Errors
     /// When the metadata cannot be written.
     pub fn transfer_alive(&self, url: &str) -> Result<(), ServerError> {
-        let uploads = self.live.uploads() as u64;
-        Ok(self.data.meta().transfer_alive(url, uploads)?)
+        Ok(self.data.meta().transfer_alive(url, &self.live.reports())?)
+    }
+
+    /// Shows, on this control server, the progress the transfer servers report.
+    ///
+    /// # Errors
+    /// When the metadata cannot be read.
+    pub fn mirror_transfers(&self) -> Result<(), ServerError> {
+        let reports = self.data.meta().upload_reports(now() - GONE_AFTER_SECS)?;
+        self.live.mirror(reports);
+        Ok(())
     }
 
     /// Says that this transfer server stops.

@@ -124,6 +124,8 @@ pub struct UpdateView {
     pub started_at: String,
     /// When it last changed state: when it ended, once ended.
     pub changed_at: String,
+    /// The transfer server its upload was handed to, in a cluster.
+    pub transfer_server: Option<String>,
 }
 
 impl UpdateView {
@@ -146,6 +148,7 @@ impl UpdateView {
             seq: row.seq,
             started_at: time_text(row.started_at),
             changed_at: time_text(row.changed_at),
+            transfer_server: row.carrier,
         }
     }
 }

@@ -5,8 +5,8 @@
 use hotate_engine::{Entry, Hash, Offer};
 
 use super::{
-    DiskRow, MetaError, Metadata, Role, Session, UpdateQuery, UpdateState, VersionRow,
-    WhichUpdates, now,
+    DiskRow, MetaError, Metadata, Role, Session, UpdateQuery, UpdateState, UploadReport,
+    VersionRow, WhichUpdates, now,
 };
 
 /// One check of the contract, on a fresh instance.
@@ -470,9 +470,31 @@ fn upkeep_and_the_write_lock(meta: &dyn Metadata) {
 
 fn transfer_servers_and_leases(meta: &dyn Metadata) {
     let session = user_and_disk(meta);
-    meta.transfer_alive("https://t1:30811", 0).unwrap();
-    meta.transfer_alive("https://t2:30811", 0).unwrap();
-    meta.transfer_alive("https://t1:30811", 3).unwrap();
+    let report = |guid: &str, stored: u64| UploadReport {
+        guid: guid.into(),
+        session: 2,
+        needed: 100,
+        stored,
+        on_wire: stored / 2,
+    };
+    meta.transfer_alive("https://t1:30811", &[]).unwrap();
+    meta.transfer_alive("https://t2:30811", &[]).unwrap();
+    let three = [report("a", 1), report("b", 2), report("c", 3)];
+    meta.transfer_alive("https://t1:30811", &three).unwrap();
+    assert_eq!(meta.upload_reports(now() - 5).unwrap(), three);
+    // A heartbeat replaces what its server reported before.
+    meta.transfer_alive("https://t1:30811", &[report("b", 50), report("c", 3)])
+        .unwrap();
+    meta.transfer_alive(
+        "https://t1:30811",
+        &[report("a", 1), report("b", 60), report("c", 3)],
+    )
+    .unwrap();
+    assert_eq!(meta.upload_reports(now() - 5).unwrap()[1], report("b", 60));
+    assert!(
+        meta.upload_reports(now() + 5).unwrap().is_empty(),
+        "stale reports are not read"
+    );
     meta.start_update("d", "v1", &session, "g", &Hash::of(b"s"))
         .unwrap();
     assert_eq!(meta.carrier("g").unwrap(), None);
@@ -496,6 +518,10 @@ fn transfer_servers_and_leases(meta: &dyn Metadata) {
     assert_eq!(meta.transfer_servers().unwrap()[1].carried, 0);
     meta.transfer_gone("https://t1:30811").unwrap();
     assert_eq!(meta.transfer_servers().unwrap().len(), 1);
+    assert!(
+        meta.upload_reports(0).unwrap().is_empty(),
+        "gone with their server"
+    );
 
     // Imports share the store; gc holds it alone; an expired lease is gone.
     let later = now() + 60;

@@ -105,6 +105,8 @@ pub struct UpdateRow {
     /// When it was started and last changed state (the end, once ended), Unix seconds.
     pub started_at: i64,
     pub changed_at: i64,
+    /// The transfer server its upload was handed to, in a cluster (`serve --role`).
+    pub carrier: Option<String>,
 }
 
 /// Which updates a listing holds: the live ones (at most one per disk), oldest first,
@@ -486,14 +488,29 @@ pub struct TransferRow {
     pub carried: u64,
 }
 
-/// Several server processes on one database: the transfer servers and which one
-/// carries each upload, and the leases that keep `store gc` from deleting what an
+/// An open upload stream's progress as a transfer server reports it, for the control
+/// servers' consoles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReport {
+    pub guid: String,
+    pub session: u64,
+    /// Bytes of block content asked for, stored, and received on the wire.
+    pub needed: u64,
+    pub stored: u64,
+    pub on_wire: u64,
+}
+
+/// Several server processes on one database: the transfer servers (and the progress of
+/// the uploads they carry) and which one carries each upload, and the leases that keep `store gc` from deleting what an
 /// import or a migration is writing.
 pub trait Cluster {
-    /// Records that the transfer server at `url` is alive and carries `uploads` streams.
-    fn transfer_alive(&self, url: &str, uploads: u64) -> Result<(), MetaError>;
-    /// Removes a transfer server that stops.
+    /// Records that the transfer server at `url` is alive and carries these upload
+    /// streams (replacing what it reported before).
+    fn transfer_alive(&self, url: &str, uploads: &[UploadReport]) -> Result<(), MetaError>;
+    /// Removes a transfer server that stops, with its reports.
     fn transfer_gone(&self, url: &str) -> Result<(), MetaError>;
+    /// The uploads the transfer servers heard from since `since` (Unix seconds) carry.
+    fn upload_reports(&self, since: i64) -> Result<Vec<UploadReport>, MetaError>;
     /// Every registered transfer server, by URL, with the live updates handed to it.
     fn transfer_servers(&self) -> Result<Vec<TransferRow>, MetaError>;
     /// The transfer server an update's upload was handed to, if any.

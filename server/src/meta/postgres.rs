@@ -23,7 +23,7 @@ use postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
 use super::{
     Accounts, Catalog, Cluster, DiskRow, LockedMeta, MetaError, Role, Session, TransferRow,
-    UpdateQuery, UpdateRow, UpdateState, Updates, Upkeep, UserRow, VersionRow, now,
+    UpdateQuery, UpdateRow, UpdateState, Updates, Upkeep, UploadReport, UserRow, VersionRow, now,
 };
 
 /// The advisory lock every change takes: "Hotate" in ASCII.
@@ -113,6 +113,15 @@ CREATE TABLE store_leases (
     holder TEXT PRIMARY KEY,
     exclusive BOOLEAN NOT NULL,
     expires_at BIGINT NOT NULL
+);
+CREATE TABLE upload_reports (
+    guid TEXT PRIMARY KEY,
+    transfer TEXT NOT NULL,
+    session BIGINT NOT NULL,
+    needed BIGINT NOT NULL,
+    stored BIGINT NOT NULL,
+    on_wire BIGINT NOT NULL,
+    at BIGINT NOT NULL
 );
 ",
 ];
@@ -889,23 +898,57 @@ struct SendMut<'a, F: ?Sized>(&'a mut F);
 unsafe impl<F: ?Sized> Send for SendMut<'_, F> {}
 
 impl Cluster for PostgresMeta {
-    fn transfer_alive(&self, url: &str, uploads: u64) -> Result<(), MetaError> {
-        let uploads = uploads as i64;
+    fn transfer_alive(&self, url: &str, uploads: &[UploadReport]) -> Result<(), MetaError> {
+        let count = uploads.len() as i64;
         self.write(|tx| {
+            let at = now();
             tx.execute(
                 "INSERT INTO transfer_servers (url, started_at, seen_at, uploads)
                  VALUES ($1, $2, $2, $3)
                  ON CONFLICT (url) DO UPDATE SET seen_at = EXCLUDED.seen_at,
                      uploads = EXCLUDED.uploads",
-                &[&url, &now(), &uploads],
+                &[&url, &at, &count],
             )?;
+            tx.execute("DELETE FROM upload_reports WHERE transfer = $1", &[&url])?;
+            for u in uploads {
+                let n = |v: u64| v as i64;
+                tx.execute(
+                    "INSERT INTO upload_reports (guid, transfer, session, needed, stored, on_wire, at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (guid) DO UPDATE SET transfer = EXCLUDED.transfer,
+                         session = EXCLUDED.session, needed = EXCLUDED.needed,
+                         stored = EXCLUDED.stored, on_wire = EXCLUDED.on_wire, at = EXCLUDED.at",
+                    &[&u.guid, &url, &n(u.session), &n(u.needed), &n(u.stored), &n(u.on_wire), &at],
+                )?;
+            }
             Ok(())
+        })
+    }
+
+    fn upload_reports(&self, since: i64) -> Result<Vec<UploadReport>, MetaError> {
+        self.with_client(|c| {
+            let rows = c.query(
+                "SELECT guid, session, needed, stored, on_wire FROM upload_reports
+                 WHERE at >= $1 ORDER BY guid",
+                &[&since],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| UploadReport {
+                    guid: r.get(0),
+                    session: r.get::<_, i64>(1) as u64,
+                    needed: r.get::<_, i64>(2) as u64,
+                    stored: r.get::<_, i64>(3) as u64,
+                    on_wire: r.get::<_, i64>(4) as u64,
+                })
+                .collect())
         })
     }
 
     fn transfer_gone(&self, url: &str) -> Result<(), MetaError> {
         self.write(|tx| {
             tx.execute("DELETE FROM transfer_servers WHERE url = $1", &[&url])?;
+            tx.execute("DELETE FROM upload_reports WHERE transfer = $1", &[&url])?;
             Ok(())
         })
     }
@@ -1068,8 +1111,8 @@ const DISK_SELECT: &str = "SELECT id, name, size, block_size, created_at FROM di
 const VERSION_SELECT: &str = "SELECT disk_id, id, parent, comment, user_name, terminal,
     created_at, root, blocks_changed, bytes_stored FROM versions";
 const UPDATE_SELECT: &str = "SELECT guid, disk_id, base_version, terminal, user_name, state,
-    new_version, chunks_received, bytes_received, session, seq, created_at, updated_at
-    FROM updates";
+    new_version, chunks_received, bytes_received, session, seq, created_at, updated_at,
+    carrier FROM updates";
 
 fn disk_row(r: &Row) -> DiskRow {
     DiskRow {
@@ -1113,6 +1156,7 @@ fn update_row(r: &Row) -> UpdateRow {
         seq: r.get(10),
         started_at: r.get(11),
         changed_at: r.get(12),
+        carrier: r.get(13),
     }
 }
 

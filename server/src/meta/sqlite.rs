@@ -25,7 +25,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
 use super::{
     Accounts, Catalog, Cluster, DiskRow, LockedMeta, MetaError, Role, Session, TransferRow,
-    UpdateQuery, UpdateRow, UpdateState, Updates, Upkeep, UserRow, VersionRow, now,
+    UpdateQuery, UpdateRow, UpdateState, Updates, Upkeep, UploadReport, UserRow, VersionRow, now,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the `user_version` after each.
@@ -127,6 +127,16 @@ CREATE TABLE store_leases (
     holder TEXT PRIMARY KEY,
     exclusive INTEGER NOT NULL,
     expires_at INTEGER NOT NULL
+);
+-- What each transfer server's open upload streams have done, for the consoles.
+CREATE TABLE upload_reports (
+    guid TEXT PRIMARY KEY,
+    transfer TEXT NOT NULL,
+    session INTEGER NOT NULL,
+    needed INTEGER NOT NULL,
+    stored INTEGER NOT NULL,
+    on_wire INTEGER NOT NULL,
+    at INTEGER NOT NULL
 );
 ",
 ];
@@ -764,22 +774,61 @@ impl Updates for SqliteMeta {
 }
 
 impl Cluster for SqliteMeta {
-    fn transfer_alive(&self, url: &str, uploads: u64) -> Result<(), MetaError> {
+    fn transfer_alive(&self, url: &str, uploads: &[UploadReport]) -> Result<(), MetaError> {
         self.write(|tx| {
+            let at = now();
             tx.execute(
                 "INSERT INTO transfer_servers (url, started_at, seen_at, uploads)
                  VALUES (?1, ?2, ?2, ?3)
                  ON CONFLICT (url) DO UPDATE SET seen_at = excluded.seen_at,
                      uploads = excluded.uploads",
-                params![url, now(), uploads as i64],
+                params![url, at, uploads.len() as i64],
             )?;
+            tx.execute("DELETE FROM upload_reports WHERE transfer = ?1", [url])?;
+            for u in uploads {
+                tx.execute(
+                    "INSERT INTO upload_reports (guid, transfer, session, needed, stored, on_wire, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (guid) DO UPDATE SET transfer = excluded.transfer,
+                         session = excluded.session, needed = excluded.needed,
+                         stored = excluded.stored, on_wire = excluded.on_wire, at = excluded.at",
+                    params![
+                        u.guid,
+                        url,
+                        u.session as i64,
+                        u.needed as i64,
+                        u.stored as i64,
+                        u.on_wire as i64,
+                        at
+                    ],
+                )?;
+            }
             Ok(())
         })
+    }
+
+    fn upload_reports(&self, since: i64) -> Result<Vec<UploadReport>, MetaError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT guid, session, needed, stored, on_wire FROM upload_reports
+             WHERE at >= ?1 ORDER BY guid",
+        )?;
+        let rows = stmt.query_map([since], |r| {
+            Ok(UploadReport {
+                guid: r.get(0)?,
+                session: r.get::<_, i64>(1)? as u64,
+                needed: r.get::<_, i64>(2)? as u64,
+                stored: r.get::<_, i64>(3)? as u64,
+                on_wire: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn transfer_gone(&self, url: &str) -> Result<(), MetaError> {
         self.write(|tx| {
             tx.execute("DELETE FROM transfer_servers WHERE url = ?1", [url])?;
+            tx.execute("DELETE FROM upload_reports WHERE transfer = ?1", [url])?;
             Ok(())
         })
     }
@@ -937,8 +986,8 @@ impl Upkeep for SqliteMeta {
 const VERSION_SELECT: &str = "SELECT disk_id, id, parent, comment, user, terminal, created_at,
     root, blocks_changed, bytes_stored FROM versions";
 const UPDATE_SELECT: &str = "SELECT guid, disk_id, base_version, terminal, user, state,
-    new_version, chunks_received, bytes_received, session, rowid, created_at, updated_at
-    FROM updates";
+    new_version, chunks_received, bytes_received, session, rowid, created_at, updated_at,
+    carrier FROM updates";
 
 fn disk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DiskRow> {
     Ok(DiskRow {
@@ -1027,6 +1076,7 @@ fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
         seq: r.get(10)?,
         started_at: r.get(11)?,
         changed_at: r.get(12)?,
+        carrier: r.get(13)?,
     })
 }
 

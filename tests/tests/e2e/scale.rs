@@ -372,7 +372,7 @@ fn a_killed_transfer_server_loses_nothing_while_gc_runs_elsewhere() {
 
     // The finish is handed to one transfer server, which dies a third of the way in.
     let mut finish = terminal
-        .client(&["update", "finish", "--limit-rate", "4m"])
+        .client(&["update", "finish", "--limit-rate", "1m"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -388,6 +388,45 @@ fn a_killed_transfer_server_loses_nothing_while_gc_runs_elsewhere() {
     while received() < one_upload / 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The control server's console shows the upload live, as its transfer server reports.
+    let login = hotate_tests::http::json(
+        &control.control,
+        "POST",
+        "/api/v1/login",
+        &[],
+        &serde_json::json!({"user": USER, "password": PASSWORD}),
+    );
+    let token = login.json()["token"].as_str().expect("token").to_owned();
+    let bearer = format!("Bearer {token}");
+    let live = || {
+        let path = "/api/v1/updates?state=live";
+        let reply = hotate_tests::http::request(
+            &control.control,
+            "GET",
+            path,
+            &[("Authorization", &bearer)],
+            None,
+        );
+        reply.json()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let updates = live();
+        let shown = &updates[0];
+        if shown["uploading_now"] == true && shown["bytes_stored"].as_u64().unwrap_or(0) > 0 {
+            break shown.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no live progress on the control server: {updates}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        seen["bytes_needed"].as_u64() >= seen["bytes_stored"].as_u64(),
+        "{seen}"
+    );
+    assert_eq!(seen["transfer_server"], format!("http://{first}"), "{seen}");
     let carrier = transfers
         .iter()
         .position(|t| t.transfer == first)
