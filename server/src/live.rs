@@ -294,7 +294,7 @@ mod tests {
         transfer.needed("g", 3, 1000);
         transfer.stored("g", 3, 1, 400, 100);
         let control = Live::default();
-        let mut changes = control.watch();
+        let changes = control.watch();
         control.mirror(transfer.reports());
         assert!(changes.has_changed().unwrap(), "watchers wake");
         let p = control.progress("g").unwrap();
