@@ -20,6 +20,7 @@ mod manifests;
 mod meta;
 pub mod migrate;
 mod pace;
+mod parallel;
 pub mod s3;
 pub mod serve;
 mod text;

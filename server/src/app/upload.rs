@@ -186,11 +186,17 @@ impl UploadRecord {
                 changed.insert(hash, (offer.index, manifest.block_len(offer.index)));
             }
         }
-        // Every chunk is present and exactly its block's length, or nothing commits.
+        // Every chunk is present and exactly its block's length, or nothing commits: each
+        // read whole and verified, a few at once.
         let max_len = manifest.block_size().bytes();
+        let changed: Vec<(Hash, (u64, usize))> = changed.into_iter().collect();
+        let at_once = crate::parallel::for_blocks(max_len);
+        let held = crate::parallel::map_at_once(&changed, at_once, |(hash, _)| {
+            data.store().content_len(hash, max_len)
+        });
         let mut missing = Vec::new();
-        for (hash, (index, len)) in changed {
-            match data.store().content_len(&hash, max_len)? {
+        for ((hash, (index, len)), held) in changed.into_iter().zip(held) {
+            match held? {
                 None => missing.push(hash),
                 Some(held) if held != len => {
                     return Err(ServerError::BadRequest(format!(

@@ -9,6 +9,7 @@ use hotate_engine::{Base, ChunkStore, Entry, Hash, Manifest, Offer, PageDigests,
 use hotate_proto::pb::{self};
 
 use crate::error::ServerError;
+use crate::parallel;
 
 /// Bytes of base blocks' page values (32 bytes per 4 KiB page) kept from an offer's
 /// answer until their delta arrives (beyond it, a delta's base is read again from the
@@ -130,48 +131,68 @@ pub(super) fn lacking<S: ChunkStore + ?Sized>(
     let mut needs = Vec::new();
     let mut bases: HashMap<Hash, Option<BaseBlock>> = HashMap::new();
     let (mut read, mut kept, mut verified) = (0, 0, 0);
-    for &(hash, len) in candidates {
-        let held = if verified < verify_budget {
-            let held = store.holds(&hash, max_len)?;
-            verified += held.unwrap_or(0);
-            held
-        } else {
-            store.has(&hash)?.then_some(len)
-        };
-        match held {
-            Some(held) if held == len => continue,
-            Some(held) => {
-                return Err(ServerError::BadRequest(format!(
-                    "a block of {len} bytes is offered as chunk {}, which has {held} bytes",
-                    hash.short()
-                )));
+    // A wave of candidates at a time: their reads overlap (see `parallel`), and the
+    // budgets are checked between waves.
+    let at_once = parallel::for_blocks(max_len);
+    for wave in candidates.chunks(at_once) {
+        let verify = verified < verify_budget;
+        let held = parallel::map_at_once(wave, at_once, |&(hash, len)| {
+            if verify {
+                store.holds(&hash, max_len)
+            } else {
+                Ok(store.has(&hash)?.then_some(len))
             }
-            None => {}
+        });
+        let mut lacks = Vec::new();
+        for (&(hash, len), held) in wave.iter().zip(held) {
+            match held? {
+                Some(held) if held == len => verified += if verify { held } else { 0 },
+                Some(held) => {
+                    return Err(ServerError::BadRequest(format!(
+                        "a block of {len} bytes is offered as chunk {}, which has {held} bytes",
+                        hash.short()
+                    )));
+                }
+                None => lacks.push((hash, len)),
+            }
         }
-        let base = match replaced.get(&hash) {
-            Some(old) if bases.contains_key(old) => bases[old].clone(),
-            Some(old) if read < BASE_ANSWER_READ => {
-                // Without a readable base the chunk simply travels whole.
-                let base = store.get_with_pages(old, max_len).ok().map(
-                    |Paged {
-                         content,
-                         tree,
-                         depth,
-                     }| {
-                        read += content.len();
-                        let pages = PageDigests::of_tree(&tree, DIGEST_LEN);
-                        let keep = kept + tree.held_bytes() <= BASE_ANSWER_KEEP;
-                        kept += if keep { tree.held_bytes() } else { 0 };
-                        let kept_base = keep.then(|| Arc::new(KeptBase { tree, depth }));
-                        (Base { hash: *old, pages }, kept_base)
-                    },
-                );
-                bases.insert(*old, base.clone());
-                base
+        // The blocks they replace, read for their page digests while under the budget.
+        let mut to_read: Vec<Hash> = Vec::new();
+        for (hash, _) in &lacks {
+            if let Some(old) = replaced.get(hash)
+                && !bases.contains_key(old)
+                && !to_read.contains(old)
+                && read + to_read.len() * max_len < BASE_ANSWER_READ
+            {
+                to_read.push(*old);
             }
-            _ => None,
-        };
-        needs.push((hash, len, base));
+        }
+        // Without a readable base the chunk simply travels whole.
+        let paged = parallel::map_at_once(&to_read, at_once, |old| {
+            store.get_with_pages(old, max_len).ok().map(
+                |Paged {
+                     content,
+                     tree,
+                     depth,
+                 }| {
+                    let pages = PageDigests::of_tree(&tree, DIGEST_LEN);
+                    (content.len(), Base { hash: *old, pages }, tree, depth)
+                },
+            )
+        });
+        for (old, paged) in to_read.into_iter().zip(paged) {
+            let base = paged.map(|(len, base, tree, depth)| {
+                read += len;
+                let keep = kept + tree.held_bytes() <= BASE_ANSWER_KEEP;
+                kept += if keep { tree.held_bytes() } else { 0 };
+                (base, keep.then(|| Arc::new(KeptBase { tree, depth })))
+            });
+            bases.insert(old, base);
+        }
+        for (hash, len) in lacks {
+            let base = replaced.get(&hash).and_then(|old| bases.get(old).cloned().flatten());
+            needs.push((hash, len, base));
+        }
     }
     Ok((needs, read + verified))
 }
