@@ -49,6 +49,8 @@
     cell("terminal").textContent = u.terminal;
     cell("user").textContent = u.user;
     cell("state").textContent = stateText(u);
+    // In a cluster: which transfer server carries the upload, on hover.
+    cell("state").title = u.transfer_server ? words.transfer_server + ": " + u.transfer_server : "";
     const bar = row.querySelector("progress");
     const amount = row.querySelector(".amount");
     if (u.bytes_needed !== null && u.bytes_stored !== null) {

@@ -285,7 +285,7 @@ fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
     format!(
         "<tr data-guid=\"{guid}\" data-state=\"{state}\">\
          <td class=\"disk\">{disk}</td><td class=\"terminal\">{terminal}</td><td class=\"user\">{user}</td>\
-         <td class=\"state\">{state_text}</td>\
+         <td class=\"state\"{carrier}>{state_text}</td>\
          <td class=\"progress\"><progress max=\"100\" value=\"{percent}\"{bar}></progress> <span class=\"amount\">{progress}</span></td>\
          <td class=\"rate\">{rate}</td><td class=\"eta\">{eta}</td>\
          <td class=\"base\">{base}</td><td class=\"new\">{new}</td><td class=\"actions\">{button}</td></tr>",
@@ -295,6 +295,11 @@ fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
         terminal = esc(&u.terminal),
         user = esc(&u.user),
         state_text = w.state(u.state, u.uploading_now),
+        carrier = u
+            .transfer_server
+            .as_deref()
+            .map(|t| format!(" title=\"{}: {}\"", w.transfer_server, esc(t)))
+            .unwrap_or_default(),
         bar = if u.uploading_now { "" } else { " hidden" },
         base = esc(&u.base_version),
         new = esc(u.new_version.as_deref().unwrap_or_default()),

@@ -190,7 +190,9 @@ pub(super) fn lacking<S: ChunkStore + ?Sized>(
             bases.insert(old, base);
         }
         for (hash, len) in lacks {
-            let base = replaced.get(&hash).and_then(|old| bases.get(old).cloned().flatten());
+            let base = replaced
+                .get(&hash)
+                .and_then(|old| bases.get(old).cloned().flatten());
             needs.push((hash, len, base));
         }
     }

@@ -427,6 +427,15 @@ fn a_killed_transfer_server_loses_nothing_while_gc_runs_elsewhere() {
         "{seen}"
     );
     assert_eq!(seen["transfer_server"], format!("http://{first}"), "{seen}");
+    let cookie = format!("hotate_session={token}");
+    let page =
+        hotate_tests::http::request(&control.control, "GET", "/", &[("Cookie", &cookie)], None);
+    assert!(
+        page.text()
+            .contains(&format!("title=\"Transfer server: http://{first}\"")),
+        "the updates page names the transfer server: {}",
+        page.text()
+    );
     let carrier = transfers
         .iter()
         .position(|t| t.transfer == first)
