@@ -149,6 +149,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi({
+            // Colour only on a terminal, and not when NO_COLOR is set.
+            use std::io::IsTerminal;
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        })
         .without_time()
         .init();
     if let Some(lang) = cli.lang.as_deref()

@@ -47,16 +47,20 @@ enum Command {
         /// --advertise-transfer. Roles other than all need --meta (one shared database).
         #[arg(long, value_enum, default_value_t = ServeRole::All)]
         role: ServeRole,
+        /// Address of the control port: terminals' logins and updates, and the console.
         #[arg(long, default_value = "0.0.0.0:30806")]
         listen: SocketAddr,
+        /// Address of the transfer port: the uploads.
         #[arg(long, default_value = "0.0.0.0:30811")]
         transfer_listen: SocketAddr,
         /// Transfer endpoint told to clients, e.g. https://files.example:30811 (with
         /// --role transfer: the URL it registers, which terminals must reach)
         #[arg(long)]
         advertise_transfer: Option<String>,
+        /// TLS certificate chain (PEM): both ports then speak TLS only.
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
         /// Connections open at once per port; more are closed as they arrive.
@@ -114,7 +118,12 @@ enum Command {
 #[derive(Subcommand)]
 enum VersionCommand {
     /// Delete a version (not the latest, nor the base of an update in progress).
-    Delete { disk: String, version: String },
+    Delete {
+        /// Disk name or UUID.
+        disk: String,
+        /// The version to delete.
+        version: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,6 +148,7 @@ enum StoreCommand {
 enum UserCommand {
     /// Add a user (password from HOTATE_PASSWORD, else prompt or stdin).
     Add {
+        /// The user name terminals and the console log in with.
         name: String,
         /// admin (also aborts updates and manages) or operator (its own updates); by
         /// default the first user is an admin, later ones operators.
@@ -148,38 +158,55 @@ enum UserCommand {
     /// List users and their roles.
     List,
     /// Delete a user and end its sessions.
-    Delete { name: String },
+    Delete {
+        /// User name.
+        name: String,
+    },
     /// Set a user's password (as `add` reads it) and end its sessions.
-    Passwd { name: String },
+    Passwd {
+        /// User name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum DiskCommand {
-    /// Import a raw image as a new disk.
+    /// Import a disk image (raw, qcow2, VHD or VHDX, told by its content) as a new disk.
     Import {
+        /// The new disk's name.
         name: String,
+        /// The image file.
         image: PathBuf,
+        /// Block size in bytes: the unit of dedup and transfer (a power of two).
         #[arg(long, default_value_t = hotate_engine::block::DEFAULT_BLOCK_SIZE)]
         block_size: u32,
+        /// The first version's comment.
         #[arg(long, default_value = "Imported.")]
         comment: String,
     },
     /// List disks.
     List,
     /// List a disk's versions, oldest first.
-    Versions { disk: String },
+    Versions {
+        /// Disk name or UUID.
+        disk: String,
+    },
     /// Delete a disk with its versions (refused during an update unless --force).
     Delete {
+        /// Disk name or UUID.
         disk: String,
         /// Abort the disk's update in progress first.
         #[arg(long)]
         force: bool,
     },
-    /// Write a version as a raw image, every chunk verified.
+    /// Write a version as an image (raw, qcow2, VHDX or VHD), every chunk verified.
     Export {
+        /// Disk name or UUID.
         disk: String,
+        /// The version to write [default: the latest].
         #[arg(long)]
         version: Option<String>,
+        /// The image file to write.
         #[arg(long)]
         output: PathBuf,
         /// raw, qcow2, vhdx or vhd (with --parent: an overlay or differencing image).
@@ -201,17 +228,25 @@ enum UpdateCommand {
     List,
     /// Stop and discard the upload of a disk's update; the update stays, and its terminal
     /// runs `update finish` again (「更新中断」).
-    Abort { disk: String },
+    Abort {
+        /// Disk name or UUID.
+        disk: String,
+    },
     /// End a disk's update for good, when its terminal will not come back (「更新取消」).
-    Cancel { disk: String },
+    Cancel {
+        /// Disk name or UUID.
+        disk: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum CertCommand {
     /// Write a self-signed cert.pem and key.pem.
     Generate {
+        /// Directory to write cert.pem and key.pem in.
         #[arg(long)]
         out: PathBuf,
+        /// Host names and addresses terminals reach the server by (one or more).
         #[arg(long, required = true, num_args = 1..)]
         host: Vec<String>,
         /// Replace an existing pair.
@@ -231,6 +266,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,hotate_server=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -246,6 +282,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Colour in the log only on a terminal, and not when `NO_COLOR` is set: a log file or
+/// journal gets plain text.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// An admin command whose output goes into a closed pipe (`disk list | head -1`) ends

@@ -523,14 +523,14 @@ impl Catalog for SqliteMeta {
             let latest = latest_id(tx, disk_id)?;
             if latest == id {
                 return Err(MetaError::VersionInUse(format!(
-                    "{id} is the disk's latest version; terminals boot it"
+                    "{id}: it is the disk's latest version, which terminals boot (delete it once a newer version exists)"
                 )));
             }
             if let Some(live) = live_update(tx, disk_id)?
                 && live.base_version == id
             {
                 return Err(MetaError::VersionInUse(format!(
-                    "{id} is the base of the update in progress from terminal {}",
+                    "{id}: it is the base of the update in progress from terminal {} (finish or cancel that update first)",
                     live.terminal
                 )));
             }

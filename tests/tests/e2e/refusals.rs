@@ -234,3 +234,26 @@ fn a_missing_or_short_image_is_refused_and_nothing_is_lost() {
     assert_ok(&finish);
     assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }
+
+/// A log that goes to a file or a pipe (a service's journal) is plain text: no colour
+/// codes, which the terminal would read but a file keeps as noise.
+#[test]
+fn logs_into_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(hotate_tests::harness::bin("hotate-server"))
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .args(["user", "add", "teacher"])
+        .env("HOTATE_PASSWORD", PASSWORD)
+        .env("HOTATE_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hotate-server");
+    assert_ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("user added"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
+}
