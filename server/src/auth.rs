@@ -15,6 +15,23 @@ use crate::meta::{Metadata, Role, Session, now};
 /// How long a token is accepted.
 pub const TOKEN_LIFETIME_SECS: i64 = 12 * 3600;
 
+/// Characters a new password needs at least.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// Refuses a new password shorter than [`MIN_PASSWORD_CHARS`].
+///
+/// # Errors
+/// `BadRequest`, saying the minimum.
+pub fn check_new_password(password: &str) -> Result<(), ServerError> {
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_CHARS {
+        return Err(ServerError::BadRequest(format!(
+            "a password needs at least {MIN_PASSWORD_CHARS} characters; this one has {chars}"
+        )));
+    }
+    Ok(())
+}
+
 /// Hashes a password for storage.
 ///
 /// # Errors

@@ -146,7 +146,8 @@ enum StoreCommand {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Add a user (password from HOTATE_PASSWORD, else prompt or stdin).
+    /// Add a user (password of 8 characters or more from HOTATE_PASSWORD, else prompt or
+    /// stdin).
     Add {
         /// The user name terminals and the console log in with.
         name: String,

@@ -13,13 +13,15 @@ impl App {
     /// operators. Returns the role given.
     ///
     /// # Errors
-    /// `UserExists`, or a password that cannot be hashed.
+    /// `UserExists`, a password shorter than [`auth::MIN_PASSWORD_CHARS`], or one that
+    /// cannot be hashed.
     pub fn add_user(
         &self,
         name: &str,
         password: &str,
         role: Option<Role>,
     ) -> Result<Role, ServerError> {
+        auth::check_new_password(password)?;
         let hash = auth::hash_password(password)?;
         let role = self.data.meta().add_user(name, &hash, role)?;
         tracing::info!(user = %name, role = role.as_str(), "user added");
@@ -41,9 +43,10 @@ impl App {
     /// Sets a user's password and ends its sessions.
     ///
     /// # Errors
-    /// `UnknownUser`.
+    /// `UnknownUser`, or a password shorter than [`auth::MIN_PASSWORD_CHARS`].
     pub fn set_password(&self, name: &str, password: &str) -> Result<(), ServerError> {
         self.check_user(name)?;
+        auth::check_new_password(password)?;
         let hash = auth::hash_password(password)?;
         self.data.meta().set_password(name, &hash)?;
         tracing::info!(user = %name, "password changed; sessions ended");

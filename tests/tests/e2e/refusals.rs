@@ -257,3 +257,31 @@ fn logs_into_a_file_carry_no_colour_codes() {
         "colour codes in a log file: {log:?}"
     );
 }
+
+/// A password too short to resist guessing is refused, with the minimum said; nothing
+/// is added.
+#[test]
+fn a_short_password_is_refused_with_the_minimum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let add = |password: &str| {
+        std::process::Command::new(hotate_tests::harness::bin("hotate-server"))
+            .arg("--data")
+            .arg(&data)
+            .args(["user", "add", "teacher"])
+            .env("HOTATE_PASSWORD", password)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hotate-server")
+    };
+    let short = add("abc");
+    assert!(!short.status.success());
+    assert!(
+        text(&short).contains("a password needs at least 8 characters; this one has 3"),
+        "{}",
+        text(&short)
+    );
+    assert!(!admin_ok(&data, &["user", "list"]).contains("teacher"));
+    assert_ok(&add("eight-ch"));
+    assert!(admin_ok(&data, &["user", "list"]).contains("teacher"));
+}
