@@ -145,8 +145,12 @@ pub async fn disk_import(
         }))
     } else {
         println!(
-            "Imported disk {} ({}), {} bytes, first version {} ({} bytes stored).",
-            disk.name, disk.id, disk.size, version.id, version.bytes_stored
+            "Imported disk {} ({}), first version {} ({} stored; id {}).",
+            text::printable(&disk.name),
+            text::binary_size(disk.size),
+            version.id,
+            text::binary_size(version.bytes_stored),
+            disk.id
         );
         Ok(())
     }
@@ -163,12 +167,14 @@ pub fn disk_list(data: &Places, json: bool) -> anyhow::Result<()> {
     }
     for d in disks {
         println!(
-            "{}  {}  size={}  block_size={}  latest={}",
-            d.id,
+            "{}  {}  blocks of {}  latest {}  ({} versions, {} stored)  id {}",
             text::printable(&d.name),
-            d.size,
-            d.block_size,
-            d.latest_version
+            text::binary_size(d.size),
+            text::binary_size(u64::from(d.block_size)),
+            d.latest_version,
+            d.versions,
+            text::binary_size(d.stored_bytes),
+            d.id
         );
     }
     Ok(())
@@ -272,7 +278,7 @@ pub fn update_list(data: &Places, json: bool) -> anyhow::Result<()> {
         println!(
             "{}  disk={}  terminal={}  state={}  base={}{}",
             u.data_write_guid,
-            u.disk_id,
+            text::printable(&u.disk_name),
             text::printable(&u.terminal),
             u.state,
             u.base_version,
@@ -441,16 +447,17 @@ pub fn store_gc(data: &Places, dry_run: bool, json: bool) -> anyhow::Result<()> 
     }
     if dry_run {
         println!(
-            "Would delete {} unreferenced chunks ({} bytes).",
-            report.chunks_deleted, report.bytes_freed
+            "Would delete {} unreferenced chunks ({}).",
+            report.chunks_deleted,
+            text::binary_size(report.bytes_freed)
         );
     } else {
         println!(
-            "Deleted {} unreferenced chunks, {} temp files and {} orphan manifests; freed {} bytes. Pruned {} ended updates.",
+            "Deleted {} unreferenced chunks, {} temp files and {} orphan manifests; freed {}. Pruned {} ended updates.",
             report.chunks_deleted,
             report.temp_files_deleted,
             report.manifests_deleted,
-            report.bytes_freed,
+            text::binary_size(report.bytes_freed),
             report.updates_pruned
         );
     }
@@ -465,8 +472,11 @@ pub fn store_stats(data: &Places, json: bool) -> anyhow::Result<()> {
         return print_json(&serde_json::to_value(&stats)?);
     }
     println!(
-        "{} chunks, {} bytes; unreferenced: {} chunks, {} bytes (`store gc` deletes them).",
-        stats.chunks, stats.bytes, stats.unreferenced_chunks, stats.unreferenced_bytes
+        "{} chunks, {}; unreferenced: {} chunks, {} (`store gc` deletes them).",
+        stats.chunks,
+        text::binary_size(stats.bytes),
+        stats.unreferenced_chunks,
+        text::binary_size(stats.unreferenced_bytes)
     );
     Ok(())
 }

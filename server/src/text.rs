@@ -132,3 +132,34 @@ mod tests {
         assert_eq!(bounded("short", MAX_ERROR), "short");
     }
 }
+
+/// A size in binary units, as disks and blocks are measured: `256.0 MiB`, `1.0 MiB`,
+/// `512 B`. Listings for people use it; `--json` keeps the exact bytes.
+pub fn binary_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::binary_size;
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(binary_size(512), "512 B");
+        assert_eq!(binary_size(1 << 20), "1.0 MiB");
+        assert_eq!(binary_size(256 << 20), "256.0 MiB");
+        assert_eq!(binary_size(64 << 30), "64.0 GiB");
+        assert_eq!(binary_size(1536), "1.5 KiB");
+    }
+}

@@ -98,8 +98,19 @@ fn a_real_filesystem_update_round_trips() {
         text(&finish),
         pair.kind
     );
-    // Admin output still works on the data dir.
-    assert!(admin(&site.data, &["disk", "list"]).status.success());
+    // Listings for people name the disk and give sizes in binary units; updates name
+    // their disk; --json keeps the exact values.
+    let listed = admin_ok(&site.data, &["disk", "list"]);
+    assert!(
+        listed.starts_with("ubuntu  64.0 MiB  blocks of 1.0 MiB  latest "),
+        "{listed}"
+    );
+    assert!(!listed.contains(&(64u64 << 20).to_string()), "{listed}");
+    let updates = admin_ok(&site.data, &["update", "list"]);
+    assert!(updates.contains("disk=ubuntu "), "{updates}");
+    let json = admin_ok(&site.data, &["--json", "disk", "list"]);
+    let json: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(json[0]["size"], 64u64 << 20);
 }
 
 #[test]
