@@ -5,6 +5,16 @@
 (function () {
   const words = JSON.parse(document.getElementById("words").textContent);
   const csrf = document.querySelector('meta[name="csrf"]').content;
+  // Times as the reader's clock shows them (in Japanese order on the Japanese page), the
+  // exact UTC time on hover.
+  const locale = document.documentElement.lang === "ja" ? "ja-JP" : undefined;
+  for (const el of document.querySelectorAll("time[datetime]")) {
+    const at = new Date(el.dateTime);
+    if (!isNaN(at)) {
+      el.title = el.dateTime;
+      el.textContent = at.toLocaleString(locale);
+    }
+  }
   const table = document.getElementById("updates");
   if (!table) return;
   const body = table.querySelector("tbody");

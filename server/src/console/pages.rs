@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
+use crate::text::binary_size;
+
 use super::history::History;
 use super::words::{Lang, Words};
 use super::{
@@ -53,6 +55,12 @@ pub fn bytes_text(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// A time (RFC 3339, UTC) as the page writes it; the script shows it in the reader's
+/// local time, with this exact time on hover.
+fn time_html(at: &str) -> String {
+    format!("<time datetime=\"{at}\">{at}</time>", at = esc(at))
 }
 
 /// A page's frame: head, navigation, and `body`.
@@ -341,8 +349,8 @@ pub(super) async fn disks(
              <td>{latest}</td><td>{count}</td><td>{stored}</td></tr>",
             id = esc(&d.id),
             name = esc(&d.name),
-            size = bytes_text(d.size),
-            block = bytes_text(u64::from(d.block_size)),
+            size = binary_size(d.size),
+            block = binary_size(u64::from(d.block_size)),
             latest = esc(&d.latest_version),
             count = d.versions,
             stored = bytes_text(d.stored_bytes),
@@ -372,9 +380,9 @@ pub(super) async fn disk(
     let mut body = format!(
         "<p>{} {} · {} {}</p><table id=\"versions\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
         w.size,
-        bytes_text(disk.size),
+        binary_size(disk.size),
         w.block_size,
-        bytes_text(u64::from(disk.block_size)),
+        binary_size(u64::from(disk.block_size)),
         w.version,
         w.parent,
         w.comment,
@@ -393,7 +401,7 @@ pub(super) async fn disk(
             esc(&v.comment),
             esc(&v.user),
             esc(&v.terminal),
-            esc(&v.created_at),
+            time_html(&v.created_at),
             v.blocks_changed,
             bytes_text(v.bytes_stored),
         );
@@ -465,7 +473,7 @@ fn transfer_table(w: &Words, servers: &[crate::app::TransferView]) -> String {
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&t.url),
                 if t.alive { w.alive } else { w.gone },
-                esc(&t.seen_at),
+                time_html(&t.seen_at),
                 t.uploads,
                 t.carried
             )
@@ -480,7 +488,7 @@ fn transfer_table(w: &Words, servers: &[crate::app::TransferView]) -> String {
 
 fn upkeep_text(w: &Words, run: Option<&crate::app::UpkeepView>) -> String {
     match run {
-        Some(run) => format!("{} — {}", esc(&run.at), esc(&run.outcome)),
+        Some(run) => format!("{} — {}", time_html(&run.at), esc(&run.outcome)),
         None => esc(w.never_run),
     }
 }

@@ -583,4 +583,28 @@ fn a_browser_watches_an_upload_advance_and_aborts_it() {
         s.site.updates().last().expect("update")["state"],
         "cancelled"
     );
+
+    // The disk's page: sizes in binary units, times in the reader's clock with the exact
+    // UTC time on hover, in Japanese order on the Japanese page.
+    browser.goto(&format!("{base}/disks/win10"));
+    let first_time = || {
+        let shown = browser.execute(
+            "const t = document.querySelector('#versions time'); \
+             return t ? [t.textContent, t.title, t.dateTime] : null;",
+        );
+        let shown: Vec<String> = serde_json::from_value(shown).unwrap_or_default();
+        (shown.len() == 3).then_some(shown)
+    };
+    let en = browser.wait_for(Duration::from_secs(10), "a version's time", first_time);
+    assert!(en[2].ends_with('Z') && en[1] == en[2], "{en:?}");
+    let year = &en[2][..4];
+    assert!(!en[0].contains('T') && en[0].contains(year), "{en:?}");
+    let sizes = browser.text("main p").unwrap_or_default();
+    assert!(sizes.contains("MiB"), "{sizes}");
+    browser.click("header .lang a");
+    let ja = browser.wait_for(Duration::from_secs(10), "the Japanese time", || {
+        first_time().filter(|t| t[0].starts_with(year) && t[0] != en[0])
+    });
+    assert!(ja[0].contains('/') && ja[1] == en[1], "{ja:?}");
+    browser.click("header .lang a");
 }
