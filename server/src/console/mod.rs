@@ -97,13 +97,21 @@ pub fn router(app: Arc<App>, options: ConsoleOptions, stop: watch::Receiver<bool
 }
 
 /// An unknown path: `UNIMPLEMENTED` for gRPC callers, 404 for the others.
-pub async fn not_found(headers: HeaderMap) -> Response {
+pub async fn not_found(uri: axum::http::Uri, headers: HeaderMap) -> Response {
     let grpc = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     if grpc {
         return tonic::Status::unimplemented("no such service").into_http();
+    }
+    // An API path answers as every API error does, for scripts and the console alike.
+    if uri.path().starts_with("/api/") {
+        let json = serde_json::json!({
+            "error": format!("no such API call: {}", bounded(uri.path(), 256)),
+            "messages": { "en": words::EN.not_found, "ja": words::JA.not_found },
+        });
+        return (StatusCode::NOT_FOUND, axum::Json(json)).into_response();
     }
     let text = format!("{} / {}", words::EN.not_found, words::JA.not_found);
     (StatusCode::NOT_FOUND, text).into_response()

@@ -98,6 +98,12 @@ fn the_api_keeps_its_contract_and_its_guards() {
         get(&addr, "/api/v1/disks/nope/versions", &token).status,
         404
     );
+    // An unknown API call answers in the API's error shape, in both languages.
+    let unknown = get(&addr, "/api/v1/no-such-call", &token);
+    assert_eq!(unknown.status, 404);
+    let unknown = unknown.json();
+    assert_eq!(unknown["error"], "no such API call: /api/v1/no-such-call");
+    assert_eq!(unknown["messages"]["ja"], "見つかりません。", "{unknown}");
 
     s.start_update();
     let updates = get(&addr, "/api/v1/updates", &token).json();
