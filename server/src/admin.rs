@@ -118,6 +118,22 @@ pub fn user_list(data: &Places, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who runs an admin command, as the versions it makes record it: the system account's
+/// name (`USER`, `LOGNAME` or `USERNAME`), else `admin`.
+fn os_user() -> String {
+    ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok())
+        .map(|user| {
+            text::printable(user.trim())
+                .chars()
+                .take(text::MAX_NAME)
+                .collect::<String>()
+        })
+        .filter(|user| !user.is_empty())
+        .unwrap_or_else(|| "admin".to_owned())
+}
+
 /// `disk import NAME IMAGE`.
 pub async fn disk_import(
     data: &Places,
@@ -133,7 +149,7 @@ pub async fn disk_import(
     let dir = open(data)?;
     let progress = Progress::default();
     let (disk, version) = dir
-        .import(name, image, block_size, comment, &progress)
+        .import(name, image, block_size, comment, &os_user(), &progress)
         .await?;
     if json {
         print_json(&json!({

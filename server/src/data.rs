@@ -282,6 +282,7 @@ impl DataDir {
         image: &Path,
         block_size: BlockSize,
         comment: &str,
+        creator: &str,
         progress: &Progress,
     ) -> Result<(DiskRow, VersionRow), ServerError> {
         if self.meta.disk(name).is_ok() {
@@ -315,7 +316,7 @@ impl DataDir {
             id: self.new_version_id(&disk.id)?,
             parent: None,
             comment: comment.to_owned(),
-            user: "admin".to_owned(),
+            user: creator.to_owned(),
             terminal: String::new(),
             created_at: now(),
             root: outcome.manifest.root(),

@@ -282,3 +282,23 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
     assert_ok(&finish());
     assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }
+
+/// An import's first version records who ran it: the system account of the command.
+#[test]
+fn an_import_is_attributed_to_who_ran_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = images::synthetic_pair(dir.path(), 4 << 20, 10, 31);
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(hotate_tests::harness::bin("hotate-server"))
+        .arg("--data")
+        .arg(&data)
+        .args(["disk", "import", "lab", pair.base.to_str().expect("path")])
+        .env("USER", "teacher")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hotate-server");
+    assert_ok(&out);
+    let versions = admin_ok(&data, &["--json", "disk", "versions", "lab"]);
+    let versions: serde_json::Value = serde_json::from_str(&versions).expect("json");
+    assert_eq!(versions[0]["user"], "teacher", "{versions}");
+}

@@ -44,7 +44,14 @@ async fn site() -> Site {
     std::fs::write(&image, &base).unwrap();
     let size = BlockSize::new(BLOCK as u32).unwrap();
     let (disk, version) = data
-        .import("win10", &image, size, "first", &Progress::default())
+        .import(
+            "win10",
+            &image,
+            size,
+            "first",
+            "admin",
+            &Progress::default(),
+        )
         .await
         .unwrap();
     let app = App::offline(data.clone());
