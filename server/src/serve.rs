@@ -16,6 +16,7 @@ use crate::app::{App, HEARTBEAT, blocking};
 use crate::console::{self, ConsoleOptions};
 use crate::control::{ControlService, Transfers};
 use crate::data::{DataDir, Places};
+use crate::error::ServerError;
 use crate::gate::Authenticated;
 use crate::limits::{self, Limits};
 use crate::live::Live;
@@ -137,7 +138,12 @@ pub async fn serve(
                     advertise: options.advertise_transfer.clone(),
                 },
                 None => {
-                    tokio::spawn(mirror(app.clone(), stop_rx.clone()));
+                    let app = app.clone();
+                    tokio::spawn(every_heartbeat(
+                        stop_rx.clone(),
+                        "could not read the transfer servers' progress",
+                        move || app.mirror_transfers(),
+                    ));
                     Transfers::Registered
                 }
             };
@@ -191,7 +197,11 @@ pub async fn serve(
         })
         .await
         .context("registering this transfer server in the metadata")?;
-        tokio::spawn(heartbeat(app, url, stop_rx.clone()));
+        tokio::spawn(every_heartbeat(
+            stop_rx.clone(),
+            "could not tell the metadata this transfer server is alive",
+            move || app.transfer_alive(&url),
+        ));
         listening.push(format!(
             "advertised={}",
             advertised.as_deref().unwrap_or("")
@@ -238,9 +248,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// Shows, every [`HEARTBEAT`] until the stop, the progress the transfer servers report
-/// (a control server's console and API then show every upload live).
-async fn mirror(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Runs `work` on the blocking pool every [`HEARTBEAT`] until the stop; a failure is
+/// logged as `failed` and the next beat tries again. A control server mirrors the
+/// progress the transfer servers report; a transfer server says it is alive.
+async fn every_heartbeat(
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    failed: &'static str,
+    work: impl Fn() -> Result<(), ServerError> + Clone + Send + 'static,
+) {
     let mut ticks = tokio::time::interval(HEARTBEAT);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -248,25 +263,8 @@ async fn mirror(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
             _ = ticks.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-        let app = app.clone();
-        if let Err(e) = blocking(move || app.mirror_transfers()).await {
-            tracing::warn!(cause = %e, "could not read the transfer servers' progress");
-        }
-    }
-}
-
-/// Says every [`HEARTBEAT`] that this transfer server, at `url`, is alive, until the stop.
-async fn heartbeat(app: Arc<App>, url: String, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(HEARTBEAT);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-        let (app, url) = (app.clone(), url.clone());
-        if let Err(e) = blocking(move || app.transfer_alive(&url)).await {
-            tracing::warn!(cause = %e, "could not tell the metadata this transfer server is alive");
+        if let Err(e) = blocking(work.clone()).await {
+            tracing::warn!(cause = %e, "{failed}");
         }
     }
 }

@@ -136,17 +136,26 @@ mod tests {
 /// A size in binary units, as disks and blocks are measured: `256.0 MiB`, `1.0 MiB`,
 /// `512 B`. Listings for people use it; `--json` keeps the exact bytes.
 pub fn binary_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    size_in(bytes, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB", "PiB"])
+}
+
+/// Bytes in decimal units, as transfers are counted (like the client's progress).
+pub fn decimal_size(bytes: u64) -> String {
+    size_in(bytes, 1000.0, &["B", "kB", "MB", "GB", "TB"])
+}
+
+/// `bytes` in the largest of `units` (each `step` times the one before) under `step`.
+fn size_in(bytes: u64, step: f64, units: &[&str]) -> String {
     let mut value = bytes as f64;
     let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
+    while value >= step && unit + 1 < units.len() {
+        value /= step;
         unit += 1;
     }
     if unit == 0 {
         format!("{bytes} B")
     } else {
-        format!("{value:.1} {}", UNITS[unit])
+        format!("{value:.1} {}", units[unit])
     }
 }
 
@@ -161,5 +170,7 @@ mod size_tests {
         assert_eq!(binary_size(256 << 20), "256.0 MiB");
         assert_eq!(binary_size(64 << 30), "64.0 GiB");
         assert_eq!(binary_size(1536), "1.5 KiB");
+        assert_eq!(super::decimal_size(999), "999 B");
+        assert_eq!(super::decimal_size(268_435_456), "268.4 MB");
     }
 }

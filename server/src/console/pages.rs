@@ -43,18 +43,7 @@ fn esc(text: &str) -> String {
 
 /// Bytes as people read them (decimal units, like the client's progress).
 pub fn bytes_text(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    crate::text::decimal_size(bytes)
 }
 
 /// A time (RFC 3339, UTC) as the page writes it; the script shows it in the reader's
