@@ -118,22 +118,6 @@ pub fn user_list(data: &Places, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Who runs an admin command, as the versions it makes record it: the system account's
-/// name (`USER`, `LOGNAME` or `USERNAME`), else `admin`.
-fn os_user() -> String {
-    ["USER", "LOGNAME", "USERNAME"]
-        .iter()
-        .find_map(|name| std::env::var(name).ok())
-        .map(|user| {
-            text::printable(user.trim())
-                .chars()
-                .take(text::MAX_NAME)
-                .collect::<String>()
-        })
-        .filter(|user| !user.is_empty())
-        .unwrap_or_else(|| "admin".to_owned())
-}
-
 /// `disk import NAME IMAGE`.
 pub async fn disk_import(
     data: &Places,
@@ -149,7 +133,14 @@ pub async fn disk_import(
     let dir = open(data)?;
     let progress = Progress::default();
     let (disk, version) = dir
-        .import(name, image, block_size, comment, &os_user(), &progress)
+        .import(
+            name,
+            image,
+            block_size,
+            comment,
+            &data_dir_owner().user,
+            &progress,
+        )
         .await?;
     if json {
         print_json(&json!({
@@ -345,7 +336,8 @@ pub fn update_cancel(data: &Places, disk: &str) -> anyhow::Result<()> {
 /// `disk delete DISK [--force]`: the disk, its versions and updates; `--force` aborts a
 /// live update first. Chunks go with the next `store gc`.
 pub fn disk_delete(data: &Places, disk: &str, force: bool) -> anyhow::Result<()> {
-    let (disk, versions) = App::offline(open_existing(data)?).delete_disk(disk, force)?;
+    let (disk, versions) =
+        App::offline(open_existing(data)?).delete_disk(&data_dir_owner(), disk, force)?;
     println!(
         "Deleted disk {} ({}) and its {versions} versions. `hotate-server store gc` frees the space.",
         disk.name, disk.id

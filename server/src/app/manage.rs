@@ -79,7 +79,12 @@ impl App {
     ///
     /// # Errors
     /// `UnknownDisk`; `BadRequest` for a live update without `force`.
-    pub fn delete_disk(&self, disk: &str, force: bool) -> Result<(DiskRow, usize), ServerError> {
+    pub fn delete_disk(
+        &self,
+        caller: &Session,
+        disk: &str,
+        force: bool,
+    ) -> Result<(DiskRow, usize), ServerError> {
         let (disk, live) = self.live_update_of(disk)?;
         if let Some(live) = live {
             if !force {
@@ -90,7 +95,7 @@ impl App {
             }
             self.data
                 .meta()
-                .set_state(&live.guid, UpdateState::Aborted)?;
+                .set_state(&live.guid, UpdateState::Aborted, Some(&caller.user))?;
         }
         let versions = self.data.meta().delete_disk(&disk.id)?;
         self.data.manifests().remove_disk(&disk.id);
@@ -158,10 +163,22 @@ impl App {
     }
 }
 
-/// The caller of the admin commands: whoever can read the data dir is its administrator.
+/// The caller of the admin commands: whoever can read the data dir is its administrator,
+/// named by the system account (`USER`, `LOGNAME` or `USERNAME`), else `admin`.
 pub fn data_dir_owner() -> Session {
+    let user = ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok())
+        .map(|user| {
+            crate::text::printable(user.trim())
+                .chars()
+                .take(crate::text::MAX_NAME)
+                .collect::<String>()
+        })
+        .filter(|user| !user.is_empty())
+        .unwrap_or_else(|| "admin".to_owned());
     Session {
-        user: std::env::var("USER").unwrap_or_else(|_| "hotate-server".into()),
+        user,
         terminal: "hotate-server".into(),
         role: Role::Admin,
     }

@@ -481,7 +481,10 @@ impl App {
     /// `UnknownUpdate`, `NotYourUpdate`, `UpdateNotLive`.
     pub fn cancel_update(&self, caller: &Session, guid: &str) -> Result<UpdateRow, ServerError> {
         self.update(caller, guid)?;
-        let row = self.data.meta().set_state(guid, UpdateState::Cancelled)?;
+        let row = self
+            .data
+            .meta()
+            .set_state(guid, UpdateState::Cancelled, Some(&caller.user))?;
         tracing::info!(update = %row.guid, by = %caller.user, "update cancelled");
         Ok(row)
     }
@@ -498,7 +501,7 @@ impl App {
                 "only an admin may abort an update; its owner may cancel it".into(),
             ));
         }
-        let row = self.data.meta().abort_upload(guid)?;
+        let row = self.data.meta().abort_upload(guid, &caller.user)?;
         tracing::info!(update = %row.guid, by = %caller.user, "upload aborted; the update is reserved again");
         Ok(row)
     }
@@ -514,7 +517,10 @@ impl App {
     ) -> Result<(UpdateRow, DiskRow, VersionRow), ServerError> {
         let mut row = self.update(caller, guid)?;
         if row.state == UpdateState::Reserved {
-            row = self.data.meta().set_state(guid, UpdateState::Uploading)?;
+            row = self
+                .data
+                .meta()
+                .set_state(guid, UpdateState::Uploading, None)?;
         } else if row.state != UpdateState::Uploading {
             return Err(MetaError::UpdateNotLive {
                 guid: guid.to_owned(),

@@ -106,6 +106,12 @@ fn users_and_roles(meta: &dyn Metadata) {
     assert_eq!(meta.password_hash("next").unwrap().as_deref(), Some("h5"));
     let names: Vec<String> = meta.users().unwrap().into_iter().map(|u| u.name).collect();
     assert_eq!(names, ["boss", "first", "next"], "by name");
+    meta.set_role("next", Role::Admin).unwrap();
+    assert_eq!(meta.role("next").unwrap(), Some(Role::Admin));
+    assert!(matches!(
+        meta.set_role("nobody", Role::Admin),
+        Err(MetaError::UnknownUser(_))
+    ));
     meta.delete_user("next").unwrap();
     assert_eq!(meta.password_hash("next").unwrap(), None);
     assert!(matches!(
@@ -166,6 +172,12 @@ fn disks_and_versions(meta: &dyn Metadata) {
     assert!(meta.add_version(&v2).unwrap());
     assert!(!meta.add_version(&v2).unwrap(), "once");
     assert_eq!(meta.latest_version("d").unwrap(), v2);
+    meta.set_comment("d", "v1", "教室の新しい版").unwrap();
+    assert_eq!(meta.version("d", "v1").unwrap().comment, "教室の新しい版");
+    assert!(matches!(
+        meta.set_comment("d", "v9", "x"),
+        Err(MetaError::UnknownVersion(_))
+    ));
     let elsewhere = VersionRow {
         disk_id: "nope".into(),
         ..version("v3", None)
@@ -212,7 +224,7 @@ fn sessions_offers_and_the_commit(meta: &dyn Metadata) {
     let session = user_and_disk(meta);
     meta.start_update("d", "v1", &session, "g", &Hash::of(b"s"))
         .unwrap();
-    meta.set_state("g", UpdateState::Uploading).unwrap();
+    meta.set_state("g", UpdateState::Uploading, None).unwrap();
     let first = meta.open_session("g").unwrap();
     meta.record_offers("g", first.session, &[offer(3, b"a"), offer(1, b"b")])
         .unwrap();
@@ -263,7 +275,7 @@ fn sessions_offers_and_the_commit(meta: &dyn Metadata) {
     assert!(meta.live_update("d").unwrap().is_none());
     assert!(meta.live_hashes().unwrap().is_empty(), "no live update");
     assert!(matches!(
-        meta.set_state("g", UpdateState::Cancelled),
+        meta.set_state("g", UpdateState::Cancelled, None),
         Err(MetaError::UpdateNotLive { .. })
     ));
 }
@@ -273,13 +285,14 @@ fn abort_and_cancel(meta: &dyn Metadata) {
     let secret = Hash::of(b"secret");
     meta.start_update("d", "v1", &session, "g", &secret)
         .unwrap();
-    meta.set_state("g", UpdateState::Uploading).unwrap();
+    meta.set_state("g", UpdateState::Uploading, None).unwrap();
     let open = meta.open_session("g").unwrap();
     meta.record_offers("g", open.session, &[offer(0, b"a")])
         .unwrap();
     // An abort puts the update back to reserved and discards the upload.
-    let aborted = meta.abort_upload("g").unwrap();
+    let aborted = meta.abort_upload("g", "chief").unwrap();
     assert_eq!(aborted.state, UpdateState::Reserved);
+    assert_eq!(aborted.stopped_by.as_deref(), Some("chief"));
     assert!(matches!(
         meta.record_offers("g", open.session, &[offer(1, b"b")]),
         Err(MetaError::UploadAborted)
@@ -294,12 +307,15 @@ fn abort_and_cancel(meta: &dyn Metadata) {
         meta.cancel_with_secret("nope", &secret),
         Err(MetaError::BadSecret)
     ));
+    let cancelled = meta.cancel_with_secret("g", &secret).unwrap();
+    assert_eq!(cancelled.state, UpdateState::Cancelled);
     assert_eq!(
-        meta.cancel_with_secret("g", &secret).unwrap().state,
-        UpdateState::Cancelled
+        cancelled.stopped_by,
+        Some(session.user.clone()),
+        "its own user"
     );
     assert!(matches!(
-        meta.abort_upload("g"),
+        meta.abort_upload("g", "chief"),
         Err(MetaError::UpdateNotLive { .. })
     ));
 }
@@ -312,7 +328,8 @@ fn listing_updates(meta: &dyn Metadata) {
     for guid in ended {
         meta.start_update("d", "v1", &session, guid, &Hash::of(b"s"))
             .unwrap();
-        meta.set_state(guid, UpdateState::Cancelled).unwrap();
+        meta.set_state(guid, UpdateState::Cancelled, Some("chief"))
+            .unwrap();
     }
     meta.start_update("d", "v1", &other, "live", &Hash::of(b"s"))
         .unwrap();
@@ -326,6 +343,9 @@ fn listing_updates(meta: &dyn Metadata) {
         ["live", "bb", "kk", "aa", "mm", "zz"]
     );
     assert_eq!(guids(&UpdateQuery::live()), ["live"]);
+    let listed = meta.updates(&UpdateQuery::all()).unwrap();
+    assert_eq!(listed[0].stopped_by, None, "still live");
+    assert_eq!(listed[1].stopped_by.as_deref(), Some("chief"));
     // Pages of two ended updates, each after the last one of the page before.
     let mut query = UpdateQuery {
         which: WhichUpdates::Ended,
@@ -386,7 +406,7 @@ fn deleting_and_pruning(meta: &dyn Metadata) {
         ),
         "the latest and the base of a live update stay"
     );
-    meta.set_state("g", UpdateState::Uploading).unwrap();
+    meta.set_state("g", UpdateState::Uploading, None).unwrap();
     let open = meta.open_session("g").unwrap();
     meta.commit("g", open.session, &version("v2", Some("v1")), || {
         Ok::<_, MetaError>(())
@@ -405,7 +425,8 @@ fn deleting_and_pruning(meta: &dyn Metadata) {
     assert_eq!(meta.prune(now() + 3600).unwrap(), 1, "the committed one");
     assert!(meta.update("live").is_ok());
     assert!(matches!(meta.update("g"), Err(MetaError::UnknownUpdate(_))));
-    meta.set_state("live", UpdateState::Cancelled).unwrap();
+    meta.set_state("live", UpdateState::Cancelled, None)
+        .unwrap();
     assert_eq!(meta.delete_disk("d").unwrap(), 1, "one version left");
     assert!(matches!(meta.disk("d"), Err(MetaError::UnknownDisk(_))));
 }
@@ -454,7 +475,7 @@ fn upkeep_and_the_write_lock(meta: &dyn Metadata) {
     // A failing manifest write commits nothing, and its error comes back as it was.
     meta.start_update("d", "v1", &session, "g", &Hash::of(b"s"))
         .unwrap();
-    meta.set_state("g", UpdateState::Uploading).unwrap();
+    meta.set_state("g", UpdateState::Uploading, None).unwrap();
     let open = meta.open_session("g").unwrap();
     let v2 = version("v2", Some("v1"));
     let failed = meta.commit("g", open.session, &v2, || Err(Failure::Own));
@@ -514,7 +535,7 @@ fn transfer_servers_and_leases(meta: &dyn Metadata) {
     );
     assert!(servers.iter().all(|t| t.seen_at >= t.started_at));
     // An ended update no longer counts against its carrier.
-    meta.set_state("g", UpdateState::Cancelled).unwrap();
+    meta.set_state("g", UpdateState::Cancelled, None).unwrap();
     assert_eq!(meta.transfer_servers().unwrap()[1].carried, 0);
     meta.transfer_gone("https://t1:30811").unwrap();
     assert_eq!(meta.transfer_servers().unwrap().len(), 1);

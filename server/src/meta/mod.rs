@@ -107,6 +107,8 @@ pub struct UpdateRow {
     pub changed_at: i64,
     /// The transfer server its upload was handed to, in a cluster (`serve --role`).
     pub carrier: Option<String>,
+    /// Who last cancelled it or aborted its upload.
+    pub stopped_by: Option<String>,
 }
 
 /// Which updates a listing holds: the live ones (at most one per disk), oldest first,
@@ -347,6 +349,8 @@ pub trait Accounts {
     ) -> Result<Role, MetaError>;
     /// Sets a user's password and ends its sessions.
     fn set_password(&self, name: &str, password_hash: &str) -> Result<(), MetaError>;
+    /// Changes a user's role; its sessions take the new role at once.
+    fn set_role(&self, name: &str, role: Role) -> Result<(), MetaError>;
     /// Deletes a user and its sessions; versions and updates keep its name.
     fn delete_user(&self, name: &str) -> Result<(), MetaError>;
     /// Every user, by name.
@@ -392,6 +396,8 @@ pub trait Catalog {
     fn delete_disk(&self, disk_id: &str) -> Result<usize, MetaError>;
     /// Deletes one version; refused for the latest and for the base of a live update.
     fn delete_version(&self, disk_id: &str, id: &str) -> Result<(), MetaError>;
+    /// Replaces a version's comment.
+    fn set_comment(&self, disk_id: &str, id: &str, comment: &str) -> Result<(), MetaError>;
 }
 
 /// Updates and their uploads: reserving a disk, sessions, offers, the commit.
@@ -419,13 +425,20 @@ pub trait Updates {
     fn updates(&self, query: &UpdateQuery) -> Result<Vec<UpdateRow>, MetaError>;
     /// The reserved or uploading update of a disk, if any.
     fn live_update(&self, disk_id: &str) -> Result<Option<UpdateRow>, MetaError>;
-    /// Moves a live update to `to`; refused when it is no longer live.
-    fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, MetaError>;
+    /// Moves a live update to `to`, recording `by` as who stopped it when given; refused
+    /// when it is no longer live.
+    fn set_state(
+        &self,
+        guid: &str,
+        to: UpdateState,
+        by: Option<&str>,
+    ) -> Result<UpdateRow, MetaError>;
     /// An admin's abort (「更新中断」): a live update goes back to `reserved`, as after
     /// `update start`; its upload is discarded (its entries dropped, its session moved
     /// on, so a stream or a commit of it is refused with `UploadAborted`). What it stored
     /// is left to dedup and gc. Refused when the update is no longer live.
-    fn abort_upload(&self, guid: &str) -> Result<UpdateRow, MetaError>;
+    /// `by` is recorded as who stopped it.
+    fn abort_upload(&self, guid: &str, by: &str) -> Result<UpdateRow, MetaError>;
     /// Opens a new session of an uploading update; returns it with the session number.
     /// Entries offered by earlier sessions stay (their chunks stay referenced) but no
     /// longer count towards the manifest.

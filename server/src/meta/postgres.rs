@@ -124,6 +124,9 @@ CREATE TABLE upload_reports (
     at BIGINT NOT NULL
 );
 ",
+    r"
+ALTER TABLE updates ADD COLUMN stopped_by TEXT;
+",
 ];
 
 /// The metadata database in PostgreSQL.
@@ -403,6 +406,19 @@ impl Accounts for PostgresMeta {
         })
     }
 
+    fn set_role(&self, name: &str, role: Role) -> Result<(), MetaError> {
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE users SET role = $2 WHERE name = $1",
+                &[&name, &role.as_str()],
+            )?;
+            if changed == 0 {
+                return Err(MetaError::UnknownUser(name.to_owned()));
+            }
+            Ok(())
+        })
+    }
+
     fn delete_user(&self, name: &str) -> Result<(), MetaError> {
         self.write(|tx| {
             tx.execute("DELETE FROM tokens WHERE user_name = $1", &[&name])?;
@@ -637,6 +653,19 @@ impl Catalog for PostgresMeta {
             Ok(())
         })
     }
+
+    fn set_comment(&self, disk_id: &str, id: &str, comment: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE versions SET comment = $3 WHERE disk_id = $1 AND id = $2",
+                &[&disk_id, &id, &comment],
+            )?;
+            if changed == 0 {
+                return Err(MetaError::UnknownVersion(id.to_owned()));
+            }
+            Ok(())
+        })
+    }
 }
 
 impl Updates for PostgresMeta {
@@ -703,7 +732,8 @@ impl Updates for PostgresMeta {
             }
             live_by_guid(tx, guid)?;
             tx.execute(
-                "UPDATE updates SET state = 'cancelled', updated_at = $2 WHERE guid = $1",
+                "UPDATE updates SET state = 'cancelled', updated_at = $2, stopped_by = user_name
+                 WHERE guid = $1",
                 &[&guid, &now()],
             )?;
             end_update(tx, guid)?;
@@ -758,12 +788,18 @@ impl Updates for PostgresMeta {
         self.with_client(|c| live_update(c, disk_id))
     }
 
-    fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, MetaError> {
+    fn set_state(
+        &self,
+        guid: &str,
+        to: UpdateState,
+        by: Option<&str>,
+    ) -> Result<UpdateRow, MetaError> {
         self.write(|tx| {
             live_by_guid(tx, guid)?;
             tx.execute(
-                "UPDATE updates SET state = $2, updated_at = $3 WHERE guid = $1",
-                &[&guid, &to.as_str(), &now()],
+                "UPDATE updates SET state = $2, updated_at = $3,
+                 stopped_by = coalesce($4, stopped_by) WHERE guid = $1",
+                &[&guid, &to.as_str(), &now(), &by],
             )?;
             if !to.is_live() {
                 end_update(tx, guid)?;
@@ -772,13 +808,13 @@ impl Updates for PostgresMeta {
         })
     }
 
-    fn abort_upload(&self, guid: &str) -> Result<UpdateRow, MetaError> {
+    fn abort_upload(&self, guid: &str, by: &str) -> Result<UpdateRow, MetaError> {
         self.write(|tx| {
             live_by_guid(tx, guid)?;
             tx.execute(
-                "UPDATE updates SET state = 'reserved', session = session + 1, updated_at = $2
-                 WHERE guid = $1",
-                &[&guid, &now()],
+                "UPDATE updates SET state = 'reserved', session = session + 1, updated_at = $2,
+                 stopped_by = $3 WHERE guid = $1",
+                &[&guid, &now(), &by],
             )?;
             tx.execute("DELETE FROM upload_entries WHERE guid = $1", &[&guid])?;
             update_by_guid(tx, guid)
@@ -1112,7 +1148,7 @@ const VERSION_SELECT: &str = "SELECT disk_id, id, parent, comment, user_name, te
     created_at, root, blocks_changed, bytes_stored FROM versions";
 const UPDATE_SELECT: &str = "SELECT guid, disk_id, base_version, terminal, user_name, state,
     new_version, chunks_received, bytes_received, session, seq, created_at, updated_at,
-    carrier FROM updates";
+    carrier, stopped_by FROM updates";
 
 fn disk_row(r: &Row) -> DiskRow {
     DiskRow {
@@ -1157,6 +1193,7 @@ fn update_row(r: &Row) -> UpdateRow {
         started_at: r.get(11),
         changed_at: r.get(12),
         carrier: r.get(13),
+        stopped_by: r.get(14),
     }
 }
 
@@ -1458,7 +1495,9 @@ mod tests {
         // A commit from one server waits while another holds the write lock, and takes a
         // `seq` after what the lock's holder saw.
         let guid = servers[0].live_update(&disk).unwrap().unwrap().guid;
-        servers[0].set_state(&guid, UpdateState::Uploading).unwrap();
+        servers[0]
+            .set_state(&guid, UpdateState::Uploading, None)
+            .unwrap();
         let session = servers[0].open_session(&guid).unwrap().session;
         let (gc_server, committer): (&dyn super::super::Metadata, &dyn super::super::Metadata) =
             (&servers[1], &servers[2]);

@@ -139,6 +139,10 @@ CREATE TABLE upload_reports (
     at INTEGER NOT NULL
 );
 ",
+    r"
+-- Who last cancelled an update or aborted its upload, for the history.
+ALTER TABLE updates ADD COLUMN stopped_by TEXT;
+",
 ];
 
 /// The metadata database in SQLite.
@@ -301,6 +305,19 @@ impl Accounts for SqliteMeta {
                 return Err(MetaError::UnknownUser(name.to_owned()));
             }
             tx.execute("DELETE FROM tokens WHERE user = ?1", [name])?;
+            Ok(())
+        })
+    }
+
+    fn set_role(&self, name: &str, role: Role) -> Result<(), MetaError> {
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE users SET role = ?2 WHERE name = ?1",
+                params![name, role.as_str()],
+            )?;
+            if changed == 0 {
+                return Err(MetaError::UnknownUser(name.to_owned()));
+            }
             Ok(())
         })
     }
@@ -544,6 +561,19 @@ impl Catalog for SqliteMeta {
             Ok(())
         })
     }
+
+    fn set_comment(&self, disk_id: &str, id: &str, comment: &str) -> Result<(), MetaError> {
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE versions SET comment = ?3 WHERE disk_id = ?1 AND id = ?2",
+                params![disk_id, id, comment],
+            )?;
+            if changed == 0 {
+                return Err(MetaError::UnknownVersion(id.to_owned()));
+            }
+            Ok(())
+        })
+    }
 }
 
 impl Updates for SqliteMeta {
@@ -604,7 +634,8 @@ impl Updates for SqliteMeta {
             }
             live_by_guid(tx, guid)?;
             tx.execute(
-                "UPDATE updates SET state = 'cancelled', updated_at = ?2 WHERE guid = ?1",
+                "UPDATE updates SET state = 'cancelled', updated_at = ?2, stopped_by = user
+                 WHERE guid = ?1",
                 params![guid, now()],
             )?;
             end_update(tx, guid)?;
@@ -664,12 +695,18 @@ impl Updates for SqliteMeta {
         live_update(&self.conn(), disk_id)
     }
 
-    fn set_state(&self, guid: &str, to: UpdateState) -> Result<UpdateRow, MetaError> {
+    fn set_state(
+        &self,
+        guid: &str,
+        to: UpdateState,
+        by: Option<&str>,
+    ) -> Result<UpdateRow, MetaError> {
         self.write(|tx| {
             live_by_guid(tx, guid)?;
             tx.execute(
-                "UPDATE updates SET state = ?2, updated_at = ?3 WHERE guid = ?1",
-                params![guid, to.as_str(), now()],
+                "UPDATE updates SET state = ?2, updated_at = ?3,
+                 stopped_by = coalesce(?4, stopped_by) WHERE guid = ?1",
+                params![guid, to.as_str(), now(), by],
             )?;
             if !to.is_live() {
                 end_update(tx, guid)?;
@@ -678,13 +715,13 @@ impl Updates for SqliteMeta {
         })
     }
 
-    fn abort_upload(&self, guid: &str) -> Result<UpdateRow, MetaError> {
+    fn abort_upload(&self, guid: &str, by: &str) -> Result<UpdateRow, MetaError> {
         self.write(|tx| {
             live_by_guid(tx, guid)?;
             tx.execute(
-                "UPDATE updates SET state = 'reserved', session = session + 1, updated_at = ?2
-                 WHERE guid = ?1",
-                params![guid, now()],
+                "UPDATE updates SET state = 'reserved', session = session + 1, updated_at = ?2,
+                 stopped_by = ?3 WHERE guid = ?1",
+                params![guid, now(), by],
             )?;
             tx.execute("DELETE FROM upload_entries WHERE guid = ?1", [guid])?;
             update_by_guid(tx, guid)
@@ -987,7 +1024,7 @@ const VERSION_SELECT: &str = "SELECT disk_id, id, parent, comment, user, termina
     root, blocks_changed, bytes_stored FROM versions";
 const UPDATE_SELECT: &str = "SELECT guid, disk_id, base_version, terminal, user, state,
     new_version, chunks_received, bytes_received, session, rowid, created_at, updated_at,
-    carrier FROM updates";
+    carrier, stopped_by FROM updates";
 
 fn disk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DiskRow> {
     Ok(DiskRow {
@@ -1077,6 +1114,7 @@ fn update_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UpdateRow> {
         started_at: r.get(11)?,
         changed_at: r.get(12)?,
         carrier: r.get(13)?,
+        stopped_by: r.get(14)?,
     })
 }
 
@@ -1275,7 +1313,8 @@ mod tests {
             .unwrap();
         meta.start_update("d", "v1", &session, "ended", &Hash::of(b"s"))
             .unwrap();
-        meta.set_state("ended", UpdateState::Cancelled).unwrap();
+        meta.set_state("ended", UpdateState::Cancelled, None)
+            .unwrap();
         meta.start_update("d", "v1", &session, "live", &Hash::of(b"s"))
             .unwrap();
         meta.conn()
@@ -1361,7 +1400,7 @@ mod tests {
             ),
             (
                 "upload",
-                Box::new(|m| m.set_state("g", UpdateState::Uploading).map(drop)),
+                Box::new(|m| m.set_state("g", UpdateState::Uploading, None).map(drop)),
             ),
             ("open", Box::new(|m| m.open_session("g").map(drop))),
             (
