@@ -21,13 +21,14 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Refuses a new password shorter than [`MIN_PASSWORD_CHARS`].
 ///
 /// # Errors
-/// `BadRequest`, saying the minimum.
+/// `ShortPassword`.
 pub fn check_new_password(password: &str) -> Result<(), ServerError> {
     let chars = password.chars().count();
     if chars < MIN_PASSWORD_CHARS {
-        return Err(ServerError::BadRequest(format!(
-            "a password needs at least {MIN_PASSWORD_CHARS} characters; this one has {chars}"
-        )));
+        return Err(ServerError::ShortPassword {
+            min: MIN_PASSWORD_CHARS,
+            got: chars,
+        });
     }
     Ok(())
 }

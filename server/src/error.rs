@@ -48,6 +48,13 @@ pub enum ServerError {
     OverBudget(String),
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("a password needs at least {min} characters; this one has {got}")]
+    ShortPassword { min: usize, got: usize },
+    /// An admin asked the console to delete or demote their own account.
+    #[error(
+        "an admin may not delete or demote their own account: another admin does it, or `hotate-server user` on the server"
+    )]
+    OwnAccount,
     /// What the metadata refused or failed at (unknown disk, not the latest version, a
     /// busy disk, ...).
     #[error(transparent)]
@@ -109,7 +116,8 @@ impl ServerError {
                 MetaError::UserExists(_) | MetaError::DiskExists(_) => Code::AlreadyExists,
                 MetaError::NotLatest { .. }
                 | MetaError::UpdateNotLive { .. }
-                | MetaError::VersionInUse(_)
+                | MetaError::VersionIsLatest(_)
+                | MetaError::VersionIsBase { .. }
                 | MetaError::UpdateEnded(_) => Code::FailedPrecondition,
                 MetaError::DiskBusy { .. } | MetaError::TakenOver | MetaError::UploadAborted => {
                     Code::Aborted
@@ -131,7 +139,11 @@ impl ServerError {
             | Self::Forbidden(_)
             | Self::NoCsrfToken
             | Self::CrossSite(_) => Code::PermissionDenied,
-            Self::BadRequest(_) | Self::BadChunk(_) | Self::BadImage(_) => Code::InvalidArgument,
+            Self::BadRequest(_)
+            | Self::ShortPassword { .. }
+            | Self::BadChunk(_)
+            | Self::BadImage(_) => Code::InvalidArgument,
+            Self::OwnAccount => Code::FailedPrecondition,
             Self::LoginLocked { .. } | Self::Busy(_) | Self::OverBudget(_) => {
                 Code::ResourceExhausted
             }
@@ -164,6 +176,8 @@ impl ServerError {
             Self::NoCsrfToken
             | Self::CrossSite(_)
             | Self::BadRequest(_)
+            | Self::ShortPassword { .. }
+            | Self::OwnAccount
             | Self::BadChunk(_)
             | Self::BadImage(_) => Refusal::BadRequest { detail: detail() },
             Self::Incomplete(_) | Self::RootMismatch(_) => Refusal::UploadIncomplete,
@@ -193,7 +207,8 @@ impl ServerError {
                 MetaError::UnknownUser(_)
                 | MetaError::UserExists(_)
                 | MetaError::DiskExists(_)
-                | MetaError::VersionInUse(_)
+                | MetaError::VersionIsLatest(_)
+                | MetaError::VersionIsBase { .. }
                 | MetaError::BadRequest(_) => Refusal::BadRequest { detail: detail() },
                 MetaError::Abandoned | MetaError::Damaged(_) | MetaError::Backend(_) => {
                     Refusal::ServerFailed { detail: detail() }

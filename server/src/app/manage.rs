@@ -53,6 +53,54 @@ impl App {
         Ok(())
     }
 
+    /// Changes a user's role.
+    ///
+    /// # Errors
+    /// `UnknownUser`.
+    pub fn set_role(&self, name: &str, role: Role) -> Result<(), ServerError> {
+        self.data.meta().set_role(name, role)?;
+        tracing::info!(user = %name, role = role.as_str(), "role changed");
+        Ok(())
+    }
+
+    /// Fails unless `caller` is an admin who may change the account `name` this way: the
+    /// console never lets an admin delete or demote their own account, so that one admin
+    /// always remains to manage.
+    ///
+    /// # Errors
+    /// `Forbidden` for an operator, `OwnAccount`.
+    pub fn may_manage_user(
+        caller: &Session,
+        name: &str,
+        removes_admin: bool,
+    ) -> Result<(), ServerError> {
+        admin_only(caller, "only an admin may manage users")?;
+        if removes_admin && caller.user == name {
+            return Err(ServerError::OwnAccount);
+        }
+        Ok(())
+    }
+
+    /// Replaces a version's comment (admins).
+    ///
+    /// # Errors
+    /// `Forbidden`, `UnknownDisk`, `UnknownVersion`, or a comment that is too long or
+    /// holds control characters.
+    pub fn set_comment(
+        &self,
+        caller: &Session,
+        disk: &str,
+        version: &str,
+        comment: &str,
+    ) -> Result<(), ServerError> {
+        admin_only(caller, "only an admin may edit a version's comment")?;
+        crate::text::check_comment(comment)?;
+        let disk = self.data.meta().disk(disk)?;
+        self.data.meta().set_comment(&disk.id, version, comment)?;
+        tracing::info!(disk = %disk.id, version, by = %caller.user, "comment edited");
+        Ok(())
+    }
+
     /// Deletes a user and ends its sessions.
     ///
     /// # Errors
@@ -107,7 +155,7 @@ impl App {
     /// Chunks go with the next `store gc`.
     ///
     /// # Errors
-    /// `UnknownDisk`, `UnknownVersion`, `VersionInUse`.
+    /// `UnknownDisk`, `UnknownVersion`, `VersionIsLatest`, `VersionIsBase`.
     pub fn delete_version(&self, disk: &str, version: &str) -> Result<DiskRow, ServerError> {
         let disk = self.data.meta().disk(disk)?;
         self.data.meta().delete_version(&disk.id, version)?;
@@ -160,6 +208,18 @@ impl App {
             )?;
         }
         Ok(report)
+    }
+}
+
+/// Fails with `Forbidden(why)` unless `caller` is an admin.
+///
+/// # Errors
+/// `Forbidden`.
+pub fn admin_only(caller: &Session, why: &str) -> Result<(), ServerError> {
+    if caller.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ServerError::Forbidden(why.to_owned()))
     }
 }
 

@@ -496,11 +496,10 @@ impl App {
     /// # Errors
     /// `Forbidden` for a non-admin, `UnknownUpdate`, `UpdateNotLive`.
     pub fn abort_update(&self, caller: &Session, guid: &str) -> Result<UpdateRow, ServerError> {
-        if caller.role != Role::Admin {
-            return Err(ServerError::Forbidden(
-                "only an admin may abort an update; its owner may cancel it".into(),
-            ));
-        }
+        manage::admin_only(
+            caller,
+            "only an admin may abort an update; its owner may cancel it",
+        )?;
         let row = self.data.meta().abort_upload(guid, &caller.user)?;
         tracing::info!(update = %row.guid, by = %caller.user, "upload aborted; the update is reserved again");
         Ok(row)

@@ -343,6 +343,22 @@ fn listing_updates(meta: &dyn Metadata) {
         ["live", "bb", "kk", "aa", "mm", "zz"]
     );
     assert_eq!(guids(&UpdateQuery::live()), ["live"]);
+    // Each terminal's latest update, by name; an operator's own only.
+    let latest: Vec<(String, String)> = meta
+        .terminals(None)
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.terminal, u.guid))
+        .collect();
+    assert_eq!(
+        latest,
+        [
+            (session.terminal.clone(), "bb".to_owned()),
+            (other.terminal.clone(), "live".to_owned())
+        ]
+    );
+    assert_eq!(meta.terminals(Some(&session.user)).unwrap().len(), 2);
+    assert!(meta.terminals(Some("nobody")).unwrap().is_empty());
     let listed = meta.updates(&UpdateQuery::all()).unwrap();
     assert_eq!(listed[0].stopped_by, None, "still live");
     assert_eq!(listed[1].stopped_by.as_deref(), Some("chief"));
@@ -402,7 +418,7 @@ fn deleting_and_pruning(meta: &dyn Metadata) {
     assert!(
         matches!(
             meta.delete_version("d", "v1"),
-            Err(MetaError::VersionInUse(_))
+            Err(MetaError::VersionIsLatest(_) | MetaError::VersionIsBase { .. })
         ),
         "the latest and the base of a live update stay"
     );

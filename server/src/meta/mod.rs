@@ -258,8 +258,14 @@ pub enum MetaError {
     DiskExists(String),
     #[error("unknown version {0}")]
     UnknownVersion(String),
-    #[error("cannot delete version {0}")]
-    VersionInUse(String),
+    #[error(
+        "cannot delete version {0}: it is the disk's latest version, which terminals boot (delete it once a newer version exists)"
+    )]
+    VersionIsLatest(String),
+    #[error(
+        "cannot delete version {version}: it is the base of the update in progress from terminal {terminal} (finish or cancel that update first)"
+    )]
+    VersionIsBase { version: String, terminal: String },
     #[error("unknown update {0}: it may have been aborted; start a new update")]
     UnknownUpdate(String),
     #[error("the terminal did not boot the latest version (latest={latest}, booted={booted})")]
@@ -423,6 +429,8 @@ pub trait Updates {
     /// The updates `query` asks for: the live ones oldest first, then ended ones newest
     /// first, at most `query.limit` of them.
     fn updates(&self, query: &UpdateQuery) -> Result<Vec<UpdateRow>, MetaError>;
+    /// Each terminal's latest update (of `user`'s updates, when given), by terminal name.
+    fn terminals(&self, user: Option<&str>) -> Result<Vec<UpdateRow>, MetaError>;
     /// The reserved or uploading update of a disk, if any.
     fn live_update(&self, disk_id: &str) -> Result<Option<UpdateRow>, MetaError>;
     /// Moves a live update to `to`, recording `by` as who stopped it when given; refused

@@ -631,17 +631,15 @@ impl Catalog for PostgresMeta {
         self.write(|tx| {
             let latest = latest_id(tx, disk_id)?;
             if latest == id {
-                return Err(MetaError::VersionInUse(format!(
-                    "{id}: it is the disk's latest version, which terminals boot (delete it once a newer version exists)"
-                )));
+                return Err(MetaError::VersionIsLatest(id.to_owned()));
             }
             if let Some(live) = live_update(tx, disk_id)?
                 && live.base_version == id
             {
-                return Err(MetaError::VersionInUse(format!(
-                    "{id}: it is the base of the update in progress from terminal {} (finish or cancel that update first)",
-                    live.terminal
-                )));
+                return Err(MetaError::VersionIsBase {
+                    version: id.to_owned(),
+                    terminal: live.terminal,
+                });
             }
             let deleted = tx.execute(
                 "DELETE FROM versions WHERE disk_id = $1 AND id = $2",
@@ -781,6 +779,20 @@ impl Updates for PostgresMeta {
                 rows.extend(ended.iter().map(update_row));
             }
             Ok(rows)
+        })
+    }
+
+    fn terminals(&self, user: Option<&str>) -> Result<Vec<UpdateRow>, MetaError> {
+        self.with_client(|c| {
+            let rows = c.query(
+                &format!(
+                    "{UPDATE_SELECT} WHERE seq IN (SELECT max(seq) FROM updates
+                     WHERE $1::TEXT IS NULL OR user_name = $1 GROUP BY terminal)
+                     ORDER BY terminal"
+                ),
+                &[&user],
+            )?;
+            Ok(rows.iter().map(update_row).collect())
         })
     }
 

@@ -539,17 +539,15 @@ impl Catalog for SqliteMeta {
         self.write(|tx| {
             let latest = latest_id(tx, disk_id)?;
             if latest == id {
-                return Err(MetaError::VersionInUse(format!(
-                    "{id}: it is the disk's latest version, which terminals boot (delete it once a newer version exists)"
-                )));
+                return Err(MetaError::VersionIsLatest(id.to_owned()));
             }
             if let Some(live) = live_update(tx, disk_id)?
                 && live.base_version == id
             {
-                return Err(MetaError::VersionInUse(format!(
-                    "{id}: it is the base of the update in progress from terminal {} (finish or cancel that update first)",
-                    live.terminal
-                )));
+                return Err(MetaError::VersionIsBase {
+                    version: id.to_owned(),
+                    terminal: live.terminal,
+                });
             }
             let deleted = tx.execute(
                 "DELETE FROM versions WHERE disk_id = ?1 AND id = ?2",
@@ -689,6 +687,16 @@ impl Updates for SqliteMeta {
             }
         }
         Ok(rows)
+    }
+
+    fn terminals(&self, user: Option<&str>) -> Result<Vec<UpdateRow>, MetaError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "{UPDATE_SELECT} WHERE rowid IN (SELECT max(rowid) FROM updates
+             WHERE ?1 IS NULL OR user = ?1 GROUP BY terminal) ORDER BY terminal"
+        ))?;
+        let rows = stmt.query_map([user], update_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn live_update(&self, disk_id: &str) -> Result<Option<UpdateRow>, MetaError> {
