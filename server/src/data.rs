@@ -178,6 +178,11 @@ impl DataDir {
         }))
     }
 
+    /// The data dir's own directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The metadata database.
     pub fn meta(&self) -> &dyn Metadata {
         self.meta.as_ref()

@@ -271,6 +271,41 @@ impl<'a> Exporter<'a> {
     }
 }
 
+/// A version's bytes by range, as its raw image holds them: what a download streams.
+#[derive(Debug)]
+pub struct RawReader<'a> {
+    exporter: Exporter<'a>,
+    manifest: Manifest,
+    cursor: ChunkCursor,
+}
+
+impl<'a> RawReader<'a> {
+    /// Reads `version` of the data dir.
+    ///
+    /// # Errors
+    /// When its manifest cannot be read or is damaged.
+    pub fn new(dir: &'a DataDir, version: &VersionRow) -> Result<Self, ServerError> {
+        Ok(Self {
+            exporter: Exporter::new(dir),
+            manifest: dir.manifest(version)?,
+            cursor: ChunkCursor::default(),
+        })
+    }
+
+    /// The image's size.
+    pub fn size(&self) -> u64 {
+        self.manifest.disk_size()
+    }
+
+    /// Fills `out` with the bytes from `start` on, each chunk verified.
+    ///
+    /// # Errors
+    /// When a chunk is missing or damaged.
+    pub fn read(&mut self, start: u64, out: &mut [u8]) -> Result<(), ServerError> {
+        self.cursor.read(&self.exporter, &self.manifest, start, out)
+    }
+}
+
 /// Blocks of a parent image compared with its version before an export names it.
 const PARENT_SAMPLES: usize = 16;
 

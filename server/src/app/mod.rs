@@ -30,7 +30,7 @@ mod manage;
 mod upload;
 
 pub use cluster::{HEARTBEAT, TransferView};
-pub use manage::data_dir_owner;
+pub use manage::{admin_only, data_dir_owner};
 pub use upload::{Finish, UploadRecord};
 
 /// How long a walk of the store (stored bytes per disk, store size) is reused.
@@ -126,6 +126,8 @@ pub struct UpdateView {
     pub changed_at: String,
     /// The transfer server its upload was handed to, in a cluster.
     pub transfer_server: Option<String>,
+    /// Who last cancelled it or aborted its upload.
+    pub stopped_by: Option<String>,
 }
 
 impl UpdateView {
@@ -149,6 +151,7 @@ impl UpdateView {
             started_at: time_text(row.started_at),
             changed_at: time_text(row.changed_at),
             transfer_server: row.carrier,
+            stopped_by: row.stopped_by,
         }
     }
 }
@@ -382,6 +385,22 @@ impl App {
             query.user = Some(viewer.user.clone());
         }
         let rows = self.data.meta().updates(&query)?;
+        self.views(rows)
+    }
+
+    /// Each terminal's latest update, by terminal name, as `viewer` may see them (as
+    /// [`App::updates`]).
+    ///
+    /// # Errors
+    /// When the metadata cannot be read.
+    pub fn terminals(&self, viewer: &Session) -> Result<Vec<UpdateView>, ServerError> {
+        let user = (viewer.role != Role::Admin).then_some(viewer.user.as_str());
+        let rows = self.data.meta().terminals(user)?;
+        self.views(rows)
+    }
+
+    /// Rows as listed: with their disk's name and live progress.
+    fn views(&self, rows: Vec<UpdateRow>) -> Result<Vec<UpdateView>, ServerError> {
         let mut names: HashMap<String, String> = HashMap::new();
         let mut list = Vec::with_capacity(rows.len());
         for row in rows {

@@ -1,24 +1,95 @@
-// Hotate Console: follows /api/v1/events on the updates page and asks before an abort
-// (「更新中断」: the terminal finishes again) or a cancel (「更新取消」: the update ends).
+// Hotate Console: local times, the forms that call the API (asking first where they
+// say so), and on the updates page the live events and the abort (「更新中断」: the
+// terminal finishes again) and cancel (「更新取消」: the update ends) dialogs.
 "use strict";
 
 (function () {
   const words = JSON.parse(document.getElementById("words").textContent);
   const csrf = document.querySelector('meta[name="csrf"]').content;
+  const lang = document.documentElement.lang;
   // Times as the reader's clock shows them (in Japanese order on the Japanese page), the
   // exact UTC time on hover.
-  const locale = document.documentElement.lang === "ja" ? "ja-JP" : undefined;
-  for (const el of document.querySelectorAll("time[datetime]")) {
-    const at = new Date(el.dateTime);
-    if (!isNaN(at)) {
-      el.title = el.dateTime;
-      el.textContent = at.toLocaleString(locale);
+  const locale = lang === "ja" ? "ja-JP" : undefined;
+  function localTimes(root) {
+    for (const el of root.querySelectorAll("time[datetime]")) {
+      const at = new Date(el.dateTime);
+      if (!isNaN(at)) {
+        el.title = el.dateTime;
+        el.textContent = at.toLocaleString(locale);
+      }
     }
   }
+  localTimes(document);
+  const message = document.getElementById("message");
+
+  function say(text, isError) {
+    if (!message) return;
+    message.textContent = text;
+    message.className = isError ? "error" : "notice";
+    message.hidden = false;
+  }
+
+  // The server's message in the page's language (`messages`), its own words else.
+  async function failure(response) {
+    const reply = await response.json().catch(() => ({}));
+    return reply.messages && reply.messages[lang] ? reply.messages[lang]
+      : reply.error || response.status + " " + response.statusText;
+  }
+
+  // What the last form did, said once the page has reloaded.
+  const said = sessionStorage.getItem("hotate-said");
+  if (said) {
+    sessionStorage.removeItem("hotate-said");
+    say(said, false);
+  }
+
+  // Asks `question` in the confirm dialog; resolves to whether the user confirmed.
+  const confirmDialog = document.getElementById("confirm-dialog");
+  function ask(question, label) {
+    return new Promise((resolve) => {
+      document.getElementById("confirm-question").textContent = question;
+      document.getElementById("confirm-yes").textContent = label;
+      confirmDialog.addEventListener("close", () => resolve(confirmDialog.returnValue === "yes"),
+                                     { once: true });
+      confirmDialog.showModal();
+    });
+  }
+
+  // A form with `data-call="METHOD URL"` sends its fields as JSON; `data-confirm` asks
+  // first; on success the page reloads and says `data-done`.
+  document.addEventListener("submit", async (event) => {
+    const form = event.target.closest("form[data-call]");
+    if (!form) return;
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    if (form.dataset.confirm && !(await ask(form.dataset.confirm, button.textContent))) return;
+    const [method, url] = form.dataset.call.split(" ");
+    const fields = Object.fromEntries(new FormData(form));
+    button.disabled = true;
+    try {
+      const response = await fetch(url, {
+        method,
+        headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json" },
+        credentials: "same-origin",
+        body: method === "DELETE" ? undefined : JSON.stringify(fields),
+      });
+      if (response.ok) {
+        sessionStorage.setItem("hotate-said", form.dataset.done || "");
+        location.reload();
+        return;
+      }
+      say(await failure(response), true);
+    } catch (e) {
+      say(String(e), true);
+    }
+    button.disabled = false;
+  });
+
   const table = document.getElementById("updates");
   if (!table) return;
   const body = table.querySelector("tbody");
   const template = document.getElementById("update-row");
+  const filtered = table.hasAttribute("data-filtered");
   // What each button does: its dialog, the question, the API call and what it says after.
   const actions = {
     abort: { dialog: document.getElementById("abort-dialog"), confirm: "abort",
@@ -26,7 +97,6 @@
     cancel: { dialog: document.getElementById("cancel-dialog"), confirm: "cancel",
               question: "cancel-question", ask: words.cancel_confirm, done: words.cancel_done },
   };
-  const message = document.getElementById("message");
   const liveStatus = document.getElementById("live-status");
   let pending = null;
 
@@ -49,6 +119,16 @@
     return words[u.state] || u.state;
   }
 
+  function setTime(cell, at) {
+    if (cell.firstElementChild && cell.firstElementChild.dateTime === at) return;
+    cell.textContent = "";
+    if (!at) return;
+    const time = document.createElement("time");
+    time.dateTime = at;
+    cell.appendChild(time);
+    localTimes(cell);
+  }
+
   function isLive(u) { return u.state === "reserved" || u.state === "uploading"; }
 
   function fill(row, u) {
@@ -56,9 +136,13 @@
     row.dataset.guid = u.data_write_guid;
     row.dataset.state = u.state;
     cell("disk").textContent = u.disk_name;
+    cell("disk").href = "/disks/" + encodeURIComponent(u.disk_id);
     cell("terminal").textContent = u.terminal;
     cell("user").textContent = u.user;
     cell("state").textContent = stateText(u);
+    cell("stopped-by").textContent =
+      u.stopped_by && (u.state === "cancelled" || u.state === "aborted")
+        ? "(" + words.stopped_by + ": " + u.stopped_by + ")" : "";
     // In a cluster: which transfer server carries the upload, on hover.
     cell("state").title = u.transfer_server ? words.transfer_server + ": " + u.transfer_server : "";
     const bar = row.querySelector("progress");
@@ -75,6 +159,9 @@
     cell("eta").textContent = u.eta_secs !== null ? duration(u.eta_secs) : "";
     cell("base").textContent = u.base_version;
     cell("new").textContent = u.new_version || "";
+    setTime(cell("started"), u.started_at);
+    setTime(cell("ended"), isLive(u) ? "" : u.changed_at);
+    cell("received").textContent = u.bytes_received > 0 ? bytes(u.bytes_received) : "";
     for (const button of row.querySelectorAll("button.abort, button.cancel")) {
       button.hidden = !isLive(u);
     }
@@ -88,6 +175,8 @@
     let before = body.firstElementChild;
     for (const u of list) {
       let row = rows.get(u.data_write_guid);
+      // A filtered or older page shows only the rows it listed.
+      if (!row && filtered) continue;
       if (!row) row = template.content.firstElementChild.cloneNode(true);
       fill(row, u);
       body.insertBefore(row, before);
@@ -112,12 +201,6 @@
     } catch (e) {
       // The next event tries again.
     }
-  }
-
-  function say(text, isError) {
-    message.textContent = text;
-    message.className = isError ? "error" : "notice";
-    message.hidden = false;
   }
 
   body.addEventListener("click", (event) => {
@@ -147,16 +230,12 @@
         headers: { "X-CSRF-Token": csrf },
         credentials: "same-origin",
       });
-      const reply = await response.json();
       if (response.ok) {
         say(action.done, false);
         const row = body.querySelector('tr[data-guid="' + CSS.escape(guid) + '"]');
-        if (row) fill(row, reply);
+        if (row) fill(row, await response.json());
       } else {
-        // The server's message in the page's language (`messages`), its own words else.
-        const lang = document.documentElement.lang;
-        const said = reply.messages && reply.messages[lang] ? reply.messages[lang] : reply.error;
-        say(said, true);
+        say(await failure(response), true);
       }
     } catch (e) {
       say(String(e), true);

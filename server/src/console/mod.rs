@@ -7,7 +7,9 @@
 //! request whose `Origin` is another site is refused.
 
 mod api;
+mod download;
 mod history;
+mod manage;
 mod pages;
 mod words;
 
@@ -19,7 +21,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::{HeaderMap, Method, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use tokio::sync::watch;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -58,6 +60,7 @@ struct Web {
     /// Ends event streams when the server stops.
     stop: watch::Receiver<bool>,
     event_slots: Arc<api::EventSlots>,
+    downloads: download::Downloads,
 }
 
 type Shared = Arc<Web>;
@@ -66,6 +69,7 @@ type Shared = Arc<Web>;
 /// unknown paths [`not_found`] answers).
 pub fn router(app: Arc<App>, options: ConsoleOptions, stop: watch::Receiver<bool>) -> Router {
     let web = Arc::new(Web {
+        downloads: download::Downloads::new(app.data().root()),
         app,
         options,
         stop,
@@ -75,6 +79,8 @@ pub fn router(app: Arc<App>, options: ConsoleOptions, stop: watch::Receiver<bool
         .route("/", get(pages::updates))
         .route("/disks", get(pages::disks))
         .route("/disks/{disk}", get(pages::disk))
+        .route("/terminals", get(pages::terminals))
+        .route("/users", get(pages::users))
         .route("/store", get(pages::store))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
@@ -85,6 +91,20 @@ pub fn router(app: Arc<App>, options: ConsoleOptions, stop: watch::Receiver<bool
         .route("/api/v1/logout", post(api::logout))
         .route("/api/v1/disks", get(api::disks))
         .route("/api/v1/disks/{disk}/versions", get(api::versions))
+        .route(
+            "/api/v1/disks/{disk}/versions/{version}",
+            patch(manage::edit_version).delete(manage::delete_version),
+        )
+        .route(
+            "/api/v1/disks/{disk}/versions/{version}/image",
+            get(download::image),
+        )
+        .route("/api/v1/terminals", get(manage::terminals))
+        .route("/api/v1/users", get(manage::users).post(manage::add_user))
+        .route(
+            "/api/v1/users/{name}",
+            patch(manage::edit_user).delete(manage::delete_user),
+        )
         .route("/api/v1/updates", get(api::updates))
         .route("/api/v1/updates/{guid}", get(api::update))
         .route("/api/v1/updates/{guid}/abort", post(api::abort))
@@ -137,8 +157,20 @@ fn error_text(lang: Lang, err: &ServerError) -> String {
     let w = lang.words();
     match err {
         ServerError::Unauthenticated => w.session_expired.into(),
-        // The one refusal by role the console can meet: an abort or cancel by an operator.
         ServerError::Forbidden(_) => w.admins_only.into(),
+        ServerError::ShortPassword { min, .. } => {
+            w.short_password.replace("{min}", &min.to_string())
+        }
+        ServerError::OwnAccount => w.own_account.into(),
+        ServerError::Meta(MetaError::VersionIsLatest(version)) => {
+            w.version_latest.replace("{version}", version)
+        }
+        ServerError::Meta(MetaError::VersionIsBase { version, terminal }) => w
+            .version_base
+            .replace("{version}", version)
+            .replace("{terminal}", terminal),
+        ServerError::Meta(MetaError::UserExists(user)) => w.user_exists.replace("{user}", user),
+        ServerError::Meta(MetaError::UnknownUser(_)) => w.unknown_user.into(),
         ServerError::NoCsrfToken => w.stale_page.into(),
         ServerError::CrossSite(origin) => w.cross_site.replace("{origin}", origin),
         ServerError::Meta(MetaError::UnknownUpdate(_)) => w.unknown_update.into(),

@@ -57,11 +57,15 @@ fn layout(lang: Lang, caller: Option<&Caller>, active: &str, title: &str, body: 
     let w = lang.words();
     let mut nav = String::new();
     if let Some(caller) = caller {
-        for (href, key, label) in [
-            ("/", "updates", w.updates),
-            ("/disks", "disks", w.disks),
-            ("/store", "store", w.store),
-        ] {
+        let admin = caller.session.role == Role::Admin;
+        let links = [
+            ("/", "updates", w.updates, true),
+            ("/disks", "disks", w.disks, true),
+            ("/terminals", "terminals", w.terminals, true),
+            ("/users", "users", w.users, admin),
+            ("/store", "store", w.store, true),
+        ];
+        for (href, key, label, _) in links.into_iter().filter(|link| link.3) {
             let current = if key == active {
                 " aria-current=\"page\""
             } else {
@@ -97,13 +101,48 @@ fn layout(lang: Lang, caller: Option<&Caller>, active: &str, title: &str, body: 
          <script type=\"application/json\" id=\"words\">{words}</script>\
          <script src=\"/assets/console.js\" defer></script></head>\
          <body><header><strong>{console}</strong><nav>{nav}</nav><span class=\"lang\">{other}</span></header>\
-         <main><h1>{title}</h1>{body}</main></body></html>",
+         <main><h1>{title}</h1>\
+         <p id=\"message\" class=\"notice\" role=\"status\" hidden></p>{body}{confirm}</main></body></html>",
         code = lang.code(),
         console = w.console,
         title = esc(title),
         words = words.replace("</", "<\\/"),
+        confirm = if caller.is_some() {
+            confirm_dialog(w)
+        } else {
+            String::new()
+        },
     );
     page(html)
+}
+
+/// The dialog a form with `data-confirm` asks in before it calls the API.
+fn confirm_dialog(w: &Words) -> String {
+    format!(
+        "<dialog id=\"confirm-dialog\"><form method=\"dialog\">\
+         <p id=\"confirm-question\"></p>\
+         <button value=\"back\" id=\"confirm-back\">{}</button> \
+         <button value=\"yes\" id=\"confirm-yes\" class=\"danger\">{}</button></form></dialog>",
+        w.back, w.confirm
+    )
+}
+
+/// A form that calls the API (`method url`) with its fields as JSON, asking `confirm`
+/// first when given, and saying `done` once the page has reloaded.
+fn api_form(call: &str, confirm: Option<&str>, done: &str, class: &str, inner: &str) -> String {
+    let confirm = confirm
+        .map(|q| format!(" data-confirm=\"{}\"", esc(q)))
+        .unwrap_or_default();
+    format!(
+        "<form class=\"{class}\" data-call=\"{}\"{confirm} data-done=\"{}\">{inner}</form>",
+        esc(call),
+        esc(done)
+    )
+}
+
+/// A path segment of a URL.
+fn seg(text: &str) -> String {
+    url_escape(text).replace('/', "%2F")
 }
 
 /// An HTML response with the console's security headers.
@@ -170,7 +209,8 @@ fn error_page(lang: Lang, caller: &Caller, err: &ServerError) -> Response {
     response
 }
 
-/// `GET /`: the updates, live.
+/// `GET /`: the updates, live, then the history a page at a time, filtered by state,
+/// disk, terminal and user.
 pub(super) async fn updates(
     State(web): State<Shared>,
     Language(lang): Language,
@@ -182,13 +222,14 @@ pub(super) async fn updates(
         Err(e) => return error_page(lang, &caller, &ServerError::BadRequest(e.body_text())),
     };
     let (app, session, asked) = (web.app.clone(), caller.session.clone(), history.clone());
-    let list = blocking(move || {
+    let found = blocking(move || {
         let query = asked.query(&app)?;
-        app.updates(Some(&session), query)
+        let disks = app.data().meta().disks()?;
+        Ok((app.updates(Some(&session), query)?, disks))
     })
     .await;
-    let list = match list {
-        Ok(list) => list,
+    let (list, disks) = match found {
+        Ok(found) => found,
         Err(e) => return error_page(lang, &caller, &e),
     };
     let w = lang.words();
@@ -216,11 +257,18 @@ pub(super) async fn updates(
     } else {
         format!("<nav class=\"pages\">{}</nav>", pages.join(" "))
     };
+    // A filtered or older page shows only what it lists: live events update its rows
+    // but add none.
+    let filtered = history.before.is_some()
+        || !(history.state.is_empty()
+            && history.disk.is_empty()
+            && history.terminal.is_empty()
+            && history.user.is_empty());
     let body = format!(
-        "<p id=\"live-status\" class=\"notice\" hidden>{lost}</p>\
-         <p id=\"message\" class=\"notice\" role=\"status\" hidden></p>\
-         <table id=\"updates\"><thead><tr><th>{disk}</th><th>{terminal}</th><th>{user}</th>\
-         <th>{state}</th><th>{progress}</th><th>{rate}</th><th>{eta}</th><th>{base}</th><th>{new}</th><th></th></tr></thead>\
+        "<p id=\"live-status\" class=\"notice\" hidden>{lost}</p>{filter}\
+         <table id=\"updates\" class=\"cards\"{filtered}><thead><tr><th>{disk}</th><th>{terminal}</th><th>{user}</th>\
+         <th>{state}</th><th>{progress}</th><th>{versions}</th><th>{started}</th><th>{ended}</th>\
+         <th>{sent}</th><th></th></tr></thead>\
          <tbody>{rows}</tbody></table>\
          <p id=\"no-updates\"{empty}>{none}</p>{pages}\
          <template id=\"update-row\">{template}</template>\
@@ -233,15 +281,17 @@ pub(super) async fn updates(
          <button value=\"back\" id=\"cancel-back\">{back}</button> \
          <button value=\"cancel\" id=\"cancel-confirm\" class=\"danger\">{cancel}</button></form></dialog>",
         lost = w.live_link_lost,
+        filter = filter_form(w, &history, &disks),
+        filtered = if filtered { " data-filtered" } else { "" },
         disk = w.disk,
         terminal = w.terminal,
         user = w.user,
         state = w.state,
         progress = w.progress,
-        rate = w.rate,
-        eta = w.eta,
-        base = w.base_version,
-        new = w.new_version,
+        versions = w.versions,
+        started = w.started,
+        ended = w.ended,
+        sent = w.sent,
         empty = if list.is_empty() { "" } else { " hidden" },
         none = w.no_updates,
         template = update_row(w, &UpdateView::default(), admin),
@@ -252,6 +302,51 @@ pub(super) async fn updates(
         cancel = w.cancel,
     );
     layout(lang, Some(&caller), "updates", w.updates, &body)
+}
+
+/// The history's filters: a form that reloads the page with them.
+fn filter_form(w: &Words, history: &History, disks: &[crate::meta::DiskRow]) -> String {
+    let option = |value: &str, label: &str, current: &str| {
+        let selected = if value == current { " selected" } else { "" };
+        format!(
+            "<option value=\"{}\"{selected}>{}</option>",
+            esc(value),
+            esc(label)
+        )
+    };
+    let states: String = [
+        ("", w.any),
+        ("live", w.live),
+        ("ended", w.ended_updates),
+        ("committed", w.committed),
+        ("cancelled", w.cancelled),
+        ("aborted", w.aborted),
+    ]
+    .iter()
+    .map(|(value, label)| option(value, label, &history.state))
+    .collect();
+    let disk_options: String = std::iter::once(option("", w.any, &history.disk))
+        .chain(
+            disks
+                .iter()
+                .map(|d| option(&d.name, &d.name, &history.disk)),
+        )
+        .collect();
+    format!(
+        "<form id=\"filter\" class=\"filter\" method=\"get\" action=\"/\">\
+         <label>{state} <select name=\"state\">{states}</select></label>\
+         <label>{disk} <select name=\"disk\">{disk_options}</select></label>\
+         <label>{terminal} <input name=\"terminal\" value=\"{terminal_value}\" size=\"10\"></label>\
+         <label>{user} <input name=\"user\" value=\"{user_value}\" size=\"10\"></label>\
+         <button type=\"submit\">{filter}</button></form>",
+        state = w.state,
+        disk = w.disk,
+        terminal = w.terminal,
+        user = w.user,
+        terminal_value = esc(&history.terminal),
+        user_value = esc(&history.user),
+        filter = w.filter,
+    )
 }
 
 /// One row of the updates table; the script fills the same cells live.
@@ -279,19 +374,35 @@ fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
     } else {
         String::new()
     };
+    let time = |at: &str| {
+        if at.is_empty() {
+            String::new()
+        } else {
+            time_html(at)
+        }
+    };
     format!(
         "<tr data-guid=\"{guid}\" data-state=\"{state}\">\
-         <td class=\"disk\">{disk}</td><td class=\"terminal\">{terminal}</td><td class=\"user\">{user}</td>\
-         <td class=\"state\"{carrier}>{state_text}</td>\
-         <td class=\"progress\"><progress max=\"100\" value=\"{percent}\"{bar}></progress> <span class=\"amount\">{progress}</span></td>\
-         <td class=\"rate\">{rate}</td><td class=\"eta\">{eta}</td>\
-         <td class=\"base\">{base}</td><td class=\"new\">{new}</td><td class=\"actions\">{button}</td></tr>",
+         <td data-label=\"{disk_label}\"><a class=\"disk\" href=\"/disks/{disk_id}\">{disk}</a></td>\
+         <td class=\"terminal\" data-label=\"{terminal_label}\">{terminal}</td>\
+         <td class=\"user\" data-label=\"{user_label}\">{user}</td>\
+         <td data-label=\"{state_label}\"><span class=\"state\"{carrier}>{state_text}</span> \
+         <span class=\"stopped-by\">{stopped_by}</span></td>\
+         <td class=\"progress\" data-label=\"{progress_label}\"><progress max=\"100\" value=\"{percent}\"{bar}></progress> \
+         <span class=\"amount\">{progress}</span> <span class=\"rate\">{rate}</span> <span class=\"eta\">{eta}</span></td>\
+         <td data-label=\"{versions_label}\"><span class=\"base\">{base}</span> → <span class=\"new\">{new}</span></td>\
+         <td class=\"started\" data-label=\"{started_label}\">{started}</td>\
+         <td class=\"ended\" data-label=\"{ended_label}\">{ended}</td>\
+         <td class=\"received\" data-label=\"{sent_label}\">{received}</td>\
+         <td class=\"actions\">{button}</td></tr>",
         guid = esc(&u.data_write_guid),
         state = u.state,
+        disk_id = seg(&u.disk_id),
         disk = esc(&u.disk_name),
         terminal = esc(&u.terminal),
         user = esc(&u.user),
         state_text = w.state(u.state, u.uploading_now),
+        stopped_by = stopped_by_text(w, u),
         carrier = u
             .transfer_server
             .as_deref()
@@ -300,7 +411,35 @@ fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
         bar = if u.uploading_now { "" } else { " hidden" },
         base = esc(&u.base_version),
         new = esc(u.new_version.as_deref().unwrap_or_default()),
+        started = time(&u.started_at),
+        ended = if live {
+            String::new()
+        } else {
+            time(&u.changed_at)
+        },
+        received = if u.bytes_received > 0 {
+            bytes_text(u.bytes_received)
+        } else {
+            String::new()
+        },
+        disk_label = w.disk,
+        terminal_label = w.terminal,
+        user_label = w.user,
+        state_label = w.state,
+        progress_label = w.progress,
+        versions_label = w.versions,
+        started_label = w.started,
+        ended_label = w.ended,
+        sent_label = w.sent,
     )
+}
+
+/// Who stopped an update, when it was cancelled or aborted: `(by NAME)`.
+fn stopped_by_text(w: &Words, u: &UpdateView) -> String {
+    match (&u.stopped_by, u.state) {
+        (Some(by), "cancelled" | "aborted") => format!("({}: {})", w.stopped_by, esc(by)),
+        _ => String::new(),
+    }
 }
 
 /// Seconds as `1 h 2 min`, `3 min 4 s` or `5 s`.
@@ -352,7 +491,8 @@ pub(super) async fn disks(
     layout(lang, Some(&caller), "disks", w.disks, &body)
 }
 
-/// `GET /disks/{disk}`: a disk's versions, newest first.
+/// `GET /disks/{disk}`: a disk's versions, newest first, with what can be done to each:
+/// download it, and for admins edit its comment or delete it.
 pub(super) async fn disk(
     State(web): State<Shared>,
     Language(lang): Language,
@@ -366,8 +506,9 @@ pub(super) async fn disk(
         Err(e) => return error_page(lang, &caller, &e),
     };
     let w = lang.words();
+    let admin = caller.session.role == Role::Admin;
     let mut body = format!(
-        "<p>{} {} · {} {}</p><table id=\"versions\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+        "<p>{} {} · {} {}</p><table id=\"versions\" class=\"cards\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
         w.size,
         binary_size(disk.size),
         w.block_size,
@@ -380,24 +521,99 @@ pub(super) async fn disk(
         w.created_at,
         w.blocks_changed,
         w.stored_bytes,
+        w.download,
     );
+    let latest = versions.last().map(|v| v.id.clone()).unwrap_or_default();
+    let known: std::collections::HashSet<&str> = versions.iter().map(|v| v.id.as_str()).collect();
     for v in versions.iter().rev() {
+        let call = format!("/api/v1/disks/{}/versions/{}", seg(&disk.id), seg(&v.id));
+        let parent = match v.parent.as_deref() {
+            Some(p) if known.contains(p) => format!("<a href=\"#v-{0}\">{0}</a>", esc(p)),
+            Some(p) => esc(p),
+            None => "-".into(),
+        };
+        let mark = if v.id == latest {
+            format!(" <span class=\"mark\">{}</span>", w.latest_mark)
+        } else {
+            String::new()
+        };
+        let edit = if admin {
+            let inner = format!(
+                "<textarea name=\"comment\" rows=\"2\" maxlength=\"4096\">{}</textarea>\
+                 <button type=\"submit\">{}</button>",
+                esc(&v.comment),
+                w.save
+            );
+            format!(
+                "<details class=\"edit\"><summary>{}</summary>{}</details>",
+                w.edit_comment,
+                api_form(
+                    &format!("PATCH {call}"),
+                    None,
+                    w.comment_saved,
+                    "comment",
+                    &inner
+                )
+            )
+        } else {
+            String::new()
+        };
+        let downloads: String = ["raw", "qcow2", "vhdx", "vhd"]
+            .iter()
+            .map(|format| format!("<a href=\"{call}/image?format={format}\" download>{format}</a>"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let delete = if admin && v.id != latest {
+            let question = w
+                .delete_version_confirm
+                .replace("{version}", &v.id)
+                .replace("{disk}", &disk.name);
+            api_form(
+                &format!("DELETE {call}"),
+                Some(&question),
+                w.version_deleted,
+                "delete",
+                &format!(
+                    "<button type=\"submit\" class=\"danger\">{}</button>",
+                    w.delete
+                ),
+            )
+        } else {
+            String::new()
+        };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td class=\"comment\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&v.id),
-            esc(v.parent.as_deref().unwrap_or("-")),
-            esc(&v.comment),
-            esc(&v.user),
-            esc(&v.terminal),
-            time_html(&v.created_at),
-            v.blocks_changed,
-            bytes_text(v.bytes_stored),
+            "<tr id=\"v-{id}\" data-version=\"{id}\"><td data-label=\"{l_version}\">{id}{mark}</td>\
+             <td data-label=\"{l_parent}\">{parent}</td>\
+             <td class=\"comment\" data-label=\"{l_comment}\"><span class=\"text\">{comment}</span>{edit}</td>\
+             <td data-label=\"{l_user}\">{user}</td><td data-label=\"{l_terminal}\">{terminal}</td>\
+             <td data-label=\"{l_created}\">{created}</td><td data-label=\"{l_blocks}\">{blocks}</td>\
+             <td data-label=\"{l_stored}\">{stored}</td>\
+             <td class=\"downloads\" data-label=\"{l_download}\">{downloads}</td>\
+             <td class=\"actions\">{delete}</td></tr>",
+            id = esc(&v.id),
+            comment = esc(&v.comment),
+            user = esc(&v.user),
+            terminal = esc(&v.terminal),
+            created = time_html(&v.created_at),
+            blocks = v.blocks_changed,
+            stored = bytes_text(v.bytes_stored),
+            l_version = w.version,
+            l_parent = w.parent,
+            l_comment = w.comment,
+            l_user = w.user,
+            l_terminal = w.terminal,
+            l_created = w.created_at,
+            l_blocks = w.blocks_changed,
+            l_stored = w.stored_bytes,
+            l_download = w.download,
         );
     }
     let _ = write!(
         body,
-        "</tbody></table><p><a href=\"/disks\">{}</a></p>",
+        "</tbody></table><p><a href=\"/?disk={}\">{}</a> · <a href=\"/disks\">{}</a></p>",
+        url_escape(&disk.name),
+        w.updates,
         w.back
     );
     layout(
@@ -407,6 +623,181 @@ pub(super) async fn disk(
         &format!("{} {}", w.disk, disk.name),
         &body,
     )
+}
+
+/// `GET /terminals`: each terminal seen, with its latest update.
+pub(super) async fn terminals(
+    State(web): State<Shared>,
+    Language(lang): Language,
+    Viewer(caller): Viewer,
+) -> Response {
+    let (app, session) = (web.app.clone(), caller.session.clone());
+    let list = match blocking(move || app.terminals(&session)).await {
+        Ok(list) => list,
+        Err(e) => return error_page(lang, &caller, &e),
+    };
+    let w = lang.words();
+    let mut body = format!(
+        "<table id=\"terminals\" class=\"cards\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+        w.terminal, w.user, w.disk, w.last_update, w.started, w.ended
+    );
+    for u in &list {
+        let live = matches!(u.state, "reserved" | "uploading");
+        let _ = write!(
+            body,
+            "<tr><td data-label=\"{l_terminal}\"><a href=\"/?terminal={terminal_q}\">{terminal}</a></td>\
+             <td data-label=\"{l_user}\">{user}</td>\
+             <td data-label=\"{l_disk}\"><a href=\"/disks/{disk_id}\">{disk}</a></td>\
+             <td data-label=\"{l_last}\">{state} {stopped_by}</td>\
+             <td data-label=\"{l_started}\">{started}</td><td data-label=\"{l_ended}\">{ended}</td></tr>",
+            terminal_q = url_escape(&u.terminal),
+            terminal = esc(&u.terminal),
+            user = esc(&u.user),
+            disk_id = seg(&u.disk_id),
+            disk = esc(&u.disk_name),
+            state = w.state(u.state, u.uploading_now),
+            stopped_by = stopped_by_text(w, u),
+            started = time_html(&u.started_at),
+            ended = if live {
+                String::new()
+            } else {
+                time_html(&u.changed_at)
+            },
+            l_terminal = w.terminal,
+            l_user = w.user,
+            l_disk = w.disk,
+            l_last = w.last_update,
+            l_started = w.started,
+            l_ended = w.ended,
+        );
+    }
+    body.push_str("</tbody></table>");
+    if list.is_empty() {
+        let _ = write!(body, "<p>{}</p>", w.no_terminals);
+    }
+    layout(lang, Some(&caller), "terminals", w.terminals, &body)
+}
+
+/// `GET /users` (admins): the users, their roles, and adding, changing and deleting
+/// them with the rules of `hotate-server user`.
+pub(super) async fn users(
+    State(web): State<Shared>,
+    Language(lang): Language,
+    Viewer(caller): Viewer,
+) -> Response {
+    let (app, session) = (web.app.clone(), caller.session.clone());
+    let list = blocking(move || {
+        crate::app::admin_only(&session, "only an admin may manage users")?;
+        app.users()
+    })
+    .await;
+    let list = match list {
+        Ok(list) => list,
+        Err(e) => return error_page(lang, &caller, &e),
+    };
+    let w = lang.words();
+    let role_select = |current: &str| {
+        let option = |value: &str, label: &str| {
+            let selected = if value == current { " selected" } else { "" };
+            format!("<option value=\"{value}\"{selected}>{label}</option>")
+        };
+        format!(
+            "<select name=\"role\">{}{}</select>",
+            option("operator", w.operator_role),
+            option("admin", w.admin_role)
+        )
+    };
+    let mut body = format!(
+        "<table id=\"users\" class=\"cards\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
+        w.name, w.role, w.created_at
+    );
+    for u in &list {
+        let call = format!("/api/v1/users/{}", seg(&u.name));
+        let me = u.name == caller.session.user;
+        let role = if me {
+            format!("{} {}", role_text(w, u.role), w.you)
+        } else {
+            api_form(
+                &format!("PATCH {call}"),
+                None,
+                w.user_changed,
+                "role",
+                &format!(
+                    "{}<button type=\"submit\">{}</button>",
+                    role_select(u.role),
+                    w.change_role
+                ),
+            )
+        };
+        let password = api_form(
+            &format!("PATCH {call}"),
+            None,
+            w.user_changed,
+            "password",
+            &format!(
+                "<input type=\"password\" name=\"password\" minlength=\"8\" required \
+                 autocomplete=\"new-password\" aria-label=\"{label}\" placeholder=\"{label}\">\
+                 <button type=\"submit\">{set}</button>",
+                label = w.new_password,
+                set = w.save
+            ),
+        );
+        let delete = if me {
+            String::new()
+        } else {
+            api_form(
+                &format!("DELETE {call}"),
+                Some(&w.delete_user_confirm.replace("{user}", &u.name)),
+                w.user_deleted,
+                "delete",
+                &format!(
+                    "<button type=\"submit\" class=\"danger\">{}</button>",
+                    w.delete
+                ),
+            )
+        };
+        let _ = write!(
+            body,
+            "<tr data-user=\"{name}\"><td data-label=\"{l_name}\">{name}</td>\
+             <td data-label=\"{l_role}\">{role}</td>\
+             <td data-label=\"{l_created}\">{created}</td>\
+             <td class=\"actions\"><details class=\"edit\"><summary>{reset}</summary>{password}</details>{delete}</td></tr>",
+            name = esc(&u.name),
+            created = time_html(&u.created_at),
+            reset = w.reset_password,
+            l_name = w.name,
+            l_role = w.role,
+            l_created = w.created_at,
+        );
+    }
+    body.push_str("</tbody></table>");
+    let add = api_form(
+        "POST /api/v1/users",
+        None,
+        w.user_added,
+        "add-user",
+        &format!(
+            "<label>{user} <input name=\"name\" required maxlength=\"128\" autocomplete=\"off\"></label>\
+             <label>{password} <input type=\"password\" name=\"password\" minlength=\"8\" required autocomplete=\"new-password\"></label>\
+             <label>{role} {select}</label><button type=\"submit\">{add}</button>",
+            user = w.user,
+            password = w.new_password,
+            role = w.role,
+            select = role_select("operator"),
+            add = w.add_user,
+        ),
+    );
+    let _ = write!(body, "<h2>{}</h2>{add}", w.add_user);
+    layout(lang, Some(&caller), "users", w.users, &body)
+}
+
+/// A role in words.
+fn role_text(w: &Words, role: &str) -> &'static str {
+    if role == "admin" {
+        w.admin_role
+    } else {
+        w.operator_role
+    }
 }
 
 /// `GET /store`.

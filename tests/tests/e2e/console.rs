@@ -614,3 +614,313 @@ fn a_browser_watches_an_upload_advance_and_aborts_it() {
     assert!(ja[0].contains('/') && ja[1] == en[1], "{ja:?}");
     browser.click("header .lang a");
 }
+
+/// A JSON call with a bearer token.
+fn call(addr: &str, method: &str, path: &str, token: &str, body: &Value) -> Reply {
+    let bearer = format!("Bearer {token}");
+    http::json(addr, method, path, &[("Authorization", &bearer)], body)
+}
+
+fn delete(addr: &str, path: &str, token: &str) -> Reply {
+    let bearer = format!("Bearer {token}");
+    http::request(addr, "DELETE", path, &[("Authorization", &bearer)], None)
+}
+
+/// What a refusal says to people, in both languages.
+fn said(reply: &Reply) -> (String, String) {
+    let body = reply.json();
+    let word = |lang: &str| {
+        body["messages"][lang]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (word("en"), word("ja"))
+}
+
+#[test]
+fn the_console_manages_versions_users_and_terminals() {
+    let s = setup(8 << 20, 74);
+    let addr = s.server.control.clone();
+    s.start_update();
+    assert_ok(&s.terminal.run(&["update", "finish"]));
+    let admin = login(&addr, USER, PASSWORD);
+    let first = s.site.first_version.clone();
+    let versions = get(&addr, "/api/v1/disks/win10/versions", &admin).json();
+    let latest = versions[1]["id"].as_str().expect("id").to_owned();
+
+    // Users: the password's minimum and a taken name, said in both languages.
+    let short = call(
+        &addr,
+        "POST",
+        "/api/v1/users",
+        &admin,
+        &json!({"name": "op", "password": "1234567"}),
+    );
+    assert_eq!(short.status, 400);
+    assert_eq!(
+        said(&short),
+        (
+            "A password needs at least 8 characters.".into(),
+            "パスワードは 8 文字以上にしてください。".into()
+        )
+    );
+    let added = call(
+        &addr,
+        "POST",
+        "/api/v1/users",
+        &admin,
+        &json!({"name": "op", "password": "operator-pass"}),
+    );
+    assert_eq!(added.status, 201, "{}", added.text());
+    assert_eq!(added.json()["role"], "operator", "operators unless asked");
+    let again = call(
+        &addr,
+        "POST",
+        "/api/v1/users",
+        &admin,
+        &json!({"name": "op", "password": "operator-pass"}),
+    );
+    assert_eq!(again.status, 409);
+    assert_eq!(said(&again).0, "User op already exists.");
+
+    // An operator reads and downloads, but manages nothing.
+    let op = login(&addr, "op", "operator-pass");
+    let version_path = format!("/api/v1/disks/win10/versions/{first}");
+    for refused in [
+        get(&addr, "/api/v1/users", &op),
+        call(&addr, "PATCH", &version_path, &op, &json!({"comment": "x"})),
+        delete(&addr, &version_path, &op),
+        call(
+            &addr,
+            "PATCH",
+            "/api/v1/users/op",
+            &op,
+            &json!({"role": "admin"}),
+        ),
+        delete(&addr, &format!("/api/v1/users/{USER}"), &op),
+    ] {
+        assert_eq!(refused.status, 403, "{}", refused.text());
+        assert_eq!(said(&refused).0, "Only an admin may do this.");
+    }
+    assert_eq!(
+        get(&addr, "/api/v1/terminals", &op).json(),
+        json!([]),
+        "only its own"
+    );
+
+    // An admin never demotes nor deletes their own account here.
+    let own = call(
+        &addr,
+        "PATCH",
+        &format!("/api/v1/users/{USER}"),
+        &admin,
+        &json!({"role": "operator"}),
+    );
+    assert_eq!(own.status, 409);
+    assert!(said(&own).1.contains("自分自身"), "{:?}", said(&own));
+    assert_eq!(
+        delete(&addr, &format!("/api/v1/users/{USER}"), &admin).status,
+        409
+    );
+    // A role change holds at once for the user's session.
+    let promoted = call(
+        &addr,
+        "PATCH",
+        "/api/v1/users/op",
+        &admin,
+        &json!({"role": "admin"}),
+    );
+    assert_eq!(promoted.json()["role"], "admin");
+    assert_eq!(get(&addr, "/api/v1/users", &op).status, 200);
+    call(
+        &addr,
+        "PATCH",
+        "/api/v1/users/op",
+        &admin,
+        &json!({"role": "operator"}),
+    );
+    assert_eq!(get(&addr, "/api/v1/users", &op).status, 403);
+    // A new password ends the user's sessions.
+    let reset = call(
+        &addr,
+        "PATCH",
+        "/api/v1/users/op",
+        &admin,
+        &json!({"password": "another-pass"}),
+    );
+    assert_eq!(reset.status, 200);
+    assert_eq!(get(&addr, "/api/v1/disks", &op).status, 401);
+    let op = login(&addr, "op", "another-pass");
+
+    // A version's comment, as the admin commands see it too; a forged line is refused.
+    let edited = call(
+        &addr,
+        "PATCH",
+        &version_path,
+        &admin,
+        &json!({"comment": "教室の基本イメージ"}),
+    );
+    assert_eq!(edited.status, 200, "{}", edited.text());
+    assert_eq!(edited.json()["comment"], "教室の基本イメージ");
+    let listed = admin_json(&s.site.data, &["disk", "versions", "win10"]);
+    assert_eq!(listed[0]["comment"], "教室の基本イメージ");
+    let forged = call(
+        &addr,
+        "PATCH",
+        &version_path,
+        &admin,
+        &json!({"comment": "a\nforged line"}),
+    );
+    assert_eq!(forged.status, 400);
+
+    // Downloads: raw whole and by range (resumable), qcow2 and VHD read back by qemu-img.
+    let base = std::fs::read(&s.pair.base).expect("base");
+    let updated = std::fs::read(&s.pair.updated).expect("updated");
+    let whole = get(&addr, &format!("{version_path}/image"), &op);
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == base, "the raw download is the version");
+    assert_eq!(whole.header("accept-ranges"), Some("bytes"));
+    assert!(
+        whole
+            .header("content-disposition")
+            .unwrap_or_default()
+            .contains(&format!("win10-{first}.img")),
+        "{:?}",
+        whole.header("content-disposition")
+    );
+    let etag = whole.header("etag").expect("etag").to_owned();
+    let bearer = format!("Bearer {op}");
+    let ranged = |range: &str, if_range: &str| {
+        let latest_path = format!("/api/v1/disks/win10/versions/{latest}/image?format=raw");
+        let mut headers = vec![("Authorization", bearer.as_str()), ("Range", range)];
+        if !if_range.is_empty() {
+            headers.push(("If-Range", if_range));
+        }
+        http::request(&addr, "GET", &latest_path, &headers, None)
+    };
+    let latest_etag = get(
+        &addr,
+        &format!("/api/v1/disks/win10/versions/{latest}/image"),
+        &op,
+    )
+    .header("etag")
+    .expect("etag")
+    .to_owned();
+    assert_ne!(latest_etag, etag, "each version its own");
+    let part = ranged("bytes=1000000-2999999", &latest_etag);
+    assert_eq!(part.status, 206);
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 1000000-2999999/{}", updated.len()).as_str())
+    );
+    assert!(
+        part.body == updated[1_000_000..3_000_000],
+        "the range's bytes"
+    );
+    let tail = ranged("bytes=-4096", "");
+    assert!(tail.body == updated[updated.len() - 4096..]);
+    let stale = ranged("bytes=0-9", &etag);
+    assert_eq!(
+        stale.status, 200,
+        "another version's tag gets the whole image"
+    );
+    assert_eq!(stale.body.len(), updated.len());
+    assert_eq!(ranged(&format!("bytes={}-", updated.len()), "").status, 416);
+    for format in ["qcow2", "vhd"] {
+        let image = get(
+            &addr,
+            &format!("/api/v1/disks/win10/versions/{latest}/image?format={format}"),
+            &op,
+        );
+        assert_eq!(image.status, 200, "{format}");
+        let file = s.dir.path().join(format!("download.{format}"));
+        std::fs::write(&file, &image.body).expect("save");
+        let raw = s.dir.path().join(format!("download-{format}.img"));
+        let fmt = if format == "vhd" { "vpc" } else { format };
+        let out = std::process::Command::new("qemu-img")
+            .args(["convert", "-f", fmt, "-O", "raw"])
+            .arg(&file)
+            .arg(&raw)
+            .output()
+            .expect("qemu-img");
+        assert!(out.status.success(), "{}", text(&out));
+        let read = std::fs::read(&raw).expect("raw");
+        assert!(
+            read[..updated.len()] == updated[..],
+            "{format} holds the version"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(s.site.data.join("downloads"))
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "written images go with their download: {left:?}"
+    );
+
+    // Deleting versions follows `version delete`: never the latest.
+    let refused = delete(
+        &addr,
+        &format!("/api/v1/disks/win10/versions/{latest}"),
+        &admin,
+    );
+    assert_eq!(refused.status, 409);
+    assert!(
+        said(&refused).0.contains("latest version"),
+        "{:?}",
+        said(&refused)
+    );
+    assert!(
+        said(&refused).1.contains("最新バージョン"),
+        "{:?}",
+        said(&refused)
+    );
+    assert_eq!(delete(&addr, &version_path, &admin).status, 204);
+    let ids: Vec<Value> = get(&addr, "/api/v1/disks/win10/versions", &admin)
+        .json()
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(latest)]);
+
+    // Terminals, and who ended an update.
+    let terminals = get(&addr, "/api/v1/terminals", &admin).json();
+    assert_eq!(terminals[0]["terminal"], "PC-001");
+    assert_eq!(terminals[0]["state"], "committed");
+    s.terminal.write_config(&s.site.disk_id, &latest, "restore");
+    s.start_update();
+    let live = get(&addr, "/api/v1/updates?state=live", &admin).json();
+    let guid = live[0]["data_write_guid"]
+        .as_str()
+        .expect("guid")
+        .to_owned();
+    let cancel = call(
+        &addr,
+        "POST",
+        &format!("/api/v1/updates/{guid}/cancel"),
+        &admin,
+        &json!({}),
+    );
+    assert_eq!(cancel.status, 200, "{}", cancel.text());
+    let cancelled = get(&addr, "/api/v1/updates?state=cancelled", &admin).json();
+    assert_eq!(cancelled[0]["stopped_by"], USER);
+    assert_eq!(
+        get(&addr, "/api/v1/terminals", &admin).json()[0]["state"],
+        "cancelled"
+    );
+
+    // A deleted user's sessions end.
+    assert_eq!(delete(&addr, "/api/v1/users/op", &admin).status, 204);
+    assert_eq!(get(&addr, "/api/v1/disks", &op).status, 401);
+    let users: Vec<Value> = get(&addr, "/api/v1/users", &admin)
+        .json()
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| u["name"].clone())
+        .collect();
+    assert_eq!(users, [json!(USER)]);
+}
