@@ -168,6 +168,15 @@ impl Browser {
         }
     }
 
+    /// Resizes the window; the page's `innerWidth` follows (headless).
+    pub fn set_size(&self, width: u32, height: u32) {
+        self.session_call(
+            "POST",
+            "/window/rect",
+            &json!({"width": width, "height": height}),
+        );
+    }
+
     /// The page as a PNG.
     pub fn screenshot(&self) -> Vec<u8> {
         let data = self.session_call("GET", "/screenshot", &Value::Null);

@@ -24,7 +24,7 @@ use crate::app::{LoginView, StoreView, UpdateView, blocking};
 use crate::auth::TOKEN_LIFETIME_SECS;
 use crate::error::ServerError;
 use crate::live::Counters;
-use crate::meta::{Role, Session, UpdateQuery};
+use crate::meta::{Session, UpdateQuery};
 
 /// How often an event stream looks for changes the database alone knows (an admin
 /// command's abort, a new update): the live uploads wake it at once.
@@ -155,11 +155,10 @@ pub(super) async fn cancel(
 ) -> Result<Response, ApiError> {
     let app = web.app.clone();
     let view = blocking(move || {
-        if caller.session.role != Role::Admin {
-            return Err(ServerError::Forbidden(
-                "only an admin may cancel another terminal's update from the console".into(),
-            ));
-        }
+        crate::app::admin_only(
+            &caller.session,
+            "only an admin may cancel another terminal's update from the console",
+        )?;
         app.cancel_update(&caller.session, &guid)?;
         app.update_view(&caller.session, &guid)
     })

@@ -467,15 +467,23 @@ pub(super) async fn disks(
     };
     let w = lang.words();
     let mut body = format!(
-        "<table id=\"disks\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
+        "<table id=\"disks\" class=\"cards\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>",
         w.name, w.size, w.block_size, w.latest_version, w.version_count, w.stored_bytes
     );
     for d in &list {
         let _ = write!(
             body,
-            "<tr><td><a href=\"/disks/{id}\">{name}</a></td><td>{size}</td><td>{block}</td>\
-             <td>{latest}</td><td>{count}</td><td>{stored}</td></tr>",
-            id = esc(&d.id),
+            "<tr><td data-label=\"{l_name}\"><a href=\"/disks/{id}\">{name}</a></td>\
+             <td data-label=\"{l_size}\">{size}</td><td data-label=\"{l_block}\">{block}</td>\
+             <td data-label=\"{l_latest}\">{latest}</td><td data-label=\"{l_count}\">{count}</td>\
+             <td data-label=\"{l_stored}\">{stored}</td></tr>",
+            l_name = w.name,
+            l_size = w.size,
+            l_block = w.block_size,
+            l_latest = w.latest_version,
+            l_count = w.version_count,
+            l_stored = w.stored_bytes,
+            id = seg(&d.id),
             name = esc(&d.name),
             size = binary_size(d.size),
             block = binary_size(u64::from(d.block_size)),
@@ -508,7 +516,7 @@ pub(super) async fn disk(
     let w = lang.words();
     let admin = caller.session.role == Role::Admin;
     let mut body = format!(
-        "<p>{} {} · {} {}</p><table id=\"versions\" class=\"cards\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
+        "<p class=\"facts\">{} {} · {} {}</p><table id=\"versions\" class=\"cards\"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th></th></tr></thead><tbody>",
         w.size,
         binary_size(disk.size),
         w.block_size,
@@ -850,17 +858,22 @@ fn transfer_table(w: &Words, servers: &[crate::app::TransferView]) -> String {
         .iter()
         .map(|t| {
             format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td data-label=\"{}\">{}</td><td>{}</td><td data-label=\"{}\">{}</td>\
+                 <td data-label=\"{}\">{}</td><td data-label=\"{}\">{}</td></tr>",
+                w.transfer_server,
                 esc(&t.url),
                 if t.alive { w.alive } else { w.gone },
+                w.last_seen,
                 time_html(&t.seen_at),
+                w.uploading_now,
                 t.uploads,
+                w.carried,
                 t.carried
             )
         })
         .collect();
     format!(
-        "<h2>{}</h2><table id=\"transfers\"><thead><tr><th>{}</th><th></th><th>{}</th>\
+        "<h2>{}</h2><table id=\"transfers\" class=\"cards\"><thead><tr><th>{}</th><th></th><th>{}</th>\
          <th>{}</th><th>{}</th></tr></thead><tbody>{rows}</tbody></table>",
         w.transfer_servers, w.transfer_server, w.last_seen, w.uploading_now, w.carried
     )

@@ -151,14 +151,8 @@ fn the_api_keeps_its_contract_and_its_guards() {
     // Errors carry the server's account for scripts and the console's words for people.
     let messages = |reply: &http::Reply| reply.json()["messages"].clone();
     let refused_says = messages(&refused);
-    assert_eq!(
-        refused_says["en"],
-        "Only an admin may abort or cancel an update here."
-    );
-    assert_eq!(
-        refused_says["ja"],
-        "更新中断・更新取消は管理者のみ行えます。"
-    );
+    assert_eq!(refused_says["en"], "Only an admin may do this.");
+    assert_eq!(refused_says["ja"], "この操作は管理者のみ行えます。");
     // A refusal the terminal meets too reads the same in both: one table of wordings.
     let wrong = http::json(
         &addr,
@@ -605,7 +599,7 @@ fn a_browser_watches_an_upload_advance_and_aborts_it() {
     assert!(en[2].ends_with('Z') && en[1] == en[2], "{en:?}");
     let year = &en[2][..4];
     assert!(!en[0].contains('T') && en[0].contains(year), "{en:?}");
-    let sizes = browser.text("main p").unwrap_or_default();
+    let sizes = browser.text("main p.facts").unwrap_or_default();
     assert!(sizes.contains("MiB"), "{sizes}");
     browser.click("header .lang a");
     let ja = browser.wait_for(Duration::from_secs(10), "the Japanese time", || {
@@ -923,4 +917,304 @@ fn the_console_manages_versions_users_and_terminals() {
         .map(|u| u["name"].clone())
         .collect();
     assert_eq!(users, [json!(USER)]);
+}
+
+/// Fails when the page scrolls sideways; the name of the page for the message.
+fn assert_fits(browser: &Browser, page: &str) {
+    let sizes =
+        browser.execute("return [document.documentElement.scrollWidth, window.innerWidth];");
+    let (scroll, inner) = (
+        sizes[0].as_u64().unwrap_or(0),
+        sizes[1].as_u64().unwrap_or(0),
+    );
+    let widest = browser.execute(
+        "const rows = document.querySelectorAll('table tr');
+         const row = rows.length > 1 ? rows[1] : rows[0];
+         return row ? [...row.children].map(c => Math.round(c.getBoundingClientRect().width)) : [];",
+    );
+    assert!(
+        scroll <= inner && inner > 0,
+        "{page} scrolls sideways: {scroll} px in a {inner} px window (cells {widest})"
+    );
+}
+
+/// Logs the browser in (from any page) as `user`.
+fn browser_login(browser: &Browser, base: &str, user: &str, password: &str) {
+    browser.goto(&format!("{base}/login"));
+    browser.wait_for(Duration::from_secs(10), "the login form", || {
+        browser.text("#login")
+    });
+    browser.type_into("#user", user);
+    browser.type_into("#password", password);
+    browser.click("#login");
+    browser.wait_for(Duration::from_secs(10), "the updates page", || {
+        browser.text("#updates thead")
+    });
+}
+
+/// Sets a form field's value in the page.
+fn set_value(browser: &Browser, css: &str, value: &str) {
+    let (css, value) = (json!(css), json!(value));
+    browser.execute(&format!(
+        "document.querySelector({css}).value = {value}; return null;"
+    ));
+}
+
+/// Waits for the message a form's reload says.
+fn wait_said(browser: &Browser, text: &str) {
+    browser.wait_for(Duration::from_secs(10), text, || {
+        browser.text("#message").filter(|t| t == text)
+    });
+}
+
+#[test]
+fn a_browser_manages_the_console_and_every_page_fits_both_widths() {
+    let found = hotate_tests::has_command("chromedriver") && hotate_tests::has_command("chromium");
+    if !hotate_tests::needs(
+        "the console's browser test",
+        "chromium and chromedriver (Debian chromium, chromium-driver)",
+        found,
+    ) {
+        return;
+    }
+    // Two versions, a cancelled update and a live one, two users.
+    let s = setup(8 << 20, 75);
+    let base = s.server.url();
+    s.start_update();
+    assert_ok(
+        &s.terminal
+            .run(&["update", "finish", "--comment", "Office 2024 を導入"]),
+    );
+    let versions = admin_json(&s.site.data, &["disk", "versions", "win10"]);
+    let (first, latest) = (
+        s.site.first_version.clone(),
+        versions[1]["id"].as_str().expect("id").to_owned(),
+    );
+    s.terminal.write_config(&s.site.disk_id, &latest, "restore");
+    s.start_update();
+    assert_ok(&s.terminal.run(&["update", "cancel"]));
+    s.terminal.write_config(&s.site.disk_id, &latest, "restore");
+    s.start_update();
+    hotate_tests::harness::admin_ok(&s.site.data, &["user", "add", "op", "--role", "operator"]);
+
+    let browser = Browser::start();
+    browser_login(&browser, &base, USER, PASSWORD);
+
+    // Every page fits 1280 px and 390 px without sideways scrolling, in both languages;
+    // at 1280 px a live update's actions are in view.
+    let pages = [
+        ("updates", "/"),
+        ("disks", "/disks"),
+        ("versions", "/disks/win10"),
+        ("terminals", "/terminals"),
+        ("users", "/users"),
+        ("store", "/store"),
+    ];
+    for lang in ["en", "ja"] {
+        browser.goto(&format!("{base}/lang/{lang}"));
+        for width in [1280, 390] {
+            browser.set_size(width, 900);
+            for (name, path) in pages {
+                browser.goto(&format!("{base}{path}"));
+                browser.wait_for(Duration::from_secs(10), "the page", || {
+                    browser
+                        .execute("return document.documentElement.lang;")
+                        .as_str()
+                        .filter(|l| *l == lang)
+                        .map(str::to_owned)
+                });
+                std::fs::write(
+                    screenshot_dir().join(format!("console-{name}-{lang}-{width}.png")),
+                    browser.screenshot(),
+                )
+                .expect("save");
+                let inner = browser.execute("return window.innerWidth;");
+                assert!(inner.as_u64().unwrap_or(0) <= u64::from(width), "{inner}");
+                assert_fits(&browser, &format!("{path} ({lang}, {width} px)"));
+                // Each navigation link stays on one line (no one-character columns).
+                let broken = browser.execute(
+                    "return [...document.querySelectorAll('header nav a')]
+                       .filter(a => a.getClientRects().length !== 1
+                                 || a.getBoundingClientRect().height > 2 * parseFloat(getComputedStyle(a).fontSize))
+                       .map(a => a.textContent);",
+                );
+                assert_eq!(broken, json!([]), "{path} ({lang}, {width} px)");
+                if name == "updates" && width == 1280 {
+                    let outside = browser.execute(
+                        "return [...document.querySelectorAll('#updates button:not([hidden])')]
+                           .filter(b => b.getBoundingClientRect().right > window.innerWidth)
+                           .map(b => b.textContent);",
+                    );
+                    assert_eq!(outside, json!([]), "actions out of view ({lang})");
+                    // The dialog does not push the page sideways either.
+                    browser.click("#updates tr[data-state=\"reserved\"] button.abort");
+                    assert_fits(&browser, &format!("the abort dialog ({lang})"));
+                    browser.click("#abort-cancel");
+                }
+            }
+        }
+    }
+    browser.set_size(1280, 900);
+    browser.goto(&format!("{base}/lang/en"));
+
+    // The history: filtered by state, with who cancelled the update.
+    browser.goto(&format!("{base}/"));
+    browser.execute(
+        "document.querySelector('#filter select[name=state]').value = 'cancelled'; return null;",
+    );
+    browser.click("#filter button");
+    browser.wait_for(Duration::from_secs(10), "the filtered page", || {
+        browser
+            .execute("return location.search;")
+            .as_str()
+            .filter(|q| q.contains("state=cancelled"))
+            .map(str::to_owned)
+    });
+    let states = browser.execute(
+        "return [...document.querySelectorAll('#updates tbody tr')].map(r => r.dataset.state);",
+    );
+    assert_eq!(states, json!(["cancelled"]));
+    assert_eq!(
+        browser.text("#updates tbody tr .stopped-by").as_deref(),
+        Some(format!("(By: {USER})").as_str())
+    );
+    let disk_link = browser
+        .execute("return document.querySelector('#updates tbody a.disk').getAttribute('href');");
+    assert_eq!(disk_link, json!(format!("/disks/{}", s.site.disk_id)));
+
+    // A version's comment, edited on its page.
+    browser.goto(&format!("{base}/disks/win10"));
+    let row = |id: &str| format!("#versions tr[data-version=\"{id}\"]");
+    browser.click(&format!("{} details.edit summary", row(&first)));
+    set_value(
+        &browser,
+        &format!("{} textarea", row(&first)),
+        "教室の基本イメージ",
+    );
+    browser.click(&format!("{} form.comment button", row(&first)));
+    wait_said(&browser, "The comment was saved.");
+    assert_eq!(
+        browser
+            .text(&format!("{} .comment .text", row(&first)))
+            .as_deref(),
+        Some("教室の基本イメージ")
+    );
+    // The latest links to its parent, offers every format, and cannot be deleted.
+    let parent = browser.execute(&format!(
+        "return document.querySelector('{} a[href=\"#v-{first}\"]') !== null;",
+        row(&latest)
+    ));
+    assert_eq!(parent, json!(true));
+    let formats = browser.execute(&format!(
+        "return [...document.querySelectorAll('{} .downloads a')].map(a => a.textContent);",
+        row(&latest)
+    ));
+    assert_eq!(formats, json!(["raw", "qcow2", "vhdx", "vhd"]));
+    assert_eq!(browser.text(&format!("{} form.delete", row(&latest))), None);
+    // Deleting asks first; "Back" keeps the version.
+    browser.click(&format!("{} form.delete button", row(&first)));
+    let question = browser.text("#confirm-question").unwrap_or_default();
+    assert!(
+        question.contains(&first) && question.contains("win10"),
+        "{question}"
+    );
+    browser.click("#confirm-back");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        admin_json(&s.site.data, &["disk", "versions", "win10"])
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    browser.click(&format!("{} form.delete button", row(&first)));
+    browser.click("#confirm-yes");
+    wait_said(&browser, "The version was deleted.");
+    assert_eq!(browser.text(&row(&first)), None);
+    assert_eq!(
+        admin_json(&s.site.data, &["disk", "versions", "win10"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // Users: added, promoted and deleted on the page; a taken name is refused in the
+    // page's language.
+    browser.goto(&format!("{base}/users"));
+    set_value(&browser, "form.add-user input[name=name]", "op2");
+    set_value(
+        &browser,
+        "form.add-user input[name=password]",
+        "operator-pass",
+    );
+    browser.click("form.add-user button");
+    wait_said(&browser, "The user was added.");
+    let user_row = "#users tr[data-user=\"op2\"]";
+    browser.execute(&format!(
+        "document.querySelector('{user_row} form.role select').value = 'admin'; return null;"
+    ));
+    browser.click(&format!("{user_row} form.role button"));
+    wait_said(&browser, "The user was changed.");
+    let users = admin_json(&s.site.data, &["user", "list"]);
+    let op2 = users
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["name"] == "op2"))
+        .cloned();
+    assert_eq!(op2.map(|u| u["role"].clone()), Some(json!("admin")));
+    assert_eq!(
+        browser.text(&format!("#users tr[data-user=\"{USER}\"] form.delete")),
+        None,
+        "not yourself"
+    );
+    browser.click(&format!("{user_row} form.delete button"));
+    assert!(
+        browser
+            .text("#confirm-question")
+            .unwrap_or_default()
+            .contains("op2")
+    );
+    browser.click("#confirm-yes");
+    wait_said(&browser, "The user was deleted.");
+    assert_eq!(browser.text(user_row), None);
+    browser.goto(&format!("{base}/lang/ja"));
+    browser.goto(&format!("{base}/users"));
+    set_value(&browser, "form.add-user input[name=name]", "op");
+    set_value(
+        &browser,
+        "form.add-user input[name=password]",
+        "operator-pass",
+    );
+    browser.click("form.add-user button");
+    browser.wait_for(Duration::from_secs(10), "the refusal", || {
+        browser
+            .text("#message.error")
+            .filter(|t| t == "ユーザー op はすでに存在します。")
+    });
+
+    // The terminals page names the terminal's latest update.
+    browser.goto(&format!("{base}/terminals"));
+    let terminal = browser.text("#terminals tbody tr").unwrap_or_default();
+    assert!(
+        terminal.contains("PC-001") && terminal.contains("端末側で更新中"),
+        "{terminal}"
+    );
+
+    // An operator sees neither the users nor the admins' actions.
+    browser.goto(&format!("{base}/lang/en"));
+    browser.execute("document.querySelector('header form.inline button').click(); return null;");
+    browser.wait_for(Duration::from_secs(10), "the login page", || {
+        browser.text("#login")
+    });
+    browser_login(&browser, &base, "op", PASSWORD);
+    assert_eq!(browser.text("header nav a[href=\"/users\"]"), None);
+    browser.goto(&format!("{base}/users"));
+    assert_eq!(
+        browser.text("main .error").as_deref(),
+        Some("Only an admin may do this.")
+    );
+    browser.goto(&format!("{base}/disks/win10"));
+    assert_eq!(browser.text("#versions form"), None, "no edit, no delete");
+    assert!(
+        browser.text("#versions .downloads a").is_some(),
+        "downloads stay"
+    );
 }
