@@ -95,6 +95,81 @@ pub struct GcReport {
     pub updates_pruned: u64,
 }
 
+/// What the last `store verify` or `store gc` found, as recorded for the console (JSON in
+/// the metadata), so that each page words it in its own language.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum UpkeepOutcome {
+    Verify {
+        all: bool,
+        chunks_checked: u64,
+        damaged: u64,
+        missing: u64,
+        unreadable: u64,
+        unreadable_manifests: u64,
+    },
+    Gc {
+        chunks_deleted: u64,
+        bytes_freed: u64,
+    },
+}
+
+impl UpkeepOutcome {
+    pub fn of_verify(report: &VerifyReport, all: bool) -> Self {
+        Self::Verify {
+            all,
+            chunks_checked: report.chunks_checked,
+            damaged: report.damaged.len() as u64,
+            missing: report.missing.len() as u64,
+            unreadable: report.unreadable.len() as u64,
+            unreadable_manifests: report.unreadable_manifests.len() as u64,
+        }
+    }
+
+    pub fn of_gc(report: &GcReport) -> Self {
+        Self::Gc {
+            chunks_deleted: report.chunks_deleted,
+            bytes_freed: report.bytes_freed,
+        }
+    }
+
+    /// A recorded outcome; `None` for one recorded as text by an earlier release.
+    pub fn parse(recorded: &str) -> Option<Self> {
+        serde_json::from_str(recorded).ok()
+    }
+
+    /// The outcome in English, as the API's `outcome` and the admin commands say it.
+    pub fn english(&self) -> String {
+        match *self {
+            Self::Verify {
+                all,
+                chunks_checked,
+                damaged,
+                missing,
+                unreadable,
+                unreadable_manifests,
+            } => {
+                let found = if damaged + missing + unreadable + unreadable_manifests == 0 {
+                    format!("all well: {chunks_checked} chunks checked")
+                } else {
+                    format!(
+                        "{damaged} damaged, {missing} missing, {unreadable} unreadable chunks, \
+                         {unreadable_manifests} unreadable manifests"
+                    )
+                };
+                format!("{found}{}", if all { " (--all)" } else { "" })
+            }
+            Self::Gc {
+                chunks_deleted,
+                bytes_freed,
+            } => format!(
+                "{chunks_deleted} chunks deleted, {} freed",
+                crate::text::binary_size(bytes_freed)
+            ),
+        }
+    }
+}
+
 /// `store stats`.
 #[derive(Debug, Default, Serialize)]
 pub struct Stats {
@@ -578,4 +653,34 @@ pub fn stored_bytes_per_disk(
             (disk, bytes)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_is_recorded_as_figures_and_read_back() {
+        let found = UpkeepOutcome::Gc {
+            chunks_deleted: 3,
+            bytes_freed: 3 << 20,
+        };
+        let recorded = serde_json::to_string(&found).unwrap();
+        assert_eq!(UpkeepOutcome::parse(&recorded), Some(found.clone()));
+        assert_eq!(found.english(), "3 chunks deleted, 3.0 MiB freed");
+        let verify = UpkeepOutcome::Verify {
+            all: true,
+            chunks_checked: 9,
+            damaged: 1,
+            missing: 0,
+            unreadable: 0,
+            unreadable_manifests: 0,
+        };
+        assert_eq!(
+            verify.english(),
+            "1 damaged, 0 missing, 0 unreadable chunks, 0 unreadable manifests (--all)"
+        );
+        // A run an earlier release recorded as text stays as it was written.
+        assert_eq!(UpkeepOutcome::parse("all well: 9 chunks checked"), None);
+    }
 }

@@ -6,7 +6,7 @@ use super::App;
 use crate::auth;
 use crate::error::ServerError;
 use crate::meta::{DiskRow, MetaError, Role, Session, UpdateRow, UpdateState};
-use crate::upkeep::{self, GcReport, OnProgress, VerifyReport};
+use crate::upkeep::{self, GcReport, OnProgress, UpkeepOutcome, VerifyReport};
 
 impl App {
     /// Adds a user; without a role the first user of a data dir is an admin, later ones
@@ -172,21 +172,7 @@ impl App {
     #[tracing::instrument(name = "verify", skip(self, progress))]
     pub fn verify(&self, all: bool, progress: OnProgress<'_>) -> Result<VerifyReport, ServerError> {
         let report = upkeep::verify(&self.data, all, progress)?;
-        let outcome = if report.is_clean() {
-            format!("all well: {} chunks checked", report.chunks_checked)
-        } else {
-            format!(
-                "{} damaged, {} missing, {} unreadable chunks, {} unreadable manifests",
-                report.damaged.len(),
-                report.missing.len(),
-                report.unreadable.len(),
-                report.unreadable_manifests.len()
-            )
-        };
-        let all = if all { " (--all)" } else { "" };
-        self.data
-            .meta()
-            .record_upkeep("verify", &format!("{outcome}{all}"))?;
+        self.record(&UpkeepOutcome::of_verify(&report, all))?;
         Ok(report)
     }
 
@@ -199,15 +185,20 @@ impl App {
     pub fn gc(&self, dry_run: bool) -> Result<GcReport, ServerError> {
         let report = upkeep::gc(&self.data, dry_run)?;
         if !dry_run {
-            self.data.meta().record_upkeep(
-                "gc",
-                &format!(
-                    "{} chunks deleted, {} bytes freed",
-                    report.chunks_deleted, report.bytes_freed
-                ),
-            )?;
+            self.record(&UpkeepOutcome::of_gc(&report))?;
         }
         Ok(report)
+    }
+
+    /// Records an upkeep command's outcome for the console.
+    fn record(&self, outcome: &UpkeepOutcome) -> Result<(), ServerError> {
+        let kind = match outcome {
+            UpkeepOutcome::Verify { .. } => "verify",
+            UpkeepOutcome::Gc { .. } => "gc",
+        };
+        let json =
+            serde_json::to_string(outcome).map_err(|e| ServerError::Internal(e.to_string()))?;
+        Ok(self.data.meta().record_upkeep(kind, &json)?)
     }
 }
 

@@ -186,7 +186,11 @@ pub struct LoginView {
 #[derive(Debug, Clone, Serialize)]
 pub struct UpkeepView {
     pub at: String,
+    /// What it found, in English.
     pub outcome: String,
+    /// The same as figures, for the console's words (`null` for a run recorded by an
+    /// earlier release).
+    pub found: Option<upkeep::UpkeepOutcome>,
 }
 
 /// The store at its last walk.
@@ -593,14 +597,16 @@ impl App {
     }
 
     fn last_upkeep(&self, kind: &str) -> Result<Option<UpkeepView>, ServerError> {
-        Ok(self
-            .data
-            .meta()
-            .last_upkeep(kind)?
-            .map(|(at, outcome)| UpkeepView {
+        Ok(self.data.meta().last_upkeep(kind)?.map(|(at, recorded)| {
+            let found = upkeep::UpkeepOutcome::parse(&recorded);
+            UpkeepView {
                 at: time_text(at),
-                outcome,
-            }))
+                outcome: found
+                    .as_ref()
+                    .map_or(recorded, upkeep::UpkeepOutcome::english),
+                found,
+            }
+        }))
     }
 
     /// The store's size (and with `per_disk` each disk's share), counted at most once a

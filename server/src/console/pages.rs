@@ -11,6 +11,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use crate::text::binary_size;
+use crate::upkeep::UpkeepOutcome;
 
 use super::history::History;
 use super::words::{Lang, Words};
@@ -881,8 +882,51 @@ fn transfer_table(w: &Words, servers: &[crate::app::TransferView]) -> String {
 
 fn upkeep_text(w: &Words, run: Option<&crate::app::UpkeepView>) -> String {
     match run {
-        Some(run) => format!("{} — {}", time_html(&run.at), esc(&run.outcome)),
+        Some(run) => {
+            let found = run
+                .found
+                .as_ref()
+                .map_or_else(|| run.outcome.clone(), |found| upkeep_words(w, found));
+            format!("{} — {}", time_html(&run.at), esc(&found))
+        }
         None => esc(w.never_run),
+    }
+}
+
+/// What a verify or gc found, in the page's words.
+fn upkeep_words(w: &Words, found: &UpkeepOutcome) -> String {
+    match *found {
+        UpkeepOutcome::Verify {
+            all,
+            chunks_checked,
+            damaged,
+            missing,
+            unreadable,
+            unreadable_manifests,
+        } => {
+            let text = if damaged + missing + unreadable + unreadable_manifests == 0 {
+                w.verify_clean
+                    .replace("{chunks}", &chunks_checked.to_string())
+            } else {
+                w.verify_found
+                    .replace("{damaged}", &damaged.to_string())
+                    .replace("{missing}", &missing.to_string())
+                    .replace("{unreadable}", &unreadable.to_string())
+                    .replace("{manifests}", &unreadable_manifests.to_string())
+            };
+            if all {
+                format!("{text} {}", w.verify_all)
+            } else {
+                text
+            }
+        }
+        UpkeepOutcome::Gc {
+            chunks_deleted,
+            bytes_freed,
+        } => w
+            .gc_done
+            .replace("{chunks}", &chunks_deleted.to_string())
+            .replace("{bytes}", &binary_size(bytes_freed)),
     }
 }
 

@@ -194,6 +194,13 @@ pub struct Words {
     pub stopped_by: &'static str,
     pub sent: &'static str,
     pub confirm: &'static str,
+    /// `{chunks}`.
+    pub verify_clean: &'static str,
+    /// `{damaged}`, `{missing}`, `{unreadable}`, `{manifests}`.
+    pub verify_found: &'static str,
+    pub verify_all: &'static str,
+    /// `{chunks}`, `{bytes}`.
+    pub gc_done: &'static str,
 }
 
 impl Words {
@@ -324,6 +331,10 @@ pub static EN: Words = Words {
     stopped_by: "By",
     sent: "Received",
     confirm: "Confirm",
+    verify_clean: "all well: {chunks} chunks checked",
+    verify_found: "{damaged} damaged, {missing} missing, {unreadable} unreadable chunks, {manifests} unreadable manifests",
+    verify_all: "(every chunk, --all)",
+    gc_done: "{chunks} chunks deleted, {bytes} freed",
 };
 
 pub static JA: Words = Words {
@@ -439,6 +450,10 @@ pub static JA: Words = Words {
     stopped_by: "実行者",
     sent: "受信量",
     confirm: "確認",
+    verify_clean: "異常なし: {chunks} チャンクを検証しました",
+    verify_found: "破損 {damaged}、欠落 {missing}、読み取り不能 {unreadable} チャンク、読み取り不能なマニフェスト {manifests}",
+    verify_all: "(全チャンク、--all)",
+    gc_done: "{chunks} チャンクを削除し、{bytes} を解放しました",
 };
 
 #[cfg(test)]

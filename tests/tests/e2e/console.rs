@@ -354,10 +354,24 @@ fn the_api_keeps_its_contract_and_its_guards() {
     );
     assert!(store["last_gc"].is_null());
     let store_page = page("/store", "ja");
+    let checked = store["last_verify"]["found"]["chunks_checked"]
+        .as_u64()
+        .expect("figures");
     assert!(
-        store_page.contains("最後の検証") && store_page.contains("all well"),
+        store_page.contains("最後の検証")
+            && store_page.contains(&format!("異常なし: {checked} チャンクを検証しました")),
         "{store_page}"
     );
+    assert!(
+        !store_page.contains("all well"),
+        "no English on the Japanese page"
+    );
+    admin_ok(&s.site.data, &["store", "gc"]);
+    let store = get(&addr, "/api/v1/store", &token).json();
+    assert_eq!(store["last_gc"]["found"]["kind"], "gc", "{store}");
+    let store_page = page("/store", "ja");
+    assert!(store_page.contains("チャンクを削除し"), "{store_page}");
+    assert!(page("/store", "en").contains("chunks deleted"));
 
     // Logging out ends the token.
     let out = http::request(
