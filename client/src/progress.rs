@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,33 @@ fn eta_text(secs: u64) -> String {
         format!("{}h{:02}m", secs / 3600, secs / 60 % 60)
     } else {
         format!("{}m{:02}s", secs / 60, secs % 60)
+    }
+}
+
+/// The figures of the last progress line: the upload sends them to the server, whose
+/// console shows the same.
+#[derive(Debug, Default)]
+pub struct JobFigures(Mutex<Option<Figures>>);
+
+/// A progress line's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figures {
+    pub percent: u64,
+    /// The bytes the line counts.
+    pub total: u64,
+    pub eta_secs: Option<u64>,
+    /// Encoded bytes per second the server stored, recently.
+    pub rate: u64,
+}
+
+impl JobFigures {
+    fn set(&self, figures: Figures) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(figures);
+    }
+
+    /// The last line's figures, once one was drawn.
+    pub fn get(&self) -> Option<Figures> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -185,8 +213,14 @@ pub struct Reporter {
 
 impl Reporter {
     /// Reports progress against `total`, the bytes the manual counts (the differential
-    /// disk's data), known from `progress` once reading begins.
-    pub fn start(progress: Arc<Progress>, total: u64, lang: Lang) -> Self {
+    /// disk's data), known from `progress` once reading begins; each line's figures go
+    /// to `figures` too.
+    pub fn start(
+        progress: Arc<Progress>,
+        total: u64,
+        lang: Lang,
+        figures: Arc<JobFigures>,
+    ) -> Self {
         let bar = std::io::stdout().is_terminal().then(|| {
             let bar = ProgressBar::new(100);
             bar.set_style(
@@ -211,6 +245,12 @@ impl Reporter {
                 let estimate = estimator.update(sample);
                 tracing::trace!(?sample, ?estimate, "progress");
                 let total = if to_read > 0 { to_read } else { total };
+                figures.set(Figures {
+                    percent: estimate.percent,
+                    total,
+                    eta_secs: estimate.eta_secs,
+                    rate: estimate.rate as u64,
+                });
                 let line = format!(
                     "{} {}",
                     lang.percent(

@@ -6,6 +6,7 @@
 //! is small and bounded, so memory stays within the pipeline's window. `--limit-rate`
 //! paces the chunks.
 
+use crate::progress::JobFigures;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -448,6 +449,11 @@ impl Outbox {
         (Self { offers, others }, inbox)
     }
 
+    /// Queues `kind` behind the chunks unless the queue is full (then it is dropped).
+    fn try_send(&self, kind: upload_request::Kind) {
+        let _ = self.others.try_send(pb::UploadRequest { kind: Some(kind) });
+    }
+
     async fn send(&self, kind: upload_request::Kind) -> Result<(), ()> {
         let queue = match kind {
             upload_request::Kind::Offer(_) => &self.offers,
@@ -647,6 +653,7 @@ pub async fn upload<'a>(
     connecting: impl Future<Output = anyhow::Result<(Session, StreamPlan<'a>)>>,
     limit_rate: Option<u64>,
     progress: &Arc<Progress>,
+    figures: &Arc<JobFigures>,
     on_open: impl FnOnce(&StreamPlan<'a>, u64),
 ) -> anyhow::Result<Uploaded> {
     let started = Instant::now();
@@ -681,7 +688,10 @@ pub async fn upload<'a>(
         on_open(&plan, opened.bytes_stored);
         let router = tokio::spawn(replies.clone().route(stream));
         tokio::spawn(forward(pending, stream_requests));
-        Ok::<_, anyhow::Error>((router, plan))
+        let reporting = opened
+            .job_progress
+            .then(|| AbortOnDrop(tokio::spawn(report_job(figures.clone(), requests.clone()))));
+        Ok::<_, anyhow::Error>((router, plan, reporting))
     };
     let reading = async {
         let plan = reading.await?;
@@ -700,7 +710,8 @@ pub async fn upload<'a>(
         Ok(failed) => explain_stream(&failed.0, lang, stream_url.get().map_or("", String::as_str)),
         Err(other) => other,
     };
-    let ((router, plan), outcome) = tokio::try_join!(opening, reading).map_err(failed_stream)?;
+    let ((router, plan, _reporting), outcome) =
+        tokio::try_join!(opening, reading).map_err(failed_stream)?;
     let url = &plan.transfer_url;
     tracing::debug!(elapsed = ?started.elapsed(), progress = ?outcome.progress, "pipeline done");
     let finish = upload_request::Kind::Finish(pb::Finish {
@@ -724,6 +735,41 @@ pub async fn upload<'a>(
         bytes_sent: outcome.progress.bytes_sent,
         elapsed: started.elapsed(),
     })
+}
+
+/// How often the terminal tells the server its progress line's figures.
+const JOB_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sends the progress line's figures to the server when they change, about once a
+/// second, never holding up the chunks (a full queue skips a report).
+async fn report_job(figures: Arc<JobFigures>, requests: Outbox) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(JOB_REPORT_INTERVAL);
+    loop {
+        tick.tick().await;
+        let now = figures.get();
+        if now.is_none() || now == last {
+            continue;
+        }
+        last = now;
+        if let Some(f) = now {
+            requests.try_send(upload_request::Kind::Progress(pb::JobProgress {
+                percent: u32::try_from(f.percent).unwrap_or(99),
+                total_bytes: f.total,
+                eta_secs: f.eta_secs.unwrap_or(0),
+                rate: f.rate,
+            }));
+        }
+    }
+}
+
+/// A task that stops when its handle goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The bytes of the image the read covers: an overlay's top layer when only it is read

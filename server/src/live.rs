@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::meta::UploadReport;
+use crate::meta::{JobReport, UploadReport};
 
 /// The window over which an upload's rate is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
@@ -35,6 +35,8 @@ pub struct UploadProgress {
     pub rate: u64,
     /// Seconds until what was asked for so far is stored, at the present pace.
     pub eta_secs: Option<u64>,
+    /// The terminal's own account of the whole finish, if it sends one.
+    pub job: Option<JobReport>,
 }
 
 #[derive(Debug)]
@@ -43,6 +45,7 @@ struct Upload {
     needed: u64,
     stored: u64,
     on_wire: u64,
+    job: Option<JobReport>,
     /// `(when, stored, on_wire)`, oldest first.
     samples: VecDeque<(Instant, u64, u64)>,
 }
@@ -54,6 +57,7 @@ impl Upload {
             needed: 0,
             stored: 0,
             on_wire: 0,
+            job: None,
             samples: VecDeque::from([(now, 0, 0)]),
         }
     }
@@ -95,6 +99,7 @@ impl Upload {
             bytes_on_wire: self.on_wire,
             rate: rate as u64,
             eta_secs,
+            job: self.job,
         }
     }
 }
@@ -179,6 +184,11 @@ impl Live {
         });
     }
 
+    /// The terminal's account of its whole finish.
+    pub fn job(&self, guid: &str, session: u64, job: JobReport) {
+        self.with_upload(guid, session, |u| u.job = Some(job));
+    }
+
     /// The stream of that session ended.
     pub fn closed(&self, guid: &str, session: u64) {
         let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
@@ -206,6 +216,7 @@ impl Live {
                 needed: u.needed,
                 stored: u.stored,
                 on_wire: u.on_wire,
+                job: u.job,
             })
             .collect()
     }
@@ -228,6 +239,7 @@ impl Live {
                 })
                 .or_insert_with(|| Upload::fresh(r.session, now));
             upload.needed = r.needed;
+            upload.job = r.job;
             if (upload.stored, upload.on_wire) != (r.stored, r.on_wire) {
                 upload.stored = r.stored;
                 upload.on_wire = r.on_wire;
@@ -303,8 +315,21 @@ mod tests {
             (1000, 400, 100)
         );
         transfer.stored("g", 3, 1, 500, 100);
+        let job = JobReport {
+            percent: 37,
+            total: 1_265_000_000,
+            eta_secs: Some(193),
+            rate: 1_000_000,
+        };
+        transfer.job("g", 3, job);
+        transfer.job("g", 2, JobReport { percent: 99, ..job });
         control.mirror(transfer.reports());
         assert_eq!(control.progress("g").unwrap().bytes_stored, 900);
+        assert_eq!(
+            control.progress("g").unwrap().job,
+            Some(job),
+            "the terminal's figures, of its session"
+        );
         transfer.opened("g", 4);
         control.mirror(transfer.reports());
         assert_eq!(control.progress("g").unwrap().bytes_stored, 0);
@@ -321,6 +346,7 @@ mod tests {
             needed: 3000,
             stored: 1000,
             on_wire: 500,
+            job: None,
             samples: VecDeque::from([(start, 0, 0)]),
         };
         let p = upload.progress(start + Duration::from_secs(2));

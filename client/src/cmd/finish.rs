@@ -9,7 +9,7 @@ use hotate_proto::pb;
 use super::{Context, FinishOptions};
 use crate::error::Failed;
 use crate::inputs;
-use crate::progress::{Reporter, mb};
+use crate::progress::{JobFigures, Reporter, mb};
 use crate::server::{self, Session, explain, host_port};
 use crate::state::UpdateRecord;
 use crate::upload;
@@ -61,13 +61,19 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
     let record = &finish.record;
 
     let progress = Arc::new(Progress::default());
+    let figures = Arc::new(JobFigures::default());
     let mut reporter = None;
     let on_open = |plan: &upload::StreamPlan<'_>, already: u64| {
         crate::say!("{}", lang.established(&host_port(&plan.transfer_url)));
         if already > 0 {
             crate::say!("{}", lang.resuming(&mb(already)));
         }
-        reporter = Some(Reporter::start(progress.clone(), plan.disk_size, lang));
+        reporter = Some(Reporter::start(
+            progress.clone(),
+            plan.disk_size,
+            lang,
+            figures.clone(),
+        ));
     };
     let uploading = upload::upload(
         lang,
@@ -75,6 +81,7 @@ pub async fn run(ctx: &Context, options: &FinishOptions) -> anyhow::Result<()> {
         connecting,
         options.limit_rate,
         &progress,
+        &figures,
         on_open,
     );
     let uploaded = tokio::select! {

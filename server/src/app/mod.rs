@@ -119,6 +119,11 @@ pub struct UpdateView {
     pub bytes_stored: Option<u64>,
     pub rate: Option<u64>,
     pub eta_secs: Option<u64>,
+    /// The terminal's own account of the whole finish, when it sends one (then `rate`
+    /// and `eta_secs` are the terminal's too): the share of the finish's time gone, and
+    /// the bytes its progress line counts.
+    pub percent: Option<u64>,
+    pub bytes_total: Option<u64>,
     /// Its place in the order of starting: `?before=` of the next page.
     pub seq: i64,
     pub started_at: String,
@@ -145,8 +150,10 @@ impl UpdateView {
             uploading_now: progress.is_some(),
             bytes_needed: progress.map(|p| p.bytes_needed),
             bytes_stored: progress.map(|p| p.bytes_stored),
-            rate: progress.map(|p| p.rate),
-            eta_secs: progress.and_then(|p| p.eta_secs),
+            rate: progress.map(|p| p.job.map_or(p.rate, |job| job.rate)),
+            eta_secs: progress.and_then(|p| p.job.map_or(p.eta_secs, |job| job.eta_secs)),
+            percent: progress.and_then(|p| p.job).map(|job| job.percent),
+            bytes_total: progress.and_then(|p| p.job).map(|job| job.total),
             seq: row.seq,
             started_at: time_text(row.started_at),
             changed_at: time_text(row.changed_at),

@@ -147,7 +147,13 @@
     cell("state").title = u.transfer_server ? words.transfer_server + ": " + u.transfer_server : "";
     const bar = row.querySelector("progress");
     const amount = row.querySelector(".amount");
-    if (u.bytes_needed !== null && u.bytes_stored !== null) {
+    if (u.percent !== null && u.bytes_total !== null) {
+      // The terminal's own figures, as its progress line shows them.
+      bar.hidden = false;
+      bar.value = u.percent;
+      amount.textContent = bytes(Math.floor(u.bytes_total * u.percent / 100)) + " " + words.of +
+        " " + bytes(u.bytes_total);
+    } else if (u.bytes_needed !== null && u.bytes_stored !== null) {
       bar.hidden = false;
       bar.value = u.bytes_needed === 0 ? 0 : Math.floor(u.bytes_stored * 100 / u.bytes_needed);
       amount.textContent = bytes(u.bytes_stored) + " " + words.of + " " + bytes(u.bytes_needed);

@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 1000), None, "one range only");
         assert_eq!(parse_range("items=0-1", 1000), None);
         assert_eq!(parse_range("bytes=5-2", 1000), None);
-        assert_eq!(ascii_name("教室A-v2.img"), "___A-v2.img");
+        assert_eq!(ascii_name("教室A-v2.img"), "__A-v2.img");
         assert_eq!(url_encode("教 A"), "%E6%95%99%20A");
     }
 }

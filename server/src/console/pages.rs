@@ -353,13 +353,19 @@ fn filter_form(w: &Words, history: &History, disks: &[crate::meta::DiskRow]) -> 
 /// One row of the updates table; the script fills the same cells live.
 fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
     let live = matches!(u.state, "reserved" | "uploading");
-    let (progress, percent) = match (u.bytes_stored, u.bytes_needed) {
-        (Some(stored), Some(needed)) => (
-            format!("{} {} {}", bytes_text(stored), w.of, bytes_text(needed)),
+    // The terminal's own figures when it sends them; else what the server was asked.
+    let (done, total, percent) = match (u.percent, u.bytes_total, u.bytes_stored, u.bytes_needed) {
+        (Some(percent), Some(total), ..) => (Some(total * percent / 100), total, percent),
+        (_, _, Some(stored), Some(needed)) => (
+            Some(stored),
+            needed,
             (stored * 100).checked_div(needed).unwrap_or(0),
         ),
-        _ => (String::new(), 0),
+        _ => (None, 0, 0),
     };
+    let progress = done
+        .map(|done| format!("{} {} {}", bytes_text(done), w.of, bytes_text(total)))
+        .unwrap_or_default();
     let rate = u
         .rate
         .map(|r| format!("{}/s", bytes_text(r)))

@@ -5,7 +5,7 @@
 use hotate_engine::{Entry, Hash, Offer};
 
 use super::{
-    DiskRow, MetaError, Metadata, Role, Session, UpdateQuery, UpdateState, UploadReport,
+    DiskRow, JobReport, MetaError, Metadata, Role, Session, UpdateQuery, UpdateState, UploadReport,
     VersionRow, WhichUpdates, now,
 };
 
@@ -513,6 +513,13 @@ fn transfer_servers_and_leases(meta: &dyn Metadata) {
         needed: 100,
         stored,
         on_wire: stored / 2,
+        // The terminal's account travels whole, or not at all.
+        job: stored.is_multiple_of(2).then_some(JobReport {
+            percent: 42,
+            total: 5_000_000_000,
+            eta_secs: (stored > 2).then_some(75),
+            rate: 12_000_000,
+        }),
     };
     meta.transfer_alive("https://t1:30811", &[]).unwrap();
     meta.transfer_alive("https://t2:30811", &[]).unwrap();

@@ -519,6 +519,32 @@ pub struct UploadReport {
     pub needed: u64,
     pub stored: u64,
     pub on_wire: u64,
+    /// The terminal's own account of the whole finish, if it sends one.
+    pub job: Option<JobReport>,
+}
+
+/// A terminal's account of its whole finish, as its progress line shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobReport {
+    /// 0 to 99: the share of the finish's time gone.
+    pub percent: u64,
+    /// The bytes the line counts (the differential disk's data).
+    pub total: u64,
+    /// Seconds left, once known.
+    pub eta_secs: Option<u64>,
+    /// Encoded bytes per second stored, recently.
+    pub rate: u64,
+}
+
+impl JobReport {
+    /// As the metadata keeps it (JSON).
+    pub fn to_text(report: Option<&Self>) -> Option<String> {
+        report.and_then(|r| serde_json::to_string(r).ok())
+    }
+
+    pub fn from_text(text: Option<String>) -> Option<Self> {
+        text.and_then(|t| serde_json::from_str(&t).ok())
+    }
 }
 
 /// Several server processes on one database: the transfer servers (and the progress of

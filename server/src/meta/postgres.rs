@@ -22,8 +22,9 @@ use hotate_engine::{Entry, Hash, Offer};
 use postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
 use super::{
-    Accounts, Catalog, Cluster, DiskRow, LockedMeta, MetaError, Role, Session, TransferRow,
-    UpdateQuery, UpdateRow, UpdateState, Updates, Upkeep, UploadReport, UserRow, VersionRow, now,
+    Accounts, Catalog, Cluster, DiskRow, JobReport, LockedMeta, MetaError, Role, Session,
+    TransferRow, UpdateQuery, UpdateRow, UpdateState, Updates, Upkeep, UploadReport, UserRow,
+    VersionRow, now,
 };
 
 /// The advisory lock every change takes: "Hotate" in ASCII.
@@ -126,6 +127,7 @@ CREATE TABLE upload_reports (
 ",
     r"
 ALTER TABLE updates ADD COLUMN stopped_by TEXT;
+ALTER TABLE upload_reports ADD COLUMN job TEXT;
 ",
 ];
 
@@ -961,12 +963,22 @@ impl Cluster for PostgresMeta {
             for u in uploads {
                 let n = |v: u64| v as i64;
                 tx.execute(
-                    "INSERT INTO upload_reports (guid, transfer, session, needed, stored, on_wire, at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                    "INSERT INTO upload_reports (guid, transfer, session, needed, stored, on_wire, at, job)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                      ON CONFLICT (guid) DO UPDATE SET transfer = EXCLUDED.transfer,
                          session = EXCLUDED.session, needed = EXCLUDED.needed,
-                         stored = EXCLUDED.stored, on_wire = EXCLUDED.on_wire, at = EXCLUDED.at",
-                    &[&u.guid, &url, &n(u.session), &n(u.needed), &n(u.stored), &n(u.on_wire), &at],
+                         stored = EXCLUDED.stored, on_wire = EXCLUDED.on_wire, at = EXCLUDED.at,
+                         job = EXCLUDED.job",
+                    &[
+                        &u.guid,
+                        &url,
+                        &n(u.session),
+                        &n(u.needed),
+                        &n(u.stored),
+                        &n(u.on_wire),
+                        &at,
+                        &JobReport::to_text(u.job.as_ref()),
+                    ],
                 )?;
             }
             Ok(())
@@ -976,7 +988,7 @@ impl Cluster for PostgresMeta {
     fn upload_reports(&self, since: i64) -> Result<Vec<UploadReport>, MetaError> {
         self.with_client(|c| {
             let rows = c.query(
-                "SELECT guid, session, needed, stored, on_wire FROM upload_reports
+                "SELECT guid, session, needed, stored, on_wire, job FROM upload_reports
                  WHERE at >= $1 ORDER BY guid",
                 &[&since],
             )?;
@@ -988,6 +1000,7 @@ impl Cluster for PostgresMeta {
                     needed: r.get::<_, i64>(2) as u64,
                     stored: r.get::<_, i64>(3) as u64,
                     on_wire: r.get::<_, i64>(4) as u64,
+                    job: JobReport::from_text(r.get(5)),
                 })
                 .collect())
         })

@@ -24,8 +24,9 @@ use hotate_engine::{Entry, Hash, Offer};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
 use super::{
-    Accounts, Catalog, Cluster, DiskRow, LockedMeta, MetaError, Role, Session, TransferRow,
-    UpdateQuery, UpdateRow, UpdateState, Updates, Upkeep, UploadReport, UserRow, VersionRow, now,
+    Accounts, Catalog, Cluster, DiskRow, JobReport, LockedMeta, MetaError, Role, Session,
+    TransferRow, UpdateQuery, UpdateRow, UpdateState, Updates, Upkeep, UploadReport, UserRow,
+    VersionRow, now,
 };
 
 /// Schema migrations, applied in order; the index + 1 is the `user_version` after each.
@@ -142,6 +143,8 @@ CREATE TABLE upload_reports (
     r"
 -- Who last cancelled an update or aborted its upload, for the history.
 ALTER TABLE updates ADD COLUMN stopped_by TEXT;
+-- The terminal's own account of its whole finish (JSON), for the consoles.
+ALTER TABLE upload_reports ADD COLUMN job TEXT;
 ",
 ];
 
@@ -832,11 +835,12 @@ impl Cluster for SqliteMeta {
             tx.execute("DELETE FROM upload_reports WHERE transfer = ?1", [url])?;
             for u in uploads {
                 tx.execute(
-                    "INSERT INTO upload_reports (guid, transfer, session, needed, stored, on_wire, at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                    "INSERT INTO upload_reports (guid, transfer, session, needed, stored, on_wire, at, job)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (guid) DO UPDATE SET transfer = excluded.transfer,
                          session = excluded.session, needed = excluded.needed,
-                         stored = excluded.stored, on_wire = excluded.on_wire, at = excluded.at",
+                         stored = excluded.stored, on_wire = excluded.on_wire, at = excluded.at,
+                         job = excluded.job",
                     params![
                         u.guid,
                         url,
@@ -844,7 +848,8 @@ impl Cluster for SqliteMeta {
                         u.needed as i64,
                         u.stored as i64,
                         u.on_wire as i64,
-                        at
+                        at,
+                        JobReport::to_text(u.job.as_ref())
                     ],
                 )?;
             }
@@ -855,7 +860,7 @@ impl Cluster for SqliteMeta {
     fn upload_reports(&self, since: i64) -> Result<Vec<UploadReport>, MetaError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT guid, session, needed, stored, on_wire FROM upload_reports
+            "SELECT guid, session, needed, stored, on_wire, job FROM upload_reports
              WHERE at >= ?1 ORDER BY guid",
         )?;
         let rows = stmt.query_map([since], |r| {
@@ -865,6 +870,7 @@ impl Cluster for SqliteMeta {
                 needed: r.get::<_, i64>(2)? as u64,
                 stored: r.get::<_, i64>(3)? as u64,
                 on_wire: r.get::<_, i64>(4)? as u64,
+                job: JobReport::from_text(r.get(5)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

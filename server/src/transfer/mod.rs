@@ -435,6 +435,7 @@ impl Transfer for TransferService {
             chunks_stored: update.chunks_received,
             bytes_stored: update.bytes_received,
             page_copies: true,
+            job_progress: true,
         };
         let _ = tx.send(Ok(reply(upload_reply::Kind::Opened(opened)))).await;
         let upload = Upload::new(

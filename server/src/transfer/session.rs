@@ -239,6 +239,7 @@ impl Upload {
                 Some(upload_request::Kind::Offer(offer)) => self.offer(offer).await?,
                 Some(upload_request::Kind::Chunk(chunk)) => self.chunk(chunk).await?,
                 Some(upload_request::Kind::Finish(finish)) => return self.finish(finish).await,
+                Some(upload_request::Kind::Progress(job)) => self.job(&job),
                 Some(upload_request::Kind::Open(_)) | None => {
                     return Err(ServerError::BadRequest("unexpected message".into()).into());
                 }
@@ -251,6 +252,19 @@ impl Upload {
     async fn check_still_ours(&self) -> Result<(), Status> {
         let record = self.record.clone();
         Ok(blocking(move || record.still_ours()).await?)
+    }
+
+    /// The terminal's account of its whole finish, for the console: a few figures kept
+    /// in place of the last ones, so a flood of them grows nothing.
+    fn job(&self, job: &pb::JobProgress) {
+        let report = crate::meta::JobReport {
+            percent: u64::from(job.percent.min(100)),
+            total: job.total_bytes,
+            eta_secs: (job.eta_secs > 0).then_some(job.eta_secs),
+            rate: job.rate,
+        };
+        self.live
+            .job(&self.update.guid, self.update.session, report);
     }
 
     async fn offer(&mut self, offer: pb::Offer) -> Result<(), Status> {

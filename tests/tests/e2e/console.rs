@@ -32,7 +32,8 @@ fn get(addr: &str, path: &str, token: &str) -> Reply {
     http::request(addr, "GET", path, &[("Authorization", &bearer)], None)
 }
 
-fn assert_aborted(finish: Child) {
+/// Fails unless the finish stopped because an admin aborted it; its output.
+fn assert_aborted(finish: Child) -> String {
     let started = Instant::now();
     let out = finish.wait_with_output().expect("finish output");
     assert!(
@@ -45,6 +46,7 @@ fn assert_aborted(finish: Child) {
         "{}",
         text(&out)
     );
+    text(&out)
 }
 
 #[test]
@@ -420,6 +422,25 @@ fn events_carry_live_progress_and_an_abort_stops_the_upload() {
         assert!(Instant::now() < deadline, "progress did not advance");
     };
     assert!(later > first);
+    // The terminal's own account of the whole job: a total that holds still and a share
+    // that only grows, as its progress line shows them.
+    let mut job = Vec::new();
+    while job.len() < 3 {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "no job figures: {job:?}"
+        );
+        let (_, update) = stored_now(&mut events);
+        if let (Some(percent), Some(total)) =
+            (update["percent"].as_u64(), update["bytes_total"].as_u64())
+        {
+            job.push((percent, total));
+        }
+    }
+    assert!(
+        job.windows(2).all(|w| w[0].1 == w[1].1 && w[0].0 <= w[1].0),
+        "{job:?}"
+    );
     let metrics = http::request(&addr, "GET", "/metrics", &[], None).text();
     assert!(
         metrics.contains("hotate_uploads_in_progress 1"),
@@ -435,7 +456,14 @@ fn events_carry_live_progress_and_an_abort_stops_the_upload() {
         None,
     );
     assert_eq!(aborted.status, 200, "{}", aborted.text());
-    assert_aborted(finish);
+    let said = assert_aborted(finish);
+    // The same total as the terminal's lines: `N% complete... (X MB / Y MB)`.
+    let total_mb = (job[0].1 + 500_000) / 1_000_000;
+    assert!(
+        said.contains(&format!(" MB / {total_mb} MB)")),
+        "the console's total {} against:\n{said}",
+        job[0].1
+    );
     // The stream says so too.
     loop {
         let list: Value = serde_json::from_str(&events.next("updates")).expect("json");
