@@ -84,6 +84,9 @@ enum Command {
         /// Serve /metrics to anyone (by default only to loopback and logged-in callers).
         #[arg(long)]
         public_metrics: bool,
+        /// Takes the place of the global --json, which means nothing here: `serve` logs.
+        #[arg(long, hide = true)]
+        json: bool,
     },
     /// Manage users.
     #[command(subcommand)]
@@ -326,6 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             idle_timeout,
             login_concurrency,
             public_metrics,
+            json: _,
         } => {
             let limits = Limits {
                 max_connections,

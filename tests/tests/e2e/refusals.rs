@@ -285,3 +285,24 @@ fn a_short_password_is_refused_with_the_minimum() {
     assert_ok(&add("eight-ch"));
     assert!(admin_ok(&data, &["user", "list"]).contains("teacher"));
 }
+
+/// `--help` shows what each command takes: `--json` only where it changes the output,
+/// and the formats `disk import` reads.
+#[test]
+fn the_admin_commands_help_shows_what_each_takes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let help = |args: &[&str]| {
+        let out = hotate_tests::harness::admin(dir.path(), args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let serve = help(&["serve", "--help"]);
+    assert!(!serve.contains("--json"), "{serve}");
+    assert!(serve.contains("--public-metrics"), "{serve}");
+    assert!(help(&["disk", "list", "--help"]).contains("--json"));
+    let import = help(&["disk", "import", "--help"]);
+    assert!(
+        import.contains("qcow2") && import.contains("VHDX"),
+        "{import}"
+    );
+}
