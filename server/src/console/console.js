@@ -140,9 +140,10 @@
     cell("terminal").textContent = u.terminal;
     cell("user").textContent = u.user;
     cell("state").textContent = stateText(u);
-    cell("stopped-by").textContent =
-      u.stopped_by && (u.state === "cancelled" || u.state === "aborted")
-        ? "(" + words.stopped_by + ": " + u.stopped_by + ")" : "";
+    const ended = u.state === "cancelled" || u.state === "aborted";
+    cell("stopped-by").textContent = !u.stopped_by ? ""
+      : ended ? "(" + words.stopped_by + ": " + u.stopped_by + ")"
+      : words.upload_aborted_by.replace("{user}", u.stopped_by);
     // In a cluster: which transfer server carries the upload, on hover.
     cell("state").title = u.transfer_server ? words.transfer_server + ": " + u.transfer_server : "";
     const bar = row.querySelector("progress");

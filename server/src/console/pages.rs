@@ -441,11 +441,13 @@ fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
     )
 }
 
-/// Who stopped an update, when it was cancelled or aborted: `(by NAME)`.
+/// Who stopped an update: `(By: NAME)` once cancelled or aborted; for one that went on
+/// after an admin aborted its upload, who did.
 fn stopped_by_text(w: &Words, u: &UpdateView) -> String {
     match (&u.stopped_by, u.state) {
         (Some(by), "cancelled" | "aborted") => format!("({}: {})", w.stopped_by, esc(by)),
-        _ => String::new(),
+        (Some(by), _) => w.upload_aborted_by.replace("{user}", &esc(by)),
+        (None, _) => String::new(),
     }
 }
 

@@ -201,6 +201,8 @@ pub struct Words {
     pub verify_all: &'static str,
     /// `{chunks}`, `{bytes}`.
     pub gc_done: &'static str,
+    /// `{user}`: who aborted the upload of an update that went on.
+    pub upload_aborted_by: &'static str,
 }
 
 impl Words {
@@ -335,6 +337,7 @@ pub static EN: Words = Words {
     verify_found: "{damaged} damaged, {missing} missing, {unreadable} unreadable chunks, {manifests} unreadable manifests",
     verify_all: "(every chunk, --all)",
     gc_done: "{chunks} chunks deleted, {bytes} freed",
+    upload_aborted_by: "(upload aborted by {user})",
 };
 
 pub static JA: Words = Words {
@@ -454,6 +457,7 @@ pub static JA: Words = Words {
     verify_found: "破損 {damaged}、欠落 {missing}、読み取り不能 {unreadable} チャンク、読み取り不能なマニフェスト {manifests}",
     verify_all: "(全チャンク、--all)",
     gc_done: "{chunks} チャンクを削除し、{bytes} を解放しました",
+    upload_aborted_by: "({user} が更新中断)",
 };
 
 #[cfg(test)]

@@ -583,6 +583,13 @@ fn a_browser_watches_an_upload_advance_and_aborts_it() {
     );
     assert_aborted(finish);
     assert_eq!(s.site.updates()[0]["state"], "reserved");
+    // The history keeps who aborted the upload.
+    assert_eq!(
+        browser
+            .text("#updates tbody tr[data-state=\"reserved\"] .stopped-by")
+            .as_deref(),
+        Some(format!("(upload aborted by {USER})").as_str())
+    );
     // The manual's next step: the terminal finishes again and the version is whole.
     let again = s.terminal.run(&["update", "finish"]);
     assert_ok(&again);
@@ -810,7 +817,8 @@ fn the_console_manages_versions_users_and_terminals() {
     );
     assert_eq!(forged.status, 400);
 
-    // Downloads: raw whole and by range (resumable), qcow2 and VHD read back by qemu-img.
+    // Downloads: raw whole and by range (resumable); qcow2, VHDX and VHD read back by
+    // qemu-img.
     let base = std::fs::read(&s.pair.base).expect("base");
     let updated = std::fs::read(&s.pair.updated).expect("updated");
     let whole = get(&addr, &format!("{version_path}/image"), &op);
@@ -863,7 +871,7 @@ fn the_console_manages_versions_users_and_terminals() {
     );
     assert_eq!(stale.body.len(), updated.len());
     assert_eq!(ranged(&format!("bytes={}-", updated.len()), "").status, 416);
-    for format in ["qcow2", "vhd"] {
+    for format in ["qcow2", "vhdx", "vhd"] {
         let image = get(
             &addr,
             &format!("/api/v1/disks/win10/versions/{latest}/image?format={format}"),
@@ -894,6 +902,57 @@ fn the_console_manages_versions_users_and_terminals() {
         left.is_empty(),
         "written images go with their download: {left:?}"
     );
+
+    // On the cookie's strength, each new call needs the page's CSRF token and this site.
+    let cookie = format!("hotate_session={admin}");
+    let html = http::request(&addr, "GET", "/disks/win10", &[("Cookie", &cookie)], None).text();
+    let csrf = html
+        .split("<meta name=\"csrf\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("csrf meta")
+        .to_owned();
+    let by_cookie = |method: &str, path: &str, extra: &[(&str, &str)]| {
+        let mut headers = vec![
+            ("Cookie", cookie.as_str()),
+            ("content-type", "application/json"),
+        ];
+        headers.extend_from_slice(extra);
+        http::request(
+            &addr,
+            method,
+            path,
+            &headers,
+            Some(br#"{"comment":"forged","role":"admin"}"#),
+        )
+    };
+    for (method, path) in [
+        ("DELETE", version_path.as_str()),
+        ("PATCH", version_path.as_str()),
+        ("PATCH", "/api/v1/users/op"),
+        ("DELETE", "/api/v1/users/op"),
+    ] {
+        assert_eq!(
+            by_cookie(method, path, &[]).status,
+            403,
+            "{method} {path} without the token"
+        );
+        let elsewhere = by_cookie(
+            method,
+            path,
+            &[("X-CSRF-Token", &csrf), ("Origin", "http://evil.example")],
+        );
+        assert_eq!(elsewhere.status, 403, "{method} {path} from another site");
+    }
+    assert_eq!(by_cookie("POST", "/api/v1/users", &[]).status, 403);
+    assert_eq!(
+        admin_json(&s.site.data, &["disk", "versions", "win10"])[0]["comment"],
+        "教室の基本イメージ",
+        "nothing changed"
+    );
+    let with_token = by_cookie("PATCH", &version_path, &[("X-CSRF-Token", &csrf)]);
+    assert_eq!(with_token.status, 200, "{}", with_token.text());
+    assert_eq!(with_token.json()["comment"], "forged");
 
     // Deleting versions follows `version delete`: never the latest.
     let refused = delete(
