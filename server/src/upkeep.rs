@@ -140,6 +140,11 @@ impl UpkeepOutcome {
 
     /// The outcome in English, as the API's `outcome` and the admin commands say it.
     pub fn english(&self) -> String {
+        self.say(&ENGLISH)
+    }
+
+    /// The outcome in `words`.
+    pub fn say(&self, words: &OutcomeWords) -> String {
         match *self {
             Self::Verify {
                 all,
@@ -150,25 +155,54 @@ impl UpkeepOutcome {
                 unreadable_manifests,
             } => {
                 let found = if damaged + missing + unreadable + unreadable_manifests == 0 {
-                    format!("all well: {chunks_checked} chunks checked")
+                    words
+                        .verify_clean
+                        .replace("{chunks}", &chunks_checked.to_string())
                 } else {
-                    format!(
-                        "{damaged} damaged, {missing} missing, {unreadable} unreadable chunks, \
-                         {unreadable_manifests} unreadable manifests"
-                    )
+                    words
+                        .verify_found
+                        .replace("{damaged}", &damaged.to_string())
+                        .replace("{missing}", &missing.to_string())
+                        .replace("{unreadable}", &unreadable.to_string())
+                        .replace("{manifests}", &unreadable_manifests.to_string())
                 };
-                format!("{found}{}", if all { " (--all)" } else { "" })
+                if all {
+                    format!("{found} {}", words.verify_all)
+                } else {
+                    found
+                }
             }
             Self::Gc {
                 chunks_deleted,
                 bytes_freed,
-            } => format!(
-                "{chunks_deleted} chunks deleted, {} freed",
-                crate::text::binary_size(bytes_freed)
-            ),
+            } => words
+                .gc_done
+                .replace("{chunks}", &chunks_deleted.to_string())
+                .replace("{bytes}", &crate::text::binary_size(bytes_freed)),
         }
     }
 }
+
+/// The sentences an upkeep outcome is said in, `{…}` standing for its figures.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeWords {
+    /// `{chunks}`.
+    pub verify_clean: &'static str,
+    /// `{damaged}`, `{missing}`, `{unreadable}`, `{manifests}`.
+    pub verify_found: &'static str,
+    /// After either, for a run of `verify --all`.
+    pub verify_all: &'static str,
+    /// `{chunks}`, `{bytes}`.
+    pub gc_done: &'static str,
+}
+
+/// The outcome's words in English, for scripts and the admin commands.
+pub const ENGLISH: OutcomeWords = OutcomeWords {
+    verify_clean: "all well: {chunks} chunks checked",
+    verify_found: "{damaged} damaged, {missing} missing, {unreadable} unreadable chunks, {manifests} unreadable manifests",
+    verify_all: "(--all)",
+    gc_done: "{chunks} chunks deleted, {bytes} freed",
+};
 
 /// `store stats`.
 #[derive(Debug, Default, Serialize)]

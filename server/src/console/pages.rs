@@ -11,7 +11,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use crate::text::binary_size;
-use crate::upkeep::UpkeepOutcome;
+use crate::upkeep::{OutcomeWords, UpkeepOutcome};
 
 use super::history::History;
 use super::words::{Lang, Words};
@@ -903,39 +903,12 @@ fn upkeep_text(w: &Words, run: Option<&crate::app::UpkeepView>) -> String {
 
 /// What a verify or gc found, in the page's words.
 fn upkeep_words(w: &Words, found: &UpkeepOutcome) -> String {
-    match *found {
-        UpkeepOutcome::Verify {
-            all,
-            chunks_checked,
-            damaged,
-            missing,
-            unreadable,
-            unreadable_manifests,
-        } => {
-            let text = if damaged + missing + unreadable + unreadable_manifests == 0 {
-                w.verify_clean
-                    .replace("{chunks}", &chunks_checked.to_string())
-            } else {
-                w.verify_found
-                    .replace("{damaged}", &damaged.to_string())
-                    .replace("{missing}", &missing.to_string())
-                    .replace("{unreadable}", &unreadable.to_string())
-                    .replace("{manifests}", &unreadable_manifests.to_string())
-            };
-            if all {
-                format!("{text} {}", w.verify_all)
-            } else {
-                text
-            }
-        }
-        UpkeepOutcome::Gc {
-            chunks_deleted,
-            bytes_freed,
-        } => w
-            .gc_done
-            .replace("{chunks}", &chunks_deleted.to_string())
-            .replace("{bytes}", &binary_size(bytes_freed)),
-    }
+    found.say(&OutcomeWords {
+        verify_clean: w.verify_clean,
+        verify_found: w.verify_found,
+        verify_all: w.verify_all,
+        gc_done: w.gc_done,
+    })
 }
 
 #[derive(Debug, Deserialize)]

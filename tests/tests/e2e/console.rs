@@ -473,6 +473,17 @@ fn events_carry_live_progress_and_an_abort_stops_the_upload() {
     }
 }
 
+/// Whether the browser tests can run here (else `hotate_tests::needs` says what is
+/// missing, and fails under CI).
+fn browser_available() -> bool {
+    let found = hotate_tests::has_command("chromedriver") && hotate_tests::has_command("chromium");
+    hotate_tests::needs(
+        "the console's browser tests",
+        "chromium and chromedriver (Debian chromium, chromium-driver)",
+        found,
+    )
+}
+
 /// Where the browser test leaves its screenshots.
 fn screenshot_dir() -> std::path::PathBuf {
     let dir = hotate_tests::harness::bin("hotate-server")
@@ -485,12 +496,7 @@ fn screenshot_dir() -> std::path::PathBuf {
 
 #[test]
 fn a_browser_watches_an_upload_advance_and_aborts_it() {
-    let found = hotate_tests::has_command("chromedriver") && hotate_tests::has_command("chromium");
-    if !hotate_tests::needs(
-        "the console's browser test",
-        "chromium and chromedriver (Debian chromium, chromium-driver)",
-        found,
-    ) {
+    if !browser_available() {
         return;
     }
     let s = setup_changing(48 << 20, 60, 73);
@@ -1070,12 +1076,7 @@ fn wait_said(browser: &Browser, text: &str) {
 
 #[test]
 fn a_browser_manages_the_console_and_every_page_fits_both_widths() {
-    let found = hotate_tests::has_command("chromedriver") && hotate_tests::has_command("chromium");
-    if !hotate_tests::needs(
-        "the console's browser test",
-        "chromium and chromedriver (Debian chromium, chromium-driver)",
-        found,
-    ) {
+    if !browser_available() {
         return;
     }
     // Two versions, a cancelled update and a live one, two users.
