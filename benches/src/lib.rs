@@ -2,6 +2,7 @@
 //! blocks, generated deterministically from a seed; [`link`], the link emulator; and
 //! [`measure`], what a child process cost.
 
+pub mod flags;
 pub mod link;
 pub mod measure;
 

@@ -11,6 +11,7 @@
 //! 256 MiB), what each attack was told, and whether the upload finished and exports byte
 //! for byte.
 
+use hotate_benches::flags::Flags;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -278,18 +279,13 @@ async fn main() -> std::process::ExitCode {
     let mut size_mib = 512u64;
     let mut attack = true;
     let mut only: Option<String> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
+    let mut flags = Flags::new("attack-bench [--size-mib N] [--no-attacks] [--only NAME]");
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
             "--no-attacks" => attack = false,
-            "--only" => only = args.next(),
-            "--size-mib" => {
-                size_mib = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--size-mib N")
-            }
-            other => panic!("unknown flag {other}"),
+            "--only" => only = Some(flags.value(&flag)),
+            "--size-mib" => size_mib = flags.parse(&flag),
+            other => flags.unknown(other),
         }
     }
     let dir = tempfile::tempdir().expect("tempdir");

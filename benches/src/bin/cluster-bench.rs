@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use hotate_benches::flags::Flags;
 use hotate_benches::measure::proc_usage;
 use hotate_tests::harness::{Server, Terminal, admin_json, admin_ok, text};
 use hotate_tests::images::{self, ImagePair};
@@ -27,14 +28,13 @@ fn parse_args() -> Args {
         change: 30,
         store: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+    let mut flags = Flags::new("cluster-bench [--size-mib 256] [--change 30] [--store URL]");
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--size-mib" => args.size_mib = value.parse().expect("--size-mib N"),
-            "--change" => args.change = value.parse().expect("--change PERCENT"),
-            "--store" => args.store = Some(value),
-            other => panic!("unknown flag {other} (--size-mib, --change, --store)"),
+            "--size-mib" => args.size_mib = flags.parse(&flag),
+            "--change" => args.change = flags.parse(&flag),
+            "--store" => args.store = Some(flags.value(&flag)),
+            other => flags.unknown(other),
         }
     }
     args

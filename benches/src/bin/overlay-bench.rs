@@ -15,6 +15,7 @@
 //! gives wall time and the bytes the client read (`rchar` of /proc/PID/io, sampled until
 //! it exits).
 
+use hotate_benches::flags::Flags;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -238,17 +239,16 @@ fn same_content(raw: &Path, image: &Path) -> bool {
 fn parse_args() -> (u64, u64, PathBuf, String) {
     let (mut size, mut change, mut base_dir) = (16_384u64, 500u64, std::env::temp_dir());
     let mut kind = "qcow2".to_owned();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
+    let mut flags = Flags::new(
+        "overlay-bench [--size-mib N] [--change-mib N] [--dir DIR] [--overlay qcow2|vhdx]",
+    );
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--size-mib" => size = value.parse().expect("--size-mib N"),
-            "--change-mib" => change = value.parse().expect("--change-mib N"),
-            "--dir" => base_dir = PathBuf::from(value),
-            "--overlay" => kind = value,
-            other => panic!("unknown flag {other}"),
+            "--size-mib" => size = flags.parse(&flag),
+            "--change-mib" => change = flags.parse(&flag),
+            "--dir" => base_dir = PathBuf::from(flags.value(&flag)),
+            "--overlay" => kind = flags.value(&flag),
+            other => flags.unknown(other),
         }
     }
     (size, change, base_dir, kind)

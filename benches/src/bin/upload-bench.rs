@@ -33,11 +33,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hotate_benches::flags::Flags;
 use hotate_benches::link::{self, LinkSpec};
 use hotate_benches::measure::{Usage, proc_usage, run_measured};
 use hotate_tests::harness::{Server, Site, Terminal, admin_ok, text};
 use hotate_tests::images;
 use hotate_tests::pages::ChangedPages;
+
+const USAGE: &str = "upload-bench [--size-mib N] [--change PERCENT] [--scattered | --repeats] [--ntfs] \
+[--meta URL] [--store URL] [--block-size BYTES] [--link-rate MBIT] [--rtt MS] [--cold] [--dir DIR]";
 
 struct Args {
     size_mib: u64,
@@ -73,42 +77,34 @@ fn parse_args() -> Args {
         store: None,
         cold: false,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--scattered" {
-            args.scattered = true;
-            continue;
-        }
-        if flag == "--repeats" {
-            args.repeats = true;
-            continue;
-        }
-        if flag == "--ntfs" {
-            args.ntfs = true;
-            continue;
-        }
-        if flag == "--cold" {
-            args.cold = true;
-            continue;
-        }
-        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+    let mut flags = Flags::new(USAGE);
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--size-mib" => args.size_mib = value.parse().expect("--size-mib N"),
-            "--change" => args.change = value.parse().expect("--change PERCENT"),
+            "--scattered" => args.scattered = true,
+            "--repeats" => args.repeats = true,
+            "--ntfs" => args.ntfs = true,
+            "--cold" => args.cold = true,
+            "--size-mib" => args.size_mib = flags.parse(&flag),
+            "--change" => args.change = flags.parse(&flag),
             "--link-rate" => {
-                args.link_mbit = Some(
-                    value
-                        .trim_end_matches("mbit")
-                        .parse()
-                        .expect("--link-rate MBIT"),
-                )
+                let value = flags.value(&flag);
+                match value.trim_end_matches("mbit").parse() {
+                    Ok(mbit) => args.link_mbit = Some(mbit),
+                    Err(_) => flags.fail(&format!("--link-rate {value}: megabits per second")),
+                }
             }
-            "--rtt" => args.rtt_ms = value.trim_end_matches("ms").parse().expect("--rtt MS"),
-            "--dir" => args.dir = PathBuf::from(value),
-            "--block-size" => args.block_size = value.parse().expect("--block-size BYTES"),
-            "--meta" => args.meta = Some(value),
-            "--store" => args.store = Some(value),
-            other => panic!("unknown flag {other}"),
+            "--rtt" => {
+                let value = flags.value(&flag);
+                match value.trim_end_matches("ms").parse() {
+                    Ok(ms) => args.rtt_ms = ms,
+                    Err(_) => flags.fail(&format!("--rtt {value}: milliseconds")),
+                }
+            }
+            "--dir" => args.dir = PathBuf::from(flags.value(&flag)),
+            "--block-size" => args.block_size = flags.parse(&flag),
+            "--meta" => args.meta = Some(flags.value(&flag)),
+            "--store" => args.store = Some(flags.value(&flag)),
+            other => flags.unknown(other),
         }
     }
     args
