@@ -9,11 +9,52 @@ use hotate_engine::{BlockSize, Progress};
 use serde_json::json;
 
 use crate::app::{App, data_dir_owner};
+use crate::console::Lang;
 
 use crate::data::{DataDir, Places};
 use crate::meta::{DiskRow, Role, UpdateQuery, UpdateRow};
 use crate::text;
 use crate::upkeep::{self, VerifyReport};
+
+/// The language the admin commands speak: `--lang`, else `LC_ALL`/`LANG` (`ja*`).
+static LANG: std::sync::OnceLock<Lang> = std::sync::OnceLock::new();
+
+/// Sets the language of the admin commands' messages (once, at the start).
+pub fn set_lang(lang: Lang) {
+    let _ = LANG.set(lang);
+}
+
+fn lang() -> Lang {
+    LANG.get().copied().unwrap_or(Lang::En)
+}
+
+/// `en` or `ja`, as the admin commands speak.
+fn tr(en: String, ja: String) -> String {
+    match lang() {
+        Lang::En => en,
+        Lang::Ja => ja,
+    }
+}
+
+/// An error as the admin commands say it: in Japanese, a refusal the server names in its
+/// table of words, with the English account for the log after it.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let english = format!("error: {error:#}");
+    if lang() == Lang::En {
+        return english;
+    }
+    let named = error.chain().find_map(|cause| {
+        let refusal = match cause.downcast_ref::<crate::ServerError>() {
+            Some(e) => e.refusal(),
+            None => cause.downcast_ref::<crate::meta::MetaError>()?.refusal(),
+        };
+        Some(refusal.words(hotate_proto::Language::Ja))
+    });
+    match named {
+        Some(words) => format!("エラー: {words}\n({english})"),
+        None => format!("エラー: {error:#}"),
+    }
+}
 
 /// Opens the data dir of a command that reads it: refused when there is none, rather
 /// than creating an empty one at a mistyped path.
@@ -23,14 +64,26 @@ fn open_existing(data: &Places) -> anyhow::Result<std::sync::Arc<DataDir>> {
         .with_context(|| format!("opening the metadata at {}", data.meta_place()))?;
     if !exists {
         match &data.meta {
-            None => bail!(
-                "no Hotate data dir at {}: pass --data DIR or set HOTATE_DATA (`disk import` creates one)",
-                data.data.display()
-            ),
-            Some(_) => bail!(
-                "no Hotate metadata in the {}: check --meta (HOTATE_META) (`disk import` creates it)",
-                data.meta_place()
-            ),
+            None => bail!(tr(
+                format!(
+                    "no Hotate data dir at {}: pass --data DIR or set HOTATE_DATA (`disk import` creates one)",
+                    data.data.display()
+                ),
+                format!(
+                    "{} に Hotate のデータディレクトリがありません。--data DIR を指定するか HOTATE_DATA を設定してください (`disk import` で作成されます)。",
+                    data.data.display()
+                )
+            )),
+            Some(_) => bail!(tr(
+                format!(
+                    "no Hotate metadata in the {}: check --meta (HOTATE_META) (`disk import` creates it)",
+                    data.meta_place()
+                ),
+                format!(
+                    "{} に Hotate のメタデータがありません。--meta (HOTATE_META) を確認してください (`disk import` で作成されます)。",
+                    data.meta_place()
+                )
+            )),
         }
     }
     open(data)
@@ -59,10 +112,16 @@ fn read_password() -> anyhow::Result<String> {
     let password = match std::env::var("HOTATE_PASSWORD") {
         Ok(password) => password,
         Err(_) if std::io::stdin().is_terminal() => {
-            let first = rpassword::prompt_password("Password: ")?;
-            let again = rpassword::prompt_password("Password (again): ")?;
+            let first = rpassword::prompt_password(tr("Password: ".into(), "パスワード: ".into()))?;
+            let again = rpassword::prompt_password(tr(
+                "Password (again): ".into(),
+                "パスワード (確認): ".into(),
+            ))?;
             if first != again {
-                bail!("the passwords differ; nothing was changed");
+                bail!(tr(
+                    "the passwords differ; nothing was changed".into(),
+                    "パスワードが一致しません。何も変更していません。".into()
+                ));
             }
             first
         }
@@ -73,7 +132,10 @@ fn read_password() -> anyhow::Result<String> {
         }
     };
     if password.is_empty() {
-        bail!("the password is empty: set HOTATE_PASSWORD or type one");
+        bail!(tr(
+            "the password is empty: set HOTATE_PASSWORD or type one".into(),
+            "パスワードが空です。HOTATE_PASSWORD を設定するか入力してください。".into()
+        ));
     }
     Ok(password)
 }
@@ -85,7 +147,20 @@ pub fn user_add(data: &Places, name: &str, role: Option<&str>) -> anyhow::Result
     let role = role.map(Role::parse).transpose()?;
     let password = read_password()?;
     let role = App::offline(open(data)?).add_user(name, &password, role)?;
-    println!("User {name} added ({}).", role.as_str());
+    println!(
+        "{}",
+        tr(
+            format!("User {name} added ({}).", role.as_str()),
+            format!(
+                "ユーザー {name} を追加しました ({})。",
+                if role == Role::Admin {
+                    "管理者"
+                } else {
+                    "オペレーター"
+                }
+            )
+        )
+    );
     Ok(())
 }
 
@@ -95,14 +170,26 @@ pub fn user_passwd(data: &Places, name: &str) -> anyhow::Result<()> {
     app.check_user(name)?;
     let password = read_password()?;
     app.set_password(name, &password)?;
-    println!("Password of {name} changed; its sessions are ended.");
+    println!(
+        "{}",
+        tr(
+            format!("Password of {name} changed; its sessions are ended."),
+            format!("{name} のパスワードを変更しました。ログイン中のセッションは終了しました。")
+        )
+    );
     Ok(())
 }
 
 /// `user delete NAME`.
 pub fn user_delete(data: &Places, name: &str) -> anyhow::Result<()> {
     App::offline(open_existing(data)?).delete_user(name)?;
-    println!("User {name} deleted; its sessions are ended.");
+    println!(
+        "{}",
+        tr(
+            format!("User {name} deleted; its sessions are ended."),
+            format!("ユーザー {name} を削除しました。ログイン中のセッションは終了しました。")
+        )
+    );
     Ok(())
 }
 
@@ -151,13 +238,23 @@ pub async fn disk_import(
             "bytes_stored": version.bytes_stored,
         }))
     } else {
-        println!(
-            "Imported disk {} ({}), first version {} ({} stored; id {}).",
+        let (name, size, stored) = (
             text::printable(&disk.name),
             text::binary_size(disk.size),
-            version.id,
             text::binary_size(version.bytes_stored),
-            disk.id
+        );
+        println!(
+            "{}",
+            tr(
+                format!(
+                    "Imported disk {name} ({size}), first version {} ({stored} stored; id {}).",
+                    version.id, disk.id
+                ),
+                format!(
+                    "ディスク {name} ({size}) をインポートしました。最初のバージョン {} (保存量 {stored}、id {})。",
+                    version.id, disk.id
+                )
+            )
         );
         Ok(())
     }
@@ -170,18 +267,33 @@ pub fn disk_list(data: &Places, json: bool) -> anyhow::Result<()> {
         return print_json(&disks);
     }
     if disks.is_empty() {
-        println!("No disks. Import one with `hotate-server disk import NAME IMAGE`.");
+        println!(
+            "{}",
+            tr(
+                "No disks. Import one with `hotate-server disk import NAME IMAGE`.".into(),
+                "ディスクがありません。`hotate-server disk import NAME IMAGE` でインポートしてください。"
+                    .into()
+            )
+        );
     }
     for d in disks {
-        println!(
-            "{}  {}  blocks of {}  latest {}  ({} versions, {} stored)  id {}",
+        let (name, size, block, stored) = (
             text::printable(&d.name),
             text::binary_size(d.size),
             text::binary_size(u64::from(d.block_size)),
-            d.latest_version,
-            d.versions,
             text::binary_size(d.stored_bytes),
-            d.id
+        );
+        let (latest, count, id) = (&d.latest_version, d.versions, &d.id);
+        println!(
+            "{}",
+            tr(
+                format!(
+                    "{name}  {size}  blocks of {block}  latest {latest}  ({count} versions, {stored} stored)  id {id}"
+                ),
+                format!(
+                    "{name}  {size}  ブロック {block}  最新 {latest}  (バージョン {count}、保存量 {stored})  id {id}"
+                )
+            )
         );
     }
     Ok(())
@@ -235,10 +347,17 @@ pub fn disk_export(
     };
     let format = how.format.as_str();
     if !matches!(format, "raw" | "qcow2" | "vhdx" | "vhd") {
-        bail!("unknown --format {format:?}: raw, qcow2, vhdx or vhd");
+        bail!(tr(
+            format!("unknown --format {format:?}: raw, qcow2, vhdx or vhd"),
+            format!("--format {format:?} は使えません。raw、qcow2、vhdx、vhd のいずれかです。")
+        ));
     }
     if format == "raw" && how.parent.is_some() {
-        bail!("--parent needs --format qcow2, vhdx or vhd (a raw image has no parent)");
+        bail!(tr(
+            "--parent needs --format qcow2, vhdx or vhd (a raw image has no parent)".into(),
+            "--parent には --format qcow2、vhdx、vhd が必要です (raw イメージは親を持てません)。"
+                .into()
+        ));
     }
     // The earlier version and its image, by default PARENT.FORMAT beside the output.
     let earlier = how
@@ -263,12 +382,17 @@ pub fn disk_export(
         _ => exporter.raw(&version, output),
     }
     .with_context(|| format!("exporting version {} to {}", version.id, output.display()))?;
+    let (id, name, out) = (&version.id, text::printable(&disk.name), output.display());
     println!(
-        "Exported version {} of {} ({} bytes, every chunk verified) to {}.",
-        version.id,
-        text::printable(&disk.name),
-        bytes,
-        output.display()
+        "{}",
+        tr(
+            format!(
+                "Exported version {id} of {name} ({bytes} bytes, every chunk verified) to {out}."
+            ),
+            format!(
+                "{name} のバージョン {id} を {out} にエクスポートしました ({bytes} バイト、全チャンク検証済み)。"
+            )
+        )
     );
     Ok(())
 }
@@ -302,7 +426,10 @@ fn live_update_of(data: &Places, disk: &str) -> anyhow::Result<(App, DiskRow, Up
     let app = App::offline(open_existing(data)?);
     let (disk, live) = app.live_update_of(disk)?;
     let Some(live) = live else {
-        bail!("disk {} has no update in progress", disk.name);
+        bail!(tr(
+            format!("disk {} has no update in progress", disk.name),
+            format!("ディスク {} に更新中の更新はありません。", disk.name)
+        ));
     };
     Ok((app, disk, live))
 }
@@ -312,10 +439,19 @@ fn live_update_of(data: &Places, disk: &str) -> anyhow::Result<(App, DiskRow, Up
 pub fn update_abort(data: &Places, disk: &str) -> anyhow::Result<()> {
     let (app, disk, live) = live_update_of(data, disk)?;
     app.abort_update(&data_dir_owner(), &live.guid)?;
+    let (guid, name, terminal) = (&live.guid, &disk.name, &live.terminal);
     println!(
-        "Aborted the upload of update {} of {} from terminal {}: the update is kept (reserved). \
-         The terminal runs `hotate-client update finish` again to upload from the start.",
-        live.guid, disk.name, live.terminal
+        "{}",
+        tr(
+            format!(
+                "Aborted the upload of update {guid} of {name} from terminal {terminal}: the update is kept (reserved). \
+                 The terminal runs `hotate-client update finish` again to upload from the start."
+            ),
+            format!(
+                "端末 {terminal} によるディスク {name} の更新 {guid} を更新中断しました。更新は「端末側で更新中」として残ります。\
+                 端末側で再度 `hotate-client update finish` を実行すると、最初からアップロードします。"
+            )
+        )
     );
     Ok(())
 }
@@ -325,10 +461,19 @@ pub fn update_abort(data: &Places, disk: &str) -> anyhow::Result<()> {
 pub fn update_cancel(data: &Places, disk: &str) -> anyhow::Result<()> {
     let (app, disk, live) = live_update_of(data, disk)?;
     app.cancel_update(&data_dir_owner(), &live.guid)?;
+    let (guid, name, terminal) = (&live.guid, &disk.name, &live.terminal);
     println!(
-        "Cancelled update {} of {} from terminal {}. The disk is free; that terminal's \
-         `hotate-client update cancel` restores it.",
-        live.guid, disk.name, live.terminal
+        "{}",
+        tr(
+            format!(
+                "Cancelled update {guid} of {name} from terminal {terminal}. The disk is free; that terminal's \
+                 `hotate-client update cancel` restores it."
+            ),
+            format!(
+                "端末 {terminal} によるディスク {name} の更新 {guid} を更新取消しました。ディスクは空いています。\
+                 その端末は `hotate-client update cancel` で元に戻せます。"
+            )
+        )
     );
     Ok(())
 }
@@ -338,9 +483,17 @@ pub fn update_cancel(data: &Places, disk: &str) -> anyhow::Result<()> {
 pub fn disk_delete(data: &Places, disk: &str, force: bool) -> anyhow::Result<()> {
     let (disk, versions) =
         App::offline(open_existing(data)?).delete_disk(&data_dir_owner(), disk, force)?;
+    let (name, id) = (&disk.name, &disk.id);
     println!(
-        "Deleted disk {} ({}) and its {versions} versions. `hotate-server store gc` frees the space.",
-        disk.name, disk.id
+        "{}",
+        tr(
+            format!(
+                "Deleted disk {name} ({id}) and its {versions} versions. `hotate-server store gc` frees the space."
+            ),
+            format!(
+                "ディスク {name} ({id}) とその {versions} 個のバージョンを削除しました。領域は `hotate-server store gc` で解放されます。"
+            )
+        )
     );
     Ok(())
 }
@@ -349,9 +502,17 @@ pub fn disk_delete(data: &Places, disk: &str, force: bool) -> anyhow::Result<()>
 /// update. Chunks go with the next `store gc`.
 pub fn version_delete(data: &Places, disk: &str, version: &str) -> anyhow::Result<()> {
     let disk = App::offline(open_existing(data)?).delete_version(disk, version)?;
+    let name = &disk.name;
     println!(
-        "Deleted version {version} of {}. `hotate-server store gc` frees the space.",
-        disk.name
+        "{}",
+        tr(
+            format!(
+                "Deleted version {version} of {name}. `hotate-server store gc` frees the space."
+            ),
+            format!(
+                "{name} のバージョン {version} を削除しました。領域は `hotate-server store gc` で解放されます。"
+            )
+        )
     );
     Ok(())
 }
@@ -365,9 +526,13 @@ pub fn store_verify(data: &Places, all: bool, json: bool) -> anyhow::Result<()> 
         let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
         if show && (last.elapsed() > Duration::from_millis(200) || done == total) {
             *last = std::time::Instant::now();
+            let mb = bytes / 1_000_000;
             eprint!(
-                "\rVerifying: {done} / {total} chunks, {} MB",
-                bytes / 1_000_000
+                "\r{}",
+                tr(
+                    format!("Verifying: {done} / {total} chunks, {mb} MB"),
+                    format!("検証中: {done} / {total} チャンク、{mb} MB")
+                )
             );
             if done == total {
                 eprintln!();
@@ -395,21 +560,36 @@ pub fn store_verify(data: &Places, all: bool, json: bool) -> anyhow::Result<()> 
 }
 
 /// `store verify` found damage; its report is already printed.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the store has damaged, missing or unreadable chunks (damaged ones are quarantined; unreadable ones are left in place: check the disk; upload or import that content again to heal the versions named)"
-)]
+#[derive(Debug)]
 pub struct VerifyFailed;
 
+impl std::fmt::Display for VerifyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&tr(
+            "the store has damaged, missing or unreadable chunks (damaged ones are quarantined; unreadable ones are left in place: check the disk; upload or import that content again to heal the versions named)".into(),
+            "ストアに破損・欠落・読み取り不能なチャンクがあります (破損したものは隔離済み、読み取り不能なものはそのまま残しています。ディスクを確認してください。その内容を再度アップロードかインポートすると、挙げたバージョンが修復されます)。".into(),
+        ))
+    }
+}
+
+impl std::error::Error for VerifyFailed {}
+
 fn print_verify(report: &VerifyReport) {
+    let (chunks, bytes) = (report.chunks_checked, report.bytes_checked);
     println!(
-        "Checked {} chunks ({} bytes of content).",
-        report.chunks_checked, report.bytes_checked
+        "{}",
+        tr(
+            format!("Checked {chunks} chunks ({bytes} bytes of content)."),
+            format!("{chunks} チャンク ({bytes} バイト) を検証しました。")
+        )
     );
     for (what, list) in [
-        ("Damaged", &report.damaged),
-        ("Missing", &report.missing),
-        ("Unreadable", &report.unreadable),
+        (tr("Damaged".into(), "破損".into()), &report.damaged),
+        (tr("Missing".into(), "欠落".into()), &report.missing),
+        (
+            tr("Unreadable".into(), "読み取り不能".into()),
+            &report.unreadable,
+        ),
     ] {
         for broken in list {
             let versions: Vec<String> = broken
@@ -417,32 +597,47 @@ fn print_verify(report: &VerifyReport) {
                 .iter()
                 .map(|v| format!("{}/{}", v.disk, v.version))
                 .collect();
+            let (hash, reason) = (&broken.hash, &broken.reason);
+            let versions = if versions.is_empty() {
+                tr("none".into(), "なし".into())
+            } else {
+                versions.join(", ")
+            };
             println!(
-                "{what} chunk {} ({}); breaks versions: {}",
-                broken.hash,
-                broken.reason,
-                if versions.is_empty() {
-                    "none".to_owned()
-                } else {
-                    versions.join(", ")
-                }
+                "{}",
+                tr(
+                    format!("{what} chunk {hash} ({reason}); breaks versions: {versions}"),
+                    format!("{what}チャンク {hash} ({reason})。影響するバージョン: {versions}")
+                )
             );
             if !broken.patches.is_empty() {
+                let patches = broken.patches.len();
                 println!(
-                    "  {} intact patches on it, kept: they read again once it is restored",
-                    broken.patches.len()
+                    "{}",
+                    tr(
+                        format!(
+                            "  {patches} intact patches on it, kept: they read again once it is restored"
+                        ),
+                        format!(
+                            "  これを元にする無傷のパッチ {patches} 個は残しています。元のチャンクが復元されると再び読めます。"
+                        )
+                    )
                 );
             }
         }
     }
     for v in &report.unreadable_manifests {
+        let (disk, version) = (&v.disk, &v.version);
         println!(
-            "Version {}/{}: its manifest is missing or damaged",
-            v.disk, v.version
+            "{}",
+            tr(
+                format!("Version {disk}/{version}: its manifest is missing or damaged"),
+                format!("バージョン {disk}/{version}: マニフェストが欠落しているか破損しています")
+            )
         );
     }
     if report.is_clean() {
-        println!("All is well.");
+        println!("{}", tr("All is well.".into(), "異常はありません。".into()));
     }
 }
 
@@ -453,20 +648,31 @@ pub fn store_gc(data: &Places, dry_run: bool, json: bool) -> anyhow::Result<()> 
     if json {
         return print_json(&serde_json::to_value(&report)?);
     }
+    let (chunks, freed) = (report.chunks_deleted, text::binary_size(report.bytes_freed));
     if dry_run {
         println!(
-            "Would delete {} unreferenced chunks ({}).",
-            report.chunks_deleted,
-            text::binary_size(report.bytes_freed)
+            "{}",
+            tr(
+                format!("Would delete {chunks} unreferenced chunks ({freed})."),
+                format!("参照されていないチャンク {chunks} 個 ({freed}) を削除できます。")
+            )
         );
     } else {
-        println!(
-            "Deleted {} unreferenced chunks, {} temp files and {} orphan manifests; freed {}. Pruned {} ended updates.",
-            report.chunks_deleted,
+        let (temps, manifests, pruned) = (
             report.temp_files_deleted,
             report.manifests_deleted,
-            text::binary_size(report.bytes_freed),
-            report.updates_pruned
+            report.updates_pruned,
+        );
+        println!(
+            "{}",
+            tr(
+                format!(
+                    "Deleted {chunks} unreferenced chunks, {temps} temp files and {manifests} orphan manifests; freed {freed}. Pruned {pruned} ended updates."
+                ),
+                format!(
+                    "参照されていないチャンク {chunks} 個、一時ファイル {temps} 個、孤立したマニフェスト {manifests} 個を削除し、{freed} を解放しました。終了した更新 {pruned} 件の記録を整理しました。"
+                )
+            )
         );
     }
     Ok(())
@@ -479,12 +685,21 @@ pub fn store_stats(data: &Places, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&serde_json::to_value(&stats)?);
     }
-    println!(
-        "{} chunks, {}; unreferenced: {} chunks, {} (`store gc` deletes them).",
-        stats.chunks,
-        text::binary_size(stats.bytes),
+    let (chunks, bytes) = (stats.chunks, text::binary_size(stats.bytes));
+    let (loose, loose_bytes) = (
         stats.unreferenced_chunks,
-        text::binary_size(stats.unreferenced_bytes)
+        text::binary_size(stats.unreferenced_bytes),
+    );
+    println!(
+        "{}",
+        tr(
+            format!(
+                "{chunks} chunks, {bytes}; unreferenced: {loose} chunks, {loose_bytes} (`store gc` deletes them)."
+            ),
+            format!(
+                "{chunks} チャンク、{bytes}。参照されていないもの: {loose} チャンク、{loose_bytes} (`store gc` で削除されます)。"
+            )
+        )
     );
     Ok(())
 }
@@ -497,9 +712,10 @@ pub fn migrate(
     json: bool,
 ) -> anyhow::Result<()> {
     if to_meta.is_none() && to_store.is_none() {
-        bail!(
-            "migrate needs --to-meta postgres://USER@HOST:PORT/DB, --to-store s3://BUCKET/PREFIX, or both"
-        );
+        bail!(tr(
+            "migrate needs --to-meta postgres://USER@HOST:PORT/DB, --to-store s3://BUCKET/PREFIX, or both".into(),
+            "migrate には --to-meta postgres://USER@HOST:PORT/DB か --to-store s3://BUCKET/PREFIX、またはその両方が必要です。".into()
+        ));
     }
     let from = open_existing(data)?;
     let target = Places {
@@ -510,22 +726,28 @@ pub fn migrate(
     let to = open(&target)?;
     let done = crate::migrate::migrate(&from, &to, &mut |step| {
         if !json {
-            eprintln!("copied {step}");
+            eprintln!(
+                "{}",
+                tr(format!("copied {step}"), format!("コピーしました: {step}"))
+            );
         }
     })?;
     if json {
         return print_json(&done);
     }
+    let (users, disks, versions) = (done.users, done.disks, done.versions);
+    let (meta, store) = (target.meta_place(), target.store_place());
+    let (copied, bytes, kept) = (done.chunks_copied, done.bytes_copied, done.chunks_kept);
     println!(
-        "Migrated {} users, {} disks and {} versions to {} and {}: {} chunks copied ({} bytes), {} there already; every chunk read back and verified.",
-        done.users,
-        done.disks,
-        done.versions,
-        target.meta_place(),
-        target.store_place(),
-        done.chunks_copied,
-        done.bytes_copied,
-        done.chunks_kept
+        "{}",
+        tr(
+            format!(
+                "Migrated {users} users, {disks} disks and {versions} versions to {meta} and {store}: {copied} chunks copied ({bytes} bytes), {kept} there already; every chunk read back and verified."
+            ),
+            format!(
+                "ユーザー {users} 人、ディスク {disks} 台、バージョン {versions} 個を {meta} と {store} に移行しました。コピーしたチャンク {copied} 個 ({bytes} バイト)、移行先にあったもの {kept} 個。全チャンクを読み戻して検証しました。"
+            )
+        )
     );
     Ok(())
 }

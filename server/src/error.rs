@@ -182,38 +182,7 @@ impl ServerError {
             | Self::BadImage(_) => Refusal::BadRequest { detail: detail() },
             Self::Incomplete(_) | Self::RootMismatch(_) => Refusal::UploadIncomplete,
             Self::NoTransferServer => Refusal::NoTransferServer,
-            Self::Meta(meta) => match meta {
-                MetaError::UnknownDisk(disk) => Refusal::UnknownDisk { disk: disk.clone() },
-                MetaError::UnknownVersion(version) => Refusal::UnknownVersion {
-                    version: version.clone(),
-                },
-                MetaError::UnknownUpdate(_) => Refusal::UnknownUpdate,
-                MetaError::NotLatest { latest, booted } => Refusal::NotLatest {
-                    latest: latest.clone(),
-                    booted: booted.clone(),
-                },
-                MetaError::DiskBusy { terminal } => Refusal::DiskBusy {
-                    terminal: terminal.clone(),
-                },
-                MetaError::UpdateNotLive { state, .. } | MetaError::UpdateEnded(state) => {
-                    Refusal::UpdateEnded {
-                        state: state.as_str().to_owned(),
-                    }
-                }
-                MetaError::TakenOver => Refusal::TakenOver,
-                MetaError::UploadAborted => Refusal::UploadAborted,
-                MetaError::BadSecret => Refusal::BadSecret,
-                MetaError::DiskFailed(_) | MetaError::Unproven(_) => Refusal::ServerDiskFailed,
-                MetaError::UnknownUser(_)
-                | MetaError::UserExists(_)
-                | MetaError::DiskExists(_)
-                | MetaError::VersionIsLatest(_)
-                | MetaError::VersionIsBase { .. }
-                | MetaError::BadRequest(_) => Refusal::BadRequest { detail: detail() },
-                MetaError::Abandoned | MetaError::Damaged(_) | MetaError::Backend(_) => {
-                    Refusal::ServerFailed { detail: detail() }
-                }
-            },
+            Self::Meta(meta) => meta.refusal(),
             Self::Store(_) | Self::Manifest(_) | Self::Io(_) | Self::Internal(_) => {
                 Refusal::ServerFailed { detail: detail() }
             }
@@ -231,5 +200,48 @@ impl From<ServerError> for Status {
         let mut status = Status::new(code, crate::text::bounded(&message, crate::text::MAX_ERROR));
         err.refusal().write(status.metadata_mut());
         status
+    }
+}
+
+impl MetaError {
+    /// The refusal as the wire's typed table names it, for clients and the admin
+    /// commands to word.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            MetaError::UnknownDisk(disk) => Refusal::UnknownDisk { disk: disk.clone() },
+            MetaError::UnknownVersion(version) => Refusal::UnknownVersion {
+                version: version.clone(),
+            },
+            MetaError::UnknownUpdate(_) => Refusal::UnknownUpdate,
+            MetaError::NotLatest { latest, booted } => Refusal::NotLatest {
+                latest: latest.clone(),
+                booted: booted.clone(),
+            },
+            MetaError::DiskBusy { terminal } => Refusal::DiskBusy {
+                terminal: terminal.clone(),
+            },
+            MetaError::UpdateNotLive { state, .. } | MetaError::UpdateEnded(state) => {
+                Refusal::UpdateEnded {
+                    state: state.as_str().to_owned(),
+                }
+            }
+            MetaError::TakenOver => Refusal::TakenOver,
+            MetaError::UploadAborted => Refusal::UploadAborted,
+            MetaError::BadSecret => Refusal::BadSecret,
+            MetaError::DiskFailed(_) | MetaError::Unproven(_) => Refusal::ServerDiskFailed,
+            MetaError::UnknownUser(_)
+            | MetaError::UserExists(_)
+            | MetaError::DiskExists(_)
+            | MetaError::VersionIsLatest(_)
+            | MetaError::VersionIsBase { .. }
+            | MetaError::BadRequest(_) => Refusal::BadRequest {
+                detail: self.to_string(),
+            },
+            MetaError::Abandoned | MetaError::Damaged(_) | MetaError::Backend(_) => {
+                Refusal::ServerFailed {
+                    detail: self.to_string(),
+                }
+            }
+        }
     }
 }

@@ -28,6 +28,7 @@ mod throttle;
 mod transfer;
 mod upkeep;
 
+pub use console::Lang;
 pub use data::DataDir;
 pub use data::Places;
 pub use error::ServerError;

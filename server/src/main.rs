@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use hotate_server::limits::Limits;
-use hotate_server::{Places, ServeOptions, ServeRole, admin, cert, serve, shutdown_signal};
+use hotate_server::{Lang, Places, ServeOptions, ServeRole, admin, cert, serve, shutdown_signal};
 
 #[derive(Parser)]
 #[command(name = "hotate-server", version, about = "Hotate management server")]
@@ -33,6 +33,9 @@ struct Cli {
     /// Machine-readable output for listings.
     #[arg(long, global = true)]
     json: bool,
+    /// Language of the messages: en or ja [default: from LC_ALL or LANG, else en].
+    #[arg(long, global = true)]
+    lang: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -261,6 +264,7 @@ enum CertCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    admin::set_lang(Lang::detect(cli.lang.as_deref()));
     if !matches!(cli.command, Command::Serve { .. }) {
         end_quietly_on_closed_pipe();
     }
@@ -282,7 +286,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}", admin::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -37,6 +37,9 @@ pub fn admin(data: &Path, args: &[&str]) -> Output {
         .arg(data)
         .args(args)
         .env("HOTATE_PASSWORD", PASSWORD)
+        // English unless a test asks otherwise.
+        .env("LANG", "C")
+        .env_remove("LC_ALL")
         .stdin(Stdio::null())
         .output()
         .expect("run hotate-server")

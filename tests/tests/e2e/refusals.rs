@@ -306,3 +306,34 @@ fn the_admin_commands_help_shows_what_each_takes() {
         "{import}"
     );
 }
+
+/// The admin commands speak Japanese under a Japanese locale or `--lang ja`: their
+/// reports, and their refusals in the words the terminal reads too.
+#[test]
+fn the_admin_commands_speak_japanese_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let admin = |lang: &str, args: &[&str]| {
+        let out = std::process::Command::new(hotate_tests::harness::bin("hotate-server"))
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .env("HOTATE_PASSWORD", PASSWORD)
+            .env("LANG", lang)
+            .env_remove("LC_ALL")
+            .output()
+            .expect("run hotate-server");
+        (out.status.code(), text(&out))
+    };
+    let (code, said) = admin("ja_JP.UTF-8", &["disk", "list"]);
+    assert_eq!(code, Some(1));
+    assert!(said.contains("Hotate のデータディレクトリがありません"), "{said}");
+    let (code, said) = admin("ja_JP.UTF-8", &["user", "add", "chief"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("ユーザー chief を追加しました (管理者)。"), "{said}");
+    let (_, said) = admin("C", &["--lang", "ja", "disk", "versions", "nope"]);
+    assert!(said.contains("エラー: ManageServer にディスク nope がありません。"), "{said}");
+    assert!(said.contains("unknown disk nope"), "the English account stays for logs: {said}");
+    let (_, said) = admin("ja_JP.UTF-8", &["--lang", "en", "disk", "versions", "nope"]);
+    assert!(said.starts_with("error: unknown disk nope"), "{said}");
+}
