@@ -1262,6 +1262,17 @@ fn a_browser_manages_the_console_and_every_page_fits_both_widths() {
         .and_then(|u| u.iter().find(|u| u["name"] == "op2"))
         .cloned();
     assert_eq!(op2.map(|u| u["role"].clone()), Some(json!("admin")));
+    // A password reset on the page: the new one logs in.
+    browser.click(&format!("{user_row} details.edit summary"));
+    set_value(
+        &browser,
+        &format!("{user_row} form.password input"),
+        "reset-by-page",
+    );
+    browser.execute("document.getElementById('message').textContent = ''; return null;");
+    browser.click(&format!("{user_row} form.password button"));
+    wait_said(&browser, "The user was changed.");
+    login(&s.server.control, "op2", "reset-by-page");
     assert_eq!(
         browser.text(&format!("#users tr[data-user=\"{USER}\"] form.delete")),
         None,

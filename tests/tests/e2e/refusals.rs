@@ -327,13 +327,25 @@ fn the_admin_commands_speak_japanese_when_asked() {
     };
     let (code, said) = admin("ja_JP.UTF-8", &["disk", "list"]);
     assert_eq!(code, Some(1));
-    assert!(said.contains("Hotate のデータディレクトリがありません"), "{said}");
+    assert!(
+        said.contains("Hotate のデータディレクトリがありません"),
+        "{said}"
+    );
     let (code, said) = admin("ja_JP.UTF-8", &["user", "add", "chief"]);
     assert_eq!(code, Some(0), "{said}");
-    assert!(said.contains("ユーザー chief を追加しました (管理者)。"), "{said}");
+    assert!(
+        said.contains("ユーザー chief を追加しました (管理者)。"),
+        "{said}"
+    );
     let (_, said) = admin("C", &["--lang", "ja", "disk", "versions", "nope"]);
-    assert!(said.contains("エラー: ManageServer にディスク nope がありません。"), "{said}");
-    assert!(said.contains("unknown disk nope"), "the English account stays for logs: {said}");
+    assert!(
+        said.contains("エラー: ManageServer にディスク nope がありません。"),
+        "{said}"
+    );
+    assert!(
+        said.contains("unknown disk nope"),
+        "the English account stays for logs: {said}"
+    );
     let (_, said) = admin("ja_JP.UTF-8", &["--lang", "en", "disk", "versions", "nope"]);
     assert!(said.starts_with("error: unknown disk nope"), "{said}");
 }
