@@ -16,15 +16,9 @@ impl Lang {
     /// From `--lang`, else the environment (`LC_ALL`, `LANG`), else (on Windows) the
     /// user's display language.
     pub fn detect(flag: Option<&str>) -> Self {
-        let from_env = || {
-            ["LC_ALL", "LANG"]
-                .iter()
-                .filter_map(|k| std::env::var(k).ok())
-                .find(|v| !v.is_empty())
-        };
-        match flag.map(str::to_owned).or_else(from_env) {
-            Some(v) if v.to_ascii_lowercase().starts_with("ja") => Self::Ja,
-            Some(_) => Self::En,
+        match hotate_proto::Language::from_locale(flag) {
+            Some(hotate_proto::Language::Ja) => Self::Ja,
+            Some(hotate_proto::Language::En) => Self::En,
             None if crate::console::prefers_japanese() == Some(true) => Self::Ja,
             None => Self::En,
         }

@@ -12,6 +12,26 @@ pub enum Language {
     Ja,
 }
 
+impl Language {
+    /// The language a command's `--lang` (`flag`) names, else the locale's (`LC_ALL`,
+    /// then `LANG`): Japanese for `ja*`, English for anything else; `None` when neither
+    /// says.
+    pub fn from_locale(flag: Option<&str>) -> Option<Self> {
+        let from_env = || {
+            ["LC_ALL", "LANG"]
+                .iter()
+                .filter_map(|k| std::env::var(k).ok())
+                .find(|v| !v.is_empty())
+        };
+        let named = flag.map(str::to_owned).or_else(from_env)?;
+        Some(if named.to_ascii_lowercase().starts_with("ja") {
+            Self::Ja
+        } else {
+            Self::En
+        })
+    }
+}
+
 /// A refusal or failure, with what its wording needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {

@@ -29,14 +29,8 @@ impl Lang {
     /// The admin commands' language: `flag` (`--lang`), else `LC_ALL` or `LANG`
     /// (`ja*` is Japanese), else English.
     pub fn detect(flag: Option<&str>) -> Self {
-        let from_env = || {
-            ["LC_ALL", "LANG"]
-                .iter()
-                .filter_map(|k| std::env::var(k).ok())
-                .find(|v| !v.is_empty())
-        };
-        match flag.map(str::to_owned).or_else(from_env) {
-            Some(v) if v.to_ascii_lowercase().starts_with("ja") => Self::Ja,
+        match hotate_proto::Language::from_locale(flag) {
+            Some(hotate_proto::Language::Ja) => Self::Ja,
             _ => Self::En,
         }
     }
