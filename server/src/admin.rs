@@ -44,15 +44,52 @@ pub fn error_text(error: &anyhow::Error) -> String {
         return english;
     }
     let named = error.chain().find_map(|cause| {
-        let refusal = match cause.downcast_ref::<crate::ServerError>() {
-            Some(e) => e.refusal(),
-            None => cause.downcast_ref::<crate::meta::MetaError>()?.refusal(),
+        let meta = match cause.downcast_ref::<crate::ServerError>() {
+            Some(crate::ServerError::Meta(meta)) => meta,
+            Some(other) => return Some(server_words_ja(other)),
+            None => cause.downcast_ref::<crate::meta::MetaError>()?,
         };
-        Some(refusal.words(hotate_proto::Language::Ja))
+        Some(meta_words_ja(meta))
     });
     match named {
         Some(words) => format!("エラー: {words}\n({english})"),
         None => format!("エラー: {error:#}"),
+    }
+}
+
+/// A refusal of the server's own in Japanese: the admin commands' words where the CLI
+/// meets it, else the table the terminal reads.
+fn server_words_ja(err: &crate::ServerError) -> String {
+    match err {
+        crate::ServerError::ShortPassword { min, got } => {
+            format!(
+                "パスワードは {min} 文字以上にしてください (指定されたパスワードは {got} 文字です)。"
+            )
+        }
+        other => other.refusal().words(hotate_proto::Language::Ja),
+    }
+}
+
+/// A metadata refusal in Japanese, naming the command that helps.
+fn meta_words_ja(err: &crate::meta::MetaError) -> String {
+    use crate::meta::MetaError;
+    match err {
+        MetaError::VersionIsLatest(version) => format!(
+            "バージョン {version} はディスクの最新バージョンで、端末が起動に使用しているため削除できません。新しいバージョンができてから削除してください。"
+        ),
+        MetaError::VersionIsBase { version, terminal } => format!(
+            "バージョン {version} は端末 {terminal} で更新中の更新の元のバージョンのため削除できません。先にその更新を完了するか取り消してください。"
+        ),
+        MetaError::UserExists(user) => format!(
+            "ユーザー {user} はすでに存在します。パスワードの変更は `hotate-server user passwd` で行います。"
+        ),
+        MetaError::UnknownUser(user) => format!(
+            "ユーザー {user} は存在しません。`hotate-server user list` でユーザーを確認してください。"
+        ),
+        MetaError::DiskExists(disk) => {
+            format!("ディスク {disk} はすでに存在します。別の名前を指定してください。")
+        }
+        other => other.refusal().words(hotate_proto::Language::Ja),
     }
 }
 
@@ -284,11 +321,12 @@ pub fn disk_list(data: &Places, json: bool) -> anyhow::Result<()> {
             text::binary_size(d.stored_bytes),
         );
         let (latest, count, id) = (&d.latest_version, d.versions, &d.id);
+        let versions = if count == 1 { "version" } else { "versions" };
         println!(
             "{}",
             tr(
                 format!(
-                    "{name}  {size}  blocks of {block}  latest {latest}  ({count} versions, {stored} stored)  id {id}"
+                    "{name}  {size}  blocks of {block}  latest {latest}  ({count} {versions}, {stored} stored)  id {id}"
                 ),
                 format!(
                     "{name}  {size}  ブロック {block}  最新 {latest}  (バージョン {count}、保存量 {stored})  id {id}"

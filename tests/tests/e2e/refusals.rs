@@ -348,4 +348,29 @@ fn the_admin_commands_speak_japanese_when_asked() {
     );
     let (_, said) = admin("ja_JP.UTF-8", &["--lang", "en", "disk", "versions", "nope"]);
     assert!(said.starts_with("error: unknown disk nope"), "{said}");
+
+    // The admin's own refusals in their words, not a generic "rejected".
+    let (code, said) = admin("ja_JP.UTF-8", &["user", "add", "chief"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains("エラー: ユーザー chief はすでに存在します。"),
+        "{said}"
+    );
+    let image = dir.path().join("small.img");
+    std::fs::write(&image, vec![7u8; 1 << 20]).expect("write image");
+    let image = image.to_str().expect("utf-8 path");
+    let (code, said) = admin("ja_JP.UTF-8", &["disk", "import", "win10", image]);
+    assert_eq!(code, Some(0), "{said}");
+    let (_, listing) = admin("C", &["--json", "disk", "versions", "win10"]);
+    let versions: serde_json::Value = serde_json::from_str(&listing).expect("json listing");
+    let latest = versions[0]["id"].as_str().expect("a version id").to_owned();
+    let (code, said) = admin("ja_JP.UTF-8", &["version", "delete", "win10", &latest]);
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains(&format!(
+            "エラー: バージョン {latest} はディスクの最新バージョンで、端末が起動に使用しているため削除できません。"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("不正"), "no generic refusal: {said}");
 }
