@@ -4,12 +4,13 @@
 //! A raw image is streamed from the chunks as it is read, every chunk verified, and
 //! answers HTTP ranges (`Range`, `If-Range` with the version's root as its `ETag`), so an
 //! interrupted download resumes. The other formats are written first to the data dir's
-//! `downloads/` (as `disk export` writes them), then streamed; the file goes when the
-//! download ends. [`MAX_DOWNLOADS`] run at once, of which [`MAX_WRITTEN`] written ones,
+//! `downloads/` (as `disk export` writes them), then opened, unlinked and streamed, so the
+//! file's space returns when the download ends, however it ends. [`MAX_DOWNLOADS`] run at once, of which [`MAX_WRITTEN`] written ones,
 //! so downloads cannot fill memory or the disk without a bound.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -36,6 +37,9 @@ const PIECE: usize = 1 << 20;
 const AHEAD: usize = 4;
 /// Where written images wait while they are downloaded.
 const DIR: &str = "downloads";
+/// A file in `downloads/` untouched this long was left by a server that stopped while it
+/// wrote; a younger one may be another control server's on the same data dir.
+const STALE: Duration = Duration::from_secs(15 * 60);
 
 /// The slots downloads take.
 #[derive(Debug)]
@@ -47,7 +51,7 @@ pub struct Downloads {
 impl Downloads {
     /// The slots, after removing what downloads of an earlier run left in `root`.
     pub fn new(root: &Path) -> Self {
-        let _ = std::fs::remove_dir_all(root.join(DIR));
+        remove_stale(&root.join(DIR), STALE);
         Self {
             any: Arc::new(Semaphore::new(MAX_DOWNLOADS)),
             written: Arc::new(Semaphore::new(MAX_WRITTEN)),
@@ -210,8 +214,25 @@ async fn raw(
     Ok(response)
 }
 
-/// A qcow2, VHDX or VHD image: written to `downloads/`, then streamed; the file goes
-/// when the stream ends or is dropped.
+/// Removes the files in `dir` not modified for `age`: images a stopped server was writing.
+fn remove_stale(dir: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok());
+        if idle.is_some_and(|idle| idle >= age) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A qcow2, VHDX or VHD image: written to `downloads/`, opened and unlinked, then
+/// streamed from the open file.
 async fn written_image(
     data: Arc<crate::DataDir>,
     version: VersionRow,
@@ -230,15 +251,17 @@ async fn written_image(
             ImageFormat::Vhd => exporter.vhd(&version, &path, None)?,
             ImageFormat::Raw => exporter.raw(&version, &path)?,
         };
-        Ok(std::fs::File::open(&path)?)
+        let written = std::fs::File::open(&path)?;
+        drop(file);
+        Ok(written)
     })
     .await?;
     let length = written.metadata()?.len();
     let stream = tokio_stream::StreamExt::map(
         file_stream(tokio::fs::File::from_std(written)),
         move |piece| {
-            // The file and the slots live as long as the stream.
-            let _ = (&file, &slots);
+            // The slots live as long as the stream.
+            let _ = &slots;
             piece
         },
     );
@@ -271,7 +294,7 @@ fn file_stream(
     })
 }
 
-/// A written image, removed when its download ends.
+/// A written image's name, removed once it is open, or when writing it fails.
 #[derive(Debug)]
 struct Leftover(PathBuf);
 
@@ -347,5 +370,28 @@ mod tests {
         assert_eq!(parse_range("bytes=5-2", 1000), None);
         assert_eq!(ascii_name("教室A-v2.img"), "__A-v2.img");
         assert_eq!(url_encode("教 A"), "%E6%95%99%20A");
+    }
+
+    #[test]
+    fn a_new_server_removes_only_what_a_stopped_one_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let downloads = dir.path().join(DIR);
+        std::fs::create_dir(&downloads).expect("mkdir");
+        let (stale, writing) = (downloads.join("a.qcow2"), downloads.join("b.vhdx"));
+        for file in [&stale, &writing] {
+            std::fs::write(file, b"image").expect("write");
+        }
+        let long_ago = std::time::SystemTime::now() - STALE - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .and_then(|f| f.set_modified(long_ago))
+            .expect("age the file");
+        let _slots = Downloads::new(dir.path());
+        assert!(!stale.exists(), "a stopped server's image is removed");
+        assert!(
+            writing.exists(),
+            "an image another control server is writing stays"
+        );
     }
 }
