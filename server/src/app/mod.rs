@@ -133,6 +133,9 @@ pub struct UpdateView {
     pub transfer_server: Option<String>,
     /// Who last cancelled it or aborted its upload.
     pub stopped_by: Option<String>,
+    /// What its new version added to the chunk store, once committed (while the version
+    /// exists).
+    pub version_bytes_stored: Option<u64>,
 }
 
 impl UpdateView {
@@ -159,6 +162,7 @@ impl UpdateView {
             changed_at: time_text(row.changed_at),
             transfer_server: row.carrier,
             stopped_by: row.stopped_by,
+            version_bytes_stored: None,
         }
     }
 }
@@ -410,11 +414,29 @@ impl App {
         self.views(rows)
     }
 
-    /// Rows as listed: with their disk's name and live progress.
+    /// Rows as listed: with their disk's name, live progress and what a committed one
+    /// stored.
     fn views(&self, rows: Vec<UpdateRow>) -> Result<Vec<UpdateView>, ServerError> {
         let mut names: HashMap<String, String> = HashMap::new();
+        // Per disk, its versions' stored bytes, read once where a committed row needs them.
+        let mut stored: HashMap<String, HashMap<String, u64>> = HashMap::new();
         let mut list = Vec::with_capacity(rows.len());
         for row in rows {
+            let committed = match (&row.state, &row.new_version) {
+                (UpdateState::Committed, Some(version)) => Some(version.clone()),
+                _ => None,
+            };
+            if committed.is_some() && !stored.contains_key(&row.disk_id) {
+                let versions = match self.data.meta().versions(&row.disk_id) {
+                    Ok(versions) => versions,
+                    Err(MetaError::UnknownDisk(_)) => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                let by_id = versions.into_iter().map(|v| (v.id, v.bytes_stored));
+                stored.insert(row.disk_id.clone(), by_id.collect());
+            }
+            let version_bytes_stored =
+                committed.and_then(|version| stored.get(&row.disk_id)?.get(&version).copied());
             if !names.contains_key(&row.disk_id) {
                 let name = match self.data.meta().disk(&row.disk_id) {
                     Ok(disk) => disk.name,
@@ -425,7 +447,10 @@ impl App {
             }
             let name = names[&row.disk_id].clone();
             let progress = self.live.progress(&row.guid);
-            list.push(UpdateView::new(row, name, progress));
+            list.push(UpdateView {
+                version_bytes_stored,
+                ..UpdateView::new(row, name, progress)
+            });
         }
         Ok(list)
     }
@@ -439,9 +464,10 @@ impl App {
         if viewer.role != Role::Admin && row.user != viewer.user {
             return Err(MetaError::UnknownUpdate(guid.to_owned()).into());
         }
-        let name = self.data.meta().disk(&row.disk_id)?.name;
-        let progress = self.live.progress(&row.guid);
-        Ok(UpdateView::new(row, name, progress))
+        let guid = row.guid.clone();
+        self.views(vec![row])?
+            .pop()
+            .ok_or(MetaError::UnknownUpdate(guid).into())
     }
 
     /// One update, for its owner or an admin.

@@ -142,7 +142,7 @@
     cell("state").textContent = stateText(u);
     const ended = u.state === "cancelled" || u.state === "aborted";
     cell("stopped-by").textContent = !u.stopped_by ? ""
-      : ended ? "(" + words.stopped_by + ": " + u.stopped_by + ")"
+      : ended ? words.stopped_by.replace("{user}", u.stopped_by)
       : words.upload_aborted_by.replace("{user}", u.stopped_by);
     // In a cluster: which transfer server carries the upload, on hover.
     cell("state").title = u.transfer_server ? words.transfer_server + ": " + u.transfer_server : "";
@@ -169,6 +169,7 @@
     setTime(cell("started"), u.started_at);
     setTime(cell("ended"), isLive(u) ? "" : u.changed_at);
     cell("received").textContent = u.bytes_received > 0 ? bytes(u.bytes_received) : "";
+    cell("stored").textContent = u.version_bytes_stored !== null ? bytes(u.version_bytes_stored) : "";
     for (const button of row.querySelectorAll("button.abort, button.cancel")) {
       button.hidden = !isLive(u);
     }

@@ -269,7 +269,7 @@ pub(super) async fn updates(
         "<p id=\"live-status\" class=\"notice\" hidden>{lost}</p>{filter}\
          <table id=\"updates\" class=\"cards\"{filtered}><thead><tr><th>{disk}</th><th>{terminal}</th><th>{user}</th>\
          <th>{state}</th><th>{progress}</th><th>{versions}</th><th>{started}</th><th>{ended}</th>\
-         <th>{sent}</th><th></th></tr></thead>\
+         <th>{sent}</th><th>{stored}</th><th></th></tr></thead>\
          <tbody>{rows}</tbody></table>\
          <p id=\"no-updates\"{empty}>{none}</p>{pages}\
          <template id=\"update-row\">{template}</template>\
@@ -293,6 +293,7 @@ pub(super) async fn updates(
         started = w.started,
         ended = w.ended,
         sent = w.sent,
+        stored = w.stored_bytes,
         empty = if list.is_empty() { "" } else { " hidden" },
         none = w.no_updates,
         template = update_row(w, &UpdateView::default(), admin),
@@ -401,6 +402,7 @@ fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
          <td class=\"started\" data-label=\"{started_label}\">{started}</td>\
          <td class=\"ended\" data-label=\"{ended_label}\">{ended}</td>\
          <td class=\"received\" data-label=\"{sent_label}\">{received}</td>\
+         <td class=\"stored\" data-label=\"{stored_label}\">{stored}</td>\
          <td class=\"actions\">{button}</td></tr>",
         guid = esc(&u.data_write_guid),
         state = u.state,
@@ -438,14 +440,16 @@ fn update_row(w: &Words, u: &UpdateView, admin: bool) -> String {
         started_label = w.started,
         ended_label = w.ended,
         sent_label = w.sent,
+        stored_label = w.stored_bytes,
+        stored = u.version_bytes_stored.map(bytes_text).unwrap_or_default(),
     )
 }
 
-/// Who stopped an update: `(By: NAME)` once cancelled or aborted; for one that went on
+/// Who stopped an update: `(by NAME)` once cancelled or aborted; for one that went on
 /// after an admin aborted its upload, who did.
 fn stopped_by_text(w: &Words, u: &UpdateView) -> String {
     match (&u.stopped_by, u.state) {
-        (Some(by), "cancelled" | "aborted") => format!("({}: {})", w.stopped_by, esc(by)),
+        (Some(by), "cancelled" | "aborted") => w.stopped_by.replace("{user}", &esc(by)),
         (Some(by), _) => w.upload_aborted_by.replace("{user}", &esc(by)),
         (None, _) => String::new(),
     }

@@ -605,6 +605,14 @@ fn a_browser_watches_an_upload_advance_and_aborts_it() {
             .text("#updates tbody tr[data-state=\"committed\"] .state")
             .filter(|t| t == "Committed")
     });
+    // The row tells what the new version stored, as the versions page does.
+    let stored = browser.text("#updates tbody tr[data-state=\"committed\"] .stored");
+    assert!(
+        stored
+            .as_deref()
+            .is_some_and(|t| t.ends_with("B") && t.len() > 2),
+        "the committed row's stored bytes: {stored:?}"
+    );
 
     // 「更新取消」 of a terminal that will not come back: asked first, then the update ends.
     let versions = admin_json(&s.site.data, &["disk", "versions", "win10"]);
@@ -991,6 +999,20 @@ fn the_console_manages_versions_users_and_terminals() {
     let terminals = get(&addr, "/api/v1/terminals", &admin).json();
     assert_eq!(terminals[0]["terminal"], "PC-001");
     assert_eq!(terminals[0]["state"], "committed");
+    let committed = get(&addr, "/api/v1/updates?state=committed", &admin).json();
+    let new_version: Vec<Value> = get(&addr, "/api/v1/disks/win10/versions", &admin)
+        .json()
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter(|v| v["id"] == committed[0]["new_version"])
+        .cloned()
+        .collect();
+    assert!(new_version[0]["bytes_stored"].as_u64() > Some(0));
+    assert_eq!(
+        committed[0]["version_bytes_stored"], new_version[0]["bytes_stored"],
+        "a committed update tells what its version stored"
+    );
     s.terminal.write_config(&s.site.disk_id, &latest, "restore");
     s.start_update();
     let live = get(&addr, "/api/v1/updates?state=live", &admin).json();
@@ -1178,7 +1200,7 @@ fn a_browser_manages_the_console_and_every_page_fits_both_widths() {
     assert_eq!(states, json!(["cancelled"]));
     assert_eq!(
         browser.text("#updates tbody tr .stopped-by").as_deref(),
-        Some(format!("(By: {USER})").as_str())
+        Some(format!("(by {USER})").as_str())
     );
     let disk_link = browser
         .execute("return document.querySelector('#updates tbody a.disk').getAttribute('href');");
