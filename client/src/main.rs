@@ -103,21 +103,6 @@ fn parse_rate(text: &str) -> Result<u64, String> {
     Ok(value.saturating_mul(factor))
 }
 
-/// The value of `--lang` on the command line, looked at before it is parsed: the help
-/// and the errors of the parse are in that language.
-fn lang_flag() -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--lang" {
-            return args.next();
-        }
-        if let Some(value) = arg.strip_prefix("--lang=") {
-            return Some(value.to_owned());
-        }
-    }
-    None
-}
-
 /// The command line, in the user's language.
 fn command(lang: Lang) -> clap::Command {
     match lang {
@@ -128,7 +113,7 @@ fn command(lang: Lang) -> clap::Command {
 
 fn main() -> ExitCode {
     hotate_client::console::use_utf8();
-    let asked = Lang::detect(lang_flag().as_deref());
+    let asked = Lang::detect(hotate_client::cli_ja::lang_flag().as_deref());
     let parsed = command(asked)
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches));
@@ -237,28 +222,9 @@ mod tests {
     /// Every command and argument has Japanese help: one added without it fails here.
     #[test]
     fn every_command_and_argument_has_japanese_help() {
-        fn japanese(text: Option<String>) -> bool {
-            text.is_some_and(|t| !t.is_ascii())
-        }
-        fn walk(command: &clap::Command, path: &str) {
-            let path = format!("{path} {}", command.get_name());
-            assert!(
-                japanese(command.get_about().map(ToString::to_string)),
-                "{path} has no Japanese description"
-            );
-            for arg in command.get_arguments() {
-                assert!(
-                    japanese(arg.get_help().map(ToString::to_string)),
-                    "{path} {} has no Japanese help",
-                    arg.get_id()
-                );
-            }
-            for sub in command.get_subcommands() {
-                walk(sub, &path);
-            }
-        }
         let mut command = command(Lang::Ja);
         command.build();
-        walk(&command, "");
+        let missing = hotate_client::cli_ja::untranslated(&command);
+        assert!(missing.is_empty(), "no Japanese help: {missing:?}");
     }
 }

@@ -8,6 +8,7 @@ pub mod pb {
     tonic::include_proto!("hotate.v1");
 }
 
+pub mod cli_ja;
 mod refusal;
 
 pub use refusal::{Language, Refusal};

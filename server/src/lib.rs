@@ -8,6 +8,7 @@ pub mod admin;
 mod app;
 mod auth;
 pub mod cert;
+pub mod cli_ja;
 mod console;
 mod control;
 mod data;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use hotate_server::limits::Limits;
 use hotate_server::{Lang, Places, ServeOptions, ServeRole, admin, cert, serve, shutdown_signal};
@@ -262,8 +262,30 @@ enum CertCommand {
     },
 }
 
+/// The command line, in the administrator's language.
+fn command(lang: Lang) -> clap::Command {
+    match lang {
+        Lang::En => Cli::command(),
+        Lang::Ja => hotate_server::cli_ja::japanese(Cli::command()),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let asked = Lang::detect(hotate_server::cli_ja::lang_flag().as_deref());
+    let parsed = command(asked)
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
+        Ok(cli) => cli,
+        Err(e) if asked == Lang::Ja && e.use_stderr() => {
+            eprintln!("{}", hotate_server::cli_ja::error(&e));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
     admin::set_lang(Lang::detect(cli.lang.as_deref()));
     if !matches!(cli.command, Command::Serve { .. }) {
         end_quietly_on_closed_pipe();
@@ -409,5 +431,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(CertCommand::Generate { out, host, force }) => {
             cert::generate(&out, &host, force)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and argument has Japanese help: one added without it fails here.
+    #[test]
+    fn every_command_and_argument_has_japanese_help() {
+        let mut command = command(Lang::Ja);
+        command.build();
+        let missing = hotate_server::cli_ja::untranslated(&command);
+        assert!(missing.is_empty(), "no Japanese help: {missing:?}");
     }
 }

@@ -349,6 +349,32 @@ fn the_admin_commands_speak_japanese_when_asked() {
     let (_, said) = admin("ja_JP.UTF-8", &["--lang", "en", "disk", "versions", "nope"]);
     assert!(said.starts_with("error: unknown disk nope"), "{said}");
 
+    // Help and usage errors in Japanese, English under another locale.
+    for args in [
+        &["--help"][..],
+        &["disk", "import", "--help"],
+        &["version", "delete", "--help"],
+        &["serve", "--help"],
+    ] {
+        let (code, help) = admin("ja_JP.UTF-8", args);
+        assert_eq!(code, Some(0), "{args:?}: {help}");
+        assert!(
+            help.contains("使い方") && help.contains("ヘルプを表示します"),
+            "{args:?}: {help}"
+        );
+        for english in ["Usage:", "Options:", "Commands:", "Print help", "Disk name"] {
+            assert!(!help.contains(english), "{args:?} says {english:?}: {help}");
+        }
+    }
+    let (_, help) = admin("C", &["--lang", "ja", "disk", "export", "--help"]);
+    assert!(help.contains("書き出すイメージファイル"), "{help}");
+    let (code, said) = admin("ja_JP.UTF-8", &["disk", "imprt"]);
+    assert_eq!(code, Some(2));
+    assert!(said.contains("エラー: 不明なコマンド imprt"), "{said}");
+    let (code, said) = admin("C", &["disk", "imprt"]);
+    assert_eq!(code, Some(2));
+    assert!(said.contains("unrecognized subcommand 'imprt'"), "{said}");
+
     // The admin's own refusals in their words, not a generic "rejected".
     let (code, said) = admin("ja_JP.UTF-8", &["user", "add", "chief"]);
     assert_eq!(code, Some(1));
