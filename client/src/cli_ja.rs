@@ -1,17 +1,11 @@
-//! The client's command line in Japanese: the words of its `--help`
-//! ([`hotate_proto::cli_ja`] applies them and tells clap's errors).
+//! The client command line in Japanese: the words of its `--help`, which
+//! [`hotate_proto::cli_ja`] applies.
 
 use hotate_proto::cli_ja::Words;
-pub use hotate_proto::cli_ja::{error, lang_flag, untranslated};
-
-/// The command tree with Japanese help.
-pub fn japanese(command: clap::Command) -> clap::Command {
-    hotate_proto::cli_ja::japanese(command, &WORDS)
-}
 
 /// Japanese for each command (by its path of names) and each argument (by command path
 /// and argument id); a test checks none is missing.
-const WORDS: Words = Words {
+pub const WORDS: Words = Words {
     commands: COMMANDS,
     args: ARGS,
 };

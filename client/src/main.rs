@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use hotate_client::cmd::{self, BenchOptions, Context, FinishOptions};
 use hotate_client::error::{UsageError, exit_code};
 use hotate_client::i18n::Lang;
@@ -103,30 +103,13 @@ fn parse_rate(text: &str) -> Result<u64, String> {
     Ok(value.saturating_mul(factor))
 }
 
-/// The command line, in the user's language.
-fn command(lang: Lang) -> clap::Command {
-    match lang {
-        Lang::En => Cli::command(),
-        Lang::Ja => hotate_client::cli_ja::japanese(Cli::command()),
-    }
-}
-
 fn main() -> ExitCode {
     hotate_client::console::use_utf8();
-    let asked = Lang::detect(hotate_client::cli_ja::lang_flag().as_deref());
-    let parsed = command(asked)
-        .try_get_matches()
-        .and_then(|matches| Cli::from_arg_matches(&matches));
-    let cli = match parsed {
+    let asked = Lang::detect(hotate_proto::cli_ja::lang_flag().as_deref());
+    let japanese = (asked == Lang::Ja).then_some(&hotate_client::cli_ja::WORDS);
+    let cli: Cli = match hotate_proto::cli_ja::parse(japanese) {
         Ok(cli) => cli,
-        Err(e) if asked == Lang::Ja && e.use_stderr() => {
-            eprintln!("{}", hotate_client::cli_ja::error(&e));
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
+        Err(code) => return ExitCode::from(code),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -218,13 +201,15 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     /// Every command and argument has Japanese help: one added without it fails here.
     #[test]
     fn every_command_and_argument_has_japanese_help() {
-        let mut command = command(Lang::Ja);
+        let words = &hotate_client::cli_ja::WORDS;
+        let mut command = hotate_proto::cli_ja::japanese(Cli::command(), words);
         command.build();
-        let missing = hotate_client::cli_ja::untranslated(&command);
+        let missing = hotate_proto::cli_ja::untranslated(&command);
         assert!(missing.is_empty(), "no Japanese help: {missing:?}");
     }
 }

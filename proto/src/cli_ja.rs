@@ -15,6 +15,33 @@ pub struct Words {
     pub args: &'static [(&'static str, &'static str, &'static str)],
 }
 
+/// Parses the command line as `P`, with Japanese help and errors when given `japanese`
+/// words. On `--help`, `--version` or an error it prints what clap or [`error`] says and
+/// gives the exit code: 0 after help, 2 after an error.
+///
+/// # Errors
+/// The exit code, when the program should end.
+pub fn parse<P: clap::Parser>(japanese_words: Option<&Words>) -> Result<P, u8> {
+    let command = match japanese_words {
+        Some(words) => japanese(P::command(), words),
+        None => P::command(),
+    };
+    let parsed = command
+        .try_get_matches()
+        .and_then(|matches| P::from_arg_matches(&matches));
+    match parsed {
+        Ok(parsed) => Ok(parsed),
+        Err(e) if japanese_words.is_some() && e.use_stderr() => {
+            eprintln!("{}", error(&e));
+            Err(2)
+        }
+        Err(e) => {
+            let _ = e.print();
+            Err(if e.use_stderr() { 2 } else { 0 })
+        }
+    }
+}
+
 /// The value of `--lang` on the command line, looked at before it is parsed: the help
 /// and the errors of the parse are in that language.
 pub fn lang_flag() -> Option<String> {

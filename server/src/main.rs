@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use hotate_server::limits::Limits;
 use hotate_server::{Lang, Places, ServeOptions, ServeRole, admin, cert, serve, shutdown_signal};
@@ -262,29 +262,12 @@ enum CertCommand {
     },
 }
 
-/// The command line, in the administrator's language.
-fn command(lang: Lang) -> clap::Command {
-    match lang {
-        Lang::En => Cli::command(),
-        Lang::Ja => hotate_server::cli_ja::japanese(Cli::command()),
-    }
-}
-
 fn main() -> ExitCode {
-    let asked = Lang::detect(hotate_server::cli_ja::lang_flag().as_deref());
-    let parsed = command(asked)
-        .try_get_matches()
-        .and_then(|matches| Cli::from_arg_matches(&matches));
-    let cli = match parsed {
+    let asked = Lang::detect(hotate_proto::cli_ja::lang_flag().as_deref());
+    let japanese = (asked == Lang::Ja).then_some(&hotate_server::cli_ja::WORDS);
+    let cli: Cli = match hotate_proto::cli_ja::parse(japanese) {
         Ok(cli) => cli,
-        Err(e) if asked == Lang::Ja && e.use_stderr() => {
-            eprintln!("{}", hotate_server::cli_ja::error(&e));
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
+        Err(code) => return ExitCode::from(code),
     };
     admin::set_lang(Lang::detect(cli.lang.as_deref()));
     if !matches!(cli.command, Command::Serve { .. }) {
@@ -437,13 +420,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     /// Every command and argument has Japanese help: one added without it fails here.
     #[test]
     fn every_command_and_argument_has_japanese_help() {
-        let mut command = command(Lang::Ja);
+        let words = &hotate_server::cli_ja::WORDS;
+        let mut command = hotate_proto::cli_ja::japanese(Cli::command(), words);
         command.build();
-        let missing = hotate_server::cli_ja::untranslated(&command);
+        let missing = hotate_proto::cli_ja::untranslated(&command);
         assert!(missing.is_empty(), "no Japanese help: {missing:?}");
     }
 }
