@@ -183,7 +183,7 @@ pub fn user_add(data: &Places, name: &str, role: Option<&str>) -> anyhow::Result
     text::check_name("user name", name)?;
     let role = role.map(Role::parse).transpose()?;
     let password = read_password()?;
-    let role = App::offline(open(data)?).add_user(name, &password, role)?;
+    let role = App::offline(open(data)?).add_user(&data_dir_owner(), name, &password, role)?;
     println!(
         "{}",
         tr(
@@ -206,7 +206,7 @@ pub fn user_passwd(data: &Places, name: &str) -> anyhow::Result<()> {
     let app = App::offline(open_existing(data)?);
     app.check_user(name)?;
     let password = read_password()?;
-    app.set_password(name, &password)?;
+    app.set_password(&data_dir_owner(), name, &password)?;
     println!(
         "{}",
         tr(
@@ -219,7 +219,7 @@ pub fn user_passwd(data: &Places, name: &str) -> anyhow::Result<()> {
 
 /// `user delete NAME`.
 pub fn user_delete(data: &Places, name: &str) -> anyhow::Result<()> {
-    App::offline(open_existing(data)?).delete_user(name)?;
+    App::offline(open_existing(data)?).delete_user(&data_dir_owner(), name)?;
     println!(
         "{}",
         tr(
@@ -539,7 +539,8 @@ pub fn disk_delete(data: &Places, disk: &str, force: bool) -> anyhow::Result<()>
 /// `version delete DISK VERSION`: refused for the latest version and the base of a live
 /// update. Chunks go with the next `store gc`.
 pub fn version_delete(data: &Places, disk: &str, version: &str) -> anyhow::Result<()> {
-    let disk = App::offline(open_existing(data)?).delete_version(disk, version)?;
+    let disk =
+        App::offline(open_existing(data)?).delete_version(&data_dir_owner(), disk, version)?;
     let name = &disk.name;
     println!(
         "{}",

@@ -17,6 +17,7 @@ impl App {
     /// cannot be hashed.
     pub fn add_user(
         &self,
+        caller: &Session,
         name: &str,
         password: &str,
         role: Option<Role>,
@@ -24,7 +25,7 @@ impl App {
         auth::check_new_password(password)?;
         let hash = auth::hash_password(password)?;
         let role = self.data.meta().add_user(name, &hash, role)?;
-        tracing::info!(user = %name, role = role.as_str(), "user added");
+        tracing::info!(user = %name, role = role.as_str(), by = %caller.user, "user added");
         Ok(role)
     }
 
@@ -44,12 +45,17 @@ impl App {
     ///
     /// # Errors
     /// `UnknownUser`, or a password shorter than [`auth::MIN_PASSWORD_CHARS`].
-    pub fn set_password(&self, name: &str, password: &str) -> Result<(), ServerError> {
+    pub fn set_password(
+        &self,
+        caller: &Session,
+        name: &str,
+        password: &str,
+    ) -> Result<(), ServerError> {
         self.check_user(name)?;
         auth::check_new_password(password)?;
         let hash = auth::hash_password(password)?;
         self.data.meta().set_password(name, &hash)?;
-        tracing::info!(user = %name, "password changed; sessions ended");
+        tracing::info!(user = %name, by = %caller.user, "password changed; sessions ended");
         Ok(())
     }
 
@@ -57,9 +63,9 @@ impl App {
     ///
     /// # Errors
     /// `UnknownUser`.
-    pub fn set_role(&self, name: &str, role: Role) -> Result<(), ServerError> {
+    pub fn set_role(&self, caller: &Session, name: &str, role: Role) -> Result<(), ServerError> {
         self.data.meta().set_role(name, role)?;
-        tracing::info!(user = %name, role = role.as_str(), "role changed");
+        tracing::info!(user = %name, role = role.as_str(), by = %caller.user, "role changed");
         Ok(())
     }
 
@@ -105,9 +111,9 @@ impl App {
     ///
     /// # Errors
     /// `UnknownUser`.
-    pub fn delete_user(&self, name: &str) -> Result<(), ServerError> {
+    pub fn delete_user(&self, caller: &Session, name: &str) -> Result<(), ServerError> {
         self.data.meta().delete_user(name)?;
-        tracing::info!(user = %name, "user deleted");
+        tracing::info!(user = %name, by = %caller.user, "user deleted");
         Ok(())
     }
 
@@ -147,7 +153,7 @@ impl App {
         }
         let versions = self.data.meta().delete_disk(&disk.id)?;
         self.data.manifests().remove_disk(&disk.id);
-        tracing::info!(disk = %disk.id, versions, "disk deleted");
+        tracing::info!(disk = %disk.id, versions, by = %caller.user, "disk deleted");
         Ok((disk, versions))
     }
 
@@ -156,11 +162,16 @@ impl App {
     ///
     /// # Errors
     /// `UnknownDisk`, `UnknownVersion`, `VersionIsLatest`, `VersionIsBase`.
-    pub fn delete_version(&self, disk: &str, version: &str) -> Result<DiskRow, ServerError> {
+    pub fn delete_version(
+        &self,
+        caller: &Session,
+        disk: &str,
+        version: &str,
+    ) -> Result<DiskRow, ServerError> {
         let disk = self.data.meta().disk(disk)?;
         self.data.meta().delete_version(&disk.id, version)?;
         self.data.manifests().remove_version(&disk.id, version);
-        tracing::info!(disk = %disk.id, version, "version deleted");
+        tracing::info!(disk = %disk.id, version, by = %caller.user, "version deleted");
         Ok(disk)
     }
 

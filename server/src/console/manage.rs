@@ -53,7 +53,8 @@ pub(super) async fn delete_version(
     let app = web.app.clone();
     blocking(move || {
         admin_only(&caller.session, "only an admin may delete a version")?;
-        app.delete_version(&disk, &version).map(drop)
+        app.delete_version(&caller.session, &disk, &version)
+            .map(drop)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -104,7 +105,7 @@ pub(super) async fn add_user(
             None | Some("") => Role::Operator,
             Some(role) => Role::parse(role)?,
         };
-        app.add_user(&user.name, &user.password, Some(role))?;
+        app.add_user(&caller.session, &user.name, &user.password, Some(role))?;
         user_view(&app, &user.name)
     })
     .await?;
@@ -136,10 +137,10 @@ pub(super) async fn edit_user(
         App::may_manage_user(&caller.session, &name, demotes)?;
         app.check_user(&name)?;
         if let Some(password) = &change.password {
-            app.set_password(&name, password)?;
+            app.set_password(&caller.session, &name, password)?;
         }
         if let Some(role) = role {
-            app.set_role(&name, role)?;
+            app.set_role(&caller.session, &name, role)?;
         }
         user_view(&app, &name)
     })
@@ -156,7 +157,7 @@ pub(super) async fn delete_user(
     let app = web.app.clone();
     blocking(move || {
         App::may_manage_user(&caller.session, &name, true)?;
-        app.delete_user(&name)
+        app.delete_user(&caller.session, &name)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

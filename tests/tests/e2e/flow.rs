@@ -283,22 +283,44 @@ fn a_finish_reaches_the_transfer_service_whatever_start_recorded() {
     assert_latest_is(&s.site, s.dir.path(), &s.pair.updated);
 }
 
-/// An import's first version records who ran it: the system account of the command.
+/// An import's first version records who ran it: the system account of the command; the
+/// log of each change names who made it.
 #[test]
 fn an_import_is_attributed_to_who_ran_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pair = images::synthetic_pair(dir.path(), 4 << 20, 10, 31);
     let data = dir.path().join("data");
-    let out = std::process::Command::new(hotate_tests::harness::bin("hotate-server"))
-        .arg("--data")
-        .arg(&data)
-        .args(["disk", "import", "lab", pair.base.to_str().expect("path")])
-        .env("USER", "teacher")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run hotate-server");
-    assert_ok(&out);
+    let as_teacher = |args: &[&str]| {
+        let out = std::process::Command::new(hotate_tests::harness::bin("hotate-server"))
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .env("USER", "teacher")
+            .env("HOTATE_PASSWORD", "a long enough password")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hotate-server");
+        assert_ok(&out);
+        text(&out)
+    };
+    as_teacher(&["disk", "import", "lab", pair.base.to_str().expect("path")]);
     let versions = admin_ok(&data, &["--json", "disk", "versions", "lab"]);
     let versions: serde_json::Value = serde_json::from_str(&versions).expect("json");
     assert_eq!(versions[0]["user"], "teacher", "{versions}");
+    for (args, logged) in [
+        (
+            &["user", "add", "op", "--role", "operator"][..],
+            "user added",
+        ),
+        (&["user", "passwd", "op"], "password changed"),
+        (&["user", "delete", "op"], "user deleted"),
+    ] {
+        let said = as_teacher(args);
+        let line = said.lines().find(|l| l.contains(logged));
+        assert!(
+            line.is_some_and(|l| l.contains("by=teacher")),
+            "{args:?} logs who: {said}"
+        );
+    }
 }
