@@ -444,17 +444,26 @@ pub fn update_list(data: &Places, json: bool) -> anyhow::Result<()> {
         return print_json(&updates);
     }
     for u in updates {
-        println!(
-            "{}  disk={}  terminal={}  state={}  base={}{}",
+        let mut line = format!(
+            "{}  disk={}  terminal={}  user={}  state={}  started={}  base={}",
             u.data_write_guid,
             text::printable(&u.disk_name),
             text::printable(&u.terminal),
+            text::printable(&u.user),
             u.state,
+            u.started_at,
             u.base_version,
-            u.new_version
-                .map(|v| format!("  new={v}"))
-                .unwrap_or_default()
         );
+        if let Some(new) = &u.new_version {
+            line += &format!("  new={new}");
+        }
+        if u.bytes_received > 0 {
+            line += &format!("  received={}", text::binary_size(u.bytes_received));
+        }
+        if let Some(by) = &u.stopped_by {
+            line += &format!("  stopped_by={}", text::printable(by));
+        }
+        println!("{line}");
     }
     Ok(())
 }

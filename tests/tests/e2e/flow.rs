@@ -108,6 +108,12 @@ fn a_real_filesystem_update_round_trips() {
     assert!(!listed.contains(&(64u64 << 20).to_string()), "{listed}");
     let updates = admin_ok(&site.data, &["update", "list"]);
     assert!(updates.contains("disk=ubuntu "), "{updates}");
+    assert!(
+        updates.contains(" user=")
+            && updates.contains(" started=20")
+            && updates.contains(" received="),
+        "{updates}"
+    );
     let json = admin_ok(&site.data, &["--json", "disk", "list"]);
     let json: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(json[0]["size"], 64u64 << 20);
