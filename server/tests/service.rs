@@ -15,7 +15,7 @@ use hotate_proto::pb::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::{Code, Request, Status};
 
 use hotate_tests::harness::{PASSWORD, Server, admin, admin_ok, bin};
 
@@ -275,9 +275,15 @@ async fn upload(
         batch: 1,
         entries: entries_of(&changed_offers(&manifest, parent)),
     });
-    tx.send(pb::UploadRequest { kind: Some(offer) })
+    if tx
+        .send(pb::UploadRequest { kind: Some(offer) })
         .await
-        .expect("queue");
+        .is_err()
+    {
+        // The server ended the stream already (an abort): its status says why.
+        session.error = stream_end(&mut replies).await;
+        return session;
+    }
     let mut stored = 0;
     let mut finished = false;
     loop {
@@ -310,11 +316,13 @@ async fn upload(
                     session.deltas += usize::from(matches!(chunk, Outgoing::Delta { .. }));
                     let mut wire = pb::Chunk::from(&chunk);
                     tamper(&mut wire);
-                    tx.send(pb::UploadRequest {
+                    let chunk = pb::UploadRequest {
                         kind: Some(upload_request::Kind::Chunk(wire)),
-                    })
-                    .await
-                    .expect("queue");
+                    };
+                    if tx.send(chunk).await.is_err() {
+                        session.error = stream_end(&mut replies).await;
+                        return session;
+                    }
                     session.sent += 1;
                 }
                 if session.needed > send_limit {
@@ -376,9 +384,19 @@ async fn send_finish(tx: &mpsc::Sender<pb::UploadRequest>, manifest: &Manifest) 
         root: hotate_proto::hash_bytes(&manifest.root()),
         comment: "Updated on terminal PC-001.".into(),
     });
-    tx.send(pb::UploadRequest { kind: Some(finish) })
-        .await
-        .expect("queue");
+    // A stream the server ended already: the replies tell why.
+    let _ = tx.send(pb::UploadRequest { kind: Some(finish) }).await;
+}
+
+/// The status an upload stream ended with, once the server stopped reading it.
+async fn stream_end(replies: &mut tonic::Streaming<pb::UploadReply>) -> Option<Status> {
+    loop {
+        match replies.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(status) => return Some(status),
+        }
+    }
 }
 
 fn export(f: &Fixture, version: &str) -> Vec<u8> {
