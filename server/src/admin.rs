@@ -57,32 +57,30 @@ pub fn error_text(error: &anyhow::Error) -> String {
     }
 }
 
-/// A refusal of the server's own in Japanese: the admin commands' words where the CLI
-/// meets it, else the table the terminal reads.
+/// A refusal of the server's own in Japanese: in the console's words where it has them,
+/// else the table the terminal reads.
 fn server_words_ja(err: &crate::ServerError) -> String {
     match err {
-        crate::ServerError::ShortPassword { min, got } => {
-            format!(
-                "パスワードは {min} 文字以上にしてください (指定されたパスワードは {got} 文字です)。"
-            )
-        }
+        crate::ServerError::ShortPassword { min, .. } => Lang::Ja
+            .words()
+            .short_password
+            .replace("{min}", &min.to_string()),
         other => other.refusal().words(hotate_proto::Language::Ja),
     }
 }
 
-/// A metadata refusal in Japanese, naming the command that helps.
+/// A metadata refusal in Japanese: in the console's words where they fit a command line,
+/// naming the command that helps where the console would say "reload the page".
 fn meta_words_ja(err: &crate::meta::MetaError) -> String {
     use crate::meta::MetaError;
+    let w = Lang::Ja.words();
     match err {
-        MetaError::VersionIsLatest(version) => format!(
-            "バージョン {version} はディスクの最新バージョンで、端末が起動に使用しているため削除できません。新しいバージョンができてから削除してください。"
-        ),
-        MetaError::VersionIsBase { version, terminal } => format!(
-            "バージョン {version} は端末 {terminal} で更新中の更新の元のバージョンのため削除できません。先にその更新を完了するか取り消してください。"
-        ),
-        MetaError::UserExists(user) => format!(
-            "ユーザー {user} はすでに存在します。パスワードの変更は `hotate-server user passwd` で行います。"
-        ),
+        MetaError::VersionIsLatest(version) => w.version_latest.replace("{version}", version),
+        MetaError::VersionIsBase { version, terminal } => w
+            .version_base
+            .replace("{version}", version)
+            .replace("{terminal}", terminal),
+        MetaError::UserExists(user) => w.user_exists.replace("{user}", user),
         MetaError::UnknownUser(user) => format!(
             "ユーザー {user} は存在しません。`hotate-server user list` でユーザーを確認してください。"
         ),

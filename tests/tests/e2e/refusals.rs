@@ -394,7 +394,7 @@ fn the_admin_commands_speak_japanese_when_asked() {
     assert_eq!(code, Some(1));
     assert!(
         said.contains(&format!(
-            "エラー: バージョン {latest} はディスクの最新バージョンで、端末が起動に使用しているため削除できません。"
+            "エラー: バージョン {latest} はディスクの最新バージョンで、端末が起動に使用しています。新しいバージョンができてから削除してください。"
         )),
         "{said}"
     );
