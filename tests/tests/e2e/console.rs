@@ -201,12 +201,7 @@ fn the_api_keeps_its_contract_and_its_guards() {
     assert_eq!(page.status, 200);
     let html = page.text();
     assert!(html.contains(&guid) && html.contains("PC-001"), "{html}");
-    let csrf = html
-        .split("<meta name=\"csrf\" content=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("csrf meta")
-        .to_owned();
+    let csrf = csrf_token(&html);
     let no_csrf = http::request(&addr, "POST", &abort_path, &[("Cookie", &cookie)], None);
     assert_eq!(no_csrf.status, 403, "{}", no_csrf.text());
     assert_eq!(
@@ -920,12 +915,7 @@ fn the_console_manages_versions_users_and_terminals() {
     // On the cookie's strength, each new call needs the page's CSRF token and this site.
     let cookie = format!("hotate_session={admin}");
     let html = http::request(&addr, "GET", "/disks/win10", &[("Cookie", &cookie)], None).text();
-    let csrf = html
-        .split("<meta name=\"csrf\" content=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("csrf meta")
-        .to_owned();
+    let csrf = csrf_token(&html);
     let by_cookie = |method: &str, path: &str, extra: &[(&str, &str)]| {
         let mut headers = vec![
             ("Cookie", cookie.as_str()),
@@ -1046,6 +1036,15 @@ fn the_console_manages_versions_users_and_terminals() {
         .map(|u| u["name"].clone())
         .collect();
     assert_eq!(users, [json!(USER)]);
+}
+
+/// The CSRF token a page carries in its `<meta name="csrf">`.
+fn csrf_token(html: &str) -> String {
+    html.split("<meta name=\"csrf\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("csrf meta")
+        .to_owned()
 }
 
 /// Fails when the page scrolls sideways; the name of the page for the message.
